@@ -1,0 +1,119 @@
+//! The one typed configuration of `serve`, parsed once from flags with environment fallbacks.
+
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Settings of the database connection pool.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; the database is created if missing and migrated on start.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/dbtrail"
+    )]
+    pub database_url: String,
+
+    /// Maximum connections in the pool.
+    #[arg(long, env = "DBTRAIL_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+
+    /// How long a call waits for a pooled connection (or a new one) before failing UNAVAILABLE.
+    #[arg(long, env = "DBTRAIL_POOL_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub pool_timeout: Duration,
+
+    /// statement_timeout set on every connection.
+    #[arg(long, env = "DBTRAIL_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Parser)]
+#[command(no_binary_name = true)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// gRPC listen address.
+    #[arg(long, env = "DBTRAIL_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// HTTP listen address (REST, health, metrics).
+    #[arg(long, env = "DBTRAIL_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Base64 of a 32-byte key that encrypts secrets at rest; generated into the data directory when absent.
+    #[arg(long, env = "DBTRAIL_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+
+    /// Older secrets keys (base64, comma-separated), still accepted for decryption during rotation.
+    #[arg(
+        long,
+        env = "DBTRAIL_SECRETS_OLD_KEYS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub secrets_old_keys: Vec<String>,
+
+    /// Directory for local state: the generated secrets key.
+    #[arg(long, env = "DBTRAIL_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// The IP customers allow on their SSH jumphost; defaults to this replica's primary address.
+    #[arg(long, env = "DBTRAIL_AGENT_OUTBOUND_IP")]
+    pub agent_outbound_ip: Option<String>,
+
+    /// Name of this replica's embedded agent; replicas with the same name share one agent row.
+    #[arg(long, env = "DBTRAIL_AGENT_NAME")]
+    pub agent_name: Option<String>,
+
+    /// How many servers the embedded agent takes on.
+    #[arg(long, env = "DBTRAIL_AGENT_CAPACITY", default_value_t = 1000)]
+    pub agent_capacity: i32,
+
+    /// Lifetime of an onboarding lease; a dead replica's servers are taken over after it.
+    #[arg(long, env = "DBTRAIL_LEASE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// How often expired leases are swept up.
+    #[arg(long, env = "DBTRAIL_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How many servers one replica onboards at once.
+    #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64)]
+    pub max_runners: usize,
+
+    /// Log format.
+    #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// How long SIGTERM waits for calls and streams to finish.
+    #[arg(long, env = "DBTRAIL_SHUTDOWN_GRACE", default_value = "8s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Parses the flags of `serve` (without the program or command name), with env fallbacks.
+    pub fn parse_serve_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Config::try_parse_from(args)
+    }
+
+    /// The agent name: the flag, else the host name.
+    pub fn agent_name(&self) -> String {
+        self.agent_name
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+}

@@ -1,0 +1,164 @@
+//! Pure types and rules of the service: servers, their validated fields, the onboarding state
+//! machine and the ListServers filter. No I/O, no tonic, no diesel.
+
+pub mod filter;
+pub mod onboarding;
+pub mod server;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Declares a closed set of lowercase wire names, with parsing and display.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The lowercase wire name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses a lowercase wire name.
+            pub fn parse(text: &str) -> Option<$name> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// How the agent reaches a server.
+    ConnectionMethod { Direct = "direct", Vpn = "vpn", SshTunnel = "ssh_tunnel" }
+);
+wire_enum!(
+    /// The lifecycle status of a server.
+    ServerStatus { Pending = "pending", Active = "active", Error = "error", Decommissioned = "decommissioned" }
+);
+wire_enum!(
+    /// The onboarding steps, in order.
+    OnboardingStep {
+        Provisioning = "provisioning",
+        AwaitingFirewall = "awaiting_firewall",
+        WaitingForAgent = "waiting_for_agent",
+        Initializing = "initializing",
+        Snapshotting = "snapshotting",
+        Streaming = "streaming",
+    }
+);
+wire_enum!(
+    /// The status of one onboarding step.
+    StepStatus { Pending = "pending", InProgress = "in_progress", Completed = "completed", Failed = "failed" }
+);
+wire_enum!(
+    /// The TLS mode of the MySQL connection.
+    SslMode {
+        Disabled = "disabled",
+        Preferred = "preferred",
+        Required = "required",
+        VerifyCa = "verify_ca",
+        VerifyFull = "verify_full",
+    }
+);
+wire_enum!(
+    /// What an API key may do.
+    Permission { Read = "servers:read", Write = "servers:write", Delete = "servers:delete" }
+);
+
+impl OnboardingStep {
+    /// The step's position, 0-based.
+    pub fn index(self) -> usize {
+        OnboardingStep::ALL
+            .iter()
+            .position(|step| *step == self)
+            .unwrap_or_default()
+    }
+}
+
+/// A server's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServerId(pub Uuid);
+
+impl ServerId {
+    /// A new, time-ordered id.
+    pub fn generate() -> ServerId {
+        ServerId(Uuid::now_v7())
+    }
+
+    /// Parses a client-supplied id.
+    pub fn parse(text: &str) -> Option<ServerId> {
+        Uuid::try_parse(text).ok().map(ServerId)
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+/// A tenant's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TenantId(pub Uuid);
+
+/// One bad field of a request: its path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Every bad field of a request, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Violations(pub Vec<FieldViolation>);
+
+impl Violations {
+    /// Records one bad field.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Ok when nothing was recorded.
+    pub fn into_result(self) -> Result<(), Violations> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// Keeps the value of a check, recording its violation under `field`.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(description) => {
+                self.add(field, description);
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Display for Violations {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|violation| format!("{}: {}", violation.field, violation.description))
+            .collect();
+        write!(formatter, "invalid request: {}", fields.join("; "))
+    }
+}

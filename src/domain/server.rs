@@ -1,0 +1,1129 @@
+//! A monitored server: its validated settings, how a request's input becomes them, and the
+//! lifecycle transitions (register, update, confirm, retry, decommission, engine progress).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    ConnectionMethod, OnboardingStep, ServerId, ServerStatus, SslMode, StepStatus, TenantId,
+    Violations,
+    onboarding::{FIREWALL_AUTO_COMPLETED, OnboardingStatus, StepOutcome, Steps},
+};
+
+/// Default MySQL port.
+pub const DEFAULT_MYSQL_PORT: u16 = 3306;
+/// Default SSH port.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+const MAX_LABELS: usize = 64;
+
+/// A secret as stored: AEAD ciphertext and the id of the key that sealed it. Opaque here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub ciphertext: Vec<u8>,
+}
+
+/// A plaintext secret from a request; its Debug never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The SSH jumphost settings of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTunnel {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub host_key_fingerprint: Option<String>,
+}
+
+/// What the binlog stream covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub schemas: Vec<String>,
+    pub tables: Vec<String>,
+    pub ssl_mode: SslMode,
+}
+
+impl Default for StreamOptions {
+    fn default() -> StreamOptions {
+        StreamOptions {
+            schemas: Vec::new(),
+            tables: Vec::new(),
+            ssl_mode: SslMode::Preferred,
+        }
+    }
+}
+
+/// The validated, client-settable settings of a server (secrets apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub mysql_user: String,
+    pub connection_method: ConnectionMethod,
+    pub ssh_tunnel: Option<SshTunnel>,
+    pub stream_options: StreamOptions,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Secrets a request sets; `None` keeps what is stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewSecrets {
+    pub mysql_password: Option<Secret>,
+    pub ssh_private_key: Option<Secret>,
+}
+
+/// The stored secrets of a server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSecrets {
+    pub mysql_password: Option<Sealed>,
+    pub ssh_private_key: Option<Sealed>,
+}
+
+/// Raw SSH settings from a request, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshTunnelInput {
+    pub host: String,
+    pub port: i32,
+    pub user: String,
+    pub private_key: Option<Secret>,
+    pub host_key_fingerprint: Option<String>,
+}
+
+/// Raw stream options from a request, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptionsInput {
+    pub schemas: Vec<String>,
+    pub tables: Vec<String>,
+    pub ssl_mode: Option<SslMode>,
+}
+
+/// A server as a request describes it, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInput {
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+    pub mysql_user: String,
+    pub mysql_password: Option<Secret>,
+    pub connection_method: Option<ConnectionMethod>,
+    pub ssh_tunnel: Option<SshTunnelInput>,
+    pub stream_options: Option<StreamOptionsInput>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The fields UpdateServer may change, as update_mask paths name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateField {
+    Name,
+    Host,
+    Port,
+    MysqlUser,
+    MysqlPassword,
+    ConnectionMethod,
+    SshTunnel,
+    SshTunnelHost,
+    SshTunnelPort,
+    SshTunnelUser,
+    SshTunnelPrivateKey,
+    SshTunnelHostKeyFingerprint,
+    StreamOptions,
+    StreamOptionsSchemas,
+    StreamOptionsTables,
+    StreamOptionsSslMode,
+    Labels,
+}
+
+/// Whether a mask path names an output-only field (rejected with a specific message).
+pub fn is_output_only_path(path: &str) -> bool {
+    matches!(
+        path,
+        "server_id"
+            | "has_mysql_password"
+            | "status"
+            | "onboarding_step"
+            | "error"
+            | "created_at"
+            | "updated_at"
+            | "decommissioned_at"
+            | "etag"
+            | "ssh_tunnel.has_private_key"
+    )
+}
+
+impl UpdateField {
+    /// Every settable field: what `*` means.
+    pub const ALL_TOP_LEVEL: &'static [UpdateField] = &[
+        UpdateField::Name,
+        UpdateField::Host,
+        UpdateField::Port,
+        UpdateField::MysqlUser,
+        UpdateField::MysqlPassword,
+        UpdateField::ConnectionMethod,
+        UpdateField::SshTunnel,
+        UpdateField::StreamOptions,
+        UpdateField::Labels,
+    ];
+
+    /// The field a mask path names.
+    pub fn from_path(path: &str) -> Option<UpdateField> {
+        Some(match path {
+            "name" => UpdateField::Name,
+            "host" => UpdateField::Host,
+            "port" => UpdateField::Port,
+            "mysql_user" => UpdateField::MysqlUser,
+            "mysql_password" => UpdateField::MysqlPassword,
+            "connection_method" => UpdateField::ConnectionMethod,
+            "ssh_tunnel" => UpdateField::SshTunnel,
+            "ssh_tunnel.host" => UpdateField::SshTunnelHost,
+            "ssh_tunnel.port" => UpdateField::SshTunnelPort,
+            "ssh_tunnel.user" => UpdateField::SshTunnelUser,
+            "ssh_tunnel.private_key" => UpdateField::SshTunnelPrivateKey,
+            "ssh_tunnel.host_key_fingerprint" => UpdateField::SshTunnelHostKeyFingerprint,
+            "stream_options" => UpdateField::StreamOptions,
+            "stream_options.schemas" => UpdateField::StreamOptionsSchemas,
+            "stream_options.tables" => UpdateField::StreamOptionsTables,
+            "stream_options.ssl_mode" => UpdateField::StreamOptionsSslMode,
+            "labels" => UpdateField::Labels,
+            _ => return None,
+        })
+    }
+
+    /// Copies this field from the request into the merged input.
+    fn apply(self, merged: &mut ServerInput, request: &ServerInput) {
+        fn ssh(input: &mut ServerInput) -> &mut SshTunnelInput {
+            input.ssh_tunnel.get_or_insert_with(Default::default)
+        }
+        fn stream(input: &mut ServerInput) -> &mut StreamOptionsInput {
+            input.stream_options.get_or_insert_with(Default::default)
+        }
+        let request_ssh = request.ssh_tunnel.clone().unwrap_or_default();
+        let request_stream = request.stream_options.clone().unwrap_or_default();
+        match self {
+            UpdateField::Name => merged.name = request.name.clone(),
+            UpdateField::Host => merged.host = request.host.clone(),
+            UpdateField::Port => merged.port = request.port,
+            UpdateField::MysqlUser => merged.mysql_user = request.mysql_user.clone(),
+            UpdateField::MysqlPassword => merged.mysql_password = request.mysql_password.clone(),
+            UpdateField::ConnectionMethod => merged.connection_method = request.connection_method,
+            UpdateField::SshTunnel => merged.ssh_tunnel = request.ssh_tunnel.clone(),
+            UpdateField::SshTunnelHost => ssh(merged).host = request_ssh.host,
+            UpdateField::SshTunnelPort => ssh(merged).port = request_ssh.port,
+            UpdateField::SshTunnelUser => ssh(merged).user = request_ssh.user,
+            UpdateField::SshTunnelPrivateKey => ssh(merged).private_key = request_ssh.private_key,
+            UpdateField::SshTunnelHostKeyFingerprint => {
+                ssh(merged).host_key_fingerprint = request_ssh.host_key_fingerprint
+            }
+            UpdateField::StreamOptions => merged.stream_options = request.stream_options.clone(),
+            UpdateField::StreamOptionsSchemas => stream(merged).schemas = request_stream.schemas,
+            UpdateField::StreamOptionsTables => stream(merged).tables = request_stream.tables,
+            UpdateField::StreamOptionsSslMode => stream(merged).ssl_mode = request_stream.ssl_mode,
+            UpdateField::Labels => merged.labels = request.labels.clone(),
+        }
+    }
+}
+
+/// What is already stored, which validation of an update needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Existing {
+    pub has_ssh_private_key: bool,
+}
+
+impl ServerInput {
+    /// The input that would reproduce a stored spec (secrets left unset, meaning "keep").
+    pub fn from_spec(spec: &ServerSpec) -> ServerInput {
+        ServerInput {
+            name: spec.name.clone(),
+            host: spec.host.clone(),
+            port: i32::from(spec.port),
+            mysql_user: spec.mysql_user.clone(),
+            mysql_password: None,
+            connection_method: Some(spec.connection_method),
+            ssh_tunnel: spec.ssh_tunnel.as_ref().map(|tunnel| SshTunnelInput {
+                host: tunnel.host.clone(),
+                port: i32::from(tunnel.port),
+                user: tunnel.user.clone(),
+                private_key: None,
+                host_key_fingerprint: tunnel.host_key_fingerprint.clone(),
+            }),
+            stream_options: Some(StreamOptionsInput {
+                schemas: spec.stream_options.schemas.clone(),
+                tables: spec.stream_options.tables.clone(),
+                ssl_mode: Some(spec.stream_options.ssl_mode),
+            }),
+            labels: spec.labels.clone(),
+        }
+    }
+
+    /// Merges the masked fields of an update request over the stored spec.
+    pub fn merge_update(
+        current: &ServerSpec,
+        request: &ServerInput,
+        fields: &[UpdateField],
+    ) -> ServerInput {
+        let mut merged = ServerInput::from_spec(current);
+        for field in fields {
+            field.apply(&mut merged, request);
+        }
+        merged
+    }
+
+    /// Validates every field, reporting all violations under `prefix` (e.g. `server.`).
+    pub fn validate(
+        self,
+        prefix: &str,
+        existing: Existing,
+        violations: &mut Violations,
+    ) -> Option<(ServerSpec, NewSecrets)> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let name = violations.check(&field("name"), validate_name(&self.name));
+        let host = violations.check(&field("host"), validate_host(&self.host));
+        let port = violations.check(
+            &field("port"),
+            validate_port(self.port, DEFAULT_MYSQL_PORT),
+        );
+        let mysql_user = violations.check(
+            &field("mysql_user"),
+            validate_text(&self.mysql_user, "mysql_user", 80, true),
+        );
+        if let Some(password) = &self.mysql_password {
+            violations.check(
+                &field("mysql_password"),
+                validate_text(&password.0, "mysql_password", 1024, false).map(drop),
+            );
+        }
+        if self.connection_method.is_none() {
+            violations.add(
+                field("connection_method"),
+                "is required: one of direct, vpn, ssh_tunnel",
+            );
+        }
+        let mut ssh_private_key = None;
+        let ssh_tunnel = match (self.connection_method, self.ssh_tunnel) {
+            (Some(ConnectionMethod::SshTunnel), None) => {
+                violations.add(
+                    field("ssh_tunnel"),
+                    "is required when connection_method is ssh_tunnel",
+                );
+                None
+            }
+            (Some(ConnectionMethod::SshTunnel), Some(tunnel)) => {
+                ssh_private_key = tunnel.private_key.clone();
+                validate_ssh_tunnel(tunnel, &field("ssh_tunnel."), existing, violations)
+            }
+            (Some(method), Some(_)) => {
+                violations.add(
+                    field("ssh_tunnel"),
+                    format!("must not be set when connection_method is {method}"),
+                );
+                None
+            }
+            (_, _) => None,
+        };
+        let stream_options = validate_stream_options(
+            self.stream_options.unwrap_or_default(),
+            &field("stream_options."),
+            violations,
+        );
+        let labels = violations.check(&field("labels"), validate_labels(self.labels));
+        let spec = ServerSpec {
+            name: name?,
+            host: host?,
+            port: port?,
+            mysql_user: mysql_user?,
+            connection_method: self.connection_method?,
+            ssh_tunnel,
+            stream_options: stream_options?,
+            labels: labels?,
+        };
+        if spec.connection_method == ConnectionMethod::SshTunnel && spec.ssh_tunnel.is_none() {
+            return None;
+        }
+        Some((
+            spec,
+            NewSecrets {
+                mysql_password: self.mysql_password,
+                ssh_private_key,
+            },
+        ))
+    }
+}
+
+fn validate_ssh_tunnel(
+    tunnel: SshTunnelInput,
+    prefix: &str,
+    existing: Existing,
+    violations: &mut Violations,
+) -> Option<SshTunnel> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let host = violations.check(&field("host"), validate_host(&tunnel.host));
+    let port = violations.check(&field("port"), validate_port(tunnel.port, DEFAULT_SSH_PORT));
+    let user = violations.check(
+        &field("user"),
+        validate_text(&tunnel.user, "user", 64, true),
+    );
+    match &tunnel.private_key {
+        Some(key) => {
+            violations.check(&field("private_key"), validate_private_key(&key.0));
+        }
+        None if !existing.has_ssh_private_key => {
+            violations.add(
+                field("private_key"),
+                "is required: the OpenSSH or PEM private key the agent logs in with",
+            );
+        }
+        None => {}
+    }
+    let fingerprint = match tunnel.host_key_fingerprint {
+        Some(text) if !text.is_empty() => violations
+            .check(&field("host_key_fingerprint"), validate_fingerprint(&text))
+            .map(Some),
+        _ => Some(None),
+    };
+    Some(SshTunnel {
+        host: host?,
+        port: port?,
+        user: user?,
+        host_key_fingerprint: fingerprint?,
+    })
+}
+
+fn validate_stream_options(
+    options: StreamOptionsInput,
+    prefix: &str,
+    violations: &mut Violations,
+) -> Option<StreamOptions> {
+    let mut valid = true;
+    for (index, schema) in options.schemas.iter().enumerate() {
+        if let Err(problem) = validate_identifier(schema) {
+            violations.add(format!("{prefix}schemas[{index}]"), problem);
+            valid = false;
+        }
+    }
+    for (index, table) in options.tables.iter().enumerate() {
+        let problem = match table.split_once('.') {
+            Some((schema, name)) => validate_identifier(schema)
+                .and_then(|()| validate_identifier(name))
+                .err(),
+            None => Some(format!("\"{table}\" must be schema.table")),
+        };
+        if let Some(problem) = problem {
+            violations.add(format!("{prefix}tables[{index}]"), problem);
+            valid = false;
+        }
+    }
+    valid.then(|| StreamOptions {
+        schemas: options.schemas,
+        tables: options.tables,
+        ssl_mode: options.ssl_mode.unwrap_or(SslMode::Preferred),
+    })
+}
+
+fn has_control_characters(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+fn validate_name(name: &str) -> Result<String, String> {
+    let length = name.chars().count();
+    if length == 0 {
+        return Err("is required: 1 to 100 printable characters".into());
+    }
+    if length > 100 {
+        return Err(format!("is {length} characters long; at most 100 allowed"));
+    }
+    if has_control_characters(name) {
+        return Err("must contain only printable characters".into());
+    }
+    if name.trim() != name {
+        return Err("must not start or end with white space".into());
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_text(text: &str, what: &str, max: usize, required: bool) -> Result<String, String> {
+    if required && text.is_empty() {
+        return Err(format!("{what} is required"));
+    }
+    let length = text.chars().count();
+    if length > max {
+        return Err(format!("is {length} characters long; at most {max} allowed"));
+    }
+    if has_control_characters(text) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// A DNS name (RFC 1123) or an IP literal.
+pub fn validate_host(host: &str) -> Result<String, String> {
+    if host.is_empty() {
+        return Err("is required: a DNS name or an IP address".into());
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(host.to_owned());
+    }
+    let shown: String = host.chars().take(64).collect();
+    let invalid = || format!("\"{shown}\" is neither a DNS name nor an IP address");
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 || name.is_empty() {
+        return Err(invalid());
+    }
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    });
+    let all_numeric = name
+        .split('.')
+        .all(|label| label.bytes().all(|byte| byte.is_ascii_digit()));
+    if labels_ok && !all_numeric {
+        Ok(host.to_ascii_lowercase())
+    } else {
+        Err(invalid())
+    }
+}
+
+fn validate_port(port: i32, default: u16) -> Result<u16, String> {
+    match port {
+        0 => Ok(default),
+        1..=65535 => Ok(port as u16),
+        _ => Err(format!("{port} is out of range: 1 to 65535")),
+    }
+}
+
+fn validate_identifier(identifier: &str) -> Result<(), String> {
+    if identifier.is_empty() || identifier.chars().count() > 64 {
+        return Err(format!(
+            "\"{identifier}\" must be a MySQL identifier of 1 to 64 characters"
+        ));
+    }
+    if identifier.contains('\0') || has_control_characters(identifier) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "has {} labels; at most {MAX_LABELS} allowed",
+            labels.len()
+        ));
+    }
+    for (key, value) in &labels {
+        let key_ok = (1..=63).contains(&key.len())
+            && key
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+        if !key_ok {
+            return Err(format!(
+                "key \"{key}\" must be 1 to 63 characters of letters, digits, '_' and '-'"
+            ));
+        }
+        if value.chars().count() > 256 || has_control_characters(value) {
+            return Err(format!(
+                "value of \"{key}\" must be at most 256 printable characters"
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+/// A `SHA256:` fingerprint in OpenSSH's unpadded base64 form.
+pub fn validate_fingerprint(text: &str) -> Result<String, String> {
+    let valid = text.strip_prefix("SHA256:").is_some_and(|digest| {
+        digest.len() == 43
+            && digest
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
+    });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("must be an OpenSSH SHA256 fingerprint: SHA256: followed by 43 base64 characters".into())
+    }
+}
+
+/// A cheap structural check of a private key; the agent parses it fully.
+fn validate_private_key(key: &str) -> Result<(), String> {
+    let trimmed = key.trim();
+    let armoured = trimmed.starts_with("-----BEGIN ")
+        && trimmed.ends_with("-----")
+        && trimmed.contains("PRIVATE KEY-----");
+    if !armoured {
+        return Err(
+            "is not a private key: expected an OpenSSH or PEM block (-----BEGIN ... PRIVATE KEY-----)"
+                .into(),
+        );
+    }
+    if trimmed.contains("ENCRYPTED") {
+        return Err(
+            "is encrypted with a passphrase; provide an unencrypted key (ssh-keygen -p -N '' -f KEY)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Where a change of settings makes onboarding start again (onboarding.md §4).
+pub fn restart_point(
+    old: &ServerSpec,
+    new: &ServerSpec,
+    secrets: &NewSecrets,
+) -> Option<OnboardingStep> {
+    let jumphost = |spec: &ServerSpec| {
+        spec.ssh_tunnel
+            .as_ref()
+            .map(|tunnel| (tunnel.host.clone(), tunnel.port))
+    };
+    let connection_changed = old.host != new.host
+        || old.port != new.port
+        || old.mysql_user != new.mysql_user
+        || old.connection_method != new.connection_method
+        || old.ssh_tunnel != new.ssh_tunnel
+        || secrets.mysql_password.is_some()
+        || secrets.ssh_private_key.is_some();
+    if new.connection_method == ConnectionMethod::SshTunnel && jumphost(old) != jumphost(new) {
+        Some(OnboardingStep::AwaitingFirewall)
+    } else if connection_changed {
+        Some(OnboardingStep::WaitingForAgent)
+    } else if old.stream_options != new.stream_options {
+        Some(OnboardingStep::Snapshotting)
+    } else {
+        None
+    }
+}
+
+/// Why a lifecycle call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("server is decommissioned")]
+    Decommissioned,
+    #[error("connection_method is {0}; only ssh_tunnel servers have a firewall step")]
+    NotSshTunnel(ConnectionMethod),
+    #[error("{0}")]
+    NotAwaitingFirewall(String),
+    #[error("onboarding has not failed: server status is {0}; only a server in error can be retried")]
+    OnboardingNotFailed(ServerStatus),
+}
+
+/// A server as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub id: ServerId,
+    pub tenant_id: TenantId,
+    pub spec: ServerSpec,
+    pub secrets: StoredSecrets,
+    pub status: ServerStatus,
+    pub steps: Steps,
+    pub revision: i64,
+    pub version: i64,
+    pub agent_id: Option<Uuid>,
+    pub agent_outbound_ip: Option<String>,
+    pub runnable: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub decommissioned_at: Option<DateTime<Utc>>,
+}
+
+impl Server {
+    /// A newly registered server: pending, all steps pending, waiting for a runner.
+    pub fn register(
+        id: ServerId,
+        tenant_id: TenantId,
+        spec: ServerSpec,
+        secrets: StoredSecrets,
+        now: DateTime<Utc>,
+    ) -> Server {
+        Server {
+            id,
+            tenant_id,
+            spec,
+            secrets,
+            status: ServerStatus::Pending,
+            steps: Steps::default(),
+            revision: 1,
+            version: 1,
+            agent_id: None,
+            agent_outbound_ip: None,
+            runnable: true,
+            created_at: now,
+            updated_at: now,
+            decommissioned_at: None,
+        }
+    }
+
+    /// The opaque etag of this version.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+
+    /// The first step that is not completed; none once all are or when decommissioned.
+    pub fn current_step(&self) -> Option<OnboardingStep> {
+        match self.status {
+            ServerStatus::Decommissioned => None,
+            _ => self.steps.current(),
+        }
+    }
+
+    /// The onboarding error while the status is error.
+    pub fn error(&self) -> Option<String> {
+        match self.status {
+            ServerStatus::Error => self.steps.error().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// The onboarding status at this revision.
+    pub fn onboarding_status(&self) -> OnboardingStatus {
+        let current_step = self.current_step();
+        OnboardingStatus {
+            server_id: self.id,
+            current_step,
+            steps: self.steps.all().to_vec(),
+            error: self.steps.error().map(str::to_owned),
+            agent_outbound_ip: (current_step == Some(OnboardingStep::AwaitingFirewall))
+                .then(|| self.agent_outbound_ip.clone())
+                .flatten(),
+            server_status: self.status,
+            revision: self.revision,
+        }
+    }
+
+    fn ensure_live(&self) -> Result<(), Rejection> {
+        if self.status == ServerStatus::Decommissioned {
+            Err(Rejection::Decommissioned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Applies validated new settings; re-runs onboarding from where they invalidate it.
+    pub fn update(
+        &mut self,
+        spec: ServerSpec,
+        secrets: StoredSecrets,
+        restart: Option<OnboardingStep>,
+    ) -> Result<(), Rejection> {
+        self.ensure_live()?;
+        self.spec = spec;
+        self.secrets = secrets;
+        if let Some(restart) = restart {
+            // A failed earlier step must run again too, or the server would stay stuck on it.
+            let from = match self.steps.current() {
+                Some(current) if current.index() < restart.index() => current,
+                _ => restart,
+            };
+            self.steps.reset_from(from);
+            self.status = ServerStatus::Pending;
+            self.runnable = true;
+        }
+        Ok(())
+    }
+
+    /// The customer allowed the agent's IP on the jumphost: awaiting_firewall completes.
+    pub fn confirm_firewall(&mut self, now: DateTime<Utc>) -> Result<(), Rejection> {
+        self.ensure_live()?;
+        if self.spec.connection_method != ConnectionMethod::SshTunnel {
+            return Err(Rejection::NotSshTunnel(self.spec.connection_method));
+        }
+        let current = self.current_step();
+        let waiting = current == Some(OnboardingStep::AwaitingFirewall)
+            && self.steps.get(OnboardingStep::AwaitingFirewall).status == StepStatus::InProgress;
+        if !waiting {
+            let found = match current {
+                Some(step) => format!("current step is {step}"),
+                None => "onboarding has completed".to_owned(),
+            };
+            return Err(Rejection::NotAwaitingFirewall(format!(
+                "onboarding is not awaiting the firewall confirmation: {found}"
+            )));
+        }
+        self.steps.complete(
+            OnboardingStep::AwaitingFirewall,
+            "firewall confirmed by the customer",
+            now,
+        );
+        self.runnable = true;
+        Ok(())
+    }
+
+    /// Resumes a failed onboarding at the failed step, its attempts reset.
+    pub fn retry(&mut self) -> Result<(), Rejection> {
+        self.ensure_live()?;
+        if self.status != ServerStatus::Error {
+            return Err(Rejection::OnboardingNotFailed(self.status));
+        }
+        if let Some(step) = self.steps.current() {
+            self.steps.reset(step);
+        }
+        self.status = ServerStatus::Pending;
+        self.runnable = true;
+        Ok(())
+    }
+
+    /// Soft-deletes the server and frees its agent slot; a no-op when already done.
+    pub fn decommission(&mut self, now: DateTime<Utc>) {
+        if self.status == ServerStatus::Decommissioned {
+            return;
+        }
+        self.status = ServerStatus::Decommissioned;
+        self.decommissioned_at = Some(now);
+        self.runnable = false;
+        self.agent_id = None;
+    }
+
+    /// The step a runner should work on now, if any.
+    pub fn runnable_step(&self) -> Option<OnboardingStep> {
+        if self.status != ServerStatus::Pending {
+            return None;
+        }
+        self.steps.current()
+    }
+
+    /// A runner starts (or restarts after a crash) a step: one more attempt.
+    pub fn begin_step(&mut self, step: OnboardingStep, now: DateTime<Utc>) {
+        self.steps.start(step, "", now);
+    }
+
+    /// Records what a step run produced. Returns the step to run next, if any.
+    pub fn apply_outcome(
+        &mut self,
+        step: OnboardingStep,
+        outcome: &StepOutcome,
+        now: DateTime<Utc>,
+    ) -> Option<OnboardingStep> {
+        match outcome {
+            StepOutcome::Completed { message } => {
+                self.steps.complete(step, message, now);
+                match self.steps.current() {
+                    Some(next) => {
+                        self.steps.start(next, "", now);
+                        Some(next)
+                    }
+                    None => {
+                        self.status = ServerStatus::Active;
+                        self.runnable = false;
+                        None
+                    }
+                }
+            }
+            StepOutcome::Waiting { message } => {
+                self.steps.report(step, message);
+                self.runnable = false;
+                None
+            }
+            StepOutcome::Retry { message } => {
+                self.steps.start(step, message, now);
+                Some(step)
+            }
+            StepOutcome::Failed { error } => {
+                self.steps.fail(step, error, now);
+                self.status = ServerStatus::Error;
+                self.runnable = false;
+                None
+            }
+        }
+    }
+
+    /// The auto-completion of awaiting_firewall for connections that need no firewall rule.
+    pub fn firewall_outcome(&self) -> StepOutcome {
+        if self.spec.connection_method == ConnectionMethod::SshTunnel {
+            let ip = self.agent_outbound_ip.as_deref().unwrap_or("the agent's IP");
+            StepOutcome::Waiting {
+                message: format!(
+                    "allow {ip} on TCP port {} of the jumphost, then call ConfirmFirewall",
+                    self.spec
+                        .ssh_tunnel
+                        .as_ref()
+                        .map_or(DEFAULT_SSH_PORT, |tunnel| tunnel.port)
+                ),
+            }
+        } else {
+            StepOutcome::Completed {
+                message: FIREWALL_AUTO_COMPLETED.to_owned(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> ServerInput {
+        ServerInput {
+            name: "orders-primary".into(),
+            host: "10.0.3.17".into(),
+            port: 0,
+            mysql_user: "bintrail".into(),
+            mysql_password: Some(Secret("pw".into())),
+            connection_method: Some(ConnectionMethod::Direct),
+            ..ServerInput::default()
+        }
+    }
+
+    fn validate(input: ServerInput) -> Result<(ServerSpec, NewSecrets), Violations> {
+        let mut violations = Violations::default();
+        let result = input.validate("server.", Existing::default(), &mut violations);
+        violations.into_result()?;
+        Ok(result.expect("valid input yields a spec"))
+    }
+
+    fn fields(violations: &Violations) -> Vec<&str> {
+        violations.0.iter().map(|v| v.field.as_str()).collect()
+    }
+
+    #[test]
+    fn valid_input_gets_defaults() {
+        let (spec, secrets) = validate(input()).unwrap();
+        assert_eq!(spec.port, 3306);
+        assert_eq!(spec.stream_options.ssl_mode, SslMode::Preferred);
+        assert_eq!(secrets.mysql_password, Some(Secret("pw".into())));
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let bad = ServerInput {
+            name: String::new(),
+            host: "bad host!".into(),
+            port: 70000,
+            mysql_user: String::new(),
+            connection_method: None,
+            labels: [("bad key".to_owned(), "v".to_owned())].into(),
+            ..ServerInput::default()
+        };
+        let violations = validate(bad).unwrap_err();
+        assert_eq!(
+            fields(&violations),
+            [
+                "server.name",
+                "server.host",
+                "server.port",
+                "server.mysql_user",
+                "server.connection_method",
+                "server.labels"
+            ]
+        );
+    }
+
+    #[test]
+    fn ssh_tunnel_is_required_for_ssh_and_rejected_otherwise() {
+        let mut ssh = input();
+        ssh.connection_method = Some(ConnectionMethod::SshTunnel);
+        assert_eq!(fields(&validate(ssh).unwrap_err()), ["server.ssh_tunnel"]);
+
+        let mut direct = input();
+        direct.ssh_tunnel = Some(SshTunnelInput::default());
+        assert_eq!(fields(&validate(direct).unwrap_err()), ["server.ssh_tunnel"]);
+    }
+
+    #[test]
+    fn ssh_tunnel_fields_are_checked() {
+        let mut ssh = input();
+        ssh.connection_method = Some(ConnectionMethod::SshTunnel);
+        ssh.ssh_tunnel = Some(SshTunnelInput {
+            host: String::new(),
+            port: -1,
+            user: String::new(),
+            private_key: Some(Secret("not a key".into())),
+            host_key_fingerprint: Some("MD5:aa".into()),
+        });
+        let violations = validate(ssh).unwrap_err();
+        assert_eq!(
+            fields(&violations),
+            [
+                "server.ssh_tunnel.host",
+                "server.ssh_tunnel.port",
+                "server.ssh_tunnel.user",
+                "server.ssh_tunnel.private_key",
+                "server.ssh_tunnel.host_key_fingerprint"
+            ]
+        );
+        assert!(
+            !violations.to_string().contains("not a key"),
+            "a secret is never echoed"
+        );
+    }
+
+    #[test]
+    fn hosts() {
+        for good in ["db.example.com", "10.0.0.1", "::1", "localhost", "db-1.internal."] {
+            assert!(validate_host(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-db.example.com", "a..b", "db_ex ample", "300.1.1.1", "1.2.3"] {
+            assert!(validate_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn restart_points_follow_the_spec() {
+        let (old, _) = validate(input()).unwrap();
+        let none = NewSecrets::default();
+        let mut renamed = old.clone();
+        renamed.name = "other".into();
+        renamed.labels.insert("env".into(), "prod".into());
+        assert_eq!(restart_point(&old, &renamed, &none), None);
+
+        let mut moved = old.clone();
+        moved.port = 3307;
+        assert_eq!(
+            restart_point(&old, &moved, &none),
+            Some(OnboardingStep::WaitingForAgent)
+        );
+        let password = NewSecrets {
+            mysql_password: Some(Secret("new".into())),
+            ssh_private_key: None,
+        };
+        assert_eq!(
+            restart_point(&old, &old, &password),
+            Some(OnboardingStep::WaitingForAgent)
+        );
+
+        let mut filtered = old.clone();
+        filtered.stream_options.schemas = vec!["shop".into()];
+        assert_eq!(
+            restart_point(&old, &filtered, &none),
+            Some(OnboardingStep::Snapshotting)
+        );
+
+        let mut tunnelled = old.clone();
+        tunnelled.connection_method = ConnectionMethod::SshTunnel;
+        tunnelled.ssh_tunnel = Some(SshTunnel {
+            host: "bastion".into(),
+            port: 22,
+            user: "ec2-user".into(),
+            host_key_fingerprint: None,
+        });
+        assert_eq!(
+            restart_point(&old, &tunnelled, &none),
+            Some(OnboardingStep::AwaitingFirewall)
+        );
+    }
+
+    #[test]
+    fn merge_update_takes_only_masked_fields() {
+        let (current, _) = validate(input()).unwrap();
+        let request = ServerInput {
+            name: "renamed".into(),
+            host: "ignored.example.com".into(),
+            ..ServerInput::default()
+        };
+        let merged = ServerInput::merge_update(&current, &request, &[UpdateField::Name]);
+        assert_eq!(merged.name, "renamed");
+        assert_eq!(merged.host, "10.0.3.17");
+        assert_eq!(merged.mysql_password, None);
+    }
+
+    fn registered() -> Server {
+        let (spec, _) = validate(input()).unwrap();
+        Server::register(
+            ServerId::generate(),
+            TenantId(Uuid::nil()),
+            spec,
+            StoredSecrets::default(),
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn engine_progress_moves_through_steps() {
+        let now = Utc::now();
+        let mut server = registered();
+        assert_eq!(server.runnable_step(), Some(OnboardingStep::Provisioning));
+        server.begin_step(OnboardingStep::Provisioning, now);
+        let next = server.apply_outcome(
+            OnboardingStep::Provisioning,
+            &StepOutcome::Completed {
+                message: "ok".into(),
+            },
+            now,
+        );
+        assert_eq!(next, Some(OnboardingStep::AwaitingFirewall));
+        let outcome = server.firewall_outcome();
+        assert_eq!(
+            outcome,
+            StepOutcome::Completed {
+                message: FIREWALL_AUTO_COMPLETED.into()
+            }
+        );
+        server.apply_outcome(OnboardingStep::AwaitingFirewall, &outcome, now);
+        server.apply_outcome(
+            OnboardingStep::WaitingForAgent,
+            &StepOutcome::Failed {
+                error: "denied".into(),
+            },
+            now,
+        );
+        assert_eq!(server.status, ServerStatus::Error);
+        assert_eq!(server.error().as_deref(), Some("denied"));
+        assert!(!server.runnable);
+        server.retry().unwrap();
+        assert_eq!(server.status, ServerStatus::Pending);
+        assert_eq!(
+            server.steps.get(OnboardingStep::WaitingForAgent).attempts,
+            0
+        );
+        assert_eq!(
+            server.retry(),
+            Err(Rejection::OnboardingNotFailed(ServerStatus::Pending))
+        );
+    }
+
+    #[test]
+    fn confirm_firewall_preconditions() {
+        let now = Utc::now();
+        let mut direct = registered();
+        assert_eq!(
+            direct.confirm_firewall(now),
+            Err(Rejection::NotSshTunnel(ConnectionMethod::Direct))
+        );
+        let mut ssh = registered();
+        ssh.spec.connection_method = ConnectionMethod::SshTunnel;
+        assert!(matches!(
+            ssh.confirm_firewall(now),
+            Err(Rejection::NotAwaitingFirewall(_))
+        ));
+        ssh.apply_outcome(
+            OnboardingStep::Provisioning,
+            &StepOutcome::Completed {
+                message: String::new(),
+            },
+            now,
+        );
+        ssh.agent_outbound_ip = Some("203.0.113.7".into());
+        assert_eq!(
+            ssh.onboarding_status().agent_outbound_ip.as_deref(),
+            Some("203.0.113.7")
+        );
+        ssh.confirm_firewall(now).unwrap();
+        assert_eq!(ssh.current_step(), Some(OnboardingStep::WaitingForAgent));
+        assert_eq!(ssh.onboarding_status().agent_outbound_ip, None);
+        assert!(ssh.runnable);
+    }
+
+    #[test]
+    fn decommission_is_idempotent_and_clears_current_step() {
+        let now = Utc::now();
+        let mut server = registered();
+        server.decommission(now);
+        let first = server.clone();
+        server.decommission(now + chrono::Duration::seconds(1));
+        assert_eq!(server, first);
+        assert_eq!(server.current_step(), None);
+        assert_eq!(server.update(first.spec.clone(), StoredSecrets::default(), None), Err(Rejection::Decommissioned));
+    }
+}

@@ -1,0 +1,197 @@
+//! Tenants and API keys (stored only as hashes), and the NOTIFY that makes every replica forget
+//! a revoked key.
+
+use chrono::{DateTime, Utc};
+use diesel::{prelude::*, result::DatabaseErrorKind};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{
+    API_KEYS_CHANNEL, Store, StoreError,
+    schema::{api_keys, tenants},
+};
+
+/// A key to store: everything but the secret itself.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = api_keys)]
+pub struct NewApiKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    pub prefix: String,
+    pub permissions: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What authentication needs to know of a key.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub permissions: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key as `keys list` shows it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+pub struct KeySummary {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub permissions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A tenant as `tenants list` shows it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = tenants, check_for_backend(diesel::pg::Pg))]
+pub struct TenantSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub server_limit: Option<i32>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Creates a tenant; Conflict when the name is taken.
+    pub async fn create_tenant(&self, name: &str, server_limit: Option<i32>) -> Result<Uuid, StoreError> {
+        let mut connection = self.connection().await?;
+        let id = Uuid::now_v7();
+        diesel::insert_into(tenants::table)
+            .values((
+                tenants::id.eq(id),
+                tenants::name.eq(name),
+                tenants::server_limit.eq(server_limit),
+            ))
+            .execute(&mut connection)
+            .await
+            .map_err(|error| match error {
+                diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                    StoreError::Conflict(format!("tenant {name:?} already exists"))
+                }
+                other => other.into(),
+            })?;
+        Ok(id)
+    }
+
+    /// Every tenant, oldest first.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantSummary>, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(tenants::table
+            .select(TenantSummary::as_select())
+            .order(tenants::created_at.asc())
+            .load(&mut connection)
+            .await?)
+    }
+
+    /// A tenant's id by name.
+    pub async fn tenant_id(&self, name: &str) -> Result<Uuid, StoreError> {
+        let mut connection = self.connection().await?;
+        tenants::table
+            .filter(tenants::name.eq(name))
+            .select(tenants::id)
+            .first(&mut connection)
+            .await
+            .optional()?
+            .ok_or_else(|| StoreError::Missing(format!("tenant {name:?}")))
+    }
+
+    /// Stores a new key.
+    pub async fn insert_api_key(&self, key: NewApiKey) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        diesel::insert_into(api_keys::table)
+            .values(key)
+            .execute(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// The key with this hash, if any.
+    pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(api_keys::table
+            .filter(api_keys::key_hash.eq(key_hash))
+            .select(ApiKeyRecord::as_select())
+            .first(&mut connection)
+            .await
+            .optional()?)
+    }
+
+    /// A tenant's keys, newest first.
+    pub async fn list_api_keys(&self, tenant_id: Uuid) -> Result<Vec<KeySummary>, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant_id))
+            .select(KeySummary::as_select())
+            .order(api_keys::created_at.desc())
+            .load(&mut connection)
+            .await?)
+    }
+
+    /// Revokes a key and tells every replica, in one transaction.
+    pub async fn revoke_api_key(&self, key_id: Uuid) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                    let found = diesel::update(api_keys::table.find(key_id))
+                        .set(api_keys::revoked_at.eq(Some(Utc::now())))
+                        .filter(api_keys::revoked_at.is_null())
+                        .execute(connection)
+                        .await?;
+                    if found == 0 {
+                        let exists: i64 = api_keys::table
+                            .find(key_id)
+                            .count()
+                            .get_result(connection)
+                            .await?;
+                        if exists == 0 {
+                            return Err(StoreError::Missing(format!("API key {key_id}")));
+                        }
+                    }
+                    diesel::sql_query("SELECT pg_notify($1, $2)")
+                        .bind::<diesel::sql_types::Text, _>(API_KEYS_CHANNEL)
+                        .bind::<diesel::sql_types::Text, _>(key_id.to_string())
+                        .execute(connection)
+                        .await?;
+                    Ok(())
+                })
+            .await
+    }
+
+    /// On an empty database, creates tenant `default` with the given key; returns whether it did.
+    /// Serialised across replicas so only one bootstrap key is ever made.
+    pub async fn bootstrap_if_empty(
+        &self,
+        tenant_name: &str,
+        make_key: impl FnOnce(Uuid) -> NewApiKey + Send,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                    diesel::sql_query("SELECT pg_advisory_xact_lock(7310453)")
+                        .execute(connection)
+                        .await?;
+                    let tenants_count: i64 = tenants::table.count().get_result(connection).await?;
+                    if tenants_count > 0 {
+                        return Ok(false);
+                    }
+                    let tenant_id = Uuid::now_v7();
+                    diesel::insert_into(tenants::table)
+                        .values((tenants::id.eq(tenant_id), tenants::name.eq(tenant_name)))
+                        .execute(connection)
+                        .await?;
+                    diesel::insert_into(api_keys::table)
+                        .values(make_key(tenant_id))
+                        .execute(connection)
+                        .await?;
+                    Ok(true)
+                })
+            .await
+    }
+}

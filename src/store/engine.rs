@@ -1,0 +1,225 @@
+//! The onboarding engine's coordination in SQL: agents, leases with an epoch fence (expiry on
+//! the database clock), claims of runnable servers, and agent slots.
+
+use std::time::Duration;
+
+use diesel::{
+    prelude::*,
+    sql_types::{Int4, Int8, Text, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{Store, StoreError, interval, schema::servers};
+use crate::domain::ServerId;
+
+/// A runner's right to write: its owner id and the epoch of its claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: Uuid,
+    pub epoch: i64,
+}
+
+/// A server claimed by this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub server_id: ServerId,
+    pub fence: Fence,
+}
+
+#[derive(QueryableByName)]
+struct ClaimedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Int8)]
+    lease_epoch: i64,
+}
+
+#[derive(QueryableByName)]
+struct AgentRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Text)]
+    outbound_ip: String,
+}
+
+impl Store {
+    /// Registers (or refreshes) this replica's embedded agent; returns its id.
+    pub async fn upsert_agent(
+        &self,
+        name: &str,
+        outbound_ip: &str,
+        capacity: i32,
+    ) -> Result<Uuid, StoreError> {
+        let mut connection = self.connection().await?;
+        let row: AgentRow = diesel::sql_query(
+            "INSERT INTO agents (id, name, outbound_ip, capacity) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET outbound_ip = EXCLUDED.outbound_ip, \
+                 capacity = EXCLUDED.capacity, heartbeat_at = now() \
+             RETURNING id, outbound_ip",
+        )
+        .bind::<SqlUuid, _>(Uuid::now_v7())
+        .bind::<Text, _>(name)
+        .bind::<Text, _>(outbound_ip)
+        .bind::<Int4, _>(capacity)
+        .get_result(&mut connection)
+        .await?;
+        Ok(row.id)
+    }
+
+    /// Claims up to `limit` runnable servers whose lease is free or expired, or one given server.
+    /// Each claim bumps the epoch, which fences out any previous runner.
+    pub async fn claim_runnable(
+        &self,
+        owner: Uuid,
+        ttl: Duration,
+        limit: i64,
+        only: Option<ServerId>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<ClaimedRow> = diesel::sql_query(
+            "UPDATE servers SET lease_owner = $1, lease_expires_at = now() + $2::interval, \
+                 lease_epoch = lease_epoch + 1 \
+             WHERE id IN (SELECT id FROM servers \
+                 WHERE runnable AND (lease_owner IS NULL OR lease_expires_at < now()) \
+                   AND ($4::uuid IS NULL OR id = $4) \
+                 ORDER BY lease_expires_at NULLS FIRST LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, lease_epoch",
+        )
+        .bind::<SqlUuid, _>(owner)
+        .bind::<Text, _>(interval(ttl))
+        .bind::<Int8, _>(limit)
+        .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.0))
+        .load(&mut connection)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Claim {
+                server_id: ServerId(row.id),
+                fence: Fence {
+                    owner,
+                    epoch: row.lease_epoch,
+                },
+            })
+            .collect())
+    }
+
+    /// Extends a lease; Fenced when it was taken over.
+    pub async fn renew_lease(&self, claim: Claim, ttl: Duration) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let updated = diesel::sql_query(
+            "UPDATE servers SET lease_expires_at = now() + $3::interval \
+             WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $4",
+        )
+        .bind::<SqlUuid, _>(claim.server_id.0)
+        .bind::<SqlUuid, _>(claim.fence.owner)
+        .bind::<Text, _>(interval(ttl))
+        .bind::<Int8, _>(claim.fence.epoch)
+        .execute(&mut connection)
+        .await?;
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced)
+        }
+    }
+
+    /// Lets go of a lease (no-op when it was taken over already).
+    pub async fn release_lease(&self, claim: Claim) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        diesel::update(
+            servers::table
+                .find(claim.server_id.0)
+                .filter(servers::lease_owner.eq(claim.fence.owner))
+                .filter(servers::lease_epoch.eq(claim.fence.epoch)),
+        )
+        .set((
+            servers::lease_owner.eq(None::<Uuid>),
+            servers::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+        ))
+        .execute(&mut connection)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets go of every lease this replica holds, so others take over at once (shutdown).
+    pub async fn release_all_leases(&self, owner: Uuid) -> Result<usize, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(diesel::update(servers::table.filter(servers::lease_owner.eq(owner)))
+            .set((
+                servers::lease_owner.eq(None::<Uuid>),
+                servers::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+            ))
+            .execute(&mut connection)
+            .await?)
+    }
+
+    /// Takes an agent slot for a server (idempotent: keeps one already taken). Returns the
+    /// agent's outbound IP, or None when no agent has free capacity.
+    pub async fn assign_agent(&self, claim: Claim) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                    let current: Option<(Option<Uuid>, Option<String>, Option<Uuid>, i64)> =
+                        servers::table
+                            .find(claim.server_id.0)
+                            .select((
+                                servers::agent_id,
+                                servers::agent_outbound_ip,
+                                servers::lease_owner,
+                                servers::lease_epoch,
+                            ))
+                            .for_update()
+                            .first(connection)
+                            .await
+                            .optional()?;
+                    let (agent_id, outbound_ip, owner, epoch) =
+                        current.ok_or(StoreError::NotFound)?;
+                    if owner != Some(claim.fence.owner) || epoch != claim.fence.epoch {
+                        return Err(StoreError::Fenced);
+                    }
+                    if agent_id.is_some() {
+                        return Ok(outbound_ip);
+                    }
+                    // Locking the chosen agent row serialises slot counting per agent.
+                    let agent: Option<AgentRow> = diesel::sql_query(
+                        "SELECT a.id, a.outbound_ip FROM agents a \
+                         WHERE a.capacity > (SELECT count(*) FROM servers s WHERE s.agent_id = a.id) \
+                         ORDER BY (SELECT count(*) FROM servers s WHERE s.agent_id = a.id)::float8 \
+                                  / GREATEST(a.capacity, 1), a.heartbeat_at DESC \
+                         LIMIT 1 FOR UPDATE OF a",
+                    )
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                    let Some(agent) = agent else {
+                        return Ok(None);
+                    };
+                    // The choice was made on the snapshot before the lock: count again.
+                    #[derive(QueryableByName)]
+                    struct Free {
+                        #[diesel(sql_type = diesel::sql_types::Bool)]
+                        free: bool,
+                    }
+                    let free: Free = diesel::sql_query(
+                        "SELECT a.capacity > (SELECT count(*) FROM servers s WHERE s.agent_id = a.id) \
+                         AS free FROM agents a WHERE a.id = $1",
+                    )
+                    .bind::<SqlUuid, _>(agent.id)
+                    .get_result(connection)
+                    .await?;
+                    if !free.free {
+                        return Ok(None);
+                    }
+                    diesel::update(servers::table.find(claim.server_id.0))
+                        .set((
+                            servers::agent_id.eq(agent.id),
+                            servers::agent_outbound_ip.eq(&agent.outbound_ip),
+                        ))
+                        .execute(connection)
+                        .await?;
+                    Ok(Some(agent.outbound_ip))
+                })
+            .await
+    }
+}

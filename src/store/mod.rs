@@ -1,0 +1,291 @@
+//! PostgreSQL: the connection pool, migrations, and every SQL statement of the service. Nothing
+//! outside this module talks to the database.
+
+mod auth;
+mod engine;
+pub mod listener;
+mod rows;
+pub mod schema;
+mod servers;
+
+use std::time::Duration;
+
+use diesel::{ConnectionError, result::DatabaseErrorKind};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+        deadpool::{Object, Pool, PoolError},
+    },
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
+pub use engine::{Claim, Fence};
+pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
+
+use crate::{config::DatabaseConfig, domain::server::Rejection};
+
+/// The migrations in `migrations/`, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// NOTIFY channel: a server's onboarding status changed (payload `server_id:revision`).
+pub const ONBOARDING_CHANNEL: &str = "dbtrail_onboarding";
+/// NOTIFY channel: a server became runnable (payload `server_id`).
+pub const RUNNABLE_CHANNEL: &str = "dbtrail_runnable";
+/// NOTIFY channel: an API key was revoked (payload `key_id`).
+pub const API_KEYS_CHANNEL: &str = "dbtrail_api_keys";
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("server not found")]
+    NotFound,
+    #[error("a server named {0:?} already exists")]
+    NameTaken(String),
+    #[error("server limit reached ({count} of {limit})")]
+    LimitReached { limit: i32, count: i64 },
+    #[error("etag does not match the current version")]
+    EtagMismatch,
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+    #[error("the runner's lease was taken over")]
+    Fenced,
+    #[error("{0}")]
+    Rejected(#[from] Rejection),
+    #[error("{0} not found")]
+    Missing(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(diesel::result::Error),
+    /// Internal marker that rolls a validate-only transaction back.
+    #[error("rolled back")]
+    RolledBack,
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(error: diesel::result::Error) -> StoreError {
+        use diesel::result::Error;
+        match &error {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                StoreError::Unavailable(error.to_string())
+            }
+            Error::DatabaseError(_, info)
+                if is_unavailable_message(info.message()) =>
+            {
+                StoreError::Unavailable(error.to_string())
+            }
+            Error::NotFound => StoreError::NotFound,
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+/// Errors that mean "the database cannot serve now", as opposed to a bad statement.
+fn is_unavailable_message(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["statement timeout", "connection", "terminating", "shutting down", "the database system is"]
+        .iter()
+        .any(|needle| message.contains(needle))
+}
+
+impl From<PoolError> for StoreError {
+    fn from(error: PoolError) -> StoreError {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+impl From<ConnectionError> for StoreError {
+    fn from(error: ConnectionError) -> StoreError {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+/// The shared handle to PostgreSQL.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<AsyncPgConnection>,
+    database_url: String,
+}
+
+type Connection = Object<AsyncPgConnection>;
+
+impl Store {
+    /// Builds the pool; connections are made lazily, each with the statement timeout set.
+    pub fn connect(config: &DatabaseConfig) -> Result<Store, StoreError> {
+        let statement_timeout_ms = config.statement_timeout.as_millis();
+        let connect_timeout = config.pool_timeout;
+        let mut manager_config = ManagerConfig::default();
+        manager_config.recycling_method = RecyclingMethod::Fast;
+        manager_config.custom_setup = Box::new(move |url| {
+            let url = url.to_owned();
+            async move {
+                let mut connection =
+                    tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                        .await
+                        .map_err(|_| {
+                            ConnectionError::BadConnection("connecting timed out".into())
+                        })??;
+                diesel::sql_query(format!(
+                    "SET statement_timeout = {statement_timeout_ms}; \
+                     SET idle_in_transaction_session_timeout = {}",
+                    statement_timeout_ms * 2
+                ))
+                .execute(&mut connection)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(connection)
+            }
+            .boxed()
+        });
+        let manager =
+            AsyncDieselConnectionManager::new_with_config(&config.database_url, manager_config);
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.pool_timeout))
+            .create_timeout(Some(config.pool_timeout))
+            .recycle_timeout(Some(config.pool_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        Ok(Store {
+            pool,
+            database_url: config.database_url.clone(),
+        })
+    }
+
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The URL the pool connects to (for the dedicated LISTEN connection).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        diesel::sql_query("SELECT 1").execute(&mut connection).await?;
+        Ok(())
+    }
+
+    /// Pool usage: (connections open, connections idle, max size).
+    pub fn pool_usage(&self) -> (usize, usize, usize) {
+        let status = self.pool.status();
+        (status.size, status.available, status.max_size)
+    }
+}
+
+/// Splits `postgres://.../NAME?query` into the URL of the maintenance database and NAME.
+fn maintenance_url(database_url: &str) -> Result<(String, String), StoreError> {
+    let invalid = || StoreError::Unavailable(format!("invalid database URL (no database name)"));
+    let scheme_end = database_url.find("://").ok_or_else(invalid)? + 3;
+    let path_start = database_url[scheme_end..]
+        .find('/')
+        .map(|index| index + scheme_end)
+        .ok_or_else(invalid)?;
+    let (name, query) = match database_url[path_start + 1..].split_once('?') {
+        Some((name, query)) => (name.to_owned(), format!("?{query}")),
+        None => (database_url[path_start + 1..].to_owned(), String::new()),
+    };
+    if name.is_empty() {
+        return Err(invalid());
+    }
+    Ok((
+        format!("{}/postgres{query}", &database_url[..path_start]),
+        name,
+    ))
+}
+
+/// Creates the database when it does not exist, then applies pending migrations.
+pub async fn create_database_and_migrate(database_url: &str) -> Result<(), StoreError> {
+    let (maintenance, name) = maintenance_url(database_url)?;
+    let mut connection = AsyncPgConnection::establish(&maintenance).await?;
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let exists: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut connection)
+            .await?;
+    if !exists.exists {
+        let quoted = name.replace('"', "\"\"");
+        match diesel::sql_query(format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut connection)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another replica created it at the same moment.
+            Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {}
+            Err(error) if error.to_string().contains("already exists") => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    drop(connection);
+    migrate(database_url).await
+}
+
+/// Applies pending migrations, serialised across replicas by an advisory lock.
+pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        let mut connection: AsyncConnectionWrapper<AsyncPgConnection> =
+            diesel::Connection::establish(&url)?;
+        let advisory = |connection: &mut AsyncConnectionWrapper<AsyncPgConnection>, sql: &str| {
+            diesel::RunQueryDsl::execute(diesel::sql_query(sql), connection)
+        };
+        advisory(&mut connection, "SELECT pg_advisory_lock(7310452)")?;
+        let result = connection
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| {
+                for version in applied {
+                    tracing::info!(%version, "applied migration");
+                }
+            })
+            .map_err(|error| StoreError::Unavailable(format!("migration failed: {error}")));
+        advisory(&mut connection, "SELECT pg_advisory_unlock(7310452)")?;
+        result
+    })
+    .await
+    .map_err(|error| StoreError::Unavailable(format!("migration task failed: {error}")))?
+}
+
+/// A duration as PostgreSQL interval text, for `now() + $1::interval`.
+fn interval(duration: Duration) -> String {
+    format!("{} milliseconds", duration.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_url_swaps_the_database_name() {
+        assert_eq!(
+            maintenance_url("postgres://postgres@127.0.0.1:5432/dbtrail").unwrap(),
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+                "dbtrail".to_owned()
+            )
+        );
+        assert_eq!(
+            maintenance_url("postgres://u:p@h/db?sslmode=disable").unwrap(),
+            (
+                "postgres://u:p@h/postgres?sslmode=disable".to_owned(),
+                "db".to_owned()
+            )
+        );
+        assert!(maintenance_url("postgres://h").is_err());
+    }
+}

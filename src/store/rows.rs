@@ -1,0 +1,164 @@
+//! The servers row and its conversion to and from the domain's Server.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::{StoreError, schema::servers};
+use crate::domain::{
+    ConnectionMethod, ServerId, ServerStatus, SslMode, TenantId,
+    onboarding::{StepProgress, Steps},
+    server::{Sealed, Server, ServerSpec, SshTunnel, StoredSecrets, StreamOptions},
+};
+
+/// Every column of a server that the domain sees (the lease columns are the engine's).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = servers, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
+pub struct ServerRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+    pub mysql_user: String,
+    pub mysql_password_sealed: Option<Vec<u8>>,
+    pub mysql_password_key_id: Option<String>,
+    pub connection_method: String,
+    pub ssh_host: Option<String>,
+    pub ssh_port: Option<i32>,
+    pub ssh_user: Option<String>,
+    pub ssh_private_key_sealed: Option<Vec<u8>>,
+    pub ssh_private_key_key_id: Option<String>,
+    pub ssh_host_key_fingerprint: Option<String>,
+    pub stream_schemas: Vec<String>,
+    pub stream_tables: Vec<String>,
+    pub ssl_mode: String,
+    pub labels: serde_json::Value,
+    pub status: String,
+    pub steps: serde_json::Value,
+    pub revision: i64,
+    pub version: i64,
+    pub agent_id: Option<Uuid>,
+    pub agent_outbound_ip: Option<String>,
+    pub runnable: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub decommissioned_at: Option<DateTime<Utc>>,
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn sealed(ciphertext: Option<Vec<u8>>, key_id: Option<String>) -> Option<Sealed> {
+    Some(Sealed {
+        ciphertext: ciphertext?,
+        key_id: key_id?,
+    })
+}
+
+fn unsealed(secret: &Option<Sealed>) -> (Option<Vec<u8>>, Option<String>) {
+    match secret {
+        Some(sealed) => (Some(sealed.ciphertext.clone()), Some(sealed.key_id.clone())),
+        None => (None, None),
+    }
+}
+
+impl TryFrom<ServerRow> for Server {
+    type Error = StoreError;
+
+    fn try_from(row: ServerRow) -> Result<Server, StoreError> {
+        let connection_method = ConnectionMethod::parse(&row.connection_method)
+            .ok_or_else(|| corrupt("connection_method", &row.connection_method))?;
+        let ssh_tunnel = match (row.ssh_host, row.ssh_port, row.ssh_user) {
+            (Some(host), Some(port), Some(user)) => Some(SshTunnel {
+                host,
+                port: u16::try_from(port).map_err(|_| corrupt("ssh_port", &port.to_string()))?,
+                user,
+                host_key_fingerprint: row.ssh_host_key_fingerprint,
+            }),
+            _ => None,
+        };
+        let labels: BTreeMap<String, String> = serde_json::from_value(row.labels)
+            .map_err(|error| StoreError::Corrupt(format!("labels: {error}")))?;
+        let steps: Vec<StepProgress> = serde_json::from_value(row.steps)
+            .map_err(|error| StoreError::Corrupt(format!("steps: {error}")))?;
+        Ok(Server {
+            id: ServerId(row.id),
+            tenant_id: TenantId(row.tenant_id),
+            spec: ServerSpec {
+                name: row.name,
+                host: row.host,
+                port: u16::try_from(row.port).map_err(|_| corrupt("port", &row.port.to_string()))?,
+                mysql_user: row.mysql_user,
+                connection_method,
+                ssh_tunnel,
+                stream_options: StreamOptions {
+                    schemas: row.stream_schemas,
+                    tables: row.stream_tables,
+                    ssl_mode: SslMode::parse(&row.ssl_mode)
+                        .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
+                },
+                labels,
+            },
+            secrets: StoredSecrets {
+                mysql_password: sealed(row.mysql_password_sealed, row.mysql_password_key_id),
+                ssh_private_key: sealed(row.ssh_private_key_sealed, row.ssh_private_key_key_id),
+            },
+            status: ServerStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?,
+            steps: Steps::from_stored(steps),
+            revision: row.revision,
+            version: row.version,
+            agent_id: row.agent_id,
+            agent_outbound_ip: row.agent_outbound_ip,
+            runnable: row.runnable,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            decommissioned_at: row.decommissioned_at,
+        })
+    }
+}
+
+impl From<&Server> for ServerRow {
+    fn from(server: &Server) -> ServerRow {
+        let spec = &server.spec;
+        let tunnel = spec.ssh_tunnel.as_ref();
+        let (mysql_password_sealed, mysql_password_key_id) =
+            unsealed(&server.secrets.mysql_password);
+        let (ssh_private_key_sealed, ssh_private_key_key_id) =
+            unsealed(&server.secrets.ssh_private_key);
+        ServerRow {
+            id: server.id.0,
+            tenant_id: server.tenant_id.0,
+            name: spec.name.clone(),
+            host: spec.host.clone(),
+            port: i32::from(spec.port),
+            mysql_user: spec.mysql_user.clone(),
+            mysql_password_sealed,
+            mysql_password_key_id,
+            connection_method: spec.connection_method.as_str().to_owned(),
+            ssh_host: tunnel.map(|tunnel| tunnel.host.clone()),
+            ssh_port: tunnel.map(|tunnel| i32::from(tunnel.port)),
+            ssh_user: tunnel.map(|tunnel| tunnel.user.clone()),
+            ssh_private_key_sealed,
+            ssh_private_key_key_id,
+            ssh_host_key_fingerprint: tunnel.and_then(|tunnel| tunnel.host_key_fingerprint.clone()),
+            stream_schemas: spec.stream_options.schemas.clone(),
+            stream_tables: spec.stream_options.tables.clone(),
+            ssl_mode: spec.stream_options.ssl_mode.as_str().to_owned(),
+            labels: serde_json::to_value(&spec.labels).unwrap_or_default(),
+            status: server.status.as_str().to_owned(),
+            steps: serde_json::to_value(&server.steps).unwrap_or_default(),
+            revision: server.revision,
+            version: server.version,
+            agent_id: server.agent_id,
+            agent_outbound_ip: server.agent_outbound_ip.clone(),
+            runnable: server.runnable,
+            created_at: server.created_at,
+            updated_at: server.updated_at,
+            decommissioned_at: server.decommissioned_at,
+        }
+    }
+}

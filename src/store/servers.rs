@@ -1,0 +1,431 @@
+//! Server rows: registration (limit, name uniqueness, idempotency), reads, keyset listing with
+//! filters, and the locked read-modify-write that records each onboarding revision with its
+//! history row and NOTIFY in one transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    dsl::sql,
+    pg::Pg,
+    prelude::*,
+    result::DatabaseErrorKind,
+    sql_types::{Bool, Text},
+};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{
+    Connection, Fence, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, Store, StoreError,
+    rows::ServerRow,
+    schema::{idempotency_keys, onboarding_history, servers, tenants},
+};
+use crate::domain::{
+    ServerId, ServerStatus, TenantId,
+    filter::{Filter, FilterField},
+    onboarding::OnboardingStatus,
+    server::Server,
+};
+
+/// Who is changing a server: an API call of a tenant, or the runner holding its lease.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    Tenant(TenantId),
+    Runner(Fence),
+}
+
+/// A client's request id, with a digest of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub request_id: String,
+    pub method: &'static str,
+    pub request_hash: Vec<u8>,
+}
+
+/// Where a page of ListServers starts: after this (created_at, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// One page of servers and whether more follow.
+#[derive(Debug)]
+pub struct ListPage {
+    pub servers: Vec<Server>,
+    pub more: bool,
+}
+
+type BoxedCondition = Box<dyn BoxableExpression<servers::table, Pg, SqlType = Bool>>;
+
+/// Translates a parsed filter into SQL over the servers table.
+fn condition(filter: &Filter) -> BoxedCondition {
+    match filter {
+        Filter::And(terms) => fold(terms, |left, right| Box::new(left.and(right))),
+        Filter::Or(terms) => fold(terms, |left, right| Box::new(left.or(right))),
+        Filter::Not(term) => Box::new(diesel::dsl::not(condition(term))),
+        Filter::HasLabel(key) => Box::new(servers::labels.has_key(key.clone())),
+        Filter::Equals { field, value } => match field {
+            FilterField::Status => Box::new(servers::status.eq(value.clone())),
+            FilterField::ConnectionMethod => Box::new(servers::connection_method.eq(value.clone())),
+            FilterField::Name => Box::new(servers::name.eq(value.clone())),
+            FilterField::Host => Box::new(servers::host.eq(value.clone())),
+            FilterField::Label(key) => Box::new(
+                servers::labels.contains(serde_json::json!({ key.as_str(): value.as_str() })),
+            ),
+        },
+        Filter::Like { field, pattern } => match field {
+            FilterField::Status => Box::new(servers::status.like(pattern.clone())),
+            FilterField::ConnectionMethod => {
+                Box::new(servers::connection_method.like(pattern.clone()))
+            }
+            FilterField::Name => Box::new(servers::name.like(pattern.clone())),
+            FilterField::Host => Box::new(servers::host.like(pattern.clone())),
+            FilterField::Label(key) => Box::new(
+                sql::<Bool>("COALESCE(servers.labels ->> ")
+                    .bind::<Text, _>(key.clone())
+                    .sql(" LIKE ")
+                    .bind::<Text, _>(pattern.clone())
+                    .sql(", false)"),
+            ),
+        },
+    }
+}
+
+fn fold(terms: &[Filter], join: fn(BoxedCondition, BoxedCondition) -> BoxedCondition) -> BoxedCondition {
+    let mut conditions = terms.iter().map(condition);
+    let first = conditions
+        .next()
+        .unwrap_or_else(|| Box::new(diesel::dsl::sql::<Bool>("true")));
+    conditions.fold(first, join)
+}
+
+fn is_unique_violation(error: &diesel::result::Error, constraint: &str) -> bool {
+    matches!(
+        error,
+        diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(constraint)
+    )
+}
+
+async fn notify(connection: &mut Connection, channel: &str, payload: &str) -> Result<(), StoreError> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(channel)
+        .bind::<Text, _>(payload)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Records a revision: its history row and its NOTIFY, inside the caller's transaction.
+async fn record_revision(connection: &mut Connection, server: &Server) -> Result<(), StoreError> {
+    let status = server.onboarding_status();
+    let json = serde_json::to_value(&status)
+        .map_err(|error| StoreError::Corrupt(format!("onboarding status: {error}")))?;
+    diesel::insert_into(onboarding_history::table)
+        .values((
+            onboarding_history::server_id.eq(server.id.0),
+            onboarding_history::revision.eq(server.revision),
+            onboarding_history::status.eq(json),
+        ))
+        .execute(connection)
+        .await?;
+    notify(
+        connection,
+        ONBOARDING_CHANNEL,
+        &format!("{}:{}", server.id, server.revision),
+    )
+    .await
+}
+
+async fn load_server(connection: &mut Connection, id: Uuid) -> Result<Server, StoreError> {
+    servers::table
+        .find(id)
+        .select(ServerRow::as_select())
+        .first(connection)
+        .await
+        .optional()?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+}
+
+impl Store {
+    /// Registers a server: checks the tenant's limit, the name, and the request id, then
+    /// writes the server, its first revision and the wake-up of a runner. With `validate_only`,
+    /// every check runs and nothing is kept.
+    pub async fn register_server(
+        &self,
+        server: Server,
+        idempotency: Option<IdempotencyKey>,
+        validate_only: bool,
+    ) -> Result<Server, StoreError> {
+        let mut connection = self.connection().await?;
+        let tenant_id = server.tenant_id.0;
+        let attempt = {
+            let idempotency = idempotency.clone();
+            connection
+                .transaction(async move |connection| -> Result<_, StoreError> {
+                        if let Some(key) = &idempotency
+                            && !validate_only
+                        {
+                            // Inserted first, so a concurrent retry waits here for this one.
+                            diesel::insert_into(idempotency_keys::table)
+                                .values((
+                                    idempotency_keys::tenant_id.eq(tenant_id),
+                                    idempotency_keys::request_id.eq(&key.request_id),
+                                    idempotency_keys::method.eq(key.method),
+                                    idempotency_keys::request_hash.eq(&key.request_hash),
+                                    idempotency_keys::server_id.eq(server.id.0),
+                                ))
+                                .execute(connection)
+                                .await?;
+                        }
+                        let limit: Option<i32> = tenants::table
+                            .find(tenant_id)
+                            .select(tenants::server_limit)
+                            .for_update()
+                            .first(connection)
+                            .await?;
+                        if let Some(limit) = limit {
+                            let count: i64 = servers::table
+                                .filter(servers::tenant_id.eq(tenant_id))
+                                .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
+                                .count()
+                                .get_result(connection)
+                                .await?;
+                            if count >= i64::from(limit) {
+                                return Err(StoreError::LimitReached { limit, count });
+                            }
+                        }
+                        let taken: i64 = servers::table
+                            .filter(servers::tenant_id.eq(tenant_id))
+                            .filter(servers::name.eq(&server.spec.name))
+                            .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
+                            .count()
+                            .get_result(connection)
+                            .await?;
+                        if taken > 0 {
+                            return Err(StoreError::NameTaken(server.spec.name.clone()));
+                        }
+                        if validate_only {
+                            return Err(StoreError::RolledBack);
+                        }
+                        diesel::insert_into(servers::table)
+                            .values(ServerRow::from(&server))
+                            .execute(connection)
+                            .await
+                            .map_err(|error| {
+                                if is_unique_violation(&error, "servers_live_name") {
+                                    StoreError::NameTaken(server.spec.name.clone())
+                                } else {
+                                    error.into()
+                                }
+                            })?;
+                        record_revision(connection, &server).await?;
+                        notify(connection, super::RUNNABLE_CHANNEL, &server.id.to_string())
+                            .await?;
+                        Ok(server)
+                    })
+                .await
+        };
+        match attempt {
+            Err(StoreError::RolledBack) => Err(StoreError::RolledBack),
+            Err(StoreError::Database(error))
+                if is_unique_violation(&error, "idempotency_keys_pkey") =>
+            {
+                match idempotency {
+                    Some(key) => self.replay(&mut connection, TenantId(tenant_id), &key).await,
+                    None => Err(StoreError::Database(error)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The server a request id already produced, or why the id cannot be reused.
+    async fn replay(
+        &self,
+        connection: &mut Connection,
+        tenant: TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Server, StoreError> {
+        let stored: Option<(String, Vec<u8>, Uuid)> = idempotency_keys::table
+            .find((tenant.0, &key.request_id))
+            .select((
+                idempotency_keys::method,
+                idempotency_keys::request_hash,
+                idempotency_keys::server_id,
+            ))
+            .first(connection)
+            .await
+            .optional()?;
+        match stored {
+            Some((method, hash, server_id)) if method == key.method && hash == key.request_hash => {
+                load_server(connection, server_id).await
+            }
+            Some(_) => Err(StoreError::RequestIdReused),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// The server a request id already produced, if it was used before.
+    pub async fn find_replay(
+        &self,
+        tenant: TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Server>, StoreError> {
+        let mut connection = self.connection().await?;
+        match self.replay(&mut connection, tenant, key).await {
+            Ok(server) => Ok(Some(server)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// One of the tenant's servers, decommissioned ones included.
+    pub async fn get_server(&self, tenant: TenantId, id: ServerId) -> Result<Server, StoreError> {
+        let mut connection = self.connection().await?;
+        let server = load_server(&mut connection, id.0).await?;
+        if server.tenant_id != tenant {
+            return Err(StoreError::NotFound);
+        }
+        Ok(server)
+    }
+
+    /// A page of the tenant's servers, newest first, after `cursor`.
+    pub async fn list_servers(
+        &self,
+        tenant: TenantId,
+        filter: Option<&Filter>,
+        show_decommissioned: bool,
+        cursor: Option<PageCursor>,
+        page_size: usize,
+    ) -> Result<ListPage, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut query = servers::table
+            .filter(servers::tenant_id.eq(tenant.0))
+            .select(ServerRow::as_select())
+            .order((servers::created_at.desc(), servers::id.desc()))
+            .limit(page_size as i64 + 1)
+            .into_boxed();
+        if !show_decommissioned {
+            query = query.filter(servers::status.ne(ServerStatus::Decommissioned.as_str()));
+        }
+        if let Some(filter) = filter {
+            query = query.filter(condition(filter));
+        }
+        if let Some(cursor) = cursor {
+            query = query.filter(
+                servers::created_at.lt(cursor.created_at).or(servers::created_at
+                    .eq(cursor.created_at)
+                    .and(servers::id.lt(cursor.id))),
+            );
+        }
+        let mut rows: Vec<ServerRow> = query.load(&mut connection).await?;
+        let more = rows.len() > page_size;
+        rows.truncate(page_size);
+        let servers = rows
+            .into_iter()
+            .map(Server::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(ListPage { servers, more })
+    }
+
+    /// Locks a server, lets `change` modify it, and writes the result in one transaction:
+    /// a changed onboarding status becomes the next revision with its history row and NOTIFY;
+    /// an API change of onboarding takes the server away from its runner (the fence); a server
+    /// that became runnable wakes the engines. `change` runs under the row lock and must not
+    /// do I/O.
+    pub async fn modify_server<T, F>(
+        &self,
+        scope: Scope,
+        id: ServerId,
+        change: F,
+    ) -> Result<(Server, T), StoreError>
+    where
+        F: FnOnce(&mut Server) -> Result<T, StoreError> + Send,
+        T: Send,
+    {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                    let locked: Option<(ServerRow, Option<Uuid>, i64)> = servers::table
+                        .find(id.0)
+                        .select((ServerRow::as_select(), servers::lease_owner, servers::lease_epoch))
+                        .for_update()
+                        .first(connection)
+                        .await
+                        .optional()?;
+                    let (row, lease_owner, lease_epoch) = locked.ok_or(StoreError::NotFound)?;
+                    match scope {
+                        Scope::Tenant(tenant) if row.tenant_id != tenant.0 => {
+                            return Err(StoreError::NotFound);
+                        }
+                        Scope::Runner(fence)
+                            if lease_owner != Some(fence.owner) || lease_epoch != fence.epoch =>
+                        {
+                            return Err(StoreError::Fenced);
+                        }
+                        _ => {}
+                    }
+                    let before = Server::try_from(row)?;
+                    let mut server = before.clone();
+                    let output = change(&mut server)?;
+                    if server == before {
+                        return Ok((server, output));
+                    }
+                    let onboarding_changed = server.onboarding_status() != before.onboarding_status()
+                        || server.runnable != before.runnable;
+                    if server.onboarding_status() != before.onboarding_status() {
+                        server.revision = before.revision + 1;
+                    }
+                    server.version = before.version + 1;
+                    server.updated_at = Utc::now();
+                    diesel::update(servers::table.find(id.0))
+                        .set(ServerRow::from(&server))
+                        .execute(connection)
+                        .await?;
+                    let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
+                    if fence_runner {
+                        diesel::update(servers::table.find(id.0))
+                            .set((
+                                servers::lease_owner.eq(None::<Uuid>),
+                                servers::lease_expires_at.eq(None::<DateTime<Utc>>),
+                                servers::lease_epoch.eq(lease_epoch + 1),
+                            ))
+                            .execute(connection)
+                            .await?;
+                    }
+                    if server.revision != before.revision {
+                        record_revision(connection, &server).await?;
+                    }
+                    if server.runnable && (fence_runner || !before.runnable) {
+                        notify(connection, RUNNABLE_CHANNEL, &server.id.to_string()).await?;
+                    }
+                    Ok((server, output))
+                })
+            .await
+    }
+
+    /// The revisions of a server's onboarding after `after`, in order (at most `limit`).
+    pub async fn onboarding_history(
+        &self,
+        id: ServerId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OnboardingStatus>, StoreError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<serde_json::Value> = onboarding_history::table
+            .filter(onboarding_history::server_id.eq(id.0))
+            .filter(onboarding_history::revision.gt(after))
+            .order(onboarding_history::revision.asc())
+            .limit(limit)
+            .select(onboarding_history::status)
+            .load(&mut connection)
+            .await?;
+        rows.into_iter()
+            .map(|json| {
+                serde_json::from_value(json)
+                    .map_err(|error| StoreError::Corrupt(format!("onboarding history: {error}")))
+            })
+            .collect()
+    }
+}
