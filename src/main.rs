@@ -1,1 +1,244 @@
-fn main() {}
+//! The command line: `serve`, `migrate`, `tenants`, `keys`.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use dbtrail_servers::{
+    app,
+    auth::admin::Admin,
+    config::{Config, LogFormat},
+    store,
+};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(
+    name = "dbtrail-servers",
+    version,
+    about = "Control plane for the MySQL/MariaDB servers dbtrail monitors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the administrative commands find the database.
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/dbtrail"
+    )]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (creates and migrates the database first).
+    Serve(Box<Config>),
+    /// Create the database if missing and apply pending migrations.
+    Migrate(DatabaseArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// Most servers the tenant may have (decommissioned ones do not count).
+        #[arg(long)]
+        server_limit: Option<i32>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints the key alone on standard output.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: servers:read,servers:write,servers:delete.
+        #[arg(long, value_delimiter = ',', required = true)]
+        permissions: Vec<String>,
+        /// A label for the key.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 30d or 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a key on every replica.
+    Revoke {
+        key_id: Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn admin(database: &DatabaseArgs) -> Result<Admin, String> {
+    store::create_database_and_migrate(&database.database_url)
+        .await
+        .map_err(|error| error.to_string())?;
+    Admin::connect(&database.database_url)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(config) => {
+            init_logging(config.log_format);
+            let running = app::start(*config)
+                .await
+                .map_err(|error| error.to_string())?;
+            wait_for_signal().await;
+            running.shutdown().await;
+        }
+        Command::Migrate(database) => {
+            init_logging(LogFormat::Text);
+            store::create_database_and_migrate(&database.database_url)
+                .await
+                .map_err(|error| error.to_string())?;
+            eprintln!("database is migrated");
+        }
+        Command::Tenants(TenantsCommand::Create {
+            name,
+            server_limit,
+            database,
+        }) => {
+            let id = admin(&database)
+                .await?
+                .create_tenant(&name, server_limit)
+                .await
+                .map_err(|error| error.to_string())?;
+            println!("{id}");
+        }
+        Command::Tenants(TenantsCommand::List { database }) => {
+            for tenant in admin(&database)
+                .await?
+                .list_tenants()
+                .await
+                .map_err(|error| error.to_string())?
+            {
+                let limit = tenant
+                    .server_limit
+                    .map_or_else(|| "unlimited".to_owned(), |limit| limit.to_string());
+                println!(
+                    "{}\t{}\tserver limit {limit}\tcreated {}",
+                    tenant.id,
+                    tenant.name,
+                    tenant.created_at.to_rfc3339()
+                );
+            }
+        }
+        Command::Keys(KeysCommand::Create {
+            tenant,
+            permissions,
+            name,
+            expires_in,
+            database,
+        }) => {
+            let permissions: Vec<&str> = permissions.iter().map(String::as_str).collect();
+            let key = admin(&database)
+                .await?
+                .create_key(&tenant, &permissions, name.as_deref(), expires_in)
+                .await
+                .map_err(|error| error.to_string())?;
+            eprintln!("created key {} for tenant {tenant}", key.id);
+            println!("{}", key.secret);
+        }
+        Command::Keys(KeysCommand::List { tenant, database }) => {
+            for key in admin(&database)
+                .await?
+                .list_keys(&tenant)
+                .await
+                .map_err(|error| error.to_string())?
+            {
+                let state = match (key.revoked_at, key.expires_at) {
+                    (Some(at), _) => format!("revoked {}", at.to_rfc3339()),
+                    (None, Some(at)) => format!("expires {}", at.to_rfc3339()),
+                    (None, None) => "active".to_owned(),
+                };
+                println!(
+                    "{}\t{}…\t{}\t{}\t{state}",
+                    key.id,
+                    key.prefix,
+                    key.name,
+                    key.permissions.join(",")
+                );
+            }
+        }
+        Command::Keys(KeysCommand::Revoke { key_id, database }) => {
+            admin(&database)
+                .await?
+                .revoke_key(key_id)
+                .await
+                .map_err(|error| error.to_string())?;
+            eprintln!("revoked key {key_id}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

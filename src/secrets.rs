@@ -167,7 +167,10 @@ mod tests {
     #[test]
     fn seal_then_open_round_trips_and_hides_the_plaintext() {
         let secrets = SecretBox::from_keys(&key(), &[]).unwrap();
-        let sealed = secrets.seal(&Secret("hunter2-password".into()), "server-1/mysql_password");
+        let sealed = secrets.seal(
+            &Secret("hunter2-password".into()),
+            "server-1/mysql_password",
+        );
         assert!(
             !sealed
                 .ciphertext

@@ -287,10 +287,7 @@ impl ServerInput {
         let field = |name: &str| format!("{prefix}{name}");
         let name = violations.check(&field("name"), validate_name(&self.name));
         let host = violations.check(&field("host"), validate_host(&self.host));
-        let port = violations.check(
-            &field("port"),
-            validate_port(self.port, DEFAULT_MYSQL_PORT),
-        );
+        let port = violations.check(&field("port"), validate_port(self.port, DEFAULT_MYSQL_PORT));
         let mysql_user = violations.check(
             &field("mysql_user"),
             validate_text(&self.mysql_user, "mysql_user", 80, true),
@@ -455,7 +452,9 @@ fn validate_text(text: &str, what: &str, max: usize, required: bool) -> Result<S
     }
     let length = text.chars().count();
     if length > max {
-        return Err(format!("is {length} characters long; at most {max} allowed"));
+        return Err(format!(
+            "is {length} characters long; at most {max} allowed"
+        ));
     }
     if has_control_characters(text) {
         return Err("must not contain control characters".into());
@@ -553,7 +552,10 @@ pub fn validate_fingerprint(text: &str) -> Result<String, String> {
     if valid {
         Ok(text.to_owned())
     } else {
-        Err("must be an OpenSSH SHA256 fingerprint: SHA256: followed by 43 base64 characters".into())
+        Err(
+            "must be an OpenSSH SHA256 fingerprint: SHA256: followed by 43 base64 characters"
+                .into(),
+        )
     }
 }
 
@@ -616,7 +618,9 @@ pub enum Rejection {
     NotSshTunnel(ConnectionMethod),
     #[error("{0}")]
     NotAwaitingFirewall(String),
-    #[error("onboarding has not failed: server status is {0}; only a server in error can be retried")]
+    #[error(
+        "onboarding has not failed: server status is {0}; only a server in error can be retried"
+    )]
     OnboardingNotFailed(ServerStatus),
 }
 
@@ -842,7 +846,10 @@ impl Server {
     /// The auto-completion of awaiting_firewall for connections that need no firewall rule.
     pub fn firewall_outcome(&self) -> StepOutcome {
         if self.spec.connection_method == ConnectionMethod::SshTunnel {
-            let ip = self.agent_outbound_ip.as_deref().unwrap_or("the agent's IP");
+            let ip = self
+                .agent_outbound_ip
+                .as_deref()
+                .unwrap_or("the agent's IP");
             StepOutcome::Waiting {
                 message: format!(
                     "allow {ip} on TCP port {} of the jumphost, then call ConfirmFirewall",
@@ -928,7 +935,10 @@ mod tests {
 
         let mut direct = input();
         direct.ssh_tunnel = Some(SshTunnelInput::default());
-        assert_eq!(fields(&validate(direct).unwrap_err()), ["server.ssh_tunnel"]);
+        assert_eq!(
+            fields(&validate(direct).unwrap_err()),
+            ["server.ssh_tunnel"]
+        );
     }
 
     #[test]
@@ -961,10 +971,23 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for good in ["db.example.com", "10.0.0.1", "::1", "localhost", "db-1.internal."] {
+        for good in [
+            "db.example.com",
+            "10.0.0.1",
+            "::1",
+            "localhost",
+            "db-1.internal.",
+        ] {
             assert!(validate_host(good).is_ok(), "{good}");
         }
-        for bad in ["", "-db.example.com", "a..b", "db_ex ample", "300.1.1.1", "1.2.3"] {
+        for bad in [
+            "",
+            "-db.example.com",
+            "a..b",
+            "db_ex ample",
+            "300.1.1.1",
+            "1.2.3",
+        ] {
             assert!(validate_host(bad).is_err(), "{bad}");
         }
     }
@@ -1124,6 +1147,9 @@ mod tests {
         server.decommission(now + chrono::Duration::seconds(1));
         assert_eq!(server, first);
         assert_eq!(server.current_step(), None);
-        assert_eq!(server.update(first.spec.clone(), StoredSecrets::default(), None), Err(Rejection::Decommissioned));
+        assert_eq!(
+            server.update(first.spec.clone(), StoredSecrets::default(), None),
+            Err(Rejection::Decommissioned)
+        );
     }
 }

@@ -60,7 +60,11 @@ pub struct TenantSummary {
 
 impl Store {
     /// Creates a tenant; Conflict when the name is taken.
-    pub async fn create_tenant(&self, name: &str, server_limit: Option<i32>) -> Result<Uuid, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        server_limit: Option<i32>,
+    ) -> Result<Uuid, StoreError> {
         let mut connection = self.connection().await?;
         let id = Uuid::now_v7();
         diesel::insert_into(tenants::table)
@@ -139,59 +143,59 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                    let found = diesel::update(api_keys::table.find(key_id))
-                        .set(api_keys::revoked_at.eq(Some(Utc::now())))
-                        .filter(api_keys::revoked_at.is_null())
-                        .execute(connection)
+                let found = diesel::update(api_keys::table.find(key_id))
+                    .set(api_keys::revoked_at.eq(Some(Utc::now())))
+                    .filter(api_keys::revoked_at.is_null())
+                    .execute(connection)
+                    .await?;
+                if found == 0 {
+                    let exists: i64 = api_keys::table
+                        .find(key_id)
+                        .count()
+                        .get_result(connection)
                         .await?;
-                    if found == 0 {
-                        let exists: i64 = api_keys::table
-                            .find(key_id)
-                            .count()
-                            .get_result(connection)
-                            .await?;
-                        if exists == 0 {
-                            return Err(StoreError::Missing(format!("API key {key_id}")));
-                        }
+                    if exists == 0 {
+                        return Err(StoreError::Missing(format!("API key {key_id}")));
                     }
-                    diesel::sql_query("SELECT pg_notify($1, $2)")
-                        .bind::<diesel::sql_types::Text, _>(API_KEYS_CHANNEL)
-                        .bind::<diesel::sql_types::Text, _>(key_id.to_string())
-                        .execute(connection)
-                        .await?;
-                    Ok(())
-                })
+                }
+                diesel::sql_query("SELECT pg_notify($1, $2)")
+                    .bind::<diesel::sql_types::Text, _>(API_KEYS_CHANNEL)
+                    .bind::<diesel::sql_types::Text, _>(key_id.to_string())
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
             .await
     }
 
-    /// On an empty database, creates tenant `default` with the given key; returns whether it did.
+    /// On an empty database, creates the tenant with the given key; returns whether it did.
     /// Serialised across replicas so only one bootstrap key is ever made.
     pub async fn bootstrap_if_empty(
         &self,
+        tenant_id: Uuid,
         tenant_name: &str,
-        make_key: impl FnOnce(Uuid) -> NewApiKey + Send,
+        key: NewApiKey,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                    diesel::sql_query("SELECT pg_advisory_xact_lock(7310453)")
-                        .execute(connection)
-                        .await?;
-                    let tenants_count: i64 = tenants::table.count().get_result(connection).await?;
-                    if tenants_count > 0 {
-                        return Ok(false);
-                    }
-                    let tenant_id = Uuid::now_v7();
-                    diesel::insert_into(tenants::table)
-                        .values((tenants::id.eq(tenant_id), tenants::name.eq(tenant_name)))
-                        .execute(connection)
-                        .await?;
-                    diesel::insert_into(api_keys::table)
-                        .values(make_key(tenant_id))
-                        .execute(connection)
-                        .await?;
-                    Ok(true)
-                })
+                diesel::sql_query("SELECT pg_advisory_xact_lock(7310453)")
+                    .execute(connection)
+                    .await?;
+                let tenants_count: i64 = tenants::table.count().get_result(connection).await?;
+                if tenants_count > 0 {
+                    return Ok(false);
+                }
+                diesel::insert_into(tenants::table)
+                    .values((tenants::id.eq(tenant_id), tenants::name.eq(tenant_name)))
+                    .execute(connection)
+                    .await?;
+                diesel::insert_into(api_keys::table)
+                    .values(key)
+                    .execute(connection)
+                    .await?;
+                Ok(true)
+            })
             .await
     }
 }

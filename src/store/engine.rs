@@ -145,13 +145,15 @@ impl Store {
     /// Lets go of every lease this replica holds, so others take over at once (shutdown).
     pub async fn release_all_leases(&self, owner: Uuid) -> Result<usize, StoreError> {
         let mut connection = self.connection().await?;
-        Ok(diesel::update(servers::table.filter(servers::lease_owner.eq(owner)))
-            .set((
-                servers::lease_owner.eq(None::<Uuid>),
-                servers::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
-            ))
-            .execute(&mut connection)
-            .await?)
+        Ok(
+            diesel::update(servers::table.filter(servers::lease_owner.eq(owner)))
+                .set((
+                    servers::lease_owner.eq(None::<Uuid>),
+                    servers::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+                ))
+                .execute(&mut connection)
+                .await?,
+        )
     }
 
     /// Takes an agent slot for a server (idempotent: keeps one already taken). Returns the

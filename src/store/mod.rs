@@ -77,9 +77,7 @@ impl From<diesel::result::Error> for StoreError {
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 StoreError::Unavailable(error.to_string())
             }
-            Error::DatabaseError(_, info)
-                if is_unavailable_message(info.message()) =>
-            {
+            Error::DatabaseError(_, info) if is_unavailable_message(info.message()) => {
                 StoreError::Unavailable(error.to_string())
             }
             Error::NotFound => StoreError::NotFound,
@@ -91,9 +89,15 @@ impl From<diesel::result::Error> for StoreError {
 /// Errors that mean "the database cannot serve now", as opposed to a bad statement.
 fn is_unavailable_message(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    ["statement timeout", "connection", "terminating", "shutting down", "the database system is"]
-        .iter()
-        .any(|needle| message.contains(needle))
+    [
+        "statement timeout",
+        "connection",
+        "terminating",
+        "shutting down",
+        "the database system is",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 impl From<PoolError> for StoreError {
@@ -133,14 +137,18 @@ impl Store {
                         .map_err(|_| {
                             ConnectionError::BadConnection("connecting timed out".into())
                         })??;
-                diesel::sql_query(format!(
-                    "SET statement_timeout = {statement_timeout_ms}; \
-                     SET idle_in_transaction_session_timeout = {}",
-                    statement_timeout_ms * 2
-                ))
-                .execute(&mut connection)
-                .await
-                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                for setting in [
+                    format!("SET statement_timeout = {statement_timeout_ms}"),
+                    format!(
+                        "SET idle_in_transaction_session_timeout = {}",
+                        statement_timeout_ms * 2
+                    ),
+                ] {
+                    diesel::sql_query(setting)
+                        .execute(&mut connection)
+                        .await
+                        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                }
                 Ok(connection)
             }
             .boxed()
@@ -173,7 +181,9 @@ impl Store {
     /// A cheap round trip, for health checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        diesel::sql_query("SELECT 1").execute(&mut connection).await?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut connection)
+            .await?;
         Ok(())
     }
 

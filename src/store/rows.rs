@@ -91,7 +91,8 @@ impl TryFrom<ServerRow> for Server {
             spec: ServerSpec {
                 name: row.name,
                 host: row.host,
-                port: u16::try_from(row.port).map_err(|_| corrupt("port", &row.port.to_string()))?,
+                port: u16::try_from(row.port)
+                    .map_err(|_| corrupt("port", &row.port.to_string()))?,
                 mysql_user: row.mysql_user,
                 connection_method,
                 ssh_tunnel,
@@ -107,7 +108,8 @@ impl TryFrom<ServerRow> for Server {
                 mysql_password: sealed(row.mysql_password_sealed, row.mysql_password_key_id),
                 ssh_private_key: sealed(row.ssh_private_key_sealed, row.ssh_private_key_key_id),
             },
-            status: ServerStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?,
+            status: ServerStatus::parse(&row.status)
+                .ok_or_else(|| corrupt("status", &row.status))?,
             steps: Steps::from_stored(steps),
             revision: row.revision,
             version: row.version,

@@ -92,4 +92,11 @@ diesel::table! {
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(servers -> tenants (tenant_id));
-diesel::allow_tables_to_appear_in_same_query!(tenants, api_keys, agents, servers, onboarding_history, idempotency_keys);
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    api_keys,
+    agents,
+    servers,
+    onboarding_history,
+    idempotency_keys
+);

@@ -90,7 +90,10 @@ fn condition(filter: &Filter) -> BoxedCondition {
     }
 }
 
-fn fold(terms: &[Filter], join: fn(BoxedCondition, BoxedCondition) -> BoxedCondition) -> BoxedCondition {
+fn fold(
+    terms: &[Filter],
+    join: fn(BoxedCondition, BoxedCondition) -> BoxedCondition,
+) -> BoxedCondition {
     let mut conditions = terms.iter().map(condition);
     let first = conditions
         .next()
@@ -106,7 +109,11 @@ fn is_unique_violation(error: &diesel::result::Error, constraint: &str) -> bool 
     )
 }
 
-async fn notify(connection: &mut Connection, channel: &str, payload: &str) -> Result<(), StoreError> {
+async fn notify(
+    connection: &mut Connection,
+    channel: &str,
+    payload: &str,
+) -> Result<(), StoreError> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)
         .bind::<Text, _>(payload)
@@ -163,67 +170,66 @@ impl Store {
             let idempotency = idempotency.clone();
             connection
                 .transaction(async move |connection| -> Result<_, StoreError> {
-                        if let Some(key) = &idempotency
-                            && !validate_only
-                        {
-                            // Inserted first, so a concurrent retry waits here for this one.
-                            diesel::insert_into(idempotency_keys::table)
-                                .values((
-                                    idempotency_keys::tenant_id.eq(tenant_id),
-                                    idempotency_keys::request_id.eq(&key.request_id),
-                                    idempotency_keys::method.eq(key.method),
-                                    idempotency_keys::request_hash.eq(&key.request_hash),
-                                    idempotency_keys::server_id.eq(server.id.0),
-                                ))
-                                .execute(connection)
-                                .await?;
-                        }
-                        let limit: Option<i32> = tenants::table
-                            .find(tenant_id)
-                            .select(tenants::server_limit)
-                            .for_update()
-                            .first(connection)
+                    if let Some(key) = &idempotency
+                        && !validate_only
+                    {
+                        // Inserted first, so a concurrent retry waits here for this one.
+                        diesel::insert_into(idempotency_keys::table)
+                            .values((
+                                idempotency_keys::tenant_id.eq(tenant_id),
+                                idempotency_keys::request_id.eq(&key.request_id),
+                                idempotency_keys::method.eq(key.method),
+                                idempotency_keys::request_hash.eq(&key.request_hash),
+                                idempotency_keys::server_id.eq(server.id.0),
+                            ))
+                            .execute(connection)
                             .await?;
-                        if let Some(limit) = limit {
-                            let count: i64 = servers::table
-                                .filter(servers::tenant_id.eq(tenant_id))
-                                .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
-                                .count()
-                                .get_result(connection)
-                                .await?;
-                            if count >= i64::from(limit) {
-                                return Err(StoreError::LimitReached { limit, count });
-                            }
-                        }
-                        let taken: i64 = servers::table
+                    }
+                    let limit: Option<i32> = tenants::table
+                        .find(tenant_id)
+                        .select(tenants::server_limit)
+                        .for_update()
+                        .first(connection)
+                        .await?;
+                    if let Some(limit) = limit {
+                        let count: i64 = servers::table
                             .filter(servers::tenant_id.eq(tenant_id))
-                            .filter(servers::name.eq(&server.spec.name))
                             .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
                             .count()
                             .get_result(connection)
                             .await?;
-                        if taken > 0 {
-                            return Err(StoreError::NameTaken(server.spec.name.clone()));
+                        if count >= i64::from(limit) {
+                            return Err(StoreError::LimitReached { limit, count });
                         }
-                        if validate_only {
-                            return Err(StoreError::RolledBack);
-                        }
-                        diesel::insert_into(servers::table)
-                            .values(ServerRow::from(&server))
-                            .execute(connection)
-                            .await
-                            .map_err(|error| {
-                                if is_unique_violation(&error, "servers_live_name") {
-                                    StoreError::NameTaken(server.spec.name.clone())
-                                } else {
-                                    error.into()
-                                }
-                            })?;
-                        record_revision(connection, &server).await?;
-                        notify(connection, super::RUNNABLE_CHANNEL, &server.id.to_string())
-                            .await?;
-                        Ok(server)
-                    })
+                    }
+                    let taken: i64 = servers::table
+                        .filter(servers::tenant_id.eq(tenant_id))
+                        .filter(servers::name.eq(&server.spec.name))
+                        .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
+                        .count()
+                        .get_result(connection)
+                        .await?;
+                    if taken > 0 {
+                        return Err(StoreError::NameTaken(server.spec.name.clone()));
+                    }
+                    if validate_only {
+                        return Err(StoreError::RolledBack);
+                    }
+                    diesel::insert_into(servers::table)
+                        .values(ServerRow::from(&server))
+                        .execute(connection)
+                        .await
+                        .map_err(|error| {
+                            if is_unique_violation(&error, "servers_live_name") {
+                                StoreError::NameTaken(server.spec.name.clone())
+                            } else {
+                                error.into()
+                            }
+                        })?;
+                    record_revision(connection, &server).await?;
+                    notify(connection, super::RUNNABLE_CHANNEL, &server.id.to_string()).await?;
+                    Ok(server)
+                })
                 .await
         };
         match attempt {
@@ -232,7 +238,10 @@ impl Store {
                 if is_unique_violation(&error, "idempotency_keys_pkey") =>
             {
                 match idempotency {
-                    Some(key) => self.replay(&mut connection, TenantId(tenant_id), &key).await,
+                    Some(key) => {
+                        self.replay(&mut connection, TenantId(tenant_id), &key)
+                            .await
+                    }
                     None => Err(StoreError::Database(error)),
                 }
             }
@@ -290,6 +299,12 @@ impl Store {
         Ok(server)
     }
 
+    /// A server by id alone, for the engine and the watch hub (never for a client call).
+    pub async fn server_by_id(&self, id: ServerId) -> Result<Server, StoreError> {
+        let mut connection = self.connection().await?;
+        load_server(&mut connection, id.0).await
+    }
+
     /// A page of the tenant's servers, newest first, after `cursor`.
     pub async fn list_servers(
         &self,
@@ -314,9 +329,11 @@ impl Store {
         }
         if let Some(cursor) = cursor {
             query = query.filter(
-                servers::created_at.lt(cursor.created_at).or(servers::created_at
-                    .eq(cursor.created_at)
-                    .and(servers::id.lt(cursor.id))),
+                servers::created_at
+                    .lt(cursor.created_at)
+                    .or(servers::created_at
+                        .eq(cursor.created_at)
+                        .and(servers::id.lt(cursor.id))),
             );
         }
         let mut rows: Vec<ServerRow> = query.load(&mut connection).await?;
@@ -334,74 +351,79 @@ impl Store {
     /// an API change of onboarding takes the server away from its runner (the fence); a server
     /// that became runnable wakes the engines. `change` runs under the row lock and must not
     /// do I/O.
-    pub async fn modify_server<T, F>(
+    pub async fn modify_server<T, E, F>(
         &self,
         scope: Scope,
         id: ServerId,
         change: F,
-    ) -> Result<(Server, T), StoreError>
+    ) -> Result<(Server, T), E>
     where
-        F: FnOnce(&mut Server) -> Result<T, StoreError> + Send,
+        F: FnOnce(&mut Server) -> Result<T, E> + Send,
         T: Send,
+        E: From<StoreError> + From<diesel::result::Error> + Send,
     {
         let mut connection = self.connection().await?;
         connection
-            .transaction(async move |connection| -> Result<_, StoreError> {
-                    let locked: Option<(ServerRow, Option<Uuid>, i64)> = servers::table
-                        .find(id.0)
-                        .select((ServerRow::as_select(), servers::lease_owner, servers::lease_epoch))
-                        .for_update()
-                        .first(connection)
-                        .await
-                        .optional()?;
-                    let (row, lease_owner, lease_epoch) = locked.ok_or(StoreError::NotFound)?;
-                    match scope {
-                        Scope::Tenant(tenant) if row.tenant_id != tenant.0 => {
-                            return Err(StoreError::NotFound);
-                        }
-                        Scope::Runner(fence)
-                            if lease_owner != Some(fence.owner) || lease_epoch != fence.epoch =>
-                        {
-                            return Err(StoreError::Fenced);
-                        }
-                        _ => {}
+            .transaction(async move |connection| -> Result<_, E> {
+                let locked: Option<(ServerRow, Option<Uuid>, i64)> = servers::table
+                    .find(id.0)
+                    .select((
+                        ServerRow::as_select(),
+                        servers::lease_owner,
+                        servers::lease_epoch,
+                    ))
+                    .for_update()
+                    .first(connection)
+                    .await
+                    .optional()?;
+                let (row, lease_owner, lease_epoch) = locked.ok_or(StoreError::NotFound)?;
+                match scope {
+                    Scope::Tenant(tenant) if row.tenant_id != tenant.0 => {
+                        return Err(StoreError::NotFound.into());
                     }
-                    let before = Server::try_from(row)?;
-                    let mut server = before.clone();
-                    let output = change(&mut server)?;
-                    if server == before {
-                        return Ok((server, output));
+                    Scope::Runner(fence)
+                        if lease_owner != Some(fence.owner) || lease_epoch != fence.epoch =>
+                    {
+                        return Err(StoreError::Fenced.into());
                     }
-                    let onboarding_changed = server.onboarding_status() != before.onboarding_status()
-                        || server.runnable != before.runnable;
-                    if server.onboarding_status() != before.onboarding_status() {
-                        server.revision = before.revision + 1;
-                    }
-                    server.version = before.version + 1;
-                    server.updated_at = Utc::now();
+                    _ => {}
+                }
+                let before = Server::try_from(row)?;
+                let mut server = before.clone();
+                let output = change(&mut server)?;
+                if server == before {
+                    return Ok((server, output));
+                }
+                let onboarding_changed = server.onboarding_status() != before.onboarding_status()
+                    || server.runnable != before.runnable;
+                if server.onboarding_status() != before.onboarding_status() {
+                    server.revision = before.revision + 1;
+                }
+                server.version = before.version + 1;
+                server.updated_at = Utc::now();
+                diesel::update(servers::table.find(id.0))
+                    .set(ServerRow::from(&server))
+                    .execute(connection)
+                    .await?;
+                let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
+                if fence_runner {
                     diesel::update(servers::table.find(id.0))
-                        .set(ServerRow::from(&server))
+                        .set((
+                            servers::lease_owner.eq(None::<Uuid>),
+                            servers::lease_expires_at.eq(None::<DateTime<Utc>>),
+                            servers::lease_epoch.eq(lease_epoch + 1),
+                        ))
                         .execute(connection)
                         .await?;
-                    let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
-                    if fence_runner {
-                        diesel::update(servers::table.find(id.0))
-                            .set((
-                                servers::lease_owner.eq(None::<Uuid>),
-                                servers::lease_expires_at.eq(None::<DateTime<Utc>>),
-                                servers::lease_epoch.eq(lease_epoch + 1),
-                            ))
-                            .execute(connection)
-                            .await?;
-                    }
-                    if server.revision != before.revision {
-                        record_revision(connection, &server).await?;
-                    }
-                    if server.runnable && (fence_runner || !before.runnable) {
-                        notify(connection, RUNNABLE_CHANNEL, &server.id.to_string()).await?;
-                    }
-                    Ok((server, output))
-                })
+                }
+                if server.revision != before.revision {
+                    record_revision(connection, &server).await?;
+                }
+                if server.runnable && (fence_runner || !before.runnable) {
+                    notify(connection, RUNNABLE_CHANNEL, &server.id.to_string()).await?;
+                }
+                Ok((server, output))
+            })
             .await
     }
 

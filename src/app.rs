@@ -1,0 +1,297 @@
+//! Starts a replica: migrates the database, registers the embedded agent, and runs the gRPC
+//! and HTTP servers, the LISTEN hub, the onboarding engine and the health loop; stops them in
+//! order on shutdown.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{Authenticator, admin::Admin},
+    config::Config,
+    grpc::{self, ServersApi},
+    onboarding::{Engine, EngineConfig, Step, default_steps},
+    proto::servers_service_server::ServersServiceServer,
+    rest::{OpsState, ops_router},
+    secrets::{SecretBox, SecretsError},
+    store::{self, Store, StoreError, listener},
+    watch::{self, WatchHub},
+};
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("secrets: {0}")]
+    Secrets(#[from] SecretsError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// A running replica.
+pub struct RunningApp {
+    /// Where gRPC listens (the real port when 0 was asked for).
+    pub grpc_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    stopping: CancellationToken,
+    listener_stop: CancellationToken,
+    ready: Arc<AtomicBool>,
+    health: tonic_health::server::HealthReporter,
+    engine: Arc<Engine>,
+    servers: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (several replicas in one test process).
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// This host's primary address: the source address the routing table picks. Connecting a UDP
+/// socket sends nothing.
+fn primary_address() -> String {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("192.0.2.1:9")?;
+            socket.local_addr()
+        })
+        .map(|address| address.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        .to_string()
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| AppError::Listen { address, source })
+}
+
+/// Starts a replica with the steps this build can run.
+pub async fn start(config: Config) -> Result<RunningApp, AppError> {
+    start_with_steps(config, default_steps()).await
+}
+
+/// Starts a replica running the given onboarding steps.
+pub async fn start_with_steps(
+    config: Config,
+    steps: Vec<Arc<dyn Step>>,
+) -> Result<RunningApp, AppError> {
+    let metrics = metrics_handle();
+    store::create_database_and_migrate(&config.database.database_url).await?;
+    let store = Store::connect(&config.database)?;
+    let (secrets, generated) = SecretBox::from_config_or_file(
+        config.secrets_key.as_deref(),
+        &config.secrets_old_keys,
+        &config.data_dir,
+    )?;
+    if generated {
+        tracing::warn!(
+            path = %config.data_dir.join("secrets.key").display(),
+            "no --secrets-key given: generated one; keep this file, or secrets stored with it become unreadable"
+        );
+    }
+    if let Some(key) = Admin::new(store.clone())
+        .bootstrap()
+        .await
+        .map_err(|error| AppError::Bootstrap(error.to_string()))?
+    {
+        println!(
+            "Created tenant \"default\" and its first API key (all permissions; shown once):\n{}",
+            key.secret
+        );
+    }
+    let outbound_ip = config
+        .agent_outbound_ip
+        .clone()
+        .unwrap_or_else(primary_address);
+    store
+        .upsert_agent(&config.agent_name(), &outbound_ip, config.agent_capacity)
+        .await?;
+
+    let stopping = CancellationToken::new();
+    let listener_stop = CancellationToken::new();
+    let authenticator = Authenticator::new(store.clone());
+    let hub = WatchHub::new(store.clone(), stopping.clone());
+    let engine = Engine::new(
+        store.clone(),
+        secrets.clone(),
+        EngineConfig {
+            lease_ttl: config.lease_ttl,
+            sweep_interval: config.sweep_interval,
+            max_runners: config.max_runners,
+        },
+        steps,
+    );
+
+    let (notification_sender, notifications) = mpsc::channel(1024);
+    let (wake_sender, wakeups) = mpsc::channel(1024);
+    tokio::spawn(listener::listen(
+        config.database.database_url.clone(),
+        notification_sender,
+        listener_stop.clone(),
+    ));
+    tokio::spawn(watch::dispatch(
+        notifications,
+        hub.clone(),
+        authenticator.clone(),
+        wake_sender,
+    ));
+    tokio::spawn(engine.clone().run(wakeups));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(health_loop(
+        store.clone(),
+        health.clone(),
+        ready.clone(),
+        stopping.clone(),
+    ));
+
+    let api = ServersApi::new(store.clone(), secrets, hub, authenticator.clone());
+    let grpc_listener = bind(config.grpc_addr).await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| AppError::Listen {
+            address: config.grpc_addr,
+            source,
+        })?;
+    let http_listener = bind(config.http_addr).await?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| AppError::Listen {
+            address: config.http_addr,
+            source,
+        })?;
+
+    let grpc_stop = stopping.clone();
+    let grpc_server = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(grpc_listener);
+        let shutdown = grpc_stop.cancelled_owned();
+        if let Err(error) =
+            grpc::serve(api, authenticator, health_service, incoming, shutdown).await
+        {
+            tracing::error!(%error, "gRPC server failed");
+        }
+    });
+    let ops = ops_router(OpsState {
+        ready: ready.clone(),
+        metrics,
+        store,
+    });
+    let http_stop = stopping.clone();
+    let http_server = tokio::spawn(async move {
+        if let Err(error) = axum::serve(http_listener, ops)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, agent_outbound_ip = %outbound_ip, "serving");
+    Ok(RunningApp {
+        grpc_addr,
+        http_addr,
+        stopping,
+        listener_stop,
+        ready,
+        health,
+        engine,
+        servers: vec![grpc_server, http_server],
+        grace: config.shutdown_grace,
+    })
+}
+
+/// Follows database reachability in gRPC health and /readyz.
+async fn health_loop(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+    stopping: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let reachable = tokio::time::timeout(Duration::from_secs(2), store.ping())
+            .await
+            .is_ok_and(|result| result.is_ok());
+        if stopping.is_cancelled() {
+            return;
+        }
+        if serving != Some(reachable) {
+            serving = Some(reachable);
+            ready.store(reachable, Ordering::Release);
+            let status = if reachable {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::warn!("database unreachable: health is NOT_SERVING");
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <ServersServiceServer<ServersApi> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+        }
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+impl RunningApp {
+    /// Drains: health NOT_SERVING, watch streams end UNAVAILABLE, leases are released, the
+    /// servers finish in-flight calls, all within the grace period.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.ready.store(false, Ordering::Release);
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_service_status(
+                <ServersServiceServer<ServersApi> as tonic::server::NamedService>::NAME,
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+        self.stopping.cancel();
+        self.engine.stop(self.grace / 2).await;
+        let servers = futures_util::future::join_all(self.servers);
+        if tokio::time::timeout(self.grace, servers).await.is_err() {
+            tracing::warn!("calls still open after the grace period; stopping anyway");
+        }
+        self.listener_stop.cancel();
+    }
+}

@@ -1,0 +1,124 @@
+//! The tower layer in front of ServersService: authenticates every call, checks the method's
+//! permission, and hands the Principal to the handlers through the request extensions.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::{AuthError, Authenticator};
+use crate::domain::Permission;
+
+/// gRPC path prefix of the calls that need a key.
+const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
+
+/// The permission each RPC needs.
+pub fn required_permission(method: &str) -> Option<Permission> {
+    Some(match method {
+        "ListServers" | "GetServer" | "GetOnboardingStatus" | "WatchOnboarding" => Permission::Read,
+        "RegisterServer" | "UpdateServer" | "ConfirmFirewall" | "RetryOnboarding" => {
+            Permission::Write
+        }
+        "DecommissionServer" => Permission::Delete,
+        _ => return None,
+    })
+}
+
+/// Authenticates ServersService calls; other services (health, reflection) pass untouched.
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// A layer over this authenticator.
+    pub fn new(authenticator: Arc<Authenticator>) -> AuthLayer {
+        AuthLayer { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// The service AuthLayer wraps around each route.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let Some(method) = request.uri().path().strip_prefix(SERVICE_PREFIX) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let method = method.to_owned();
+        // The clone that was polled ready serves this call; the fresh one waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            let header = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|value| value.to_str().unwrap_or(""));
+            let checked = authenticator
+                .authenticate(header)
+                .await
+                .and_then(|principal| match required_permission(&method) {
+                    Some(permission) => principal.require(permission).map(|()| principal),
+                    None => Ok(principal),
+                });
+            match checked {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(error) => {
+                    record_rejection(&method, &error);
+                    Ok(Status::from(error).into_http())
+                }
+            }
+        })
+    }
+}
+
+fn record_rejection(method: &str, error: &AuthError) {
+    let code = Status::from(error.clone()).code();
+    tracing::info!(method, %error, "call rejected");
+    metrics::counter!(
+        "dbtrail_grpc_calls_total",
+        "method" => method.to_owned(),
+        "code" => format!("{code:?}")
+    )
+    .increment(1);
+}

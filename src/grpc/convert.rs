@@ -1,0 +1,268 @@
+//! Conversions between the proto messages and the domain: outputs never carry a secret; inputs
+//! become raw domain input, with unknown enum numbers reported as field violations.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    domain::{
+        ConnectionMethod, OnboardingStep, ServerStatus, SslMode, StepStatus, Violations,
+        onboarding::{OnboardingStatus, StepProgress},
+        server::{Secret, Server, ServerInput, SshTunnelInput, StreamOptionsInput},
+    },
+    proto,
+};
+
+/// A chrono time as a protobuf Timestamp.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn connection_method_to_proto(method: ConnectionMethod) -> proto::ConnectionMethod {
+    match method {
+        ConnectionMethod::Direct => proto::ConnectionMethod::Direct,
+        ConnectionMethod::Vpn => proto::ConnectionMethod::Vpn,
+        ConnectionMethod::SshTunnel => proto::ConnectionMethod::SshTunnel,
+    }
+}
+
+fn status_to_proto(status: ServerStatus) -> proto::ServerStatus {
+    match status {
+        ServerStatus::Pending => proto::ServerStatus::Pending,
+        ServerStatus::Active => proto::ServerStatus::Active,
+        ServerStatus::Error => proto::ServerStatus::Error,
+        ServerStatus::Decommissioned => proto::ServerStatus::Decommissioned,
+    }
+}
+
+fn step_to_proto(step: OnboardingStep) -> proto::OnboardingStep {
+    match step {
+        OnboardingStep::Provisioning => proto::OnboardingStep::Provisioning,
+        OnboardingStep::AwaitingFirewall => proto::OnboardingStep::AwaitingFirewall,
+        OnboardingStep::WaitingForAgent => proto::OnboardingStep::WaitingForAgent,
+        OnboardingStep::Initializing => proto::OnboardingStep::Initializing,
+        OnboardingStep::Snapshotting => proto::OnboardingStep::Snapshotting,
+        OnboardingStep::Streaming => proto::OnboardingStep::Streaming,
+    }
+}
+
+fn step_status_to_proto(status: StepStatus) -> proto::StepStatus {
+    match status {
+        StepStatus::Pending => proto::StepStatus::Pending,
+        StepStatus::InProgress => proto::StepStatus::InProgress,
+        StepStatus::Completed => proto::StepStatus::Completed,
+        StepStatus::Failed => proto::StepStatus::Failed,
+    }
+}
+
+fn ssl_mode_to_proto(mode: SslMode) -> proto::SslMode {
+    match mode {
+        SslMode::Disabled => proto::SslMode::Disabled,
+        SslMode::Preferred => proto::SslMode::Preferred,
+        SslMode::Required => proto::SslMode::Required,
+        SslMode::VerifyCa => proto::SslMode::VerifyCa,
+        SslMode::VerifyFull => proto::SslMode::VerifyFull,
+    }
+}
+
+/// A server as clients see it: no secret, only whether one is stored.
+pub fn server_to_proto(server: &Server) -> proto::Server {
+    let spec = &server.spec;
+    proto::Server {
+        server_id: server.id.to_string(),
+        name: spec.name.clone(),
+        host: spec.host.clone(),
+        port: i32::from(spec.port),
+        mysql_user: spec.mysql_user.clone(),
+        mysql_password: String::new(),
+        has_mysql_password: server.secrets.mysql_password.is_some(),
+        connection_method: connection_method_to_proto(spec.connection_method) as i32,
+        ssh_tunnel: spec.ssh_tunnel.as_ref().map(|tunnel| proto::SshTunnel {
+            host: tunnel.host.clone(),
+            port: i32::from(tunnel.port),
+            user: tunnel.user.clone(),
+            private_key: String::new(),
+            has_private_key: server.secrets.ssh_private_key.is_some(),
+            host_key_fingerprint: tunnel.host_key_fingerprint.clone().unwrap_or_default(),
+        }),
+        stream_options: Some(proto::StreamOptions {
+            schemas: spec.stream_options.schemas.clone(),
+            tables: spec.stream_options.tables.clone(),
+            ssl_mode: ssl_mode_to_proto(spec.stream_options.ssl_mode) as i32,
+        }),
+        labels: spec.labels.clone().into_iter().collect(),
+        status: status_to_proto(server.status) as i32,
+        onboarding_step: server.current_step().map(|step| step_to_proto(step) as i32),
+        error: server.error(),
+        created_at: Some(timestamp(server.created_at)),
+        updated_at: Some(timestamp(server.updated_at)),
+        decommissioned_at: server.decommissioned_at.map(timestamp),
+        etag: server.etag(),
+    }
+}
+
+fn step_progress_to_proto(progress: &StepProgress) -> proto::StepProgress {
+    proto::StepProgress {
+        name: step_to_proto(progress.name) as i32,
+        status: step_status_to_proto(progress.status) as i32,
+        started_at: progress.started_at.map(timestamp),
+        completed_at: progress.completed_at.map(timestamp),
+        message: progress.message.clone(),
+        error: progress.error.clone(),
+        attempts: progress.attempts,
+    }
+}
+
+/// An onboarding status as clients see it.
+pub fn onboarding_status_to_proto(status: &OnboardingStatus) -> proto::OnboardingStatus {
+    proto::OnboardingStatus {
+        server_id: status.server_id.to_string(),
+        current_step: status.current_step.map(|step| step_to_proto(step) as i32),
+        steps: status.steps.iter().map(step_progress_to_proto).collect(),
+        error: status.error.clone(),
+        agent_outbound_ip: status.agent_outbound_ip.clone(),
+        server_status: status_to_proto(status.server_status) as i32,
+        revision: status.revision,
+    }
+}
+
+fn connection_method_from_proto(
+    value: i32,
+    field: &str,
+    violations: &mut Violations,
+) -> Option<ConnectionMethod> {
+    match proto::ConnectionMethod::try_from(value) {
+        Ok(proto::ConnectionMethod::Unspecified) => None,
+        Ok(proto::ConnectionMethod::Direct) => Some(ConnectionMethod::Direct),
+        Ok(proto::ConnectionMethod::Vpn) => Some(ConnectionMethod::Vpn),
+        Ok(proto::ConnectionMethod::SshTunnel) => Some(ConnectionMethod::SshTunnel),
+        Err(_) => {
+            violations.add(
+                field,
+                format!("unknown value {value}: one of direct, vpn, ssh_tunnel"),
+            );
+            None
+        }
+    }
+}
+
+fn ssl_mode_from_proto(value: i32, field: &str, violations: &mut Violations) -> Option<SslMode> {
+    match proto::SslMode::try_from(value) {
+        Ok(proto::SslMode::Unspecified) => None,
+        Ok(proto::SslMode::Disabled) => Some(SslMode::Disabled),
+        Ok(proto::SslMode::Preferred) => Some(SslMode::Preferred),
+        Ok(proto::SslMode::Required) => Some(SslMode::Required),
+        Ok(proto::SslMode::VerifyCa) => Some(SslMode::VerifyCa),
+        Ok(proto::SslMode::VerifyFull) => Some(SslMode::VerifyFull),
+        Err(_) => {
+            violations.add(
+                field,
+                format!(
+                    "unknown value {value}: one of disabled, preferred, required, verify_ca, verify_full"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn non_empty_secret(text: &str) -> Option<Secret> {
+    (!text.is_empty()).then(|| Secret(text.to_owned()))
+}
+
+/// A request's server as raw domain input; enum numbers that do not exist are violations.
+pub fn server_input_from_proto(
+    server: &proto::Server,
+    prefix: &str,
+    violations: &mut Violations,
+) -> ServerInput {
+    ServerInput {
+        name: server.name.clone(),
+        host: server.host.clone(),
+        port: server.port,
+        mysql_user: server.mysql_user.clone(),
+        mysql_password: non_empty_secret(&server.mysql_password),
+        connection_method: connection_method_from_proto(
+            server.connection_method,
+            &format!("{prefix}connection_method"),
+            violations,
+        ),
+        ssh_tunnel: server.ssh_tunnel.as_ref().map(|tunnel| SshTunnelInput {
+            host: tunnel.host.clone(),
+            port: tunnel.port,
+            user: tunnel.user.clone(),
+            private_key: non_empty_secret(&tunnel.private_key),
+            host_key_fingerprint: (!tunnel.host_key_fingerprint.is_empty())
+                .then(|| tunnel.host_key_fingerprint.clone()),
+        }),
+        stream_options: server
+            .stream_options
+            .as_ref()
+            .map(|options| StreamOptionsInput {
+                schemas: options.schemas.clone(),
+                tables: options.tables.clone(),
+                ssl_mode: ssl_mode_from_proto(
+                    options.ssl_mode,
+                    &format!("{prefix}stream_options.ssl_mode"),
+                    violations,
+                ),
+            }),
+        labels: server.labels.clone().into_iter().collect(),
+    }
+}
+
+/// The update_mask paths a server message implies when no mask is sent: its populated fields.
+pub fn populated_paths(server: &proto::Server) -> Vec<&'static str> {
+    let mut paths = Vec::new();
+    let mut add = |present: bool, path: &'static str| {
+        if present {
+            paths.push(path);
+        }
+    };
+    add(!server.name.is_empty(), "name");
+    add(!server.host.is_empty(), "host");
+    add(server.port != 0, "port");
+    add(!server.mysql_user.is_empty(), "mysql_user");
+    add(!server.mysql_password.is_empty(), "mysql_password");
+    add(server.connection_method != 0, "connection_method");
+    add(server.ssh_tunnel.is_some(), "ssh_tunnel");
+    add(server.stream_options.is_some(), "stream_options");
+    add(!server.labels.is_empty(), "labels");
+    paths
+}
+
+/// Output-only fields a request set, which an update rejects.
+pub fn populated_output_only(server: &proto::Server) -> Vec<&'static str> {
+    let mut paths = Vec::new();
+    if server.has_mysql_password {
+        paths.push("has_mysql_password");
+    }
+    if server.status != 0 {
+        paths.push("status");
+    }
+    if server.onboarding_step.is_some() {
+        paths.push("onboarding_step");
+    }
+    if server.error.is_some() {
+        paths.push("error");
+    }
+    if server.created_at.is_some() {
+        paths.push("created_at");
+    }
+    if server.updated_at.is_some() {
+        paths.push("updated_at");
+    }
+    if server.decommissioned_at.is_some() {
+        paths.push("decommissioned_at");
+    }
+    if server
+        .ssh_tunnel
+        .as_ref()
+        .is_some_and(|tunnel| tunnel.has_private_key)
+    {
+        paths.push("ssh_tunnel.has_private_key");
+    }
+    paths
+}

@@ -1,0 +1,280 @@
+//! The one table from the service's errors to gRPC Status: a code, a stable ErrorInfo reason
+//! in domain `servers.dbtrail`, and a message a person can act on. Causes go to the log only.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    auth::AuthError,
+    domain::{Violations, server::Rejection},
+    store::StoreError,
+};
+
+/// The ErrorInfo domain of every error.
+pub const ERROR_DOMAIN: &str = "servers.dbtrail";
+
+/// Why a ServersService call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(Violations),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the service is shutting down; reconnect to another replica")]
+    ShuttingDown,
+    #[error("watch fell behind: resume with since_revision={0}")]
+    WatchLagged(i64),
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(error: diesel::result::Error) -> ApiError {
+        ApiError::Store(error.into())
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> ApiError {
+        ApiError::Store(StoreError::Rejected(rejection))
+    }
+}
+
+/// A Status with an ErrorInfo detail (and any further details).
+fn status(code: Code, reason: &str, message: String, details: ErrorDetails) -> Status {
+    status_with_metadata(code, reason, message, details, HashMap::new())
+}
+
+fn status_with_metadata(
+    code: Code,
+    reason: &str,
+    message: String,
+    mut details: ErrorDetails,
+    metadata: HashMap<String, String>,
+) -> Status {
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+fn precondition(reason: &str, subject: &str, message: String) -> Status {
+    let details =
+        ErrorDetails::with_precondition_failure_violation(reason, subject, message.clone());
+    status(Code::FailedPrecondition, reason, message, details)
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Status {
+        let message = error.to_string();
+        let none = ErrorDetails::new();
+        match error {
+            AuthError::MissingCredentials => {
+                status(Code::Unauthenticated, "MISSING_CREDENTIALS", message, none)
+            }
+            AuthError::InvalidKey => {
+                status(Code::Unauthenticated, "INVALID_API_KEY", message, none)
+            }
+            AuthError::Revoked => status(Code::Unauthenticated, "API_KEY_REVOKED", message, none),
+            AuthError::Expired => status(Code::Unauthenticated, "API_KEY_EXPIRED", message, none),
+            AuthError::MissingPermission(permission) => status_with_metadata(
+                Code::PermissionDenied,
+                "MISSING_PERMISSION",
+                message,
+                none,
+                HashMap::from([("permission".to_owned(), permission.as_str().to_owned())]),
+            ),
+            AuthError::Unavailable => status(Code::Unavailable, "STORE_UNAVAILABLE", message, none),
+        }
+    }
+}
+
+/// A BadRequest listing every violation.
+pub fn invalid_argument(violations: &Violations) -> Status {
+    let mut details = ErrorDetails::new();
+    for violation in &violations.0 {
+        details.add_bad_request_violation(&violation.field, &violation.description);
+    }
+    status(
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        violations.to_string(),
+        details,
+    )
+}
+
+/// A single bad field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    let mut violations = Violations::default();
+    violations.add(field, description);
+    invalid_argument(&violations)
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let none = ErrorDetails::new();
+        match error {
+            ApiError::Invalid(violations) => invalid_argument(&violations),
+            ApiError::Auth(error) => error.into(),
+            ApiError::ShuttingDown => status(
+                Code::Unavailable,
+                "SHUTTING_DOWN",
+                ApiError::ShuttingDown.to_string(),
+                none,
+            ),
+            ApiError::WatchLagged(revision) => status_with_metadata(
+                Code::ResourceExhausted,
+                "WATCH_LAGGED",
+                ApiError::WatchLagged(revision).to_string(),
+                none,
+                HashMap::from([("since_revision".to_owned(), revision.to_string())]),
+            ),
+            ApiError::Store(error) => store_status(error),
+        }
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    let none = ErrorDetails::new();
+    match error {
+        StoreError::NotFound => status(
+            Code::NotFound,
+            "SERVER_NOT_FOUND",
+            "server not found".into(),
+            none,
+        ),
+        StoreError::NameTaken(name) => status(
+            Code::AlreadyExists,
+            "SERVER_NAME_TAKEN",
+            format!(
+                "a server named {name:?} already exists; choose another name or decommission it"
+            ),
+            none,
+        ),
+        StoreError::LimitReached { limit, count } => status_with_metadata(
+            Code::ResourceExhausted,
+            "SERVER_LIMIT_REACHED",
+            format!("Server limit reached ({count} of {limit})"),
+            none,
+            HashMap::from([
+                ("limit".to_owned(), limit.to_string()),
+                ("count".to_owned(), count.to_string()),
+            ]),
+        ),
+        StoreError::EtagMismatch => status(
+            Code::Aborted,
+            "ETAG_MISMATCH",
+            "the server changed since it was read (etag mismatch); read it again and retry".into(),
+            none,
+        ),
+        StoreError::RequestIdReused => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation(
+                "request_id",
+                "was already used for a different request",
+            );
+            status(
+                Code::InvalidArgument,
+                "REQUEST_ID_REUSED",
+                "request_id was already used for a different request; use a new id".into(),
+                details,
+            )
+        }
+        StoreError::Rejected(rejection) => rejection_status(rejection),
+        StoreError::Unavailable(cause) => {
+            tracing::warn!(%cause, "database unavailable");
+            status(
+                Code::Unavailable,
+                "STORE_UNAVAILABLE",
+                "the database is unavailable; retry shortly".into(),
+                none,
+            )
+        }
+        StoreError::Fenced => status(
+            Code::Aborted,
+            "CONCURRENT_CHANGE",
+            "the server changed concurrently; retry".into(),
+            none,
+        ),
+        StoreError::Missing(what) => status(
+            Code::NotFound,
+            "NOT_FOUND",
+            format!("{what} not found"),
+            none,
+        ),
+        StoreError::Conflict(message) => {
+            status(Code::AlreadyExists, "ALREADY_EXISTS", message, none)
+        }
+        error @ (StoreError::Corrupt(_) | StoreError::Database(_) | StoreError::RolledBack) => {
+            tracing::error!(%error, "internal error");
+            status(
+                Code::Internal,
+                "INTERNAL",
+                "internal error; it has been logged with the request id".into(),
+                none,
+            )
+        }
+    }
+}
+
+fn rejection_status(rejection: Rejection) -> Status {
+    let message = rejection.to_string();
+    match rejection {
+        Rejection::Decommissioned => precondition("SERVER_DECOMMISSIONED", "server", message),
+        Rejection::NotSshTunnel(_) => precondition("NOT_SSH_TUNNEL", "connection_method", message),
+        Rejection::NotAwaitingFirewall(_) => {
+            precondition("NOT_AWAITING_FIREWALL", "current_step", message)
+        }
+        Rejection::OnboardingNotFailed(_) => {
+            precondition("ONBOARDING_NOT_FAILED", "server_status", message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(status: &Status) -> String {
+        status.get_details_error_info().unwrap().reason
+    }
+
+    #[test]
+    fn every_status_carries_its_reason_and_domain() {
+        let status = Status::from(ApiError::Store(StoreError::LimitReached {
+            limit: 5,
+            count: 5,
+        }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "Server limit reached (5 of 5)");
+        assert_eq!(reason(&status), "SERVER_LIMIT_REACHED");
+        assert_eq!(
+            status.get_details_error_info().unwrap().domain,
+            ERROR_DOMAIN
+        );
+
+        let status = Status::from(AuthError::MissingPermission(
+            crate::domain::Permission::Delete,
+        ));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.message().contains("servers:delete"));
+    }
+
+    #[test]
+    fn validation_lists_every_field() {
+        let mut violations = Violations::default();
+        violations.add("server.name", "is required");
+        violations.add("server.port", "out of range");
+        let status = invalid_argument(&violations);
+        let bad_request = status.get_details_bad_request().unwrap();
+        assert_eq!(bad_request.field_violations.len(), 2);
+        assert_eq!(reason(&status), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let status = Status::from(ApiError::Store(StoreError::Corrupt("secret sql".into())));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret sql"));
+    }
+}

@@ -1,0 +1,91 @@
+//! The gRPC surface: ServersService with its conversions and error table, registered in one
+//! place with health, reflection (v1 and v1alpha), request ids, tracing and authentication.
+
+pub mod convert;
+pub mod errors;
+mod service;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use http::{HeaderValue, Request};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+pub use service::ServersApi;
+
+use crate::{
+    auth::{AuthLayer, Authenticator},
+    proto::{FILE_DESCRIPTOR_SET, servers_service_server::ServersServiceServer},
+};
+
+/// The request id header, read from clients and echoed back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Gives each call without an x-request-id a fresh UUID.
+#[derive(Clone, Copy, Default)]
+pub struct UuidRequestId;
+
+impl MakeRequestId for UuidRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The span of one call: its method and request id, on every log line of the call.
+pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("call", method = %request.uri().path(), request_id = %request_id)
+}
+
+/// Serves ServersService with its reflection and health services, behind the layers, until
+/// `shutdown` completes.
+pub async fn serve(
+    api: ServersApi,
+    authenticator: Arc<Authenticator>,
+    health: HealthServer<impl Health>,
+    incoming: TcpListenerStream,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| error.to_string())?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|error| error.to_string())?;
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(
+            http::HeaderName::from_static(REQUEST_ID_HEADER),
+            UuidRequestId,
+        ))
+        .layer(TraceLayer::new_for_grpc().make_span_with(call_span::<tonic::body::Body>))
+        .layer(PropagateRequestIdLayer::new(http::HeaderName::from_static(
+            REQUEST_ID_HEADER,
+        )))
+        .layer(AuthLayer::new(authenticator))
+        .into_inner();
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .layer(layers)
+        .add_service(ServersServiceServer::new(api))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|error| error.to_string())
+}

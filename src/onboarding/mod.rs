@@ -1,0 +1,314 @@
+//! The onboarding engine: claims runnable servers with leases (an epoch fences every write),
+//! wakes on NOTIFY, sweeps up expired leases, and runs each server's steps one at a time.
+//! Each step is one file behind the `Step` interface.
+
+mod awaiting_firewall;
+mod provisioning;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+pub use awaiting_firewall::AwaitingFirewall;
+pub use provisioning::Provisioning;
+
+use crate::{
+    domain::{OnboardingStep, ServerId, StepStatus, onboarding::StepOutcome, server::Server},
+    secrets::SecretBox,
+    store::{Claim, Scope, Store, StoreError},
+};
+
+/// What a step gets to work with.
+pub struct StepContext {
+    /// The server as it was when the step started.
+    pub server: Server,
+    /// The runner's lease, for fenced writes.
+    pub claim: Claim,
+    pub store: Store,
+    pub secrets: SecretBox,
+}
+
+/// One onboarding step. `run` may be called again after a crash: its effects must be idempotent.
+#[async_trait]
+pub trait Step: Send + Sync {
+    /// Which step this is.
+    fn name(&self) -> OnboardingStep;
+
+    /// Does the step's work once.
+    async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError>;
+}
+
+/// The steps this build can run.
+pub fn default_steps() -> Vec<Arc<dyn Step>> {
+    vec![Arc::new(Provisioning), Arc::new(AwaitingFirewall)]
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub lease_ttl: Duration,
+    pub sweep_interval: Duration,
+    pub max_runners: usize,
+}
+
+/// Claims and runs onboarding on this replica.
+pub struct Engine {
+    store: Store,
+    secrets: SecretBox,
+    config: EngineConfig,
+    owner: Uuid,
+    steps: HashMap<OnboardingStep, Arc<dyn Step>>,
+    running: Mutex<HashSet<ServerId>>,
+    shutdown: CancellationToken,
+    runners: TaskTracker,
+}
+
+/// Delay before a transient fault's next attempt.
+fn backoff(attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(1, 7) - 1).unwrap_or(0);
+    (Duration::from_millis(500) * 2u32.pow(exponent)).min(Duration::from_secs(30))
+}
+
+fn outcome_label(outcome: &StepOutcome) -> &'static str {
+    match outcome {
+        StepOutcome::Completed { .. } => "completed",
+        StepOutcome::Waiting { .. } => "waiting",
+        StepOutcome::Retry { .. } => "retry",
+        StepOutcome::Failed { .. } => "failed",
+    }
+}
+
+impl Engine {
+    /// An engine running `steps`; steps it lacks make a server wait with a message.
+    pub fn new(
+        store: Store,
+        secrets: SecretBox,
+        config: EngineConfig,
+        steps: Vec<Arc<dyn Step>>,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            secrets,
+            config,
+            owner: Uuid::now_v7(),
+            steps: steps.into_iter().map(|step| (step.name(), step)).collect(),
+            running: Mutex::new(HashSet::new()),
+            shutdown: CancellationToken::new(),
+            runners: TaskTracker::new(),
+        })
+    }
+
+    /// This replica's lease owner id.
+    pub fn owner(&self) -> Uuid {
+        self.owner
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<ServerId>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Claims on wake-ups (a server id, or None for "look at everything") and on every sweep.
+    pub async fn run(self: Arc<Engine>, mut wakeups: mpsc::Receiver<Option<ServerId>>) {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let only = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = sweep.tick() => None,
+                wake = wakeups.recv() => match wake {
+                    Some(only) => only,
+                    None => return,
+                },
+            };
+            self.claim(only).await;
+        }
+    }
+
+    async fn claim(self: &Arc<Engine>, only: Option<ServerId>) {
+        let free = self.config.max_runners.saturating_sub(self.running().len());
+        if free == 0 || only.is_some_and(|id| self.running().contains(&id)) {
+            return;
+        }
+        let claims = match self
+            .store
+            .claim_runnable(self.owner, self.config.lease_ttl, free as i64, only)
+            .await
+        {
+            Ok(claims) => claims,
+            Err(error) => {
+                tracing::warn!(%error, "claiming runnable servers failed");
+                return;
+            }
+        };
+        for claim in claims {
+            if !self.running().insert(claim.server_id) {
+                continue;
+            }
+            let engine = self.clone();
+            self.runners.spawn(async move {
+                engine.drive(claim).await;
+                engine.running().remove(&claim.server_id);
+            });
+        }
+    }
+
+    /// Runs one claimed server's steps until it waits, fails, completes, or the lease is lost.
+    async fn drive(self: &Arc<Engine>, claim: Claim) {
+        let lost = self.shutdown.child_token();
+        let renewal = tokio::spawn(renew(
+            self.store.clone(),
+            claim,
+            self.config.lease_ttl,
+            lost.clone(),
+        ));
+        let result = self.drive_steps(claim, &lost).await;
+        renewal.abort();
+        match result {
+            Err(StoreError::Fenced) => {
+                tracing::info!(server_id = %claim.server_id, "lease taken over; runner stops");
+            }
+            Err(error) => {
+                tracing::warn!(server_id = %claim.server_id, %error, "runner stopped");
+            }
+            Ok(()) => {}
+        }
+        if !self.shutdown.is_cancelled() {
+            let _ = self.store.release_lease(claim).await;
+        }
+    }
+
+    async fn drive_steps(&self, claim: Claim, lost: &CancellationToken) -> Result<(), StoreError> {
+        let id = claim.server_id;
+        let scope = Scope::Runner(claim.fence);
+        loop {
+            if lost.is_cancelled() {
+                return Err(StoreError::Fenced);
+            }
+            let mut server = self.store.server_by_id(id).await?;
+            let Some(step) = server.runnable_step() else {
+                return Ok(());
+            };
+            if server.steps.get(step).status != StepStatus::InProgress {
+                server = self
+                    .store
+                    .modify_server(scope, id, |server| {
+                        server.begin_step(step, Utc::now());
+                        Ok::<_, StoreError>(())
+                    })
+                    .await?
+                    .0;
+            }
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                () = lost.cancelled() => return Err(StoreError::Fenced),
+                outcome = self.run_step(step, server, claim) => outcome,
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(StoreError::Fenced) => return Err(StoreError::Fenced),
+                Err(error) => {
+                    tracing::warn!(server_id = %id, %step, %error, "step hit a transient fault");
+                    StepOutcome::Retry {
+                        message: "the service's database is unavailable; retrying".into(),
+                    }
+                }
+            };
+            let label = outcome_label(&outcome);
+            metrics::histogram!("dbtrail_onboarding_step_seconds", "step" => step.as_str(), "outcome" => label)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("dbtrail_onboarding_steps_total", "step" => step.as_str(), "outcome" => label)
+                .increment(1);
+            let (server, next) = self
+                .store
+                .modify_server(scope, id, |server| {
+                    Ok::<_, StoreError>(server.apply_outcome(step, &outcome, Utc::now()))
+                })
+                .await?;
+            match (&outcome, next) {
+                (StepOutcome::Retry { .. }, _) => {
+                    let attempts = server.steps.get(step).attempts;
+                    tokio::select! {
+                        () = lost.cancelled() => return Err(StoreError::Fenced),
+                        () = tokio::time::sleep(backoff(attempts)) => {}
+                    }
+                }
+                (_, Some(_)) => {}
+                (_, None) => return Ok(()),
+            }
+        }
+    }
+
+    async fn run_step(
+        &self,
+        step: OnboardingStep,
+        server: Server,
+        claim: Claim,
+    ) -> Result<StepOutcome, StoreError> {
+        let Some(implementation) = self.steps.get(&step) else {
+            return Ok(StepOutcome::Waiting {
+                message: format!(
+                    "no agent can run {step} yet: this release does not connect to MySQL"
+                ),
+            });
+        };
+        let context = StepContext {
+            server,
+            claim,
+            store: self.store.clone(),
+            secrets: self.secrets.clone(),
+        };
+        implementation.run(&context).await
+    }
+
+    /// Stops every runner and lets go of this replica's leases so others take over at once.
+    pub async fn stop(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.runners.close();
+        let _ = tokio::time::timeout(grace, self.runners.wait()).await;
+        match self.store.release_all_leases(self.owner).await {
+            Ok(released) => tracing::info!(released, "released onboarding leases"),
+            Err(error) => tracing::warn!(%error, "could not release leases; they will expire"),
+        }
+    }
+}
+
+/// Keeps a lease alive; cancels `lost` when it was taken over.
+async fn renew(store: Store, claim: Claim, ttl: Duration, lost: CancellationToken) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match store.renew_lease(claim, ttl).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => {
+                lost.cancel();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, server_id = %claim.server_id, "lease renewal failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(100), Duration::from_secs(30));
+        assert_eq!(backoff(0), Duration::from_millis(500));
+    }
+}

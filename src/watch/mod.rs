@@ -1,0 +1,196 @@
+//! The LISTEN/NOTIFY hub: one dedicated connection per replica (store::listener) feeds the
+//! dispatcher, which fans onboarding changes out to WatchOnboarding streams (one read per
+//! changed server, whatever the number of watchers), wakes the engine and revokes keys.
+
+mod stream;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use stream::{WatchRequest, watch};
+
+use crate::{
+    auth::Authenticator,
+    domain::{ServerId, onboarding::OnboardingStatus},
+    store::{Store, listener::Notification},
+};
+
+/// How many changes a watcher may have queued before it is cut off as too slow.
+const WATCHER_BUFFER: usize = 64;
+
+struct Watcher {
+    id: u64,
+    sender: mpsc::Sender<Arc<OnboardingStatus>>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// Fans committed onboarding changes out to this replica's watch streams.
+pub struct WatchHub {
+    store: Store,
+    watchers: Mutex<HashMap<ServerId, Vec<Watcher>>>,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// One stream's registration; unregisters on drop.
+pub struct Subscription {
+    hub: Arc<WatchHub>,
+    server_id: ServerId,
+    id: u64,
+    receiver: mpsc::Receiver<Arc<OnboardingStatus>>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// The next change; None when the hub cut this watcher off or is shutting down.
+    pub async fn next(&mut self) -> Option<Arc<OnboardingStatus>> {
+        self.receiver.recv().await
+    }
+
+    /// Whether the hub cut this watcher off for falling behind.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.server_id, self.id);
+    }
+}
+
+impl WatchHub {
+    /// A hub with no watchers; `shutdown` ends every stream.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Arc<WatchHub> {
+        Arc::new(WatchHub {
+            store,
+            watchers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        })
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Vec<Watcher>>> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a stream for a server's changes.
+    pub fn subscribe(self: &Arc<WatchHub>, server_id: ServerId) -> Subscription {
+        let (sender, receiver) = mpsc::channel(WATCHER_BUFFER);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        self.watchers().entry(server_id).or_default().push(Watcher {
+            id,
+            sender,
+            overflowed: overflowed.clone(),
+        });
+        metrics::gauge!("dbtrail_watch_streams_open").increment(1.0);
+        Subscription {
+            hub: self.clone(),
+            server_id,
+            id,
+            receiver,
+            overflowed,
+        }
+    }
+
+    fn unsubscribe(&self, server_id: ServerId, id: u64) {
+        let mut watchers = self.watchers();
+        if let Some(list) = watchers.get_mut(&server_id) {
+            list.retain(|watcher| watcher.id != id);
+            if list.is_empty() {
+                watchers.remove(&server_id);
+            }
+        }
+        metrics::gauge!("dbtrail_watch_streams_open").decrement(1.0);
+    }
+
+    fn is_watched(&self, server_id: ServerId) -> bool {
+        self.watchers().contains_key(&server_id)
+    }
+
+    /// Hands a status to every watcher of its server; a full queue cuts that watcher off.
+    fn fan_out(&self, status: OnboardingStatus) {
+        let status = Arc::new(status);
+        let mut watchers = self.watchers();
+        if let Some(list) = watchers.get_mut(&status.server_id) {
+            list.retain(|watcher| match watcher.sender.try_send(status.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    watcher.overflowed.store(true, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+    }
+
+    /// A server's onboarding reached `revision`: one read, then fan-out.
+    async fn changed(&self, server_id: ServerId, revision: i64) {
+        if !self.is_watched(server_id) {
+            return;
+        }
+        match self
+            .store
+            .onboarding_history(server_id, revision - 1, 1)
+            .await
+        {
+            Ok(statuses) => statuses.into_iter().for_each(|status| self.fan_out(status)),
+            Err(error) => {
+                tracing::warn!(%error, %server_id, "could not read a change for watchers")
+            }
+        }
+    }
+
+    /// After the LISTEN connection came back: send every watched server's latest status, from
+    /// which each stream fills any gap out of the history.
+    async fn catch_up(&self) {
+        let watched: Vec<ServerId> = self.watchers().keys().copied().collect();
+        for server_id in watched {
+            match self.store.server_by_id(server_id).await {
+                Ok(server) => self.fan_out(server.onboarding_status()),
+                Err(error) => tracing::warn!(%error, %server_id, "could not catch a watcher up"),
+            }
+        }
+    }
+}
+
+/// Routes notifications from the LISTEN connection until it closes.
+pub async fn dispatch(
+    mut notifications: mpsc::Receiver<Notification>,
+    hub: Arc<WatchHub>,
+    authenticator: Arc<Authenticator>,
+    wake_engine: mpsc::Sender<Option<ServerId>>,
+) {
+    let mut connected_before = false;
+    while let Some(notification) = notifications.recv().await {
+        match notification {
+            Notification::Onboarding {
+                server_id,
+                revision,
+            } => hub.changed(server_id, revision).await,
+            Notification::Runnable(server_id) => {
+                let _ = wake_engine.try_send(Some(server_id));
+            }
+            Notification::KeyRevoked(key_id) => authenticator.key_revoked(key_id),
+            Notification::Connected => {
+                if connected_before {
+                    authenticator.revocations_missed();
+                    hub.catch_up().await;
+                    let _ = wake_engine.try_send(None);
+                }
+                connected_before = true;
+            }
+        }
+    }
+}
