@@ -20,9 +20,9 @@ use crate::{
     auth::{Authenticator, admin::Admin},
     config::Config,
     grpc::{self, ServersApi},
-    onboarding::{Engine, EngineConfig, Step, default_steps},
+    onboarding::{AgentSettings, Engine, EngineConfig, Step, default_steps},
     proto::servers_service_server::ServersServiceServer,
-    rest::{OpsState, ops_router},
+    rest::{self, OpsState},
     secrets::{SecretBox, SecretsError},
     store::{self, Store, StoreError, listener},
     watch::{self, WatchHub},
@@ -42,6 +42,8 @@ pub enum AppError {
     },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("REST routes: {0}")]
+    Rest(#[from] rest::RouteError),
 }
 
 /// A running replica.
@@ -150,6 +152,10 @@ pub async fn start_with_steps(
             lease_ttl: config.lease_ttl,
             sweep_interval: config.sweep_interval,
             max_runners: config.max_runners,
+            agent: AgentSettings {
+                connect_timeout: config.mysql_connect_timeout,
+                connect_attempts: config.mysql_connect_attempts,
+            },
         },
         steps,
     );
@@ -179,6 +185,9 @@ pub async fn start_with_steps(
     ));
 
     let api = ServersApi::new(store.clone(), secrets, hub, authenticator.clone());
+    let grpc_stack =
+        grpc::GrpcStack::new(api, authenticator, health_service).map_err(AppError::Bootstrap)?;
+    let gateway = rest::Gateway::new(grpc_stack.in_process())?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let grpc_addr = grpc_listener
         .local_addr()
@@ -198,20 +207,21 @@ pub async fn start_with_steps(
     let grpc_server = tokio::spawn(async move {
         let incoming = TcpListenerStream::new(grpc_listener);
         let shutdown = grpc_stop.cancelled_owned();
-        if let Err(error) =
-            grpc::serve(api, authenticator, health_service, incoming, shutdown).await
-        {
+        if let Err(error) = grpc::serve(grpc_stack, incoming, shutdown).await {
             tracing::error!(%error, "gRPC server failed");
         }
     });
-    let ops = ops_router(OpsState {
-        ready: ready.clone(),
-        metrics,
-        store,
-    });
+    let http = rest::http_router(
+        OpsState {
+            ready: ready.clone(),
+            metrics,
+            store,
+        },
+        gateway,
+    );
     let http_stop = stopping.clone();
     let http_server = tokio::spawn(async move {
-        if let Err(error) = axum::serve(http_listener, ops)
+        if let Err(error) = axum::serve(http_listener, http)
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await
         {

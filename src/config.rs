@@ -91,6 +91,14 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64)]
     pub max_runners: usize,
 
+    /// Time limit of one connection attempt to a customer's MySQL.
+    #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub mysql_connect_timeout: Duration,
+
+    /// Attempts an onboarding step makes through transient faults (unreachable, timeouts) before it fails.
+    #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub mysql_connect_attempts: i32,
+
     /// Log format.
     #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -1,17 +1,25 @@
 //! The gRPC surface: ServersService with its conversions and error table, registered in one
 //! place with health, reflection (v1 and v1alpha), request ids, tracing and authentication.
+//! The layered stack is built once: the tonic server serves it, and the REST translation calls
+//! the very same stack in process (`GrpcStack::in_process`).
 
 pub mod convert;
 pub mod errors;
 mod service;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic_health::pb::health_server::{Health, HealthServer};
-use tower::ServiceBuilder;
+use tower::{
+    Layer, ServiceBuilder, ServiceExt,
+    layer::util::{Identity, Stack},
+    util::BoxCloneSyncService,
+};
 use tower_http::{
+    classify::{GrpcErrorsAsFailures, SharedClassifier},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -48,43 +56,88 @@ pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
     tracing::info_span!("call", method = %request.uri().path(), request_id = %request_id)
 }
 
-/// Serves ServersService with its reflection and health services, behind the layers, until
-/// `shutdown` completes.
+/// Makes the span of one call.
+type MakeCallSpan = fn(&Request<tonic::body::Body>) -> tracing::Span;
+
+/// What every call passes through, outermost first: a request id, a span, the id echoed back,
+/// authentication.
+type CallLayers = Stack<
+    AuthLayer,
+    Stack<
+        PropagateRequestIdLayer,
+        Stack<
+            TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
+            Stack<SetRequestIdLayer<UuidRequestId>, Identity>,
+        >,
+    >,
+>;
+
+/// The layered stack as one cloneable service, for callers in this process (the REST layer).
+pub type InProcessService =
+    BoxCloneSyncService<Request<tonic::body::Body>, http::Response<tonic::body::Body>, Infallible>;
+
+/// ServersService, health and reflection behind the call layers, built once.
+#[derive(Clone)]
+pub struct GrpcStack {
+    routes: Routes,
+    layers: CallLayers,
+}
+
+impl GrpcStack {
+    /// Registers the services and builds the layers.
+    pub fn new(
+        api: ServersApi,
+        authenticator: Arc<Authenticator>,
+        health: HealthServer<impl Health>,
+    ) -> Result<GrpcStack, String> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| error.to_string())?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|error| error.to_string())?;
+        let routes = Routes::new(ServersServiceServer::new(api))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .prepare();
+        let layers = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(
+                http::HeaderName::from_static(REQUEST_ID_HEADER),
+                UuidRequestId,
+            ))
+            .layer(TraceLayer::new_for_grpc().make_span_with(call_span as MakeCallSpan))
+            .layer(PropagateRequestIdLayer::new(http::HeaderName::from_static(
+                REQUEST_ID_HEADER,
+            )))
+            .layer(AuthLayer::new(authenticator))
+            .into_inner();
+        Ok(GrpcStack { routes, layers })
+    }
+
+    /// The same layers around the same services, called without a network hop.
+    pub fn in_process(&self) -> InProcessService {
+        let service = self.layers.layer(self.routes.clone());
+        BoxCloneSyncService::new(
+            service.map_response(|response| response.map(tonic::body::Body::new)),
+        )
+    }
+}
+
+/// Serves the stack until `shutdown` completes.
 pub async fn serve(
-    api: ServersApi,
-    authenticator: Arc<Authenticator>,
-    health: HealthServer<impl Health>,
+    stack: GrpcStack,
     incoming: TcpListenerStream,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|error| error.to_string())?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|error| error.to_string())?;
-    let layers = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(
-            http::HeaderName::from_static(REQUEST_ID_HEADER),
-            UuidRequestId,
-        ))
-        .layer(TraceLayer::new_for_grpc().make_span_with(call_span::<tonic::body::Body>))
-        .layer(PropagateRequestIdLayer::new(http::HeaderName::from_static(
-            REQUEST_ID_HEADER,
-        )))
-        .layer(AuthLayer::new(authenticator))
-        .into_inner();
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
-        .layer(layers)
-        .add_service(ServersServiceServer::new(api))
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .layer(stack.layers)
+        .add_routes(stack.routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|error| error.to_string())

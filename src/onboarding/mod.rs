@@ -3,7 +3,13 @@
 //! Each step is one file behind the `Step` interface.
 
 mod awaiting_firewall;
+mod grants;
+mod initializing;
+mod mysql;
 mod provisioning;
+mod snapshotting;
+mod streaming;
+mod waiting_for_agent;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +24,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 pub use awaiting_firewall::AwaitingFirewall;
+pub use initializing::Initializing;
 pub use provisioning::Provisioning;
+pub use snapshotting::Snapshotting;
+pub use streaming::Streaming;
+pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{
     domain::{OnboardingStep, ServerId, StepStatus, onboarding::StepOutcome, server::Server},
@@ -26,14 +36,26 @@ use crate::{
     store::{Claim, Scope, Store, StoreError},
 };
 
+/// How the embedded agent connects to customers' servers.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentSettings {
+    /// Time limit of one connection attempt.
+    pub connect_timeout: Duration,
+    /// Attempts of a step that meets transient faults before it fails.
+    pub connect_attempts: i32,
+}
+
 /// What a step gets to work with.
 pub struct StepContext {
+    /// Which step runs.
+    pub step: OnboardingStep,
     /// The server as it was when the step started.
     pub server: Server,
     /// The runner's lease, for fenced writes.
     pub claim: Claim,
     pub store: Store,
     pub secrets: SecretBox,
+    pub agent: AgentSettings,
 }
 
 /// One onboarding step. `run` may be called again after a crash: its effects must be idempotent.
@@ -46,9 +68,21 @@ pub trait Step: Send + Sync {
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError>;
 }
 
-/// The steps this build can run.
-pub fn default_steps() -> Vec<Arc<dyn Step>> {
+/// The steps that need no connection to a customer's server.
+pub fn core_steps() -> Vec<Arc<dyn Step>> {
     vec![Arc::new(Provisioning), Arc::new(AwaitingFirewall)]
+}
+
+/// Every step this build can run.
+pub fn default_steps() -> Vec<Arc<dyn Step>> {
+    vec![
+        Arc::new(Provisioning),
+        Arc::new(AwaitingFirewall),
+        Arc::new(WaitingForAgent),
+        Arc::new(Initializing),
+        Arc::new(Snapshotting),
+        Arc::new(Streaming),
+    ]
 }
 
 /// Engine settings.
@@ -57,6 +91,7 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     pub sweep_interval: Duration,
     pub max_runners: usize,
+    pub agent: AgentSettings,
 }
 
 /// Claims and runs onboarding on this replica.
@@ -257,15 +292,17 @@ impl Engine {
         let Some(implementation) = self.steps.get(&step) else {
             return Ok(StepOutcome::Waiting {
                 message: format!(
-                    "no agent can run {step} yet: this release does not connect to MySQL"
+                    "no agent can run {step} yet: this replica was started without that step"
                 ),
             });
         };
         let context = StepContext {
+            step,
             server,
             claim,
             store: self.store.clone(),
             secrets: self.secrets.clone(),
+            agent: self.config.agent,
         };
         implementation.run(&context).await
     }

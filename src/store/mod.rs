@@ -3,6 +3,7 @@
 
 mod auth;
 mod engine;
+mod index;
 pub mod listener;
 mod rows;
 pub mod schema;
@@ -24,6 +25,7 @@ use futures_util::FutureExt;
 
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
 pub use engine::{Claim, Fence};
+pub use index::{Checkpoint, index_schema_name};
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
 
 use crate::{config::DatabaseConfig, domain::server::Rejection};

@@ -1,0 +1,125 @@
+//! Step 4, initializing: checks that the binlog can be streamed (log_bin, binlog_format,
+//! binlog_row_image, the replication grants, roles included), then creates the server's index
+//! schema in PostgreSQL.
+
+use async_trait::async_trait;
+use mysql_async::{Conn, prelude::Queryable};
+
+use super::{
+    Step, StepContext,
+    grants::{Grants, Needed},
+    mysql::{self, MysqlFailure},
+};
+use crate::{
+    domain::{OnboardingStep, onboarding::StepOutcome},
+    store::StoreError,
+};
+
+/// Checks prerequisites and creates the index tables.
+pub struct Initializing;
+
+/// The user's grants, with those of the roles granted to it.
+pub async fn effective_grants(
+    connection: &mut Conn,
+    address: &str,
+) -> Result<Grants, MysqlFailure> {
+    let lines: Vec<String> = connection
+        .query("SHOW GRANTS")
+        .await
+        .map_err(|error| mysql::classify(&error, address))?;
+    let mut grants = Grants::parse(lines.iter().map(String::as_str));
+    for role in grants.roles.clone() {
+        // A role that cannot be inspected adds nothing; the checks then say what is missing.
+        if let Ok(lines) = connection
+            .query::<String, _>(format!("SHOW GRANTS FOR {role}"))
+            .await
+        {
+            grants.merge(Grants::parse(lines.iter().map(String::as_str)));
+        }
+    }
+    Ok(grants)
+}
+
+/// `'user'@'host'` as the server knows the session's account.
+pub async fn account(connection: &mut Conn, address: &str) -> Result<String, MysqlFailure> {
+    let current: Option<String> = connection
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .map_err(|error| mysql::classify(&error, address))?;
+    let current = current.unwrap_or_default();
+    let (user, host) = current.rsplit_once('@').unwrap_or((current.as_str(), "%"));
+    Ok(format!("'{user}'@'{host}'"))
+}
+
+/// Every unmet prerequisite, each with its current value and the statement that fixes it.
+async fn problems(connection: &mut Conn, address: &str) -> Result<Vec<String>, MysqlFailure> {
+    let variables: Option<(String, String, String)> = connection
+        .query_first(
+            "SELECT CAST(@@GLOBAL.log_bin AS CHAR), @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image",
+        )
+        .await
+        .map_err(|error| mysql::classify(&error, address))?;
+    let (log_bin, format, row_image) = variables.unwrap_or_default();
+    let mut problems = Vec::new();
+    if !matches!(log_bin.to_ascii_uppercase().as_str(), "1" | "ON") {
+        problems.push(
+            "log_bin is OFF; dbtrail needs the binary log: start the server with --log-bin \
+             (log_bin in my.cnf) and restart it"
+                .to_owned(),
+        );
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        problems.push(format!(
+            "binlog_format is {format}; dbtrail needs ROW: SET GLOBAL binlog_format = 'ROW' \
+             and persist it in my.cnf"
+        ));
+    }
+    if !row_image.eq_ignore_ascii_case("FULL") {
+        problems.push(format!(
+            "binlog_row_image is {row_image}; dbtrail needs FULL: SET GLOBAL binlog_row_image = 'FULL' \
+             and persist it in my.cnf"
+        ));
+    }
+    let grants = effective_grants(connection, address).await?;
+    let account = account(connection, address).await?;
+    for needed in [Needed::ReplicationSlave, Needed::ReplicationClient] {
+        if !grants.has_global(needed) {
+            problems.push(format!(
+                "the user lacks {name} (SHOW GRANTS shows none on *.*): GRANT {name} ON *.* TO {account}",
+                name = needed.grant_name()
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+#[async_trait]
+impl Step for Initializing {
+    fn name(&self) -> OnboardingStep {
+        OnboardingStep::Initializing
+    }
+
+    async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
+        let address = mysql::address(context);
+        let mut connection = match mysql::connect(context).await {
+            Ok(connection) => connection,
+            Err(failure) => return Ok(failure.outcome(context)),
+        };
+        let checked = problems(&mut connection, &address).await;
+        mysql::close(connection).await;
+        match checked {
+            Err(failure) => Ok(failure.outcome(context)),
+            Ok(problems) if !problems.is_empty() => Ok(StepOutcome::Failed {
+                error: problems.join("; "),
+            }),
+            Ok(_) => {
+                context.store.create_index_schema(context.server.id).await?;
+                Ok(StepOutcome::Completed {
+                    message: "log_bin ON, binlog_format ROW, binlog_row_image FULL, replication \
+                              grants present; index tables ready"
+                        .into(),
+                })
+            }
+        }
+    }
+}

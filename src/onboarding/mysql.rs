@@ -1,0 +1,195 @@
+//! How the embedded agent reaches a customer's MySQL: connection options from the server's
+//! settings and decrypted password, the TLS mode, and the sorting of failures into those worth
+//! retrying (unreachable, timeouts) and those that need the operator (access denied).
+
+use std::time::Duration;
+
+use mysql_async::{Conn, OptsBuilder, SslOpts, prelude::Queryable};
+
+use super::StepContext;
+use crate::domain::{ConnectionMethod, SslMode, onboarding::StepOutcome};
+
+/// Why connecting or querying failed, sorted by what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MysqlFailure {
+    /// Worth another attempt (network, timeouts, too many connections).
+    Transient(String),
+    /// Needs the operator (credentials, privileges, configuration).
+    Permanent(String),
+    /// This agent cannot take the connection path yet; the server waits.
+    Unsupported(String),
+}
+
+impl MysqlFailure {
+    /// The step outcome: transient faults are retried until the budget is spent.
+    pub fn outcome(self, context: &StepContext) -> StepOutcome {
+        match self {
+            MysqlFailure::Permanent(error) => StepOutcome::Failed { error },
+            MysqlFailure::Unsupported(message) => StepOutcome::Waiting { message },
+            MysqlFailure::Transient(message) => {
+                let attempts = context.server.steps.get(context.step).attempts;
+                if attempts >= context.agent.connect_attempts {
+                    StepOutcome::Failed {
+                        error: format!("{message} (gave up after {attempts} attempts)"),
+                    }
+                } else {
+                    StepOutcome::Retry {
+                        message: format!(
+                            "{message}; retrying (attempt {attempts} of {})",
+                            context.agent.connect_attempts
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// MySQL server error codes that a retry may cure.
+const TRANSIENT_SERVER_ERRORS: &[u16] = &[
+    1040, // too many connections
+    1203, // max_user_connections
+    1205, // lock wait timeout
+    2013, // lost connection during query
+];
+
+/// Sorts a mysql_async error; `address` names the server in messages.
+pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
+    match error {
+        mysql_async::Error::Server(server) if TRANSIENT_SERVER_ERRORS.contains(&server.code) => {
+            MysqlFailure::Transient(format!("{address} answered: {}", server.message))
+        }
+        mysql_async::Error::Server(server) => MysqlFailure::Permanent(format!(
+            "MySQL at {address} refused: {} (error {})",
+            server.message, server.code
+        )),
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+            MysqlFailure::Transient(format!("cannot reach MySQL at {address}: {io}"))
+        }
+        mysql_async::Error::Io(tls) => MysqlFailure::Permanent(format!(
+            "TLS with MySQL at {address} failed: {tls}; check stream_options.ssl_mode"
+        )),
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => {
+            MysqlFailure::Permanent(format!(
+                "MySQL at {address} does not offer TLS, but stream_options.ssl_mode requires it"
+            ))
+        }
+        other => {
+            MysqlFailure::Transient(format!("connection to MySQL at {address} failed: {other}"))
+        }
+    }
+}
+
+/// `host:port` of the server.
+pub fn address(context: &StepContext) -> String {
+    let spec = &context.server.spec;
+    if spec.host.contains(':') {
+        format!("[{}]:{}", spec.host, spec.port)
+    } else {
+        format!("{}:{}", spec.host, spec.port)
+    }
+}
+
+fn ssl_options(mode: SslMode) -> Option<SslOpts> {
+    let encrypted = SslOpts::default();
+    match mode {
+        SslMode::Disabled => None,
+        // Encryption without verification, as MySQL's own clients do for these modes.
+        SslMode::Preferred | SslMode::Required => Some(
+            encrypted
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        SslMode::VerifyCa => Some(encrypted.with_danger_skip_domain_validation(true)),
+        SslMode::VerifyFull => Some(encrypted),
+    }
+}
+
+/// Logs in to the server with its stored credentials, honouring its ssl_mode.
+pub async fn connect(context: &StepContext) -> Result<Conn, MysqlFailure> {
+    let server = &context.server;
+    let address = address(context);
+    if server.spec.connection_method == ConnectionMethod::SshTunnel {
+        return Err(MysqlFailure::Unsupported(format!(
+            "no agent can run {} through an SSH tunnel yet: SSH jumphosts are not supported by this release",
+            context.step
+        )));
+    }
+    let password = match &server.secrets.mysql_password {
+        Some(sealed) => Some(
+            context
+                .secrets
+                .open(sealed, &format!("{}/mysql_password", server.id))
+                .map_err(|error| {
+                    MysqlFailure::Permanent(format!(
+                        "the stored MySQL password cannot be used ({error}); set it again with UpdateServer"
+                    ))
+                })?
+                .0,
+        ),
+        None => None,
+    };
+    let base = OptsBuilder::default()
+        .ip_or_hostname(server.spec.host.clone())
+        .tcp_port(server.spec.port)
+        .user(Some(server.spec.mysql_user.clone()))
+        .pass(password)
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    let mode = server.spec.stream_options.ssl_mode;
+    let attempt = |ssl: Option<SslOpts>| {
+        let options = base.clone().ssl_opts(ssl);
+        let timeout = context.agent.connect_timeout;
+        let address = address.clone();
+        async move {
+            match tokio::time::timeout(timeout, Conn::new(options)).await {
+                Ok(Ok(connection)) => Ok(connection),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "timed out after {}s connecting to {address}",
+                            timeout.as_secs()
+                        ),
+                    ),
+                ))),
+            }
+        }
+    };
+    match attempt(ssl_options(mode)).await {
+        Ok(connection) => Ok(connection),
+        // "preferred" falls back to plain text when the server offers no TLS.
+        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+            if mode == SslMode::Preferred =>
+        {
+            attempt(None)
+                .await
+                .map_err(|error| classify(&error, &address))
+        }
+        Err(error) => Err(classify(&error, &address)),
+    }
+}
+
+/// The server's version and flavour, e.g. ("MariaDB", "10.11.19-MariaDB-0+deb12u1").
+pub async fn version(
+    connection: &mut Conn,
+    address: &str,
+) -> Result<(String, String), MysqlFailure> {
+    let version: Option<String> = connection
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|error| classify(&error, address))?;
+    let version = version.unwrap_or_default();
+    let flavour = if version.to_ascii_lowercase().contains("mariadb") {
+        "MariaDB"
+    } else {
+        "MySQL"
+    };
+    Ok((flavour.to_owned(), version))
+}
+
+/// Closes a connection politely, without waiting long on a broken one.
+pub async fn close(connection: Conn) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), connection.disconnect()).await;
+}

@@ -1,0 +1,310 @@
+//! Step 5, snapshotting: reads schemas, tables, columns, primary keys and engines from
+//! information_schema (honouring stream_options, skipping system schemas), checks that SELECT is
+//! allowed, and stores the snapshot as the server's current one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use mysql_async::{Conn, prelude::Queryable};
+use serde::Serialize;
+
+use super::{
+    Step, StepContext,
+    grants::Needed,
+    initializing::{account, effective_grants},
+    mysql::{self, MysqlFailure},
+};
+use crate::{
+    domain::{OnboardingStep, onboarding::StepOutcome, server::StreamOptions},
+    store::StoreError,
+};
+
+/// Takes the schema snapshot.
+pub struct Snapshotting;
+
+const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys'";
+/// How many problem tables the message names before it only counts.
+const NAMED_TABLES: usize = 10;
+
+/// One column of a snapshot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub column_type: String,
+    pub nullable: bool,
+}
+
+/// One table of a snapshot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+    pub engine: Option<String>,
+    pub primary_key: Vec<String>,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// Whether stream_options include a table: everything when empty, else listed schemas and tables.
+pub fn included(options: &StreamOptions, schema: &str, table: &str) -> bool {
+    (options.schemas.is_empty() && options.tables.is_empty())
+        || options.schemas.iter().any(|listed| listed == schema)
+        || options
+            .tables
+            .iter()
+            .any(|listed| listed.split_once('.') == Some((schema, table)))
+}
+
+async fn read_tables(
+    connection: &mut Conn,
+    address: &str,
+    options: &StreamOptions,
+) -> Result<Vec<Table>, MysqlFailure> {
+    let classify = |error: mysql_async::Error| mysql::classify(&error, address);
+    let rows: Vec<(String, String, Option<String>)> = connection
+        .query(format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS}) \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME"
+        ))
+        .await
+        .map_err(classify)?;
+    let mut tables: BTreeMap<(String, String), Table> = rows
+        .into_iter()
+        .filter(|(schema, name, _)| included(options, schema, name))
+        .map(|(schema, name, engine)| {
+            let table = Table {
+                schema: schema.clone(),
+                name: name.clone(),
+                engine,
+                primary_key: Vec::new(),
+                columns: Vec::new(),
+            };
+            ((schema, name), table)
+        })
+        .collect();
+    let columns: Vec<(String, String, String, String, String, String)> = connection
+        .query(format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS}) \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+        ))
+        .await
+        .map_err(classify)?;
+    for (schema, table, name, column_type, nullable, key) in columns {
+        if let Some(table) = tables.get_mut(&(schema, table)) {
+            if key == "PRI" {
+                table.primary_key.push(name.clone());
+            }
+            table.columns.push(Column {
+                name,
+                column_type,
+                nullable: nullable == "YES",
+            });
+        }
+    }
+    Ok(tables.into_values().collect())
+}
+
+/// Names up to ten tables and gives the exact total.
+fn name_some(tables: &[String]) -> String {
+    let shown = tables[..tables.len().min(NAMED_TABLES)].join(", ");
+    if tables.len() > NAMED_TABLES {
+        format!("{shown} and {} more", tables.len() - NAMED_TABLES)
+    } else {
+        shown
+    }
+}
+
+fn plural(count: usize, word: &str) -> String {
+    format!("{count} {word}{}", if count == 1 { "" } else { "s" })
+}
+
+/// The completion message: counts, then warnings about tables the stream handles poorly.
+pub fn summary(tables: &[Table]) -> String {
+    let schemas: BTreeSet<&str> = tables.iter().map(|table| table.schema.as_str()).collect();
+    let mut message = format!(
+        "snapshot of {} and {}",
+        plural(schemas.len(), "schema"),
+        plural(tables.len(), "table")
+    );
+    let without_key: Vec<String> = tables
+        .iter()
+        .filter(|table| table.primary_key.is_empty())
+        .map(Table::qualified)
+        .collect();
+    if !without_key.is_empty() {
+        message.push_str(&format!(
+            "; warning: {} without a primary key: {}",
+            plural(without_key.len(), "table"),
+            name_some(&without_key)
+        ));
+    }
+    let not_innodb: Vec<String> = tables
+        .iter()
+        .filter(|table| {
+            !table
+                .engine
+                .as_deref()
+                .is_some_and(|engine| engine.eq_ignore_ascii_case("InnoDB"))
+        })
+        .map(|table| {
+            format!(
+                "{} ({})",
+                table.qualified(),
+                table.engine.as_deref().unwrap_or("unknown engine")
+            )
+        })
+        .collect();
+    if !not_innodb.is_empty() {
+        message.push_str(&format!(
+            "; warning: {} not InnoDB: {}",
+            plural(not_innodb.len(), "table"),
+            name_some(&not_innodb)
+        ));
+    }
+    message
+}
+
+/// The tables to snapshot, or why there are none the user may read.
+async fn read_snapshot(
+    context: &StepContext,
+    connection: &mut Conn,
+) -> Result<Result<Vec<Table>, String>, MysqlFailure> {
+    let address = mysql::address(context);
+    let options = &context.server.spec.stream_options;
+    let grants = effective_grants(connection, &address).await?;
+    if !grants.has_select_anywhere() {
+        let account = account(connection, &address).await?;
+        return Ok(Err(format!(
+            "SELECT is denied: the user has no SELECT privilege, so no table can be read: \
+             GRANT {} ON *.* TO {account}",
+            Needed::Select.grant_name()
+        )));
+    }
+    let tables = read_tables(connection, &address, options).await?;
+    let Some(probe) = tables.first() else {
+        return Ok(Err(
+            if options.schemas.is_empty() && options.tables.is_empty() {
+                "no user tables are visible to the user: create tables or GRANT SELECT on them"
+                    .to_owned()
+            } else {
+                format!(
+                    "nothing matches the stream filters (schemas [{}], tables [{}]) among the tables the user can see",
+                    options.schemas.join(", "),
+                    options.tables.join(", ")
+                )
+            },
+        ));
+    };
+    // information_schema can list tables the user cannot read: prove SELECT on one.
+    let readable = connection
+        .query_drop(format!(
+            "SELECT 1 FROM `{}`.`{}` LIMIT 0",
+            probe.schema.replace('`', "``"),
+            probe.name.replace('`', "``")
+        ))
+        .await;
+    match readable.map_err(|error| mysql::classify(&error, &address)) {
+        Ok(()) => Ok(Ok(tables)),
+        Err(MysqlFailure::Permanent(reason)) => Ok(Err(format!(
+            "SELECT is denied on {}: {reason}",
+            probe.qualified()
+        ))),
+        Err(transient) => Err(transient),
+    }
+}
+
+#[async_trait]
+impl Step for Snapshotting {
+    fn name(&self) -> OnboardingStep {
+        OnboardingStep::Snapshotting
+    }
+
+    async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
+        let mut connection = match mysql::connect(context).await {
+            Ok(connection) => connection,
+            Err(failure) => return Ok(failure.outcome(context)),
+        };
+        let read = read_snapshot(context, &mut connection).await;
+        mysql::close(connection).await;
+        let tables = match read {
+            Ok(Ok(tables)) => tables,
+            Ok(Err(error)) => return Ok(StepOutcome::Failed { error }),
+            Err(failure) => return Ok(failure.outcome(context)),
+        };
+        let schema_count = tables
+            .iter()
+            .map(|table| table.schema.as_str())
+            .collect::<BTreeSet<_>>()
+            .len();
+        let snapshot = serde_json::to_value(&tables)
+            .map_err(|error| StoreError::Corrupt(format!("snapshot: {error}")))?;
+        context
+            .store
+            .store_snapshot(
+                context.server.id,
+                i32::try_from(schema_count).unwrap_or(i32::MAX),
+                i32::try_from(tables.len()).unwrap_or(i32::MAX),
+                snapshot,
+            )
+            .await?;
+        Ok(StepOutcome::Completed {
+            message: summary(&tables),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(schema: &str, name: &str, engine: &str, key: bool) -> Table {
+        Table {
+            schema: schema.into(),
+            name: name.into(),
+            engine: Some(engine.into()),
+            primary_key: if key { vec!["id".into()] } else { vec![] },
+            columns: vec![],
+        }
+    }
+
+    #[test]
+    fn summary_counts_and_warns_with_exact_totals() {
+        let mut tables = vec![
+            table("shop", "orders", "InnoDB", true),
+            table("shop", "legacy", "MyISAM", true),
+            table("audit", "log", "InnoDB", false),
+        ];
+        assert_eq!(
+            summary(&tables),
+            "snapshot of 2 schemas and 3 tables; warning: 1 table without a primary key: audit.log; \
+             warning: 1 table not InnoDB: shop.legacy (MyISAM)"
+        );
+        for index in 0..12 {
+            tables.push(table("bulk", &format!("t{index:02}"), "InnoDB", false));
+        }
+        let message = summary(&tables);
+        assert!(
+            message.contains("13 tables without a primary key"),
+            "{message}"
+        );
+        assert!(message.contains("and 3 more"), "{message}");
+    }
+
+    #[test]
+    fn stream_filters_select_schemas_and_tables() {
+        let mut options = StreamOptions::default();
+        assert!(included(&options, "shop", "orders"));
+        options.schemas = vec!["shop".into()];
+        options.tables = vec!["audit.log".into()];
+        assert!(included(&options, "shop", "orders"));
+        assert!(included(&options, "audit", "log"));
+        assert!(!included(&options, "audit", "other"));
+    }
+}

@@ -1,0 +1,201 @@
+//! Step 6, streaming: reads the binlog coordinates (and GTID set), opens a replication stream
+//! as a replica with this server's own server id, waits for the first event, and records the
+//! checkpoint. The stream is then closed: reading row events is the indexer's job.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use mysql_async::{BinlogStreamRequest, Conn, Row, prelude::Queryable};
+
+use super::{
+    Step, StepContext,
+    initializing::account,
+    mysql::{self, MysqlFailure},
+};
+use crate::{
+    domain::{OnboardingStep, onboarding::StepOutcome},
+    store::{Checkpoint, StoreError},
+};
+
+/// Opens the stream and records the checkpoint.
+pub struct Streaming;
+
+/// How long the first binlog event may take.
+const FIRST_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binlog coordinates as the server reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Coordinates {
+    file: String,
+    position: u64,
+    gtid_set: Option<String>,
+}
+
+/// `SHOW MASTER STATUS`, or `SHOW BINARY LOG STATUS` on MySQL 8.4+, which removed the former.
+async fn coordinates(
+    connection: &mut Conn,
+    address: &str,
+    flavour: &str,
+) -> Result<Option<Coordinates>, MysqlFailure> {
+    let row: Option<Row> = match connection.query_first("SHOW MASTER STATUS").await {
+        Ok(row) => row,
+        Err(mysql_async::Error::Server(error)) if error.code == 1064 => connection
+            .query_first("SHOW BINARY LOG STATUS")
+            .await
+            .map_err(|error| mysql::classify(&error, address))?,
+        Err(error) => return Err(mysql::classify(&error, address)),
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let file: Option<String> = row.get("File");
+    let position: Option<u64> = row.get("Position");
+    let (Some(file), Some(position)) = (file, position) else {
+        return Ok(None);
+    };
+    let gtid_set = if flavour == "MariaDB" {
+        connection
+            .query_first::<String, _>("SELECT @@GLOBAL.gtid_binlog_pos")
+            .await
+            .map_err(|error| mysql::classify(&error, address))?
+    } else {
+        row.get::<String, _>("Executed_Gtid_Set")
+    }
+    .filter(|set| !set.trim().is_empty());
+    Ok(Some(Coordinates {
+        file,
+        position,
+        gtid_set,
+    }))
+}
+
+/// Replication refusals the operator must fix, with what to do.
+fn replication_refusal(
+    error: &mysql_async::Error,
+    account: &str,
+    replica_id: u32,
+) -> Option<String> {
+    let mysql_async::Error::Server(server) = error else {
+        return None;
+    };
+    match server.code {
+        1227 | 1045 | 1142 => Some(format!(
+            "the binlog cannot be read: {} — GRANT REPLICATION SLAVE ON *.* TO {account}",
+            server.message
+        )),
+        1236 if server.message.contains("server_id") || server.message.contains("server_uuid") => {
+            Some(format!(
+                "replica server id {replica_id} clashes with another replica: {}",
+                server.message
+            ))
+        }
+        1236 => Some(format!("the binlog is unavailable: {}", server.message)),
+        _ => None,
+    }
+}
+
+async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>, StreamFault> {
+    let address = mysql::address(context);
+    let mut connection = mysql::connect(context).await?;
+    let (flavour, _) = mysql::version(&mut connection, &address).await?;
+    let Some(coordinates) = coordinates(&mut connection, &address, &flavour).await? else {
+        mysql::close(connection).await;
+        return Ok(Err(
+            "the binlog is unavailable: SHOW MASTER STATUS returns nothing; enable log_bin".into(),
+        ));
+    };
+    let account = account(&mut connection, &address).await?;
+    let replication_server_id = context
+        .store
+        .replication_server_id(context.server.id)
+        .await?;
+    let replica_id = u32::try_from(replication_server_id).unwrap_or(u32::MAX);
+    let request = BinlogStreamRequest::new(replica_id)
+        .with_filename(coordinates.file.as_bytes())
+        .with_pos(coordinates.position);
+    let mut stream = match connection.get_binlog_stream(request).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            return match replication_refusal(&error, &account, replica_id) {
+                Some(reason) => Ok(Err(reason)),
+                None => Err(mysql::classify(&error, &address).into()),
+            };
+        }
+    };
+    let first = tokio::time::timeout(FIRST_EVENT_TIMEOUT, stream.next()).await;
+    let result = match first {
+        Ok(Some(Ok(_event))) => Ok(Ok(Checkpoint {
+            binlog_file: coordinates.file,
+            binlog_position: i64::try_from(coordinates.position).unwrap_or(i64::MAX),
+            gtid_set: coordinates.gtid_set,
+            replication_server_id,
+        })),
+        Ok(Some(Err(error))) => match replication_refusal(&error, &account, replica_id) {
+            Some(reason) => Ok(Err(reason)),
+            None => Err(mysql::classify(&error, &address).into()),
+        },
+        Ok(None) => Err(MysqlFailure::Transient(format!(
+            "the binlog stream from {address} ended before its first event"
+        ))
+        .into()),
+        Err(_) => Err(MysqlFailure::Transient(format!(
+            "no binlog event from {address} within {}s",
+            FIRST_EVENT_TIMEOUT.as_secs()
+        ))
+        .into()),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+    result
+}
+
+/// A fault of the stream attempt: from MySQL, or from the service's own database.
+enum StreamFault {
+    Mysql(MysqlFailure),
+    Store(StoreError),
+}
+
+impl From<MysqlFailure> for StreamFault {
+    fn from(failure: MysqlFailure) -> StreamFault {
+        StreamFault::Mysql(failure)
+    }
+}
+
+impl From<StoreError> for StreamFault {
+    fn from(error: StoreError) -> StreamFault {
+        StreamFault::Store(error)
+    }
+}
+
+#[async_trait]
+impl Step for Streaming {
+    fn name(&self) -> OnboardingStep {
+        OnboardingStep::Streaming
+    }
+
+    async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
+        let checkpoint = match open_stream(context).await {
+            Ok(Ok(checkpoint)) => checkpoint,
+            Ok(Err(error)) => return Ok(StepOutcome::Failed { error }),
+            Err(StreamFault::Mysql(failure)) => return Ok(failure.outcome(context)),
+            Err(StreamFault::Store(error)) => return Err(error),
+        };
+        context
+            .store
+            .store_checkpoint(context.server.id, &checkpoint)
+            .await?;
+        let gtid = checkpoint
+            .gtid_set
+            .as_deref()
+            .map(|set| format!(" (GTID {set})"))
+            .unwrap_or_default();
+        Ok(StepOutcome::Completed {
+            message: format!(
+                "streaming from {}:{}{gtid} as replica server id {}; first event received",
+                checkpoint.binlog_file,
+                checkpoint.binlog_position,
+                checkpoint.replication_server_id
+            ),
+        })
+    }
+}

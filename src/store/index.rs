@@ -1,0 +1,161 @@
+//! Each server's index schema in PostgreSQL (one schema per server: its schema snapshots, its
+//! stream checkpoint, and the change events the stream fills), and replication server ids.
+
+use diesel::{
+    prelude::*,
+    sql_types::{BigInt, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::{Store, StoreError};
+use crate::domain::ServerId;
+
+/// The name of a server's index schema; made of hex digits only, so it needs no quoting.
+pub fn index_schema_name(server_id: ServerId) -> String {
+    format!("server_{}", server_id.0.simple())
+}
+
+/// Where a replica starts reading a server's binlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub binlog_file: String,
+    pub binlog_position: i64,
+    pub gtid_set: Option<String>,
+    pub replication_server_id: i64,
+}
+
+#[derive(QueryableByName)]
+struct ReplicationId {
+    #[diesel(sql_type = BigInt)]
+    replication_server_id: i64,
+}
+
+impl Store {
+    /// Creates the server's index schema and tables when missing (safe to run again).
+    pub async fn create_index_schema(&self, server_id: ServerId) -> Result<(), StoreError> {
+        let schema = index_schema_name(server_id);
+        let statements = [
+            format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.schema_snapshots (\
+                     id bigserial PRIMARY KEY, \
+                     taken_at timestamptz NOT NULL DEFAULT now(), \
+                     is_current boolean NOT NULL, \
+                     schema_count integer NOT NULL, \
+                     table_count integer NOT NULL, \
+                     snapshot jsonb NOT NULL)"
+            ),
+            format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS schema_snapshots_one_current \
+                 ON {schema}.schema_snapshots (is_current) WHERE is_current"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.stream_checkpoint (\
+                     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), \
+                     binlog_file text NOT NULL, \
+                     binlog_position bigint NOT NULL, \
+                     gtid_set text, \
+                     replication_server_id bigint NOT NULL, \
+                     recorded_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.change_events (\
+                     id bigserial PRIMARY KEY, \
+                     binlog_file text NOT NULL, \
+                     binlog_position bigint NOT NULL, \
+                     gtid text, \
+                     event_time timestamptz, \
+                     schema_name text NOT NULL, \
+                     table_name text NOT NULL, \
+                     operation text NOT NULL CHECK (operation IN ('insert', 'update', 'delete')), \
+                     row_before jsonb, \
+                     row_after jsonb, \
+                     received_at timestamptz NOT NULL DEFAULT now())"
+            ),
+        ];
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                // Concurrent CREATE ... IF NOT EXISTS of the same object can still collide.
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind::<Text, _>(&schema)
+                    .execute(connection)
+                    .await?;
+                for statement in &statements {
+                    diesel::sql_query(statement).execute(connection).await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Stores a schema snapshot as the server's one current snapshot.
+    pub async fn store_snapshot(
+        &self,
+        server_id: ServerId,
+        schema_count: i32,
+        table_count: i32,
+        snapshot: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let schema = index_schema_name(server_id);
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                diesel::sql_query(format!(
+                    "UPDATE {schema}.schema_snapshots SET is_current = false WHERE is_current"
+                ))
+                .execute(connection)
+                .await?;
+                diesel::sql_query(format!(
+                    "INSERT INTO {schema}.schema_snapshots \
+                     (is_current, schema_count, table_count, snapshot) VALUES (true, $1, $2, $3)"
+                ))
+                .bind::<Integer, _>(schema_count)
+                .bind::<Integer, _>(table_count)
+                .bind::<Jsonb, _>(snapshot)
+                .execute(connection)
+                .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records where the server's stream starts (replacing an earlier checkpoint).
+    pub async fn store_checkpoint(
+        &self,
+        server_id: ServerId,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let schema = index_schema_name(server_id);
+        let mut connection = self.connection().await?;
+        diesel::sql_query(format!(
+            "INSERT INTO {schema}.stream_checkpoint \
+                 (binlog_file, binlog_position, gtid_set, replication_server_id) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (singleton) DO UPDATE SET binlog_file = EXCLUDED.binlog_file, \
+                 binlog_position = EXCLUDED.binlog_position, gtid_set = EXCLUDED.gtid_set, \
+                 replication_server_id = EXCLUDED.replication_server_id, recorded_at = now()"
+        ))
+        .bind::<Text, _>(&checkpoint.binlog_file)
+        .bind::<BigInt, _>(checkpoint.binlog_position)
+        .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
+        .bind::<BigInt, _>(checkpoint.replication_server_id)
+        .execute(&mut connection)
+        .await?;
+        Ok(())
+    }
+
+    /// The server's replication server id, allocated once from a sequence.
+    pub async fn replication_server_id(&self, server_id: ServerId) -> Result<i64, StoreError> {
+        let mut connection = self.connection().await?;
+        let row: ReplicationId = diesel::sql_query(
+            "UPDATE servers SET replication_server_id = \
+                 COALESCE(replication_server_id, nextval('replication_server_ids')) \
+             WHERE id = $1 RETURNING replication_server_id",
+        )
+        .bind::<SqlUuid, _>(server_id.0)
+        .get_result(&mut connection)
+        .await?;
+        Ok(row.replication_server_id)
+    }
+}
