@@ -242,7 +242,11 @@ pub async fn start_with_steps(
     })
 }
 
-/// Follows database reachability in gRPC health and /readyz.
+/// How long a request_id is remembered: retries come within minutes, not days.
+const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+const IDEMPOTENCY_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Follows database reachability in gRPC health and /readyz, and expires old request ids.
 async fn health_loop(
     store: Store,
     health: tonic_health::server::HealthReporter,
@@ -250,6 +254,7 @@ async fn health_loop(
     stopping: CancellationToken,
 ) {
     let mut serving = None;
+    let mut last_cleanup = std::time::Instant::now();
     loop {
         let reachable = tokio::time::timeout(Duration::from_secs(2), store.ping())
             .await
@@ -273,6 +278,14 @@ async fn health_loop(
                     status,
                 )
                 .await;
+        }
+        if reachable && last_cleanup.elapsed() >= IDEMPOTENCY_CLEANUP_INTERVAL {
+            last_cleanup = std::time::Instant::now();
+            match store.forget_request_ids(IDEMPOTENCY_RETENTION).await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::info!(forgotten, "forgot expired request ids"),
+                Err(error) => tracing::warn!(%error, "could not forget expired request ids"),
+            }
         }
         tokio::select! {
             () = stopping.cancelled() => return,
@@ -298,9 +311,11 @@ impl RunningApp {
             .await;
         self.stopping.cancel();
         self.engine.stop(self.grace / 2).await;
+        let aborts: Vec<_> = self.servers.iter().map(JoinHandle::abort_handle).collect();
         let servers = futures_util::future::join_all(self.servers);
         if tokio::time::timeout(self.grace, servers).await.is_err() {
             tracing::warn!("calls still open after the grace period; stopping anyway");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
         self.listener_stop.cancel();
     }

@@ -416,6 +416,11 @@ impl ServersApi {
                 Ok(())
             })
             .await?;
+        if let Some(key) = &idempotency {
+            self.store
+                .remember_request(principal.tenant_id, key, server.id)
+                .await?;
+        }
         Ok(server_to_proto(&server))
     }
 
@@ -426,6 +431,19 @@ impl ServersApi {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let id = parse_server_id(&request.server_id, "server_id")?;
+        let idempotency = idempotency_key(
+            "DecommissionServer",
+            &request.request_id,
+            &request,
+            |request| {
+                request.request_id.clear();
+            },
+        )?;
+        if let Some(key) = &idempotency
+            && let Some(server) = self.store.find_replay(principal.tenant_id, key).await?
+        {
+            return Ok(server_to_proto(&server));
+        }
         let (server, ()) = self
             .store
             .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
@@ -436,6 +454,11 @@ impl ServersApi {
                 Ok::<_, ApiError>(())
             })
             .await?;
+        if let Some(key) = &idempotency {
+            self.store
+                .remember_request(principal.tenant_id, key, server.id)
+                .await?;
+        }
         Ok(server_to_proto(&server))
     }
 

@@ -35,6 +35,9 @@ struct ClaimedRow {
     lease_epoch: i64,
 }
 
+/// A server's agent assignment and lease, as read under its row lock.
+type AssignmentRow = (Option<Uuid>, Option<String>, Option<Uuid>, i64);
+
 #[derive(QueryableByName)]
 struct AgentRow {
     #[diesel(sql_type = SqlUuid)]
@@ -162,7 +165,7 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                    let current: Option<(Option<Uuid>, Option<String>, Option<Uuid>, i64)> =
+                    let current: Option<AssignmentRow> =
                         servers::table
                             .find(claim.server_id.0)
                             .select((

@@ -198,7 +198,7 @@ impl Store {
 
 /// Splits `postgres://.../NAME?query` into the URL of the maintenance database and NAME.
 fn maintenance_url(database_url: &str) -> Result<(String, String), StoreError> {
-    let invalid = || StoreError::Unavailable(format!("invalid database URL (no database name)"));
+    let invalid = || StoreError::Unavailable("invalid database URL (no database name)".into());
     let scheme_end = database_url.find("://").ok_or_else(invalid)? + 3;
     let path_start = database_url[scheme_end..]
         .find('/')

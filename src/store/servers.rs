@@ -289,6 +289,42 @@ impl Store {
         }
     }
 
+    /// Remembers the server a request id produced (a concurrent duplicate keeps the first).
+    pub async fn remember_request(
+        &self,
+        tenant: TenantId,
+        key: &IdempotencyKey,
+        server_id: ServerId,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        diesel::insert_into(idempotency_keys::table)
+            .values((
+                idempotency_keys::tenant_id.eq(tenant.0),
+                idempotency_keys::request_id.eq(&key.request_id),
+                idempotency_keys::method.eq(key.method),
+                idempotency_keys::request_hash.eq(&key.request_hash),
+                idempotency_keys::server_id.eq(server_id.0),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets request ids older than `retention`; returns how many.
+    pub async fn forget_request_ids(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(diesel::sql_query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval",
+        )
+        .bind::<Text, _>(super::interval(retention))
+        .execute(&mut connection)
+        .await?)
+    }
+
     /// One of the tenant's servers, decommissioned ones included.
     pub async fn get_server(&self, tenant: TenantId, id: ServerId) -> Result<Server, StoreError> {
         let mut connection = self.connection().await?;
