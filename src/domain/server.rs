@@ -559,25 +559,19 @@ pub fn validate_fingerprint(text: &str) -> Result<String, String> {
     }
 }
 
-/// A cheap structural check of a private key; the agent parses it fully.
+/// Parses a private key (OpenSSH or PEM: Ed25519, ECDSA, RSA); never echoes it.
 fn validate_private_key(key: &str) -> Result<(), String> {
-    let trimmed = key.trim();
-    let armoured = trimmed.starts_with("-----BEGIN ")
-        && trimmed.ends_with("-----")
-        && trimmed.contains("PRIVATE KEY-----");
-    if !armoured {
-        return Err(
-            "is not a private key: expected an OpenSSH or PEM block (-----BEGIN ... PRIVATE KEY-----)"
-                .into(),
-        );
-    }
-    if trimmed.contains("ENCRYPTED") {
-        return Err(
+    match russh::keys::decode_secret_key(key, None) {
+        Ok(_) => Ok(()),
+        Err(russh::keys::Error::KeyIsEncrypted) => Err(
             "is encrypted with a passphrase; provide an unencrypted key (ssh-keygen -p -N '' -f KEY)"
                 .into(),
-        );
+        ),
+        Err(_) => Err(
+            "is not a valid private key: expected an unencrypted OpenSSH or PEM key (Ed25519, ECDSA or RSA)"
+                .into(),
+        ),
     }
-    Ok(())
 }
 
 /// Where a change of settings makes onboarding start again (onboarding.md §4).
@@ -967,6 +961,21 @@ mod tests {
             !violations.to_string().contains("not a key"),
             "a secret is never echoed"
         );
+    }
+
+    /// A throwaway Ed25519 key, encrypted with the passphrase "secret"; it opens nothing.
+    const ENCRYPTED_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABDhgdCWTm\n3K/J6jDnbe7ZuCAAAAEAAAAAEAAAAzAAAAC3NzaC1lZDI1NTE5AAAAILCA7Hnm0Yw7/7aY\nPQYvFXKPoDhNtxHuLX4d/KwiZsR8AAAAkGTlS+LUVfL639bffAE5teFFt6c/J1U3o6y5/J\nMGojQ5XZ8BqITMgPNy4IjV74gUGpeB/XqlXjBjk2CgEhUJKtqVovD2XZ50SFVJ+DwUGfPK\nE11UlZoiDUK02VIHT4oNjclfUKvpcvST3RXikjyhbeQOIA5sUxDECeYR+j5aQJFE/daxZ3\n2G7RAjpj+fN/BB5Q==\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    #[test]
+    fn private_keys_are_parsed_and_passphrases_refused() {
+        let encrypted = validate_private_key(ENCRYPTED_KEY).unwrap_err();
+        assert!(encrypted.contains("passphrase"), "{encrypted}");
+        let garbage = validate_private_key(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----",
+        )
+        .unwrap_err();
+        assert!(garbage.contains("not a valid private key"), "{garbage}");
+        assert!(!garbage.contains("AAAA"));
     }
 
     #[test]

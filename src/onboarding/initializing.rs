@@ -101,12 +101,12 @@ impl Step for Initializing {
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
         let address = mysql::address(context);
-        let mut connection = match mysql::connect(context).await {
-            Ok(connection) => connection,
+        let mut link = match mysql::connect(context).await {
+            Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };
-        let checked = problems(&mut connection, &address).await;
-        mysql::close(connection).await;
+        let checked = problems(&mut link.connection, &address).await;
+        link.close().await;
         match checked {
             Err(failure) => Ok(failure.outcome(context)),
             Ok(problems) if !problems.is_empty() => Ok(StepOutcome::Failed {

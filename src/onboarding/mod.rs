@@ -8,6 +8,7 @@ mod initializing;
 mod mysql;
 mod provisioning;
 mod snapshotting;
+mod ssh;
 mod streaming;
 mod waiting_for_agent;
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use mysql_async::{Conn, OptsBuilder, SslOpts, prelude::Queryable};
 
-use super::StepContext;
+use super::{
+    StepContext,
+    ssh::{self, Tunnel},
+};
 use crate::domain::{ConnectionMethod, SslMode, onboarding::StepOutcome};
 
 /// Why connecting or querying failed, sorted by what to do about it.
@@ -16,8 +19,6 @@ pub enum MysqlFailure {
     Transient(String),
     /// Needs the operator (credentials, privileges, configuration).
     Permanent(String),
-    /// This agent cannot take the connection path yet; the server waits.
-    Unsupported(String),
 }
 
 impl MysqlFailure {
@@ -25,7 +26,6 @@ impl MysqlFailure {
     pub fn outcome(self, context: &StepContext) -> StepOutcome {
         match self {
             MysqlFailure::Permanent(error) => StepOutcome::Failed { error },
-            MysqlFailure::Unsupported(message) => StepOutcome::Waiting { message },
             MysqlFailure::Transient(message) => {
                 let attempts = context.server.steps.get(context.step).attempts;
                 if attempts >= context.agent.connect_attempts {
@@ -105,16 +105,35 @@ fn ssl_options(mode: SslMode) -> Option<SslOpts> {
     }
 }
 
-/// Logs in to the server with its stored credentials, honouring its ssl_mode.
-pub async fn connect(context: &StepContext) -> Result<Conn, MysqlFailure> {
+/// A logged-in connection and the SSH tunnel it runs through, if any; the tunnel closes when
+/// the link is dropped.
+pub struct Link {
+    pub connection: Conn,
+    pub tunnel: Option<Tunnel>,
+}
+
+impl Link {
+    /// Closes the connection, then the tunnel.
+    pub async fn close(self) {
+        close(self.connection).await;
+        drop(self.tunnel);
+    }
+}
+
+/// Logs in to the server with its stored credentials, through its SSH tunnel when it has one,
+/// honouring its ssl_mode.
+pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
     let server = &context.server;
     let address = address(context);
-    if server.spec.connection_method == ConnectionMethod::SshTunnel {
-        return Err(MysqlFailure::Unsupported(format!(
-            "no agent can run {} through an SSH tunnel yet: SSH jumphosts are not supported by this release",
-            context.step
-        )));
-    }
+    let tunnel = match (&server.spec.connection_method, &server.spec.ssh_tunnel) {
+        (ConnectionMethod::SshTunnel, Some(tunnel)) => Some(ssh::open(context, tunnel).await?),
+        (ConnectionMethod::SshTunnel, None) => {
+            return Err(MysqlFailure::Permanent(
+                "connection_method is ssh_tunnel but no ssh_tunnel is set".into(),
+            ));
+        }
+        _ => None,
+    };
     let password = match &server.secrets.mysql_password {
         Some(sealed) => Some(
             context
@@ -129,14 +148,28 @@ pub async fn connect(context: &StepContext) -> Result<Conn, MysqlFailure> {
         ),
         None => None,
     };
+    let (host, port) = match &tunnel {
+        Some(tunnel) => (
+            tunnel.local_address.ip().to_string(),
+            tunnel.local_address.port(),
+        ),
+        None => (server.spec.host.clone(), server.spec.port),
+    };
     let base = OptsBuilder::default()
-        .ip_or_hostname(server.spec.host.clone())
-        .tcp_port(server.spec.port)
+        .ip_or_hostname(host)
+        .tcp_port(port)
         .user(Some(server.spec.mysql_user.clone()))
         .pass(password)
         .prefer_socket(false)
         .stmt_cache_size(0);
     let mode = server.spec.stream_options.ssl_mode;
+    let tls = |mode| {
+        ssl_options(mode).map(|options| match &tunnel {
+            // Through a tunnel the certificate still names the real host.
+            Some(_) => options.with_danger_tls_hostname_override(Some(server.spec.host.clone())),
+            None => options,
+        })
+    };
     let attempt = |ssl: Option<SslOpts>| {
         let options = base.clone().ssl_opts(ssl);
         let timeout = context.agent.connect_timeout;
@@ -157,18 +190,18 @@ pub async fn connect(context: &StepContext) -> Result<Conn, MysqlFailure> {
             }
         }
     };
-    match attempt(ssl_options(mode)).await {
-        Ok(connection) => Ok(connection),
-        // "preferred" falls back to plain text when the server offers no TLS.
-        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
-            if mode == SslMode::Preferred =>
-        {
-            attempt(None)
+    let connection =
+        match attempt(tls(mode)).await {
+            Ok(connection) => connection,
+            // "preferred" falls back to plain text when the server offers no TLS.
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) if mode == SslMode::Preferred => attempt(None)
                 .await
-                .map_err(|error| classify(&error, &address))
-        }
-        Err(error) => Err(classify(&error, &address)),
-    }
+                .map_err(|error| classify(&error, &address))?,
+            Err(error) => return Err(classify(&error, &address)),
+        };
+    Ok(Link { connection, tunnel })
 }
 
 /// The server's version and flavour, e.g. ("MariaDB", "10.11.19-MariaDB-0+deb12u1").

@@ -227,12 +227,12 @@ impl Step for Snapshotting {
     }
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
-        let mut connection = match mysql::connect(context).await {
-            Ok(connection) => connection,
+        let mut link = match mysql::connect(context).await {
+            Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };
-        let read = read_snapshot(context, &mut connection).await;
-        mysql::close(connection).await;
+        let read = read_snapshot(context, &mut link.connection).await;
+        link.close().await;
         let tables = match read {
             Ok(Ok(tables)) => tables,
             Ok(Err(error)) => return Ok(StepOutcome::Failed { error }),

@@ -97,7 +97,10 @@ fn replication_refusal(
 
 async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>, StreamFault> {
     let address = mysql::address(context);
-    let mut connection = mysql::connect(context).await?;
+    let mysql::Link {
+        mut connection,
+        tunnel,
+    } = mysql::connect(context).await?;
     let (flavour, _) = mysql::version(&mut connection, &address).await?;
     let Some(coordinates) = coordinates(&mut connection, &address, &flavour).await? else {
         mysql::close(connection).await;
@@ -146,6 +149,7 @@ async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>
         .into()),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+    drop(tunnel);
     result
 }
 

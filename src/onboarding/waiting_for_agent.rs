@@ -20,20 +20,26 @@ impl Step for WaitingForAgent {
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
         let address = mysql::address(context);
-        let mut connection = match mysql::connect(context).await {
-            Ok(connection) => connection,
+        let mut link = match mysql::connect(context).await {
+            Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };
-        let outcome = match mysql::version(&mut connection, &address).await {
+        let through = match &context.server.spec.ssh_tunnel {
+            Some(tunnel) if link.tunnel.is_some() => {
+                format!(" through the SSH jumphost {}:{}", tunnel.host, tunnel.port)
+            }
+            _ => String::new(),
+        };
+        let outcome = match mysql::version(&mut link.connection, &address).await {
             Ok((flavour, version)) => StepOutcome::Completed {
                 message: format!(
-                    "logged in to {flavour} {version} at {address} as {}",
+                    "logged in to {flavour} {version} at {address} as {}{through}",
                     context.server.spec.mysql_user
                 ),
             },
             Err(failure) => failure.outcome(context),
         };
-        mysql::close(connection).await;
+        link.close().await;
         Ok(outcome)
     }
 }
