@@ -187,7 +187,7 @@ pub async fn start_with_steps(
     let api = ServersApi::new(store.clone(), secrets, hub, authenticator.clone());
     let grpc_stack =
         grpc::GrpcStack::new(api, authenticator, health_service).map_err(AppError::Bootstrap)?;
-    let gateway = rest::Gateway::new(grpc_stack.in_process())?;
+    let gateway = rest::Gateway::new(&grpc_stack)?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let grpc_addr = grpc_listener
         .local_addr()

@@ -124,6 +124,19 @@ impl GrpcStack {
             service.map_response(|response| response.map(tonic::body::Body::new)),
         )
     }
+
+    /// The same layers around a service that accepts every call without running it: whether
+    /// the stack would admit a caller (key and permission), for the REST layer to ask before it
+    /// reports a request it could not translate, so that authentication still comes first.
+    pub fn admission(&self) -> InProcessService {
+        let admit = tower::service_fn(|_: Request<tonic::body::Body>| async {
+            Ok::<_, Infallible>(tonic::Status::ok("").into_http::<tonic::body::Body>())
+        });
+        let service = self.layers.layer(admit);
+        BoxCloneSyncService::new(
+            service.map_response(|response| response.map(tonic::body::Body::new)),
+        )
+    }
 }
 
 /// Serves the stack until `shutdown` completes.

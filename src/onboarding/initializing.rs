@@ -113,7 +113,7 @@ impl Step for Initializing {
                 error: problems.join("; "),
             }),
             Ok(_) => {
-                context.store.create_index_schema(context.server.id).await?;
+                context.store.create_index_schema(context.claim).await?;
                 Ok(StepOutcome::Completed {
                     message: "log_bin ON, binlog_format ROW, binlog_row_image FULL, replication \
                               grants present; index tables ready"

@@ -35,7 +35,7 @@ impl MysqlFailure {
                 } else {
                     StepOutcome::Retry {
                         message: format!(
-                            "{message}; retrying (attempt {attempts} of {})",
+                            "{message}; attempt {attempts} of {} failed, retrying",
                             context.agent.connect_attempts
                         ),
                     }

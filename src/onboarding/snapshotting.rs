@@ -248,7 +248,7 @@ impl Step for Snapshotting {
         context
             .store
             .store_snapshot(
-                context.server.id,
+                context.claim,
                 i32::try_from(schema_count).unwrap_or(i32::MAX),
                 i32::try_from(tables.len()).unwrap_or(i32::MAX),
                 snapshot,

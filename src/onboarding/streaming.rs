@@ -55,10 +55,15 @@ async fn coordinates(
         return Ok(None);
     };
     let gtid_set = if flavour == "MariaDB" {
+        // The GTID position of exactly these coordinates, not of whatever was written since.
         connection
-            .query_first::<String, _>("SELECT @@GLOBAL.gtid_binlog_pos")
+            .exec_first::<Option<String>, _, _>(
+                "SELECT BINLOG_GTID_POS(?, ?)",
+                (file.as_str(), position),
+            )
             .await
             .map_err(|error| mysql::classify(&error, address))?
+            .flatten()
     } else {
         row.get::<String, _>("Executed_Gtid_Set")
     }
@@ -109,6 +114,10 @@ async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>
         ));
     };
     let account = account(&mut connection, &address).await?;
+    let dump_connection_id: Option<u64> = connection
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .map_err(|error| mysql::classify(&error, &address))?;
     let replication_server_id = context
         .store
         .replication_server_id(context.server.id)
@@ -149,8 +158,27 @@ async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>
         .into()),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+    // The server's dump thread only notices a closed replica when it next sends an event; on an
+    // idle server it would linger and hold a connection slot, so end it from a second session.
+    if let Some(id) = dump_connection_id {
+        end_dump_thread(context, id).await;
+    }
     drop(tunnel);
     result
+}
+
+/// Kills the binlog dump thread of a closed stream (best effort: a user may kill its own threads).
+async fn end_dump_thread(context: &StepContext, connection_id: u64) {
+    let ended = async {
+        if let Ok(mut link) = mysql::connect(context).await {
+            let _ = link
+                .connection
+                .query_drop(format!("KILL CONNECTION {connection_id}"))
+                .await;
+            link.close().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
 }
 
 /// A fault of the stream attempt: from MySQL, or from the service's own database.
@@ -186,7 +214,7 @@ impl Step for Streaming {
         };
         context
             .store
-            .store_checkpoint(context.server.id, &checkpoint)
+            .store_checkpoint(context.claim, &checkpoint)
             .await?;
         let gtid = checkpoint
             .gtid_set

@@ -1,13 +1,33 @@
-//! The HTTP side: liveness, readiness and Prometheus metrics. (The REST translation of
-//! ServersService will live here too.)
+//! The HTTP side: the REST translation of ServersService (grpc-gateway style, driven by the proto
+//! descriptors and their `google.api.http` rules, dispatched in process through the same layered
+//! gRPC stack), `GET /openapi.json`, and the operational endpoints `/healthz`, `/readyz` and
+//! `/metrics`.
+
+mod descriptors;
+mod dispatch;
+mod errors;
+mod gateway;
+mod json;
+mod openapi;
+mod request;
+mod routes;
 
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
 };
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderValue, Method, StatusCode, header},
+    routing::get,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use errors::http_status;
+pub use gateway::Gateway;
+pub use routes::RouteError;
 
 use crate::store::Store;
 
@@ -26,6 +46,38 @@ pub fn ops_router(state: OpsState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state)
+}
+
+/// Everything the HTTP address serves: the operational endpoints, `/openapi.json`, and the REST
+/// translation for every other path. A wrong method on any of them is a 405 with a Status body.
+pub fn http_router(ops: OpsState, gateway: Gateway) -> Router {
+    let gateway = Arc::new(gateway);
+    let document = gateway.openapi.clone();
+    let fixed = ops_router(ops)
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    document,
+                )
+            }),
+        )
+        .method_not_allowed_fallback({
+            let gateway = gateway.clone();
+            move |method: Method, uri: axum::http::Uri| async move {
+                errors::RestError::MethodNotAllowed {
+                    method,
+                    path: uri.path().to_owned(),
+                    allowed: vec![Method::GET, Method::HEAD],
+                }
+                .into_http(&gateway.descriptors)
+            }
+        });
+    fixed.fallback(move |request: axum::extract::Request| gateway::handle(gateway.clone(), request))
 }
 
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, &'static str) {

@@ -7,8 +7,31 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Store, StoreError};
+use super::{Claim, Connection, Store, StoreError};
 use crate::domain::ServerId;
+
+/// Fails with Fenced unless the claim still holds the server's lease; the row lock (FOR SHARE)
+/// keeps a takeover out until the caller's transaction ends.
+async fn hold_lease(connection: &mut Connection, claim: Claim) -> Result<(), StoreError> {
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        held: bool,
+    }
+    let held: Option<Held> = diesel::sql_query(
+        "SELECT true AS held FROM servers WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 FOR SHARE",
+    )
+    .bind::<SqlUuid, _>(claim.server_id.0)
+    .bind::<SqlUuid, _>(claim.fence.owner)
+    .bind::<BigInt, _>(claim.fence.epoch)
+    .get_result(connection)
+    .await
+    .optional()?;
+    match held {
+        Some(Held { held: true }) => Ok(()),
+        _ => Err(StoreError::Fenced),
+    }
+}
 
 /// The name of a server's index schema; made of hex digits only, so it needs no quoting.
 pub fn index_schema_name(server_id: ServerId) -> String {
@@ -31,9 +54,10 @@ struct ReplicationId {
 }
 
 impl Store {
-    /// Creates the server's index schema and tables when missing (safe to run again).
-    pub async fn create_index_schema(&self, server_id: ServerId) -> Result<(), StoreError> {
-        let schema = index_schema_name(server_id);
+    /// Creates the server's index schema and tables when missing (safe to run again), fenced
+    /// by the runner's lease.
+    pub async fn create_index_schema(&self, claim: Claim) -> Result<(), StoreError> {
+        let schema = index_schema_name(claim.server_id);
         let statements = [
             format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
             format!(
@@ -76,6 +100,7 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
+                hold_lease(connection, claim).await?;
                 // Concurrent CREATE ... IF NOT EXISTS of the same object can still collide.
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
                     .bind::<Text, _>(&schema)
@@ -89,18 +114,19 @@ impl Store {
             .await
     }
 
-    /// Stores a schema snapshot as the server's one current snapshot.
+    /// Stores a schema snapshot as the server's one current snapshot, fenced by the lease.
     pub async fn store_snapshot(
         &self,
-        server_id: ServerId,
+        claim: Claim,
         schema_count: i32,
         table_count: i32,
         snapshot: serde_json::Value,
     ) -> Result<(), StoreError> {
-        let schema = index_schema_name(server_id);
+        let schema = index_schema_name(claim.server_id);
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
+                hold_lease(connection, claim).await?;
                 diesel::sql_query(format!(
                     "UPDATE {schema}.schema_snapshots SET is_current = false WHERE is_current"
                 ))
@@ -120,29 +146,36 @@ impl Store {
             .await
     }
 
-    /// Records where the server's stream starts (replacing an earlier checkpoint).
+    /// Records where the server's stream starts (replacing an earlier checkpoint), fenced by
+    /// the lease.
     pub async fn store_checkpoint(
         &self,
-        server_id: ServerId,
+        claim: Claim,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let schema = index_schema_name(server_id);
+        let schema = index_schema_name(claim.server_id);
+        let checkpoint = checkpoint.clone();
         let mut connection = self.connection().await?;
-        diesel::sql_query(format!(
-            "INSERT INTO {schema}.stream_checkpoint \
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                hold_lease(connection, claim).await?;
+                diesel::sql_query(format!(
+                    "INSERT INTO {schema}.stream_checkpoint \
                  (binlog_file, binlog_position, gtid_set, replication_server_id) \
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (singleton) DO UPDATE SET binlog_file = EXCLUDED.binlog_file, \
                  binlog_position = EXCLUDED.binlog_position, gtid_set = EXCLUDED.gtid_set, \
                  replication_server_id = EXCLUDED.replication_server_id, recorded_at = now()"
-        ))
-        .bind::<Text, _>(&checkpoint.binlog_file)
-        .bind::<BigInt, _>(checkpoint.binlog_position)
-        .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
-        .bind::<BigInt, _>(checkpoint.replication_server_id)
-        .execute(&mut connection)
-        .await?;
-        Ok(())
+                ))
+                .bind::<Text, _>(&checkpoint.binlog_file)
+                .bind::<BigInt, _>(checkpoint.binlog_position)
+                .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
+                .bind::<BigInt, _>(checkpoint.replication_server_id)
+                .execute(connection)
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// The server's replication server id, allocated once from a sequence.

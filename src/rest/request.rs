@@ -1,0 +1,402 @@
+//! Builds an RPC's request message from an HTTP request, the way its route says: the body (the
+//! whole message or one field of it), the query string for the remaining fields (scalars,
+//! repeated values, enums by their JSON names, nested fields with dots), the path's variables,
+//! and, for a resource PATCH without `update_mask`, the mask derived from the body's keys.
+
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind};
+use serde_json::{Map, Value as Json};
+
+use super::{
+    descriptors::{Descriptors, is_well_known, message_of},
+    errors::RestError,
+    json::message_from_json,
+    routes::{BodyMapping, FieldPath, Route},
+};
+use crate::domain::Violations;
+
+/// What the HTTP request brought, already split by the handler.
+pub struct HttpParts<'a> {
+    /// The percent-decoded values of the path's variables, in template order.
+    pub path_values: Vec<String>,
+    pub query: Option<&'a str>,
+    /// The parsed JSON body, when one was sent.
+    pub body: Option<Json>,
+    /// An SSE client's `Last-Event-ID`.
+    pub last_event_id: Option<&'a str>,
+}
+
+/// The request message for `route`, or every problem found with the HTTP request.
+pub fn build_request(
+    descriptors: &Descriptors,
+    route: &Route,
+    parts: HttpParts<'_>,
+) -> Result<DynamicMessage, RestError> {
+    let mut violations = Violations::default();
+    let mut root = Map::new();
+    let mut derived_mask = None;
+
+    match (&route.body, parts.body) {
+        (BodyMapping::None, Some(_)) => {
+            return Err(RestError::MalformedBody(format!(
+                "{} takes no request body; send its fields in the query string",
+                route.rpc.name()
+            )));
+        }
+        (BodyMapping::None, None) => {}
+        (BodyMapping::Whole, body) => match body.unwrap_or_else(|| Json::Object(Map::new())) {
+            Json::Object(object) => root = object,
+            _ => return Err(RestError::MalformedBody("it must be a JSON object".into())),
+        },
+        (BodyMapping::Field(field), Some(body)) => {
+            let Json::Object(object) = body else {
+                return Err(RestError::MalformedBody(format!(
+                    "it must be a JSON object (the {})",
+                    message_of(field)
+                        .map(|message| message.name().to_owned())
+                        .unwrap_or_default()
+                )));
+            };
+            if route.derived_update_mask.is_some() {
+                let mut paths = Vec::new();
+                mask_paths(descriptors, field, &object, "", &mut paths);
+                derived_mask = Some(paths.join(","));
+            }
+            root.insert(field.name().to_owned(), Json::Object(object));
+        }
+        (BodyMapping::Field(_), None) => {}
+    }
+
+    if let Some(query) = parts.query {
+        read_query(route, query, &mut root, &mut violations);
+    }
+
+    if let (Some(resume), Some(last_event_id)) = (&route.resume, parts.last_event_id)
+        && let Some(since) = &resume.since
+    {
+        match last_event_id.trim().parse::<i64>() {
+            Ok(revision) => {
+                root.insert(since.name().to_owned(), Json::from(revision));
+            }
+            Err(_) => violations.add("Last-Event-ID", "must be a revision number"),
+        }
+    }
+
+    for (variable, value) in route.template.variables.iter().zip(parts.path_values) {
+        let Some(leaf) = variable.leaf() else {
+            continue;
+        };
+        let Some(json) = scalar_from_text(leaf, &value) else {
+            violations.add(
+                &variable.name,
+                format!("{value:?} is not a valid {}", kind_name(leaf)),
+            );
+            continue;
+        };
+        match lookup(&root, variable) {
+            Some(existing) if *existing != json => violations.add(
+                &variable.name,
+                format!("must match the URL path, which says {value:?}"),
+            ),
+            _ => insert(&mut root, variable, json),
+        }
+    }
+
+    if let (Some(mask_field), Some(mask)) = (&route.derived_update_mask, derived_mask)
+        && !root.contains_key(mask_field.name())
+    {
+        root.insert(mask_field.name().to_owned(), Json::String(mask));
+    }
+
+    let message = message_from_json(descriptors, &route.rpc.input(), &root, "", &mut violations);
+    violations.into_result().map_err(RestError::Invalid)?;
+    Ok(message)
+}
+
+/// The update_mask paths a PATCH body implies: each key present, and inside a nested resource
+/// message each of its keys (`ssh_tunnel.host`), as grpc-gateway derives them, so a PATCH changes
+/// exactly what it names. The resource's identifier and etag say which version to change, not
+/// what to change, and are left out.
+fn mask_paths(
+    descriptors: &Descriptors,
+    body_field: &FieldDescriptor,
+    object: &Map<String, Json>,
+    prefix: &str,
+    paths: &mut Vec<String>,
+) {
+    let message = message_of(body_field);
+    for (key, value) in object {
+        let field = message
+            .as_ref()
+            .and_then(|message| message.get_field_by_name(key));
+        if prefix.is_empty()
+            && (key == "etag"
+                || field
+                    .as_ref()
+                    .is_some_and(|field| descriptors.is_identifier(field)))
+        {
+            continue;
+        }
+        let path = format!("{prefix}{key}");
+        let nested = field.as_ref().filter(|field| {
+            !field.is_list()
+                && !field.is_map()
+                && message_of(field).is_some_and(|message| !is_well_known(&message))
+        });
+        match (nested, value) {
+            (Some(nested), Json::Object(inner)) if !inner.is_empty() => {
+                mask_paths(descriptors, nested, inner, &format!("{path}."), paths);
+            }
+            _ => paths.push(path),
+        }
+    }
+}
+
+fn read_query(
+    route: &Route,
+    query: &str,
+    root: &mut Map<String, Json>,
+    violations: &mut Violations,
+) {
+    let mut values: Vec<(&FieldPath, Vec<String>)> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let Some(parameter) = route.query.iter().find(|parameter| parameter.name == key) else {
+            let description = if route
+                .template
+                .variables
+                .iter()
+                .any(|variable| variable.name == key)
+            {
+                "is set by the URL path".to_owned()
+            } else if !matches!(route.body, BodyMapping::None)
+                && route.rpc.input().get_field_by_name(&key).is_some()
+            {
+                "belongs in the request body".to_owned()
+            } else {
+                let known: Vec<&str> = route
+                    .query
+                    .iter()
+                    .map(|parameter| parameter.name.as_str())
+                    .collect();
+                if known.is_empty() {
+                    format!("is not a query parameter; {} takes none", route.rpc.name())
+                } else {
+                    format!("is not a query parameter; use one of {}", known.join(", "))
+                }
+            };
+            violations.add(key.into_owned(), description);
+            continue;
+        };
+        match values
+            .iter_mut()
+            .find(|(known, _)| known.name == parameter.name)
+        {
+            Some((_, list)) => list.push(value.into_owned()),
+            None => values.push((parameter, vec![value.into_owned()])),
+        }
+    }
+    for (parameter, texts) in values {
+        let Some(leaf) = parameter.leaf() else {
+            continue;
+        };
+        if !leaf.is_list() && texts.len() > 1 {
+            violations.add(&parameter.name, "is given more than once");
+            continue;
+        }
+        let mut items = Vec::new();
+        for text in &texts {
+            match scalar_from_text(leaf, text) {
+                Some(json) => items.push(json),
+                None => violations.add(
+                    &parameter.name,
+                    format!("{text:?} is not a valid {}", kind_name(leaf)),
+                ),
+            }
+        }
+        let json = if leaf.is_list() {
+            Json::Array(items)
+        } else {
+            match items.pop() {
+                Some(item) => item,
+                None => continue,
+            }
+        };
+        insert(root, parameter, json);
+    }
+}
+
+/// A query or path text as the JSON value of the field it sets; message-level checks (enum
+/// names, integer ranges, timestamps) happen when the message is built.
+fn scalar_from_text(field: &FieldDescriptor, text: &str) -> Option<Json> {
+    Some(match field.kind() {
+        Kind::Bool => match text {
+            "true" => Json::Bool(true),
+            "false" => Json::Bool(false),
+            _ => return None,
+        },
+        Kind::Int32
+        | Kind::Sint32
+        | Kind::Sfixed32
+        | Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64 => Json::from(text.parse::<i64>().ok()?),
+        Kind::Uint32 | Kind::Fixed32 | Kind::Uint64 | Kind::Fixed64 => {
+            Json::from(text.parse::<u64>().ok()?)
+        }
+        Kind::Float | Kind::Double => {
+            Json::Number(serde_json::Number::from_f64(text.parse::<f64>().ok()?)?)
+        }
+        Kind::String | Kind::Bytes | Kind::Enum(_) | Kind::Message(_) => {
+            Json::String(text.to_owned())
+        }
+    })
+}
+
+fn kind_name(field: &FieldDescriptor) -> String {
+    match field.kind() {
+        Kind::Bool => "boolean (true or false)".into(),
+        Kind::Float | Kind::Double => "number".into(),
+        Kind::String | Kind::Bytes => "string".into(),
+        Kind::Enum(enumeration) => enumeration.name().into(),
+        Kind::Message(message) => message.name().into(),
+        _ => "integer".into(),
+    }
+}
+
+fn lookup<'a>(root: &'a Map<String, Json>, path: &FieldPath) -> Option<&'a Json> {
+    let mut current = root;
+    let (leaf, parents) = path.fields.split_last()?;
+    for parent in parents {
+        current = current.get(parent.name())?.as_object()?;
+    }
+    current.get(leaf.name())
+}
+
+/// Sets `json` at the field path, creating the objects on the way; an intermediate that is
+/// present but not an object is left for message building to report.
+fn insert(root: &mut Map<String, Json>, path: &FieldPath, json: Json) {
+    let Some((leaf, parents)) = path.fields.split_last() else {
+        return;
+    };
+    let mut current = root;
+    for parent in parents {
+        let entry = current
+            .entry(parent.name().to_owned())
+            .or_insert_with(|| Json::Object(Map::new()));
+        if entry.is_null() {
+            *entry = Json::Object(Map::new());
+        }
+        match entry {
+            Json::Object(object) => current = object,
+            _ => return,
+        }
+    }
+    current.insert(leaf.name().to_owned(), json);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{proto, rest::routes::RouteTable};
+
+    fn route(table: &RouteTable, rpc: &str) -> Route {
+        table
+            .routes
+            .iter()
+            .find(|route| route.rpc.name() == rpc)
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn patch_derives_its_mask_from_the_body_and_takes_the_id_from_the_path() {
+        let descriptors = Descriptors::load().unwrap();
+        let table = RouteTable::build(&descriptors).unwrap();
+        let message = build_request(
+            &descriptors,
+            &route(&table, "UpdateServer"),
+            HttpParts {
+                path_values: vec!["0190-id".into()],
+                query: None,
+                body: Some(json!({
+                    "name": "renamed",
+                    "etag": "abc",
+                    "ssh_tunnel": {"host": "bastion-2"},
+                    "stream_options": null,
+                })),
+                last_event_id: None,
+            },
+        )
+        .unwrap();
+        let request = message
+            .transcode_to::<proto::UpdateServerRequest>()
+            .unwrap();
+        assert_eq!(
+            request.update_mask.unwrap().paths,
+            ["name", "ssh_tunnel.host", "stream_options"]
+        );
+        let server = request.server.unwrap();
+        assert_eq!(server.server_id, "0190-id");
+        assert_eq!(server.etag, "abc");
+    }
+
+    #[test]
+    fn query_parameters_are_typed_and_unknown_ones_refused() {
+        let descriptors = Descriptors::load().unwrap();
+        let table = RouteTable::build(&descriptors).unwrap();
+        let list = route(&table, "ListServers");
+        let message = build_request(
+            &descriptors,
+            &list,
+            HttpParts {
+                path_values: vec![],
+                query: Some("page_size=10&filter=status%20%3D%20active&show_decommissioned=true"),
+                body: None,
+                last_event_id: None,
+            },
+        )
+        .unwrap();
+        let request = message.transcode_to::<proto::ListServersRequest>().unwrap();
+        assert_eq!(request.page_size, 10);
+        assert_eq!(request.filter, "status = active");
+        assert!(request.show_decommissioned);
+
+        let Err(RestError::Invalid(violations)) = build_request(
+            &descriptors,
+            &list,
+            HttpParts {
+                path_values: vec![],
+                query: Some("page_size=ten&colour=red&page_size=3"),
+                body: None,
+                last_event_id: None,
+            },
+        ) else {
+            panic!("expected violations");
+        };
+        let fields: Vec<&str> = violations.0.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["colour", "page_size"]);
+    }
+
+    #[test]
+    fn last_event_id_becomes_since_revision() {
+        let descriptors = Descriptors::load().unwrap();
+        let table = RouteTable::build(&descriptors).unwrap();
+        let message = build_request(
+            &descriptors,
+            &route(&table, "WatchOnboarding"),
+            HttpParts {
+                path_values: vec!["id".into()],
+                query: Some("since_revision=1&follow=true"),
+                body: None,
+                last_event_id: Some("7"),
+            },
+        )
+        .unwrap();
+        let request = message
+            .transcode_to::<proto::WatchOnboardingRequest>()
+            .unwrap();
+        assert_eq!(request.since_revision, Some(7));
+        assert!(request.follow);
+    }
+}

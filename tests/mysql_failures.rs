@@ -1,0 +1,384 @@
+//! Onboarding that cannot pass, against private MariaDB instances, through the gRPC API (issue 3,
+//! tests 2, 3 and 4): each misconfiguration stops onboarding at the step that detects it, with
+//! status error and a message naming the cause and the fix; fixing it and retrying (or updating
+//! the password) takes the server to active.
+//!
+//! Every server registered here points at 127.0.0.1: a MariaDB this test started, or a port on
+//! which nothing listens.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mariadb::*;
+use common::*;
+use dbtrail_servers::proto::{
+    self, OnboardingStatus, OnboardingStep, RetryOnboardingRequest, ServerStatus, StepStatus,
+    UpdateServerRequest,
+};
+
+/// Between two messages of a watch.
+const NEXT: Duration = Duration::from_secs(20);
+
+/// A server onboarding against a private MariaDB, settled.
+struct Onboarded {
+    app: TestApp,
+    client: Client,
+    id: String,
+    status: OnboardingStatus,
+}
+
+/// Creates the user with exactly `grants` and a table to snapshot, registers a server logging in
+/// with `password`, and waits until onboarding settles.
+async fn onboard(mariadb: &MariaDb, grants: &[&str], password: &str) -> Onboarded {
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.orders (id INT PRIMARY KEY, total DECIMAL(10,2))",
+        ])
+        .await;
+    mariadb.create_user(USER, PASSWORD, grants).await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let server = register(
+        &mut client,
+        mariadb.server("orders-primary", USER, password),
+    )
+    .await;
+    let status = wait_settled(&client, &server.server_id).await;
+    Onboarded {
+        app,
+        client,
+        id: server.server_id,
+        status,
+    }
+}
+
+fn update_request(server: proto::Server, paths: &[&str]) -> UpdateServerRequest {
+    UpdateServerRequest {
+        server: Some(server),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|path| path.to_string()).collect(),
+        }),
+        request_id: String::new(),
+    }
+}
+
+/// Asserts that no index schema exists yet (nothing passed initializing).
+async fn assert_no_index(onboarded: &Onboarded) {
+    let state = index_state(&onboarded.app.db, &onboarded.id).await;
+    assert!(
+        state.all_index_schemas.is_empty(),
+        "no index schema before initializing passes: {state:#?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// 2. One test for each failure
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_waiting_for_agent_at_once() {
+    let mariadb = MariaDb::start().await;
+    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, "not-the-password").await;
+    let status = &onboarded.status;
+    let error = assert_failed_at(status, OnboardingStep::WaitingForAgent);
+    assert_eq!(
+        error,
+        format!(
+            "MySQL at 127.0.0.1:{} refused: Access denied for user '{USER}'@'127.0.0.1' \
+             (using password: YES) (error 1045)",
+            mariadb.port
+        ),
+        "MySQL's own reason, at once"
+    );
+    assert_eq!(
+        step(status, OnboardingStep::WaitingForAgent).attempts,
+        1,
+        "access denied is not retried: {status:#?}"
+    );
+    assert_server_agrees(&onboarded.client, status).await;
+    assert_no_index(&onboarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_port_fails_waiting_for_agent_after_the_retry_budget() {
+    // Nothing listens on this port of 127.0.0.1: every attempt is refused.
+    let port = free_port();
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let mut input = direct_server("unreachable");
+    input.port = i32::from(port);
+    let server = register(&mut client, input).await;
+    let id = server.server_id.clone();
+    let mut watch = open_watch(&mut client, &id, Some(0), false)
+        .await
+        .expect("WatchOnboarding");
+    let messages = watch
+        .messages_until(NEXT, |message| {
+            message.server_status != ServerStatus::Pending as i32
+        })
+        .await;
+    assert_consecutive_revisions(&messages);
+    let status = messages.last().expect("a final message").clone();
+    assert_eq!(status, onboarding_status(&mut client, &id).await);
+
+    let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
+    let address = format!("127.0.0.1:{port}");
+    assert!(
+        error.starts_with(&format!("cannot reach MySQL at {address}: "))
+            && error.contains("Connection refused")
+            && error.ends_with(&format!("(gave up after {CONNECT_ATTEMPTS} attempts)")),
+        "the error names the host and port, the cause and the budget: {error}"
+    );
+    let waiting = step(&status, OnboardingStep::WaitingForAgent);
+    assert_eq!(
+        waiting.attempts, CONNECT_ATTEMPTS,
+        "attempts count every try, up to the configured budget: {status:#?}"
+    );
+
+    // Each retry was a new attempt, announced with its reason while the step was in progress.
+    let retries: Vec<(i32, String)> = messages
+        .iter()
+        .map(|message| step(message, OnboardingStep::WaitingForAgent))
+        .filter(|progress| progress.status == StepStatus::InProgress as i32)
+        .map(|progress| (progress.attempts, progress.message.clone()))
+        .collect();
+    assert_eq!(
+        retries
+            .iter()
+            .map(|(attempts, _)| *attempts)
+            .collect::<Vec<_>>(),
+        (1..=CONNECT_ATTEMPTS).collect::<Vec<_>>(),
+        "{retries:#?}"
+    );
+    for (attempts, message) in &retries[1..] {
+        assert!(
+            message.starts_with(&format!("cannot reach MySQL at {address}: "))
+                && message.ends_with(&format!(
+                    "; attempt {} of {CONNECT_ATTEMPTS} failed, retrying",
+                    attempts - 1
+                )),
+            "{message}"
+        );
+    }
+    // With backoff between attempts (500 ms, then 1 s).
+    let started = waiting.started_at.expect("started_at");
+    let completed = waiting.completed_at.expect("completed_at");
+    let elapsed = (completed.seconds - started.seconds) as f64
+        + f64::from(completed.nanos - started.nanos) / 1e9;
+    assert!(
+        elapsed >= 1.4,
+        "the attempts were {elapsed} s apart in all: no backoff?"
+    );
+    assert_server_agrees(&client, &status).await;
+    let state = index_state(&app.db, &id).await;
+    assert!(state.all_index_schemas.is_empty(), "{state:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_bin_off_fails_initializing() {
+    let mariadb = MariaDb::options().without_binlog().start().await;
+    assert_eq!(mariadb.global("log_bin").await, "OFF");
+    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+    let status = &onboarded.status;
+    let error = assert_failed_at(status, OnboardingStep::Initializing);
+    assert_eq!(
+        error,
+        "log_bin is OFF; dbtrail needs the binary log: start the server with --log-bin \
+         (log_bin in my.cnf) and restart it"
+    );
+    assert_eq!(step(status, OnboardingStep::WaitingForAgent).attempts, 1);
+    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+    assert_server_agrees(&onboarded.client, status).await;
+    assert_no_index(&onboarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binlog_format_statement_fails_initializing_with_the_fix() {
+    let mariadb = MariaDb::options().binlog_format("STATEMENT").start().await;
+    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+    let status = &onboarded.status;
+    let error = assert_failed_at(status, OnboardingStep::Initializing);
+    assert_eq!(
+        error,
+        "binlog_format is STATEMENT; dbtrail needs ROW: SET GLOBAL binlog_format = 'ROW' and \
+         persist it in my.cnf"
+    );
+    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+    assert_server_agrees(&onboarded.client, status).await;
+    assert_no_index(&onboarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binlog_row_image_minimal_fails_initializing_with_the_fix() {
+    let mariadb = MariaDb::options().binlog_row_image("MINIMAL").start().await;
+    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+    let status = &onboarded.status;
+    let error = assert_failed_at(status, OnboardingStep::Initializing);
+    assert_eq!(
+        error,
+        "binlog_row_image is MINIMAL; dbtrail needs FULL: SET GLOBAL binlog_row_image = 'FULL' \
+         and persist it in my.cnf"
+    );
+    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+    assert_server_agrees(&onboarded.client, status).await;
+    assert_no_index(&onboarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_replication_slave_fails_initializing() {
+    let mariadb = MariaDb::start().await;
+    let onboarded = onboard(&mariadb, &["REPLICATION CLIENT", "SELECT"], PASSWORD).await;
+    let status = &onboarded.status;
+    let error = assert_failed_at(status, OnboardingStep::Initializing);
+    assert_eq!(
+        error,
+        "the user lacks REPLICATION SLAVE (SHOW GRANTS shows none on *.*): \
+         GRANT REPLICATION SLAVE ON *.* TO 'bintrail'@'%'"
+    );
+    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+    assert_server_agrees(&onboarded.client, status).await;
+    assert_no_index(&onboarded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_select_fails_snapshotting() {
+    let mariadb = MariaDb::start().await;
+    let onboarded = onboard(
+        &mariadb,
+        &["REPLICATION SLAVE", "REPLICATION CLIENT"],
+        PASSWORD,
+    )
+    .await;
+    let status = &onboarded.status;
+    let error = assert_failed_at(status, OnboardingStep::Snapshotting);
+    assert_eq!(
+        error,
+        "SELECT is denied: the user has no SELECT privilege, so no table can be read: \
+         GRANT SELECT ON *.* TO 'bintrail'@'%'"
+    );
+    assert_eq!(step(status, OnboardingStep::Snapshotting).attempts, 1);
+    assert_server_agrees(&onboarded.client, status).await;
+    // Initializing passed and created the index tables; no snapshot was stored.
+    let state = index_state(&onboarded.app.db, &onboarded.id).await;
+    assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
+    assert!(state.snapshots.is_empty(), "{state:#?}");
+    assert!(state.checkpoints.is_empty(), "{state:#?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// 3. Fix, then retry
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_set_global_binlog_format_row_retry_onboarding_reaches_active() {
+    let mariadb = MariaDb::options().binlog_format("STATEMENT").start().await;
+    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+    let mut client = onboarded.client.clone();
+    let id = onboarded.id.clone();
+    let failed = onboarded.status.clone();
+    let error = assert_failed_at(&failed, OnboardingStep::Initializing);
+    assert!(error.starts_with("binlog_format is STATEMENT"), "{error}");
+
+    mariadb.exec(&["SET GLOBAL binlog_format = 'ROW'"]).await;
+    let retried = client
+        .retry_onboarding(RetryOnboardingRequest {
+            server_id: id.clone(),
+        })
+        .await
+        .expect("RetryOnboarding")
+        .into_inner();
+    // Resumes at the failed step, its attempts reset.
+    assert_eq!(retried.server_status, ServerStatus::Pending as i32);
+    assert_eq!(retried.error, None);
+    assert_eq!(
+        retried.current_step,
+        Some(OnboardingStep::Initializing as i32)
+    );
+    let initializing = step(&retried, OnboardingStep::Initializing);
+    assert_eq!(
+        initializing.status,
+        StepStatus::Pending as i32,
+        "{retried:#?}"
+    );
+    assert_eq!(initializing.attempts, 0, "{retried:#?}");
+    assert_eq!(initializing.error, None, "{retried:#?}");
+    assert_eq!(retried.revision, failed.revision + 1);
+
+    let status = wait_settled(&client, &id).await;
+    assert_active(&status);
+    assert_server_agrees(&client, &status).await;
+    for earlier in [
+        OnboardingStep::Provisioning,
+        OnboardingStep::AwaitingFirewall,
+        OnboardingStep::WaitingForAgent,
+    ] {
+        assert_eq!(
+            step(&status, earlier),
+            step(&failed, earlier),
+            "{earlier:?} did not run again"
+        );
+    }
+    for step_name in [
+        OnboardingStep::Initializing,
+        OnboardingStep::Snapshotting,
+        OnboardingStep::Streaming,
+    ] {
+        assert_eq!(step(&status, step_name).attempts, 1, "{status:#?}");
+    }
+    let state = index_state(&onboarded.app.db, &id).await;
+    assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
+    assert_eq!(state.snapshots.len(), 1);
+    assert_eq!(state.checkpoints.len(), 1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// 4. Fix the password, then update
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_update_server_with_the_right_password_onboarding_reaches_active() {
+    let mariadb = MariaDb::start().await;
+    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, "not-the-password").await;
+    let mut client = onboarded.client.clone();
+    let id = onboarded.id.clone();
+    let error = assert_failed_at(&onboarded.status, OnboardingStep::WaitingForAgent);
+    assert!(error.contains("Access denied"), "{error}");
+
+    let updated = client
+        .update_server(update_request(
+            proto::Server {
+                server_id: id.clone(),
+                mysql_password: PASSWORD.to_owned(),
+                ..Default::default()
+            },
+            &["mysql_password"],
+        ))
+        .await
+        .expect("UpdateServer mysql_password")
+        .into_inner();
+    assert_eq!(updated.status, ServerStatus::Pending as i32);
+    assert_eq!(updated.error, None);
+    assert!(updated.has_mysql_password);
+    assert!(
+        updated.mysql_password.is_empty(),
+        "the password is never returned"
+    );
+
+    let status = wait_settled(&client, &id).await;
+    assert_active(&status);
+    assert_server_agrees(&client, &status).await;
+    assert_eq!(
+        step(&status, OnboardingStep::WaitingForAgent).message,
+        format!(
+            "logged in to MariaDB {} at 127.0.0.1:{} as {USER}",
+            mariadb.version, mariadb.port
+        )
+    );
+    assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
+    let state = index_state(&onboarded.app.db, &id).await;
+    assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
+    assert_eq!(state.snapshots.len(), 1);
+    assert_eq!(state.checkpoints.len(), 1);
+}
