@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{Authenticator, admin::Admin},
-    config::Config,
+    config::{Config, DatabaseConfig},
     grpc::{self, ServersApi},
     onboarding::{AgentSettings, Engine, EngineConfig, Step, default_steps},
     proto::servers_service_server::ServersServiceServer,
@@ -112,6 +112,10 @@ pub async fn start_with_steps(
     let metrics = metrics_handle();
     store::create_database_and_migrate(&config.database.database_url).await?;
     let store = Store::connect(&config.database)?;
+    let engine_store = Store::connect(&DatabaseConfig {
+        pool_size: config.engine_pool_size,
+        ..config.database.clone()
+    })?;
     let (secrets, generated) = SecretBox::from_config_or_file(
         config.secrets_key.as_deref(),
         &config.secrets_old_keys,
@@ -144,9 +148,9 @@ pub async fn start_with_steps(
     let stopping = CancellationToken::new();
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(store.clone());
-    let hub = WatchHub::new(store.clone(), stopping.clone());
+    let hub = WatchHub::new(engine_store.clone(), stopping.clone());
     let engine = Engine::new(
-        store.clone(),
+        engine_store,
         secrets.clone(),
         EngineConfig {
             lease_ttl: config.lease_ttl,
@@ -161,7 +165,6 @@ pub async fn start_with_steps(
     );
 
     let (notification_sender, notifications) = mpsc::channel(1024);
-    let (wake_sender, wakeups) = mpsc::channel(1024);
     tokio::spawn(listener::listen(
         config.database.database_url.clone(),
         notification_sender,
@@ -171,9 +174,9 @@ pub async fn start_with_steps(
         notifications,
         hub.clone(),
         authenticator.clone(),
-        wake_sender,
+        engine.waker(),
     ));
-    tokio::spawn(engine.clone().run(wakeups));
+    tokio::spawn(engine.clone().run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let ready = Arc::new(AtomicBool::new(false));

@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
 
+    /// Connections set apart for the onboarding engine and the watch hub, so onboarding load
+    /// never starves API calls.
+    #[arg(long, env = "DBTRAIL_ENGINE_POOL_SIZE", default_value_t = 8)]
+    pub engine_pool_size: usize,
+
     /// How many servers one replica onboards at once.
     #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64)]
     pub max_runners: usize,

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::keys;
@@ -65,7 +64,7 @@ fn new_key(
     let secret = keys::generate();
     let expires_at = match expires_in {
         Some(duration) => Some(
-            Utc::now()
+            crate::domain::now()
                 + chrono::Duration::from_std(duration)
                     .map_err(|_| AdminError::Invalid("expiry is too far away".into()))?,
         ),

@@ -7,8 +7,15 @@ pub mod server;
 
 use std::fmt;
 
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The current time at PostgreSQL's precision (microseconds), so a value written and the value
+/// read back are equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 /// Declares a closed set of lowercase wire names, with parsing and display.
 macro_rules! wire_enum {

@@ -352,7 +352,7 @@ impl ServersApi {
         };
         let id = ServerId::generate();
         let sealed = seal(&self.secrets, id, &StoredSecrets::default(), &new_secrets);
-        let server = Server::register(id, principal.tenant_id, spec, sealed, Utc::now());
+        let server = Server::register(id, principal.tenant_id, spec, sealed, crate::domain::now());
         match self
             .store
             .register_server(server.clone(), idempotency, request.validate_only)
@@ -450,7 +450,7 @@ impl ServersApi {
                 if server.status != crate::domain::ServerStatus::Decommissioned {
                     check_etag(server, &request.etag)?;
                 }
-                server.decommission(Utc::now());
+                server.decommission(crate::domain::now());
                 Ok::<_, ApiError>(())
             })
             .await?;
@@ -480,7 +480,9 @@ impl ServersApi {
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         self.store
             .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
-                server.confirm_firewall(Utc::now()).map_err(ApiError::from)
+                server
+                    .confirm_firewall(crate::domain::now())
+                    .map_err(ApiError::from)
             })
             .await?;
         Ok(proto::ConfirmFirewallResponse {

@@ -19,7 +19,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
@@ -105,6 +104,8 @@ pub struct Engine {
     running: Mutex<HashSet<ServerId>>,
     shutdown: CancellationToken,
     runners: TaskTracker,
+    waker: mpsc::Sender<Option<ServerId>>,
+    wakeups: Mutex<Option<mpsc::Receiver<Option<ServerId>>>>,
 }
 
 /// Delay before a transient fault's next attempt.
@@ -130,6 +131,7 @@ impl Engine {
         config: EngineConfig,
         steps: Vec<Arc<dyn Step>>,
     ) -> Arc<Engine> {
+        let (waker, wakeups) = mpsc::channel(1024);
         Arc::new(Engine {
             store,
             secrets,
@@ -139,7 +141,14 @@ impl Engine {
             running: Mutex::new(HashSet::new()),
             shutdown: CancellationToken::new(),
             runners: TaskTracker::new(),
+            waker,
+            wakeups: Mutex::new(Some(wakeups)),
         })
+    }
+
+    /// Wakes the engine: a server id to claim, or None to look at every runnable server.
+    pub fn waker(&self) -> mpsc::Sender<Option<ServerId>> {
+        self.waker.clone()
     }
 
     /// This replica's lease owner id.
@@ -153,8 +162,16 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Claims on wake-ups (a server id, or None for "look at everything") and on every sweep.
-    pub async fn run(self: Arc<Engine>, mut wakeups: mpsc::Receiver<Option<ServerId>>) {
+    /// Claims on wake-ups (see `waker`) and on every sweep; runs once.
+    pub async fn run(self: Arc<Engine>) {
+        let Some(mut wakeups) = self
+            .wakeups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        else {
+            return;
+        };
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -186,6 +203,13 @@ impl Engine {
                 return;
             }
         };
+        if self.shutdown.is_cancelled() {
+            // A claim that raced the shutdown: give it back at once rather than let it expire.
+            for claim in claims {
+                let _ = self.store.release_lease(claim).await;
+            }
+            return;
+        }
         for claim in claims {
             if !self.running().insert(claim.server_id) {
                 continue;
@@ -194,6 +218,8 @@ impl Engine {
             self.runners.spawn(async move {
                 engine.drive(claim).await;
                 engine.running().remove(&claim.server_id);
+                // A wake-up that came while this runner was finishing was skipped above.
+                let _ = engine.waker.try_send(Some(claim.server_id));
             });
         }
     }
@@ -218,9 +244,7 @@ impl Engine {
             }
             Ok(()) => {}
         }
-        if !self.shutdown.is_cancelled() {
-            let _ = self.store.release_lease(claim).await;
-        }
+        let _ = self.store.release_lease(claim).await;
     }
 
     async fn drive_steps(&self, claim: Claim, lost: &CancellationToken) -> Result<(), StoreError> {
@@ -238,7 +262,7 @@ impl Engine {
                 server = self
                     .store
                     .modify_server(scope, id, |server| {
-                        server.begin_step(step, Utc::now());
+                        server.begin_step(step, crate::domain::now());
                         Ok::<_, StoreError>(())
                     })
                     .await?
@@ -267,7 +291,7 @@ impl Engine {
             let (server, next) = self
                 .store
                 .modify_server(scope, id, |server| {
-                    Ok::<_, StoreError>(server.apply_outcome(step, &outcome, Utc::now()))
+                    Ok::<_, StoreError>(server.apply_outcome(step, &outcome, crate::domain::now()))
                 })
                 .await?;
             match (&outcome, next) {

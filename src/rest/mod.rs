@@ -25,7 +25,6 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub use errors::http_status;
 pub use gateway::Gateway;
 pub use routes::RouteError;
 

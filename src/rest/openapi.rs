@@ -355,9 +355,10 @@ fn operation(
             continue;
         };
         let schema = parameter_schema(schemas, leaf);
-        let description = match field_comment(leaf) {
-            Some(text) => format!("{text} (sets {})", variable.name),
-            None => format!("Sets {}.", variable.name),
+        let description = match (field_comment(leaf), *name == variable.name) {
+            (Some(text), true) => text,
+            (Some(text), false) => format!("{text} Sets {}.", variable.name),
+            (None, _) => format!("Sets {}.", variable.name),
         };
         parameters.push(json!({
             "name": name,

@@ -144,7 +144,7 @@ impl Store {
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
                 let found = diesel::update(api_keys::table.find(key_id))
-                    .set(api_keys::revoked_at.eq(Some(Utc::now())))
+                    .set(api_keys::revoked_at.eq(Some(crate::domain::now())))
                     .filter(api_keys::revoked_at.is_null())
                     .execute(connection)
                     .await?;

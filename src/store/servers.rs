@@ -436,11 +436,18 @@ impl Store {
                     server.revision = before.revision + 1;
                 }
                 server.version = before.version + 1;
-                server.updated_at = Utc::now();
+                server.updated_at = crate::domain::now();
                 diesel::update(servers::table.find(id.0))
                     .set(ServerRow::from(&server))
                     .execute(connection)
-                    .await?;
+                    .await
+                    .map_err(|error| {
+                        if is_unique_violation(&error, "servers_live_name") {
+                            E::from(StoreError::NameTaken(server.spec.name.clone()))
+                        } else {
+                            E::from(error)
+                        }
+                    })?;
                 let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
                 if fence_runner {
                     diesel::update(servers::table.find(id.0))

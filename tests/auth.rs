@@ -1,0 +1,491 @@
+//! The auth matrix (issue 2, test 5): every RPC × {no key, malformed, unknown, expired, revoked,
+//! key without the permission, key of another tenant} gives the exact code and reason of api.md;
+//! revocation ends an open watch; health needs no key.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use dbtrail_servers::proto::{
+    self, ConfirmFirewallRequest, DecommissionServerRequest, GetOnboardingStatusRequest,
+    GetServerRequest, ListServersRequest, RegisterServerRequest, RetryOnboardingRequest,
+    UpdateServerRequest,
+};
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rpc {
+    ListServers,
+    GetServer,
+    RegisterServer,
+    UpdateServer,
+    DecommissionServer,
+    GetOnboardingStatus,
+    ConfirmFirewall,
+    WatchOnboarding,
+    RetryOnboarding,
+}
+
+const RPCS: [Rpc; 9] = [
+    Rpc::ListServers,
+    Rpc::GetServer,
+    Rpc::RegisterServer,
+    Rpc::UpdateServer,
+    Rpc::DecommissionServer,
+    Rpc::GetOnboardingStatus,
+    Rpc::ConfirmFirewall,
+    Rpc::WatchOnboarding,
+    Rpc::RetryOnboarding,
+];
+
+impl Rpc {
+    /// The permission api.md §2 requires.
+    fn permission(self) -> &'static str {
+        match self {
+            Rpc::ListServers | Rpc::GetServer | Rpc::GetOnboardingStatus | Rpc::WatchOnboarding => {
+                "servers:read"
+            }
+            Rpc::RegisterServer
+            | Rpc::UpdateServer
+            | Rpc::ConfirmFirewall
+            | Rpc::RetryOnboarding => "servers:write",
+            Rpc::DecommissionServer => "servers:delete",
+        }
+    }
+
+    /// Whether the call addresses one existing server.
+    fn targets_a_server(self) -> bool {
+        !matches!(self, Rpc::ListServers | Rpc::RegisterServer)
+    }
+
+    /// Calls the RPC with valid arguments against `server_id`; the watch's first message counts.
+    async fn call(self, client: &mut Client, server_id: &str) -> Result<CallOutcome, Status> {
+        let id = server_id.to_owned();
+        match self {
+            Rpc::ListServers => {
+                let servers = client
+                    .list_servers(ListServersRequest::default())
+                    .await?
+                    .into_inner()
+                    .servers;
+                Ok(CallOutcome::Listed(
+                    servers.into_iter().map(|server| server.server_id).collect(),
+                ))
+            }
+            Rpc::GetServer => client
+                .get_server(GetServerRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::RegisterServer => client
+                .register_server(RegisterServerRequest {
+                    server: Some(direct_server(&format!(
+                        "auth-{}",
+                        uuid::Uuid::new_v4().simple()
+                    ))),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::UpdateServer => client
+                .update_server(UpdateServerRequest {
+                    server: Some(proto::Server {
+                        server_id: id,
+                        labels: labels(&[("touched", "yes")]),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["labels".to_owned()],
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::DecommissionServer => client
+                .decommission_server(DecommissionServerRequest {
+                    server_id: id,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::GetOnboardingStatus => client
+                .get_onboarding_status(GetOnboardingStatusRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::ConfirmFirewall => client
+                .confirm_firewall(ConfirmFirewallRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::WatchOnboarding => {
+                let mut watch = open_watch(client, &id, None, false).await?;
+                match watch.next(Duration::from_secs(5)).await {
+                    WatchEvent::Message(_) => Ok(CallOutcome::Done),
+                    WatchEvent::Error(status) => Err(status),
+                    other => {
+                        panic!("WatchOnboarding gave neither a message nor an error: {other:?}")
+                    }
+                }
+            }
+            Rpc::RetryOnboarding => client
+                .retry_onboarding(RetryOnboardingRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CallOutcome {
+    Done,
+    Listed(Vec<String>),
+}
+
+/// Asserts that every RPC fails with `code` / `reason` for `client`.
+async fn assert_every_rpc_fails(
+    client: &mut Client,
+    server_id: &str,
+    case: &str,
+    code: Code,
+    reason: &str,
+) {
+    for rpc in RPCS {
+        let status = match rpc.call(client, server_id).await {
+            Ok(outcome) => {
+                panic!("{case}: {rpc:?} succeeded ({outcome:?}); expected {code:?}/{reason}")
+            }
+            Err(status) => status,
+        };
+        assert_eq!(
+            status.code(),
+            code,
+            "{case}: {rpc:?} gave {:?} {:?}",
+            status.code(),
+            status.message()
+        );
+        assert_error(&status, code, reason);
+    }
+}
+
+/// A well-formed key that was never issued: the body of a real key, reversed.
+fn unknown_key(real: &str) -> String {
+    let body = real.strip_prefix("dbt_").expect("keys start with dbt_");
+    format!("dbt_{}", body.chars().rev().collect::<String>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
+    let app = TestApp::start().await;
+    let mut owner = app.client();
+    let server = register(&mut owner, ssh_server("guarded")).await;
+    wait_for_onboarding(
+        &owner,
+        &server.server_id,
+        "awaiting_firewall",
+        SETTLE,
+        is_awaiting_firewall,
+    )
+    .await;
+    assert!(
+        app.tenant.key.starts_with("dbt_"),
+        "keys have the dbt_ prefix"
+    );
+
+    // The expiring and the revoked key are used once first, so that a cache has seen them.
+    let expiring = app
+        .db
+        .create_key(
+            &app.tenant.name,
+            &ALL_PERMISSIONS,
+            Some(Duration::from_secs(1)),
+        )
+        .await;
+    let revoked = app.key_with(&ALL_PERMISSIONS).await;
+    for key in [&expiring.secret, &revoked.secret] {
+        app.client_with_key(key)
+            .get_server(GetServerRequest {
+                server_id: server.server_id.clone(),
+            })
+            .await
+            .expect("a fresh key works");
+    }
+    app.db.revoke_key(revoked.id).await;
+    let mut revoked_client = app.client_with_key(&revoked.secret);
+    wait_until(
+        "the revoked key to be refused",
+        Duration::from_secs(2),
+        || {
+            let mut client = revoked_client.clone();
+            async move {
+                client
+                    .list_servers(ListServersRequest::default())
+                    .await
+                    .is_err()
+            }
+        },
+    )
+    .await;
+
+    let mut none = app.client_with_authorization(None);
+    assert_every_rpc_fails(
+        &mut none,
+        &server.server_id,
+        "no key",
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    )
+    .await;
+
+    for malformed in [
+        "Bearer not-a-key",
+        "Bearer dbt_",
+        "Bearer dbt_!!!",
+        "Bearer dbt_short",
+    ] {
+        let mut client = app.client_with_authorization(Some(malformed));
+        assert_every_rpc_fails(
+            &mut client,
+            &server.server_id,
+            malformed,
+            Code::Unauthenticated,
+            "INVALID_API_KEY",
+        )
+        .await;
+    }
+
+    let mut unknown = app.client_with_key(&unknown_key(&app.tenant.key));
+    assert_every_rpc_fails(
+        &mut unknown,
+        &server.server_id,
+        "unknown key",
+        Code::Unauthenticated,
+        "INVALID_API_KEY",
+    )
+    .await;
+
+    let expires_at = Instant::now() + Duration::from_millis(1200);
+    tokio::time::sleep_until(expires_at.into()).await;
+    let mut expired = app.client_with_key(&expiring.secret);
+    assert_every_rpc_fails(
+        &mut expired,
+        &server.server_id,
+        "expired key",
+        Code::Unauthenticated,
+        "API_KEY_EXPIRED",
+    )
+    .await;
+
+    assert_every_rpc_fails(
+        &mut revoked_client,
+        &server.server_id,
+        "revoked key",
+        Code::Unauthenticated,
+        "API_KEY_REVOKED",
+    )
+    .await;
+
+    // None of it changed the server.
+    let after = get_server(&mut owner, &server.server_id).await;
+    assert!(
+        after.labels.is_empty(),
+        "a refused update changed the server"
+    );
+    assert_eq!(after.status, proto::ServerStatus::Pending as i32);
+    assert!(is_awaiting_firewall(
+        &onboarding_status(&mut owner, &server.server_id).await
+    ));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_needs_its_permission() {
+    let app = TestApp::start().await;
+    let mut owner = app.client();
+    let server = register(&mut owner, ssh_server("permissioned")).await;
+    wait_for_onboarding(
+        &owner,
+        &server.server_id,
+        "awaiting_firewall",
+        SETTLE,
+        is_awaiting_firewall,
+    )
+    .await;
+
+    for rpc in RPCS {
+        let others: Vec<&str> = ALL_PERMISSIONS
+            .iter()
+            .copied()
+            .filter(|permission| *permission != rpc.permission())
+            .collect();
+        let key = app.key_with(&others).await;
+        let mut client = app.client_with_key(&key.secret);
+        let status = match rpc.call(&mut client, &server.server_id).await {
+            Ok(outcome) => panic!(
+                "{rpc:?} without {} succeeded: {outcome:?}",
+                rpc.permission()
+            ),
+            Err(status) => status,
+        };
+        assert_error(&status, Code::PermissionDenied, "MISSING_PERMISSION");
+        assert!(
+            status.message().contains(rpc.permission()),
+            "{rpc:?}: the error names the missing permission {}: {:?}",
+            rpc.permission(),
+            status.message()
+        );
+    }
+    let after = get_server(&mut owner, &server.server_id).await;
+    assert!(after.labels.is_empty());
+    assert_eq!(after.status, proto::ServerStatus::Pending as i32);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_exactly_the_permission_is_enough() {
+    let app = TestApp::start().await;
+    let mut owner = app.client();
+    let server = register(&mut owner, ssh_server("enough")).await;
+    wait_for_onboarding(
+        &owner,
+        &server.server_id,
+        "awaiting_firewall",
+        SETTLE,
+        is_awaiting_firewall,
+    )
+    .await;
+    // RetryOnboarding passes authorization and reaches its precondition.
+    let key = app.key_with(&["servers:write"]).await;
+    let status = expect_err(
+        Rpc::RetryOnboarding
+            .call(&mut app.client_with_key(&key.secret), &server.server_id)
+            .await,
+    );
+    assert_error(&status, Code::FailedPrecondition, "ONBOARDING_NOT_FAILED");
+
+    for rpc in [
+        Rpc::ListServers,
+        Rpc::GetServer,
+        Rpc::GetOnboardingStatus,
+        Rpc::WatchOnboarding,
+        Rpc::RegisterServer,
+        Rpc::UpdateServer,
+        Rpc::ConfirmFirewall,
+        Rpc::DecommissionServer,
+    ] {
+        let key = app.key_with(&[rpc.permission()]).await;
+        let mut client = app.client_with_key(&key.secret);
+        rpc.call(&mut client, &server.server_id)
+            .await
+            .unwrap_or_else(|status| panic!("{rpc:?} with only {}: {status:?}", rpc.permission()));
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_server_does_not_exist_for_every_rpc() {
+    let app = TestApp::start().await;
+    let mut owner = app.client();
+    let server = register(&mut owner, ssh_server("private")).await;
+    wait_for_onboarding(
+        &owner,
+        &server.server_id,
+        "awaiting_firewall",
+        SETTLE,
+        is_awaiting_firewall,
+    )
+    .await;
+    let stranger = app.other_tenant("tenant-b").await;
+    let mut client = app.client_with_key(&stranger.key);
+
+    for rpc in RPCS {
+        let outcome = rpc.call(&mut client, &server.server_id).await;
+        if rpc.targets_a_server() {
+            let status = expect_err(outcome);
+            assert_error(&status, Code::NotFound, "SERVER_NOT_FOUND");
+        } else {
+            match outcome {
+                Ok(CallOutcome::Listed(ids)) => assert!(
+                    !ids.contains(&server.server_id),
+                    "another tenant lists the server"
+                ),
+                Ok(CallOutcome::Done) => {}
+                Err(status) => panic!("{rpc:?} as another tenant failed: {status:?}"),
+            }
+        }
+    }
+    // The same name is free in another tenant.
+    register(&mut client, ssh_server("private")).await;
+
+    let after = get_server(&mut owner, &server.server_id).await;
+    assert!(after.labels.is_empty(), "another tenant updated the server");
+    assert_eq!(after.status, proto::ServerStatus::Pending as i32);
+    assert!(is_awaiting_firewall(
+        &onboarding_status(&mut owner, &server.server_id).await
+    ));
+    let listed = owner
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("ListServers")
+        .into_inner()
+        .servers;
+    assert_eq!(listed.len(), 1, "the owner sees only its own server");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_ends_an_open_watch() {
+    let app = TestApp::start().await;
+    let mut owner = app.client();
+    let server = register(&mut owner, ssh_server("watched-by-revoked")).await;
+    wait_for_onboarding(
+        &owner,
+        &server.server_id,
+        "awaiting_firewall",
+        SETTLE,
+        is_awaiting_firewall,
+    )
+    .await;
+    let key = app.key_with(&["servers:read"]).await;
+    let mut client = app.client_with_key(&key.secret);
+    let mut watch = open_watch(&mut client, &server.server_id, None, true)
+        .await
+        .expect("WatchOnboarding");
+    watch.message(Duration::from_secs(5)).await;
+
+    app.db.revoke_key(key.id).await;
+    let revoked_at = Instant::now();
+    match watch.next(Duration::from_secs(3)).await {
+        WatchEvent::Error(status) => {
+            assert_error(&status, Code::Unauthenticated, "API_KEY_REVOKED");
+        }
+        other => panic!("expected the watch to end with UNAUTHENTICATED, got {other:?}"),
+    }
+    let elapsed = revoked_at.elapsed();
+    assert!(
+        elapsed <= Duration::from_millis(1100),
+        "the watch of a revoked key stayed open for {elapsed:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_needs_no_key() {
+    let app = TestApp::start().await;
+    // Health follows a probe of the database, which may take a moment after start.
+    for service in ["", SERVERS_SERVICE] {
+        wait_until(
+            &format!("health of {service:?} to be SERVING without a key"),
+            Duration::from_secs(5),
+            || async {
+                matches!(
+                    health(app.grpc_addr, service).await,
+                    Ok(ServingStatus::Serving)
+                )
+            },
+        )
+        .await;
+    }
+    app.shutdown().await;
+}

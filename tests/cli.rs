@@ -1,0 +1,417 @@
+//! The binary's commands (api.md §1): `tenants`, `keys` (the key alone on stdout; revocation bites
+//! a running replica), `migrate`, the first-start bootstrap key, settings from the environment,
+//! and `--help` listing the fixed flag and variable names.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use dbtrail_servers::proto::{
+    DecommissionServerRequest, ListServersRequest, RegisterServerRequest, ServerStatus,
+};
+use tonic::Code;
+
+/// The first API key found in `text`.
+fn find_key(text: &str) -> Option<String> {
+    let start = text.find("dbt_")?;
+    let key: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    (key.len() > "dbt_".len() + 16).then_some(key)
+}
+
+/// The UUID on the first line of `text` that contains `needle`.
+fn uuid_on_line_with(text: &str, needle: &str) -> Option<uuid::Uuid> {
+    let line = text.lines().find(|line| line.contains(needle))?;
+    line.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .find_map(|word| uuid::Uuid::parse_str(word).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_keys_are_managed_from_the_command_line() {
+    let db = Arc::new(TestDatabase::create().await);
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    run_cli(&["tenants", "create", "acme", "--server-limit", "2"], &env)
+        .await
+        .assert_success();
+    let duplicate = run_cli(&["tenants", "create", "acme"], &env).await;
+    assert!(!duplicate.status.success(), "a duplicate tenant is refused");
+    let tenants = run_cli(&["tenants", "list"], &env).await;
+    tenants.assert_success();
+    assert!(
+        tenants.stdout.contains("acme"),
+        "tenants list shows acme: {}",
+        tenants.stdout
+    );
+
+    let created = run_cli(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--permissions",
+            "servers:read,servers:write",
+            "--name",
+            "ci-key",
+        ],
+        &env,
+    )
+    .await;
+    created.assert_success();
+    let key = created.stdout.trim_end_matches('\n');
+    assert!(
+        key.starts_with("dbt_") && !key.contains(char::is_whitespace) && key.len() >= 4 + 22,
+        "keys create prints the key alone on stdout, got {:?}",
+        created.stdout
+    );
+
+    for bad in [
+        vec![
+            "keys",
+            "create",
+            "--tenant",
+            "nobody",
+            "--permissions",
+            "servers:read",
+        ],
+        vec![
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--permissions",
+            "servers:fly",
+        ],
+    ] {
+        let output = run_cli(&bad, &env).await;
+        assert!(!output.status.success(), "{bad:?} succeeded");
+        assert!(
+            output.stdout.trim().is_empty(),
+            "{bad:?} printed a key: {}",
+            output.stdout
+        );
+    }
+
+    let keys = run_cli(&["keys", "list", "--tenant", "acme"], &env).await;
+    keys.assert_success();
+    assert!(
+        keys.stdout.contains("ci-key"),
+        "keys list shows the key's name: {}",
+        keys.stdout
+    );
+    assert!(!keys.stdout.contains(key), "keys list never shows a secret");
+    let key_id = uuid_on_line_with(&keys.stdout, "ci-key").expect("keys list shows the key id");
+
+    // The key works against a running replica, within its permissions and its tenant's limit.
+    let process = ServiceProcess::serve("cli-serve", &db.url, &ReplicaOptions::default()).await;
+    let mut client = process.client(key).await;
+    client
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("ListServers with the new key");
+    let first = register(&mut client, direct_server("one")).await;
+    register(&mut client, direct_server("two")).await;
+    let status = expect_err(
+        client
+            .register_server(RegisterServerRequest {
+                server: Some(direct_server("three")),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_error(&status, Code::ResourceExhausted, "SERVER_LIMIT_REACHED");
+    assert!(
+        status.message().contains("(2 of 2)"),
+        "{:?}",
+        status.message()
+    );
+    let status = expect_err(
+        client
+            .decommission_server(DecommissionServerRequest {
+                server_id: first.server_id.clone(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_error(&status, Code::PermissionDenied, "MISSING_PERMISSION");
+    assert!(
+        status.message().contains("servers:delete"),
+        "{:?}",
+        status.message()
+    );
+
+    // Revoking it from the command line stops the running replica accepting it within a second.
+    run_cli(&["keys", "revoke", &key_id.to_string()], &env)
+        .await
+        .assert_success();
+    wait_until(
+        "the revoked key to be refused",
+        Duration::from_millis(1500),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .list_servers(ListServersRequest::default())
+                    .await
+                    .is_err()
+            }
+        },
+    )
+    .await;
+    let status = expect_err(client.list_servers(ListServersRequest::default()).await);
+    assert_error(&status, Code::Unauthenticated, "API_KEY_REVOKED");
+
+    // A key that expires.
+    let expiring = run_cli(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--permissions",
+            "servers:read",
+            "--expires-in",
+            "1s",
+        ],
+        &env,
+    )
+    .await;
+    expiring.assert_success();
+    let expiring_key = expiring.stdout.trim().to_owned();
+    let mut expiring_client = process.client(&expiring_key).await;
+    expiring_client
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("a key before its expiry works");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let status = expect_err(
+        expiring_client
+            .list_servers(ListServersRequest::default())
+            .await,
+    );
+    assert_error(&status, Code::Unauthenticated, "API_KEY_EXPIRED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_prints_a_bootstrap_key_once() {
+    let db = Arc::new(TestDatabase::reserve());
+    let options = ReplicaOptions::default();
+    let mut first = ServiceProcess::serve("first-start", &db.url, &options).await;
+    assert!(db.exists().await, "serve created the database");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let printed = format!("{}\n{}", first.stdout(), first.stderr());
+    let key = find_key(&printed).unwrap_or_else(|| panic!("no bootstrap key printed: {printed}"));
+
+    // It carries all three permissions, for tenant `default`.
+    let mut client = first.client(&key).await;
+    let server = register(&mut client, direct_server("bootstrapped")).await;
+    client
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("ListServers with the bootstrap key");
+    let retired = client
+        .decommission_server(DecommissionServerRequest {
+            server_id: server.server_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("DecommissionServer with the bootstrap key")
+        .into_inner();
+    assert_eq!(retired.status, ServerStatus::Decommissioned as i32);
+    let tenants = run_cli(&["tenants", "list"], &[("DATABASE_URL", &db.url)]).await;
+    tenants.assert_success();
+    assert!(tenants.stdout.contains("default"), "{}", tenants.stdout);
+
+    // A second start on the same database prints no key.
+    first.kill().await;
+    let second = ServiceProcess::serve("second-start", &db.url, &options).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let output = format!("{}\n{}", second.stdout(), second.stderr());
+    assert!(
+        !output.contains(&key),
+        "the bootstrap key was printed again"
+    );
+    assert_eq!(
+        find_key(&output),
+        None,
+        "a second start printed a key: {output}"
+    );
+    // And the first key still works.
+    second
+        .client(&key)
+        .await
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("the bootstrap key outlives a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_and_migrates_a_missing_database() {
+    let db = TestDatabase::reserve();
+    assert!(!db.exists().await);
+    let env = [("DATABASE_URL", db.url.as_str())];
+    run_cli(&["migrate"], &env).await.assert_success();
+    assert!(db.exists().await, "migrate created the database");
+    let tables: Vec<String> = db
+        .connect()
+        .await
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .expect("list tables")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for table in ["tenants", "api_keys", "servers", "onboarding_history"] {
+        assert!(
+            tables.iter().any(|name| name == table),
+            "{table} missing: {tables:?}"
+        );
+    }
+    // Idempotent.
+    run_cli(&["migrate"], &env).await.assert_success();
+    // And the commands work on it.
+    run_cli(&["tenants", "create", "after-migrate"], &env)
+        .await
+        .assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_every_setting_from_the_environment() {
+    let db = Arc::new(TestDatabase::create().await);
+    let tenant = db.create_tenant("tenant-a", None).await;
+    let data_dir = tempfile::tempdir().expect("a data directory");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let secrets_key = random_secrets_key();
+    let data_dir_path = data_dir.path().to_string_lossy().into_owned();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("DBTRAIL_GRPC_ADDR", grpc.as_str()),
+        ("DBTRAIL_HTTP_ADDR", http.as_str()),
+        ("DBTRAIL_SECRETS_KEY", secrets_key.as_str()),
+        ("DBTRAIL_AGENT_OUTBOUND_IP", "198.51.100.23"),
+        ("DBTRAIL_DATA_DIR", data_dir_path.as_str()),
+    ];
+    let mut process = ServiceProcess::spawn(
+        "env-serve",
+        &["serve".to_owned()],
+        &env,
+        grpc.parse().expect("an address"),
+        http.parse().expect("an address"),
+    );
+    process.wait_serving(Duration::from_secs(60)).await;
+    let mut client = process.client(&tenant.key).await;
+    let server = register(&mut client, ssh_server("env-configured")).await;
+    let status = wait_for_onboarding(
+        &client,
+        &server.server_id,
+        "awaiting_firewall",
+        Duration::from_secs(15),
+        is_awaiting_firewall,
+    )
+    .await;
+    assert_eq!(status.agent_outbound_ip.as_deref(), Some("198.51.100.23"));
+    assert_eq!(http_get(process.http_addr, "/healthz").await.0, 200);
+    // A secrets key was given, so none was generated.
+    let files: Vec<_> = std::fs::read_dir(data_dir.path())
+        .map(|entries| entries.flatten().collect())
+        .unwrap_or_default();
+    assert!(
+        files.is_empty(),
+        "a key file was generated although one was configured: {files:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_secrets_key_generates_one_in_a_private_file() {
+    let db = Arc::new(TestDatabase::create().await);
+    let tenant = db.create_tenant("tenant-a", None).await;
+    let data_dir = tempfile::tempdir().expect("a data directory");
+    let grpc: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let args: Vec<String> = [
+        "serve",
+        "--database-url",
+        &db.url,
+        "--grpc-addr",
+        &grpc.to_string(),
+        "--http-addr",
+        &http.to_string(),
+        "--data-dir",
+        &data_dir.path().to_string_lossy(),
+        "--agent-outbound-ip",
+        AGENT_OUTBOUND_IP,
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    let mut process = ServiceProcess::spawn("keyless", &args, &[], grpc, http);
+    process.wait_serving(Duration::from_secs(60)).await;
+    let files: Vec<std::fs::DirEntry> = std::fs::read_dir(data_dir.path())
+        .expect("the data directory")
+        .flatten()
+        .filter(|entry| entry.path().is_file())
+        .collect();
+    assert_eq!(files.len(), 1, "one generated key file: {files:?}");
+    let mode = files[0].metadata().expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file is private");
+    let mut client = process.client(&tenant.key).await;
+    register(&mut client, direct_server("sealed-with-generated-key")).await;
+    let output = format!("{}{}", process.stdout(), process.stderr()).to_lowercase();
+    assert!(
+        output.contains("warn"),
+        "a generated key comes with a warning"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_lists_the_commands_flags_and_variables() {
+    let help = run_cli(&["--help"], &[]).await;
+    help.assert_success();
+    for command in ["serve", "migrate", "tenants", "keys"] {
+        assert!(
+            help.stdout.contains(command),
+            "--help lists {command}: {}",
+            help.stdout
+        );
+    }
+    let serve = run_cli(&["serve", "--help"], &[]).await;
+    serve.assert_success();
+    for name in [
+        "--database-url",
+        "DATABASE_URL",
+        "--grpc-addr",
+        "DBTRAIL_GRPC_ADDR",
+        "--http-addr",
+        "DBTRAIL_HTTP_ADDR",
+        "--secrets-key",
+        "DBTRAIL_SECRETS_KEY",
+        "--agent-outbound-ip",
+        "DBTRAIL_AGENT_OUTBOUND_IP",
+        "0.0.0.0:50051",
+        "0.0.0.0:8080",
+    ] {
+        assert!(
+            serve.stdout.contains(name),
+            "serve --help lists {name}: {}",
+            serve.stdout
+        );
+    }
+    let keys = run_cli(&["keys", "create", "--help"], &[]).await;
+    keys.assert_success();
+    for name in ["--tenant", "--permissions", "--name", "--expires-in"] {
+        assert!(
+            keys.stdout.contains(name),
+            "keys create --help lists {name}"
+        );
+    }
+}
