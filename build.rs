@@ -7,21 +7,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let descriptor_set = protox::Compiler::new(["proto"])?
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(["dbtrail/servers/v1/servers.proto"])?
-        .file_descriptor_set();
+        .open_files(["dbtrail/servers/v1/servers.proto"])?;
 
+    // Encoded by protox itself: re-encoding prost_types would drop the options' extensions
+    // (google.api.http, google.api.field_behavior) that the REST layer reads.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("servers_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptor_set),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptor_set)?;
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

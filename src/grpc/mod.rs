@@ -21,7 +21,7 @@ use tower::{
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
 
 pub use service::ServersApi;
@@ -110,7 +110,12 @@ impl GrpcStack {
                 http::HeaderName::from_static(REQUEST_ID_HEADER),
                 UuidRequestId,
             ))
-            .layer(TraceLayer::new_for_grpc().make_span_with(call_span as MakeCallSpan))
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(call_span as MakeCallSpan)
+                    // Client errors are answers, not faults; the error table logs real faults.
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::INFO)),
+            )
             .layer(PropagateRequestIdLayer::new(http::HeaderName::from_static(
                 REQUEST_ID_HEADER,
             )))

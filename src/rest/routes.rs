@@ -25,6 +25,11 @@ pub enum RouteError {
     Descriptors(#[from] prost_reflect::DescriptorError),
     #[error("{rpc}: {problem}")]
     Unsupported { rpc: String, problem: String },
+    #[error(
+        "no RPC has a google.api.http rule: the descriptor set lost its options (build.rs must \
+         embed protox's own encoding) or the protos lost their annotations"
+    )]
+    NoRoutes,
 }
 
 fn unsupported(rpc: &MethodDescriptor, problem: impl Into<String>) -> RouteError {
@@ -314,10 +319,10 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Routes for every method that has a `google.api.http` rule; methods without one stay
-    /// gRPC-only.
+    /// gRPC-only. No rule at all is refused: it means the annotations were lost on the way.
     pub fn build(descriptors: &Descriptors) -> Result<RouteTable, RouteError> {
         let Some(extension) = descriptors.pool.get_extension_by_name(HTTP_RULE_EXTENSION) else {
-            return Ok(RouteTable { routes: Vec::new() });
+            return Err(RouteError::NoRoutes);
         };
         let mut routes: Vec<Route> = Vec::new();
         for service in descriptors.pool.services() {
@@ -366,6 +371,9 @@ impl RouteTable {
                     routes.push(route);
                 }
             }
+        }
+        if routes.is_empty() {
+            return Err(RouteError::NoRoutes);
         }
         Ok(RouteTable { routes })
     }
@@ -920,6 +928,9 @@ mod tests {
             assert!(message.contains(expected), "{rpc}: {message}");
             assert!(message.starts_with("example.v1.Shelves."), "{message}");
         }
+        assert!(
+            refusal(&service("rpc A(PauseShelfRequest) returns (Shelf);")).contains("no RPC has")
+        );
         let clash = refusal(
             "service Shelves {
                rpc A(Painted) returns (Painted) { option (google.api.http) = { get: \"/v1/painted\" }; }
