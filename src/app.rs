@@ -112,8 +112,10 @@ pub async fn start_with_steps(
     let metrics = metrics_handle();
     store::create_database_and_migrate(&config.database.database_url).await?;
     let store = Store::connect(&config.database)?;
+    // Background work waits for a connection rather than failing fast like a call.
     let engine_store = Store::connect(&DatabaseConfig {
         pool_size: config.engine_pool_size,
+        pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
         ..config.database.clone()
     })?;
     let (secrets, generated) = SecretBox::from_config_or_file(
@@ -245,6 +247,9 @@ pub async fn start_with_steps(
     })
 }
 
+/// How long the engine and the hub wait for a pooled connection.
+const ENGINE_POOL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a request_id is remembered: retries come within minutes, not days.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const IDEMPOTENCY_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
@@ -312,11 +317,15 @@ impl RunningApp {
                 tonic_health::ServingStatus::NotServing,
             )
             .await;
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.stopping.cancel();
-        self.engine.stop(self.grace / 2).await;
+        // The servers drain while the engine lets go of its leases; both share one deadline.
         let aborts: Vec<_> = self.servers.iter().map(JoinHandle::abort_handle).collect();
         let servers = futures_util::future::join_all(self.servers);
-        if tokio::time::timeout(self.grace, servers).await.is_err() {
+        let engine = self.engine.stop(self.grace / 2);
+        let drained =
+            tokio::time::timeout_at(deadline, futures_util::future::join(servers, engine));
+        if drained.await.is_err() {
             tracing::warn!("calls still open after the grace period; stopping anyway");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }

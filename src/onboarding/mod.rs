@@ -337,9 +337,10 @@ impl Engine {
         self.shutdown.cancel();
         self.runners.close();
         let _ = tokio::time::timeout(grace, self.runners.wait()).await;
-        match self.store.release_all_leases(self.owner).await {
-            Ok(released) => tracing::info!(released, "released onboarding leases"),
-            Err(error) => tracing::warn!(%error, "could not release leases; they will expire"),
+        match tokio::time::timeout(grace, self.store.release_all_leases(self.owner)).await {
+            Ok(Ok(released)) => tracing::info!(released, "released onboarding leases"),
+            Ok(Err(error)) => tracing::warn!(%error, "could not release leases; they will expire"),
+            Err(_) => tracing::warn!("releasing leases timed out; they will expire"),
         }
     }
 }

@@ -188,31 +188,42 @@ impl Store {
                     let limit: Option<i32> = tenants::table
                         .find(tenant_id)
                         .select(tenants::server_limit)
-                        .for_update()
                         .first(connection)
                         .await?;
-                    if let Some(limit) = limit {
-                        let count: i64 = servers::table
+                    if limit.is_some() {
+                        // Counting and inserting must not interleave between two registrations
+                        // of a limited tenant: its row lock serialises them. Unlimited tenants
+                        // register in parallel.
+                        let limit: Option<i32> = tenants::table
+                            .find(tenant_id)
+                            .select(tenants::server_limit)
+                            .for_update()
+                            .first(connection)
+                            .await?;
+                        if let Some(limit) = limit {
+                            let count: i64 = servers::table
+                                .filter(servers::tenant_id.eq(tenant_id))
+                                .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
+                                .count()
+                                .get_result(connection)
+                                .await?;
+                            if count >= i64::from(limit) {
+                                return Err(StoreError::LimitReached { limit, count });
+                            }
+                        }
+                    }
+                    if validate_only {
+                        // The unique index decides for a real registration; a dry run asks.
+                        let taken: i64 = servers::table
                             .filter(servers::tenant_id.eq(tenant_id))
+                            .filter(servers::name.eq(&server.spec.name))
                             .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
                             .count()
                             .get_result(connection)
                             .await?;
-                        if count >= i64::from(limit) {
-                            return Err(StoreError::LimitReached { limit, count });
+                        if taken > 0 {
+                            return Err(StoreError::NameTaken(server.spec.name.clone()));
                         }
-                    }
-                    let taken: i64 = servers::table
-                        .filter(servers::tenant_id.eq(tenant_id))
-                        .filter(servers::name.eq(&server.spec.name))
-                        .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
-                        .count()
-                        .get_result(connection)
-                        .await?;
-                    if taken > 0 {
-                        return Err(StoreError::NameTaken(server.spec.name.clone()));
-                    }
-                    if validate_only {
                         return Err(StoreError::RolledBack);
                     }
                     diesel::insert_into(servers::table)
