@@ -415,3 +415,76 @@ async fn help_lists_the_commands_flags_and_variables() {
         );
     }
 }
+
+/// The service's JSON log lines of a call carry the call's request id (the client's own), and the
+/// secrets it was sent appear in none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_of_a_call_carries_its_request_id() {
+    let db = Arc::new(TestDatabase::create().await);
+    let tenant = db.create_tenant("logs", None).await;
+    let options = ReplicaOptions::default();
+    let process = ServiceProcess::serve("logs", &db.url, &options).await;
+    let mut client = process.client(&tenant.key).await;
+
+    let mut request = tonic::Request::new(RegisterServerRequest {
+        server: Some(direct_server("logged")),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "log-check-4711".parse().expect("ascii"));
+    let response = client
+        .register_server(request)
+        .await
+        .expect("RegisterServer");
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-request-id")
+            .map(|value| value.to_str().ok()),
+        Some(Some("log-check-4711")),
+        "the request id is echoed"
+    );
+    let mut rejected = tonic::Request::new(ListServersRequest::default());
+    rejected
+        .metadata_mut()
+        .insert("x-request-id", "log-check-4712".parse().expect("ascii"));
+    let mut anonymous = client_with_authorization(process.channel().await, None);
+    expect_err(anonymous.list_servers(rejected).await);
+
+    let lines_of = |request_id: &str| -> Vec<serde_json::Value> {
+        process
+            .stderr()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["span"]["request_id"] == request_id)
+            .collect()
+    };
+    wait_until("the calls are logged", Duration::from_secs(5), || async {
+        !lines_of("log-check-4711").is_empty() && !lines_of("log-check-4712").is_empty()
+    })
+    .await;
+    for line in lines_of("log-check-4711")
+        .iter()
+        .chain(&lines_of("log-check-4712"))
+    {
+        assert!(
+            line["span"]["method"]
+                .as_str()
+                .is_some_and(|method| method.starts_with("/dbtrail.servers.v1.ServersService/")),
+            "{line}"
+        );
+    }
+    let rejection = lines_of("log-check-4712");
+    assert!(
+        rejection
+            .iter()
+            .any(|line| line["fields"]["message"] == "call rejected"),
+        "the rejection is logged with the request id: {rejection:?}"
+    );
+    let everything = format!("{}{}", process.stdout(), process.stderr());
+    assert!(
+        !everything.contains("s3cret-password"),
+        "a password was logged"
+    );
+}

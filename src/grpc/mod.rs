@@ -21,7 +21,7 @@ use tower::{
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    trace::{DefaultOnFailure, TraceLayer},
+    trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
 };
 
 pub use service::ServersApi;
@@ -113,6 +113,8 @@ impl GrpcStack {
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(call_span as MakeCallSpan)
+                    // One line per call, inside its span (so it carries the request id).
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
                     // Client errors are answers, not faults; the error table logs real faults.
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::INFO)),
             )
