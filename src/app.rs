@@ -161,6 +161,7 @@ pub async fn start_with_steps(
             agent: AgentSettings {
                 connect_timeout: config.mysql_connect_timeout,
                 connect_attempts: config.mysql_connect_attempts,
+                allow_loopback_targets: config.allow_loopback_targets,
             },
         },
         steps,

@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub mysql_connect_attempts: i32,
 
+    /// Let the agent connect to MySQL hosts and SSH jumphosts that resolve to loopback or
+    /// link-local addresses (local development and tests). Off, a tenant cannot point the agent
+    /// at the replica itself or at instance metadata.
+    #[arg(long, env = "DBTRAIL_ALLOW_LOOPBACK_TARGETS")]
+    pub allow_loopback_targets: bool,
+
     /// Log format.
     #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

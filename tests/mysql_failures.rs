@@ -382,3 +382,27 @@ async fn after_update_server_with_the_right_password_onboarding_reaches_active()
     assert_eq!(state.snapshots.len(), 1);
     assert_eq!(state.checkpoints.len(), 1);
 }
+
+/// Without --allow-loopback-targets, a tenant cannot point the agent at the replica's own host:
+/// the host is refused before any connection, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_host_is_refused_unless_allowed() {
+    let mariadb = MariaDb::start().await;
+    let app = TestApp::start_with(ReplicaOptions {
+        allow_loopback_targets: false,
+        ..mysql_replica_options()
+    })
+    .await;
+    let mut client = app.client();
+    let mut input = direct_server("loopback");
+    input.port = i32::from(mariadb.port);
+    let server = register(&mut client, input).await;
+    let status = wait_settled(&client, &server.server_id).await;
+    let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
+    assert_eq!(
+        error,
+        "MySQL host 127.0.0.1 resolves to 127.0.0.1, a loopback, link-local or unspecified \
+         address the agent does not connect to"
+    );
+    assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
+}

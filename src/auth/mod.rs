@@ -7,7 +7,10 @@ mod layer;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -83,6 +86,8 @@ pub struct Authenticator {
     store: Store,
     cache: Mutex<HashMap<Vec<u8>, CachedKey>>,
     revocations: broadcast::Sender<Revocation>,
+    /// Bumped by every revocation: a lookup that raced one must not cache what it read.
+    generation: AtomicU64,
 }
 
 impl Authenticator {
@@ -92,6 +97,7 @@ impl Authenticator {
             store,
             cache: Mutex::new(HashMap::new()),
             revocations: broadcast::channel(256).0,
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -114,6 +120,7 @@ impl Authenticator {
         let record = match self.cached(&key_hash) {
             Some(record) => record,
             None => {
+                let generation = self.generation.load(Ordering::Acquire);
                 let record = self
                     .store
                     .find_api_key(&key_hash)
@@ -126,7 +133,7 @@ impl Authenticator {
                         }
                     })?
                     .ok_or(AuthError::InvalidKey)?;
-                self.remember(key_hash.clone(), record.clone());
+                self.remember(key_hash.clone(), record.clone(), generation);
                 record
             }
         };
@@ -165,8 +172,12 @@ impl Authenticator {
         (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.record.clone())
     }
 
-    fn remember(&self, key_hash: Vec<u8>, record: ApiKeyRecord) {
+    fn remember(&self, key_hash: Vec<u8>, record: ApiKeyRecord, generation: u64) {
         let mut cache = self.cache();
+        // Checked under the cache lock, which revocations also take.
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
@@ -181,13 +192,21 @@ impl Authenticator {
 
     /// A key was revoked (NOTIFY): forget it and end its streams.
     pub fn key_revoked(&self, key_id: Uuid) {
-        self.cache().retain(|_, entry| entry.record.id != key_id);
+        {
+            let mut cache = self.cache();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            cache.retain(|_, entry| entry.record.id != key_id);
+        }
         let _ = self.revocations.send(Revocation::Key(key_id));
     }
 
     /// Revocations may have been missed: forget everything and have streams re-check.
     pub fn revocations_missed(&self) {
-        self.cache().clear();
+        {
+            let mut cache = self.cache();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            cache.clear();
+        }
         let _ = self.revocations.send(Revocation::Unknown);
     }
 

@@ -28,7 +28,22 @@ pub async fn effective_grants(
         .await
         .map_err(|error| mysql::classify(&error, address))?;
     let mut grants = Grants::parse(lines.iter().map(String::as_str));
-    for role in grants.roles.clone() {
+    // Role names come from the customer's server: only well-formed quoted names are used.
+    let quoted = |role: &str| {
+        role.split('@').all(|part| {
+            part.len() >= 2
+                && part.starts_with('`')
+                && part.ends_with('`')
+                && !part[1..part.len() - 1].contains('`')
+        })
+    };
+    for role in grants
+        .roles
+        .iter()
+        .filter(|role| quoted(role))
+        .cloned()
+        .collect::<Vec<_>>()
+    {
         // A role that cannot be inspected adds nothing; the checks then say what is missing.
         if let Ok(lines) = connection
             .query::<String, _>(format!("SHOW GRANTS FOR {role}"))

@@ -43,6 +43,8 @@ pub struct AgentSettings {
     pub connect_timeout: Duration,
     /// Attempts of a step that meets transient faults before it fails.
     pub connect_attempts: i32,
+    /// Whether targets on loopback or link-local addresses are allowed.
+    pub allow_loopback_targets: bool,
 }
 
 /// What a step gets to work with.
@@ -212,6 +214,9 @@ impl Engine {
         }
         for claim in claims {
             if !self.running().insert(claim.server_id) {
+                // Its old runner is still finishing (fenced): give this claim back so that the
+                // runner's re-check can take the server at once.
+                let _ = self.store.release_lease(claim).await;
                 continue;
             }
             let engine = self.clone();

@@ -2,7 +2,10 @@
 //! settings and decrypted password, the TLS mode, and the sorting of failures into those worth
 //! retrying (unreachable, timeouts) and those that need the operator (access denied).
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use mysql_async::{Conn, OptsBuilder, SslOpts, prelude::Queryable};
 
@@ -80,6 +83,69 @@ pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
     }
 }
 
+/// Addresses the agent refuses unless configured otherwise: the replica itself, link-local
+/// (instance metadata), unspecified and multicast.
+fn forbidden(address: IpAddr) -> bool {
+    let address = match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match address {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Resolves a target once and checks every address; the caller connects to the address that
+/// was checked, so a second lookup cannot lead elsewhere.
+pub async fn resolve(
+    context: &StepContext,
+    host: &str,
+    port: u16,
+    what: &str,
+) -> Result<SocketAddr, MysqlFailure> {
+    let lookup = tokio::time::timeout(
+        context.agent.connect_timeout,
+        tokio::net::lookup_host((host, port)),
+    );
+    let addresses: Vec<SocketAddr> = match lookup.await {
+        Ok(Ok(addresses)) => addresses.collect(),
+        Ok(Err(error)) => {
+            return Err(MysqlFailure::Transient(format!(
+                "cannot resolve {what} {host}: {error}"
+            )));
+        }
+        Err(_) => {
+            return Err(MysqlFailure::Transient(format!(
+                "resolving {what} {host} timed out"
+            )));
+        }
+    };
+    if !context.agent.allow_loopback_targets
+        && let Some(refused) = addresses.iter().find(|address| forbidden(address.ip()))
+    {
+        return Err(MysqlFailure::Permanent(format!(
+            "{what} {host} resolves to {}, a loopback, link-local or unspecified address the agent does not connect to",
+            refused.ip()
+        )));
+    }
+    addresses
+        .into_iter()
+        .next()
+        .ok_or_else(|| MysqlFailure::Transient(format!("{what} {host} resolves to no address")))
+}
+
 /// `host:port` of the server.
 pub fn address(context: &StepContext) -> String {
     let spec = &context.server.spec;
@@ -153,7 +219,11 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
             tunnel.local_address.ip().to_string(),
             tunnel.local_address.port(),
         ),
-        None => (server.spec.host.clone(), server.spec.port),
+        None => {
+            let address =
+                resolve(context, &server.spec.host, server.spec.port, "MySQL host").await?;
+            (address.ip().to_string(), address.port())
+        }
     };
     let base = OptsBuilder::default()
         .ip_or_hostname(host)
@@ -163,11 +233,11 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
         .prefer_socket(false)
         .stmt_cache_size(0);
     let mode = server.spec.stream_options.ssl_mode;
+    // Connecting to an address (resolved above, or the tunnel's), the certificate still names
+    // the host.
     let tls = |mode| {
-        ssl_options(mode).map(|options| match &tunnel {
-            // Through a tunnel the certificate still names the real host.
-            Some(_) => options.with_danger_tls_hostname_override(Some(server.spec.host.clone())),
-            None => options,
+        ssl_options(mode).map(|options| {
+            options.with_danger_tls_hostname_override(Some(server.spec.host.clone()))
         })
     };
     let attempt = |ssl: Option<SslOpts>| {
@@ -201,6 +271,9 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
                 .map_err(|error| classify(&error, &address))?,
             Err(error) => return Err(classify(&error, &address)),
         };
+    if let Some(tunnel) = &tunnel {
+        tunnel.stop_accepting();
+    }
     Ok(Link { connection, tunnel })
 }
 

@@ -14,6 +14,7 @@ use russh::{
     keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate},
 };
 use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 
 use super::{StepContext, mysql::MysqlFailure};
 use crate::{
@@ -63,11 +64,20 @@ pub struct Tunnel {
     pub local_address: SocketAddr,
     session: Arc<Handle<HostKeyCheck>>,
     forwarding: tokio::task::JoinHandle<()>,
+    accepting: CancellationToken,
+}
+
+impl Tunnel {
+    /// Closes the local port once the agent's connection is made, so nothing else on this host
+    /// can ride the tunnel.
+    pub fn stop_accepting(&self) {
+        self.accepting.cancel();
+    }
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every forwarded connection.
+        // Aborting the forward drops its connections: the agent's socket and the channels close.
         self.forwarding.abort();
         let session = self.session.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -105,21 +115,20 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
             tunnel.port
         ))
     };
-    let socket = match tokio::time::timeout(
-        timeout,
-        tokio::net::TcpStream::connect((tunnel.host.as_str(), tunnel.port)),
-    )
-    .await
-    {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(error)) => return Err(unreachable(error.to_string())),
-        Err(_) => {
-            return Err(unreachable(format!(
-                "timed out after {}s",
-                timeout.as_secs()
-            )));
-        }
-    };
+    let jumphost_address =
+        super::mysql::resolve(context, &tunnel.host, tunnel.port, "SSH jumphost").await?;
+    let socket =
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(jumphost_address)).await
+        {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => return Err(unreachable(error.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "timed out after {}s",
+                    timeout.as_secs()
+                )));
+            }
+        };
     let presented = Arc::new(Mutex::new(None));
     let check = HostKeyCheck {
         expected: tunnel.host_key_fingerprint.clone(),
@@ -281,9 +290,18 @@ async fn forward(
     })?;
     let session = Arc::new(session);
     let forwarding_session = session.clone();
+    let accepting = CancellationToken::new();
+    let stop_accepting = accepting.clone();
     let forwarding = tokio::spawn(async move {
         let mut connections = JoinSet::new();
-        while let Ok((mut socket, peer)) = listener.accept().await {
+        loop {
+            let (mut socket, peer) = tokio::select! {
+                () = stop_accepting.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => break,
+                },
+            };
             let session = forwarding_session.clone();
             let host = host.clone();
             connections.spawn(async move {
@@ -305,13 +323,15 @@ async fn forward(
                 let mut stream = channel.into_stream();
                 let _ = tokio::io::copy_bidirectional(&mut socket, &mut stream).await;
             });
-            // Reap finished forwards so the set does not grow.
-            while connections.try_join_next().is_some() {}
         }
+        // The port is closed; the connections made through it live on until the tunnel drops.
+        drop(listener);
+        while connections.join_next().await.is_some() {}
     });
     Ok(Tunnel {
         local_address,
         session,
         forwarding,
+        accepting,
     })
 }

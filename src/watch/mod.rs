@@ -175,10 +175,17 @@ pub async fn dispatch(
     let mut connected_before = false;
     while let Some(notification) = notifications.recv().await {
         match notification {
+            // The read runs beside the loop, so revocations and wake-ups never wait behind it;
+            // streams put out-of-order changes back in order themselves.
             Notification::Onboarding {
                 server_id,
                 revision,
-            } => hub.changed(server_id, revision).await,
+            } => {
+                if hub.is_watched(server_id) {
+                    let hub = hub.clone();
+                    tokio::spawn(async move { hub.changed(server_id, revision).await });
+                }
+            }
             Notification::Runnable(server_id) => {
                 let _ = wake_engine.try_send(Some(server_id));
             }
@@ -186,7 +193,8 @@ pub async fn dispatch(
             Notification::Connected => {
                 if connected_before {
                     authenticator.revocations_missed();
-                    hub.catch_up().await;
+                    let hub = hub.clone();
+                    tokio::spawn(async move { hub.catch_up().await });
                     let _ = wake_engine.try_send(None);
                 }
                 connected_before = true;

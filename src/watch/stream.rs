@@ -40,7 +40,7 @@ pub fn watch(
     request: WatchRequest,
 ) -> WatchStream {
     let (output, receiver) = mpsc::channel(OUTPUT_BUFFER);
-    // Subscribe before reading anything, so no change can slip between the read and the feed.
+    // Subscribe before the stream reads the current status, so no change can slip between.
     let subscription = hub.subscribe(server.id);
     let revocations = authenticator.subscribe();
     let watcher = Watcher {
@@ -81,8 +81,22 @@ impl Watcher {
         mut subscription: Subscription,
         mut revocations: broadcast::Receiver<Revocation>,
     ) {
-        let current = server.onboarding_status();
+        // Read again now that the subscription exists: a change committed between the caller's
+        // read and the subscription would otherwise be missed.
+        let current = match self.store.server_by_id(server.id).await {
+            Ok(latest) => latest.onboarding_status(),
+            Err(error) => {
+                self.fail(error.into()).await;
+                return;
+            }
+        };
         let flow = match self.request.since_revision {
+            // Already has the final revision: nothing more will come.
+            Some(since)
+                if since >= current.revision && current.is_final() && !self.request.follow =>
+            {
+                Flow::Stop
+            }
             Some(since) => {
                 self.last_sent = since;
                 self.send_history_through(current.revision).await
@@ -184,14 +198,27 @@ impl Watcher {
     async fn send(&mut self, status: OnboardingStatus, may_end: bool) -> Flow {
         let ends = may_end && status.is_final() && !self.request.follow;
         self.last_sent = status.revision;
-        if self.output.send(Ok(status)).await.is_err() || ends {
+        if !self.emit(Ok(status)).await || ends {
             return Flow::Stop;
         }
         Flow::Continue
     }
 
     async fn fail(&mut self, error: ApiError) -> Flow {
-        let _ = self.output.send(Err(error)).await;
+        self.emit(Err(error)).await;
         Flow::Stop
+    }
+
+    /// Hands an item to the client's buffer; false when the client left or the replica stops
+    /// while the buffer is full (a client that stopped reading must not hold up a shutdown).
+    async fn emit(&mut self, item: Result<OnboardingStatus, ApiError>) -> bool {
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            sent = self.output.send(item) => sent.is_ok(),
+            () = shutdown.cancelled() => {
+                let _ = self.output.try_send(Err(ApiError::ShuttingDown));
+                false
+            }
+        }
     }
 }

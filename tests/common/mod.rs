@@ -445,6 +445,8 @@ pub struct ReplicaOptions {
     /// awaiting_firewall) never open a connection, so tests of the API and the engine reach no
     /// host, and servers wait at waiting_for_agent.
     pub mysql_steps: bool,
+    /// Let the agent connect to loopback targets (every fixture listens on 127.0.0.1).
+    pub allow_loopback_targets: bool,
 }
 
 impl Default for ReplicaOptions {
@@ -461,6 +463,7 @@ impl Default for ReplicaOptions {
             database_url: None,
             extra_args: Vec::new(),
             mysql_steps: false,
+            allow_loopback_targets: true,
         }
     }
 }
@@ -503,6 +506,9 @@ impl ReplicaOptions {
         .iter()
         .map(|arg| arg.to_string())
         .collect();
+        if self.allow_loopback_targets {
+            args.push("--allow-loopback-targets".to_owned());
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
