@@ -715,3 +715,53 @@ async fn concurrent_retries_with_the_same_request_id_create_one_server() {
     assert_eq!(list_all(&mut app.client(), true).await.len(), 1);
     app.shutdown().await;
 }
+
+/// Concurrent retries of one UpdateServer request apply it once; the id cannot be reused for a
+/// different change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_update_retries_with_one_request_id_apply_once() {
+    let app = TestApp::start().await;
+    let mut client = app.client();
+    let registered = register(&mut client, direct_server("retried-update")).await;
+    let before = settled(&client, &registered.server_id).await;
+    let mut request = update_request(
+        proto::Server {
+            server_id: before.server_id.clone(),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            // With the etag, a retry that ran the change again would be ABORTED: all succeeding
+            // shows they waited for the first and replayed it.
+            etag: before.etag.clone(),
+            ..Default::default()
+        },
+        &["labels"],
+    );
+    request.request_id = uuid::Uuid::new_v4().to_string();
+    let results = join_all((0..8).map(|_| {
+        let mut client = app.client();
+        let request = request.clone();
+        async move { client.update_server(request).await }
+    }))
+    .await;
+    for result in results {
+        let server = result.expect("every retry answers").into_inner();
+        assert_eq!(server.labels.get("env").map(String::as_str), Some("prod"));
+    }
+    let after = get_server(&mut client, &before.server_id).await;
+    let version = |etag: &str| {
+        etag.trim_matches('"')
+            .parse::<i64>()
+            .expect("a numeric etag")
+    };
+    assert_eq!(
+        version(&after.etag),
+        version(&before.etag) + 1,
+        "the change was applied exactly once"
+    );
+
+    let mut different = request.clone();
+    different.server.as_mut().expect("server").labels =
+        [("env".to_owned(), "staging".to_owned())].into();
+    let status = expect_err(client.update_server(different).await);
+    assert_error(&status, Code::InvalidArgument, "REQUEST_ID_REUSED");
+    app.shutdown().await;
+}

@@ -205,7 +205,10 @@ fn store_status(error: StoreError) -> Status {
         StoreError::Conflict(message) => {
             status(Code::AlreadyExists, "ALREADY_EXISTS", message, none)
         }
-        error @ (StoreError::Corrupt(_) | StoreError::Database(_) | StoreError::RolledBack) => {
+        error @ (StoreError::Corrupt(_)
+        | StoreError::Database(_)
+        | StoreError::RolledBack
+        | StoreError::Replayed) => {
             tracing::error!(%error, "internal error");
             status(
                 Code::Internal,

@@ -256,6 +256,36 @@ fn update_fields(
 }
 
 impl ServersApi {
+    /// A tenant's change, once per request id: a retry gets the server the first one produced.
+    async fn modify_once<F>(
+        &self,
+        tenant: crate::domain::TenantId,
+        id: ServerId,
+        idempotency: Option<&IdempotencyKey>,
+        change: F,
+    ) -> Result<Server, ApiError>
+    where
+        F: FnOnce(&mut Server) -> Result<(), ApiError> + Send,
+    {
+        let result = match idempotency {
+            Some(key) => self.store.modify_server_once(tenant, id, key, change).await,
+            None => {
+                self.store
+                    .modify_server(Scope::Tenant(tenant), id, change)
+                    .await
+            }
+        };
+        match (result, idempotency) {
+            (Ok((server, ())), _) => Ok(server),
+            (Err(ApiError::Store(StoreError::Replayed)), Some(key)) => self
+                .store
+                .find_replay(tenant, key)
+                .await?
+                .ok_or(ApiError::Store(StoreError::NotFound)),
+            (Err(error), _) => Err(error),
+        }
+    }
+
     async fn list(
         &self,
         request: Request<proto::ListServersRequest>,
@@ -381,18 +411,12 @@ impl ServersApi {
                 request.request_id.clear();
                 strip_server_secrets(request.server.as_mut());
             })?;
-        if let Some(key) = &idempotency
-            && let Some(server) = self.store.find_replay(principal.tenant_id, key).await?
-        {
-            return Ok(server_to_proto(&server));
-        }
         let fields = update_fields(&request, server_message, &mut violations);
         let input = server_input_from_proto(server_message, "server.", &mut violations);
         violations.into_result().map_err(ApiError::Invalid)?;
         let secrets = self.secrets.clone();
-        let (server, ()) = self
-            .store
-            .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
+        let server = self
+            .modify_once(principal.tenant_id, id, idempotency.as_ref(), |server| {
                 check_etag(server, &server_message.etag)?;
                 if server.status == crate::domain::ServerStatus::Decommissioned {
                     return Err(ApiError::from(
@@ -416,11 +440,6 @@ impl ServersApi {
                 Ok(())
             })
             .await?;
-        if let Some(key) = &idempotency {
-            self.store
-                .remember_request(principal.tenant_id, key, server.id)
-                .await?;
-        }
         Ok(server_to_proto(&server))
     }
 
@@ -439,26 +458,15 @@ impl ServersApi {
                 request.request_id.clear();
             },
         )?;
-        if let Some(key) = &idempotency
-            && let Some(server) = self.store.find_replay(principal.tenant_id, key).await?
-        {
-            return Ok(server_to_proto(&server));
-        }
-        let (server, ()) = self
-            .store
-            .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
+        let server = self
+            .modify_once(principal.tenant_id, id, idempotency.as_ref(), |server| {
                 if server.status != crate::domain::ServerStatus::Decommissioned {
                     check_etag(server, &request.etag)?;
                 }
                 server.decommission(crate::domain::now());
-                Ok::<_, ApiError>(())
+                Ok(())
             })
             .await?;
-        if let Some(key) = &idempotency {
-            self.store
-                .remember_request(principal.tenant_id, key, server.id)
-                .await?;
-        }
         Ok(server_to_proto(&server))
     }
 

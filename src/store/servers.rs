@@ -300,28 +300,6 @@ impl Store {
         }
     }
 
-    /// Remembers the server a request id produced (a concurrent duplicate keeps the first).
-    pub async fn remember_request(
-        &self,
-        tenant: TenantId,
-        key: &IdempotencyKey,
-        server_id: ServerId,
-    ) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        diesel::insert_into(idempotency_keys::table)
-            .values((
-                idempotency_keys::tenant_id.eq(tenant.0),
-                idempotency_keys::request_id.eq(&key.request_id),
-                idempotency_keys::method.eq(key.method),
-                idempotency_keys::request_hash.eq(&key.request_hash),
-                idempotency_keys::server_id.eq(server_id.0),
-            ))
-            .on_conflict_do_nothing()
-            .execute(&mut connection)
-            .await?;
-        Ok(())
-    }
-
     /// Forgets request ids older than `retention`; returns how many.
     pub async fn forget_request_ids(
         &self,
@@ -409,9 +387,59 @@ impl Store {
         T: Send,
         E: From<StoreError> + From<diesel::result::Error> + Send,
     {
+        self.modify(scope, id, None, change).await
+    }
+
+    /// `modify_server` for a tenant's call with a request id: the id is recorded in the same
+    /// transaction, first, so a concurrent retry waits for this one and then finds it. A request
+    /// id already used answers `Replayed`; the caller then replays it.
+    pub async fn modify_server_once<T, E, F>(
+        &self,
+        tenant: TenantId,
+        id: ServerId,
+        key: &IdempotencyKey,
+        change: F,
+    ) -> Result<(Server, T), E>
+    where
+        F: FnOnce(&mut Server) -> Result<T, E> + Send,
+        T: Send,
+        E: From<StoreError> + From<diesel::result::Error> + Send,
+    {
+        self.modify(Scope::Tenant(tenant), id, Some(key), change)
+            .await
+    }
+
+    async fn modify<T, E, F>(
+        &self,
+        scope: Scope,
+        id: ServerId,
+        idempotency: Option<&IdempotencyKey>,
+        change: F,
+    ) -> Result<(Server, T), E>
+    where
+        F: FnOnce(&mut Server) -> Result<T, E> + Send,
+        T: Send,
+        E: From<StoreError> + From<diesel::result::Error> + Send,
+    {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, E> {
+                if let (Some(key), Scope::Tenant(tenant)) = (idempotency, scope) {
+                    let recorded = diesel::insert_into(idempotency_keys::table)
+                        .values((
+                            idempotency_keys::tenant_id.eq(tenant.0),
+                            idempotency_keys::request_id.eq(&key.request_id),
+                            idempotency_keys::method.eq(key.method),
+                            idempotency_keys::request_hash.eq(&key.request_hash),
+                            idempotency_keys::server_id.eq(id.0),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(connection)
+                        .await?;
+                    if recorded == 0 {
+                        return Err(StoreError::Replayed.into());
+                    }
+                }
                 let locked: Option<(ServerRow, Option<Uuid>, i64)> = servers::table
                     .find(id.0)
                     .select((
