@@ -122,6 +122,28 @@ async fn notify(
     Ok(())
 }
 
+/// Records a request id with the server it concerns, first thing in the caller's transaction,
+/// so a concurrent retry waits here for the first call to finish. False when it was used before.
+async fn record_request_id(
+    connection: &mut Connection,
+    tenant: TenantId,
+    key: &IdempotencyKey,
+    server_id: ServerId,
+) -> Result<bool, StoreError> {
+    let recorded = diesel::insert_into(idempotency_keys::table)
+        .values((
+            idempotency_keys::tenant_id.eq(tenant.0),
+            idempotency_keys::request_id.eq(&key.request_id),
+            idempotency_keys::method.eq(key.method),
+            idempotency_keys::request_hash.eq(&key.request_hash),
+            idempotency_keys::server_id.eq(server_id.0),
+        ))
+        .on_conflict_do_nothing()
+        .execute(connection)
+        .await?;
+    Ok(recorded == 1)
+}
+
 /// Records a revision: its history row and its NOTIFY, inside the caller's transaction.
 async fn record_revision(connection: &mut Connection, server: &Server) -> Result<(), StoreError> {
     let status = server.onboarding_status();
@@ -172,18 +194,9 @@ impl Store {
                 .transaction(async move |connection| -> Result<_, StoreError> {
                     if let Some(key) = &idempotency
                         && !validate_only
+                        && !record_request_id(connection, server.tenant_id, key, server.id).await?
                     {
-                        // Inserted first, so a concurrent retry waits here for this one.
-                        diesel::insert_into(idempotency_keys::table)
-                            .values((
-                                idempotency_keys::tenant_id.eq(tenant_id),
-                                idempotency_keys::request_id.eq(&key.request_id),
-                                idempotency_keys::method.eq(key.method),
-                                idempotency_keys::request_hash.eq(&key.request_hash),
-                                idempotency_keys::server_id.eq(server.id.0),
-                            ))
-                            .execute(connection)
-                            .await?;
+                        return Err(StoreError::Replayed);
                     }
                     let limit: Option<i32> = tenants::table
                         .find(tenant_id)
@@ -243,20 +256,12 @@ impl Store {
                 })
                 .await
         };
-        match attempt {
-            Err(StoreError::RolledBack) => Err(StoreError::RolledBack),
-            Err(StoreError::Database(error))
-                if is_unique_violation(&error, "idempotency_keys_pkey") =>
-            {
-                match idempotency {
-                    Some(key) => {
-                        self.replay(&mut connection, TenantId(tenant_id), &key)
-                            .await
-                    }
-                    None => Err(StoreError::Database(error)),
-                }
+        match (attempt, idempotency) {
+            (Err(StoreError::Replayed), Some(key)) => {
+                self.replay(&mut connection, TenantId(tenant_id), &key)
+                    .await
             }
-            other => other,
+            (other, _) => other,
         }
     }
 
@@ -424,21 +429,10 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, E> {
-                if let (Some(key), Scope::Tenant(tenant)) = (idempotency, scope) {
-                    let recorded = diesel::insert_into(idempotency_keys::table)
-                        .values((
-                            idempotency_keys::tenant_id.eq(tenant.0),
-                            idempotency_keys::request_id.eq(&key.request_id),
-                            idempotency_keys::method.eq(key.method),
-                            idempotency_keys::request_hash.eq(&key.request_hash),
-                            idempotency_keys::server_id.eq(id.0),
-                        ))
-                        .on_conflict_do_nothing()
-                        .execute(connection)
-                        .await?;
-                    if recorded == 0 {
-                        return Err(StoreError::Replayed.into());
-                    }
+                if let (Some(key), Scope::Tenant(tenant)) = (idempotency, scope)
+                    && !record_request_id(connection, tenant, key, id).await?
+                {
+                    return Err(StoreError::Replayed.into());
                 }
                 let locked: Option<(ServerRow, Option<Uuid>, i64)> = servers::table
                     .find(id.0)
