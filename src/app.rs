@@ -177,7 +177,7 @@ pub async fn start_with_steps(
         notifications,
         hub.clone(),
         authenticator.clone(),
-        engine.waker(),
+        engine.clone(),
     ));
     tokio::spawn(engine.clone().run());
 

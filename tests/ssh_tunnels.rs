@@ -928,9 +928,11 @@ async fn decommissioning_mid_onboarding_closes_the_tunnel_and_its_connections() 
     let sshd = Sshd::start().await;
     let silent = SilentServer::start().await;
     // A MySQL handshake that hangs for up to 20 s, well past the few seconds the tunnel may take
-    // to close after the decommission.
+    // to close after the decommission. A 30 s lease is renewed every 10 s: the runner must learn
+    // of the decommission from its NOTIFY, not from a renewal.
     let app = TestApp::start_with(ReplicaOptions {
         mysql_steps: true,
+        lease_ttl: "30s".into(),
         extra_args: vec![
             "--mysql-connect-attempts".into(),
             CONNECT_ATTEMPTS.to_string(),
@@ -999,7 +1001,7 @@ async fn decommissioning_mid_onboarding_closes_the_tunnel_and_its_connections() 
     .await;
     let elapsed = decommissioned_at.elapsed();
     assert!(
-        elapsed < Duration::from_secs(10),
+        elapsed < Duration::from_secs(5),
         "the tunnel took {elapsed:?} to close: it outlived the decommission"
     );
 

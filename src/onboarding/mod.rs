@@ -13,13 +13,16 @@ mod streaming;
 mod waiting_for_agent;
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -96,6 +99,21 @@ pub struct EngineConfig {
     pub agent: AgentSettings,
 }
 
+/// What the engine knows of one running server's runner.
+#[derive(Default)]
+struct Runner {
+    /// The latest revision this runner wrote; a NOTIFY of a later one came from someone else.
+    written: AtomicI64,
+    /// Wakes the lease renewal to check the fence now.
+    check: Notify,
+}
+
+impl Runner {
+    fn wrote(&self, revision: i64) {
+        self.written.fetch_max(revision, Ordering::AcqRel);
+    }
+}
+
 /// Claims and runs onboarding on this replica.
 pub struct Engine {
     store: Store,
@@ -103,7 +121,7 @@ pub struct Engine {
     config: EngineConfig,
     owner: Uuid,
     steps: HashMap<OnboardingStep, Arc<dyn Step>>,
-    running: Mutex<HashSet<ServerId>>,
+    running: Mutex<HashMap<ServerId, Arc<Runner>>>,
     shutdown: CancellationToken,
     runners: TaskTracker,
     waker: mpsc::Sender<Option<ServerId>>,
@@ -140,12 +158,23 @@ impl Engine {
             config,
             owner: Uuid::now_v7(),
             steps: steps.into_iter().map(|step| (step.name(), step)).collect(),
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             runners: TaskTracker::new(),
             waker,
             wakeups: Mutex::new(Some(wakeups)),
         })
+    }
+
+    /// A server's onboarding reached `revision` (NOTIFY): if this replica runs it and did not
+    /// write that revision, someone else changed it (a decommission, an update), and the runner
+    /// checks its lease at once instead of at its next renewal.
+    pub fn changed(&self, server_id: ServerId, revision: i64) {
+        if let Some(runner) = self.running().get(&server_id)
+            && revision > runner.written.load(Ordering::Acquire)
+        {
+            runner.check.notify_one();
+        }
     }
 
     /// Wakes the engine: a server id to claim, or None to look at every runnable server.
@@ -158,7 +187,7 @@ impl Engine {
         self.owner
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<ServerId>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Arc<Runner>>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -191,7 +220,7 @@ impl Engine {
 
     async fn claim(self: &Arc<Engine>, only: Option<ServerId>) {
         let free = self.config.max_runners.saturating_sub(self.running().len());
-        if free == 0 || only.is_some_and(|id| self.running().contains(&id)) {
+        if free == 0 || only.is_some_and(|id| self.running().contains_key(&id)) {
             return;
         }
         let claims = match self
@@ -213,7 +242,15 @@ impl Engine {
             return;
         }
         for claim in claims {
-            if !self.running().insert(claim.server_id) {
+            let runner = Arc::new(Runner::default());
+            let inserted = match self.running().entry(claim.server_id) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(runner.clone());
+                    true
+                }
+            };
+            if !inserted {
                 // Its old runner is still finishing (fenced): give this claim back so that the
                 // runner's re-check can take the server at once.
                 let _ = self.store.release_lease(claim).await;
@@ -221,7 +258,7 @@ impl Engine {
             }
             let engine = self.clone();
             self.runners.spawn(async move {
-                engine.drive(claim).await;
+                engine.drive(claim, &runner).await;
                 engine.running().remove(&claim.server_id);
                 // A wake-up that came while this runner was finishing was skipped above.
                 let _ = engine.waker.try_send(Some(claim.server_id));
@@ -230,15 +267,16 @@ impl Engine {
     }
 
     /// Runs one claimed server's steps until it waits, fails, completes, or the lease is lost.
-    async fn drive(self: &Arc<Engine>, claim: Claim) {
+    async fn drive(self: &Arc<Engine>, claim: Claim, runner: &Arc<Runner>) {
         let lost = self.shutdown.child_token();
         let renewal = tokio::spawn(renew(
             self.store.clone(),
             claim,
             self.config.lease_ttl,
             lost.clone(),
+            runner.clone(),
         ));
-        let result = self.drive_steps(claim, &lost).await;
+        let result = self.drive_steps(claim, &lost, runner).await;
         renewal.abort();
         match result {
             Err(StoreError::Fenced) => {
@@ -252,7 +290,12 @@ impl Engine {
         let _ = self.store.release_lease(claim).await;
     }
 
-    async fn drive_steps(&self, claim: Claim, lost: &CancellationToken) -> Result<(), StoreError> {
+    async fn drive_steps(
+        &self,
+        claim: Claim,
+        lost: &CancellationToken,
+        runner: &Runner,
+    ) -> Result<(), StoreError> {
         let id = claim.server_id;
         let scope = Scope::Runner(claim.fence);
         loop {
@@ -272,6 +315,7 @@ impl Engine {
                     })
                     .await?
                     .0;
+                runner.wrote(server.revision);
             }
             let started = Instant::now();
             let outcome = tokio::select! {
@@ -299,6 +343,7 @@ impl Engine {
                     Ok::<_, StoreError>(server.apply_outcome(step, &outcome, crate::domain::now()))
                 })
                 .await?;
+            runner.wrote(server.revision);
             match (&outcome, next) {
                 (StepOutcome::Retry { .. }, _) => {
                     let attempts = server.steps.get(step).attempts;
@@ -351,9 +396,19 @@ impl Engine {
 }
 
 /// Keeps a lease alive; cancels `lost` when it was taken over.
-async fn renew(store: Store, claim: Claim, ttl: Duration, lost: CancellationToken) {
+async fn renew(
+    store: Store,
+    claim: Claim,
+    ttl: Duration,
+    lost: CancellationToken,
+    runner: Arc<Runner>,
+) {
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        tokio::select! {
+            () = tokio::time::sleep(ttl / 3) => {}
+            // Someone else changed the server: find out now whether the lease is still ours.
+            () = runner.check.notified() => {}
+        }
         match store.renew_lease(claim, ttl).await {
             Ok(()) => {}
             Err(StoreError::Fenced) => {

@@ -20,6 +20,7 @@ pub use stream::{WatchRequest, watch};
 use crate::{
     auth::Authenticator,
     domain::{ServerId, onboarding::OnboardingStatus},
+    onboarding::Engine,
     store::{Store, listener::Notification},
 };
 
@@ -170,8 +171,9 @@ pub async fn dispatch(
     mut notifications: mpsc::Receiver<Notification>,
     hub: Arc<WatchHub>,
     authenticator: Arc<Authenticator>,
-    wake_engine: mpsc::Sender<Option<ServerId>>,
+    engine: Arc<Engine>,
 ) {
+    let wake_engine = engine.waker();
     let mut connected_before = false;
     while let Some(notification) = notifications.recv().await {
         match notification {
@@ -181,6 +183,7 @@ pub async fn dispatch(
                 server_id,
                 revision,
             } => {
+                engine.changed(server_id, revision);
                 if hub.is_watched(server_id) {
                     let hub = hub.clone();
                     tokio::spawn(async move { hub.changed(server_id, revision).await });
