@@ -15,7 +15,6 @@ use dbtrail_servers::proto::{
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-const SETTLE: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rpc {
@@ -180,14 +179,7 @@ async fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() 
     let app = TestApp::start().await;
     let mut owner = app.client();
     let server = register(&mut owner, ssh_server("guarded")).await;
-    wait_for_onboarding(
-        &owner,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    awaiting_firewall(&owner, &server.server_id).await;
     assert!(
         app.tenant.key.starts_with("dbt_"),
         "keys have the dbt_ prefix"
@@ -304,14 +296,7 @@ async fn every_rpc_needs_its_permission() {
     let app = TestApp::start().await;
     let mut owner = app.client();
     let server = register(&mut owner, ssh_server("permissioned")).await;
-    wait_for_onboarding(
-        &owner,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    awaiting_firewall(&owner, &server.server_id).await;
 
     for rpc in RPCS {
         let others: Vec<&str> = ALL_PERMISSIONS
@@ -347,14 +332,7 @@ async fn a_key_with_exactly_the_permission_is_enough() {
     let app = TestApp::start().await;
     let mut owner = app.client();
     let server = register(&mut owner, ssh_server("enough")).await;
-    wait_for_onboarding(
-        &owner,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    awaiting_firewall(&owner, &server.server_id).await;
     // RetryOnboarding passes authorization and reaches its precondition.
     let key = app.key_with(&["servers:write"]).await;
     let status = expect_err(
@@ -388,14 +366,7 @@ async fn another_tenants_server_does_not_exist_for_every_rpc() {
     let app = TestApp::start().await;
     let mut owner = app.client();
     let server = register(&mut owner, ssh_server("private")).await;
-    wait_for_onboarding(
-        &owner,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    awaiting_firewall(&owner, &server.server_id).await;
     let stranger = app.other_tenant("tenant-b").await;
     let mut client = app.client_with_key(&stranger.key);
 
@@ -439,14 +410,7 @@ async fn revocation_ends_an_open_watch() {
     let app = TestApp::start().await;
     let mut owner = app.client();
     let server = register(&mut owner, ssh_server("watched-by-revoked")).await;
-    wait_for_onboarding(
-        &owner,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    awaiting_firewall(&owner, &server.server_id).await;
     let key = app.key_with(&["servers:read"]).await;
     let mut client = app.client_with_key(&key.secret);
     let mut watch = open_watch(&mut client, &server.server_id, None, true)

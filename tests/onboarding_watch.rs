@@ -37,14 +37,7 @@ async fn registration_history_is_one_revision_per_transition() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, direct_server("history")).await;
-    let settled = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    let settled = waiting_for_agent(&client, &server.server_id).await;
 
     let mut watch = open_watch(&mut client, &server.server_id, Some(0), false)
         .await
@@ -178,14 +171,7 @@ async fn a_watch_since_revision_one_replays_the_history_then_follows() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, direct_server("replayed")).await;
-    let settled = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    let settled = waiting_for_agent(&client, &server.server_id).await;
 
     let mut watch = open_watch(&mut client, &server.server_id, Some(1), false)
         .await
@@ -221,14 +207,7 @@ async fn ssh_tunnel_waits_for_the_firewall_until_confirmed() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, ssh_server("behind-bastion")).await;
-    let waiting = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    let waiting = awaiting_firewall(&client, &server.server_id).await;
     assert_eq!(
         waiting.agent_outbound_ip.as_deref(),
         Some(AGENT_OUTBOUND_IP)
@@ -356,14 +335,7 @@ async fn a_decommission_ends_a_watch_with_a_final_message() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, ssh_server("short-lived")).await;
-    let waiting = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    let waiting = awaiting_firewall(&client, &server.server_id).await;
     let mut watch = open_watch(&mut client, &server.server_id, None, false)
         .await
         .expect("WatchOnboarding");
@@ -443,14 +415,7 @@ async fn provisioning_waits_for_capacity_and_decommission_frees_the_slot() {
     .await;
     let mut client = app.client();
     let first = register(&mut client, direct_server("first")).await;
-    wait_for_onboarding(
-        &client,
-        &first.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    waiting_for_agent(&client, &first.server_id).await;
 
     let second = register(&mut client, direct_server("second")).await;
     let blocked = wait_for_onboarding(
@@ -504,14 +469,7 @@ async fn server_and_status_agree_on_the_current_step() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, ssh_server("agreeing")).await;
-    let status = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    let status = awaiting_firewall(&client, &server.server_id).await;
     let fetched: proto::Server = get_server(&mut client, &server.server_id).await;
     assert_eq!(fetched.onboarding_step, status.current_step);
     assert_eq!(fetched.status, status.server_status);

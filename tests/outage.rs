@@ -20,7 +20,6 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(1);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a failing call may take: the pool wait, a statement, and scheduling slack.
 const FAIL_FAST: Duration = Duration::from_secs(4);
-const SETTLE: Duration = Duration::from_secs(15);
 
 /// Every unary call, each a fresh future; the result is the call's status.
 async fn every_call(
@@ -121,14 +120,7 @@ async fn calls_fail_fast_during_a_database_outage_and_recover_without_a_restart(
     .await;
     let mut client = app.client();
     let tunnelled = register(&mut client, ssh_server("before-outage")).await;
-    let waiting = wait_for_onboarding(
-        &client,
-        &tunnelled.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    let waiting = awaiting_firewall(&client, &tunnelled.server_id).await;
     let mut open = open_watch(&mut client, &tunnelled.server_id, None, false)
         .await
         .expect("WatchOnboarding before the outage");
@@ -276,14 +268,7 @@ async fn calls_fail_fast_during_a_database_outage_and_recover_without_a_restart(
 
     // NOTIFY works again: a new watch sees a change made after the outage.
     let second = register(&mut client, ssh_server("after-outage")).await;
-    let second_waiting = wait_for_onboarding(
-        &client,
-        &second.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    let second_waiting = awaiting_firewall(&client, &second.server_id).await;
     let mut watch = open_watch(&mut client, &second.server_id, None, false)
         .await
         .expect("WatchOnboarding after the outage");

@@ -25,14 +25,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
     let mut client_b = replica_b.client();
 
     let server = register(&mut client_b, ssh_server("shared")).await;
-    let waiting = wait_for_onboarding(
-        &client_a,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    let waiting = awaiting_firewall(&client_a, &server.server_id).await;
 
     let mut watch = open_watch(&mut client_a, &server.server_id, None, false)
         .await

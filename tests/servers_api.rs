@@ -101,14 +101,7 @@ async fn register_get_list_direct_server() {
     assert_eq!(listed[0].mysql_password, "");
 
     // Onboarding: provisioning and awaiting_firewall complete, then it waits for an agent.
-    let status = wait_for_onboarding(
-        &client,
-        &registered.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    let status = waiting_for_agent(&client, &registered.server_id).await;
     assert_eq!(status.server_id, registered.server_id);
     assert_six_steps_in_order(&status);
     assert_eq!(
@@ -171,14 +164,7 @@ async fn vpn_server_auto_completes_the_firewall_step() {
     let mut input = direct_server("vpn-one");
     input.connection_method = ConnectionMethod::Vpn as i32;
     let server = register(&mut client, input).await;
-    let status = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    let status = waiting_for_agent(&client, &server.server_id).await;
     let firewall = step(&status, OnboardingStep::AwaitingFirewall);
     assert_eq!(firewall.status, StepStatus::Completed as i32);
     assert!(firewall.message.contains("auto-completed"), "{firewall:?}");
@@ -345,14 +331,7 @@ async fn update_of_name_and_labels_changes_no_onboarding() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, direct_server("before")).await;
-    let settled = wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    let settled = waiting_for_agent(&client, &server.server_id).await;
     let current = get_server(&mut client, &server.server_id).await;
 
     let mut change = proto::Server {
@@ -446,28 +425,14 @@ async fn update_of_the_jumphost_reruns_onboarding_from_awaiting_firewall() {
     let app = TestApp::start().await;
     let mut client = app.client();
     let server = register(&mut client, ssh_server("tunnelled")).await;
-    wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "awaiting_firewall",
-        SETTLE,
-        is_awaiting_firewall,
-    )
-    .await;
+    awaiting_firewall(&client, &server.server_id).await;
     client
         .confirm_firewall(proto::ConfirmFirewallRequest {
             server_id: server.server_id.clone(),
         })
         .await
         .expect("ConfirmFirewall");
-    wait_for_onboarding(
-        &client,
-        &server.server_id,
-        "waiting_for_agent",
-        SETTLE,
-        is_waiting_for_agent,
-    )
-    .await;
+    waiting_for_agent(&client, &server.server_id).await;
 
     let change = proto::Server {
         server_id: server.server_id.clone(),

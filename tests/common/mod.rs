@@ -1297,6 +1297,18 @@ pub fn step_status(status: &OnboardingStatus, which: OnboardingStep) -> StepStat
 }
 
 /// Whether onboarding waits at waiting_for_agent because no agent can run the MySQL steps yet.
+/// Waits until the server waits at waiting_for_agent (where the core steps leave it).
+pub async fn waiting_for_agent(client: &Client, server_id: &str) -> OnboardingStatus {
+    wait_for_onboarding(
+        client,
+        server_id,
+        "waiting_for_agent",
+        Duration::from_secs(15),
+        is_waiting_for_agent,
+    )
+    .await
+}
+
 pub fn is_waiting_for_agent(status: &OnboardingStatus) -> bool {
     status.current_step == Some(OnboardingStep::WaitingForAgent as i32)
         && status.steps.len() == 6
@@ -1307,6 +1319,18 @@ pub fn is_waiting_for_agent(status: &OnboardingStatus) -> bool {
 }
 
 /// Whether an ssh_tunnel server waits for ConfirmFirewall, the step saying what to do.
+/// Waits until an ssh_tunnel server waits at awaiting_firewall.
+pub async fn awaiting_firewall(client: &Client, server_id: &str) -> OnboardingStatus {
+    wait_for_onboarding(
+        client,
+        server_id,
+        "awaiting_firewall",
+        Duration::from_secs(15),
+        is_awaiting_firewall,
+    )
+    .await
+}
+
 pub fn is_awaiting_firewall(status: &OnboardingStatus) -> bool {
     status.current_step == Some(OnboardingStep::AwaitingFirewall as i32)
         && status.steps.len() == 6
