@@ -10,6 +10,7 @@ use crate::{
     auth::AuthError,
     domain::{Violations, server::Rejection},
     store::StoreError,
+    watch::WatchError,
 };
 
 /// The ErrorInfo domain of every error.
@@ -24,10 +25,6 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("the service is shutting down; reconnect to another replica")]
-    ShuttingDown,
-    #[error("watch fell behind: resume with since_revision={0}")]
-    WatchLagged(i64),
 }
 
 impl From<diesel::result::Error> for ApiError {
@@ -112,24 +109,33 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
 
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
-        let none = ErrorDetails::new();
         match error {
             ApiError::Invalid(violations) => invalid_argument(&violations),
             ApiError::Auth(error) => error.into(),
-            ApiError::ShuttingDown => status(
+            ApiError::Store(error) => store_status(error),
+        }
+    }
+}
+
+impl From<WatchError> for Status {
+    fn from(error: WatchError) -> Status {
+        let message = error.to_string();
+        match error {
+            WatchError::Auth(error) => error.into(),
+            WatchError::Store(error) => store_status(error),
+            WatchError::ShuttingDown => status(
                 Code::Unavailable,
                 "SHUTTING_DOWN",
-                ApiError::ShuttingDown.to_string(),
-                none,
+                message,
+                ErrorDetails::new(),
             ),
-            ApiError::WatchLagged(revision) => status_with_metadata(
+            WatchError::Lagged(revision) => status_with_metadata(
                 Code::ResourceExhausted,
                 "WATCH_LAGGED",
-                ApiError::WatchLagged(revision).to_string(),
-                none,
+                message,
+                ErrorDetails::new(),
                 HashMap::from([("since_revision".to_owned(), revision.to_string())]),
             ),
-            ApiError::Store(error) => store_status(error),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use stream::{WatchRequest, watch};
+pub use stream::{WatchError, WatchRequest, watch};
 
 use crate::{
     auth::Authenticator,

@@ -12,14 +12,26 @@ use super::{Subscription, WatchHub};
 use crate::{
     auth::{AuthError, Authenticator, Principal, Revocation},
     domain::{ServerId, onboarding::OnboardingStatus, server::Server},
-    grpc::errors::ApiError,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 /// How many history rows one replay read takes.
 const REPLAY_PAGE: i64 = 500;
 /// Messages a stream holds for a client that reads slowly.
 const OUTPUT_BUFFER: usize = 16;
+
+/// Why a watch stream ended before the server settled.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the service is shutting down; reconnect to another replica")]
+    ShuttingDown,
+    #[error("watch fell behind: resume with since_revision={0}")]
+    Lagged(i64),
+}
 
 /// What a watcher asked for.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +41,7 @@ pub struct WatchRequest {
 }
 
 /// A stream of statuses; it ends after a final status unless `follow` is set.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<OnboardingStatus, ApiError>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<OnboardingStatus, WatchError>> + Send>>;
 
 /// Starts a watch of a server the principal may see.
 pub fn watch(
@@ -64,7 +76,7 @@ struct Watcher {
     authenticator: Arc<Authenticator>,
     principal: Principal,
     request: WatchRequest,
-    output: mpsc::Sender<Result<OnboardingStatus, ApiError>>,
+    output: mpsc::Sender<Result<OnboardingStatus, WatchError>>,
     last_sent: i64,
 }
 
@@ -119,16 +131,16 @@ impl Watcher {
         tokio::pin!(expired);
         loop {
             let flow = tokio::select! {
-                () = self.shutdown.cancelled() => self.fail(ApiError::ShuttingDown).await,
+                () = self.shutdown.cancelled() => self.fail(WatchError::ShuttingDown).await,
                 () = self.output.closed() => Flow::Stop,
                 () = &mut expired => self.fail(AuthError::Expired.into()).await,
                 revocation = revocations.recv() => self.revocation(revocation).await,
                 change = subscription.next() => match change {
                     Some(status) => self.deliver(&status).await,
                     None if subscription.overflowed() => {
-                        self.fail(ApiError::WatchLagged(self.last_sent)).await
+                        self.fail(WatchError::Lagged(self.last_sent)).await
                     }
-                    None => self.fail(ApiError::ShuttingDown).await,
+                    None => self.fail(WatchError::ShuttingDown).await,
                 },
             };
             if let Flow::Stop = flow {
@@ -204,19 +216,19 @@ impl Watcher {
         Flow::Continue
     }
 
-    async fn fail(&mut self, error: ApiError) -> Flow {
+    async fn fail(&mut self, error: WatchError) -> Flow {
         self.emit(Err(error)).await;
         Flow::Stop
     }
 
     /// Hands an item to the client's buffer; false when the client left or the replica stops
     /// while the buffer is full (a client that stopped reading must not hold up a shutdown).
-    async fn emit(&mut self, item: Result<OnboardingStatus, ApiError>) -> bool {
+    async fn emit(&mut self, item: Result<OnboardingStatus, WatchError>) -> bool {
         let shutdown = self.shutdown.clone();
         tokio::select! {
             sent = self.output.send(item) => sent.is_ok(),
             () = shutdown.cancelled() => {
-                let _ = self.output.try_send(Err(ApiError::ShuttingDown));
+                let _ = self.output.try_send(Err(WatchError::ShuttingDown));
                 false
             }
         }
