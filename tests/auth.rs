@@ -15,7 +15,6 @@ use dbtrail_servers::proto::{
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rpc {
     ListServers,
