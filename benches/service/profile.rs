@@ -1,0 +1,74 @@
+//! `cargo bench --bench service -- callgrind`: instructions the service spends per call,
+//! counted by callgrind (stable on a shared machine, unlike time), with the profile kept for
+//! `callgrind_annotate`.
+
+use std::time::Duration;
+
+use dbtrail_servers::proto;
+
+use crate::{
+    client::{self, parked_server},
+    replica::{Replica, database_url, fresh_database_name},
+};
+
+/// Calls counted per measurement.
+const CALLS: u64 = 2000;
+
+/// Sums the instruction totals of every callgrind dump written under `prefix`.
+fn instructions(prefix: &str) -> u64 {
+    let path = std::path::Path::new(prefix);
+    let directory = path.parent().expect("a directory");
+    let stem = path.file_name().expect("a file name").to_string_lossy().to_string();
+    let mut total = 0;
+    for entry in std::fs::read_dir(directory).expect("the profile directory") {
+        let entry = entry.expect("an entry");
+        if !entry.file_name().to_string_lossy().starts_with(&stem) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("a callgrind file");
+        total += text
+            .lines()
+            .find_map(|line| line.strip_prefix("summary:").or(line.strip_prefix("totals:")))
+            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Counts the instructions of `CALLS` GetServer calls, one in flight, after a warm-up.
+pub async fn get_server() {
+    let directory = tempfile::Builder::new()
+        .prefix("dbtrail-callgrind-")
+        .tempdir()
+        .expect("a profile directory")
+        .keep();
+    let prefix = directory.join("get_server.out").to_string_lossy().to_string();
+    let replica =
+        Replica::start_under_callgrind("bench-callgrind", &database_url(&fresh_database_name()), &prefix)
+            .await;
+    let key = replica.bootstrap_key.clone().expect("the first start prints its API key");
+    let mut client = client::client(replica.channel().await, &key);
+    let server = client::register(&mut client, parked_server("bench-callgrind")).await;
+    client::wait_parked(&mut client, &server.server_id).await;
+    let request = proto::GetServerRequest {
+        server_id: server.server_id.clone(),
+    };
+    for _ in 0..200 {
+        client.get_server(request.clone()).await.expect("GetServer");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    replica.callgrind("--instr=on").await;
+    for _ in 0..CALLS {
+        client.get_server(request.clone()).await.expect("GetServer");
+    }
+    replica.callgrind("--instr=off").await;
+    replica.callgrind("--dump").await;
+    let total = instructions(&prefix);
+    println!(
+        "GetServer: {} instructions per call in the service ({CALLS} calls, 1 in flight); \
+         profile: callgrind_annotate {}",
+        total / CALLS,
+        directory.display()
+    );
+    replica.stop().await;
+}
