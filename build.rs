@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost with small first buffers (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::LeanCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -11,9 +11,9 @@ use std::{
     time::Duration,
 };
 
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -118,6 +118,10 @@ pub async fn start_with_steps(
         pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
         ..config.database.clone()
     })?;
+    let watch_store = Store::connect(&DatabaseConfig {
+        pool_size: config.watch_pool_size,
+        ..config.database.clone()
+    })?;
     let (secrets, generated) = SecretBox::from_config_or_file(
         config.secrets_key.as_deref(),
         &config.secrets_old_keys,
@@ -150,7 +154,7 @@ pub async fn start_with_steps(
     let stopping = CancellationToken::new();
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(store.clone());
-    let hub = WatchHub::new(engine_store.clone(), stopping.clone());
+    let hub = WatchHub::new(watch_store, stopping.clone());
     let engine = Engine::new(
         engine_store,
         secrets.clone(),
@@ -211,9 +215,8 @@ pub async fn start_with_steps(
 
     let grpc_stop = stopping.clone();
     let grpc_server = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(grpc_listener);
         let shutdown = grpc_stop.cancelled_owned();
-        if let Err(error) = grpc::serve(grpc_stack, incoming, shutdown).await {
+        if let Err(error) = grpc::serve(grpc_stack, grpc_listener, shutdown).await {
             tracing::error!(%error, "gRPC server failed");
         }
     });
@@ -227,6 +230,12 @@ pub async fn start_with_steps(
     );
     let http_stop = stopping.clone();
     let http_server = tokio::spawn(async move {
+        // TCP_NODELAY for the same reason as on the gRPC side (grpc::serve).
+        let http_listener = http_listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY on an HTTP connection");
+            }
+        });
         if let Err(error) = axum::serve(http_listener, http)
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await

@@ -87,10 +87,15 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
 
-    /// Connections set apart for the onboarding engine and the watch hub, so onboarding load
-    /// never starves API calls.
+    /// Connections set apart for the onboarding engine, so onboarding load never starves API
+    /// calls and watchers never starve the engine's lease renewals.
     #[arg(long, env = "DBTRAIL_ENGINE_POOL_SIZE", default_value_t = 8)]
     pub engine_pool_size: usize,
+
+    /// Connections set apart for WatchOnboarding: opening streams, reading each change once for
+    /// all its watchers, replaying history. Opens of one server share their reads.
+    #[arg(long, env = "DBTRAIL_WATCH_POOL_SIZE", default_value_t = 4)]
+    pub watch_pool_size: usize,
 
     /// How many servers one replica onboards at once.
     #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64)]

@@ -99,16 +99,29 @@ enum KeysCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to standard error through a writer thread, so a call never waits for a write, and
+/// the lines of a busy moment leave in one write; none is dropped. Keep the guard: dropping it
+/// flushes what is left.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("dbtrail-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        // The current span carries the request id; the list of spans would repeat it.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn admin(database: &DatabaseArgs) -> Result<Admin, String> {
@@ -138,7 +151,7 @@ async fn wait_for_signal() {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(config) => {
-            init_logging(config.log_format);
+            let _logging = init_logging(config.log_format);
             let running = app::start(*config)
                 .await
                 .map_err(|error| error.to_string())?;
@@ -146,7 +159,7 @@ async fn run(command: Command) -> Result<(), String> {
             running.shutdown().await;
         }
         Command::Migrate(database) => {
-            init_logging(LogFormat::Text);
+            let _logging = init_logging(LogFormat::Text);
             store::create_database_and_migrate(&database.database_url)
                 .await
                 .map_err(|error| error.to_string())?;

@@ -520,8 +520,9 @@ impl ServersApi {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let id = parse_server_id(&request.server_id, "server_id")?;
-        let server = self.store.get_server(principal.tenant_id, id).await?;
+        let opened = self.hub.open(principal.tenant_id, id).await?;
         if let Some(since) = request.since_revision {
+            let current = opened.1.revision;
             if since < 0 {
                 return Err(ApiError::Invalid({
                     let mut violations = Violations::default();
@@ -529,15 +530,12 @@ impl ServersApi {
                     violations
                 }));
             }
-            if since > server.revision {
+            if since > current {
                 return Err(ApiError::Invalid({
                     let mut violations = Violations::default();
                     violations.add(
                         "since_revision",
-                        format!(
-                            "{since} is ahead of the current revision {}",
-                            server.revision
-                        ),
+                        format!("{since} is ahead of the current revision {current}"),
                     );
                     violations
                 }));
@@ -547,7 +545,7 @@ impl ServersApi {
             self.hub.clone(),
             self.authenticator.clone(),
             principal,
-            server,
+            opened,
             WatchRequest {
                 since_revision: request.since_revision,
                 follow: request.follow,

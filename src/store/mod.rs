@@ -3,7 +3,9 @@
 
 mod auth;
 mod engine;
+mod explain;
 mod index;
+mod jsonb;
 pub mod listener;
 mod rows;
 pub mod schema;

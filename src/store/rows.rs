@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::{StoreError, schema::servers};
+use super::{StoreError, jsonb::Json, schema::servers};
 use crate::domain::{
     ConnectionMethod, ServerId, ServerStatus, SslMode, TenantId,
     onboarding::{StepProgress, Steps},
@@ -35,9 +35,9 @@ pub struct ServerRow {
     pub stream_schemas: Vec<String>,
     pub stream_tables: Vec<String>,
     pub ssl_mode: String,
-    pub labels: serde_json::Value,
+    pub labels: Json<BTreeMap<String, String>>,
     pub status: String,
-    pub steps: serde_json::Value,
+    pub steps: Json<Vec<StepProgress>>,
     pub revision: i64,
     pub version: i64,
     pub agent_id: Option<Uuid>,
@@ -81,10 +81,6 @@ impl TryFrom<ServerRow> for Server {
             }),
             _ => None,
         };
-        let labels: BTreeMap<String, String> = serde_json::from_value(row.labels)
-            .map_err(|error| StoreError::Corrupt(format!("labels: {error}")))?;
-        let steps: Vec<StepProgress> = serde_json::from_value(row.steps)
-            .map_err(|error| StoreError::Corrupt(format!("steps: {error}")))?;
         Ok(Server {
             id: ServerId(row.id),
             tenant_id: TenantId(row.tenant_id),
@@ -102,7 +98,7 @@ impl TryFrom<ServerRow> for Server {
                     ssl_mode: SslMode::parse(&row.ssl_mode)
                         .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
                 },
-                labels,
+                labels: row.labels.0,
             },
             secrets: StoredSecrets {
                 mysql_password: sealed(row.mysql_password_sealed, row.mysql_password_key_id),
@@ -110,7 +106,7 @@ impl TryFrom<ServerRow> for Server {
             },
             status: ServerStatus::parse(&row.status)
                 .ok_or_else(|| corrupt("status", &row.status))?,
-            steps: Steps::from_stored(steps),
+            steps: Steps::from_stored(row.steps.0),
             revision: row.revision,
             version: row.version,
             agent_id: row.agent_id,
@@ -150,9 +146,9 @@ impl From<&Server> for ServerRow {
             stream_schemas: spec.stream_options.schemas.clone(),
             stream_tables: spec.stream_options.tables.clone(),
             ssl_mode: spec.stream_options.ssl_mode.as_str().to_owned(),
-            labels: serde_json::to_value(&spec.labels).unwrap_or_default(),
+            labels: Json(spec.labels.clone()),
             status: server.status.as_str().to_owned(),
-            steps: serde_json::to_value(&server.steps).unwrap_or_default(),
+            steps: Json(server.steps.all().to_vec()),
             revision: server.revision,
             version: server.version,
             agent_id: server.agent_id,
@@ -162,5 +158,44 @@ impl From<&Server> for ServerRow {
             updated_at: server.updated_at,
             decommissioned_at: server.decommissioned_at,
         }
+    }
+}
+
+/// `SELECT <every ServerRow column> FROM servers WHERE id = $1`, the most frequent statement of
+/// the service. diesel-async renders a query's SQL on every call (for its statement cache);
+/// this one is rendered once.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerById(pub Uuid);
+
+/// The SQL of [`ServerById`] up to its one parameter.
+static SERVER_BY_ID_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use diesel::query_builder::QueryBuilder;
+    let mut builder = diesel::pg::PgQueryBuilder::default();
+    let select = servers::table.select(ServerRow::as_select());
+    diesel::query_builder::QueryFragment::<diesel::pg::Pg>::to_sql(
+        &select,
+        &mut builder,
+        &diesel::pg::Pg,
+    )
+    .expect("the servers SELECT renders");
+    format!("{} WHERE \"servers\".\"id\" = ", builder.finish())
+});
+
+impl diesel::query_builder::QueryId for ServerById {
+    type QueryId = ServerById;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for ServerById {
+    type SqlType = diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<ServerRow, diesel::pg::Pg>>;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ServerById {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql(&SERVER_BY_ID_SQL);
+        out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.0)
     }
 }

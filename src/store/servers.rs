@@ -8,14 +8,14 @@ use diesel::{
     pg::Pg,
     prelude::*,
     result::DatabaseErrorKind,
-    sql_types::{Bool, Text},
+    sql_types::{Bool, Text, Timestamptz},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
     Connection, Fence, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, Store, StoreError,
-    rows::ServerRow,
+    rows::{ServerById, ServerRow},
     schema::{idempotency_keys, onboarding_history, servers, tenants},
 };
 use crate::domain::{
@@ -166,14 +166,45 @@ async fn record_revision(connection: &mut Connection, server: &Server) -> Result
 }
 
 async fn load_server(connection: &mut Connection, id: Uuid) -> Result<Server, StoreError> {
-    servers::table
-        .find(id)
-        .select(ServerRow::as_select())
-        .first(connection)
+    ServerById(id)
+        .get_result::<ServerRow>(connection)
         .await
         .optional()?
         .ok_or(StoreError::NotFound)?
         .try_into()
+}
+
+type ListQuery<'a> = servers::BoxedQuery<'a, Pg>;
+
+/// The tenant's servers matching the filter after `cursor`, newest first. The cursor is a row
+/// comparison, which PostgreSQL turns into a condition of the listing index
+/// (tenant_id, created_at DESC, id DESC): a later page costs what the first does.
+fn list_query<'a>(
+    tenant: TenantId,
+    filter: Option<&Filter>,
+    show_decommissioned: bool,
+    cursor: Option<PageCursor>,
+) -> ListQuery<'a> {
+    let mut query = servers::table
+        .filter(servers::tenant_id.eq(tenant.0))
+        .order((servers::created_at.desc(), servers::id.desc()))
+        .into_boxed();
+    if !show_decommissioned {
+        query = query.filter(servers::status.ne(ServerStatus::Decommissioned.as_str()));
+    }
+    if let Some(filter) = filter {
+        query = query.filter(condition(filter));
+    }
+    if let Some(cursor) = cursor {
+        query = query.filter(
+            sql::<Bool>("(servers.created_at, servers.id) < (")
+                .bind::<Timestamptz, _>(cursor.created_at)
+                .sql(", ")
+                .bind::<diesel::sql_types::Uuid, _>(cursor.id)
+                .sql(")"),
+        );
+    }
+    query
 }
 
 impl Store {
@@ -345,27 +376,9 @@ impl Store {
         page_size: usize,
     ) -> Result<ListPage, StoreError> {
         let mut connection = self.connection().await?;
-        let mut query = servers::table
-            .filter(servers::tenant_id.eq(tenant.0))
+        let query = list_query(tenant, filter, show_decommissioned, cursor)
             .select(ServerRow::as_select())
-            .order((servers::created_at.desc(), servers::id.desc()))
-            .limit(page_size as i64 + 1)
-            .into_boxed();
-        if !show_decommissioned {
-            query = query.filter(servers::status.ne(ServerStatus::Decommissioned.as_str()));
-        }
-        if let Some(filter) = filter {
-            query = query.filter(condition(filter));
-        }
-        if let Some(cursor) = cursor {
-            query = query.filter(
-                servers::created_at
-                    .lt(cursor.created_at)
-                    .or(servers::created_at
-                        .eq(cursor.created_at)
-                        .and(servers::id.lt(cursor.id))),
-            );
-        }
+            .limit(page_size as i64 + 1);
         let mut rows: Vec<ServerRow> = query.load(&mut connection).await?;
         let more = rows.len() > page_size;
         rows.truncate(page_size);
@@ -374,6 +387,24 @@ impl Store {
             .map(Server::try_from)
             .collect::<Result<_, _>>()?;
         Ok(ListPage { servers, more })
+    }
+
+    /// PostgreSQL's plan (EXPLAIN, text format) for the query of `list_servers`, so tests can
+    /// check that the cursor stays an index condition.
+    pub async fn explain_list_servers(
+        &self,
+        tenant: TenantId,
+        filter: Option<&Filter>,
+        show_decommissioned: bool,
+        cursor: Option<PageCursor>,
+        page_size: usize,
+    ) -> Result<String, StoreError> {
+        let mut connection = self.connection().await?;
+        let query = list_query(tenant, filter, show_decommissioned, cursor)
+            .select(ServerRow::as_select())
+            .limit(page_size as i64 + 1);
+        let lines: Vec<String> = super::explain::Explain(query).load(&mut connection).await?;
+        Ok(lines.join("\n"))
     }
 
     /// Locks a server, lets `change` modify it, and writes the result in one transaction:

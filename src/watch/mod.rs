@@ -12,16 +12,20 @@ use std::{
     },
 };
 
+use futures_util::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use stream::{WatchError, WatchRequest, watch};
+pub use stream::{WatchError, WatchRequest, WatchStream, watch};
 
 use crate::{
     auth::Authenticator,
-    domain::{ServerId, onboarding::OnboardingStatus},
+    domain::{ServerId, TenantId, onboarding::OnboardingStatus},
     onboarding::Engine,
-    store::{Store, listener::Notification},
+    store::{Store, StoreError, listener::Notification},
 };
 
 /// How many changes a watcher may have queued before it is cut off as too slow.
@@ -33,10 +37,38 @@ struct Watcher {
     overflowed: Arc<AtomicBool>,
 }
 
+/// Where a watch of a server starts: its tenant and status, read after the watch subscribed.
+/// None when the read failed; each open then reads again by itself, to report its own error.
+type Start = Option<(TenantId, Arc<OnboardingStatus>)>;
+
+/// One read of a server's status that every open joining it shares.
+type SharedRead = Shared<BoxFuture<'static, Start>>;
+
+/// A server with watchers on this replica.
+struct Watched {
+    watchers: Vec<Watcher>,
+    /// The read that opens join until it starts. It starts once the read before it has
+    /// finished, so a burst of opens of one server costs two reads, not one each, and every open
+    /// that joined it had subscribed before it started: no change can fall between.
+    next_read: Option<SharedRead>,
+    /// Held while a read of this server runs.
+    reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Default for Watched {
+    fn default() -> Watched {
+        Watched {
+            watchers: Vec::new(),
+            next_read: None,
+            reading: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
 /// Fans committed onboarding changes out to this replica's watch streams.
 pub struct WatchHub {
     store: Store,
-    watchers: Mutex<HashMap<ServerId, Vec<Watcher>>>,
+    watched: Mutex<HashMap<ServerId, Watched>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -73,66 +105,118 @@ impl WatchHub {
     pub fn new(store: Store, shutdown: CancellationToken) -> Arc<WatchHub> {
         Arc::new(WatchHub {
             store,
-            watchers: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
         })
     }
 
-    fn watchers(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Vec<Watcher>>> {
-        self.watchers
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Watched>> {
+        self.watched
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a stream for a server's changes.
-    pub fn subscribe(self: &Arc<WatchHub>, server_id: ServerId) -> Subscription {
+    /// Subscribes to a tenant's server and reads where the stream starts, after subscribing,
+    /// sharing the read with the other opens of the same server.
+    pub async fn open(
+        self: &Arc<WatchHub>,
+        tenant: TenantId,
+        server_id: ServerId,
+    ) -> Result<(Subscription, Arc<OnboardingStatus>), StoreError> {
+        let (subscription, read) = self.subscribe(server_id);
+        let (owner, current) = match read.await {
+            Some(start) => start,
+            None => {
+                let server = self.store.server_by_id(server_id).await?;
+                (server.tenant_id, Arc::new(server.onboarding_status()))
+            }
+        };
+        if owner != tenant {
+            return Err(StoreError::NotFound);
+        }
+        Ok((subscription, current))
+    }
+
+    /// Registers a watcher and joins the next read of its server.
+    fn subscribe(self: &Arc<WatchHub>, server_id: ServerId) -> (Subscription, SharedRead) {
         let (sender, receiver) = mpsc::channel(WATCHER_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let overflowed = Arc::new(AtomicBool::new(false));
-        self.watchers().entry(server_id).or_default().push(Watcher {
-            id,
-            sender,
-            overflowed: overflowed.clone(),
-        });
+        let read = {
+            let mut watched = self.watched();
+            let entry = watched.entry(server_id).or_default();
+            entry.watchers.push(Watcher {
+                id,
+                sender,
+                overflowed: overflowed.clone(),
+            });
+            let reading = entry.reading.clone();
+            entry
+                .next_read
+                .get_or_insert_with(|| self.clone().read_start(server_id, reading))
+                .clone()
+        };
         metrics::gauge!("dbtrail_watch_streams_open").increment(1.0);
-        Subscription {
+        let subscription = Subscription {
             hub: self.clone(),
             server_id,
             id,
             receiver,
             overflowed,
+        };
+        (subscription, read)
+    }
+
+    /// The next read of a server's start: it waits for the read before it, then closes itself
+    /// to new opens and reads.
+    fn read_start(
+        self: Arc<WatchHub>,
+        server_id: ServerId,
+        reading: Arc<tokio::sync::Mutex<()>>,
+    ) -> SharedRead {
+        async move {
+            let _reading = reading.lock_owned().await;
+            if let Some(entry) = self.watched().get_mut(&server_id) {
+                entry.next_read = None;
+            }
+            let server = self.store.server_by_id(server_id).await.ok()?;
+            Some((server.tenant_id, Arc::new(server.onboarding_status())))
         }
+        .boxed()
+        .shared()
     }
 
     fn unsubscribe(&self, server_id: ServerId, id: u64) {
-        let mut watchers = self.watchers();
-        if let Some(list) = watchers.get_mut(&server_id) {
-            list.retain(|watcher| watcher.id != id);
-            if list.is_empty() {
-                watchers.remove(&server_id);
+        let mut watched = self.watched();
+        if let Some(entry) = watched.get_mut(&server_id) {
+            entry.watchers.retain(|watcher| watcher.id != id);
+            if entry.watchers.is_empty() {
+                watched.remove(&server_id);
             }
         }
         metrics::gauge!("dbtrail_watch_streams_open").decrement(1.0);
     }
 
     fn is_watched(&self, server_id: ServerId) -> bool {
-        self.watchers().contains_key(&server_id)
+        self.watched().contains_key(&server_id)
     }
 
     /// Hands a status to every watcher of its server; a full queue cuts that watcher off.
     fn fan_out(&self, status: OnboardingStatus) {
         let status = Arc::new(status);
-        let mut watchers = self.watchers();
-        if let Some(list) = watchers.get_mut(&status.server_id) {
-            list.retain(|watcher| match watcher.sender.try_send(status.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    watcher.overflowed.store(true, Ordering::Release);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        let mut watched = self.watched();
+        if let Some(entry) = watched.get_mut(&status.server_id) {
+            entry
+                .watchers
+                .retain(|watcher| match watcher.sender.try_send(status.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        watcher.overflowed.store(true, Ordering::Release);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
         }
     }
 
@@ -156,7 +240,7 @@ impl WatchHub {
     /// After the LISTEN connection came back: send every watched server's latest status, from
     /// which each stream fills any gap out of the history.
     async fn catch_up(&self) {
-        let watched: Vec<ServerId> = self.watchers().keys().copied().collect();
+        let watched: Vec<ServerId> = self.watched().keys().copied().collect();
         for server_id in watched {
             match self.store.server_by_id(server_id).await {
                 Ok(server) => self.fan_out(server.onboarding_status()),

@@ -4,14 +4,14 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Subscription, WatchHub};
 use crate::{
     auth::{AuthError, Authenticator, Principal, Revocation},
-    domain::{ServerId, onboarding::OnboardingStatus, server::Server},
+    domain::{ServerId, onboarding::OnboardingStatus},
     store::{Store, StoreError},
 };
 
@@ -41,22 +41,25 @@ pub struct WatchRequest {
 }
 
 /// A stream of statuses; it ends after a final status unless `follow` is set.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<OnboardingStatus, WatchError>> + Send>>;
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<Arc<OnboardingStatus>, WatchError>> + Send>>;
 
-/// Starts a watch of a server the principal may see.
+/// What the stream's buffer holds: an error is boxed so that every slot stays two words
+/// (the buffer's memory is allocated up front, for each of possibly 100,000 streams).
+type Item = Result<Arc<OnboardingStatus>, Box<WatchError>>;
+
+/// Starts a watch from `current`, the status the subscription was opened at (WatchHub::open).
 pub fn watch(
     hub: Arc<WatchHub>,
     authenticator: Arc<Authenticator>,
     principal: Principal,
-    server: Server,
+    (subscription, current): (Subscription, Arc<OnboardingStatus>),
     request: WatchRequest,
 ) -> WatchStream {
-    let (output, receiver) = mpsc::channel(OUTPUT_BUFFER);
-    // Subscribe before the stream reads the current status, so no change can slip between.
-    let subscription = hub.subscribe(server.id);
+    let (output, receiver) = mpsc::channel::<Item>(OUTPUT_BUFFER);
     let revocations = authenticator.subscribe();
     let watcher = Watcher {
-        server_id: server.id,
+        server_id: current.server_id,
         store: hub.store.clone(),
         shutdown: hub.shutdown.clone(),
         authenticator,
@@ -65,8 +68,8 @@ pub fn watch(
         output,
         last_sent: 0,
     };
-    tokio::spawn(watcher.run(server, subscription, revocations));
-    Box::pin(ReceiverStream::new(receiver))
+    tokio::spawn(watcher.run(current, subscription, revocations));
+    Box::pin(ReceiverStream::new(receiver).map(|item| item.map_err(|error| *error)))
 }
 
 struct Watcher {
@@ -76,7 +79,7 @@ struct Watcher {
     authenticator: Arc<Authenticator>,
     principal: Principal,
     request: WatchRequest,
-    output: mpsc::Sender<Result<OnboardingStatus, WatchError>>,
+    output: mpsc::Sender<Item>,
     last_sent: i64,
 }
 
@@ -89,19 +92,10 @@ enum Flow {
 impl Watcher {
     async fn run(
         mut self,
-        server: Server,
+        current: Arc<OnboardingStatus>,
         mut subscription: Subscription,
         mut revocations: broadcast::Receiver<Revocation>,
     ) {
-        // Read again now that the subscription exists: a change committed between the caller's
-        // read and the subscription would otherwise be missed.
-        let current = match self.store.server_by_id(server.id).await {
-            Ok(latest) => latest.onboarding_status(),
-            Err(error) => {
-                self.fail(error.into()).await;
-                return;
-            }
-        };
         let flow = match self.request.since_revision {
             // Already has the final revision: nothing more will come.
             Some(since)
@@ -136,7 +130,7 @@ impl Watcher {
                 () = &mut expired => self.fail(AuthError::Expired.into()).await,
                 revocation = revocations.recv() => self.revocation(revocation).await,
                 change = subscription.next() => match change {
-                    Some(status) => self.deliver(&status).await,
+                    Some(status) => self.deliver(status).await,
                     None if subscription.overflowed() => {
                         self.fail(WatchError::Lagged(self.last_sent)).await
                     }
@@ -169,12 +163,12 @@ impl Watcher {
     }
 
     /// A change from the hub: skipped when already sent, gaps filled from the history.
-    async fn deliver(&mut self, status: &OnboardingStatus) -> Flow {
+    async fn deliver(&mut self, status: Arc<OnboardingStatus>) -> Flow {
         if status.revision <= self.last_sent {
             return Flow::Continue;
         }
         if status.revision == self.last_sent + 1 {
-            return self.send(status.clone(), true).await;
+            return self.send(status, true).await;
         }
         self.send_history_through(status.revision).await
     }
@@ -199,7 +193,7 @@ impl Watcher {
                 }
                 // Only the newest known status may end the stream; older finals were superseded.
                 let newest = status.revision == through;
-                if let Flow::Stop = self.send(status, newest).await {
+                if let Flow::Stop = self.send(Arc::new(status), newest).await {
                     return Flow::Stop;
                 }
             }
@@ -207,7 +201,7 @@ impl Watcher {
         Flow::Continue
     }
 
-    async fn send(&mut self, status: OnboardingStatus, may_end: bool) -> Flow {
+    async fn send(&mut self, status: Arc<OnboardingStatus>, may_end: bool) -> Flow {
         let ends = may_end && status.is_final() && !self.request.follow;
         self.last_sent = status.revision;
         if !self.emit(Ok(status)).await || ends {
@@ -217,18 +211,18 @@ impl Watcher {
     }
 
     async fn fail(&mut self, error: WatchError) -> Flow {
-        self.emit(Err(error)).await;
+        self.emit(Err(Box::new(error))).await;
         Flow::Stop
     }
 
     /// Hands an item to the client's buffer; false when the client left or the replica stops
     /// while the buffer is full (a client that stopped reading must not hold up a shutdown).
-    async fn emit(&mut self, item: Result<OnboardingStatus, WatchError>) -> bool {
+    async fn emit(&mut self, item: Item) -> bool {
         let shutdown = self.shutdown.clone();
         tokio::select! {
             sent = self.output.send(item) => sent.is_ok(),
             () = shutdown.cancelled() => {
-                let _ = self.output.try_send(Err(WatchError::ShuttingDown));
+                let _ = self.output.try_send(Err(Box::new(WatchError::ShuttingDown)));
                 false
             }
         }

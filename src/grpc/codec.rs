@@ -1,0 +1,39 @@
+//! The protobuf codec of ServersService: prost's, with a small first buffer per call. tonic
+//! allocates the whole first buffer for every call and keeps it for a stream's lifetime; its
+//! 8 KiB default was most of the memory of an open WatchOnboarding stream. Messages larger
+//! than the buffer grow it as usual.
+
+use std::marker::PhantomData;
+
+use prost::Message;
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// The first buffer of a call: a whole Server or OnboardingStatus message fits in one
+/// growth step.
+const BUFFER_SIZE: usize = 512;
+/// How much a stream batches before it yields (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// prost encoding with [`BUFFER_SIZE`] buffers (named by build.rs as the generated code's codec).
+#[derive(Debug, Clone, Default)]
+pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Codec for LeanCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+    }
+}
