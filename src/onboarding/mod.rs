@@ -260,8 +260,10 @@ impl Engine {
             self.runners.spawn(async move {
                 engine.drive(claim, &runner).await;
                 engine.running().remove(&claim.server_id);
-                // A wake-up that came while this runner was finishing was skipped above.
-                let _ = engine.waker.try_send(Some(claim.server_id));
+                // The freed slot takes the next runnable server now, not at the next sweep
+                // (wake-ups that came while every slot was busy were skipped), and a wake-up of
+                // this server that came while its runner was finishing is honoured too.
+                let _ = engine.waker.try_send(None);
             });
         }
     }
