@@ -7,7 +7,9 @@ use tonic::{
     transport::Channel,
 };
 
-use dbtrail_servers::proto::{self, ConnectionMethod, servers_service_client::ServersServiceClient};
+use dbtrail_servers::proto::{
+    self, ConnectionMethod, servers_service_client::ServersServiceClient,
+};
 
 /// Adds `authorization: Bearer KEY` to every call.
 #[derive(Clone)]
@@ -15,7 +17,9 @@ pub struct Bearer(MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }

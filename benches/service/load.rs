@@ -84,10 +84,13 @@ pub async fn closed_loop(call: &Call, concurrency: usize, duration: Duration) ->
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Throughput of `measured` against `baseline` over alternating rounds.
+/// Throughput of `measured` against `baseline` over alternating rounds, with the CPU each
+/// call cost every process involved (summed over the rounds).
 pub struct Throughput {
     pub measured: Vec<f64>,
     pub baseline: Vec<f64>,
+    pub measured_cpu: Cpu,
+    pub baseline_cpu: Cpu,
 }
 
 impl Throughput {
@@ -103,14 +106,19 @@ impl Throughput {
         ratios
     }
 
+    /// Where each call's CPU went, for the measured calls and their baseline.
+    pub fn detail(&self, measured: &str, baseline: &str) -> String {
+        format!(
+            "{measured}: {}; {baseline}: {}",
+            self.measured_cpu.describe(),
+            self.baseline_cpu.describe()
+        )
+    }
+
     /// The median ratio with the smallest and largest.
     pub fn ratio_summary(&self) -> (f64, f64, f64) {
         let ratios = self.ratios();
-        (
-            median(&ratios),
-            ratios[0],
-            ratios[ratios.len() - 1],
-        )
+        (median(&ratios), ratios[0], ratios[ratios.len() - 1])
     }
 }
 
@@ -119,7 +127,7 @@ pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[middle - 1] + sorted[middle]) / 2.0
     } else {
         sorted[middle]
@@ -133,20 +141,122 @@ pub async fn compare_throughput(
     concurrency: usize,
     rounds: usize,
     round: Duration,
+    service_pid: Option<u32>,
 ) -> Throughput {
     closed_loop(measured, concurrency, round / 4).await;
     closed_loop(baseline, concurrency, round / 4).await;
     let mut result = Throughput {
         measured: Vec::new(),
         baseline: Vec::new(),
+        measured_cpu: Cpu::default(),
+        baseline_cpu: Cpu::default(),
     };
     for _ in 0..rounds {
-        result
-            .measured
-            .push(closed_loop(measured, concurrency, round).await);
-        result
-            .baseline
-            .push(closed_loop(baseline, concurrency, round).await);
+        let (rate, cpu) = cpu_of(service_pid, closed_loop(measured, concurrency, round)).await;
+        result.measured.push(rate);
+        result.measured_cpu = result.measured_cpu.add(&cpu, 1.0 / rounds as f64);
+        let (rate, cpu) = cpu_of(service_pid, closed_loop(baseline, concurrency, round)).await;
+        result.baseline.push(rate);
+        result.baseline_cpu = result.baseline_cpu.add(&cpu, 1.0 / rounds as f64);
     }
     result
+}
+
+/// Runs a closed loop and says the CPU per call it cost.
+async fn cpu_of(service_pid: Option<u32>, run: impl Future<Output = f64>) -> (f64, Cpu) {
+    let before = Cpu::now(service_pid);
+    let started = Instant::now();
+    let rate = run.await;
+    let calls = rate * started.elapsed().as_secs_f64();
+    (rate, before.per_call(&Cpu::now(service_pid), calls))
+}
+
+/// CPU time (user + system) of the processes in a measurement, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    pub service: f64,
+    /// The part of `service` spent in the kernel.
+    pub service_system: f64,
+    pub postgres: f64,
+    pub client: f64,
+}
+
+impl Cpu {
+    /// The CPU used so far by the service `service_pid`, every PostgreSQL process, and this
+    /// process (the load's client).
+    pub fn now(service_pid: Option<u32>) -> Cpu {
+        let postgres = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(process_cpu)
+            .filter(|usage| usage.command == "postgres")
+            .map(|usage| usage.user + usage.system)
+            .sum();
+        let of = |pid: Option<u32>| pid.and_then(process_cpu).unwrap_or_default();
+        let service = of(service_pid);
+        Cpu {
+            service: service.user + service.system,
+            service_system: service.system,
+            postgres,
+            client: {
+                let client = of(Some(std::process::id()));
+                client.user + client.system
+            },
+        }
+    }
+
+    /// `self` plus `weight` times `other`.
+    fn add(&self, other: &Cpu, weight: f64) -> Cpu {
+        Cpu {
+            service: self.service + other.service * weight,
+            service_system: self.service_system + other.service_system * weight,
+            postgres: self.postgres + other.postgres * weight,
+            client: self.client + other.client * weight,
+        }
+    }
+
+    /// "service 12 µs, PostgreSQL 8 µs, client 20 µs" for per-call figures.
+    pub fn describe(&self) -> String {
+        format!(
+            "CPU per call: service {:.0} µs ({:.0} µs of it in the kernel), PostgreSQL {:.0} µs, \
+             client {:.0} µs",
+            self.service, self.service_system, self.postgres, self.client
+        )
+    }
+
+    /// CPU microseconds per call between `self` (earlier) and `later`.
+    pub fn per_call(&self, later: &Cpu, calls: f64) -> Cpu {
+        let micros = |before: f64, after: f64| (after - before) * 1e6 / calls;
+        Cpu {
+            service: micros(self.service, later.service),
+            service_system: micros(self.service_system, later.service_system),
+            postgres: micros(self.postgres, later.postgres),
+            client: micros(self.client, later.client),
+        }
+    }
+}
+
+/// A process's command name and CPU seconds, from /proc/PID/stat.
+#[derive(Debug, Default)]
+struct Usage {
+    command: String,
+    user: f64,
+    system: f64,
+}
+
+fn process_cpu(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let command = head.split_once(" (")?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let seconds = |index: usize| Some(fields.get(index)?.parse::<u64>().ok()? as f64 / per_second);
+    Some(Usage {
+        command,
+        user: seconds(11)?,
+        system: seconds(12)?,
+    })
 }

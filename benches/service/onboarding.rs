@@ -40,12 +40,22 @@ async fn register_until_active(mut client: Client, server: proto::Server) -> Dur
 
 /// B8 on replica `replica`.
 pub async fn onboarding(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
-    let mariadb = MariaDb::options().arg("--max-connections=2000").start().await;
-    mariadb
-        .create_user(USER, PASSWORD, &["REPLICATION SLAVE", "REPLICATION CLIENT", "SELECT"])
+    let mariadb = MariaDb::options()
+        .arg("--max-connections=2000")
+        .start()
         .await;
     mariadb
-        .exec(&["CREATE DATABASE shop", "CREATE TABLE shop.orders (id BIGINT PRIMARY KEY, total DECIMAL(10,2))"])
+        .create_user(
+            USER,
+            PASSWORD,
+            &["REPLICATION SLAVE", "REPLICATION CLIENT", "SELECT"],
+        )
+        .await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.orders (id BIGINT PRIMARY KEY, total DECIMAL(10,2))",
+        ])
         .await;
     let channel = replica.channel().await;
 
@@ -58,12 +68,14 @@ pub async fn onboarding(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
     let p50 = one.value_at_quantile(0.5);
     rows.push(Row {
         id: "B8",
-        measurement: "register → active against a local MariaDB, one at a time, p50 / p99".to_owned(),
+        measurement: "register → active against a local MariaDB, one at a time, p50 / p99"
+            .to_owned(),
         value: format!("{} / {}", ms(p50), ms(one.value_at_quantile(0.99))),
         baseline: "—".to_owned(),
         ratio: "—".to_owned(),
         target: "≤ 100 ms".to_owned(),
         met: p50 <= 100_000,
+        detail: None,
     });
 
     const BULK: usize = 1000;
@@ -91,5 +103,6 @@ pub async fn onboarding(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         ratio: "—".to_owned(),
         target: "≤ 30 s".to_owned(),
         met: all <= Duration::from_secs(30),
+        detail: None,
     });
 }

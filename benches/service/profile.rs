@@ -18,7 +18,11 @@ const CALLS: u64 = 2000;
 fn instructions(prefix: &str) -> u64 {
     let path = std::path::Path::new(prefix);
     let directory = path.parent().expect("a directory");
-    let stem = path.file_name().expect("a file name").to_string_lossy().to_string();
+    let stem = path
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .to_string();
     let mut total = 0;
     for entry in std::fs::read_dir(directory).expect("the profile directory") {
         let entry = entry.expect("an entry");
@@ -28,7 +32,7 @@ fn instructions(prefix: &str) -> u64 {
         let text = std::fs::read_to_string(entry.path()).expect("a callgrind file");
         total += text
             .lines()
-            .find_map(|line| line.strip_prefix("summary:").or(line.strip_prefix("totals:")))
+            .find_map(|line| line.strip_prefix("totals:"))
             .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
     }
@@ -42,11 +46,20 @@ pub async fn get_server() {
         .tempdir()
         .expect("a profile directory")
         .keep();
-    let prefix = directory.join("get_server.out").to_string_lossy().to_string();
-    let replica =
-        Replica::start_under_callgrind("bench-callgrind", &database_url(&fresh_database_name()), &prefix)
-            .await;
-    let key = replica.bootstrap_key.clone().expect("the first start prints its API key");
+    let prefix = directory
+        .join("get_server.out")
+        .to_string_lossy()
+        .to_string();
+    let replica = Replica::start_under_callgrind(
+        "bench-callgrind",
+        &database_url(&fresh_database_name()),
+        &prefix,
+    )
+    .await;
+    let key = replica
+        .bootstrap_key
+        .clone()
+        .expect("the first start prints its API key");
     let mut client = client::client(replica.channel().await, &key);
     let server = client::register(&mut client, parked_server("bench-callgrind")).await;
     client::wait_parked(&mut client, &server.server_id).await;

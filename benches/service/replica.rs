@@ -103,7 +103,12 @@ impl Replica {
     /// [`Replica::callgrind`] turns it on; the profile goes to `out_file`.
     pub async fn start_under_callgrind(label: &str, database_url: &str, out_file: &str) -> Replica {
         let out = format!("--callgrind-out-file={out_file}");
-        let wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", out.as_str()];
+        let wrapper = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            out.as_str(),
+        ];
         Self::launch(label, database_url, &[], &wrapper).await
     }
 
@@ -192,7 +197,10 @@ impl Replica {
         let client = reqwest::Client::new();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the service exited with {status}; its log: {}", self.log_text());
+                panic!(
+                    "the service exited with {status}; its log: {}",
+                    self.log_text()
+                );
             }
             if let Ok(response) = client.get(&url).send().await
                 && response.status().is_success()
@@ -200,7 +208,10 @@ impl Replica {
                 return;
             }
             if started.elapsed() > Duration::from_secs(180) {
-                panic!("the service was not ready within 180 s; its log: {}", self.log_text());
+                panic!(
+                    "the service was not ready within 180 s; its log: {}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -210,6 +221,11 @@ impl Replica {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The resident set size of the process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let pid = self.child.id().expect("the service is running");
@@ -217,7 +233,14 @@ impl Replica {
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kilobytes| kilobytes * 1024)
             .expect("VmRSS in /proc/PID/status")
     }

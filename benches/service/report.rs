@@ -9,6 +9,8 @@ pub struct Row {
     pub ratio: String,
     pub target: String,
     pub met: bool,
+    /// Printed under the table: where the time went.
+    pub detail: Option<String>,
 }
 
 /// Prints the rows as a Markdown table.
@@ -27,5 +29,11 @@ pub fn print(rows: &[Row]) {
             row.target,
             if row.met { "yes" } else { "**no**" }
         );
+    }
+    println!();
+    for row in rows {
+        if let Some(detail) = &row.detail {
+            println!("- {}: {detail}", row.id);
+        }
     }
 }

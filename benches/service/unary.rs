@@ -71,10 +71,17 @@ fn rest_get(replica: &Replica, key: &str, server_id: &str) -> Call {
     let url = format!("http://{}/servers/{server_id}", replica.http_addr);
     let authorization = format!("Bearer {key}");
     call(move |_| {
-        let request = http.get(&url).header("authorization", &authorization).send();
+        let request = http
+            .get(&url)
+            .header("authorization", &authorization)
+            .send();
         async move {
             let response = request.await.expect("REST GetServer");
-            assert!(response.status().is_success(), "REST GetServer: {}", response.status());
+            assert!(
+                response.status().is_success(),
+                "REST GetServer: {}",
+                response.status()
+            );
             response.bytes().await.expect("REST GetServer body");
         }
     })
@@ -89,7 +96,10 @@ pub async fn get_server(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
     let grpc_one = grpc_get(replica, key, &server.server_id, 1).await;
     let pg_one = pg_get(replica, &server.server_id, 1).await;
     let (measured, baseline) = load::compare_latency(&grpc_one, &pg_one, 4, 1000).await;
-    let (p50, base_p50) = (measured.value_at_quantile(0.5), baseline.value_at_quantile(0.5));
+    let (p50, base_p50) = (
+        measured.value_at_quantile(0.5),
+        baseline.value_at_quantile(0.5),
+    );
     rows.push(Row {
         id: "B1",
         measurement: "GetServer latency, 1 in flight, p50 / p99".to_owned(),
@@ -102,12 +112,14 @@ pub async fn get_server(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         ratio: format!("p50 +{}", ms(p50.saturating_sub(base_p50))),
         target: "p50 ≤ baseline + 0.25 ms".to_owned(),
         met: p50 <= base_p50 + 250,
+        detail: None,
     });
 
     let grpc_many = grpc_get(replica, key, &server.server_id, 4).await;
     let pg_many = pg_get(replica, &server.server_id, 16).await;
     let round = Duration::from_secs(2);
-    let throughput = load::compare_throughput(&grpc_many, &pg_many, 16, 5, round).await;
+    let throughput =
+        load::compare_throughput(&grpc_many, &pg_many, 16, 5, round, replica.pid()).await;
     let (median, min, max) = throughput.ratio_summary();
     rows.push(Row {
         id: "B2",
@@ -120,19 +132,24 @@ pub async fn get_server(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         ratio: format!("{median:.2} (min {min:.2}, max {max:.2})"),
         target: "≥ 0.5".to_owned(),
         met: median >= 0.5,
+        detail: Some(throughput.detail("gRPC GetServer", "the SELECT")),
     });
 
     let rest = rest_get(replica, key, &server.server_id);
-    let throughput = load::compare_throughput(&rest, &grpc_many, 16, 5, round).await;
+    let throughput = load::compare_throughput(&rest, &grpc_many, 16, 5, round, replica.pid()).await;
     let (median, min, max) = throughput.ratio_summary();
     rows.push(Row {
         id: "B5",
         measurement: "REST GetServer throughput, 16 in flight (HTTP/1.1 keep-alive)".to_owned(),
         value: format!("{:.0}/s", load::median(&throughput.measured)),
-        baseline: format!("{:.0}/s (gRPC GetServer)", load::median(&throughput.baseline)),
+        baseline: format!(
+            "{:.0}/s (gRPC GetServer)",
+            load::median(&throughput.baseline)
+        ),
         ratio: format!("{median:.2} (min {min:.2}, max {max:.2})"),
         target: "≥ 0.8".to_owned(),
         met: median >= 0.8,
+        detail: Some(throughput.detail("REST GetServer", "gRPC GetServer")),
     });
 }
 
@@ -160,7 +177,8 @@ pub async fn mutations(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
     };
     let raw_register = raw_register(replica, &template.server_id, names.clone()).await;
     let round = Duration::from_secs(2);
-    let throughput = load::compare_throughput(&register, &raw_register, 8, 3, round).await;
+    let throughput =
+        load::compare_throughput(&register, &raw_register, 8, 3, round, replica.pid()).await;
     let (median, min, max) = throughput.ratio_summary();
     rows.push(Row {
         id: "B4",
@@ -173,11 +191,16 @@ pub async fn mutations(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         ratio: format!("{median:.2} (min {min:.2}, max {max:.2})"),
         target: "≥ 0.5".to_owned(),
         met: median >= 0.5,
+        detail: Some(throughput.detail("RegisterServer", "the raw transaction")),
     });
 
     let mut targets = Vec::new();
     for worker in 0..8 {
-        let server = client::register(&mut client, parked_server(&format!("bench-update-{worker}"))).await;
+        let server = client::register(
+            &mut client,
+            parked_server(&format!("bench-update-{worker}")),
+        )
+        .await;
         client::wait_parked(&mut client, &server.server_id).await;
         targets.push(server.server_id);
     }
@@ -206,7 +229,8 @@ pub async fn mutations(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         })
     };
     let raw_update = raw_update(replica, targets.clone()).await;
-    let throughput = load::compare_throughput(&update, &raw_update, 8, 3, round).await;
+    let throughput =
+        load::compare_throughput(&update, &raw_update, 8, 3, round, replica.pid()).await;
     let (median, min, max) = throughput.ratio_summary();
     rows.push(Row {
         id: "B4",
@@ -219,6 +243,7 @@ pub async fn mutations(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         ratio: format!("{median:.2} (min {min:.2}, max {max:.2})"),
         target: "≥ 0.5".to_owned(),
         met: median >= 0.5,
+        detail: Some(throughput.detail("UpdateServer", "the raw transaction")),
     });
 }
 
@@ -278,7 +303,10 @@ async fn raw_register(
             let (client, prepared) = &mut *guard;
             let id = uuid::Uuid::now_v7().to_string();
             let transaction = client.transaction().await.expect("BEGIN");
-            transaction.query(&prepared[0], &[&template_id]).await.expect("limit");
+            transaction
+                .query(&prepared[0], &[&template_id])
+                .await
+                .expect("limit");
             transaction
                 .execute(&prepared[1], &[&id, &name, &template_id])
                 .await
@@ -287,8 +315,14 @@ async fn raw_register(
                 .execute(&prepared[2], &[&id, &template_id])
                 .await
                 .expect("INSERT history");
-            transaction.query(&prepared[3], &[&id]).await.expect("NOTIFY");
-            transaction.query(&prepared[4], &[&id]).await.expect("NOTIFY");
+            transaction
+                .query(&prepared[3], &[&id])
+                .await
+                .expect("NOTIFY");
+            transaction
+                .query(&prepared[4], &[&id])
+                .await
+                .expect("NOTIFY");
             transaction.commit().await.expect("COMMIT");
         }
     })
@@ -296,7 +330,8 @@ async fn raw_register(
 
 /// What a labels-only UpdateServer writes, as one raw transaction per call.
 async fn raw_update(replica: &Replica, targets: Arc<Vec<String>>) -> Call {
-    let lock = format!("SELECT {SERVER_COLUMNS} FROM servers WHERE id = ($1::text)::uuid FOR UPDATE");
+    let lock =
+        format!("SELECT {SERVER_COLUMNS} FROM servers WHERE id = ($1::text)::uuid FOR UPDATE");
     let update = "UPDATE servers SET labels = jsonb_build_object('run', $2::text), \
         version = version + 1, updated_at = now() WHERE id = ($1::text)::uuid";
     let mut connections = Vec::new();
@@ -318,7 +353,10 @@ async fn raw_update(replica: &Replica, targets: Arc<Vec<String>>) -> Call {
             let mut guard = connection.lock().await;
             let (client, lock, update) = &mut *guard;
             let transaction = client.transaction().await.expect("BEGIN");
-            transaction.query_one(&*lock, &[&target]).await.expect("lock");
+            transaction
+                .query_one(&*lock, &[&target])
+                .await
+                .expect("lock");
             transaction
                 .execute(&*update, &[&target, &value])
                 .await
@@ -332,7 +370,14 @@ async fn raw_update(replica: &Replica, targets: Arc<Vec<String>>) -> Call {
 pub async fn list_servers(replica: &Replica, rows: &mut Vec<Row>) {
     replica.cli(&["tenants", "create", "bench-list"]).await;
     let key = replica
-        .cli(&["keys", "create", "--tenant", "bench-list", "--permissions", "servers:read,servers:write"])
+        .cli(&[
+            "keys",
+            "create",
+            "--tenant",
+            "bench-list",
+            "--permissions",
+            "servers:read,servers:write",
+        ])
         .await;
     let mut client = client::client(replica.channel().await, &key);
     let template = client::register(&mut client, parked_server("bench-list")).await;
@@ -358,7 +403,10 @@ pub async fn list_servers(replica: &Replica, rows: &mut Vec<Row>) {
         call(move |_| {
             let mut client = client.clone();
             async move {
-                let page = client.list_servers(page(String::new())).await.expect("page 1");
+                let page = client
+                    .list_servers(page(String::new()))
+                    .await
+                    .expect("page 1");
                 assert_eq!(page.into_inner().servers.len(), 100);
             }
         })
@@ -375,7 +423,10 @@ pub async fn list_servers(replica: &Replica, rows: &mut Vec<Row>) {
         })
     };
     let (measured, baseline) = load::compare_latency(&later, &first, 4, 100).await;
-    let (p50, p99) = (measured.value_at_quantile(0.5), measured.value_at_quantile(0.99));
+    let (p50, p99) = (
+        measured.value_at_quantile(0.5),
+        measured.value_at_quantile(0.99),
+    );
     let base_p50 = baseline.value_at_quantile(0.5);
     let ratio = p50 as f64 / base_p50 as f64;
     rows.push(Row {
@@ -390,6 +441,7 @@ pub async fn list_servers(replica: &Replica, rows: &mut Vec<Row>) {
         ratio: format!("{ratio:.2}"),
         target: "≤ 1.2, p99 ≤ 10 ms".to_owned(),
         met: ratio <= 1.2 && p99 <= 10_000,
+        detail: None,
     });
 }
 
@@ -415,5 +467,8 @@ async fn seed_copies(replica: &Replica, template_id: &str, count: i64) {
         .execute(&sql, &[&template_id, &count])
         .await
         .expect("seed the servers");
-    client.batch_execute("ANALYZE servers").await.expect("ANALYZE");
+    client
+        .batch_execute("ANALYZE servers")
+        .await
+        .expect("ANALYZE");
 }

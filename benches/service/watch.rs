@@ -80,7 +80,11 @@ impl Watchers {
                 .await
                 .expect("WatchOnboarding")
                 .into_inner();
-            let first = stream.message().await.expect("the current status").expect("a status");
+            let first = stream
+                .message()
+                .await
+                .expect("the current status")
+                .expect("a status");
             opened.fetch_add(1, Ordering::AcqRel);
             let next = tokio::select! {
                 next = stream.message() => next.expect("the next status").expect("a status"),
@@ -137,7 +141,8 @@ async fn confirm(client: &mut Client, server_id: &str) {
 async fn fan_out(database_url: &str, key: &str, count: usize) -> (f64, Histogram<u64>) {
     let replica = Replica::start(&format!("bench-watch-{count}"), database_url, &[]).await;
     let mut client = client::client(replica.channel().await, key);
-    let server = client::register(&mut client, parked_server(&format!("bench-watch-{count}"))).await;
+    let server =
+        client::register(&mut client, parked_server(&format!("bench-watch-{count}"))).await;
     client::wait_parked(&mut client, &server.server_id).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = replica.rss_bytes();
@@ -173,6 +178,7 @@ pub async fn fan_out_rows(database_url: &str, key: &str, rows: &mut Vec<Row>) {
             ratio: format!("{:.2}", per_stream / ETCD_BYTES_PER_WATCH),
             target: format!("≤ 12 KB per stream; p99 ≤ {p99_target_ms} ms"),
             met: per_stream <= 12.0 * 1024.0 && p99 <= p99_target_ms * 1000,
+            detail: None,
         });
     }
 }
@@ -185,7 +191,11 @@ pub async fn cross_replica(a: &Replica, database_url: &str, key: &str, rows: &mu
     let mut client_b = client::client(b.channel().await, key);
     let mut servers = Vec::new();
     for index in 0..SAMPLES {
-        let server = client::register(&mut client_b, parked_server(&format!("bench-cross-{index}"))).await;
+        let server = client::register(
+            &mut client_b,
+            parked_server(&format!("bench-cross-{index}")),
+        )
+        .await;
         servers.push(server.server_id);
     }
     for server_id in &servers {
@@ -197,14 +207,19 @@ pub async fn cross_replica(a: &Replica, database_url: &str, key: &str, rows: &mu
         let mut watch_b = open_watch(&mut client_b, server_id).await;
         let started = Instant::now();
         confirm(&mut client_b, server_id).await;
-        let (seen_a, seen_b) = tokio::join!(next_after(&mut watch_a, started), next_after(&mut watch_b, started));
+        let (seen_a, seen_b) = tokio::join!(
+            next_after(&mut watch_a, started),
+            next_after(&mut watch_b, started)
+        );
         on_a.saturating_record(seen_a.as_micros() as u64);
         on_b.saturating_record(seen_b.as_micros() as u64);
     }
     let (p99, base_p99) = (on_a.value_at_quantile(0.99), on_b.value_at_quantile(0.99));
     rows.push(Row {
         id: "B7",
-        measurement: format!("change through replica B seen by a watcher on A, {SAMPLES} changes, p50 / p99"),
+        measurement: format!(
+            "change through replica B seen by a watcher on A, {SAMPLES} changes, p50 / p99"
+        ),
         value: format!("{} / {}", ms(on_a.value_at_quantile(0.5)), ms(p99)),
         baseline: format!(
             "{} / {} (watcher on B)",
@@ -214,11 +229,15 @@ pub async fn cross_replica(a: &Replica, database_url: &str, key: &str, rows: &mu
         ratio: format!("p99 +{}", ms(p99.saturating_sub(base_p99))),
         target: "p99 ≤ baseline + 10 ms".to_owned(),
         met: p99 <= base_p99 + 10_000,
+        detail: None,
     });
     b.stop().await;
 }
 
-async fn open_watch(client: &mut Client, server_id: &str) -> tonic::Streaming<proto::OnboardingStatus> {
+async fn open_watch(
+    client: &mut Client,
+    server_id: &str,
+) -> tonic::Streaming<proto::OnboardingStatus> {
     let mut stream = client
         .watch_onboarding(proto::WatchOnboardingRequest {
             server_id: server_id.to_owned(),
@@ -228,11 +247,22 @@ async fn open_watch(client: &mut Client, server_id: &str) -> tonic::Streaming<pr
         .await
         .expect("WatchOnboarding")
         .into_inner();
-    stream.message().await.expect("the current status").expect("a status");
+    stream
+        .message()
+        .await
+        .expect("the current status")
+        .expect("a status");
     stream
 }
 
-async fn next_after(stream: &mut tonic::Streaming<proto::OnboardingStatus>, started: Instant) -> Duration {
-    stream.message().await.expect("the next status").expect("a status");
+async fn next_after(
+    stream: &mut tonic::Streaming<proto::OnboardingStatus>,
+    started: Instant,
+) -> Duration {
+    stream
+        .message()
+        .await
+        .expect("the next status")
+        .expect("a status");
     started.elapsed()
 }
