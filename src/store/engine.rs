@@ -165,66 +165,47 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                    let current: Option<AssignmentRow> =
-                        servers::table
-                            .find(claim.server_id.0)
-                            .select((
-                                servers::agent_id,
-                                servers::agent_outbound_ip,
-                                servers::lease_owner,
-                                servers::lease_epoch,
-                            ))
-                            .for_update()
-                            .first(connection)
-                            .await
-                            .optional()?;
-                    let (agent_id, outbound_ip, owner, epoch) =
-                        current.ok_or(StoreError::NotFound)?;
-                    if owner != Some(claim.fence.owner) || epoch != claim.fence.epoch {
-                        return Err(StoreError::Fenced);
-                    }
-                    if agent_id.is_some() {
-                        return Ok(outbound_ip);
-                    }
-                    // Locking the chosen agent row serialises slot counting per agent.
-                    let agent: Option<AgentRow> = diesel::sql_query(
-                        "SELECT a.id, a.outbound_ip FROM agents a \
-                         WHERE a.capacity > (SELECT count(*) FROM servers s WHERE s.agent_id = a.id) \
-                         ORDER BY (SELECT count(*) FROM servers s WHERE s.agent_id = a.id)::float8 \
-                                  / GREATEST(a.capacity, 1), a.heartbeat_at DESC \
-                         LIMIT 1 FOR UPDATE OF a",
-                    )
-                    .get_result(connection)
+                let current: Option<AssignmentRow> = servers::table
+                    .find(claim.server_id.0)
+                    .select((
+                        servers::agent_id,
+                        servers::agent_outbound_ip,
+                        servers::lease_owner,
+                        servers::lease_epoch,
+                    ))
+                    .for_update()
+                    .first(connection)
                     .await
                     .optional()?;
-                    let Some(agent) = agent else {
-                        return Ok(None);
-                    };
-                    // The choice was made on the snapshot before the lock: count again.
-                    #[derive(QueryableByName)]
-                    struct Free {
-                        #[diesel(sql_type = diesel::sql_types::Bool)]
-                        free: bool,
-                    }
-                    let free: Free = diesel::sql_query(
-                        "SELECT a.capacity > (SELECT count(*) FROM servers s WHERE s.agent_id = a.id) \
-                         AS free FROM agents a WHERE a.id = $1",
-                    )
-                    .bind::<SqlUuid, _>(agent.id)
-                    .get_result(connection)
+                let (agent_id, outbound_ip, owner, epoch) = current.ok_or(StoreError::NotFound)?;
+                if owner != Some(claim.fence.owner) || epoch != claim.fence.epoch {
+                    return Err(StoreError::Fenced);
+                }
+                if agent_id.is_some() {
+                    return Ok(outbound_ip);
+                }
+                // The least loaded agent with a free slot, locked: its `assigned` count
+                // (kept by a trigger on servers.agent_id) is re-checked on the locked row.
+                let agent: Option<AgentRow> = diesel::sql_query(
+                    "SELECT id, outbound_ip FROM agents WHERE capacity > assigned \
+                         ORDER BY assigned::float8 / GREATEST(capacity, 1), heartbeat_at DESC \
+                         LIMIT 1 FOR UPDATE",
+                )
+                .get_result(connection)
+                .await
+                .optional()?;
+                let Some(agent) = agent else {
+                    return Ok(None);
+                };
+                diesel::update(servers::table.find(claim.server_id.0))
+                    .set((
+                        servers::agent_id.eq(agent.id),
+                        servers::agent_outbound_ip.eq(&agent.outbound_ip),
+                    ))
+                    .execute(connection)
                     .await?;
-                    if !free.free {
-                        return Ok(None);
-                    }
-                    diesel::update(servers::table.find(claim.server_id.0))
-                        .set((
-                            servers::agent_id.eq(agent.id),
-                            servers::agent_outbound_ip.eq(&agent.outbound_ip),
-                        ))
-                        .execute(connection)
-                        .await?;
-                    Ok(Some(agent.outbound_ip))
-                })
+                Ok(Some(agent.outbound_ip))
+            })
             .await
     }
 }

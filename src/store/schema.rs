@@ -30,6 +30,7 @@ diesel::table! {
         outbound_ip -> Text,
         capacity -> Int4,
         heartbeat_at -> Timestamptz,
+        assigned -> Int4,
     }
 }
 
