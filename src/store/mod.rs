@@ -2,6 +2,7 @@
 //! outside this module talks to the database.
 
 mod auth;
+mod by_id;
 mod engine;
 mod explain;
 mod index;

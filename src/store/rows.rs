@@ -161,41 +161,76 @@ impl From<&Server> for ServerRow {
     }
 }
 
-/// `SELECT <every ServerRow column> FROM servers WHERE id = $1`, the most frequent statement of
-/// the service. diesel-async renders a query's SQL on every call (for its statement cache);
-/// this one is rendered once.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerById(pub Uuid);
-
-/// The SQL of [`ServerById`] up to its one parameter.
-static SERVER_BY_ID_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    use diesel::query_builder::QueryBuilder;
-    let mut builder = diesel::pg::PgQueryBuilder::default();
-    let select = servers::table.select(ServerRow::as_select());
-    diesel::query_builder::QueryFragment::<diesel::pg::Pg>::to_sql(
-        &select,
-        &mut builder,
-        &diesel::pg::Pg,
-    )
-    .expect("the servers SELECT renders");
-    format!("{} WHERE \"servers\".\"id\" = ", builder.finish())
-});
-
-impl diesel::query_builder::QueryId for ServerById {
-    type QueryId = ServerById;
-    const HAS_STATIC_QUERY_ID: bool = true;
+/// The columns that differ between two versions of a server, so an UPDATE writes only those
+/// (PostgreSQL parses no unchanged jsonb or array, and the statement stays small).
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = servers, check_for_backend(diesel::pg::Pg))]
+pub struct ServerChanges {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i32>,
+    pub mysql_user: Option<String>,
+    pub mysql_password_sealed: Option<Option<Vec<u8>>>,
+    pub mysql_password_key_id: Option<Option<String>>,
+    pub connection_method: Option<String>,
+    pub ssh_host: Option<Option<String>>,
+    pub ssh_port: Option<Option<i32>>,
+    pub ssh_user: Option<Option<String>>,
+    pub ssh_private_key_sealed: Option<Option<Vec<u8>>>,
+    pub ssh_private_key_key_id: Option<Option<String>>,
+    pub ssh_host_key_fingerprint: Option<Option<String>>,
+    pub stream_schemas: Option<Vec<String>>,
+    pub stream_tables: Option<Vec<String>>,
+    pub ssl_mode: Option<String>,
+    pub labels: Option<Json<BTreeMap<String, String>>>,
+    pub status: Option<String>,
+    pub steps: Option<Json<Vec<StepProgress>>>,
+    pub revision: Option<i64>,
+    pub version: Option<i64>,
+    pub agent_id: Option<Option<Uuid>>,
+    pub agent_outbound_ip: Option<Option<String>>,
+    pub runnable: Option<bool>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub decommissioned_at: Option<Option<DateTime<Utc>>>,
 }
 
-impl diesel::query_builder::Query for ServerById {
-    type SqlType = diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<ServerRow, diesel::pg::Pg>>;
-}
-
-impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ServerById {
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
-    ) -> diesel::QueryResult<()> {
-        out.push_sql(&SERVER_BY_ID_SQL);
-        out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.0)
+impl ServerChanges {
+    /// What `after` changes of `before` (a server's id, tenant and creation never change).
+    pub fn between(before: &ServerRow, after: ServerRow) -> ServerChanges {
+        macro_rules! changed {
+            ($($field:ident),* $(,)?) => {
+                ServerChanges {
+                    $($field: (before.$field != after.$field).then_some(after.$field),)*
+                }
+            };
+        }
+        changed!(
+            name,
+            host,
+            port,
+            mysql_user,
+            mysql_password_sealed,
+            mysql_password_key_id,
+            connection_method,
+            ssh_host,
+            ssh_port,
+            ssh_user,
+            ssh_private_key_sealed,
+            ssh_private_key_key_id,
+            ssh_host_key_fingerprint,
+            stream_schemas,
+            stream_tables,
+            ssl_mode,
+            labels,
+            status,
+            steps,
+            revision,
+            version,
+            agent_id,
+            agent_outbound_ip,
+            runnable,
+            updated_at,
+            decommissioned_at,
+        )
     }
 }

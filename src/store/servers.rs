@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::{
     Connection, Fence, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, Store, StoreError,
-    rows::{ServerById, ServerRow},
+    by_id::{LockedServerById, ServerById},
+    rows::{ServerChanges, ServerRow},
     schema::{idempotency_keys, onboarding_history, servers, tenants},
 };
 use crate::domain::{
@@ -465,15 +466,8 @@ impl Store {
                 {
                     return Err(StoreError::Replayed.into());
                 }
-                let locked: Option<(ServerRow, Option<Uuid>, i64)> = servers::table
-                    .find(id.0)
-                    .select((
-                        ServerRow::as_select(),
-                        servers::lease_owner,
-                        servers::lease_epoch,
-                    ))
-                    .for_update()
-                    .first(connection)
+                let locked: Option<(ServerRow, Option<Uuid>, i64)> = LockedServerById(id.0)
+                    .get_result(connection)
                     .await
                     .optional()?;
                 let (row, lease_owner, lease_epoch) = locked.ok_or(StoreError::NotFound)?;
@@ -488,21 +482,21 @@ impl Store {
                     }
                     _ => {}
                 }
-                let before = Server::try_from(row)?;
+                let before = Server::try_from(row.clone())?;
                 let mut server = before.clone();
                 let output = change(&mut server)?;
                 if server == before {
                     return Ok((server, output));
                 }
-                let onboarding_changed = server.onboarding_status() != before.onboarding_status()
-                    || server.runnable != before.runnable;
-                if server.onboarding_status() != before.onboarding_status() {
+                let status_changed = server.onboarding_status() != before.onboarding_status();
+                let onboarding_changed = status_changed || server.runnable != before.runnable;
+                if status_changed {
                     server.revision = before.revision + 1;
                 }
                 server.version = before.version + 1;
                 server.updated_at = crate::domain::now();
                 diesel::update(servers::table.find(id.0))
-                    .set(ServerRow::from(&server))
+                    .set(ServerChanges::between(&row, ServerRow::from(&server)))
                     .execute(connection)
                     .await
                     .map_err(|error| {

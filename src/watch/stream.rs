@@ -1,12 +1,16 @@
 //! One WatchOnboarding stream: the current status (or the history after since_revision), then
 //! every committed change in revision order with no gap and no duplicate, until the server
 //! settles, the key is revoked or expires, the client leaves, or the replica shuts down.
+//!
+//! The stream is a state machine polled by the connection's own stream task: no task or
+//! channel of its own, so a change fanned out to 100,000 streams wakes each once, and a client
+//! that leaves simply drops it.
 
-use std::{pin::Pin, sync::Arc};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
-use futures_util::{Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::Stream;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use super::{Subscription, WatchHub};
 use crate::{
@@ -15,10 +19,9 @@ use crate::{
     store::{Store, StoreError},
 };
 
-/// How many history rows one replay read takes.
+/// How many history rows one replay read takes; a replay sends one page before reading the
+/// next, so a stream holds at most this many statuses.
 const REPLAY_PAGE: i64 = 500;
-/// Messages a stream holds for a client that reads slowly.
-const OUTPUT_BUFFER: usize = 16;
 
 /// Why a watch stream ended before the server settled.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +47,7 @@ pub struct WatchRequest {
 pub type WatchStream =
     Pin<Box<dyn Stream<Item = Result<Arc<OnboardingStatus>, WatchError>> + Send>>;
 
-/// What the stream's buffer holds: an error is boxed so that every slot stays two words
-/// (the buffer's memory is allocated up front, for each of possibly 100,000 streams).
-type Item = Result<Arc<OnboardingStatus>, Box<WatchError>>;
+type Item = Result<Arc<OnboardingStatus>, WatchError>;
 
 /// Starts a watch from `current`, the status the subscription was opened at (WatchHub::open).
 pub fn watch(
@@ -56,175 +57,178 @@ pub fn watch(
     (subscription, current): (Subscription, Arc<OnboardingStatus>),
     request: WatchRequest,
 ) -> WatchStream {
-    let (output, receiver) = mpsc::channel::<Item>(OUTPUT_BUFFER);
-    let revocations = authenticator.subscribe();
+    let expiry = principal.expires_at.map(|at| {
+        let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(wait))
+    });
     let watcher = Watcher {
         server_id: current.server_id,
         store: hub.store.clone(),
         shutdown: hub.shutdown.clone(),
+        revocations: authenticator.subscribe(),
         authenticator,
         principal,
         request,
-        output,
+        subscription,
+        expiry,
+        start: Some(current),
+        replay_through: None,
+        pending: VecDeque::new(),
+        finished: false,
         last_sent: 0,
     };
-    tokio::spawn(watcher.run(current, subscription, revocations));
-    Box::pin(ReceiverStream::new(receiver).map(|item| item.map_err(|error| *error)))
+    Box::pin(futures_util::stream::unfold(
+        watcher,
+        |mut watcher| async move {
+            let item = watcher.next_item().await?;
+            Some((item, watcher))
+        },
+    ))
 }
 
 struct Watcher {
     server_id: ServerId,
     store: Store,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
     authenticator: Arc<Authenticator>,
+    revocations: broadcast::Receiver<Revocation>,
     principal: Principal,
     request: WatchRequest,
-    output: mpsc::Sender<Item>,
+    subscription: Subscription,
+    /// When the key expires, if it does.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where the stream starts, until it has.
+    start: Option<Arc<OnboardingStatus>>,
+    /// A replay from the history still to send, up to this revision.
+    replay_through: Option<i64>,
+    /// What is ready for the client.
+    pending: VecDeque<Item>,
+    /// Nothing comes after `pending`.
+    finished: bool,
     last_sent: i64,
 }
 
-/// Whether the stream goes on.
-enum Flow {
-    Continue,
-    Stop,
-}
-
 impl Watcher {
-    async fn run(
-        mut self,
-        current: Arc<OnboardingStatus>,
-        mut subscription: Subscription,
-        mut revocations: broadcast::Receiver<Revocation>,
-    ) {
-        let flow = match self.request.since_revision {
+    /// The next item for the client; None when the stream is over.
+    async fn next_item(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if self.finished {
+                return None;
+            }
+            if let Some(current) = self.start.take() {
+                self.begin(current);
+            } else if let Some(through) = self.replay_through {
+                self.replay_page(through).await;
+            } else {
+                self.wait_for_event().await;
+            }
+        }
+    }
+
+    /// The first status, or the replay after since_revision.
+    fn begin(&mut self, current: Arc<OnboardingStatus>) {
+        match self.request.since_revision {
             // Already has the final revision: nothing more will come.
             Some(since)
                 if since >= current.revision && current.is_final() && !self.request.follow =>
             {
-                Flow::Stop
+                self.finished = true;
             }
             Some(since) => {
                 self.last_sent = since;
-                self.send_history_through(current.revision).await
+                self.replay_through = Some(current.revision);
             }
-            None => self.send(current, true).await,
-        };
-        if let Flow::Stop = flow {
-            return;
-        }
-        let expiry = self.principal.expires_at;
-        let expired = async move {
-            match expiry {
-                Some(at) => {
-                    let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
-                    tokio::time::sleep(wait).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expired);
-        loop {
-            let flow = tokio::select! {
-                () = self.shutdown.cancelled() => self.fail(WatchError::ShuttingDown).await,
-                () = self.output.closed() => Flow::Stop,
-                () = &mut expired => self.fail(AuthError::Expired.into()).await,
-                revocation = revocations.recv() => self.revocation(revocation).await,
-                change = subscription.next() => match change {
-                    Some(status) => self.deliver(status).await,
-                    None if subscription.overflowed() => {
-                        self.fail(WatchError::Lagged(self.last_sent)).await
-                    }
-                    None => self.fail(WatchError::ShuttingDown).await,
-                },
-            };
-            if let Flow::Stop = flow {
-                return;
-            }
+            None => self.send(current, true),
         }
     }
 
-    async fn revocation(
-        &mut self,
-        revocation: Result<Revocation, broadcast::error::RecvError>,
-    ) -> Flow {
+    async fn wait_for_event(&mut self) {
+        let expired = async {
+            match self.expiry.as_mut() {
+                Some(sleep) => sleep.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.shutdown.cancelled() => self.fail(WatchError::ShuttingDown),
+            () = expired => self.fail(AuthError::Expired.into()),
+            revocation = self.revocations.recv() => self.revocation(revocation).await,
+            change = self.subscription.next() => match change {
+                Some(status) => self.deliver(status),
+                None if self.subscription.overflowed() => {
+                    self.fail(WatchError::Lagged(self.last_sent))
+                }
+                None => self.fail(WatchError::ShuttingDown),
+            },
+        }
+    }
+
+    async fn revocation(&mut self, revocation: Result<Revocation, broadcast::error::RecvError>) {
         match revocation {
             Ok(Revocation::Key(key_id)) if key_id == self.principal.key_id => {
-                self.fail(AuthError::Revoked.into()).await
+                self.fail(AuthError::Revoked.into())
             }
-            Ok(Revocation::Key(_)) => Flow::Continue,
+            Ok(Revocation::Key(_)) => {}
             Ok(Revocation::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 match self.authenticator.recheck(&self.principal).await {
-                    Ok(()) | Err(AuthError::Unavailable) => Flow::Continue,
-                    Err(error) => self.fail(error.into()).await,
+                    Ok(()) | Err(AuthError::Unavailable) => {}
+                    Err(error) => self.fail(error.into()),
                 }
             }
-            Err(broadcast::error::RecvError::Closed) => Flow::Stop,
+            Err(broadcast::error::RecvError::Closed) => self.finished = true,
         }
     }
 
     /// A change from the hub: skipped when already sent, gaps filled from the history.
-    async fn deliver(&mut self, status: Arc<OnboardingStatus>) -> Flow {
+    fn deliver(&mut self, status: Arc<OnboardingStatus>) {
         if status.revision <= self.last_sent {
-            return Flow::Continue;
+            return;
         }
-        if status.revision == self.last_sent + 1 {
-            return self.send(status, true).await;
+        if status.revision == self.last_sent + 1 && self.replay_through.is_none() {
+            return self.send(status, true);
         }
-        self.send_history_through(status.revision).await
+        let through = self
+            .replay_through
+            .map_or(status.revision, |through| through.max(status.revision));
+        self.replay_through = Some(through);
     }
 
-    /// Sends every revision after `last_sent` up to `through`, from the history table.
-    async fn send_history_through(&mut self, through: i64) -> Flow {
-        while self.last_sent < through {
-            let page = match self
-                .store
-                .onboarding_history(self.server_id, self.last_sent, REPLAY_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(error) => return self.fail(error.into()).await,
-            };
-            if page.is_empty() {
-                return Flow::Continue;
+    /// Sends the next page of revisions after `last_sent` up to `through`, from the history.
+    async fn replay_page(&mut self, through: i64) {
+        let page = match self
+            .store
+            .onboarding_history(self.server_id, self.last_sent, REPLAY_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => return self.fail(error.into()),
+        };
+        let exhausted = page.len() < REPLAY_PAGE as usize;
+        for status in page {
+            if status.revision > through || self.finished {
+                break;
             }
-            for status in page {
-                if status.revision > through {
-                    return Flow::Continue;
-                }
-                // Only the newest known status may end the stream; older finals were superseded.
-                let newest = status.revision == through;
-                if let Flow::Stop = self.send(Arc::new(status), newest).await {
-                    return Flow::Stop;
-                }
-            }
+            // Only the newest known status may end the stream; older finals were superseded.
+            let newest = status.revision == through;
+            self.send(Arc::new(status), newest);
         }
-        Flow::Continue
+        if self.last_sent >= through || exhausted {
+            self.replay_through = None;
+        }
     }
 
-    async fn send(&mut self, status: Arc<OnboardingStatus>, may_end: bool) -> Flow {
+    fn send(&mut self, status: Arc<OnboardingStatus>, may_end: bool) {
         let ends = may_end && status.is_final() && !self.request.follow;
         self.last_sent = status.revision;
-        if !self.emit(Ok(status)).await || ends {
-            return Flow::Stop;
-        }
-        Flow::Continue
+        self.pending.push_back(Ok(status));
+        self.finished = ends;
     }
 
-    async fn fail(&mut self, error: WatchError) -> Flow {
-        self.emit(Err(Box::new(error))).await;
-        Flow::Stop
-    }
-
-    /// Hands an item to the client's buffer; false when the client left or the replica stops
-    /// while the buffer is full (a client that stopped reading must not hold up a shutdown).
-    async fn emit(&mut self, item: Item) -> bool {
-        let shutdown = self.shutdown.clone();
-        tokio::select! {
-            sent = self.output.send(item) => sent.is_ok(),
-            () = shutdown.cancelled() => {
-                let _ = self.output.try_send(Err(Box::new(WatchError::ShuttingDown)));
-                false
-            }
-        }
+    fn fail(&mut self, error: WatchError) {
+        self.pending.push_back(Err(error));
+        self.finished = true;
     }
 }
