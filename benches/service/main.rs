@@ -2,7 +2,7 @@
 //! baseline measured in the same run, printed as one table (README "Performance").
 //!
 //! `cargo bench --bench service` runs all of it; `cargo bench --bench service -- B1 B6` runs
-//! only the named measurements; `-- callgrind` counts the instructions of a GetServer call. PostgreSQL comes from DBTRAIL_BENCH_DATABASE_URL (default
+//! only the named measurements; `-- callgrind` counts the instructions of GetServer and UpdateServer calls. PostgreSQL comes from DBTRAIL_BENCH_DATABASE_URL (default
 //! postgres://postgres@127.0.0.1:5432/postgres); B8 starts a private MariaDB from the installed
 //! binaries. `scripts/bench` starts and installs what is missing, then runs this.
 
@@ -83,7 +83,7 @@ async fn main() {
     }
     drop_bench_databases().await;
     if std::env::args().any(|arg| arg == "callgrind") {
-        profile::get_server().await;
+        profile::unary_calls().await;
         drop_bench_databases().await;
         return;
     }

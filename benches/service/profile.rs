@@ -39,8 +39,9 @@ fn instructions(prefix: &str) -> u64 {
     total
 }
 
-/// Counts the instructions of `CALLS` GetServer calls, one in flight, after a warm-up.
-pub async fn get_server() {
+/// Counts the instructions of `CALLS` GetServer calls, then of `CALLS` UpdateServer calls of
+/// the labels, one in flight, after a warm-up of both.
+pub async fn unary_calls() {
     let directory = tempfile::Builder::new()
         .prefix("dbtrail-callgrind-")
         .tempdir()
@@ -63,25 +64,54 @@ pub async fn get_server() {
     let mut client = client::client(replica.channel().await, &key);
     let server = client::register(&mut client, parked_server("bench-callgrind")).await;
     client::wait_parked(&mut client, &server.server_id).await;
-    let request = proto::GetServerRequest {
+    let get = proto::GetServerRequest {
         server_id: server.server_id.clone(),
     };
-    for _ in 0..200 {
-        client.get_server(request.clone()).await.expect("GetServer");
+    let update = |run: u64| proto::UpdateServerRequest {
+        server: Some(proto::Server {
+            server_id: server.server_id.clone(),
+            labels: [("run".to_owned(), run.to_string())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["labels".to_owned()],
+        }),
+        ..Default::default()
+    };
+    for run in 0..200 {
+        client.get_server(get.clone()).await.expect("GetServer");
+        client
+            .update_server(update(run))
+            .await
+            .expect("UpdateServer");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    replica.callgrind("--instr=on").await;
-    for _ in 0..CALLS {
-        client.get_server(request.clone()).await.expect("GetServer");
+    let mut previous = 0;
+    for (name, dump) in [
+        ("GetServer", "get_server"),
+        ("UpdateServer", "update_server"),
+    ] {
+        replica.callgrind("--instr=on").await;
+        for run in 0..CALLS {
+            match dump {
+                "get_server" => drop(client.get_server(get.clone()).await.expect("GetServer")),
+                _ => drop(
+                    client
+                        .update_server(update(1000 + run))
+                        .await
+                        .expect("UpdateServer"),
+                ),
+            }
+        }
+        replica.callgrind("--instr=off").await;
+        replica.callgrind("--dump").await;
+        let total = instructions(&prefix);
+        println!(
+            "{name}: {} instructions per call in the service ({CALLS} calls, 1 in flight)",
+            (total - previous) / CALLS
+        );
+        previous = total;
     }
-    replica.callgrind("--instr=off").await;
-    replica.callgrind("--dump").await;
-    let total = instructions(&prefix);
-    println!(
-        "GetServer: {} instructions per call in the service ({CALLS} calls, 1 in flight); \
-         profile: callgrind_annotate {}",
-        total / CALLS,
-        directory.display()
-    );
+    println!("profiles: callgrind_annotate {}/*", directory.display());
     replica.stop().await;
 }

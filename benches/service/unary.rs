@@ -260,6 +260,8 @@ async fn raw_register(
         .map(|column| match column {
             "id" => "($1::text)::uuid",
             "name" => "$2",
+            // As registered: no agent yet (the template's engine run assigned one).
+            "agent_id" | "agent_outbound_ip" => "NULL",
             "runnable" => "false",
             "created_at" | "updated_at" => "now()",
             other => other,
