@@ -175,20 +175,25 @@ async fn load_server(connection: &mut Connection, id: Uuid) -> Result<Server, St
         .try_into()
 }
 
-type ListQuery<'a> = servers::BoxedQuery<'a, Pg>;
+type ListQuery<'a> =
+    servers::BoxedQuery<'a, Pg, diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<ServerRow, Pg>>>;
 
-/// The tenant's servers matching the filter after `cursor`, newest first. The cursor is a row
-/// comparison, which PostgreSQL turns into a condition of the listing index
-/// (tenant_id, created_at DESC, id DESC): a later page costs what the first does.
+/// A page of the tenant's servers matching the filter after `cursor`, newest first, and one
+/// more to tell whether more follow. The cursor is a row comparison, which PostgreSQL turns into
+/// a condition of the listing index (tenant_id, created_at DESC, id DESC): a later page costs
+/// what the first does.
 fn list_query<'a>(
     tenant: TenantId,
     filter: Option<&Filter>,
     show_decommissioned: bool,
     cursor: Option<PageCursor>,
+    page_size: usize,
 ) -> ListQuery<'a> {
     let mut query = servers::table
         .filter(servers::tenant_id.eq(tenant.0))
+        .select(ServerRow::as_select())
         .order((servers::created_at.desc(), servers::id.desc()))
+        .limit(page_size as i64 + 1)
         .into_boxed();
     if !show_decommissioned {
         query = query.filter(servers::status.ne(ServerStatus::Decommissioned.as_str()));
@@ -377,9 +382,7 @@ impl Store {
         page_size: usize,
     ) -> Result<ListPage, StoreError> {
         let mut connection = self.connection().await?;
-        let query = list_query(tenant, filter, show_decommissioned, cursor)
-            .select(ServerRow::as_select())
-            .limit(page_size as i64 + 1);
+        let query = list_query(tenant, filter, show_decommissioned, cursor, page_size);
         let mut rows: Vec<ServerRow> = query.load(&mut connection).await?;
         let more = rows.len() > page_size;
         rows.truncate(page_size);
@@ -401,9 +404,7 @@ impl Store {
         page_size: usize,
     ) -> Result<String, StoreError> {
         let mut connection = self.connection().await?;
-        let query = list_query(tenant, filter, show_decommissioned, cursor)
-            .select(ServerRow::as_select())
-            .limit(page_size as i64 + 1);
+        let query = list_query(tenant, filter, show_decommissioned, cursor, page_size);
         let lines: Vec<String> = super::explain::Explain(query).load(&mut connection).await?;
         Ok(lines.join("\n"))
     }
