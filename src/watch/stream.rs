@@ -139,7 +139,7 @@ impl Watcher {
             }
             Some(since) => {
                 self.last_sent = since;
-                self.replay_through = Some(current.revision);
+                self.replay_through = (since < current.revision).then_some(current.revision);
             }
             None => self.send(current, true),
         }
