@@ -99,9 +99,9 @@ enum KeysCommand {
     },
 }
 
-/// Logs go to standard error through a writer thread, so a call never waits for a write, and
-/// the lines of a busy moment leave in one write; none is dropped. Keep the guard: dropping it
-/// flushes what is left.
+/// Logs go to standard error through a writer thread, so a call does not wait for a write, and
+/// the lines of a busy moment leave in one write. None is dropped: when the writer falls 128,000
+/// lines behind, logging waits for it. Keep the guard: dropping it flushes what is left.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

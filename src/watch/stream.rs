@@ -112,6 +112,11 @@ impl Watcher {
     /// The next item for the client; None when the stream is over.
     async fn next_item(&mut self) -> Option<Item> {
         loop {
+            // A replica that stops ends its streams at once, also mid-replay.
+            if self.shutdown.is_cancelled() && !self.finished {
+                self.pending.clear();
+                self.fail(WatchError::ShuttingDown);
+            }
             if let Some(item) = self.pending.pop_front() {
                 return Some(item);
             }
