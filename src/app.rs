@@ -25,6 +25,7 @@ use crate::{
     rest::{self, OpsState},
     secrets::{SecretBox, SecretsError},
     store::{self, Store, StoreError, listener},
+    stream::{StreamSettings, Streams, StreamsConfig},
     watch::{self, WatchHub},
 };
 
@@ -57,6 +58,7 @@ pub struct RunningApp {
     ready: Arc<AtomicBool>,
     health: tonic_health::server::HealthReporter,
     engine: Arc<Engine>,
+    streams: Arc<Streams>,
     servers: Vec<JoinHandle<()>>,
     grace: Duration,
 }
@@ -147,26 +149,59 @@ pub async fn start_with_steps(
         .agent_outbound_ip
         .clone()
         .unwrap_or_else(primary_address);
-    store
+    let agent_id = store
         .upsert_agent(&config.agent_name(), &outbound_ip, config.agent_capacity)
         .await?;
+    let index_store = match &config.index_database_url {
+        Some(url) => {
+            store::create_database(url).await?;
+            Store::connect(&DatabaseConfig {
+                database_url: url.clone(),
+                pool_size: config.engine_pool_size,
+                pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
+                ..config.database.clone()
+            })?
+        }
+        None => engine_store.clone(),
+    };
+    index_store.prepare_change_index().await?;
 
     let stopping = CancellationToken::new();
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(store.clone());
     let hub = WatchHub::new(watch_store, stopping.clone());
+    let agent_settings = AgentSettings {
+        connect_timeout: config.mysql_connect_timeout,
+        connect_attempts: config.mysql_connect_attempts,
+        allow_loopback_targets: config.allow_loopback_targets,
+    };
+    let streams = Streams::new(
+        engine_store.clone(),
+        index_store.clone(),
+        secrets.clone(),
+        StreamsConfig {
+            lease_ttl: config.lease_ttl,
+            sweep_interval: config.sweep_interval,
+            max_streams: config.max_streams,
+            retention: config.change_retention,
+            settings: StreamSettings {
+                heartbeat: config.stream_heartbeat,
+                checkpoint_interval: config.stream_checkpoint_interval,
+            },
+            agent: agent_settings,
+            agent_id,
+            outbound_ip: outbound_ip.clone(),
+        },
+    );
     let engine = Engine::new(
         engine_store,
+        index_store.clone(),
         secrets.clone(),
         EngineConfig {
             lease_ttl: config.lease_ttl,
             sweep_interval: config.sweep_interval,
             max_runners: config.max_runners,
-            agent: AgentSettings {
-                connect_timeout: config.mysql_connect_timeout,
-                connect_attempts: config.mysql_connect_attempts,
-                allow_loopback_targets: config.allow_loopback_targets,
-            },
+            agent: agent_settings,
         },
         steps,
     );
@@ -182,8 +217,10 @@ pub async fn start_with_steps(
         hub.clone(),
         authenticator.clone(),
         engine.clone(),
+        streams.clone(),
     ));
     tokio::spawn(engine.clone().run());
+    tokio::spawn(streams.clone().run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let ready = Arc::new(AtomicBool::new(false));
@@ -194,7 +231,7 @@ pub async fn start_with_steps(
         stopping.clone(),
     ));
 
-    let api = ServersApi::new(store.clone(), secrets, hub, authenticator.clone());
+    let api = ServersApi::new(store.clone(), index_store, secrets, hub, authenticator.clone());
     let grpc_stack =
         grpc::GrpcStack::new(api, authenticator, health_service).map_err(AppError::Bootstrap)?;
     let gateway = rest::Gateway::new(&grpc_stack)?;
@@ -252,6 +289,7 @@ pub async fn start_with_steps(
         ready,
         health,
         engine,
+        streams,
         servers: vec![grpc_server, http_server],
         grace: config.shutdown_grace,
     })
@@ -333,8 +371,11 @@ impl RunningApp {
         let aborts: Vec<_> = self.servers.iter().map(JoinHandle::abort_handle).collect();
         let servers = futures_util::future::join_all(self.servers);
         let engine = self.engine.stop(self.grace / 2);
-        let drained =
-            tokio::time::timeout_at(deadline, futures_util::future::join(servers, engine));
+        let streams = self.streams.stop(self.grace / 2);
+        let drained = tokio::time::timeout_at(
+            deadline,
+            futures_util::future::join3(servers, engine, streams),
+        );
         if drained.await.is_err() {
             tracing::warn!("calls still open after the grace period; stopping anyway");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);

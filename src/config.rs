@@ -119,6 +119,27 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
+    /// The heartbeat period each binlog stream asks of its source; a stream that hears nothing
+    /// for three periods is presumed dead and reconnects.
+    #[arg(long, env = "DBTRAIL_STREAM_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub stream_heartbeat: Duration,
+
+    /// A stream writes its checkpoint at least this often (and after every batch).
+    #[arg(long, env = "DBTRAIL_STREAM_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stream_checkpoint_interval: Duration,
+
+    /// Captured change events older than this are dropped, a day's partition at a time.
+    #[arg(long, env = "DBTRAIL_CHANGE_RETENTION", default_value = "14days", value_parser = humantime::parse_duration)]
+    pub change_retention: Duration,
+
+    /// The PostgreSQL of the change-event index; the control plane's database when unset.
+    #[arg(long, env = "DBTRAIL_INDEX_DATABASE_URL", hide_env_values = true)]
+    pub index_database_url: Option<String>,
+
+    /// Most binlog streams one replica holds (beyond its fair share it holds none anyway).
+    #[arg(long, env = "DBTRAIL_MAX_STREAMS", default_value_t = 1000)]
+    pub max_streams: usize,
+
     /// How long SIGTERM waits for calls and streams to finish.
     #[arg(long, env = "DBTRAIL_SHUTDOWN_GRACE", default_value = "8s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

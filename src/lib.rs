@@ -10,6 +10,7 @@ pub mod onboarding;
 pub mod rest;
 pub mod secrets;
 pub mod store;
+pub mod stream;
 pub mod watch;
 
 /// The generated gRPC types and the descriptor set of `proto/`, imports included.

@@ -191,7 +191,7 @@ async fn a_correctly_configured_server_goes_from_provisioning_to_active() {
     assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
     assert_eq!(
         state.tables,
-        ["change_events", "schema_snapshots", "stream_checkpoint"]
+        ["schema_snapshots"]
     );
     assert_eq!(state.snapshots.len(), 1, "{state:#?}");
     let snapshot = state.current_snapshot();
@@ -594,7 +594,7 @@ async fn running_initializing_and_snapshotting_again_leaves_one_schema_and_one_c
     );
     assert_eq!(
         state.tables,
-        ["change_events", "schema_snapshots", "stream_checkpoint"]
+        ["schema_snapshots"]
     );
     assert_eq!(state.snapshots.len(), 3, "{state:#?}");
     assert_eq!(

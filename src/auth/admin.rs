@@ -38,14 +38,14 @@ pub struct Admin {
 pub fn parse_permissions(texts: &[&str]) -> Result<Vec<Permission>, AdminError> {
     if texts.is_empty() {
         return Err(AdminError::Invalid(
-            "at least one permission is needed: servers:read, servers:write, servers:delete".into(),
+            "at least one permission is needed: servers:read, servers:write, servers:delete, changes:read".into(),
         ));
     }
     let mut permissions = Vec::new();
     for text in texts {
         let permission = Permission::parse(text.trim()).ok_or_else(|| {
             AdminError::Invalid(format!(
-                "unknown permission {text:?}: use servers:read, servers:write, servers:delete"
+                "unknown permission {text:?}: use servers:read, servers:write, servers:delete, changes:read"
             ))
         })?;
         if !permissions.contains(&permission) {

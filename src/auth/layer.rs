@@ -25,6 +25,7 @@ pub fn required_permission(method: &str) -> Option<Permission> {
             Permission::Write
         }
         "DecommissionServer" => Permission::Delete,
+        "ListChangeEvents" => Permission::ChangesRead,
         _ => return None,
     })
 }

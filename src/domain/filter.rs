@@ -7,7 +7,7 @@
 const MAX_LENGTH: usize = 2_000;
 /// Deepest accepted parenthesis nesting; bounds the parser's recursion.
 const MAX_DEPTH: usize = 32;
-const STATUS_VALUES: &[&str] = &["pending", "active", "error", "decommissioned"];
+const STATUS_VALUES: &[&str] = &["pending", "active", "disconnected", "error", "decommissioned"];
 const CONNECTION_METHOD_VALUES: &[&str] = &["direct", "vpn", "ssh_tunnel"];
 const FILTERABLE_FIELDS: &str =
     "status, connection_method, name, host and labels.KEY (labels:KEY tests presence)";

@@ -1,9 +1,11 @@
 //! Pure types and rules of the service: servers, their validated fields, the onboarding state
 //! machine and the ListServers filter. No I/O, no tonic, no diesel.
 
+pub mod change;
 pub mod filter;
 pub mod onboarding;
 pub mod server;
+pub mod stream;
 
 use std::fmt;
 
@@ -54,7 +56,13 @@ wire_enum!(
 );
 wire_enum!(
     /// The lifecycle status of a server.
-    ServerStatus { Pending = "pending", Active = "active", Error = "error", Decommissioned = "decommissioned" }
+    ServerStatus {
+        Pending = "pending",
+        Active = "active",
+        Disconnected = "disconnected",
+        Error = "error",
+        Decommissioned = "decommissioned",
+    }
 );
 wire_enum!(
     /// The onboarding steps, in order.
@@ -83,7 +91,28 @@ wire_enum!(
 );
 wire_enum!(
     /// What an API key may do.
-    Permission { Read = "servers:read", Write = "servers:write", Delete = "servers:delete" }
+    Permission {
+        Read = "servers:read",
+        Write = "servers:write",
+        Delete = "servers:delete",
+        ChangesRead = "changes:read",
+    }
+);
+wire_enum!(
+    /// What a captured row change did.
+    ChangeOperation { Insert = "insert", Update = "update", Delete = "delete" }
+);
+wire_enum!(
+    /// The health of a server's live binlog stream (streaming.md §3).
+    StreamState {
+        Starting = "starting",
+        Running = "running",
+        Stalled = "stalled",
+        Disconnected = "disconnected",
+        LostPosition = "lost_position",
+        Failed = "failed",
+        Stopped = "stopped",
+    }
 );
 
 impl OnboardingStep {

@@ -167,9 +167,13 @@ pub struct OnboardingStatus {
 }
 
 impl OnboardingStatus {
-    /// Whether a watch without `follow` ends after this message.
+    /// Whether a watch without `follow` ends after this message: a disconnected server's
+    /// stream is being retried, so its watchers wait to see how that ends.
     pub fn is_final(&self) -> bool {
-        self.server_status != ServerStatus::Pending
+        !matches!(
+            self.server_status,
+            ServerStatus::Pending | ServerStatus::Disconnected
+        )
     }
 }
 

@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ConnectionMethod, OnboardingStep, ServerId, ServerStatus, SslMode, StepStatus, TenantId,
-    Violations,
+    ConnectionMethod, OnboardingStep, ServerId, ServerStatus, SslMode, StepStatus, StreamState,
+    TenantId, Violations,
     onboarding::{FIREWALL_AUTO_COMPLETED, OnboardingStatus, StepOutcome, Steps},
+    stream::StreamHealth,
 };
 
 /// Default MySQL port.
@@ -635,6 +636,8 @@ pub struct Server {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub decommissioned_at: Option<DateTime<Utc>>,
+    /// The live binlog stream; none until onboarding reaches streaming.
+    pub stream: Option<StreamHealth>,
 }
 
 impl Server {
@@ -661,6 +664,7 @@ impl Server {
             created_at: now,
             updated_at: now,
             decommissioned_at: None,
+            stream: None,
         }
     }
 
@@ -728,6 +732,11 @@ impl Server {
             self.steps.reset_from(from);
             self.status = ServerStatus::Pending;
             self.runnable = true;
+            // The stream stops while onboarding re-runs and resumes from its checkpoint.
+            if let Some(stream) = &mut self.stream {
+                stream.state = StreamState::Starting;
+                stream.error = None;
+            }
         }
         Ok(())
     }
@@ -765,8 +774,17 @@ impl Server {
         if self.status != ServerStatus::Error {
             return Err(Rejection::OnboardingNotFailed(self.status));
         }
-        if let Some(step) = self.steps.current() {
-            self.steps.reset(step);
+        match &self.stream {
+            // The binlog the checkpoint needs is gone: snapshot again and start from the
+            // source's current position (the streaming step records the gap).
+            Some(stream) if stream.state == StreamState::LostPosition => {
+                self.steps.reset_from(OnboardingStep::Snapshotting);
+            }
+            _ => {
+                if let Some(step) = self.steps.current() {
+                    self.steps.reset(step);
+                }
+            }
         }
         self.status = ServerStatus::Pending;
         self.runnable = true;
@@ -782,6 +800,60 @@ impl Server {
         self.decommissioned_at = Some(now);
         self.runnable = false;
         self.agent_id = None;
+        if let Some(stream) = &mut self.stream {
+            stream.state = StreamState::Stopped;
+            stream.error = None;
+        }
+    }
+
+    /// Whether this server's binlog stream should be running now.
+    pub fn wants_stream(&self) -> bool {
+        matches!(
+            self.status,
+            ServerStatus::Active | ServerStatus::Disconnected
+        ) && self
+            .stream
+            .as_ref()
+            .is_some_and(|stream| stream.state.wants_a_reader())
+    }
+
+    /// The stream's holder reports a new state (streaming.md §3). Permanent faults put the
+    /// server in error with the message; a stream that runs again makes a disconnected server
+    /// active. Returns false, changing nothing, when the server no longer wants its stream.
+    pub fn stream_moved(&mut self, state: StreamState, error: Option<String>, now: DateTime<Utc>) -> bool {
+        if !self.wants_stream() {
+            return false;
+        }
+        let Some(stream) = &mut self.stream else {
+            return false;
+        };
+        stream.state = state;
+        stream.error = error.clone();
+        match state {
+            StreamState::Starting | StreamState::Running | StreamState::Stalled => {
+                self.status = ServerStatus::Active;
+            }
+            StreamState::LostPosition | StreamState::Failed => {
+                let error = error.unwrap_or_else(|| format!("the binlog stream is {state}"));
+                self.steps.fail(OnboardingStep::Streaming, &error, now);
+                self.status = ServerStatus::Error;
+                self.runnable = false;
+            }
+            StreamState::Disconnected | StreamState::Stopped => {}
+        }
+        true
+    }
+
+    /// A stream disconnected for longer than the grace period: the server says so.
+    pub fn stream_still_disconnected(&mut self) {
+        if self.status == ServerStatus::Active
+            && self
+                .stream
+                .as_ref()
+                .is_some_and(|stream| stream.state == StreamState::Disconnected)
+        {
+            self.status = ServerStatus::Disconnected;
+        }
     }
 
     /// The step a runner should work on now, if any.
@@ -815,6 +887,9 @@ impl Server {
                     None => {
                         self.status = ServerStatus::Active;
                         self.runnable = false;
+                        let stream = self.stream.get_or_insert_with(StreamHealth::starting);
+                        stream.state = StreamState::Starting;
+                        stream.error = None;
                         None
                     }
                 }

@@ -5,8 +5,11 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        ConnectionMethod, OnboardingStep, ServerStatus, SslMode, StepStatus, Violations,
+        ConnectionMethod, OnboardingStep, ServerStatus, SslMode, StepStatus, StreamState,
+        Violations,
+        change::ChangeEvent,
         onboarding::{OnboardingStatus, StepProgress},
+        stream::StreamHealth,
         server::{Secret, Server, ServerInput, SshTunnelInput, StreamOptionsInput},
     },
     proto,
@@ -32,6 +35,7 @@ fn status_to_proto(status: ServerStatus) -> proto::ServerStatus {
     match status {
         ServerStatus::Pending => proto::ServerStatus::Pending,
         ServerStatus::Active => proto::ServerStatus::Active,
+        ServerStatus::Disconnected => proto::ServerStatus::Disconnected,
         ServerStatus::Error => proto::ServerStatus::Error,
         ServerStatus::Decommissioned => proto::ServerStatus::Decommissioned,
     }
@@ -100,6 +104,88 @@ pub fn server_to_proto(server: &Server) -> proto::Server {
         updated_at: Some(timestamp(server.updated_at)),
         decommissioned_at: server.decommissioned_at.map(timestamp),
         etag: server.etag(),
+        stream: server.stream.as_ref().map(stream_to_proto),
+    }
+}
+
+fn stream_state_to_proto(state: StreamState) -> proto::StreamState {
+    match state {
+        StreamState::Starting => proto::StreamState::Starting,
+        StreamState::Running => proto::StreamState::Running,
+        StreamState::Stalled => proto::StreamState::Stalled,
+        StreamState::Disconnected => proto::StreamState::Disconnected,
+        StreamState::LostPosition => proto::StreamState::LostPosition,
+        StreamState::Failed => proto::StreamState::Failed,
+        StreamState::Stopped => proto::StreamState::Stopped,
+    }
+}
+
+fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
+    let progress = &stream.progress;
+    proto::StreamStatus {
+        state: stream_state_to_proto(stream.state) as i32,
+        binlog_file: progress.binlog_file.clone(),
+        binlog_position: progress.binlog_position,
+        gtid_set: progress.gtid_set.clone(),
+        source_server_uuid: progress.source_server_uuid.clone(),
+        last_event_at: progress.last_event_at.map(timestamp),
+        last_heartbeat_at: progress.last_heartbeat_at.map(timestamp),
+        last_checkpoint_at: progress.last_checkpoint_at.map(timestamp),
+        lag_seconds: progress.lag_seconds,
+        events_indexed: progress.events_indexed,
+        reconnects: progress.reconnects,
+        error: stream.error.clone(),
+        holder_agent_id: progress
+            .holder_agent_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// A JSON object as a protobuf Struct (null and non-objects as none).
+fn json_struct(value: &Option<serde_json::Value>) -> Option<prost_types::Struct> {
+    match value {
+        Some(serde_json::Value::Object(object)) => Some(prost_types::Struct {
+            fields: object
+                .iter()
+                .map(|(key, value)| (key.clone(), json_value(value)))
+                .collect(),
+        }),
+        _ => None,
+    }
+}
+
+fn json_value(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(value) => Kind::BoolValue(*value),
+        serde_json::Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or_default()),
+        serde_json::Value::String(text) => Kind::StringValue(text.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(_) => {
+            Kind::StructValue(json_struct(&Some(value.clone())).unwrap_or_default())
+        }
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A captured change as clients see it.
+pub fn change_event_to_proto(event: &ChangeEvent) -> proto::ChangeEvent {
+    proto::ChangeEvent {
+        event_id: event.event_id(),
+        binlog_file: event.binlog_file.clone(),
+        binlog_position: event.binlog_position,
+        gtid: event.gtid.clone(),
+        committed_at: Some(timestamp(event.committed_at)),
+        schema: event.schema.clone(),
+        table: event.table.clone(),
+        r#type: event.operation.as_str().to_owned(),
+        primary_key: json_struct(&event.primary_key),
+        before: json_struct(&event.before),
+        after: json_struct(&event.after),
     }
 }
 

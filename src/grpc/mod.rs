@@ -3,6 +3,7 @@
 //! The layered stack is built once: the tonic server serves it, and the REST translation calls
 //! the very same stack in process (`GrpcStack::in_process`).
 
+mod changes;
 pub mod codec;
 pub mod convert;
 pub mod errors;

@@ -40,6 +40,7 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 #[derive(Clone)]
 pub struct ServersApi {
     store: Store,
+    index: Store,
     secrets: SecretBox,
     hub: Arc<WatchHub>,
     authenticator: Arc<Authenticator>,
@@ -49,16 +50,29 @@ impl ServersApi {
     /// The service.
     pub fn new(
         store: Store,
+        index: Store,
         secrets: SecretBox,
         hub: Arc<WatchHub>,
         authenticator: Arc<Authenticator>,
     ) -> ServersApi {
         ServersApi {
             store,
+            index,
             secrets,
             hub,
             authenticator,
         }
+    }
+}
+
+impl ServersApi {
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The change index's database.
+    pub(super) fn index(&self) -> &Store {
+        &self.index
     }
 }
 
@@ -80,7 +94,7 @@ async fn observed<T>(
     result.map(Response::new)
 }
 
-fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
+pub(super) fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
     // The auth layer always inserts it; without it the call is not authenticated.
     request
         .extensions()
@@ -89,7 +103,7 @@ fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
         .ok_or(ApiError::Auth(crate::auth::AuthError::MissingCredentials))
 }
 
-fn parse_server_id(text: &str, field: &str) -> Result<ServerId, ApiError> {
+pub(super) fn parse_server_id(text: &str, field: &str) -> Result<ServerId, ApiError> {
     ServerId::parse(text).ok_or_else(|| {
         let mut violations = Violations::default();
         violations.add(
@@ -198,7 +212,7 @@ fn decode_page_token(token: &str, query: &str) -> Result<Option<PageCursor>, Api
     }))
 }
 
-fn invalid_page_token(description: &str) -> ApiError {
+pub(super) fn invalid_page_token(description: &str) -> ApiError {
     let mut violations = Violations::default();
     violations.add("page_token", description);
     ApiError::Invalid(violations)
@@ -642,6 +656,13 @@ impl ServersService for ServersApi {
         request: Request<proto::RetryOnboardingRequest>,
     ) -> Result<Response<proto::OnboardingStatus>, Status> {
         observed("RetryOnboarding", self.retry(request)).await
+    }
+
+    async fn list_change_events(
+        &self,
+        request: Request<proto::ListChangeEventsRequest>,
+    ) -> Result<Response<proto::ListChangeEventsResponse>, Status> {
+        observed("ListChangeEvents", self.change_events(request)).await
     }
 }
 

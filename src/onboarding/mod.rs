@@ -5,7 +5,7 @@
 mod awaiting_firewall;
 mod grants;
 mod initializing;
-mod mysql;
+pub mod mysql;
 mod provisioning;
 mod snapshotting;
 mod ssh;
@@ -30,7 +30,9 @@ pub use awaiting_firewall::AwaitingFirewall;
 pub use initializing::Initializing;
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
-pub use streaming::Streaming;
+pub use snapshotting::included as included_in_stream;
+pub use streaming::{Streaming, replication_refusal, source_identity};
+pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{
@@ -59,6 +61,8 @@ pub struct StepContext {
     /// The runner's lease, for fenced writes.
     pub claim: Claim,
     pub store: Store,
+    /// The change index's database, where the stream's checkpoint lives.
+    pub index: Store,
     pub secrets: SecretBox,
     pub agent: AgentSettings,
 }
@@ -117,6 +121,7 @@ impl Runner {
 /// Claims and runs onboarding on this replica.
 pub struct Engine {
     store: Store,
+    index: Store,
     secrets: SecretBox,
     config: EngineConfig,
     owner: Uuid,
@@ -147,6 +152,7 @@ impl Engine {
     /// An engine running `steps`; steps it lacks make a server wait with a message.
     pub fn new(
         store: Store,
+        index: Store,
         secrets: SecretBox,
         config: EngineConfig,
         steps: Vec<Arc<dyn Step>>,
@@ -154,6 +160,7 @@ impl Engine {
         let (waker, wakeups) = mpsc::channel(1024);
         Arc::new(Engine {
             store,
+            index,
             secrets,
             config,
             owner: Uuid::now_v7(),
@@ -378,6 +385,7 @@ impl Engine {
             server,
             claim,
             store: self.store.clone(),
+            index: self.index.clone(),
             secrets: self.secrets.clone(),
             agent: self.config.agent,
         };

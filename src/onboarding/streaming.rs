@@ -1,6 +1,8 @@
 //! Step 6, streaming: reads the binlog coordinates (and GTID set), opens a replication stream
-//! as a replica with this server's own server id, waits for the first event, and records the
-//! checkpoint. The stream is then closed: reading row events is the indexer's job.
+//! as a replica with this server's own server id, waits for the first event, and records where
+//! the live stream (`crate::stream`) starts: the current position for a new server, the stream's
+//! own checkpoint when onboarding re-runs after a settings change, and the current position with
+//! the gap recorded when a retry follows a lost position.
 
 use std::time::Duration;
 
@@ -14,9 +16,42 @@ use super::{
     mysql::{self, MysqlFailure},
 };
 use crate::{
-    domain::{OnboardingStep, onboarding::StepOutcome},
-    store::{Checkpoint, StoreError},
+    domain::{OnboardingStep, StreamState, onboarding::StepOutcome},
+    store::{StoreError, StreamCheckpoint, StreamGap},
 };
+
+/// Where the live stream starts: `current` for a new stream; the stream's own checkpoint when it
+/// has one (nothing is skipped); `current` with the gap recorded after a lost position.
+async fn record_start(
+    context: &StepContext,
+    current: &StreamCheckpoint,
+) -> Result<StreamCheckpoint, StoreError> {
+    let server_id = context.server.id;
+    let Some(existing) = context.index.stream_checkpoint(server_id).await? else {
+        context.index.start_stream_at(server_id, current).await?;
+        return Ok(current.clone());
+    };
+    let lost = context
+        .server
+        .stream
+        .as_ref()
+        .filter(|stream| stream.state == StreamState::LostPosition);
+    let Some(lost) = lost else {
+        return Ok(existing);
+    };
+    let gap = StreamGap {
+        from_file: existing.binlog_file,
+        from_position: existing.binlog_position,
+        to_file: current.binlog_file.clone(),
+        to_position: current.binlog_position,
+        reason: lost.error.clone().unwrap_or_else(|| "lost position".into()),
+    };
+    context
+        .index
+        .restart_stream_after_gap(server_id, current, &gap)
+        .await?;
+    Ok(current.clone())
+}
 
 /// Opens the stream and records the checkpoint.
 pub struct Streaming;
@@ -26,14 +61,14 @@ const FIRST_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binlog coordinates as the server reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Coordinates {
-    file: String,
-    position: u64,
-    gtid_set: Option<String>,
+pub struct Coordinates {
+    pub file: String,
+    pub position: u64,
+    pub gtid_set: Option<String>,
 }
 
 /// `SHOW MASTER STATUS`, or `SHOW BINARY LOG STATUS` on MySQL 8.4+, which removed the former.
-async fn coordinates(
+pub async fn coordinates(
     connection: &mut Conn,
     address: &str,
     flavour: &str,
@@ -75,8 +110,32 @@ async fn coordinates(
     }))
 }
 
+/// The identity of the source: `@@server_uuid` on MySQL, `@@server_id` and the GTID domain on
+/// MariaDB. A file/position checkpoint only continues on the same source.
+pub async fn source_identity(
+    connection: &mut Conn,
+    address: &str,
+    mariadb: bool,
+) -> Result<String, MysqlFailure> {
+    let classify = |error: mysql_async::Error| mysql::classify(&error, address);
+    if mariadb {
+        let row: Option<(u64, u64)> = connection
+            .query_first("SELECT @@server_id, @@gtid_domain_id")
+            .await
+            .map_err(classify)?;
+        let (server_id, domain) = row.unwrap_or_default();
+        Ok(format!("server_id {server_id}, gtid domain {domain}"))
+    } else {
+        let uuid: Option<String> = connection
+            .query_first("SELECT @@server_uuid")
+            .await
+            .map_err(classify)?;
+        Ok(uuid.unwrap_or_default())
+    }
+}
+
 /// Replication refusals the operator must fix, with what to do.
-fn replication_refusal(
+pub fn replication_refusal(
     error: &mysql_async::Error,
     account: &str,
     replica_id: u32,
@@ -100,13 +159,16 @@ fn replication_refusal(
     }
 }
 
-async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>, StreamFault> {
+async fn open_stream(
+    context: &StepContext,
+) -> Result<Result<StreamCheckpoint, String>, StreamFault> {
     let address = mysql::address(context);
     let mysql::Link {
         mut connection,
         tunnel,
     } = mysql::connect(context).await?;
     let (flavour, _) = mysql::version(&mut connection, &address).await?;
+    let identity = source_identity(&mut connection, &address, flavour == "MariaDB").await?;
     let Some(coordinates) = coordinates(&mut connection, &address, &flavour).await? else {
         mysql::close(connection).await;
         return Ok(Err(
@@ -137,11 +199,16 @@ async fn open_stream(context: &StepContext) -> Result<Result<Checkpoint, String>
     };
     let first = tokio::time::timeout(FIRST_EVENT_TIMEOUT, stream.next()).await;
     let result = match first {
-        Ok(Some(Ok(_event))) => Ok(Ok(Checkpoint {
+        Ok(Some(Ok(_event))) => Ok(Ok(StreamCheckpoint {
             binlog_file: coordinates.file,
             binlog_position: i64::try_from(coordinates.position).unwrap_or(i64::MAX),
+            skip_rows: 0,
             gtid_set: coordinates.gtid_set,
+            source_identity: Some(identity),
             replication_server_id,
+            events_indexed: 0,
+            last_event_at: None,
+            recorded_at: crate::domain::now(),
         })),
         Ok(Some(Err(error))) => match replication_refusal(&error, &account, replica_id) {
             Some(reason) => Ok(Err(reason)),
@@ -212,11 +279,8 @@ impl Step for Streaming {
             Err(StreamFault::Mysql(failure)) => return Ok(failure.outcome(context)),
             Err(StreamFault::Store(error)) => return Err(error),
         };
-        context
-            .store
-            .store_checkpoint(context.claim, &checkpoint)
-            .await?;
-        let gtid = checkpoint
+        let start = record_start(context, &checkpoint).await?;
+        let gtid = start
             .gtid_set
             .as_deref()
             .map(|set| format!(" (GTID {set})"))
@@ -224,9 +288,7 @@ impl Step for Streaming {
         Ok(StepOutcome::Completed {
             message: format!(
                 "streaming from {}:{}{gtid} as replica server id {}; first event received",
-                checkpoint.binlog_file,
-                checkpoint.binlog_position,
-                checkpoint.replication_server_id
+                start.binlog_file, start.binlog_position, checkpoint.replication_server_id
             ),
         })
     }

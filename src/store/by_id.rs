@@ -18,7 +18,8 @@ use super::{rows::ServerRow, schema::servers};
 #[derive(Debug, Clone, Copy)]
 pub struct ServerById(pub Uuid);
 
-/// `SELECT <ServerRow columns>, lease_owner, lease_epoch FROM servers WHERE id = $1 FOR UPDATE`.
+/// `SELECT <ServerRow columns>, lease_owner, lease_epoch, stream_owner, stream_epoch FROM servers
+/// WHERE id = $1 FOR UPDATE`.
 #[derive(Debug, Clone, Copy)]
 pub struct LockedServerById(pub Uuid);
 
@@ -39,6 +40,8 @@ static LOCKED_SERVER_BY_ID: LazyLock<String> = LazyLock::new(|| {
         ServerRow::as_select(),
         servers::lease_owner,
         servers::lease_epoch,
+        servers::stream_owner,
+        servers::stream_epoch,
     )))
 });
 
@@ -66,6 +69,8 @@ impl QueryId for LockedServerById {
 impl Query for LockedServerById {
     type SqlType = (
         diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<ServerRow, Pg>>,
+        sql_types::Nullable<sql_types::Uuid>,
+        sql_types::BigInt,
         sql_types::Nullable<sql_types::Uuid>,
         sql_types::BigInt,
     );

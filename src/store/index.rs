@@ -1,9 +1,9 @@
-//! Each server's index schema in PostgreSQL (one schema per server: its schema snapshots, its
-//! stream checkpoint, and the change events the stream fills), and replication server ids.
+//! Each server's schema in PostgreSQL (its schema snapshots), and replication server ids. The
+//! captured changes and the stream's checkpoint live in the change index (`change_index`).
 
 use diesel::{
     prelude::*,
-    sql_types::{BigInt, Integer, Jsonb, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{BigInt, Integer, Jsonb, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
@@ -38,15 +38,6 @@ pub fn index_schema_name(server_id: ServerId) -> String {
     format!("server_{}", server_id.0.simple())
 }
 
-/// Where a replica starts reading a server's binlog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub binlog_file: String,
-    pub binlog_position: i64,
-    pub gtid_set: Option<String>,
-    pub replication_server_id: i64,
-}
-
 #[derive(QueryableByName)]
 struct ReplicationId {
     #[diesel(sql_type = BigInt)]
@@ -72,29 +63,6 @@ impl Store {
             format!(
                 "CREATE UNIQUE INDEX IF NOT EXISTS schema_snapshots_one_current \
                  ON {schema}.schema_snapshots (is_current) WHERE is_current"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.stream_checkpoint (\
-                     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), \
-                     binlog_file text NOT NULL, \
-                     binlog_position bigint NOT NULL, \
-                     gtid_set text, \
-                     replication_server_id bigint NOT NULL, \
-                     recorded_at timestamptz NOT NULL DEFAULT now())"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.change_events (\
-                     id bigserial PRIMARY KEY, \
-                     binlog_file text NOT NULL, \
-                     binlog_position bigint NOT NULL, \
-                     gtid text, \
-                     event_time timestamptz, \
-                     schema_name text NOT NULL, \
-                     table_name text NOT NULL, \
-                     operation text NOT NULL CHECK (operation IN ('insert', 'update', 'delete')), \
-                     row_before jsonb, \
-                     row_after jsonb, \
-                     received_at timestamptz NOT NULL DEFAULT now())"
             ),
         ];
         let mut connection = self.connection().await?;
@@ -139,38 +107,6 @@ impl Store {
                 .bind::<Integer, _>(schema_count)
                 .bind::<Integer, _>(table_count)
                 .bind::<Jsonb, _>(snapshot)
-                .execute(connection)
-                .await?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// Records where the server's stream starts (replacing an earlier checkpoint), fenced by
-    /// the lease.
-    pub async fn store_checkpoint(
-        &self,
-        claim: Claim,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), StoreError> {
-        let schema = index_schema_name(claim.server_id);
-        let checkpoint = checkpoint.clone();
-        let mut connection = self.connection().await?;
-        connection
-            .transaction(async move |connection| -> Result<_, StoreError> {
-                hold_lease(connection, claim).await?;
-                diesel::sql_query(format!(
-                    "INSERT INTO {schema}.stream_checkpoint \
-                 (binlog_file, binlog_position, gtid_set, replication_server_id) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (singleton) DO UPDATE SET binlog_file = EXCLUDED.binlog_file, \
-                 binlog_position = EXCLUDED.binlog_position, gtid_set = EXCLUDED.gtid_set, \
-                 replication_server_id = EXCLUDED.replication_server_id, recorded_at = now()"
-                ))
-                .bind::<Text, _>(&checkpoint.binlog_file)
-                .bind::<BigInt, _>(checkpoint.binlog_position)
-                .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
-                .bind::<BigInt, _>(checkpoint.replication_server_id)
                 .execute(connection)
                 .await?;
                 Ok(())

@@ -3,6 +3,7 @@
 
 mod auth;
 mod by_id;
+mod change_index;
 mod engine;
 mod explain;
 mod index;
@@ -11,6 +12,7 @@ pub mod listener;
 mod rows;
 pub mod schema;
 mod servers;
+mod streams;
 
 use std::time::Duration;
 
@@ -27,9 +29,11 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
+pub use change_index::{ChangePage, NewChangeEvent, StreamCheckpoint, StreamGap};
 pub use engine::{Claim, Fence};
-pub use index::{Checkpoint, index_schema_name};
+pub use index::index_schema_name;
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
+pub use streams::StreamSpread;
 
 use crate::{config::DatabaseConfig, domain::server::Rejection};
 
@@ -225,6 +229,12 @@ fn maintenance_url(database_url: &str) -> Result<(String, String), StoreError> {
 
 /// Creates the database when it does not exist, then applies pending migrations.
 pub async fn create_database_and_migrate(database_url: &str) -> Result<(), StoreError> {
+    create_database(database_url).await?;
+    migrate(database_url).await
+}
+
+/// Creates the database when it does not exist (the change index's needs no migrations).
+pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
     let (maintenance, name) = maintenance_url(database_url)?;
     let mut connection = AsyncPgConnection::establish(&maintenance).await?;
     #[derive(diesel::QueryableByName)]
@@ -250,8 +260,7 @@ pub async fn create_database_and_migrate(database_url: &str) -> Result<(), Store
             Err(error) => return Err(error.into()),
         }
     }
-    drop(connection);
-    migrate(database_url).await
+    Ok(())
 }
 
 /// Applies pending migrations, serialised across replicas by an advisory lock.

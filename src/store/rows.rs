@@ -8,9 +8,10 @@ use uuid::Uuid;
 
 use super::{StoreError, jsonb::Json, schema::servers};
 use crate::domain::{
-    ConnectionMethod, ServerId, ServerStatus, SslMode, TenantId,
+    ConnectionMethod, ServerId, ServerStatus, SslMode, StreamState, TenantId,
     onboarding::{StepProgress, Steps},
     server::{Sealed, Server, ServerSpec, SshTunnel, StoredSecrets, StreamOptions},
+    stream::{StreamHealth, StreamProgress},
 };
 
 /// Every column of a server that the domain sees (the lease columns are the engine's).
@@ -46,6 +47,10 @@ pub struct ServerRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub decommissioned_at: Option<DateTime<Utc>>,
+    pub stream_state: Option<String>,
+    pub stream_error: Option<String>,
+    /// Written by the stream's holder only (`Store::record_stream_progress`), never by a change.
+    pub stream_progress: Option<Json<StreamProgress>>,
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -115,6 +120,15 @@ impl TryFrom<ServerRow> for Server {
             created_at: row.created_at,
             updated_at: row.updated_at,
             decommissioned_at: row.decommissioned_at,
+            stream: match row.stream_state {
+                Some(state) => Some(StreamHealth {
+                    state: StreamState::parse(&state)
+                        .ok_or_else(|| corrupt("stream_state", &state))?,
+                    error: row.stream_error,
+                    progress: row.stream_progress.map(|json| json.0).unwrap_or_default(),
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -122,6 +136,7 @@ impl TryFrom<ServerRow> for Server {
 impl From<&Server> for ServerRow {
     fn from(server: &Server) -> ServerRow {
         let spec = &server.spec;
+        let stream = server.stream.as_ref();
         let tunnel = spec.ssh_tunnel.as_ref();
         let (mysql_password_sealed, mysql_password_key_id) =
             unsealed(&server.secrets.mysql_password);
@@ -157,6 +172,9 @@ impl From<&Server> for ServerRow {
             created_at: server.created_at,
             updated_at: server.updated_at,
             decommissioned_at: server.decommissioned_at,
+            stream_state: stream.map(|stream| stream.state.as_str().to_owned()),
+            stream_error: stream.and_then(|stream| stream.error.clone()),
+            stream_progress: stream.map(|stream| Json(stream.progress.clone())),
         }
     }
 }
@@ -192,6 +210,8 @@ pub struct ServerChanges {
     pub runnable: Option<bool>,
     pub updated_at: Option<DateTime<Utc>>,
     pub decommissioned_at: Option<Option<DateTime<Utc>>>,
+    pub stream_state: Option<Option<String>>,
+    pub stream_error: Option<Option<String>>,
 }
 
 impl ServerChanges {
@@ -231,6 +251,8 @@ impl ServerChanges {
             runnable,
             updated_at,
             decommissioned_at,
+            stream_state,
+            stream_error,
         )
     }
 }

@@ -68,6 +68,12 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         decommissioned_at -> Nullable<Timestamptz>,
+        stream_state -> Nullable<Text>,
+        stream_error -> Nullable<Text>,
+        stream_progress -> Nullable<Jsonb>,
+        stream_owner -> Nullable<Uuid>,
+        stream_expires_at -> Nullable<Timestamptz>,
+        stream_epoch -> Int8,
     }
 }
 

@@ -26,11 +26,13 @@ use crate::domain::{
     server::Server,
 };
 
-/// Who is changing a server: an API call of a tenant, or the runner holding its lease.
+/// Who is changing a server: an API call of a tenant, the onboarding runner holding its lease,
+/// or the replica holding its stream lease.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope {
     Tenant(TenantId),
     Runner(Fence),
+    Stream(Fence),
 }
 
 /// A client's request id, with a digest of the request it came with.
@@ -54,6 +56,9 @@ pub struct ListPage {
     pub servers: Vec<Server>,
     pub more: bool,
 }
+
+/// A server row locked for a change, with the onboarding and stream leases that fence it.
+type LockedRow = (ServerRow, Option<Uuid>, i64, Option<Uuid>, i64);
 
 type BoxedCondition = Box<dyn BoxableExpression<servers::table, Pg, SqlType = Bool>>;
 
@@ -467,17 +472,23 @@ impl Store {
                 {
                     return Err(StoreError::Replayed.into());
                 }
-                let locked: Option<(ServerRow, Option<Uuid>, i64)> = LockedServerById(id.0)
+                let locked: Option<LockedRow> = LockedServerById(id.0)
                     .get_result(connection)
                     .await
                     .optional()?;
-                let (row, lease_owner, lease_epoch) = locked.ok_or(StoreError::NotFound)?;
+                let (row, lease_owner, lease_epoch, stream_owner, stream_epoch) =
+                    locked.ok_or(StoreError::NotFound)?;
                 match scope {
                     Scope::Tenant(tenant) if row.tenant_id != tenant.0 => {
                         return Err(StoreError::NotFound.into());
                     }
                     Scope::Runner(fence)
                         if lease_owner != Some(fence.owner) || lease_epoch != fence.epoch =>
+                    {
+                        return Err(StoreError::Fenced.into());
+                    }
+                    Scope::Stream(fence)
+                        if stream_owner != Some(fence.owner) || stream_epoch != fence.epoch =>
                     {
                         return Err(StoreError::Fenced.into());
                     }

@@ -256,6 +256,7 @@ pub async fn dispatch(
     hub: Arc<WatchHub>,
     authenticator: Arc<Authenticator>,
     engine: Arc<Engine>,
+    streams: Arc<crate::stream::Streams>,
 ) {
     let wake_engine = engine.waker();
     let mut connected_before = false;
@@ -268,6 +269,7 @@ pub async fn dispatch(
                 revision,
             } => {
                 engine.changed(server_id, revision);
+                streams.changed(server_id);
                 if hub.is_watched(server_id) {
                     let hub = hub.clone();
                     tokio::spawn(async move { hub.changed(server_id, revision).await });

@@ -248,11 +248,9 @@ pub async fn index_state(db: &TestDatabase, server_id: &str) -> IndexState {
         .collect();
     state.checkpoints = client
         .query(
-            &format!(
-                "SELECT binlog_file, binlog_position, gtid_set, replication_server_id \
-                 FROM {schema}.stream_checkpoint"
-            ),
-            &[],
+            "SELECT binlog_file, binlog_position, gtid_set, replication_server_id \
+             FROM stream_checkpoints WHERE server_id::text = $1",
+            &[&server_id],
         )
         .await
         .expect("read stream_checkpoint")
@@ -265,7 +263,10 @@ pub async fn index_state(db: &TestDatabase, server_id: &str) -> IndexState {
         })
         .collect();
     state.change_events = client
-        .query_one(&format!("SELECT count(*) FROM {schema}.change_events"), &[])
+        .query_one(
+            "SELECT count(*) FROM change_events WHERE server_id::text = $1",
+            &[&server_id],
+        )
         .await
         .expect("count change_events")
         .get(0);
@@ -296,6 +297,7 @@ fn server_status_name(status: i32) -> String {
     match ServerStatus::try_from(status) {
         Ok(ServerStatus::Pending) => "pending",
         Ok(ServerStatus::Active) => "active",
+        Ok(ServerStatus::Disconnected) => "disconnected",
         Ok(ServerStatus::Error) => "error",
         Ok(ServerStatus::Decommissioned) => "decommissioned",
         _ => "unspecified",

@@ -110,6 +110,8 @@ pub struct MariaDb {
     socket: PathBuf,
     error_log: PathBuf,
     child: Option<Child>,
+    /// The command line, for a restart on the same data directory.
+    args: Vec<String>,
     /// Declared last: deleted after the server is dead.
     dir: Option<tempfile::TempDir>,
 }
@@ -331,42 +333,7 @@ impl MariaDb {
         }
         args.extend(options.extra_args.iter().cloned());
 
-        let log_file = File::create(&error_log).expect("the MariaDB log file");
-        chown_to_mysql(&error_log);
-        let mut command = Command::new(MARIADBD);
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log file"))
-            .stderr(log_file);
-        let account = mysql_account();
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe system calls. It drops root for the mysql account first (mariadbd's
-        // own --user would clear the parent-death signal, which a credential change resets), then
-        // asks the kernel to kill the server when the test's thread dies.
-        unsafe {
-            let parent = libc::getpid();
-            command.pre_exec(move || {
-                if let Some((uid, gid)) = account
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    // The test died before the signal was armed.
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().unwrap_or_else(|error| {
-            panic!("cannot start {MARIADBD} {args:?}: {error}. Install mariadb-server")
-        });
+        let child = spawn(&args, &error_log);
         let mut server = MariaDb {
             port,
             version: String::new(),
@@ -374,9 +341,25 @@ impl MariaDb {
             socket,
             error_log,
             child: Some(child),
+            args,
             dir: Some(dir),
         };
+        server.wait_accepting().await.map(|()| server)
+    }
 
+    /// Stops the server (killed, as a crash would) and starts it again on the same data and
+    /// port after `down`.
+    pub async fn restart(&mut self, down: Duration) {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.child = Some(spawn(&self.args, &self.error_log));
+        if let Err(log) = self.wait_accepting().await {
+            panic!("mariadbd did not come back:\n{log}");
+        }
+    }
+
+    async fn wait_accepting(&mut self) -> Result<(), String> {
+        let server = self;
         let started = Instant::now();
         loop {
             if let Some(child) = server.child.as_mut()
@@ -392,7 +375,7 @@ impl MariaDb {
                     .unwrap_or_else(|error| panic!("SELECT VERSION() as root: {error}"));
                 let _ = connection.disconnect().await;
                 server.version = version.unwrap_or_default();
-                return Ok(server);
+                return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
                 panic!(
@@ -533,6 +516,47 @@ impl Drop for MariaDb {
             eprintln!("MariaDB on port {} logged:\n{}", self.port, self.log());
         }
     }
+}
+
+/// Starts mariadbd with `args`, logging to `error_log`, as the mysql account when root, killed
+/// when the test's thread dies.
+fn spawn(args: &[String], error_log: &Path) -> Child {
+        let log_file = File::options().create(true).append(true).open(error_log).expect("the MariaDB log file");
+        chown_to_mysql(error_log);
+        let mut command = Command::new(MARIADBD);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone the log file"))
+            .stderr(log_file);
+        let account = mysql_account();
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe system calls. It drops root for the mysql account first (mariadbd's
+        // own --user would clear the parent-death signal, which a credential change resets), then
+        // asks the kernel to kill the server when the test's thread dies.
+        unsafe {
+            let parent = libc::getpid();
+            command.pre_exec(move || {
+                if let Some((uid, gid)) = account
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    // The test died before the signal was armed.
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        command.spawn().unwrap_or_else(|error| {
+            panic!("cannot start {MARIADBD} {args:?}: {error}. Install mariadb-server")
+        })
 }
 
 /// A port free at the time of asking (bound to 127.0.0.1:0 and released).

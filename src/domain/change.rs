@@ -1,0 +1,324 @@
+//! Captured row changes as ListChangeEvents returns them (streaming.md §4), and its filter: an
+//! AIP-160 subset, comparisons over schema, table, type, committed_at and gtid joined by AND.
+
+use chrono::{DateTime, Utc};
+
+/// Longest accepted filter, in characters.
+const MAX_LENGTH: usize = 2_000;
+/// Most comparisons in one filter.
+const MAX_CONDITIONS: usize = 16;
+const FIELDS: &str = "schema, table, type, committed_at and gtid";
+
+pub use super::ChangeOperation;
+
+/// One stored row change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// Position in the server's index: binlog order.
+    pub sequence: i64,
+    pub binlog_file: String,
+    pub binlog_position: i64,
+    /// The row's place among the rows of its binlog event.
+    pub row_index: i32,
+    pub gtid: String,
+    pub committed_at: DateTime<Utc>,
+    pub schema: String,
+    pub table: String,
+    pub operation: ChangeOperation,
+    pub primary_key: Option<serde_json::Value>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl ChangeEvent {
+    /// The event's stable id: the same binlog row always gets the same one.
+    pub fn event_id(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.binlog_file, self.binlog_position, self.row_index
+        )
+    }
+}
+
+/// A filterable field of a change event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeField {
+    Schema,
+    Table,
+    Type,
+    Gtid,
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Equals,
+    NotEquals,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+}
+
+/// One comparison of a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeCondition {
+    Text {
+        field: ChangeField,
+        comparison: Comparison,
+        value: String,
+    },
+    CommittedAt {
+        comparison: Comparison,
+        value: DateTime<Utc>,
+    },
+}
+
+/// A parsed ListChangeEvents filter: every condition holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeFilter {
+    pub conditions: Vec<ChangeCondition>,
+}
+
+/// Why a filter was rejected, said so that the client can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChangeFilterError(pub String);
+
+struct Lexer<'a> {
+    input: &'a str,
+    chars: Vec<(usize, char)>,
+    index: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn skip_whitespace(&mut self) {
+        while self.chars.get(self.index).is_some_and(|(_, c)| c.is_whitespace()) {
+            self.index += 1;
+        }
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.skip_whitespace();
+        self.index >= self.chars.len()
+    }
+
+    fn position(&self) -> usize {
+        self.index + 1
+    }
+
+    fn word(&mut self) -> &'a str {
+        self.skip_whitespace();
+        let start = self.offset();
+        while self
+            .chars
+            .get(self.index)
+            .is_some_and(|(_, c)| c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'))
+        {
+            self.index += 1;
+        }
+        &self.input[start..self.offset()]
+    }
+
+    fn offset(&self) -> usize {
+        self.chars
+            .get(self.index)
+            .map_or(self.input.len(), |(offset, _)| *offset)
+    }
+
+    fn comparison(&mut self) -> Result<Comparison, ChangeFilterError> {
+        self.skip_whitespace();
+        let position = self.position();
+        let rest = &self.input[self.offset()..];
+        let (comparison, length) = [
+            ("<=", Comparison::LessOrEqual),
+            (">=", Comparison::GreaterOrEqual),
+            ("!=", Comparison::NotEquals),
+            ("<", Comparison::Less),
+            (">", Comparison::Greater),
+            ("=", Comparison::Equals),
+        ]
+        .into_iter()
+        .find(|(text, _)| rest.starts_with(text))
+        .map(|(text, comparison)| (comparison, text.len()))
+        .ok_or_else(|| {
+            ChangeFilterError(format!(
+                "expected a comparison (=, !=, <, <=, >, >=) at character {position}"
+            ))
+        })?;
+        self.index += length;
+        Ok(comparison)
+    }
+
+    fn value(&mut self) -> Result<String, ChangeFilterError> {
+        self.skip_whitespace();
+        let position = self.position();
+        if self.chars.get(self.index).map(|(_, c)| *c) != Some('"') {
+            let word = self.word();
+            if word.is_empty() {
+                return Err(ChangeFilterError(format!(
+                    "expected a value at character {position}"
+                )));
+            }
+            return Ok(word.to_owned());
+        }
+        self.index += 1;
+        let mut value = String::new();
+        loop {
+            match self.chars.get(self.index).map(|(_, c)| *c) {
+                None => {
+                    return Err(ChangeFilterError(format!(
+                        "the string starting at character {position} is not closed"
+                    )));
+                }
+                Some('"') => {
+                    self.index += 1;
+                    return Ok(value);
+                }
+                Some('\\') => {
+                    self.index += 1;
+                    if let Some((_, escaped)) = self.chars.get(self.index) {
+                        value.push(*escaped);
+                        self.index += 1;
+                    }
+                }
+                Some(other) => {
+                    value.push(other);
+                    self.index += 1;
+                }
+            }
+        }
+    }
+}
+
+impl ChangeFilter {
+    /// Parses `table = "orders" AND committed_at >= "2026-12-01T10:00:00Z"`; empty is no filter.
+    pub fn parse(input: &str) -> Result<ChangeFilter, ChangeFilterError> {
+        let length = input.chars().count();
+        if length > MAX_LENGTH {
+            return Err(ChangeFilterError(format!(
+                "filter is {length} characters long; the limit is {MAX_LENGTH}"
+            )));
+        }
+        let mut lexer = Lexer {
+            input,
+            chars: input.char_indices().collect(),
+            index: 0,
+        };
+        let mut filter = ChangeFilter::default();
+        if lexer.at_end() {
+            return Ok(filter);
+        }
+        loop {
+            filter.conditions.push(condition(&mut lexer)?);
+            if filter.conditions.len() > MAX_CONDITIONS {
+                return Err(ChangeFilterError(format!(
+                    "filter has more than {MAX_CONDITIONS} comparisons"
+                )));
+            }
+            if lexer.at_end() {
+                return Ok(filter);
+            }
+            let position = lexer.position();
+            let joiner = lexer.word();
+            if joiner != "AND" {
+                return Err(ChangeFilterError(format!(
+                    "expected AND at character {position}, found {joiner:?}; comparisons are joined by AND"
+                )));
+            }
+        }
+    }
+}
+
+fn condition(lexer: &mut Lexer<'_>) -> Result<ChangeCondition, ChangeFilterError> {
+    lexer.skip_whitespace();
+    let position = lexer.position();
+    let name = lexer.word();
+    let field = match name {
+        "schema" => Some(ChangeField::Schema),
+        "table" => Some(ChangeField::Table),
+        "type" => Some(ChangeField::Type),
+        "gtid" => Some(ChangeField::Gtid),
+        "committed_at" => None,
+        "" => {
+            return Err(ChangeFilterError(format!(
+                "expected a field ({FIELDS}) at character {position}"
+            )));
+        }
+        other => {
+            return Err(ChangeFilterError(format!(
+                "unknown field {other:?} at character {position}; filterable fields are {FIELDS}"
+            )));
+        }
+    };
+    let comparison = lexer.comparison()?;
+    let value_position = lexer.position();
+    let value = lexer.value()?;
+    match field {
+        Some(ChangeField::Type) if ChangeOperation::parse(&value).is_none() => {
+            Err(ChangeFilterError(format!(
+                "type {value:?} at character {value_position} is not one of insert, update, delete"
+            )))
+        }
+        Some(field) => Ok(ChangeCondition::Text {
+            field,
+            comparison,
+            value,
+        }),
+        None => {
+            let value = DateTime::parse_from_rfc3339(&value)
+                .map_err(|_| {
+                    ChangeFilterError(format!(
+                        "committed_at {value:?} at character {value_position} is not an RFC 3339 time such as \"2026-12-01T10:00:00Z\""
+                    ))
+                })?
+                .with_timezone(&Utc);
+            Ok(ChangeCondition::CommittedAt { comparison, value })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_conjunctions_of_comparisons() {
+        let filter =
+            ChangeFilter::parse(r#"table = "orders" AND committed_at >= "2026-12-01T10:00:00Z" AND type!=delete"#)
+                .unwrap();
+        assert_eq!(filter.conditions.len(), 3);
+        assert_eq!(
+            filter.conditions[0],
+            ChangeCondition::Text {
+                field: ChangeField::Table,
+                comparison: Comparison::Equals,
+                value: "orders".into()
+            }
+        );
+        assert!(matches!(
+            filter.conditions[1],
+            ChangeCondition::CommittedAt {
+                comparison: Comparison::GreaterOrEqual,
+                ..
+            }
+        ));
+        assert!(ChangeFilter::parse("  ").unwrap().conditions.is_empty());
+    }
+
+    #[test]
+    fn rejections_name_the_problem() {
+        let error = ChangeFilter::parse("colour = red").unwrap_err();
+        assert!(error.0.contains("unknown field \"colour\""), "{error}");
+        let error = ChangeFilter::parse("type = upsert").unwrap_err();
+        assert!(error.0.contains("not one of insert"), "{error}");
+        let error = ChangeFilter::parse("committed_at > yesterday").unwrap_err();
+        assert!(error.0.contains("RFC 3339"), "{error}");
+        let error = ChangeFilter::parse("table = a OR table = b").unwrap_err();
+        assert!(error.0.contains("expected AND"), "{error}");
+        let error = ChangeFilter::parse("table ~ a").unwrap_err();
+        assert!(error.0.contains("expected a comparison"), "{error}");
+        let error = ChangeFilter::parse(r#"table = "open"#).unwrap_err();
+        assert!(error.0.contains("not closed"), "{error}");
+    }
+}

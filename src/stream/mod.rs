@@ -1,0 +1,242 @@
+//! The live binlog streams after onboarding (streaming.md): this replica's supervisor claims
+//! stream leases (its fair share of them), runs one task per held stream, keeps their leases
+//! renewed, tells them about changes of their servers, and lets them go on shutdown.
+
+mod decode;
+mod gtid;
+mod runner;
+mod session;
+mod tables;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+pub use runner::StreamSettings;
+use runner::{Control, Holder, HolderParts};
+
+use crate::{
+    domain::{ServerId, StreamState},
+    onboarding::AgentSettings,
+    secrets::SecretBox,
+    store::{Claim, Store, StoreError},
+};
+
+/// Supervisor settings.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    pub lease_ttl: Duration,
+    pub sweep_interval: Duration,
+    /// Most streams this replica holds, whatever its fair share.
+    pub max_streams: usize,
+    /// Partitions older than this are dropped.
+    pub retention: Duration,
+    pub settings: StreamSettings,
+    pub agent: AgentSettings,
+    /// This replica's agent and the address customers allowed.
+    pub agent_id: Uuid,
+    pub outbound_ip: String,
+}
+
+/// Runs this replica's share of the streams.
+pub struct Streams {
+    store: Store,
+    index: Store,
+    secrets: SecretBox,
+    config: StreamsConfig,
+    owner: Uuid,
+    running: Mutex<HashMap<ServerId, Arc<Control>>>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// How often expired partitions are looked for.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl Streams {
+    /// A supervisor; `index` is the change index's database (the control plane's by default).
+    pub fn new(store: Store, index: Store, secrets: SecretBox, config: StreamsConfig) -> Arc<Streams> {
+        Arc::new(Streams {
+            store,
+            index,
+            secrets,
+            config,
+            owner: Uuid::now_v7(),
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Arc<Control>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A server changed (NOTIFY): its stream looks at it again, or, when this replica does not
+    /// run it, the supervisor looks for streams to claim (it may have just become active).
+    pub fn changed(&self, server_id: ServerId) {
+        match self.running().get(&server_id) {
+            Some(control) => control.notify(),
+            None => self.wake.notify_one(),
+        }
+    }
+
+    /// Sweeps on every interval and wake-up until shutdown; keeps the index's partitions.
+    pub async fn run(self: Arc<Streams>) {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut maintained: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = sweep.tick() => {}
+                () = self.wake.notified() => {}
+            }
+            if maintained.is_none_or(|at| at.elapsed() >= MAINTENANCE_INTERVAL) {
+                maintained = Some(Instant::now());
+                match self.index.maintain_change_index(Some(self.config.retention)).await {
+                    Ok(dropped) if !dropped.is_empty() => {
+                        tracing::info!(?dropped, "dropped change-event partitions past retention");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "change index maintenance failed"),
+                }
+            }
+            if let Err(error) = self.sweep().await {
+                tracing::warn!(%error, "stream sweep failed");
+            }
+        }
+    }
+
+    async fn sweep(self: &Arc<Streams>) -> Result<(), StoreError> {
+        let window = self.config.sweep_interval * 3;
+        let spread = self.store.stream_spread(self.config.agent_id, window).await?;
+        let share = usize::try_from(spread.fair_share()).unwrap_or(usize::MAX);
+        let limit = share.min(self.config.max_streams);
+        let held: Vec<Arc<Control>> = self.running().values().cloned().collect();
+        // Above the fair share: the extra streams stop at their next checkpoint, and a replica
+        // with room takes them.
+        for control in held.iter().skip(limit) {
+            control.release();
+        }
+        let free = limit.saturating_sub(held.len());
+        if free == 0 || self.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let claims = self
+            .store
+            .claim_streams(
+                self.owner,
+                self.config.agent_id,
+                &self.config.outbound_ip,
+                self.config.lease_ttl,
+                free as i64,
+                None,
+            )
+            .await?;
+        for claim in claims {
+            self.start(claim);
+        }
+        Ok(())
+    }
+
+    fn start(self: &Arc<Streams>, claim: Claim) {
+        // The connection closes a third of the TTL before the lease could expire.
+        let valid = self.config.lease_ttl * 2 / 3;
+        let control = Arc::new(Control::new(valid));
+        if self.running().insert(claim.server_id, control.clone()).is_some() {
+            tracing::warn!(server_id = %claim.server_id, "a stream was claimed twice by one replica");
+        }
+        let streams = self.clone();
+        self.tasks.spawn(async move {
+            streams.hold(claim, control).await;
+            streams.running().remove(&claim.server_id);
+            let _ = streams.store.release_stream_lease(claim).await;
+            streams.wake.notify_one();
+        });
+    }
+
+    async fn hold(&self, claim: Claim, control: Arc<Control>) {
+        let renewal = tokio::spawn(renew(
+            self.store.clone(),
+            claim,
+            self.config.lease_ttl,
+            control.clone(),
+        ));
+        let server = match self.store.server_by_id(claim.server_id).await {
+            Ok(server) => server,
+            Err(error) => {
+                tracing::warn!(server_id = %claim.server_id, %error, "claimed stream's server unreadable");
+                renewal.abort();
+                return;
+            }
+        };
+        let mut holder = Holder::new(HolderParts {
+            claim,
+            settings: self.config.settings,
+            control,
+            server,
+            store: self.store.clone(),
+            index: self.index.clone(),
+            secrets: self.secrets.clone(),
+            agent: self.config.agent,
+            agent_id: self.config.agent_id,
+        });
+        metrics::gauge!("dbtrail_streams_held").increment(1.0);
+        runner::run_stream(&mut holder).await;
+        metrics::gauge!("dbtrail_streams_held").decrement(1.0);
+        renewal.abort();
+    }
+
+    /// Stops every stream at a checkpoint and lets go of their leases so other replicas take
+    /// them at once.
+    pub async fn stop(&self, grace: Duration) {
+        self.shutdown.cancel();
+        for control in self.running().values() {
+            control.release();
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        match tokio::time::timeout(grace, self.store.release_all_stream_leases(self.owner)).await {
+            Ok(Ok(released)) if released > 0 => tracing::info!(released, "released stream leases"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not release stream leases; they will expire"),
+            Err(_) => tracing::warn!("releasing stream leases timed out; they will expire"),
+        }
+    }
+}
+
+/// Keeps a stream lease alive; marks it lost when it was taken over or its server no longer
+/// wants the stream.
+async fn renew(store: Store, claim: Claim, ttl: Duration, control: Arc<Control>) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let sent = Instant::now();
+        match store.renew_stream_lease(claim, ttl).await {
+            Ok(()) => control.extend(sent, ttl * 2 / 3),
+            Err(StoreError::Fenced) => {
+                control.lose();
+                control.notify();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, server_id = %claim.server_id, "stream lease renewal failed");
+            }
+        }
+    }
+}
+
+/// Every stream state, for the per-state gauge.
+pub fn states() -> &'static [StreamState] {
+    StreamState::ALL
+}

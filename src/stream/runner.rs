@@ -1,0 +1,429 @@
+//! One held stream, from its claim until it stops: connections one after another from the
+//! checkpoint, backoff between them, and the honest state (streaming.md §3) on the server.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::session::{self, SessionEnd};
+use crate::{
+    domain::{
+        OnboardingStep, StreamState,
+        server::Server,
+        stream::{DISCONNECTED_GRACE, StreamProgress},
+    },
+    onboarding::{AgentSettings, StepContext},
+    secrets::SecretBox,
+    store::{Claim, NewChangeEvent, Scope, Store, StoreError, StreamCheckpoint},
+};
+
+/// How long index writes may keep failing before the stream is `stalled`.
+const STALL_AFTER: Duration = Duration::from_secs(30);
+/// Progress is written at most this often (it is not a revision).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A stream that ran this long without trouble forgets its reconnects.
+const CLEAN_RUN: Duration = Duration::from_secs(600);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How streams run.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// The heartbeat period asked of the source.
+    pub heartbeat: Duration,
+    /// A checkpoint is written at least this often.
+    pub checkpoint_interval: Duration,
+}
+
+/// What the supervisor and the lease renewal tell a running stream.
+pub struct Control {
+    changed: Notify,
+    release: AtomicBool,
+    lost: CancellationToken,
+    /// Past this instant the lease may have expired: the connection must be closed.
+    valid_until: Mutex<Instant>,
+}
+
+impl Control {
+    /// A control for a lease just taken for `valid`.
+    pub fn new(valid: Duration) -> Control {
+        Control {
+            changed: Notify::new(),
+            release: AtomicBool::new(false),
+            lost: CancellationToken::new(),
+            valid_until: Mutex::new(Instant::now() + valid),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A renewal sent at `sent` succeeded: the lease holds until `sent + valid` at least.
+    pub fn extend(&self, sent: Instant, valid: Duration) {
+        let mut until = self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *until = (*until).max(sent + valid);
+    }
+
+    /// The server changed: look at it again.
+    pub fn notify(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Stop at the next checkpoint and let the lease go (rebalance, shutdown).
+    pub fn release(&self) {
+        self.release.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// The lease was taken over.
+    pub fn lose(&self) {
+        self.lost.cancel();
+    }
+
+    /// Whether the lease is gone or may be.
+    pub fn lost(&self) -> bool {
+        self.lost.is_cancelled() || Instant::now() >= self.deadline()
+    }
+
+    /// Waits until something needs looking at.
+    pub async fn wait(&self) {
+        tokio::select! {
+            () = self.changed.notified() => {}
+            () = self.lost.cancelled() => {}
+            () = tokio::time::sleep_until(self.deadline()) => {}
+        }
+    }
+}
+
+/// A stream's holder: its lease, its server, and what it reports.
+pub struct Holder {
+    pub claim: Claim,
+    pub settings: StreamSettings,
+    pub control: Arc<Control>,
+    pub progress: StreamProgress,
+    server: Server,
+    store: Store,
+    index: Store,
+    secrets: SecretBox,
+    agent: AgentSettings,
+    state: StreamState,
+    ran: bool,
+    running_since: Option<Instant>,
+    last_progress: Option<Instant>,
+}
+
+/// What a holder is made of.
+pub struct HolderParts {
+    pub claim: Claim,
+    pub settings: StreamSettings,
+    pub control: Arc<Control>,
+    pub server: Server,
+    pub store: Store,
+    pub index: Store,
+    pub secrets: SecretBox,
+    pub agent: AgentSettings,
+    pub agent_id: Uuid,
+}
+
+impl Holder {
+    /// A holder for a server just claimed.
+    pub fn new(parts: HolderParts) -> Holder {
+        let (state, mut progress) = match &parts.server.stream {
+            Some(stream) => (stream.state, stream.progress.clone()),
+            None => (StreamState::Starting, StreamProgress::default()),
+        };
+        progress.holder_agent_id = Some(parts.agent_id);
+        Holder {
+            claim: parts.claim,
+            settings: parts.settings,
+            control: parts.control,
+            progress,
+            server: parts.server,
+            store: parts.store,
+            index: parts.index,
+            secrets: parts.secrets,
+            agent: parts.agent,
+            state,
+            ran: false,
+            running_since: None,
+            last_progress: None,
+        }
+    }
+
+    /// What the connection path needs (the same one onboarding uses).
+    pub fn step_context(&self) -> StepContext {
+        StepContext {
+            step: OnboardingStep::Streaming,
+            server: self.server.clone(),
+            claim: self.claim,
+            store: self.store.clone(),
+            index: self.index.clone(),
+            secrets: self.secrets.clone(),
+            agent: self.agent,
+        }
+    }
+
+    /// Whether the lease is gone (nothing may be written).
+    pub fn lease_lost(&self) -> bool {
+        self.control.lost()
+    }
+
+    /// Why the connection must end now, if it must.
+    pub async fn control_decision(&mut self) -> Option<SessionEnd> {
+        if self.control.lost() || self.control.release.load(Ordering::Acquire) {
+            return Some(SessionEnd::Stopped);
+        }
+        let server = match self.store.server_by_id(self.claim.server_id).await {
+            Ok(server) => server,
+            Err(_) => return None,
+        };
+        if !server.wants_stream() {
+            return Some(SessionEnd::Stopped);
+        }
+        let moved = server.spec != self.server.spec || server.secrets != self.server.secrets;
+        self.server = server;
+        moved.then_some(SessionEnd::Restart)
+    }
+
+    /// The first checkpoint of a connection was written.
+    pub async fn running(&mut self) {
+        self.ran = true;
+        self.running_since = Some(Instant::now());
+        self.progress.disconnected_since = None;
+        let _ = self.move_to(StreamState::Running, None).await;
+    }
+
+    /// Writes a batch and its checkpoint, retrying while the index fails (and saying `stalled`
+    /// after a while); a lost lease ends the connection.
+    pub async fn write(
+        &mut self,
+        events: Vec<NewChangeEvent>,
+        checkpoint: StreamCheckpoint,
+    ) -> Result<(), SessionEnd> {
+        let failing_since = Instant::now();
+        loop {
+            if self.control.lost() {
+                return Err(SessionEnd::Stopped);
+            }
+            match self
+                .index
+                .write_change_batch(
+                    self.claim.server_id,
+                    self.claim.fence.epoch,
+                    &events,
+                    &checkpoint,
+                )
+                .await
+            {
+                Ok(total) => {
+                    self.checkpointed(&checkpoint, total, events.len());
+                    if self.state == StreamState::Stalled {
+                        let _ = self.move_to(StreamState::Running, None).await;
+                    }
+                    self.record_progress(false).await;
+                    return Ok(());
+                }
+                Err(StoreError::Fenced) => {
+                    self.control.lose();
+                    return Err(SessionEnd::Stopped);
+                }
+                Err(error) => {
+                    tracing::warn!(server_id = %self.claim.server_id, %error, "writing change events failed; retrying");
+                    if failing_since.elapsed() >= STALL_AFTER && self.state != StreamState::Stalled {
+                        let message = format!("the change index cannot be written: {error}");
+                        let _ = self.move_to(StreamState::Stalled, Some(message)).await;
+                    }
+                    tokio::select! {
+                        () = self.control.lost.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn checkpointed(&mut self, checkpoint: &StreamCheckpoint, total: i64, written: usize) {
+        let progress = &mut self.progress;
+        progress.binlog_file = checkpoint.binlog_file.clone();
+        progress.binlog_position = checkpoint.binlog_position;
+        progress.gtid_set = checkpoint.gtid_set.clone().unwrap_or_default();
+        progress.last_checkpoint_at = Some(crate::domain::now());
+        progress.last_event_at = checkpoint.last_event_at.or(progress.last_event_at);
+        progress.events_indexed = total;
+        metrics::counter!("dbtrail_stream_events_indexed_total").increment(written as u64);
+        metrics::histogram!("dbtrail_stream_lag_seconds").record(progress.lag_seconds);
+        if self
+            .running_since
+            .is_some_and(|since| since.elapsed() >= CLEAN_RUN)
+        {
+            progress.reconnects = 0;
+        }
+    }
+
+    /// Writes the progress, at most once a second unless `force`.
+    pub async fn record_progress(&mut self, force: bool) {
+        if !force
+            && self
+                .last_progress
+                .is_some_and(|last| last.elapsed() < PROGRESS_INTERVAL)
+        {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        if let Err(error) = self
+            .store
+            .record_stream_progress(self.claim, &self.progress)
+            .await
+        {
+            if matches!(error, StoreError::Fenced) {
+                self.control.lose();
+            }
+        }
+    }
+
+    /// Records a new state: a revision of the server.
+    async fn move_to(&mut self, state: StreamState, error: Option<String>) -> Result<(), StoreError> {
+        self.record_progress(true).await;
+        let now = crate::domain::now();
+        let (server, _) = self
+            .store
+            .modify_server(Scope::Stream(self.claim.fence), self.claim.server_id, |server| {
+                Ok::<_, StoreError>(server.stream_moved(state, error, now))
+            })
+            .await?;
+        self.server = server;
+        self.state = state;
+        Ok(())
+    }
+
+    async fn still_disconnected(&mut self) {
+        let result = self
+            .store
+            .modify_server(Scope::Stream(self.claim.fence), self.claim.server_id, |server| {
+                server.stream_still_disconnected();
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        if let Ok((server, ())) = result {
+            self.server = server;
+        }
+    }
+}
+
+/// Runs a claimed stream until it stops, loses its lease, or meets a permanent fault.
+pub async fn run_stream(holder: &mut Holder) {
+    let mut backoff = Duration::from_secs(1);
+    if holder.state != StreamState::Starting && holder.state != StreamState::Disconnected {
+        let _ = holder.move_to(StreamState::Starting, None).await;
+    }
+    while !holder.control.lost() {
+        let checkpoint = match holder
+            .index
+            .take_stream_checkpoint(holder.claim.server_id, holder.claim.fence.epoch)
+            .await
+        {
+            Ok(Some(checkpoint)) => checkpoint,
+            Ok(None) => {
+                let message = "the stream has no checkpoint to start from; RetryOnboarding records one".to_owned();
+                let _ = holder.move_to(StreamState::Failed, Some(message)).await;
+                return;
+            }
+            Err(StoreError::Fenced) => return,
+            Err(error) => {
+                tracing::warn!(server_id = %holder.claim.server_id, %error, "reading the stream checkpoint failed");
+                if !pause(holder, backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        holder.progress.binlog_file = checkpoint.binlog_file.clone();
+        holder.progress.binlog_position = checkpoint.binlog_position;
+        holder.progress.events_indexed = checkpoint.events_indexed;
+        holder.ran = false;
+        let end = session::run(holder, checkpoint).await;
+        if holder.ran {
+            backoff = Duration::from_secs(1);
+        }
+        match end {
+            SessionEnd::Stopped => {
+                holder.record_progress(true).await;
+                return;
+            }
+            SessionEnd::Restart => {}
+            SessionEnd::Disconnected(message) => {
+                tracing::info!(server_id = %holder.claim.server_id, %message, "binlog stream disconnected");
+                holder.progress.reconnects += 1;
+                metrics::counter!("dbtrail_stream_reconnects_total").increment(1);
+                holder
+                    .progress
+                    .disconnected_since
+                    .get_or_insert_with(crate::domain::now);
+                if holder.state != StreamState::Disconnected {
+                    let _ = holder.move_to(StreamState::Disconnected, Some(message)).await;
+                } else {
+                    holder.record_progress(true).await;
+                }
+                if !pause(holder, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            SessionEnd::LostPosition(message) => {
+                let _ = holder.move_to(StreamState::LostPosition, Some(message)).await;
+                return;
+            }
+            SessionEnd::Failed(message) => {
+                let _ = holder.move_to(StreamState::Failed, Some(message)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Waits out a backoff, marking the server disconnected once the grace period has passed.
+/// False when the stream must stop instead.
+async fn pause(holder: &mut Holder, backoff: Duration) -> bool {
+    let until = Instant::now() + backoff;
+    loop {
+        let grace_left = holder.progress.disconnected_since.map(|since| {
+            let passed = crate::domain::now() - since;
+            (DISCONNECTED_GRACE - passed).to_std().unwrap_or_default()
+        });
+        if grace_left == Some(Duration::ZERO) && holder.server.status == crate::domain::ServerStatus::Active {
+            holder.still_disconnected().await;
+        }
+        let wake = match grace_left {
+            Some(left) if left > Duration::ZERO => until.min(Instant::now() + left),
+            _ => until,
+        };
+        tokio::select! {
+            () = holder.control.wait() => {
+                match holder.control_decision().await {
+                    Some(SessionEnd::Stopped) => return false,
+                    Some(_) => return true,
+                    None => {}
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= until {
+                    return true;
+                }
+            }
+        }
+    }
+}

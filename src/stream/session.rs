@@ -1,0 +1,636 @@
+//! One binlog connection of a stream: connects through the server's path, checks that the
+//! checkpoint is still readable and the source is the same, asks for heartbeats, then reads
+//! events, decodes the rows of tracked tables and writes them in batches with their checkpoint.
+//! It ends on a fault (sorted into the stream states of streaming.md §3) or when told to stop.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use mysql_async::{
+    BinlogStream, BinlogStreamRequest, Conn,
+    binlog::{
+        EventFlags,
+        events::{Event, EventData, RowsEventData},
+    },
+    prelude::Queryable,
+};
+use tokio::time::Instant;
+
+use super::{
+    decode::{self, TableColumns},
+    gtid::GtidSet,
+    runner::Holder,
+    tables::{Tables, ddl_tables},
+};
+use crate::{
+    domain::ChangeOperation,
+    onboarding::{
+        MysqlFailure, StepContext, classify_mysql, mysql, replication_refusal, source_identity,
+    },
+    store::{NewChangeEvent, StoreError, StreamCheckpoint},
+};
+
+/// Rows stored per transaction write at most.
+const BATCH_ROWS: usize = 5_000;
+/// How long complete transactions wait for more before they are written.
+const FLUSH_DELAY: Duration = Duration::from_millis(100);
+/// MariaDB's GTID event, which mysql_common does not parse.
+const MARIADB_GTID_EVENT: u8 = 0xa2;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Told to stop (after writing what was complete): lease lost, server changed, shutdown.
+    Stopped,
+    /// The server's settings changed: connect again at once through the new path.
+    Restart,
+    /// The connection is down; retry with backoff.
+    Disconnected(String),
+    /// The checkpoint cannot be resumed from.
+    LostPosition(String),
+    /// A permanent refusal.
+    Failed(String),
+}
+
+impl From<MysqlFailure> for SessionEnd {
+    fn from(failure: MysqlFailure) -> SessionEnd {
+        match failure {
+            MysqlFailure::Transient(message) => SessionEnd::Disconnected(message),
+            MysqlFailure::Permanent(message) => SessionEnd::Failed(message),
+        }
+    }
+}
+
+/// Where the reader is in the binlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    file: String,
+    position: u64,
+}
+
+/// The reading state between events.
+struct Reader {
+    address: String,
+    mariadb: bool,
+    tables: Tables,
+    /// The binlog file being read.
+    file: String,
+    /// The end of the last complete transaction (where a restart may begin).
+    committed: Position,
+    /// Events of complete transactions not yet written.
+    committed_rows: usize,
+    /// Rows of the first transaction that an earlier connection stored already.
+    skip_rows: i64,
+    /// Rows of the current transaction seen (stored or skipped) so far.
+    transaction_rows: i64,
+    in_transaction: bool,
+    /// The current transaction's GTID, added to the set at its commit.
+    pending_gtid: Option<PendingGtid>,
+    gtid_text: String,
+    gtids: GtidSet,
+    batch: Vec<NewChangeEvent>,
+    last_event_at: Option<DateTime<Utc>>,
+    /// Tables a DDL statement touched, to read again before their next row.
+    stale: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+enum PendingGtid {
+    Mariadb { domain: u32, server: u32, sequence: u64 },
+    Mysql { uuid: String, number: u64 },
+}
+
+/// The binlog files the source still has.
+async fn binary_logs(connection: &mut Conn, address: &str) -> Result<Vec<String>, SessionEnd> {
+    match connection.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
+        Ok(rows) => Ok(rows
+            .into_iter()
+            .filter_map(|row| row.get::<String, _>(0))
+            .collect()),
+        Err(mysql_async::Error::Server(error)) if error.code == 1381 => Err(SessionEnd::Failed(
+            format!("binary logging is off on {address}: enable log_bin and restart MySQL"),
+        )),
+        Err(error) => Err(classify_mysql(&error, address).into()),
+    }
+}
+
+fn purged_message(file: &str, address: &str) -> String {
+    format!(
+        "the binlog file {file} that the stream's checkpoint points to is no longer on {address} \
+         (purged); raise binlog retention (binlog_expire_logs_seconds / expire_logs_days) so the \
+         binlog outlives an outage; RetryOnboarding restarts from the current position and records the gap"
+    )
+}
+
+/// Connects and starts reading from the checkpoint: everything up to the first event.
+async fn open(
+    context: &StepContext,
+    checkpoint: &StreamCheckpoint,
+    heartbeat: Duration,
+) -> Result<(mysql::Link, Reader, Option<u64>, String), SessionEnd> {
+    let address = mysql::address(context);
+    let mut link = mysql::connect(context).await?;
+    let connection = &mut link.connection;
+    let (flavour, _) = mysql::version(connection, &address).await?;
+    let mariadb = flavour == "MariaDB";
+    let identity = source_identity(connection, &address, mariadb).await?;
+    if let Some(expected) = &checkpoint.source_identity
+        && *expected != identity
+    {
+        return Err(SessionEnd::LostPosition(format!(
+            "the source at {address} is a different server now ({identity}, was {expected}); \
+             its binlog positions do not continue the checkpoint's; RetryOnboarding restarts from \
+             the current position and records the gap"
+        )));
+    }
+    let files = binary_logs(connection, &address).await?;
+    if !files.contains(&checkpoint.binlog_file) {
+        return Err(SessionEnd::LostPosition(purged_message(
+            &checkpoint.binlog_file,
+            &address,
+        )));
+    }
+    let tables = Tables::load(
+        connection,
+        &address,
+        &context.server.spec.stream_options,
+        mariadb,
+        None,
+    )
+    .await?;
+    let period = heartbeat.as_nanos().min(u128::from(u64::MAX));
+    let mut settings = vec![format!("SET @master_heartbeat_period = {period}")];
+    if mariadb {
+        // Sends MariaDB's GTID events, so the checkpoint's GTID set can advance.
+        settings.push("SET @mariadb_slave_capability = 4".to_owned());
+    }
+    for setting in settings {
+        connection
+            .query_drop(setting)
+            .await
+            .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
+    }
+    let dump_connection_id: Option<u64> = connection
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
+    let reader = Reader {
+        address: address.clone(),
+        mariadb,
+        tables,
+        file: checkpoint.binlog_file.clone(),
+        committed: Position {
+            file: checkpoint.binlog_file.clone(),
+            position: u64::try_from(checkpoint.binlog_position).unwrap_or(4),
+        },
+        committed_rows: 0,
+        skip_rows: checkpoint.skip_rows,
+        transaction_rows: 0,
+        in_transaction: false,
+        pending_gtid: None,
+        gtid_text: String::new(),
+        gtids: GtidSet::parse(checkpoint.gtid_set.as_deref().unwrap_or_default()),
+        batch: Vec::new(),
+        last_event_at: checkpoint.last_event_at,
+        stale: Vec::new(),
+    };
+    Ok((link, reader, dump_connection_id, identity))
+}
+
+fn refusal(error: &mysql_async::Error, context: &StepContext, replica_id: u32, address: &str) -> SessionEnd {
+    let account = context.server.spec.mysql_user.clone();
+    match (error, replication_refusal(error, &account, replica_id)) {
+        (mysql_async::Error::Server(server), Some(reason)) if server.code == 1236 && !reason.contains("clashes") => {
+            if server.message.contains("purged") || server.message.contains("not find") || server.message.contains("Could not find") {
+                SessionEnd::LostPosition(format!("{reason}; RetryOnboarding restarts from the current position and records the gap"))
+            } else {
+                SessionEnd::Disconnected(reason)
+            }
+        }
+        (_, Some(reason)) => SessionEnd::Failed(reason),
+        (_, None) => classify_mysql(error, address).into(),
+    }
+}
+
+/// Runs one connection until it ends.
+pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEnd {
+    let context = holder.step_context();
+    let heartbeat = holder.settings.heartbeat;
+    let (link, mut reader, dump_connection_id, identity) =
+        match open(&context, &checkpoint, heartbeat).await {
+            Ok(opened) => opened,
+            Err(end) => return end,
+        };
+    holder.progress.source_server_uuid = identity.clone();
+    let mysql::Link { connection, tunnel } = link;
+    let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
+    let request = BinlogStreamRequest::new(replica_id)
+        .with_filename(checkpoint.binlog_file.as_bytes())
+        .with_pos(u64::try_from(checkpoint.binlog_position).unwrap_or(4));
+    let stream = match connection.get_binlog_stream(request).await {
+        Ok(stream) => stream,
+        Err(error) => return refusal(&error, &context, replica_id, &reader.address),
+    };
+    let mut stream = stream;
+    let end = read(holder, &mut stream, &mut reader, &identity, &context, replica_id).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
+    if let (Some(id), SessionEnd::Stopped | SessionEnd::Restart) = (dump_connection_id, &end) {
+        end_dump_thread(&context, id).await;
+    }
+    drop(tunnel);
+    end
+}
+
+/// Kills the dump thread of a closed stream, so that the source lets go of it at once.
+async fn end_dump_thread(context: &StepContext, connection_id: u64) {
+    let ended = async {
+        if let Ok(mut link) = mysql::connect(context).await {
+            let _ = link
+                .connection
+                .query_drop(format!("KILL CONNECTION {connection_id}"))
+                .await;
+            link.close().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+}
+
+/// What the event loop woke up for.
+enum Wake {
+    Event(Option<Result<Event, mysql_async::Error>>),
+    Flush,
+    Silent,
+    Control,
+}
+
+async fn read(
+    holder: &mut Holder,
+    stream: &mut BinlogStream,
+    reader: &mut Reader,
+    identity: &str,
+    context: &StepContext,
+    replica_id: u32,
+) -> SessionEnd {
+    let silence = holder.settings.heartbeat * 3 + Duration::from_millis(500);
+    let mut last_seen = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut running = false;
+    loop {
+        let flush_at = if reader.committed_rows > 0 || !running {
+            last_flush + FLUSH_DELAY
+        } else {
+            last_flush + holder.settings.checkpoint_interval
+        };
+        let wake = tokio::select! {
+            biased;
+            () = holder.control.wait() => Wake::Control,
+            event = stream.next() => Wake::Event(event),
+            () = tokio::time::sleep_until(flush_at) => Wake::Flush,
+            () = tokio::time::sleep_until(last_seen + silence) => Wake::Silent,
+        };
+        match wake {
+            Wake::Control => {
+                let decision = holder.control_decision().await;
+                if let Some(end) = decision {
+                    if !matches!(end, SessionEnd::Stopped) || !holder.lease_lost() {
+                        let _ = flush(holder, reader, identity).await;
+                    }
+                    return end;
+                }
+            }
+            Wake::Silent => {
+                return SessionEnd::Disconnected(format!(
+                    "no binlog event or heartbeat from {} for {}s (3 heartbeat periods): the connection is presumed dead",
+                    reader.address,
+                    silence.as_secs()
+                ));
+            }
+            Wake::Flush => {
+                if let Err(end) = flush(holder, reader, identity).await {
+                    return end;
+                }
+                last_flush = Instant::now();
+                if !running {
+                    running = true;
+                    holder.running().await;
+                }
+            }
+            Wake::Event(None) => {
+                return SessionEnd::Disconnected(format!(
+                    "the source at {} ended the binlog stream (dump thread killed or server restarting)",
+                    reader.address
+                ));
+            }
+            Wake::Event(Some(Err(error))) => {
+                return refusal(&error, context, replica_id, &reader.address);
+            }
+            Wake::Event(Some(Ok(event))) => {
+                last_seen = Instant::now();
+                holder.progress.last_heartbeat_at = Some(crate::domain::now());
+                if let Err(end) = reader.handle(holder, stream, &event, context).await {
+                    return end;
+                }
+                if reader.committed_rows >= BATCH_ROWS || reader.batch.len() >= BATCH_ROWS * 2 {
+                    if let Err(end) = flush(holder, reader, identity).await {
+                        return end;
+                    }
+                    last_flush = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Writes the complete transactions buffered (or, for one very large transaction, its rows so
+/// far) with the checkpoint after them.
+async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Result<(), SessionEnd> {
+    let (rows, checkpoint) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2
+    {
+        // One transaction larger than memory should hold: store its rows so far and resume
+        // at its start, skipping them.
+        let stored = reader.transaction_rows;
+        let start = reader.committed.clone();
+        (reader.batch.len(), reader.checkpoint(start, stored, identity))
+    } else {
+        (
+            reader.committed_rows,
+            reader.checkpoint(reader.committed.clone(), 0, identity),
+        )
+    };
+    let events: Vec<NewChangeEvent> = reader.batch.drain(..rows).collect();
+    reader.committed_rows = 0;
+    holder.write(events, checkpoint).await
+}
+
+impl Reader {
+    fn checkpoint(&self, at: Position, skip_rows: i64, identity: &str) -> StreamCheckpoint {
+        StreamCheckpoint {
+            binlog_file: at.file,
+            binlog_position: i64::try_from(at.position).unwrap_or(i64::MAX),
+            skip_rows,
+            gtid_set: self.gtids.render(),
+            source_identity: Some(identity.to_owned()),
+            replication_server_id: 0,
+            events_indexed: 0,
+            last_event_at: self.last_event_at,
+            recorded_at: crate::domain::now(),
+        }
+    }
+
+    fn commit(&mut self, end: u64) {
+        match self.pending_gtid.take() {
+            Some(PendingGtid::Mariadb {
+                domain,
+                server,
+                sequence,
+            }) => self.gtids.add_mariadb(domain, server, sequence),
+            Some(PendingGtid::Mysql { uuid, number }) => self.gtids.add_mysql(&uuid, number),
+            None => {}
+        }
+        self.committed = Position {
+            file: self.file.clone(),
+            position: end,
+        };
+        self.committed_rows = self.batch.len();
+        self.in_transaction = false;
+        self.transaction_rows = 0;
+        self.skip_rows = 0;
+        self.gtid_text.clear();
+    }
+
+    fn begin(&mut self, gtid: Option<PendingGtid>) {
+        self.in_transaction = true;
+        self.transaction_rows = 0;
+        self.gtid_text = match &gtid {
+            Some(PendingGtid::Mariadb {
+                domain,
+                server,
+                sequence,
+            }) => format!("{domain}-{server}-{sequence}"),
+            Some(PendingGtid::Mysql { uuid, number }) => format!("{uuid}:{number}"),
+            None => String::new(),
+        };
+        self.pending_gtid = gtid;
+    }
+
+    async fn handle(
+        &mut self,
+        holder: &mut Holder,
+        stream: &BinlogStream,
+        event: &Event,
+        context: &StepContext,
+    ) -> Result<(), SessionEnd> {
+        let header = event.header();
+        let end = u64::from(header.log_pos());
+        let artificial = header.flags().contains(EventFlags::LOG_EVENT_ARTIFICIAL_F);
+        metrics::counter!("dbtrail_stream_bytes_read_total").increment(u64::from(header.event_size()));
+        if header.event_type_raw() == MARIADB_GTID_EVENT {
+            let data = event.data();
+            if data.len() >= 13 {
+                let sequence = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
+                let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or_default());
+                // A standalone statement (DDL) has no BEGIN and commits at its QUERY event, so
+                // both kinds open the transaction here.
+                self.begin(Some(PendingGtid::Mariadb {
+                    domain,
+                    server: header.server_id(),
+                    sequence,
+                }));
+            }
+            return Ok(());
+        }
+        let data = event
+            .read_data()
+            .map_err(|error| SessionEnd::Disconnected(format!("unreadable binlog event: {error}")))?;
+        match data {
+            Some(EventData::RotateEvent(rotate)) => {
+                self.file = rotate.name().into_owned();
+                if !artificial || self.committed.file != self.file {
+                    self.committed = Position {
+                        file: self.file.clone(),
+                        position: rotate.position(),
+                    };
+                }
+            }
+            Some(EventData::GtidEvent(gtid)) => {
+                let uuid = uuid::Uuid::from_bytes(gtid.sid()).to_string();
+                self.begin(Some(PendingGtid::Mysql {
+                    uuid,
+                    number: gtid.gno(),
+                }));
+            }
+            Some(EventData::QueryEvent(query)) => {
+                let statement = query.query();
+                let trimmed = statement.trim();
+                if trimmed.eq_ignore_ascii_case("BEGIN") {
+                    if !self.in_transaction {
+                        self.begin(None);
+                    }
+                } else if trimmed.eq_ignore_ascii_case("COMMIT") {
+                    self.commit(end);
+                } else {
+                    let schema = query.schema().into_owned();
+                    self.stale.extend(ddl_tables(trimmed, &schema));
+                    self.commit(end);
+                }
+            }
+            Some(EventData::XidEvent(_)) => self.commit(end),
+            Some(EventData::HeartbeatEvent) => {
+                // The source had nothing to send: the reader is caught up.
+                holder.progress.lag_seconds = 0.0;
+            }
+            Some(EventData::RowsEvent(rows)) => {
+                let start = end.saturating_sub(u64::from(header.event_size()));
+                self.rows(holder, stream, &rows, header.timestamp(), start, context)
+                    .await?;
+                if !self.in_transaction {
+                    // Row events outside BEGIN ... COMMIT (non-transactional engines) commit alone.
+                    self.commit(end);
+                }
+            }
+            _ => {
+                // Between transactions, an event's end is a place to resume from; never go back
+                // (the dump's opening events may carry earlier positions of the file).
+                if !self.in_transaction
+                    && !artificial
+                    && self.committed.file == self.file
+                    && end > self.committed.position
+                {
+                    self.committed.position = end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a table's columns again after a DDL statement touched it.
+    async fn refresh(&mut self, schema: &str, table: &str, context: &StepContext) -> Result<(), SessionEnd> {
+        let mut link = mysql::connect(context).await?;
+        let fresh = Tables::load(
+            &mut link.connection,
+            &self.address,
+            &context.server.spec.stream_options,
+            self.mariadb,
+            Some((schema, table)),
+        )
+        .await;
+        link.close().await;
+        self.tables.replace(schema, table, fresh?);
+        Ok(())
+    }
+
+    async fn rows(
+        &mut self,
+        holder: &mut Holder,
+        stream: &BinlogStream,
+        rows: &RowsEventData<'_>,
+        timestamp: u32,
+        position: u64,
+        context: &StepContext,
+    ) -> Result<(), SessionEnd> {
+        let Some(table_map) = stream.get_tme(rows.table_id()) else {
+            return Err(SessionEnd::Disconnected(
+                "a rows event came without its table map; reconnecting".into(),
+            ));
+        };
+        let schema = table_map.database_name().into_owned();
+        let table = table_map.table_name().into_owned();
+        let key = (schema.clone(), table.clone());
+        if let Some(index) = self.stale.iter().position(|stale| *stale == key) {
+            self.stale.remove(index);
+            self.refresh(&schema, &table, context).await?;
+        }
+        let Some(columns) = self.tables.get(&schema, &table).cloned() else {
+            // Not tracked (stream_options), or not a table of the snapshot.
+            return Ok(());
+        };
+        let operation = match rows {
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
+                ChangeOperation::Insert
+            }
+            RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+                ChangeOperation::Delete
+            }
+            _ => ChangeOperation::Update,
+        };
+        let committed_at = DateTime::from_timestamp(i64::from(timestamp), 0).unwrap_or_default();
+        self.last_event_at = Some(committed_at);
+        holder.progress.lag_seconds =
+            (Utc::now() - committed_at).num_milliseconds().max(0) as f64 / 1000.0;
+        for (row_index, row) in rows.rows(table_map).enumerate() {
+            let (before, after) = row.map_err(|error| {
+                SessionEnd::Disconnected(format!(
+                    "a row of {schema}.{table} cannot be decoded: {error}"
+                ))
+            })?;
+            self.transaction_rows += 1;
+            if self.skip_rows > 0 {
+                self.skip_rows -= 1;
+                continue;
+            }
+            self.batch.push(change(
+                &columns,
+                ChangeRow {
+                    file: &self.file,
+                    position,
+                    row_index,
+                    gtid: &self.gtid_text,
+                    committed_at,
+                    schema: &schema,
+                    table: &table,
+                    operation,
+                },
+                before,
+                after,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a row change sits and what it did.
+struct ChangeRow<'a> {
+    file: &'a str,
+    position: u64,
+    row_index: usize,
+    gtid: &'a str,
+    committed_at: DateTime<Utc>,
+    schema: &'a str,
+    table: &'a str,
+    operation: ChangeOperation,
+}
+
+fn change(
+    columns: &TableColumns,
+    row: ChangeRow<'_>,
+    before: Option<mysql_async::binlog::row::BinlogRow>,
+    after: Option<mysql_async::binlog::row::BinlogRow>,
+) -> NewChangeEvent {
+    let before = before.map(|image| decode::row_json(image, columns));
+    let after = after.map(|image| decode::row_json(image, columns));
+    let key_image = after.as_ref().or(before.as_ref());
+    let primary_key = key_image.and_then(|image| decode::primary_key(image, columns));
+    NewChangeEvent {
+        binlog_file: row.file.to_owned(),
+        binlog_position: i64::try_from(row.position).unwrap_or(i64::MAX),
+        row_index: i32::try_from(row.row_index).unwrap_or(i32::MAX),
+        gtid: row.gtid.to_owned(),
+        committed_at: row.committed_at,
+        schema: row.schema.to_owned(),
+        table: row.table.to_owned(),
+        operation: row.operation,
+        primary_key,
+        before: before.map(serde_json::Value::Object),
+        after: after.map(serde_json::Value::Object),
+    }
+}
+
+impl From<StoreError> for SessionEnd {
+    fn from(error: StoreError) -> SessionEnd {
+        match error {
+            StoreError::Fenced => SessionEnd::Stopped,
+            other => SessionEnd::Disconnected(format!("the change index cannot be written: {other}")),
+        }
+    }
+}

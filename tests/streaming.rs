@@ -1,0 +1,391 @@
+//! The live binlog stream (streaming.md) against a private MariaDB, through the public API:
+//! capture of inserts, updates and deletes with names and typed values, schema changes, a killed
+//! dump thread, decommission, ListChangeEvents paging, filters and permissions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mariadb::*;
+use common::*;
+use dbtrail_servers::proto::{
+    self, DecommissionServerRequest, ListChangeEventsRequest, ServerStatus, StreamState,
+};
+use tonic::Code;
+
+const CAPTURE: Duration = Duration::from_secs(30);
+
+fn stream_options(schemas: &[&str]) -> proto::StreamOptions {
+    proto::StreamOptions {
+        schemas: schemas.iter().map(|schema| schema.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn all_events(client: &mut Client, server_id: &str, filter: &str) -> Vec<proto::ChangeEvent> {
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_change_events(ListChangeEventsRequest {
+                server_id: server_id.to_owned(),
+                page_size: 400,
+                page_token: page_token.clone(),
+                filter: filter.to_owned(),
+            })
+            .await
+            .expect("ListChangeEvents")
+            .into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn wait_for_events(
+    client: &mut Client,
+    server_id: &str,
+    filter: &str,
+    count: usize,
+) -> Vec<proto::ChangeEvent> {
+    let started = Instant::now();
+    loop {
+        let events = all_events(client, server_id, filter).await;
+        if events.len() >= count || started.elapsed() > CAPTURE {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn field<'a>(image: &'a Option<prost_types::Struct>, name: &str) -> Option<&'a prost_types::value::Kind> {
+    image.as_ref()?.fields.get(name)?.kind.as_ref()
+}
+
+fn number(image: &Option<prost_types::Struct>, name: &str) -> f64 {
+    match field(image, name) {
+        Some(prost_types::value::Kind::NumberValue(value)) => *value,
+        other => panic!("{name} is not a number: {other:?}"),
+    }
+}
+
+fn text<'a>(image: &'a Option<prost_types::Struct>, name: &str) -> &'a str {
+    match field(image, name) {
+        Some(prost_types::value::Kind::StringValue(value)) => value,
+        other => panic!("{name} is not a string: {other:?}"),
+    }
+}
+
+/// The source's Binlog Dump threads.
+async fn dump_threads(mariadb: &MariaDb) -> Vec<u64> {
+    mariadb
+        .query::<(u64, String)>("SELECT ID, COMMAND FROM information_schema.PROCESSLIST")
+        .await
+        .into_iter()
+        .filter(|(_, command)| command.starts_with("Binlog Dump"))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+async fn stream_of(client: &mut Client, server_id: &str) -> proto::StreamStatus {
+    get_server(client, server_id)
+        .await
+        .stream
+        .expect("an active server has a stream")
+}
+
+async fn wait_stream(
+    client: &mut Client,
+    server_id: &str,
+    what: &str,
+    condition: impl Fn(&proto::Server) -> bool,
+) -> proto::Server {
+    let started = Instant::now();
+    loop {
+        let server = get_server(client, server_id).await;
+        if condition(&server) {
+            return server;
+        }
+        assert!(
+            started.elapsed() < CAPTURE,
+            "timed out waiting for {what}: {server:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn running(server: &proto::Server) -> bool {
+    server.status == ServerStatus::Active as i32
+        && server
+            .stream
+            .as_ref()
+            .is_some_and(|stream| stream.state == StreamState::Running as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_changes_after_active_are_captured_once_in_order_with_names_and_values() {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.items (id BIGINT UNSIGNED PRIMARY KEY, price DECIMAL(12,2), \
+             made DATETIME(6), note VARCHAR(40) NULL, blob_data BLOB, doc JSON, \
+             big BIGINT UNSIGNED) ENGINE=InnoDB",
+            "CREATE DATABASE audit",
+            "CREATE TABLE audit.log (id INT PRIMARY KEY, line TEXT)",
+        ])
+        .await;
+    mariadb.create_user(USER, PASSWORD, &REPLICATION_GRANTS).await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let mut input = mariadb.server("items", USER, PASSWORD);
+    input.stream_options = Some(stream_options(&["shop"]));
+    let server = register(&mut client, input).await;
+    let id = server.server_id.clone();
+    assert_active(&wait_settled(&client, &id).await);
+    wait_stream(&mut client, &id, "the stream to run", running).await;
+
+    // 1,000 inserts in ten transactions, 10 updates, 5 deletes, and a filtered-out table.
+    let beyond = (1u64 << 60) + 3;
+    for batch in 0..10 {
+        let values: Vec<String> = (0..100)
+            .map(|row| {
+                let id = batch * 100 + row + 1;
+                format!(
+                    "({id}, {id}.25, '2026-12-02 10:00:00.000250', NULL, x'00ff', '{{\"n\": {id}}}', {beyond})"
+                )
+            })
+            .collect();
+        mariadb
+            .exec(&[&format!(
+                "INSERT INTO shop.items VALUES {}",
+                values.join(", ")
+            )])
+            .await;
+    }
+    mariadb.exec(&["INSERT INTO audit.log VALUES (1, 'not tracked')"]).await;
+    for id in 1..=10 {
+        mariadb
+            .exec(&[&format!("UPDATE shop.items SET note = 'updated {id}' WHERE id = {id}")])
+            .await;
+    }
+    mariadb.exec(&["DELETE FROM shop.items WHERE id BETWEEN 996 AND 1000"]).await;
+
+    let events = wait_for_events(&mut client, &id, "", 1015).await;
+    assert_eq!(events.len(), 1015, "every change once, nothing else");
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|event| event.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 1015, "event ids are unique");
+    assert!(events.iter().all(|event| event.schema == "shop" && event.table == "items"));
+    let kinds: Vec<&str> = events.iter().map(|event| event.r#type.as_str()).collect();
+    assert!(kinds[..1000].iter().all(|kind| *kind == "insert"));
+    assert!(kinds[1000..1010].iter().all(|kind| *kind == "update"));
+    assert!(kinds[1010..].iter().all(|kind| *kind == "delete"));
+    // Binlog order: the inserts arrive by id.
+    for (index, event) in events[..1000].iter().enumerate() {
+        assert_eq!(number(&event.after, "id"), (index + 1) as f64);
+    }
+    let first = &events[0];
+    assert_eq!(text(&first.after, "price"), "1.25");
+    assert_eq!(text(&first.after, "made"), "2026-12-02T10:00:00.000250");
+    assert!(matches!(field(&first.after, "note"), Some(prost_types::value::Kind::NullValue(_))));
+    assert_eq!(text(&first.after, "blob_data"), "AP8=");
+    assert_eq!(text(&first.after, "big"), beyond.to_string());
+    match field(&first.after, "doc") {
+        Some(prost_types::value::Kind::StructValue(doc)) => {
+            assert!(doc.fields.contains_key("n"), "{doc:?}")
+        }
+        other => panic!("a JSON column is JSON: {other:?}"),
+    }
+    assert!(first.before.is_none());
+    assert_eq!(number(&first.primary_key, "id"), 1.0);
+    assert!(!first.gtid.is_empty(), "MariaDB GTIDs are on");
+    let update = &events[1000];
+    assert!(matches!(field(&update.before, "note"), Some(prost_types::value::Kind::NullValue(_))));
+    assert_eq!(text(&update.after, "note"), "updated 1");
+    let delete = &events[1014];
+    assert!(delete.after.is_none());
+    assert_eq!(number(&delete.before, "id"), 1000.0);
+
+    // Filters: type, and a time after everything.
+    let deletes = all_events(&mut client, &id, "type = delete AND table = \"items\"").await;
+    assert_eq!(deletes.len(), 5);
+    let none = all_events(&mut client, &id, "committed_at > \"2100-01-01T00:00:00Z\"").await;
+    assert!(none.is_empty());
+    let status = expect_err(
+        client
+            .list_change_events(ListChangeEventsRequest {
+                server_id: id.clone(),
+                filter: "colour = red".into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_bad_request(&status, &["filter"]);
+
+    // The stream's health.
+    let stream = stream_of(&mut client, &id).await;
+    assert_eq!(stream.events_indexed, 1015);
+    assert!(!stream.binlog_file.is_empty());
+    assert!(stream.gtid_set.contains('-'), "{stream:?}");
+    assert!(stream.last_event_at.is_some() && stream.last_checkpoint_at.is_some());
+    assert!(!stream.holder_agent_id.is_empty());
+
+    // A column added mid-stream is decoded by its name.
+    mariadb
+        .exec(&[
+            "ALTER TABLE shop.items ADD COLUMN colour VARCHAR(10)",
+            "INSERT INTO shop.items (id, colour) VALUES (5000, 'teal')",
+        ])
+        .await;
+    let events = wait_for_events(&mut client, &id, "", 1016).await;
+    assert_eq!(events.len(), 1016);
+    assert_eq!(text(&events[1015].after, "colour"), "teal");
+
+    // A killed dump thread: the stream reconnects from its checkpoint, losing and doubling
+    // nothing.
+    let threads = dump_threads(&mariadb).await;
+    assert_eq!(threads.len(), 1, "one binlog connection: {threads:?}");
+    mariadb.exec(&[&format!("KILL {}", threads[0])]).await;
+    mariadb.exec(&["INSERT INTO shop.items (id) VALUES (5001)"]).await;
+    let events = wait_for_events(&mut client, &id, "", 1017).await;
+    assert_eq!(events.len(), 1017, "the insert after the kill is captured once");
+    let server = wait_stream(&mut client, &id, "the stream to run again", running).await;
+    assert!(server.stream.unwrap().reconnects >= 1);
+
+    // Decommission closes the binlog connection within a second.
+    client
+        .decommission_server(DecommissionServerRequest {
+            server_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("DecommissionServer");
+    let started = Instant::now();
+    while !dump_threads(&mariadb).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the dump thread outlived the decommission by a second"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stream = stream_of(&mut client, &id).await;
+    assert_eq!(stream.state, StreamState::Stopped as i32);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_source_is_disconnected_and_its_writes_are_captured_after_it_returns() {
+    let mut mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&["CREATE DATABASE shop", "CREATE TABLE shop.t (id INT PRIMARY KEY)"])
+        .await;
+    mariadb.create_user(USER, PASSWORD, &REPLICATION_GRANTS).await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let server = register(&mut client, mariadb.server("t", USER, PASSWORD)).await;
+    let id = server.server_id.clone();
+    assert_active(&wait_settled(&client, &id).await);
+    wait_stream(&mut client, &id, "the stream to run", running).await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+
+    // Down for 12 s: the stream says disconnected at once, the server after 10 s.
+    let restart = mariadb.restart(Duration::from_secs(12));
+    let watch = async {
+        wait_stream(&mut client, &id, "the server to say disconnected", |server| {
+            server.status == ServerStatus::Disconnected as i32
+                && server
+                    .stream
+                    .as_ref()
+                    .is_some_and(|stream| stream.state == StreamState::Disconnected as i32)
+        })
+        .await
+    };
+    let ((), server) = tokio::join!(restart, watch);
+    let stream = server.stream.expect("stream");
+    assert!(stream.error.is_some(), "{stream:?}");
+    mariadb.exec(&["INSERT INTO shop.t VALUES (2)"]).await;
+    let events = wait_for_events(&mut client, &id, "", 2).await;
+    assert_eq!(events.len(), 2, "the write after the restart is captured once");
+    wait_stream(&mut client, &id, "the stream to run again", running).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_need_changes_read_and_stay_within_the_tenant() {
+    let app = TestApp::start().await;
+    let mut client = app.client();
+    let server = register(&mut client, direct_server("reads")).await;
+    let id = server.server_id.clone();
+    // The bootstrap-like test key has every permission: an empty page.
+    let page = client
+        .list_change_events(ListChangeEventsRequest {
+            server_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListChangeEvents")
+        .into_inner();
+    assert!(page.events.is_empty() && page.next_page_token.is_empty());
+
+    let reader = app.key_with(&["servers:read"]).await;
+    let status = expect_err(
+        app.client_with_key(&reader.secret)
+            .list_change_events(ListChangeEventsRequest {
+                server_id: id.clone(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let other = app.other_tenant("other").await;
+    let status = expect_err(
+        app.client_with_key(&other.key)
+            .list_change_events(ListChangeEventsRequest {
+                server_id: id.clone(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // REST: the same call, the same permission.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/servers/{id}/change-events", app.http_addr);
+    let response = http
+        .get(&url)
+        .bearer_auth(&reader.secret)
+        .send()
+        .await
+        .expect("GET change-events");
+    assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_index_query_walks_its_index() {
+    let app = TestApp::start().await;
+    let store = dbtrail_servers::store::Store::connect(&dbtrail_servers::config::DatabaseConfig {
+        database_url: app.db.url.clone(),
+        pool_size: 1,
+        pool_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+    })
+    .expect("store");
+    let server = dbtrail_servers::domain::ServerId::generate();
+    let filter = dbtrail_servers::domain::change::ChangeFilter::default();
+    let plan = store
+        .explain_list_change_events(server, &filter, 10, 100)
+        .await
+        .expect("EXPLAIN");
+    assert!(plan.contains("Index"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    let partitions = store.change_partitions().await.expect("partitions");
+    assert!(partitions.len() >= 4, "{partitions:?}");
+    app.shutdown().await;
+}
