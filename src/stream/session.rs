@@ -93,6 +93,10 @@ struct Reader {
     last_event_at: Option<DateTime<Utc>>,
     /// Tables a DDL statement touched, to read again before their next row.
     stale: Vec<(String, String)>,
+    /// Whether events carry a CRC32 footer (`binlog_checksum` is not NONE).
+    checksums: bool,
+    /// Whether the format description arrived: before it, a rotate's footer is read as its name.
+    described: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +175,10 @@ async fn open(
             .await
             .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
     }
+    let checksum: Option<String> = connection
+        .query_first("SELECT @@global.binlog_checksum")
+        .await
+        .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
     let dump_connection_id: Option<u64> = connection
         .query_first("SELECT CONNECTION_ID()")
         .await
@@ -194,6 +202,8 @@ async fn open(
         batch: Vec::new(),
         last_event_at: checkpoint.last_event_at,
         stale: Vec::new(),
+        checksums: checksum.is_some_and(|algorithm| !algorithm.eq_ignore_ascii_case("NONE")),
+        described: false,
     };
     Ok((link, reader, dump_connection_id, identity))
 }
@@ -444,8 +454,15 @@ impl Reader {
             .read_data()
             .map_err(|error| SessionEnd::Disconnected(format!("unreadable binlog event: {error}")))?;
         match data {
+            Some(EventData::FormatDescriptionEvent(_)) => self.described = true,
             Some(EventData::RotateEvent(rotate)) => {
-                self.file = rotate.name().into_owned();
+                let mut name = rotate.name_raw().to_vec();
+                // The dump's first rotate comes before the format description, so the event
+                // reader cannot know that its last four bytes are the checksum.
+                if !self.described && self.checksums && name.len() > 4 {
+                    name.truncate(name.len() - 4);
+                }
+                self.file = String::from_utf8_lossy(&name).into_owned();
                 if !artificial || self.committed.file != self.file {
                     self.committed = Position {
                         file: self.file.clone(),
@@ -479,6 +496,7 @@ impl Reader {
             Some(EventData::HeartbeatEvent) => {
                 // The source had nothing to send: the reader is caught up.
                 holder.progress.lag_seconds = 0.0;
+                holder.record_progress(false).await;
             }
             Some(EventData::RowsEvent(rows)) => {
                 let start = end.saturating_sub(u64::from(header.event_size()));
