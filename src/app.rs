@@ -231,7 +231,13 @@ pub async fn start_with_steps(
         stopping.clone(),
     ));
 
-    let api = ServersApi::new(store.clone(), index_store, secrets, hub, authenticator.clone());
+    let api = ServersApi::new(
+        store.clone(),
+        index_store,
+        secrets,
+        hub,
+        authenticator.clone(),
+    );
     let grpc_stack =
         grpc::GrpcStack::new(api, authenticator, health_service).map_err(AppError::Bootstrap)?;
     let gateway = rest::Gateway::new(&grpc_stack)?;

@@ -189,10 +189,7 @@ async fn a_correctly_configured_server_goes_from_provisioning_to_active() {
     // The index schema, the snapshot and the checkpoint in PostgreSQL.
     let state = index_state(&app.db, &id).await;
     assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
-    assert_eq!(
-        state.tables,
-        ["schema_snapshots"]
-    );
+    assert_eq!(state.tables, ["schema_snapshots"]);
     assert_eq!(state.snapshots.len(), 1, "{state:#?}");
     let snapshot = state.current_snapshot();
     assert_eq!((snapshot.schema_count, snapshot.table_count), (2, 3));
@@ -592,10 +589,7 @@ async fn running_initializing_and_snapshotting_again_leaves_one_schema_and_one_c
         vec![state.schema.clone()],
         "exactly one index schema"
     );
-    assert_eq!(
-        state.tables,
-        ["schema_snapshots"]
-    );
+    assert_eq!(state.tables, ["schema_snapshots"]);
     assert_eq!(state.snapshots.len(), 3, "{state:#?}");
     assert_eq!(
         state.snapshots.iter().filter(|row| row.is_current).count(),

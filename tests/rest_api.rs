@@ -807,6 +807,11 @@ async fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
         ("get", "/servers/{server_id}", "GetServer"),
         (
             "get",
+            "/servers/{server_id}/change-events",
+            "ListChangeEvents",
+        ),
+        (
+            "get",
             "/servers/{server_id}/onboarding-status",
             "GetOnboardingStatus",
         ),

@@ -60,7 +60,10 @@ async fn wait_for_events(
     }
 }
 
-fn field<'a>(image: &'a Option<prost_types::Struct>, name: &str) -> Option<&'a prost_types::value::Kind> {
+fn field<'a>(
+    image: &'a Option<prost_types::Struct>,
+    name: &str,
+) -> Option<&'a prost_types::value::Kind> {
     image.as_ref()?.fields.get(name)?.kind.as_ref()
 }
 
@@ -137,7 +140,9 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
             "CREATE TABLE audit.log (id INT PRIMARY KEY, line TEXT)",
         ])
         .await;
-    mariadb.create_user(USER, PASSWORD, &REPLICATION_GRANTS).await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
     let app = mysql_app().await;
     let mut client = app.client();
     let mut input = mariadb.server("items", USER, PASSWORD);
@@ -165,20 +170,30 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
             )])
             .await;
     }
-    mariadb.exec(&["INSERT INTO audit.log VALUES (1, 'not tracked')"]).await;
+    mariadb
+        .exec(&["INSERT INTO audit.log VALUES (1, 'not tracked')"])
+        .await;
     for id in 1..=10 {
         mariadb
-            .exec(&[&format!("UPDATE shop.items SET note = 'updated {id}' WHERE id = {id}")])
+            .exec(&[&format!(
+                "UPDATE shop.items SET note = 'updated {id}' WHERE id = {id}"
+            )])
             .await;
     }
-    mariadb.exec(&["DELETE FROM shop.items WHERE id BETWEEN 996 AND 1000"]).await;
+    mariadb
+        .exec(&["DELETE FROM shop.items WHERE id BETWEEN 996 AND 1000"])
+        .await;
 
     let events = wait_for_events(&mut client, &id, "", 1015).await;
     assert_eq!(events.len(), 1015, "every change once, nothing else");
     let ids: std::collections::HashSet<&str> =
         events.iter().map(|event| event.event_id.as_str()).collect();
     assert_eq!(ids.len(), 1015, "event ids are unique");
-    assert!(events.iter().all(|event| event.schema == "shop" && event.table == "items"));
+    assert!(
+        events
+            .iter()
+            .all(|event| event.schema == "shop" && event.table == "items")
+    );
     let kinds: Vec<&str> = events.iter().map(|event| event.r#type.as_str()).collect();
     assert!(kinds[..1000].iter().all(|kind| *kind == "insert"));
     assert!(kinds[1000..1010].iter().all(|kind| *kind == "update"));
@@ -190,7 +205,10 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
     let first = &events[0];
     assert_eq!(text(&first.after, "price"), "1.25");
     assert_eq!(text(&first.after, "made"), "2026-12-02T10:00:00.000250");
-    assert!(matches!(field(&first.after, "note"), Some(prost_types::value::Kind::NullValue(_))));
+    assert!(matches!(
+        field(&first.after, "note"),
+        Some(prost_types::value::Kind::NullValue(_))
+    ));
     assert_eq!(text(&first.after, "blob_data"), "AP8=");
     assert_eq!(text(&first.after, "big"), beyond.to_string());
     match field(&first.after, "doc") {
@@ -203,7 +221,10 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
     assert_eq!(number(&first.primary_key, "id"), 1.0);
     assert!(!first.gtid.is_empty(), "MariaDB GTIDs are on");
     let update = &events[1000];
-    assert!(matches!(field(&update.before, "note"), Some(prost_types::value::Kind::NullValue(_))));
+    assert!(matches!(
+        field(&update.before, "note"),
+        Some(prost_types::value::Kind::NullValue(_))
+    ));
     assert_eq!(text(&update.after, "note"), "updated 1");
     let delete = &events[1014];
     assert!(delete.after.is_none());
@@ -227,9 +248,17 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
     assert_bad_request(&status, &["filter"]);
 
     // The stream's health (progress is written at most once a second).
-    let server = wait_stream(&mut client, &id, "the progress to show every event", |server| {
-        server.stream.as_ref().is_some_and(|stream| stream.events_indexed == 1015)
-    })
+    let server = wait_stream(
+        &mut client,
+        &id,
+        "the progress to show every event",
+        |server| {
+            server
+                .stream
+                .as_ref()
+                .is_some_and(|stream| stream.events_indexed == 1015)
+        },
+    )
     .await;
     let stream = server.stream.expect("stream");
     assert!(!stream.binlog_file.is_empty());
@@ -253,9 +282,15 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
     let threads = dump_threads(&mariadb).await;
     assert_eq!(threads.len(), 1, "one binlog connection: {threads:?}");
     mariadb.exec(&[&format!("KILL {}", threads[0])]).await;
-    mariadb.exec(&["INSERT INTO shop.items (id) VALUES (5001)"]).await;
+    mariadb
+        .exec(&["INSERT INTO shop.items (id) VALUES (5001)"])
+        .await;
     let events = wait_for_events(&mut client, &id, "", 1017).await;
-    assert_eq!(events.len(), 1017, "the insert after the kill is captured once");
+    assert_eq!(
+        events.len(),
+        1017,
+        "the insert after the kill is captured once"
+    );
     let server = wait_stream(&mut client, &id, "the stream to run again", running).await;
     assert!(server.stream.unwrap().reconnects >= 1);
 
@@ -284,9 +319,14 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
 async fn a_stopped_source_is_disconnected_and_its_writes_are_captured_after_it_returns() {
     let mut mariadb = MariaDb::start().await;
     mariadb
-        .exec(&["CREATE DATABASE shop", "CREATE TABLE shop.t (id INT PRIMARY KEY)"])
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+        ])
         .await;
-    mariadb.create_user(USER, PASSWORD, &REPLICATION_GRANTS).await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
     let app = mysql_app().await;
     let mut client = app.client();
     let server = register(&mut client, mariadb.server("t", USER, PASSWORD)).await;
@@ -299,13 +339,18 @@ async fn a_stopped_source_is_disconnected_and_its_writes_are_captured_after_it_r
     // Down for 12 s: the stream says disconnected at once, the server after 10 s.
     let restart = mariadb.restart(Duration::from_secs(12));
     let watch = async {
-        wait_stream(&mut client, &id, "the server to say disconnected", |server| {
-            server.status == ServerStatus::Disconnected as i32
-                && server
-                    .stream
-                    .as_ref()
-                    .is_some_and(|stream| stream.state == StreamState::Disconnected as i32)
-        })
+        wait_stream(
+            &mut client,
+            &id,
+            "the server to say disconnected",
+            |server| {
+                server.status == ServerStatus::Disconnected as i32
+                    && server
+                        .stream
+                        .as_ref()
+                        .is_some_and(|stream| stream.state == StreamState::Disconnected as i32)
+            },
+        )
         .await
     };
     let ((), server) = tokio::join!(restart, watch);

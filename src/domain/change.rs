@@ -93,7 +93,11 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn skip_whitespace(&mut self) {
-        while self.chars.get(self.index).is_some_and(|(_, c)| c.is_whitespace()) {
+        while self
+            .chars
+            .get(self.index)
+            .is_some_and(|(_, c)| c.is_whitespace())
+        {
             self.index += 1;
         }
     }
@@ -284,9 +288,10 @@ mod tests {
 
     #[test]
     fn parses_conjunctions_of_comparisons() {
-        let filter =
-            ChangeFilter::parse(r#"table = "orders" AND committed_at >= "2026-12-01T10:00:00Z" AND type!=delete"#)
-                .unwrap();
+        let filter = ChangeFilter::parse(
+            r#"table = "orders" AND committed_at >= "2026-12-01T10:00:00Z" AND type!=delete"#,
+        )
+        .unwrap();
         assert_eq!(filter.conditions.len(), 3);
         assert_eq!(
             filter.conditions[0],

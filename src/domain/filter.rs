@@ -7,7 +7,13 @@
 const MAX_LENGTH: usize = 2_000;
 /// Deepest accepted parenthesis nesting; bounds the parser's recursion.
 const MAX_DEPTH: usize = 32;
-const STATUS_VALUES: &[&str] = &["pending", "active", "disconnected", "error", "decommissioned"];
+const STATUS_VALUES: &[&str] = &[
+    "pending",
+    "active",
+    "disconnected",
+    "error",
+    "decommissioned",
+];
 const CONNECTION_METHOD_VALUES: &[&str] = &["direct", "vpn", "ssh_tunnel"];
 const FILTERABLE_FIELDS: &str =
     "status, connection_method, name, host and labels.KEY (labels:KEY tests presence)";
@@ -705,11 +711,11 @@ mod tests {
     fn enum_errors() {
         assert_eq!(
             fails("status = running"),
-            "unknown value \"running\" for status at position 10; allowed values are pending, active, error, decommissioned"
+            "unknown value \"running\" for status at position 10; allowed values are pending, active, disconnected, error, decommissioned"
         );
         assert_eq!(
             fails("status = SERVER_STATUS_UNSPECIFIED"),
-            "unknown value \"SERVER_STATUS_UNSPECIFIED\" for status at position 10; allowed values are pending, active, error, decommissioned"
+            "unknown value \"SERVER_STATUS_UNSPECIFIED\" for status at position 10; allowed values are pending, active, disconnected, error, decommissioned"
         );
         assert_eq!(
             fails("connection_method = \"ssh\""),
@@ -717,7 +723,7 @@ mod tests {
         );
         assert_eq!(
             fails("status = act*"),
-            "status does not accept wildcards: \"act*\" at position 10; allowed values are pending, active, error, decommissioned"
+            "status does not accept wildcards: \"act*\" at position 10; allowed values are pending, active, disconnected, error, decommissioned"
         );
     }
 

@@ -820,7 +820,12 @@ impl Server {
     /// The stream's holder reports a new state (streaming.md §3). Permanent faults put the
     /// server in error with the message; a stream that runs again makes a disconnected server
     /// active. Returns false, changing nothing, when the server no longer wants its stream.
-    pub fn stream_moved(&mut self, state: StreamState, error: Option<String>, now: DateTime<Utc>) -> bool {
+    pub fn stream_moved(
+        &mut self,
+        state: StreamState,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) -> bool {
         if !self.wants_stream() {
             return false;
         }

@@ -9,8 +9,8 @@ use crate::{
         Violations,
         change::ChangeEvent,
         onboarding::{OnboardingStatus, StepProgress},
-        stream::StreamHealth,
         server::{Secret, Server, ServerInput, SshTunnelInput, StreamOptionsInput},
+        stream::StreamHealth,
     },
     proto,
 };

@@ -28,11 +28,11 @@ use uuid::Uuid;
 
 pub use awaiting_firewall::AwaitingFirewall;
 pub use initializing::Initializing;
+pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
 pub use snapshotting::included as included_in_stream;
 pub use streaming::{Streaming, replication_refusal, source_identity};
-pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{

@@ -627,7 +627,7 @@ mod tests {
             .values()
             .map(|methods| methods.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 9);
+        assert_eq!(operations, 10);
         assert!(paths.contains_key("/servers/{server_id}"));
         assert!(!paths.contains_key("/servers/{server.server_id}"));
         assert!(paths["/servers/{server_id}"]["patch"].is_object());

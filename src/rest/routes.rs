@@ -959,7 +959,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(routes.len(), 9);
+        assert_eq!(routes.len(), 10);
         assert!(routes.contains(&(
             "PATCH".into(),
             "/servers/{server.server_id}".into(),

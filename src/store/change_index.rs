@@ -17,7 +17,9 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::{Store, StoreError};
 use crate::domain::{
     ServerId,
-    change::{ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison},
+    change::{
+        ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison,
+    },
 };
 
 diesel::table! {
@@ -517,11 +519,12 @@ impl Store {
         if let Some(row) = taken {
             return Ok(Some(row.into()));
         }
-        let exists: Option<i64> = diesel::dsl::sql::<BigInt>("SELECT epoch FROM stream_checkpoints WHERE server_id = ")
-            .bind::<SqlUuid, _>(server_id.0)
-            .get_result(&mut connection)
-            .await
-            .optional()?;
+        let exists: Option<i64> =
+            diesel::dsl::sql::<BigInt>("SELECT epoch FROM stream_checkpoints WHERE server_id = ")
+                .bind::<SqlUuid, _>(server_id.0)
+                .get_result(&mut connection)
+                .await
+                .optional()?;
         match exists {
             Some(_) => Err(StoreError::Fenced),
             None => Ok(None),
@@ -634,7 +637,10 @@ struct EventColumns {
 impl From<&[NewChangeEvent]> for EventColumns {
     fn from(events: &[NewChangeEvent]) -> EventColumns {
         EventColumns {
-            files: events.iter().map(|event| event.binlog_file.clone()).collect(),
+            files: events
+                .iter()
+                .map(|event| event.binlog_file.clone())
+                .collect(),
             positions: events.iter().map(|event| event.binlog_position).collect(),
             row_indexes: events.iter().map(|event| event.row_index).collect(),
             gtids: events.iter().map(|event| event.gtid.clone()).collect(),
@@ -645,7 +651,10 @@ impl From<&[NewChangeEvent]> for EventColumns {
                 .iter()
                 .map(|event| event.operation.as_str().to_owned())
                 .collect(),
-            keys: events.iter().map(|event| event.primary_key.clone()).collect(),
+            keys: events
+                .iter()
+                .map(|event| event.primary_key.clone())
+                .collect(),
             befores: events.iter().map(|event| event.before.clone()).collect(),
             afters: events.iter().map(|event| event.after.clone()).collect(),
         }

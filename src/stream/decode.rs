@@ -139,7 +139,9 @@ fn from_int(value: i64, kind: &ColumnKind) -> Json {
         ColumnKind::Enum(members) => usize::try_from(value)
             .ok()
             .and_then(|index| members.get(index.checked_sub(1)?))
-            .map_or(Json::String(String::new()), |member| Json::String(member.clone())),
+            .map_or(Json::String(String::new()), |member| {
+                Json::String(member.clone())
+            }),
         ColumnKind::Set(members) => Json::String(
             members
                 .iter()
@@ -185,8 +187,12 @@ pub fn value_json(value: Value, kind: &ColumnKind) -> Json {
         Value::NULL => Json::Null,
         Value::Int(value) => from_int(value, kind),
         Value::UInt(value) => integer(value, false),
-        Value::Float(value) => serde_json::Number::from_f64(f64::from(value)).map_or(Json::Null, Json::Number),
-        Value::Double(value) => serde_json::Number::from_f64(value).map_or(Json::Null, Json::Number),
+        Value::Float(value) => {
+            serde_json::Number::from_f64(f64::from(value)).map_or(Json::Null, Json::Number)
+        }
+        Value::Double(value) => {
+            serde_json::Number::from_f64(value).map_or(Json::Null, Json::Number)
+        }
         Value::Bytes(bytes) => from_bytes(bytes, kind),
         Value::Date(year, month, day, hour, minute, second, micros) => Json::String(match kind {
             ColumnKind::Date => format!("{year:04}-{month:02}-{day:02}"),
@@ -233,9 +239,8 @@ pub fn row_json(row: BinlogRow, table: &TableColumns) -> Map<String, Json> {
         };
         let json = match value {
             BinlogValue::Value(value) => value_json(value, kind),
-            other => Value::try_from(other).map_or(Json::Null, |value| {
-                value_json(value, &ColumnKind::Json)
-            }),
+            other => Value::try_from(other)
+                .map_or(Json::Null, |value| value_json(value, &ColumnKind::Json)),
         };
         object.insert(name, json);
     }
@@ -261,7 +266,10 @@ mod tests {
 
     #[test]
     fn kinds_come_from_column_types() {
-        assert_eq!(ColumnKind::of("bigint(20) unsigned", false), ColumnKind::Unsigned(64));
+        assert_eq!(
+            ColumnKind::of("bigint(20) unsigned", false),
+            ColumnKind::Unsigned(64)
+        );
         assert_eq!(ColumnKind::of("int(11)", false), ColumnKind::Signed);
         assert_eq!(ColumnKind::of("decimal(12,2)", false), ColumnKind::Decimal);
         assert_eq!(ColumnKind::of("longtext", true), ColumnKind::Json);
@@ -284,8 +292,14 @@ mod tests {
             value_json(Value::Int(-1), &ColumnKind::Unsigned(64)),
             Json::String(u64::MAX.to_string())
         );
-        assert_eq!(value_json(Value::Int(-1), &ColumnKind::Unsigned(8)), Json::from(255));
-        assert_eq!(value_json(Value::Int(-5), &ColumnKind::Signed), Json::from(-5));
+        assert_eq!(
+            value_json(Value::Int(-1), &ColumnKind::Unsigned(8)),
+            Json::from(255)
+        );
+        assert_eq!(
+            value_json(Value::Int(-5), &ColumnKind::Signed),
+            Json::from(-5)
+        );
         assert_eq!(
             value_json(Value::Bytes(b"12.50".to_vec()), &ColumnKind::Decimal),
             Json::String("12.50".into())
@@ -299,7 +313,10 @@ mod tests {
             serde_json::json!({"a": [1, 2]})
         );
         assert_eq!(
-            value_json(Value::Date(2026, 12, 2, 10, 5, 1, 250), &ColumnKind::DateTime),
+            value_json(
+                Value::Date(2026, 12, 2, 10, 5, 1, 250),
+                &ColumnKind::DateTime
+            ),
             Json::String("2026-12-02T10:05:01.000250".into())
         );
         assert_eq!(
@@ -316,7 +333,10 @@ mod tests {
         );
         assert_eq!(value_json(Value::NULL, &ColumnKind::Text), Json::Null);
         assert_eq!(
-            value_json(Value::Int(2), &ColumnKind::Enum(vec!["a".into(), "b".into()])),
+            value_json(
+                Value::Int(2),
+                &ColumnKind::Enum(vec!["a".into(), "b".into()])
+            ),
             Json::String("b".into())
         );
     }

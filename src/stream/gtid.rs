@@ -16,7 +16,11 @@ impl GtidSet {
     /// Parses a stored set; parts it cannot read are dropped (the position still resumes).
     pub fn parse(text: &str) -> GtidSet {
         let mut set = GtidSet::default();
-        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        for part in text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+        {
             if let Some((uuid, intervals)) = part.split_once(':') {
                 let parsed = intervals.split(':').filter_map(|interval| {
                     let (start, end) = interval.split_once('-').unwrap_or((interval, interval));

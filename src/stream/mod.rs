@@ -62,7 +62,12 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Streams {
     /// A supervisor; `index` is the change index's database (the control plane's by default).
-    pub fn new(store: Store, index: Store, secrets: SecretBox, config: StreamsConfig) -> Arc<Streams> {
+    pub fn new(
+        store: Store,
+        index: Store,
+        secrets: SecretBox,
+        config: StreamsConfig,
+    ) -> Arc<Streams> {
         Arc::new(Streams {
             store,
             index,
@@ -104,7 +109,11 @@ impl Streams {
             }
             if maintained.is_none_or(|at| at.elapsed() >= MAINTENANCE_INTERVAL) {
                 maintained = Some(Instant::now());
-                match self.index.maintain_change_index(Some(self.config.retention)).await {
+                match self
+                    .index
+                    .maintain_change_index(Some(self.config.retention))
+                    .await
+                {
                     Ok(dropped) if !dropped.is_empty() => {
                         tracing::info!(?dropped, "dropped change-event partitions past retention");
                     }
@@ -120,7 +129,10 @@ impl Streams {
 
     async fn sweep(self: &Arc<Streams>) -> Result<(), StoreError> {
         let window = self.config.sweep_interval * 3;
-        let spread = self.store.stream_spread(self.config.agent_id, window).await?;
+        let spread = self
+            .store
+            .stream_spread(self.config.agent_id, window)
+            .await?;
         let share = usize::try_from(spread.fair_share()).unwrap_or(usize::MAX);
         let limit = share.min(self.config.max_streams);
         let held: Vec<Arc<Control>> = self.running().values().cloned().collect();
@@ -154,7 +166,11 @@ impl Streams {
         // The connection closes a third of the TTL before the lease could expire.
         let valid = self.config.lease_ttl * 2 / 3;
         let control = Arc::new(Control::new(valid));
-        if self.running().insert(claim.server_id, control.clone()).is_some() {
+        if self
+            .running()
+            .insert(claim.server_id, control.clone())
+            .is_some()
+        {
             tracing::warn!(server_id = %claim.server_id, "a stream was claimed twice by one replica");
         }
         let streams = self.clone();
@@ -210,7 +226,9 @@ impl Streams {
         match tokio::time::timeout(grace, self.store.release_all_stream_leases(self.owner)).await {
             Ok(Ok(released)) if released > 0 => tracing::info!(released, "released stream leases"),
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not release stream leases; they will expire"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not release stream leases; they will expire")
+            }
             Err(_) => tracing::warn!("releasing stream leases timed out; they will expire"),
         }
     }

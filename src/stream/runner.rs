@@ -243,7 +243,8 @@ impl Holder {
                 }
                 Err(error) => {
                     tracing::warn!(server_id = %self.claim.server_id, %error, "writing change events failed; retrying");
-                    if failing_since.elapsed() >= STALL_AFTER && self.state != StreamState::Stalled {
+                    if failing_since.elapsed() >= STALL_AFTER && self.state != StreamState::Stalled
+                    {
                         let message = format!("the change index cannot be written: {error}");
                         let _ = self.move_to(StreamState::Stalled, Some(message)).await;
                     }
@@ -296,14 +297,20 @@ impl Holder {
     }
 
     /// Records a new state: a revision of the server.
-    async fn move_to(&mut self, state: StreamState, error: Option<String>) -> Result<(), StoreError> {
+    async fn move_to(
+        &mut self,
+        state: StreamState,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
         self.record_progress(true).await;
         let now = crate::domain::now();
         let (server, _) = self
             .store
-            .modify_server(Scope::Stream(self.claim.fence), self.claim.server_id, |server| {
-                Ok::<_, StoreError>(server.stream_moved(state, error, now))
-            })
+            .modify_server(
+                Scope::Stream(self.claim.fence),
+                self.claim.server_id,
+                |server| Ok::<_, StoreError>(server.stream_moved(state, error, now)),
+            )
             .await?;
         self.server = server;
         self.state = state;
@@ -313,10 +320,14 @@ impl Holder {
     async fn still_disconnected(&mut self) {
         let result = self
             .store
-            .modify_server(Scope::Stream(self.claim.fence), self.claim.server_id, |server| {
-                server.stream_still_disconnected();
-                Ok::<_, StoreError>(())
-            })
+            .modify_server(
+                Scope::Stream(self.claim.fence),
+                self.claim.server_id,
+                |server| {
+                    server.stream_still_disconnected();
+                    Ok::<_, StoreError>(())
+                },
+            )
             .await;
         if let Ok((server, ())) = result {
             self.server = server;
@@ -338,7 +349,9 @@ pub async fn run_stream(holder: &mut Holder) {
         {
             Ok(Some(checkpoint)) => checkpoint,
             Ok(None) => {
-                let message = "the stream has no checkpoint to start from; RetryOnboarding records one".to_owned();
+                let message =
+                    "the stream has no checkpoint to start from; RetryOnboarding records one"
+                        .to_owned();
                 let _ = holder.move_to(StreamState::Failed, Some(message)).await;
                 return;
             }
@@ -374,7 +387,9 @@ pub async fn run_stream(holder: &mut Holder) {
                     .disconnected_since
                     .get_or_insert_with(crate::domain::now);
                 if holder.state != StreamState::Disconnected {
-                    let _ = holder.move_to(StreamState::Disconnected, Some(message)).await;
+                    let _ = holder
+                        .move_to(StreamState::Disconnected, Some(message))
+                        .await;
                 } else {
                     holder.record_progress(true).await;
                 }
@@ -384,7 +399,9 @@ pub async fn run_stream(holder: &mut Holder) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             SessionEnd::LostPosition(message) => {
-                let _ = holder.move_to(StreamState::LostPosition, Some(message)).await;
+                let _ = holder
+                    .move_to(StreamState::LostPosition, Some(message))
+                    .await;
                 return;
             }
             SessionEnd::Failed(message) => {
@@ -404,7 +421,9 @@ async fn pause(holder: &mut Holder, backoff: Duration) -> bool {
             let passed = crate::domain::now() - since;
             (DISCONNECTED_GRACE - passed).to_std().unwrap_or_default()
         });
-        if grace_left == Some(Duration::ZERO) && holder.server.status == crate::domain::ServerStatus::Active {
+        if grace_left == Some(Duration::ZERO)
+            && holder.server.status == crate::domain::ServerStatus::Active
+        {
             holder.still_disconnected().await;
         }
         let wake = match grace_left {

@@ -101,13 +101,23 @@ struct Reader {
 
 #[derive(Debug, Clone)]
 enum PendingGtid {
-    Mariadb { domain: u32, server: u32, sequence: u64 },
-    Mysql { uuid: String, number: u64 },
+    Mariadb {
+        domain: u32,
+        server: u32,
+        sequence: u64,
+    },
+    Mysql {
+        uuid: String,
+        number: u64,
+    },
 }
 
 /// The binlog files the source still has.
 async fn binary_logs(connection: &mut Conn, address: &str) -> Result<Vec<String>, SessionEnd> {
-    match connection.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
+    match connection
+        .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+        .await
+    {
         Ok(rows) => Ok(rows
             .into_iter()
             .filter_map(|row| row.get::<String, _>(0))
@@ -208,12 +218,24 @@ async fn open(
     Ok((link, reader, dump_connection_id, identity))
 }
 
-fn refusal(error: &mysql_async::Error, context: &StepContext, replica_id: u32, address: &str) -> SessionEnd {
+fn refusal(
+    error: &mysql_async::Error,
+    context: &StepContext,
+    replica_id: u32,
+    address: &str,
+) -> SessionEnd {
     let account = context.server.spec.mysql_user.clone();
     match (error, replication_refusal(error, &account, replica_id)) {
-        (mysql_async::Error::Server(server), Some(reason)) if server.code == 1236 && !reason.contains("clashes") => {
-            if server.message.contains("purged") || server.message.contains("not find") || server.message.contains("Could not find") {
-                SessionEnd::LostPosition(format!("{reason}; RetryOnboarding restarts from the current position and records the gap"))
+        (mysql_async::Error::Server(server), Some(reason))
+            if server.code == 1236 && !reason.contains("clashes") =>
+        {
+            if server.message.contains("purged")
+                || server.message.contains("not find")
+                || server.message.contains("Could not find")
+            {
+                SessionEnd::LostPosition(format!(
+                    "{reason}; RetryOnboarding restarts from the current position and records the gap"
+                ))
             } else {
                 SessionEnd::Disconnected(reason)
             }
@@ -243,7 +265,15 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
         Err(error) => return refusal(&error, &context, replica_id, &reader.address),
     };
     let mut stream = stream;
-    let end = read(holder, &mut stream, &mut reader, &identity, &context, replica_id).await;
+    let end = read(
+        holder,
+        &mut stream,
+        &mut reader,
+        &identity,
+        &context,
+        replica_id,
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
     if let (Some(id), SessionEnd::Stopped | SessionEnd::Restart) = (dump_connection_id, &end) {
         end_dump_thread(&context, id).await;
@@ -355,13 +385,15 @@ async fn read(
 /// Writes the complete transactions buffered (or, for one very large transaction, its rows so
 /// far) with the checkpoint after them.
 async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Result<(), SessionEnd> {
-    let (rows, checkpoint) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2
-    {
+    let (rows, checkpoint) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2 {
         // One transaction larger than memory should hold: store its rows so far and resume
         // at its start, skipping them.
         let stored = reader.transaction_rows;
         let start = reader.committed.clone();
-        (reader.batch.len(), reader.checkpoint(start, stored, identity))
+        (
+            reader.batch.len(),
+            reader.checkpoint(start, stored, identity),
+        )
     } else {
         (
             reader.committed_rows,
@@ -434,7 +466,8 @@ impl Reader {
         let header = event.header();
         let end = u64::from(header.log_pos());
         let artificial = header.flags().contains(EventFlags::LOG_EVENT_ARTIFICIAL_F);
-        metrics::counter!("dbtrail_stream_bytes_read_total").increment(u64::from(header.event_size()));
+        metrics::counter!("dbtrail_stream_bytes_read_total")
+            .increment(u64::from(header.event_size()));
         if header.event_type_raw() == MARIADB_GTID_EVENT {
             let data = event.data();
             if data.len() >= 13 {
@@ -450,9 +483,9 @@ impl Reader {
             }
             return Ok(());
         }
-        let data = event
-            .read_data()
-            .map_err(|error| SessionEnd::Disconnected(format!("unreadable binlog event: {error}")))?;
+        let data = event.read_data().map_err(|error| {
+            SessionEnd::Disconnected(format!("unreadable binlog event: {error}"))
+        })?;
         match data {
             Some(EventData::FormatDescriptionEvent(_)) => self.described = true,
             Some(EventData::RotateEvent(rotate)) => {
@@ -523,7 +556,12 @@ impl Reader {
     }
 
     /// Reads a table's columns again after a DDL statement touched it.
-    async fn refresh(&mut self, schema: &str, table: &str, context: &StepContext) -> Result<(), SessionEnd> {
+    async fn refresh(
+        &mut self,
+        schema: &str,
+        table: &str,
+        context: &StepContext,
+    ) -> Result<(), SessionEnd> {
         let mut link = mysql::connect(context).await?;
         let fresh = Tables::load(
             &mut link.connection,
@@ -648,7 +686,9 @@ impl From<StoreError> for SessionEnd {
     fn from(error: StoreError) -> SessionEnd {
         match error {
             StoreError::Fenced => SessionEnd::Stopped,
-            other => SessionEnd::Disconnected(format!("the change index cannot be written: {other}")),
+            other => {
+                SessionEnd::Disconnected(format!("the change index cannot be written: {other}"))
+            }
         }
     }
 }

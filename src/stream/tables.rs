@@ -130,7 +130,10 @@ pub fn ddl_tables(statement: &str, default_schema: &str) -> Vec<(String, String)
     ) {
         return Vec::new();
     }
-    let Some(table_at) = upper.iter().position(|word| word == "TABLE" || word == "TABLES") else {
+    let Some(table_at) = upper
+        .iter()
+        .position(|word| word == "TABLE" || word == "TABLES")
+    else {
         return Vec::new();
     };
     let skip = ["IF", "NOT", "EXISTS", "TEMPORARY", "TO", "ONLINE", "IGNORE"];

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::common::{ERROR_DOMAIN, TestApp};
 
 /// The keys of a Server in a response, every one always present.
-pub const SERVER_KEYS: [&str; 17] = [
+pub const SERVER_KEYS: [&str; 18] = [
     "connection_method",
     "created_at",
     "decommissioned_at",
@@ -29,6 +29,7 @@ pub const SERVER_KEYS: [&str; 17] = [
     "server_id",
     "ssh_tunnel",
     "status",
+    "stream",
     "stream_options",
     "updated_at",
 ];
@@ -324,6 +325,8 @@ pub fn server_json(server: &proto::Server) -> Value {
         "updated_at": timestamp_json(&server.updated_at),
         "decommissioned_at": timestamp_json(&server.decommissioned_at),
         "etag": server.etag,
+        // The servers of the REST tests never reach streaming.
+        "stream": server.stream.as_ref().map(|stream| json!({"state": stream.state})),
     })
 }
 

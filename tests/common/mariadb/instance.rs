@@ -521,42 +521,46 @@ impl Drop for MariaDb {
 /// Starts mariadbd with `args`, logging to `error_log`, as the mysql account when root, killed
 /// when the test's thread dies.
 fn spawn(args: &[String], error_log: &Path) -> Child {
-        let log_file = File::options().create(true).append(true).open(error_log).expect("the MariaDB log file");
-        chown_to_mysql(error_log);
-        let mut command = Command::new(MARIADBD);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log file"))
-            .stderr(log_file);
-        let account = mysql_account();
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe system calls. It drops root for the mysql account first (mariadbd's
-        // own --user would clear the parent-death signal, which a credential change resets), then
-        // asks the kernel to kill the server when the test's thread dies.
-        unsafe {
-            let parent = libc::getpid();
-            command.pre_exec(move || {
-                if let Some((uid, gid)) = account
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    // The test died before the signal was armed.
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        command.spawn().unwrap_or_else(|error| {
-            panic!("cannot start {MARIADBD} {args:?}: {error}. Install mariadb-server")
-        })
+    let log_file = File::options()
+        .create(true)
+        .append(true)
+        .open(error_log)
+        .expect("the MariaDB log file");
+    chown_to_mysql(error_log);
+    let mut command = Command::new(MARIADBD);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("clone the log file"))
+        .stderr(log_file);
+    let account = mysql_account();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls. It drops root for the mysql account first (mariadbd's
+    // own --user would clear the parent-death signal, which a credential change resets), then
+    // asks the kernel to kill the server when the test's thread dies.
+    unsafe {
+        let parent = libc::getpid();
+        command.pre_exec(move || {
+            if let Some((uid, gid)) = account
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The test died before the signal was armed.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    command.spawn().unwrap_or_else(|error| {
+        panic!("cannot start {MARIADBD} {args:?}: {error}. Install mariadb-server")
+    })
 }
 
 /// A port free at the time of asking (bound to 127.0.0.1:0 and released).
