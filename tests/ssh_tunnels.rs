@@ -175,10 +175,20 @@ fn assert_logged_in_through(status: &OnboardingStatus, mariadb: &MariaDb, sshd: 
 
 /// Waits until the sshd has no established connection and no session process left.
 async fn assert_tunnels_close(sshd: &Sshd, what: &str) {
+    assert_tunnels_left(sshd, what, 0).await;
+}
+
+/// Waits until onboarding's tunnels are closed and only the live binlog stream's one is open.
+async fn assert_only_the_stream_tunnel(sshd: &Sshd, what: &str) {
+    assert_tunnels_left(sshd, what, 1).await;
+}
+
+/// Waits until the sshd has `left` established connections and session processes.
+async fn assert_tunnels_left(sshd: &Sshd, what: &str, left: usize) {
     let started = Instant::now();
     loop {
         let (connections, sessions) = (sshd.established_connections(), sshd.session_processes());
-        if connections == 0 && sessions == 0 {
+        if connections == left && sessions == left {
             return;
         }
         if started.elapsed() > CLOSE_TIMEOUT {
@@ -216,7 +226,7 @@ async fn onboard_through(sshd: &Sshd) {
         sshd.accepted_logins(),
         sshd.log()
     );
-    assert_tunnels_close(sshd, "after onboarding").await;
+    assert_only_the_stream_tunnel(sshd, "after onboarding").await;
     let state = index_state(&app.db, &id).await;
     assert_eq!(state.checkpoints.len(), 1, "{state:#?}");
 }
@@ -406,7 +416,7 @@ async fn a_server_behind_a_jumphost_goes_from_awaiting_firewall_to_active_throug
         "{}",
         sshd.log()
     );
-    assert_tunnels_close(&sshd, "after onboarding").await;
+    assert_only_the_stream_tunnel(&sshd, "after onboarding").await;
 
     // What the steps wrote in PostgreSQL came through the tunnel.
     let state = index_state(&app.db, &id).await;
@@ -497,7 +507,7 @@ async fn a_changed_host_key_fails_waiting_for_agent_with_both_fingerprints() {
     assert_active(&status);
     let recorded = sshd.host_key_fingerprint();
     assert_eq!(recorded_fingerprint(&mut client, &id).await, recorded);
-    assert_tunnels_close(&sshd, "after onboarding").await;
+    assert_only_the_stream_tunnel(&sshd, "after onboarding").await;
 
     // The jumphost comes back with another host key.
     let presented = sshd.restart_with_new_host_key().await;

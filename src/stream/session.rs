@@ -275,7 +275,12 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     )
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
-    if let (Some(id), SessionEnd::Stopped | SessionEnd::Restart) = (dump_connection_id, &end) {
+    // Through a tunnel, closing it closes the jumphost's connection to MySQL, and the dump
+    // thread ends at its next heartbeat; a second login through the jumphost would be one the
+    // customer did not expect (the jumphost may be moving).
+    if let (Some(id), SessionEnd::Stopped | SessionEnd::Restart, None) =
+        (dump_connection_id, &end, &tunnel)
+    {
         end_dump_thread(&context, id).await;
     }
     drop(tunnel);

@@ -274,6 +274,28 @@ fn server_status(value: i32) -> Value {
     lower(name, "SERVER_STATUS_")
 }
 
+/// A StreamStatus as the REST layer writes it.
+pub fn stream_json(stream: &proto::StreamStatus) -> Value {
+    let state = proto::StreamState::try_from(stream.state)
+        .map(|state| state.as_str_name())
+        .unwrap_or("?");
+    json!({
+        "state": lower(state, "STREAM_STATE_"),
+        "binlog_file": stream.binlog_file,
+        "binlog_position": stream.binlog_position,
+        "gtid_set": stream.gtid_set,
+        "source_server_uuid": stream.source_server_uuid,
+        "last_event_at": timestamp_json(&stream.last_event_at),
+        "last_heartbeat_at": timestamp_json(&stream.last_heartbeat_at),
+        "last_checkpoint_at": timestamp_json(&stream.last_checkpoint_at),
+        "lag_seconds": stream.lag_seconds,
+        "events_indexed": stream.events_indexed,
+        "reconnects": stream.reconnects,
+        "error": stream.error,
+        "holder_agent_id": stream.holder_agent_id,
+    })
+}
+
 fn onboarding_step(value: i32) -> Value {
     let name = proto::OnboardingStep::try_from(value)
         .map(|step| step.as_str_name())
@@ -325,8 +347,7 @@ pub fn server_json(server: &proto::Server) -> Value {
         "updated_at": timestamp_json(&server.updated_at),
         "decommissioned_at": timestamp_json(&server.decommissioned_at),
         "etag": server.etag,
-        // The servers of the REST tests never reach streaming.
-        "stream": server.stream.as_ref().map(|stream| json!({"state": stream.state})),
+        "stream": server.stream.as_ref().map(stream_json),
     })
 }
 
