@@ -78,10 +78,7 @@ impl ColumnKind {
     /// `json` says that MariaDB's JSON alias (a checked LONGTEXT) is meant.
     pub fn of(column_type: &str, json: bool) -> ColumnKind {
         let lower = column_type.to_ascii_lowercase();
-        let base = lower
-            .split(|c: char| c == '(' || c == ' ')
-            .next()
-            .unwrap_or_default();
+        let base = lower.split(['(', ' ']).next().unwrap_or_default();
         let unsigned = lower.contains("unsigned");
         match base {
             _ if json => ColumnKind::Json,

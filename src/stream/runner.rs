@@ -285,14 +285,12 @@ impl Holder {
             return;
         }
         self.last_progress = Some(Instant::now());
-        if let Err(error) = self
+        if let Err(StoreError::Fenced) = self
             .store
             .record_stream_progress(self.claim, &self.progress)
             .await
         {
-            if matches!(error, StoreError::Fenced) {
-                self.control.lose();
-            }
+            self.control.lose();
         }
     }
 
