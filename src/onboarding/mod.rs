@@ -32,7 +32,7 @@ pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
 pub use snapshotting::included as included_in_stream;
-pub use streaming::{Streaming, replication_refusal, source_identity};
+pub use streaming::{Streaming, end_dump_thread, replication_refusal, source_identity};
 pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{

@@ -235,7 +235,7 @@ async fn open_stream(
 }
 
 /// Kills the binlog dump thread of a closed stream (best effort: a user may kill its own threads).
-async fn end_dump_thread(context: &StepContext, connection_id: u64) {
+pub async fn end_dump_thread(context: &StepContext, connection_id: u64) {
     let ended = async {
         if let Ok(mut link) = mysql::connect(context).await {
             let _ = link

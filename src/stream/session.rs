@@ -26,7 +26,8 @@ use super::{
 use crate::{
     domain::ChangeOperation,
     onboarding::{
-        MysqlFailure, StepContext, classify_mysql, mysql, replication_refusal, source_identity,
+        MysqlFailure, StepContext, classify_mysql, end_dump_thread, mysql, replication_refusal,
+        source_identity,
     },
     store::{NewChangeEvent, StoreError, StreamCheckpoint},
 };
@@ -285,20 +286,6 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     }
     drop(tunnel);
     end
-}
-
-/// Kills the dump thread of a closed stream, so that the source lets go of it at once.
-async fn end_dump_thread(context: &StepContext, connection_id: u64) {
-    let ended = async {
-        if let Ok(mut link) = mysql::connect(context).await {
-            let _ = link
-                .connection
-                .query_drop(format!("KILL CONNECTION {connection_id}"))
-                .await;
-            link.close().await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
 }
 
 /// What the event loop woke up for.
