@@ -152,17 +152,24 @@ pub async fn start_with_steps(
     let agent_id = store
         .upsert_agent(&config.agent_name(), &outbound_ip, config.agent_capacity)
         .await?;
-    let index_store = match &config.index_database_url {
-        Some(url) => {
-            store::create_database(url).await?;
-            Store::connect(&DatabaseConfig {
-                database_url: url.clone(),
-                pool_size: config.engine_pool_size,
-                pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
-                ..config.database.clone()
-            })?
-        }
-        None => engine_store.clone(),
+    // The change index: its own pool for the streams' writes (so event volume never starves
+    // the engine's lease renewals), and the API's pool or one like it for ListChangeEvents.
+    let index_url = config.index_database_url.as_ref();
+    if let Some(url) = index_url {
+        store::create_database(url).await?;
+    }
+    let index_store = Store::connect(&DatabaseConfig {
+        database_url: index_url.unwrap_or(&config.database.database_url).clone(),
+        pool_size: config.engine_pool_size,
+        pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
+        ..config.database.clone()
+    })?;
+    let index_reader = match index_url {
+        Some(url) => Store::connect(&DatabaseConfig {
+            database_url: url.clone(),
+            ..config.database.clone()
+        })?,
+        None => store.clone(),
     };
     index_store.prepare_change_index().await?;
 
@@ -175,6 +182,7 @@ pub async fn start_with_steps(
         connect_attempts: config.mysql_connect_attempts,
         allow_loopback_targets: config.allow_loopback_targets,
     };
+    let (activated, activations) = mpsc::channel(1024);
     let streams = Streams::new(
         engine_store.clone(),
         index_store.clone(),
@@ -192,6 +200,7 @@ pub async fn start_with_steps(
             agent_id,
             outbound_ip: outbound_ip.clone(),
         },
+        activations,
     );
     let engine = Engine::new(
         engine_store,
@@ -204,6 +213,7 @@ pub async fn start_with_steps(
             agent: agent_settings,
         },
         steps,
+        activated,
     );
 
     let (notification_sender, notifications) = mpsc::channel(1024);
@@ -233,7 +243,7 @@ pub async fn start_with_steps(
 
     let api = ServersApi::new(
         store.clone(),
-        index_store,
+        index_reader,
         secrets,
         hub,
         authenticator.clone(),

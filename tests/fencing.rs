@@ -159,7 +159,7 @@ async fn a_paused_replica_changes_nothing_after_its_leases_are_taken_over() {
 async fn a_stale_runners_fenced_write_changes_nothing() {
     use dbtrail_servers::config::DatabaseConfig;
     use dbtrail_servers::domain::{OnboardingStep as Step, ServerId};
-    use dbtrail_servers::store::{Scope, Store, StoreError};
+    use dbtrail_servers::store::{Lease, Scope, Store, StoreError};
 
     // A server stuck in provisioning (no capacity), so that it stays runnable; the replica
     // stops (releasing its lease) and the test plays the runners itself.
@@ -250,7 +250,9 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
         write.map(|(server, _)| server.revision)
     );
     assert!(matches!(
-        store.renew_lease(stale, Duration::from_secs(60)).await,
+        store
+            .renew_lease(Lease::Onboarding, stale, Duration::from_secs(60))
+            .await,
         Err(StoreError::Fenced)
     ));
     assert!(matches!(
@@ -258,7 +260,7 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
         Err(StoreError::Fenced)
     ));
     store
-        .release_lease(stale)
+        .release_lease(Lease::Onboarding, stale)
         .await
         .expect("releasing a lost lease is a no-op");
     assert_eq!(

@@ -11,11 +11,9 @@ const FIELDS: &str = "schema, table, type, committed_at and gtid";
 
 pub use super::ChangeOperation;
 
-/// One stored row change.
+/// One captured row change: where it sits in the binlog, what it did, and the row images.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChangeEvent {
-    /// Position in the server's index: binlog order.
-    pub sequence: i64,
+pub struct RowChange {
     pub binlog_file: String,
     pub binlog_position: i64,
     /// The row's place among the rows of its binlog event.
@@ -30,14 +28,21 @@ pub struct ChangeEvent {
     pub after: Option<serde_json::Value>,
 }
 
-impl ChangeEvent {
-    /// The event's stable id: the same binlog row always gets the same one.
+impl RowChange {
+    /// The change's stable id: the same binlog row always gets the same one.
     pub fn event_id(&self) -> String {
         format!(
             "{}:{}:{}",
             self.binlog_file, self.binlog_position, self.row_index
         )
     }
+}
+
+/// A stored row change and its place in the server's index (binlog order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    pub sequence: i64,
+    pub change: RowChange,
 }
 
 /// A filterable field of a change event.

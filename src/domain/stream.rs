@@ -12,7 +12,7 @@ use super::StreamState;
 pub const DISCONNECTED_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 /// A stream's progress: what the holder last wrote (never a revision).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamProgress {
     pub binlog_file: String,
     pub binlog_position: i64,
@@ -21,15 +21,14 @@ pub struct StreamProgress {
     pub last_event_at: Option<DateTime<Utc>>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub last_checkpoint_at: Option<DateTime<Utc>>,
-    pub lag_seconds: f64,
+    /// How far the index is behind the source, in milliseconds (0 when caught up).
+    pub lag_millis: i64,
     pub events_indexed: i64,
     pub reconnects: i32,
     pub holder_agent_id: Option<Uuid>,
     /// Since when the stream is disconnected, while it is.
     pub disconnected_since: Option<DateTime<Utc>>,
 }
-
-impl Eq for StreamProgress {}
 
 /// A server's stream: null until onboarding reaches `streaming`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -131,7 +131,7 @@ fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
         last_event_at: progress.last_event_at.map(timestamp),
         last_heartbeat_at: progress.last_heartbeat_at.map(timestamp),
         last_checkpoint_at: progress.last_checkpoint_at.map(timestamp),
-        lag_seconds: progress.lag_seconds,
+        lag_seconds: progress.lag_millis as f64 / 1000.0,
         events_indexed: progress.events_indexed,
         reconnects: progress.reconnects,
         error: stream.error.clone(),
@@ -145,13 +145,17 @@ fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
 /// A JSON object as a protobuf Struct (null and non-objects as none).
 fn json_struct(value: &Option<serde_json::Value>) -> Option<prost_types::Struct> {
     match value {
-        Some(serde_json::Value::Object(object)) => Some(prost_types::Struct {
-            fields: object
-                .iter()
-                .map(|(key, value)| (key.clone(), json_value(value)))
-                .collect(),
-        }),
+        Some(serde_json::Value::Object(object)) => Some(object_struct(object)),
         _ => None,
+    }
+}
+
+fn object_struct(object: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: object
+            .iter()
+            .map(|(key, value)| (key.clone(), json_value(value)))
+            .collect(),
     }
 }
 
@@ -165,15 +169,14 @@ fn json_value(value: &serde_json::Value) -> prost_types::Value {
         serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
             values: items.iter().map(json_value).collect(),
         }),
-        serde_json::Value::Object(_) => {
-            Kind::StructValue(json_struct(&Some(value.clone())).unwrap_or_default())
-        }
+        serde_json::Value::Object(object) => Kind::StructValue(object_struct(object)),
     };
     prost_types::Value { kind: Some(kind) }
 }
 
 /// A captured change as clients see it.
 pub fn change_event_to_proto(event: &ChangeEvent) -> proto::ChangeEvent {
+    let event = &event.change;
     proto::ChangeEvent {
         event_id: event.event_id(),
         binlog_file: event.binlog_file.clone(),

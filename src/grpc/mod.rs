@@ -7,6 +7,7 @@ mod changes;
 pub mod codec;
 pub mod convert;
 pub mod errors;
+mod paging;
 mod service;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};

@@ -3,7 +3,6 @@
 
 use std::{future::Future, sync::Arc, time::Instant};
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use prost::Message;
@@ -16,6 +15,7 @@ use super::{
         server_input_from_proto, server_to_proto,
     },
     errors::ApiError,
+    paging::{PageSizes, decode_page_token, encode_page_token, not_issued, query_digest},
 };
 use crate::{
     auth::{Authenticator, Principal},
@@ -32,8 +32,6 @@ use crate::{
     watch::{self, WatchHub, WatchRequest},
 };
 
-const DEFAULT_PAGE_SIZE: usize = 50;
-const MAX_PAGE_SIZE: usize = 500;
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
 /// The gRPC service over the store.
@@ -180,51 +178,45 @@ fn seal(
     }
 }
 
-/// What a page token holds: where the page starts and a digest of the query it belongs to.
+/// Where a ListServers page starts, as its token carries it.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct PageToken {
+struct ServersCursor {
     created_at_micros: i64,
     id: uuid::Uuid,
-    query: String,
 }
 
-fn query_digest(filter: &str, show_decommissioned: bool) -> String {
-    hex::encode(&Sha256::digest(format!("{show_decommissioned}\n{filter}"))[..8])
+const SERVER_PAGES: PageSizes = PageSizes {
+    default: 50,
+    max: 500,
+};
+
+fn servers_query(filter: &str, show_decommissioned: bool) -> String {
+    query_digest(&[&show_decommissioned.to_string(), filter])
 }
 
-fn decode_page_token(token: &str, query: &str) -> Result<Option<PageCursor>, ApiError> {
-    if token.is_empty() {
+fn decode_servers_cursor(token: &str, query: &str) -> Result<Option<PageCursor>, ApiError> {
+    let Some(cursor) = decode_page_token::<ServersCursor>(
+        token,
+        query,
+        "a different filter or show_decommissioned",
+    )?
+    else {
         return Ok(None);
-    }
-    let invalid = || invalid_page_token("is not a token this service issued");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-    if token.query != query {
-        return Err(invalid_page_token(
-            "belongs to a different filter or show_decommissioned; start from the first page",
-        ));
-    }
+    };
     let created_at =
-        DateTime::<Utc>::from_timestamp_micros(token.created_at_micros).ok_or_else(invalid)?;
+        DateTime::<Utc>::from_timestamp_micros(cursor.created_at_micros).ok_or_else(not_issued)?;
     Ok(Some(PageCursor {
         created_at,
-        id: token.id,
+        id: cursor.id,
     }))
 }
 
-pub(super) fn invalid_page_token(description: &str) -> ApiError {
-    let mut violations = Violations::default();
-    violations.add("page_token", description);
-    ApiError::Invalid(violations)
-}
-
-fn encode_page_token(server: &Server, query: &str) -> String {
-    let token = PageToken {
+fn servers_page_token(server: &Server, query: &str) -> String {
+    let cursor = ServersCursor {
         created_at_micros: server.created_at.timestamp_micros(),
         id: server.id.0,
-        query: query.to_owned(),
     };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+    encode_page_token(cursor, query)
 }
 
 /// The fields an update touches: the mask's paths, or the populated fields without one.
@@ -307,17 +299,7 @@ impl ServersApi {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let page_size = match request.page_size {
-            size if size < 0 => {
-                violations.add(
-                    "page_size",
-                    format!("{size} is negative; use 0 for the default of {DEFAULT_PAGE_SIZE}"),
-                );
-                DEFAULT_PAGE_SIZE
-            }
-            0 => DEFAULT_PAGE_SIZE,
-            size => (size as usize).min(MAX_PAGE_SIZE),
-        };
+        let page_size = SERVER_PAGES.of(request.page_size, &mut violations);
         let parsed = match filter::parse(&request.filter) {
             Ok(parsed) => parsed,
             Err(error) => {
@@ -326,8 +308,8 @@ impl ServersApi {
             }
         };
         violations.into_result().map_err(ApiError::Invalid)?;
-        let query = query_digest(&request.filter, request.show_decommissioned);
-        let cursor = decode_page_token(&request.page_token, &query)?;
+        let query = servers_query(&request.filter, request.show_decommissioned);
+        let cursor = decode_servers_cursor(&request.page_token, &query)?;
         let page = self
             .store
             .list_servers(
@@ -339,7 +321,7 @@ impl ServersApi {
             )
             .await?;
         let next_page_token = match (page.more, page.servers.last()) {
-            (true, Some(last)) => encode_page_token(last, &query),
+            (true, Some(last)) => servers_page_token(last, &query),
             _ => String::new(),
         };
         Ok(proto::ListServersResponse {
@@ -668,24 +650,26 @@ impl ServersService for ServersApi {
 
 #[cfg(test)]
 mod tests {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
     use super::*;
 
     #[test]
     fn page_tokens_round_trip_and_are_bound_to_their_query() {
-        let query = query_digest("status = active", false);
+        let query = servers_query("status = active", false);
         let token = URL_SAFE_NO_PAD.encode(
-            serde_json::to_vec(&PageToken {
-                created_at_micros: 1_700_000_000_123_456,
-                id: uuid::Uuid::nil(),
-                query: query.clone(),
-            })
+            serde_json::to_vec(&serde_json::json!({
+                "created_at_micros": 1_700_000_000_123_456i64,
+                "id": uuid::Uuid::nil(),
+                "query": query.clone(),
+            }))
             .unwrap(),
         );
-        let cursor = decode_page_token(&token, &query).unwrap().unwrap();
+        let cursor = decode_servers_cursor(&token, &query).unwrap().unwrap();
         assert_eq!(cursor.created_at.timestamp_micros(), 1_700_000_000_123_456);
-        assert!(decode_page_token(&token, &query_digest("", false)).is_err());
-        assert!(decode_page_token("garbage!", &query).is_err());
-        assert_eq!(decode_page_token("", &query).unwrap(), None);
+        assert!(decode_servers_cursor(&token, &servers_query("", false)).is_err());
+        assert!(decode_servers_cursor("garbage!", &query).is_err());
+        assert_eq!(decode_servers_cursor("", &query).unwrap(), None);
     }
 
     #[test]

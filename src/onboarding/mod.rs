@@ -31,14 +31,18 @@ pub use initializing::Initializing;
 pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
-pub use snapshotting::included as included_in_stream;
-pub use streaming::{Streaming, end_dump_thread, replication_refusal, source_identity};
+pub use snapshotting::{Table, read_tables};
+pub use streaming::{
+    Streaming, end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
+};
 pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{
-    domain::{OnboardingStep, ServerId, StepStatus, onboarding::StepOutcome, server::Server},
+    domain::{
+        OnboardingStep, ServerId, ServerStatus, StepStatus, onboarding::StepOutcome, server::Server,
+    },
     secrets::SecretBox,
-    store::{Claim, Scope, Store, StoreError},
+    store::{Claim, Lease, Scope, Store, StoreError},
 };
 
 /// How the embedded agent connects to customers' servers.
@@ -131,6 +135,8 @@ pub struct Engine {
     runners: TaskTracker,
     waker: mpsc::Sender<Option<ServerId>>,
     wakeups: Mutex<Option<mpsc::Receiver<Option<ServerId>>>>,
+    /// Told of each server whose onboarding this replica completed.
+    activated: mpsc::Sender<ServerId>,
 }
 
 /// Delay before a transient fault's next attempt.
@@ -156,6 +162,7 @@ impl Engine {
         secrets: SecretBox,
         config: EngineConfig,
         steps: Vec<Arc<dyn Step>>,
+        activated: mpsc::Sender<ServerId>,
     ) -> Arc<Engine> {
         let (waker, wakeups) = mpsc::channel(1024);
         Arc::new(Engine {
@@ -170,6 +177,7 @@ impl Engine {
             runners: TaskTracker::new(),
             waker,
             wakeups: Mutex::new(Some(wakeups)),
+            activated,
         })
     }
 
@@ -244,7 +252,7 @@ impl Engine {
         if self.shutdown.is_cancelled() {
             // A claim that raced the shutdown: give it back at once rather than let it expire.
             for claim in claims {
-                let _ = self.store.release_lease(claim).await;
+                let _ = self.store.release_lease(Lease::Onboarding, claim).await;
             }
             return;
         }
@@ -260,7 +268,7 @@ impl Engine {
             if !inserted {
                 // Its old runner is still finishing (fenced): give this claim back so that the
                 // runner's re-check can take the server at once.
-                let _ = self.store.release_lease(claim).await;
+                let _ = self.store.release_lease(Lease::Onboarding, claim).await;
                 continue;
             }
             let engine = self.clone();
@@ -296,7 +304,7 @@ impl Engine {
             }
             Ok(()) => {}
         }
-        let _ = self.store.release_lease(claim).await;
+        let _ = self.store.release_lease(Lease::Onboarding, claim).await;
     }
 
     async fn drive_steps(
@@ -362,7 +370,13 @@ impl Engine {
                     }
                 }
                 (_, Some(_)) => {}
-                (_, None) => return Ok(()),
+                (_, None) => {
+                    if server.status == ServerStatus::Active {
+                        // Onboarding completed: the stream supervisor claims it now.
+                        let _ = self.activated.try_send(id);
+                    }
+                    return Ok(());
+                }
             }
         }
     }
@@ -397,7 +411,12 @@ impl Engine {
         self.shutdown.cancel();
         self.runners.close();
         let _ = tokio::time::timeout(grace, self.runners.wait()).await;
-        match tokio::time::timeout(grace, self.store.release_all_leases(self.owner)).await {
+        match tokio::time::timeout(
+            grace,
+            self.store.release_all_leases(Lease::Onboarding, self.owner),
+        )
+        .await
+        {
             Ok(Ok(released)) => tracing::info!(released, "released onboarding leases"),
             Ok(Err(error)) => tracing::warn!(%error, "could not release leases; they will expire"),
             Err(_) => tracing::warn!("releasing leases timed out; they will expire"),
@@ -419,7 +438,7 @@ async fn renew(
             // Someone else changed the server: find out now whether the lease is still ours.
             () = runner.check.notified() => {}
         }
-        match store.renew_lease(claim, ttl).await {
+        match store.renew_lease(Lease::Onboarding, claim, ttl).await {
             Ok(()) => {}
             Err(StoreError::Fenced) => {
                 lost.cancel();

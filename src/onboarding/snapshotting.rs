@@ -32,6 +32,9 @@ pub struct Column {
     pub name: String,
     pub column_type: String,
     pub nullable: bool,
+    /// MariaDB's JSON: a LONGTEXT with a json_valid() check, which only the check tells apart.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub json: bool,
 }
 
 /// One table of a snapshot.
@@ -60,18 +63,35 @@ pub fn included(options: &StreamOptions, schema: &str, table: &str) -> bool {
             .any(|listed| listed.split_once('.') == Some((schema, table)))
 }
 
-async fn read_tables(
+/// The included tables with their columns and keys; only the one table `only` names when given
+/// (a stream re-reading a table after a DDL statement). `mariadb` also reads the json_valid()
+/// checks that mark MariaDB's JSON columns.
+pub async fn read_tables(
     connection: &mut Conn,
     address: &str,
     options: &StreamOptions,
+    mariadb: bool,
+    only: Option<(&str, &str)>,
 ) -> Result<Vec<Table>, MysqlFailure> {
     let classify = |error: mysql_async::Error| mysql::classify(&error, address);
+    let (condition, parameters) = match only {
+        Some((schema, table)) => (
+            "TABLE_SCHEMA = ? AND TABLE_NAME = ?".to_owned(),
+            vec![schema.to_owned(), table.to_owned()],
+        ),
+        None => (
+            format!("TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS})"),
+            Vec::new(),
+        ),
+    };
     let rows: Vec<(String, String, Option<String>)> = connection
-        .query(format!(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES \
-             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS}) \
-             ORDER BY TABLE_SCHEMA, TABLE_NAME"
-        ))
+        .exec(
+            format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES \
+                 WHERE TABLE_TYPE = 'BASE TABLE' AND {condition} ORDER BY TABLE_SCHEMA, TABLE_NAME"
+            ),
+            parameters.clone(),
+        )
         .await
         .map_err(classify)?;
     let mut tables: BTreeMap<(String, String), Table> = rows
@@ -89,14 +109,36 @@ async fn read_tables(
         })
         .collect();
     let columns: Vec<(String, String, String, String, String, String)> = connection
-        .query(format!(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS}) \
-             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
-        ))
+        .exec(
+            format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY \
+                 FROM information_schema.COLUMNS WHERE {condition} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+            ),
+            parameters.clone(),
+        )
         .await
         .map_err(classify)?;
+    let json_checks: Vec<(String, String, String)> = if mariadb {
+        connection
+            .exec(
+                format!(
+                    "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE \
+                     FROM information_schema.CHECK_CONSTRAINTS \
+                     WHERE CHECK_CLAUSE LIKE 'json_valid(%' AND {}",
+                    condition.replace("TABLE_SCHEMA", "CONSTRAINT_SCHEMA")
+                ),
+                parameters,
+            )
+            .await
+            .map_err(classify)?
+    } else {
+        Vec::new()
+    };
     for (schema, table, name, column_type, nullable, key) in columns {
+        let json = json_checks.iter().any(|(s, t, clause)| {
+            *s == schema && *t == table && clause.contains(&format!("`{name}`"))
+        });
         if let Some(table) = tables.get_mut(&(schema, table)) {
             if key == "PRI" {
                 table.primary_key.push(name.clone());
@@ -105,6 +147,7 @@ async fn read_tables(
                 name,
                 column_type,
                 nullable: nullable == "YES",
+                json,
             });
         }
     }
@@ -187,7 +230,8 @@ async fn read_snapshot(
             Needed::Select.grant_name()
         )));
     }
-    let tables = read_tables(connection, &address, options).await?;
+    let (flavour, _) = mysql::version(connection, &address).await?;
+    let tables = read_tables(connection, &address, options, flavour == "MariaDB", None).await?;
     let Some(probe) = tables.first() else {
         return Ok(Err(
             if options.schemas.is_empty() && options.tables.is_empty() {

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     domain::{OnboardingStep, StreamState, onboarding::StepOutcome},
-    store::{StoreError, StreamCheckpoint, StreamGap},
+    store::{StoreError, StreamCheckpoint, StreamGap, StreamPosition},
 };
 
 /// Where the live stream starts: `current` for a new stream; the stream's own checkpoint when it
@@ -40,15 +40,15 @@ async fn record_start(
         return Ok(existing);
     };
     let gap = StreamGap {
-        from_file: existing.binlog_file,
-        from_position: existing.binlog_position,
-        to_file: current.binlog_file.clone(),
-        to_position: current.binlog_position,
+        from_file: existing.position.binlog_file,
+        from_position: existing.position.binlog_position,
+        to_file: current.position.binlog_file.clone(),
+        to_position: current.position.binlog_position,
         reason: lost.error.clone().unwrap_or_else(|| "lost position".into()),
     };
     context
         .index
-        .restart_stream_after_gap(server_id, current, &gap)
+        .restart_stream_after_gap(server_id, &current.position, &gap)
         .await?;
     Ok(current.clone())
 }
@@ -134,6 +134,11 @@ pub async fn source_identity(
     }
 }
 
+/// Whether a replication error says that another replica uses the same server id.
+pub fn is_replica_id_clash(message: &str) -> bool {
+    message.contains("server_id") || message.contains("server_uuid")
+}
+
 /// Replication refusals the operator must fix, with what to do.
 pub fn replication_refusal(
     error: &mysql_async::Error,
@@ -148,12 +153,10 @@ pub fn replication_refusal(
             "the binlog cannot be read: {} — GRANT REPLICATION SLAVE ON *.* TO {account}",
             server.message
         )),
-        1236 if server.message.contains("server_id") || server.message.contains("server_uuid") => {
-            Some(format!(
-                "replica server id {replica_id} clashes with another replica: {}",
-                server.message
-            ))
-        }
+        1236 if is_replica_id_clash(&server.message) => Some(format!(
+            "replica server id {replica_id} clashes with another replica: {}",
+            server.message
+        )),
         1236 => Some(format!("the binlog is unavailable: {}", server.message)),
         _ => None,
     }
@@ -200,15 +203,16 @@ async fn open_stream(
     let first = tokio::time::timeout(FIRST_EVENT_TIMEOUT, stream.next()).await;
     let result = match first {
         Ok(Some(Ok(_event))) => Ok(Ok(StreamCheckpoint {
-            binlog_file: coordinates.file,
-            binlog_position: i64::try_from(coordinates.position).unwrap_or(i64::MAX),
-            skip_rows: 0,
-            gtid_set: coordinates.gtid_set,
-            source_identity: Some(identity),
+            position: StreamPosition {
+                binlog_file: coordinates.file,
+                binlog_position: i64::try_from(coordinates.position).unwrap_or(i64::MAX),
+                skip_rows: 0,
+                gtid_set: coordinates.gtid_set,
+                source_identity: Some(identity),
+                last_event_at: None,
+            },
             replication_server_id,
             events_indexed: 0,
-            last_event_at: None,
-            recorded_at: crate::domain::now(),
         })),
         Ok(Some(Err(error))) => match replication_refusal(&error, &account, replica_id) {
             Some(reason) => Ok(Err(reason)),
@@ -279,7 +283,7 @@ impl Step for Streaming {
             Err(StreamFault::Mysql(failure)) => return Ok(failure.outcome(context)),
             Err(StreamFault::Store(error)) => return Err(error),
         };
-        let start = record_start(context, &checkpoint).await?;
+        let start = record_start(context, &checkpoint).await?.position;
         let gtid = start
             .gtid_set
             .as_deref()

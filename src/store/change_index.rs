@@ -19,6 +19,7 @@ use crate::domain::{
     ServerId,
     change::{
         ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison,
+        RowChange,
     },
 };
 
@@ -89,9 +90,9 @@ const TABLES: &[&str] = &[
 /// Days of partitions kept ready ahead of today, so a write never meets a missing one.
 const PARTITIONS_AHEAD: u64 = 3;
 
-/// A stream's checkpoint: where its next connection starts, and how far the index got.
+/// Where a stream's next connection starts: what each checkpoint write records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamCheckpoint {
+pub struct StreamPosition {
     pub binlog_file: String,
     /// The start of the first transaction not wholly stored.
     pub binlog_position: i64,
@@ -100,11 +101,18 @@ pub struct StreamCheckpoint {
     pub gtid_set: Option<String>,
     /// `server_uuid` (MySQL) or `server_id`/GTID domain (MariaDB) of the source.
     pub source_identity: Option<String>,
+    /// Source commit time of the newest stored event.
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+/// A stream's checkpoint as stored: its position, the replica id it reads as, and how many
+/// events the index holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCheckpoint {
+    pub position: StreamPosition,
     pub replication_server_id: i64,
     /// Events stored so far; the next one gets this plus one as its sequence.
     pub events_indexed: i64,
-    pub last_event_at: Option<DateTime<Utc>>,
-    pub recorded_at: DateTime<Utc>,
 }
 
 #[derive(QueryableByName)]
@@ -125,44 +133,27 @@ struct CheckpointRow {
     next_sequence: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     last_event_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Timestamptz)]
-    recorded_at: DateTime<Utc>,
 }
 
 impl From<CheckpointRow> for StreamCheckpoint {
     fn from(row: CheckpointRow) -> StreamCheckpoint {
         StreamCheckpoint {
-            binlog_file: row.binlog_file,
-            binlog_position: row.binlog_position,
-            skip_rows: row.skip_rows,
-            gtid_set: row.gtid_set,
-            source_identity: row.source_identity,
+            position: StreamPosition {
+                binlog_file: row.binlog_file,
+                binlog_position: row.binlog_position,
+                skip_rows: row.skip_rows,
+                gtid_set: row.gtid_set,
+                source_identity: row.source_identity,
+                last_event_at: row.last_event_at,
+            },
             replication_server_id: row.replication_server_id,
             events_indexed: row.next_sequence - 1,
-            last_event_at: row.last_event_at,
-            recorded_at: row.recorded_at,
         }
     }
 }
 
 const CHECKPOINT_COLUMNS: &str = "binlog_file, binlog_position, skip_rows, gtid_set, \
-     source_identity, replication_server_id, next_sequence, last_event_at, recorded_at";
-
-/// One captured row change, ready to store (its sequence is given at write time).
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewChangeEvent {
-    pub binlog_file: String,
-    pub binlog_position: i64,
-    pub row_index: i32,
-    pub gtid: String,
-    pub committed_at: DateTime<Utc>,
-    pub schema: String,
-    pub table: String,
-    pub operation: ChangeOperation,
-    pub primary_key: Option<serde_json::Value>,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
-}
+     source_identity, replication_server_id, next_sequence, last_event_at";
 
 /// A stored event.
 #[derive(Queryable, Selectable)]
@@ -186,20 +177,23 @@ impl TryFrom<EventRow> for ChangeEvent {
     type Error = StoreError;
 
     fn try_from(row: EventRow) -> Result<ChangeEvent, StoreError> {
+        let operation = ChangeOperation::parse(&row.operation)
+            .ok_or_else(|| StoreError::Corrupt(format!("operation {:?}", row.operation)))?;
         Ok(ChangeEvent {
             sequence: row.sequence,
-            binlog_file: row.binlog_file,
-            binlog_position: row.binlog_position,
-            row_index: row.row_index,
-            gtid: row.gtid,
-            committed_at: row.committed_at,
-            schema: row.schema_name,
-            table: row.table_name,
-            operation: ChangeOperation::parse(&row.operation)
-                .ok_or_else(|| StoreError::Corrupt(format!("operation {:?}", row.operation)))?,
-            primary_key: row.primary_key,
-            before: row.row_before,
-            after: row.row_after,
+            change: RowChange {
+                binlog_file: row.binlog_file,
+                binlog_position: row.binlog_position,
+                row_index: row.row_index,
+                gtid: row.gtid,
+                committed_at: row.committed_at,
+                schema: row.schema_name,
+                table: row.table_name,
+                operation,
+                primary_key: row.primary_key,
+                before: row.row_before,
+                after: row.row_after,
+            },
         })
     }
 }
@@ -228,6 +222,17 @@ fn partition_name(day: NaiveDate) -> String {
 /// The day a partition holds, from its name.
 fn partition_day(name: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(name.strip_prefix("change_events_")?, "%Y%m%d").ok()
+}
+
+/// The partitions of change_events, oldest first.
+async fn partitions(connection: &mut super::Connection) -> Result<Vec<String>, StoreError> {
+    Ok(diesel::dsl::sql::<Text>(
+        "SELECT c.relname::text FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+         WHERE p.relname = 'change_events' AND c.relnamespace = p.relnamespace ORDER BY 1",
+    )
+    .load(connection)
+    .await?)
 }
 
 type EventQuery<'a> =
@@ -340,14 +345,7 @@ impl Store {
                     return Ok(Vec::new());
                 };
                 let cutoff = Utc::now() - retention;
-                let partitions: Vec<String> = diesel::dsl::sql::<Text>(
-                    "SELECT c.relname::text FROM pg_inherits i \
-                     JOIN pg_class c ON c.oid = i.inhrelid \
-                     JOIN pg_class p ON p.oid = i.inhparent \
-                     WHERE p.relname = 'change_events' AND c.relnamespace = p.relnamespace",
-                )
-                .load(connection)
-                .await?;
+                let partitions = partitions(connection).await?;
                 let mut dropped = Vec::new();
                 for name in partitions {
                     let expired = partition_day(&name).is_some_and(|day| {
@@ -370,15 +368,7 @@ impl Store {
     /// The day partitions of the index, oldest first (for tests and operators).
     pub async fn change_partitions(&self) -> Result<Vec<String>, StoreError> {
         let mut connection = self.connection().await?;
-        let mut names: Vec<String> = diesel::dsl::sql::<Text>(
-            "SELECT c.relname::text FROM pg_inherits i \
-             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-             WHERE p.relname = 'change_events' AND c.relnamespace = p.relnamespace",
-        )
-        .load(&mut connection)
-        .await?;
-        names.sort();
-        Ok(names)
+        partitions(&mut connection).await
     }
 
     /// Records where a new stream starts, unless the server already has a checkpoint (a
@@ -395,25 +385,25 @@ impl Store {
              ON CONFLICT (server_id) DO NOTHING",
         )
         .bind::<SqlUuid, _>(server_id.0)
-        .bind::<Text, _>(&checkpoint.binlog_file)
-        .bind::<BigInt, _>(checkpoint.binlog_position)
-        .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
-        .bind::<Nullable<Text>, _>(checkpoint.source_identity.as_deref())
+        .bind::<Text, _>(&checkpoint.position.binlog_file)
+        .bind::<BigInt, _>(checkpoint.position.binlog_position)
+        .bind::<Nullable<Text>, _>(checkpoint.position.gtid_set.as_deref())
+        .bind::<Nullable<Text>, _>(checkpoint.position.source_identity.as_deref())
         .bind::<BigInt, _>(checkpoint.replication_server_id)
         .execute(&mut connection)
         .await?;
         Ok(inserted == 1)
     }
 
-    /// Moves a stream whose position was lost to `checkpoint` and records the gap, in one
+    /// Moves a stream whose position was lost to `position` and records the gap, in one
     /// transaction.
     pub async fn restart_stream_after_gap(
         &self,
         server_id: ServerId,
-        checkpoint: &StreamCheckpoint,
+        position: &StreamPosition,
         gap: &StreamGap,
     ) -> Result<(), StoreError> {
-        let checkpoint = checkpoint.clone();
+        let position = position.clone();
         let gap = gap.clone();
         let mut connection = self.connection().await?;
         connection
@@ -424,10 +414,10 @@ impl Store {
                      WHERE server_id = $1",
                 )
                 .bind::<SqlUuid, _>(server_id.0)
-                .bind::<Text, _>(&checkpoint.binlog_file)
-                .bind::<BigInt, _>(checkpoint.binlog_position)
-                .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
-                .bind::<Nullable<Text>, _>(checkpoint.source_identity.as_deref())
+                .bind::<Text, _>(&position.binlog_file)
+                .bind::<BigInt, _>(position.binlog_position)
+                .bind::<Nullable<Text>, _>(position.gtid_set.as_deref())
+                .bind::<Nullable<Text>, _>(position.source_identity.as_deref())
                 .execute(connection)
                 .await?;
                 diesel::sql_query(
@@ -537,10 +527,10 @@ impl Store {
         &self,
         server_id: ServerId,
         epoch: i64,
-        events: &[NewChangeEvent],
-        checkpoint: &StreamCheckpoint,
+        events: &[RowChange],
+        position: &StreamPosition,
     ) -> Result<i64, StoreError> {
-        let checkpoint = checkpoint.clone();
+        let checkpoint = position.clone();
         let count = events.len() as i64;
         let columns = EventColumns::from(events);
         let mut connection = self.connection().await?;
@@ -634,8 +624,8 @@ struct EventColumns {
     afters: Vec<Option<serde_json::Value>>,
 }
 
-impl From<&[NewChangeEvent]> for EventColumns {
-    fn from(events: &[NewChangeEvent]) -> EventColumns {
+impl From<&[RowChange]> for EventColumns {
+    fn from(events: &[RowChange]) -> EventColumns {
         EventColumns {
             files: events
                 .iter()

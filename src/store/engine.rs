@@ -1,5 +1,6 @@
 //! The onboarding engine's coordination in SQL: agents, leases with an epoch fence (expiry on
-//! the database clock), claims of runnable servers, and agent slots.
+//! the database clock; the onboarding and the stream lease share renewal and release), claims of
+//! runnable servers, and agent slots.
 
 use std::time::Duration;
 
@@ -18,6 +19,32 @@ use crate::domain::ServerId;
 pub struct Fence {
     pub owner: Uuid,
     pub epoch: i64,
+}
+
+/// The two leases of a server, of one shape with columns of their own: the onboarding
+/// runner's, and the live stream's (streaming.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Onboarding,
+    Stream,
+}
+
+impl Lease {
+    /// The owner, expiry and epoch columns.
+    fn columns(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Lease::Onboarding => ("lease_owner", "lease_expires_at", "lease_epoch"),
+            Lease::Stream => ("stream_owner", "stream_expires_at", "stream_epoch"),
+        }
+    }
+
+    /// What must still hold of the server for a renewal to succeed.
+    fn still_wanted(self) -> &'static str {
+        match self {
+            Lease::Onboarding => "true",
+            Lease::Stream => super::streams::STREAMABLE,
+        }
+    }
 }
 
 /// A server claimed by this replica.
@@ -107,13 +134,21 @@ impl Store {
             .collect())
     }
 
-    /// Extends a lease; Fenced when it was taken over.
-    pub async fn renew_lease(&self, claim: Claim, ttl: Duration) -> Result<(), StoreError> {
+    /// Extends a lease; Fenced when it was taken over (or, for a stream lease, when the server
+    /// no longer wants its stream: decommissioned, re-onboarding, in error).
+    pub async fn renew_lease(
+        &self,
+        lease: Lease,
+        claim: Claim,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (owner, expires, epoch) = lease.columns();
         let mut connection = self.connection().await?;
-        let updated = diesel::sql_query(
-            "UPDATE servers SET lease_expires_at = now() + $3::interval \
-             WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $4",
-        )
+        let updated = diesel::sql_query(format!(
+            "UPDATE servers SET {expires} = now() + $3::interval \
+             WHERE id = $1 AND {owner} = $2 AND {epoch} = $4 AND {}",
+            lease.still_wanted()
+        ))
         .bind::<SqlUuid, _>(claim.server_id.0)
         .bind::<SqlUuid, _>(claim.fence.owner)
         .bind::<Text, _>(interval(ttl))
@@ -128,35 +163,36 @@ impl Store {
     }
 
     /// Lets go of a lease (no-op when it was taken over already).
-    pub async fn release_lease(&self, claim: Claim) -> Result<(), StoreError> {
+    pub async fn release_lease(&self, lease: Lease, claim: Claim) -> Result<(), StoreError> {
+        let (owner, expires, epoch) = lease.columns();
         let mut connection = self.connection().await?;
-        diesel::update(
-            servers::table
-                .find(claim.server_id.0)
-                .filter(servers::lease_owner.eq(claim.fence.owner))
-                .filter(servers::lease_epoch.eq(claim.fence.epoch)),
-        )
-        .set((
-            servers::lease_owner.eq(None::<Uuid>),
-            servers::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+        diesel::sql_query(format!(
+            "UPDATE servers SET {owner} = NULL, {expires} = NULL \
+             WHERE id = $1 AND {owner} = $2 AND {epoch} = $3"
         ))
+        .bind::<SqlUuid, _>(claim.server_id.0)
+        .bind::<SqlUuid, _>(claim.fence.owner)
+        .bind::<Int8, _>(claim.fence.epoch)
         .execute(&mut connection)
         .await?;
         Ok(())
     }
 
-    /// Lets go of every lease this replica holds, so others take over at once (shutdown).
-    pub async fn release_all_leases(&self, owner: Uuid) -> Result<usize, StoreError> {
+    /// Lets go of every lease of this kind that this replica holds, so others take over at
+    /// once (shutdown).
+    pub async fn release_all_leases(
+        &self,
+        lease: Lease,
+        holder: Uuid,
+    ) -> Result<usize, StoreError> {
+        let (owner, expires, _) = lease.columns();
         let mut connection = self.connection().await?;
-        Ok(
-            diesel::update(servers::table.filter(servers::lease_owner.eq(owner)))
-                .set((
-                    servers::lease_owner.eq(None::<Uuid>),
-                    servers::lease_expires_at.eq(None::<chrono::DateTime<chrono::Utc>>),
-                ))
-                .execute(&mut connection)
-                .await?,
-        )
+        Ok(diesel::sql_query(format!(
+            "UPDATE servers SET {owner} = NULL, {expires} = NULL WHERE {owner} = $1"
+        ))
+        .bind::<SqlUuid, _>(holder)
+        .execute(&mut connection)
+        .await?)
     }
 
     /// Takes an agent slot for a server (idempotent: keeps one already taken). Returns the

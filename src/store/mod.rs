@@ -29,8 +29,8 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
-pub use change_index::{ChangePage, NewChangeEvent, StreamCheckpoint, StreamGap};
-pub use engine::{Claim, Fence};
+pub use change_index::{ChangePage, StreamCheckpoint, StreamGap, StreamPosition};
+pub use engine::{Claim, Fence, Lease};
 pub use index::index_schema_name;
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
 pub use streams::StreamSpread;

@@ -1,6 +1,6 @@
-//! Stream leases in SQL (streaming.md §1): claims of the servers whose stream should run,
-//! renewals that also notice a server that no longer wants its stream, the holder's progress,
-//! and what the spread across replicas is computed from.
+//! Stream leases in SQL (streaming.md §1): claims of the servers whose stream should run (their
+//! renewal and release are the onboarding lease's, `Lease::Stream`), the holder's progress, and
+//! what the spread across replicas is computed from.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::domain::{ServerId, stream::StreamProgress};
 
 /// Which servers want a stream: onboarded, not in error or decommissioned, and a stream state
 /// that asks for a reader.
-const STREAMABLE: &str = "status IN ('active', 'disconnected') \
+pub(super) const STREAMABLE: &str = "status IN ('active', 'disconnected') \
      AND stream_state IN ('starting', 'running', 'stalled', 'disconnected')";
 
 #[derive(QueryableByName)]
@@ -87,54 +87,6 @@ impl Store {
                 },
             })
             .collect())
-    }
-
-    /// Extends a stream lease; Fenced when it was taken over or the server no longer wants
-    /// its stream (decommissioned, re-onboarding, in error).
-    pub async fn renew_stream_lease(&self, claim: Claim, ttl: Duration) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let updated = diesel::sql_query(format!(
-            "UPDATE servers SET stream_expires_at = now() + $3::interval \
-             WHERE id = $1 AND stream_owner = $2 AND stream_epoch = $4 AND {STREAMABLE}"
-        ))
-        .bind::<SqlUuid, _>(claim.server_id.0)
-        .bind::<SqlUuid, _>(claim.fence.owner)
-        .bind::<Text, _>(interval(ttl))
-        .bind::<Int8, _>(claim.fence.epoch)
-        .execute(&mut connection)
-        .await?;
-        if updated == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced)
-        }
-    }
-
-    /// Lets go of a stream lease (no-op when it was taken over already).
-    pub async fn release_stream_lease(&self, claim: Claim) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        diesel::sql_query(
-            "UPDATE servers SET stream_owner = NULL, stream_expires_at = NULL \
-             WHERE id = $1 AND stream_owner = $2 AND stream_epoch = $3",
-        )
-        .bind::<SqlUuid, _>(claim.server_id.0)
-        .bind::<SqlUuid, _>(claim.fence.owner)
-        .bind::<Int8, _>(claim.fence.epoch)
-        .execute(&mut connection)
-        .await?;
-        Ok(())
-    }
-
-    /// Lets go of every stream lease this replica holds (shutdown).
-    pub async fn release_all_stream_leases(&self, owner: Uuid) -> Result<usize, StoreError> {
-        let mut connection = self.connection().await?;
-        Ok(diesel::sql_query(
-            "UPDATE servers SET stream_owner = NULL, stream_expires_at = NULL \
-             WHERE stream_owner = $1",
-        )
-        .bind::<SqlUuid, _>(owner)
-        .execute(&mut connection)
-        .await?)
     }
 
     /// The holder's latest progress (not a revision), fenced by its lease.

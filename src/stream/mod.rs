@@ -10,11 +10,14 @@ mod tables;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::{sync::Notify, time::Instant};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -22,10 +25,10 @@ pub use runner::StreamSettings;
 use runner::{Control, Holder, HolderParts};
 
 use crate::{
-    domain::{ServerId, StreamState},
+    domain::ServerId,
     onboarding::AgentSettings,
     secrets::SecretBox,
-    store::{Claim, Store, StoreError},
+    store::{Claim, Lease, Store, StoreError},
 };
 
 /// Supervisor settings.
@@ -52,7 +55,10 @@ pub struct Streams {
     config: StreamsConfig,
     owner: Uuid,
     running: Mutex<HashMap<ServerId, Arc<Control>>>,
-    wake: Notify,
+    /// The most streams to hold, as the last sweep computed it.
+    limit: AtomicUsize,
+    /// Servers whose onboarding this replica just completed.
+    activations: Mutex<Option<mpsc::Receiver<ServerId>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -67,15 +73,17 @@ impl Streams {
         index: Store,
         secrets: SecretBox,
         config: StreamsConfig,
+        activations: mpsc::Receiver<ServerId>,
     ) -> Arc<Streams> {
         Arc::new(Streams {
             store,
             index,
             secrets,
+            limit: AtomicUsize::new(config.max_streams),
             config,
             owner: Uuid::now_v7(),
             running: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            activations: Mutex::new(Some(activations)),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -87,17 +95,25 @@ impl Streams {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A server changed (NOTIFY): its stream looks at it again, or, when this replica does not
-    /// run it, the supervisor looks for streams to claim (it may have just become active).
+    /// A server changed (NOTIFY): its stream, if this replica runs it, looks at it again (a
+    /// decommission or an update). Servers that became streamable are claimed at once by the
+    /// replica that onboarded them, and by the sweeps.
     pub fn changed(&self, server_id: ServerId) {
-        match self.running().get(&server_id) {
-            Some(control) => control.notify(),
-            None => self.wake.notify_one(),
+        if let Some(control) = self.running().get(&server_id) {
+            control.notify();
         }
     }
 
     /// Sweeps on every interval and wake-up until shutdown; keeps the index's partitions.
     pub async fn run(self: Arc<Streams>) {
+        let Some(mut activations) = self
+            .activations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        else {
+            return;
+        };
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintained: Option<Instant> = None;
@@ -105,7 +121,12 @@ impl Streams {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 _ = sweep.tick() => {}
-                () = self.wake.notified() => {}
+                activated = activations.recv() => {
+                    if let Some(server_id) = activated {
+                        self.claim_one(server_id).await;
+                    }
+                    continue;
+                }
             }
             if maintained.is_none_or(|at| at.elapsed() >= MAINTENANCE_INTERVAL) {
                 maintained = Some(Instant::now());
@@ -135,6 +156,7 @@ impl Streams {
             .await?;
         let share = usize::try_from(spread.fair_share()).unwrap_or(usize::MAX);
         let limit = share.min(self.config.max_streams);
+        self.limit.store(limit, Ordering::Release);
         let held: Vec<Arc<Control>> = self.running().values().cloned().collect();
         // Above the fair share: the extra streams stop at their next checkpoint, and a replica
         // with room takes them.
@@ -162,6 +184,29 @@ impl Streams {
         Ok(())
     }
 
+    /// Claims one server whose onboarding just completed here, within this replica's share.
+    async fn claim_one(self: &Arc<Streams>, server_id: ServerId) {
+        let held = self.running().len();
+        if held >= self.limit.load(Ordering::Acquire) || self.shutdown.is_cancelled() {
+            return;
+        }
+        let claimed = self
+            .store
+            .claim_streams(
+                self.owner,
+                self.config.agent_id,
+                &self.config.outbound_ip,
+                self.config.lease_ttl,
+                1,
+                Some(server_id),
+            )
+            .await;
+        match claimed {
+            Ok(claims) => claims.into_iter().for_each(|claim| self.start(claim)),
+            Err(error) => tracing::warn!(%server_id, %error, "claiming a new stream failed"),
+        }
+    }
+
     fn start(self: &Arc<Streams>, claim: Claim) {
         // The connection closes a third of the TTL before the lease could expire.
         let valid = self.config.lease_ttl * 2 / 3;
@@ -177,8 +222,7 @@ impl Streams {
         self.tasks.spawn(async move {
             streams.hold(claim, control).await;
             streams.running().remove(&claim.server_id);
-            let _ = streams.store.release_stream_lease(claim).await;
-            streams.wake.notify_one();
+            let _ = streams.store.release_lease(Lease::Stream, claim).await;
         });
     }
 
@@ -223,7 +267,12 @@ impl Streams {
         }
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
-        match tokio::time::timeout(grace, self.store.release_all_stream_leases(self.owner)).await {
+        match tokio::time::timeout(
+            grace,
+            self.store.release_all_leases(Lease::Stream, self.owner),
+        )
+        .await
+        {
             Ok(Ok(released)) if released > 0 => tracing::info!(released, "released stream leases"),
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
@@ -240,7 +289,7 @@ async fn renew(store: Store, claim: Claim, ttl: Duration, control: Arc<Control>)
     loop {
         tokio::time::sleep(ttl / 3).await;
         let sent = Instant::now();
-        match store.renew_stream_lease(claim, ttl).await {
+        match store.renew_lease(Lease::Stream, claim, ttl).await {
             Ok(()) => control.extend(sent, ttl * 2 / 3),
             Err(StoreError::Fenced) => {
                 control.lose();
@@ -252,9 +301,4 @@ async fn renew(store: Store, claim: Claim, ttl: Duration, control: Arc<Control>)
             }
         }
     }
-}
-
-/// Every stream state, for the per-state gauge.
-pub fn states() -> &'static [StreamState] {
-    StreamState::ALL
 }

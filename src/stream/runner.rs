@@ -17,12 +17,13 @@ use super::session::{self, SessionEnd};
 use crate::{
     domain::{
         OnboardingStep, StreamState,
+        change::RowChange,
         server::Server,
         stream::{DISCONNECTED_GRACE, StreamProgress},
     },
     onboarding::{AgentSettings, StepContext},
     secrets::SecretBox,
-    store::{Claim, NewChangeEvent, Scope, Store, StoreError, StreamCheckpoint},
+    store::{Claim, Scope, Store, StoreError, StreamPosition},
 };
 
 /// How long index writes may keep failing before the stream is `stalled`.
@@ -182,21 +183,21 @@ impl Holder {
         self.control.lost()
     }
 
-    /// Why the connection must end now, if it must.
-    pub async fn control_decision(&mut self) -> Option<SessionEnd> {
+    /// Whether the stream must stop now: the lease is gone, it is to be released, or the server
+    /// no longer wants it. A change of connection settings or stream options re-runs onboarding,
+    /// so it is one of the last; the stream resumes from its checkpoint after it.
+    pub async fn must_stop(&mut self) -> bool {
         if self.control.lost() || self.control.release.load(Ordering::Acquire) {
-            return Some(SessionEnd::Stopped);
+            return true;
         }
-        let server = match self.store.server_by_id(self.claim.server_id).await {
-            Ok(server) => server,
-            Err(_) => return None,
-        };
-        if !server.wants_stream() {
-            return Some(SessionEnd::Stopped);
+        match self.store.server_by_id(self.claim.server_id).await {
+            Ok(server) if !server.wants_stream() => true,
+            Ok(server) => {
+                self.server = server;
+                false
+            }
+            Err(_) => false,
         }
-        let moved = server.spec != self.server.spec || server.secrets != self.server.secrets;
-        self.server = server;
-        moved.then_some(SessionEnd::Restart)
     }
 
     /// The first checkpoint of a connection was written.
@@ -211,8 +212,8 @@ impl Holder {
     /// after a while); a lost lease ends the connection.
     pub async fn write(
         &mut self,
-        events: Vec<NewChangeEvent>,
-        checkpoint: StreamCheckpoint,
+        events: Vec<RowChange>,
+        position: StreamPosition,
     ) -> Result<(), SessionEnd> {
         let failing_since = Instant::now();
         loop {
@@ -225,12 +226,12 @@ impl Holder {
                     self.claim.server_id,
                     self.claim.fence.epoch,
                     &events,
-                    &checkpoint,
+                    &position,
                 )
                 .await
             {
                 Ok(total) => {
-                    self.checkpointed(&checkpoint, total, events.len());
+                    self.checkpointed(&position, total, events.len());
                     if self.state == StreamState::Stalled {
                         let _ = self.move_to(StreamState::Running, None).await;
                     }
@@ -257,7 +258,7 @@ impl Holder {
         }
     }
 
-    fn checkpointed(&mut self, checkpoint: &StreamCheckpoint, total: i64, written: usize) {
+    fn checkpointed(&mut self, checkpoint: &StreamPosition, total: i64, written: usize) {
         let progress = &mut self.progress;
         progress.binlog_file = checkpoint.binlog_file.clone();
         progress.binlog_position = checkpoint.binlog_position;
@@ -266,7 +267,8 @@ impl Holder {
         progress.last_event_at = checkpoint.last_event_at.or(progress.last_event_at);
         progress.events_indexed = total;
         metrics::counter!("dbtrail_stream_events_indexed_total").increment(written as u64);
-        metrics::histogram!("dbtrail_stream_lag_seconds").record(progress.lag_seconds);
+        metrics::histogram!("dbtrail_stream_lag_seconds")
+            .record(progress.lag_millis as f64 / 1000.0);
         if self
             .running_since
             .is_some_and(|since| since.elapsed() >= CLEAN_RUN)
@@ -362,8 +364,8 @@ pub async fn run_stream(holder: &mut Holder) {
                 continue;
             }
         };
-        holder.progress.binlog_file = checkpoint.binlog_file.clone();
-        holder.progress.binlog_position = checkpoint.binlog_position;
+        holder.progress.binlog_file = checkpoint.position.binlog_file.clone();
+        holder.progress.binlog_position = checkpoint.position.binlog_position;
         holder.progress.events_indexed = checkpoint.events_indexed;
         holder.ran = false;
         let end = session::run(holder, checkpoint).await;
@@ -375,7 +377,6 @@ pub async fn run_stream(holder: &mut Holder) {
                 holder.record_progress(true).await;
                 return;
             }
-            SessionEnd::Restart => {}
             SessionEnd::Disconnected(message) => {
                 tracing::info!(server_id = %holder.claim.server_id, %message, "binlog stream disconnected");
                 holder.progress.reconnects += 1;
@@ -430,10 +431,8 @@ async fn pause(holder: &mut Holder, backoff: Duration) -> bool {
         };
         tokio::select! {
             () = holder.control.wait() => {
-                match holder.control_decision().await {
-                    Some(SessionEnd::Stopped) => return false,
-                    Some(_) => return true,
-                    None => {}
+                if holder.must_stop().await {
+                    return false;
                 }
             }
             () = tokio::time::sleep_until(wake) => {

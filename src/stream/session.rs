@@ -24,14 +24,17 @@ use super::{
     tables::{Tables, ddl_tables},
 };
 use crate::{
-    domain::ChangeOperation,
+    domain::{ChangeOperation, change::RowChange},
     onboarding::{
-        MysqlFailure, StepContext, classify_mysql, end_dump_thread, mysql, replication_refusal,
-        source_identity,
+        MysqlFailure, StepContext, classify_mysql, end_dump_thread, is_replica_id_clash, mysql,
+        replication_refusal, source_identity,
     },
-    store::{NewChangeEvent, StoreError, StreamCheckpoint},
+    store::{StoreError, StreamCheckpoint, StreamPosition},
 };
 
+/// What a lost position's message ends with: the way out.
+const RETRY_FROM_HERE: &str =
+    "RetryOnboarding restarts from the current position and records the gap";
 /// Rows stored per transaction write at most.
 const BATCH_ROWS: usize = 5_000;
 /// How long complete transactions wait for more before they are written.
@@ -44,8 +47,6 @@ const MARIADB_GTID_EVENT: u8 = 0xa2;
 pub enum SessionEnd {
     /// Told to stop (after writing what was complete): lease lost, server changed, shutdown.
     Stopped,
-    /// The server's settings changed: connect again at once through the new path.
-    Restart,
     /// The connection is down; retry with backoff.
     Disconnected(String),
     /// The checkpoint cannot be resumed from.
@@ -90,7 +91,7 @@ struct Reader {
     pending_gtid: Option<PendingGtid>,
     gtid_text: String,
     gtids: GtidSet,
-    batch: Vec<NewChangeEvent>,
+    batch: Vec<RowChange>,
     last_event_at: Option<DateTime<Utc>>,
     /// Tables a DDL statement touched, to read again before their next row.
     stale: Vec<(String, String)>,
@@ -111,6 +112,19 @@ enum PendingGtid {
         uuid: String,
         number: u64,
     },
+}
+
+impl std::fmt::Display for PendingGtid {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PendingGtid::Mariadb {
+                domain,
+                server,
+                sequence,
+            } => write!(formatter, "{domain}-{server}-{sequence}"),
+            PendingGtid::Mysql { uuid, number } => write!(formatter, "{uuid}:{number}"),
+        }
+    }
 }
 
 /// The binlog files the source still has.
@@ -134,14 +148,14 @@ fn purged_message(file: &str, address: &str) -> String {
     format!(
         "the binlog file {file} that the stream's checkpoint points to is no longer on {address} \
          (purged); raise binlog retention (binlog_expire_logs_seconds / expire_logs_days) so the \
-         binlog outlives an outage; RetryOnboarding restarts from the current position and records the gap"
+         binlog outlives an outage; {RETRY_FROM_HERE}"
     )
 }
 
 /// Connects and starts reading from the checkpoint: everything up to the first event.
 async fn open(
     context: &StepContext,
-    checkpoint: &StreamCheckpoint,
+    position: &StreamPosition,
     heartbeat: Duration,
 ) -> Result<(mysql::Link, Reader, Option<u64>, String), SessionEnd> {
     let address = mysql::address(context);
@@ -150,19 +164,18 @@ async fn open(
     let (flavour, _) = mysql::version(connection, &address).await?;
     let mariadb = flavour == "MariaDB";
     let identity = source_identity(connection, &address, mariadb).await?;
-    if let Some(expected) = &checkpoint.source_identity
+    if let Some(expected) = &position.source_identity
         && *expected != identity
     {
         return Err(SessionEnd::LostPosition(format!(
             "the source at {address} is a different server now ({identity}, was {expected}); \
-             its binlog positions do not continue the checkpoint's; RetryOnboarding restarts from \
-             the current position and records the gap"
+             its binlog positions do not continue the checkpoint's; {RETRY_FROM_HERE}"
         )));
     }
     let files = binary_logs(connection, &address).await?;
-    if !files.contains(&checkpoint.binlog_file) {
+    if !files.contains(&position.binlog_file) {
         return Err(SessionEnd::LostPosition(purged_message(
-            &checkpoint.binlog_file,
+            &position.binlog_file,
             &address,
         )));
     }
@@ -171,7 +184,6 @@ async fn open(
         &address,
         &context.server.spec.stream_options,
         mariadb,
-        None,
     )
     .await?;
     let period = heartbeat.as_nanos().min(u128::from(u64::MAX));
@@ -198,20 +210,20 @@ async fn open(
         address: address.clone(),
         mariadb,
         tables,
-        file: checkpoint.binlog_file.clone(),
+        file: position.binlog_file.clone(),
         committed: Position {
-            file: checkpoint.binlog_file.clone(),
-            position: u64::try_from(checkpoint.binlog_position).unwrap_or(4),
+            file: position.binlog_file.clone(),
+            position: u64::try_from(position.binlog_position).unwrap_or(4),
         },
         committed_rows: 0,
-        skip_rows: checkpoint.skip_rows,
+        skip_rows: position.skip_rows,
         transaction_rows: 0,
         in_transaction: false,
         pending_gtid: None,
         gtid_text: String::new(),
-        gtids: GtidSet::parse(checkpoint.gtid_set.as_deref().unwrap_or_default()),
+        gtids: GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default()),
         batch: Vec::new(),
-        last_event_at: checkpoint.last_event_at,
+        last_event_at: position.last_event_at,
         stale: Vec::new(),
         checksums: checksum.is_some_and(|algorithm| !algorithm.eq_ignore_ascii_case("NONE")),
         described: false,
@@ -219,30 +231,26 @@ async fn open(
     Ok((link, reader, dump_connection_id, identity))
 }
 
+/// How a refused binlog request or read ends the connection: error 1236 (the binlog cannot be
+/// read from the checkpoint) is a lost position unless replica ids clash; other refusals are
+/// permanent; anything else is sorted like any MySQL error.
 fn refusal(
     error: &mysql_async::Error,
     context: &StepContext,
     replica_id: u32,
     address: &str,
 ) -> SessionEnd {
-    let account = context.server.spec.mysql_user.clone();
-    match (error, replication_refusal(error, &account, replica_id)) {
-        (mysql_async::Error::Server(server), Some(reason))
-            if server.code == 1236 && !reason.contains("clashes") =>
+    let account = &context.server.spec.mysql_user;
+    let Some(reason) = replication_refusal(error, account, replica_id) else {
+        return classify_mysql(error, address).into();
+    };
+    match error {
+        mysql_async::Error::Server(server)
+            if server.code == 1236 && !is_replica_id_clash(&server.message) =>
         {
-            if server.message.contains("purged")
-                || server.message.contains("not find")
-                || server.message.contains("Could not find")
-            {
-                SessionEnd::LostPosition(format!(
-                    "{reason}; RetryOnboarding restarts from the current position and records the gap"
-                ))
-            } else {
-                SessionEnd::Disconnected(reason)
-            }
+            SessionEnd::LostPosition(format!("{reason}; {RETRY_FROM_HERE}"))
         }
-        (_, Some(reason)) => SessionEnd::Failed(reason),
-        (_, None) => classify_mysql(error, address).into(),
+        _ => SessionEnd::Failed(reason),
     }
 }
 
@@ -251,7 +259,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     let context = holder.step_context();
     let heartbeat = holder.settings.heartbeat;
     let (link, mut reader, dump_connection_id, identity) =
-        match open(&context, &checkpoint, heartbeat).await {
+        match open(&context, &checkpoint.position, heartbeat).await {
             Ok(opened) => opened,
             Err(end) => return end,
         };
@@ -259,8 +267,8 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     let mysql::Link { connection, tunnel } = link;
     let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
     let request = BinlogStreamRequest::new(replica_id)
-        .with_filename(checkpoint.binlog_file.as_bytes())
-        .with_pos(u64::try_from(checkpoint.binlog_position).unwrap_or(4));
+        .with_filename(checkpoint.position.binlog_file.as_bytes())
+        .with_pos(u64::try_from(checkpoint.position.binlog_position).unwrap_or(4));
     let stream = match connection.get_binlog_stream(request).await {
         Ok(stream) => stream,
         Err(error) => return refusal(&error, &context, replica_id, &reader.address),
@@ -279,9 +287,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     // Through a tunnel, closing it closes the jumphost's connection to MySQL, and the dump
     // thread ends at its next heartbeat; a second login through the jumphost would be one the
     // customer did not expect (the jumphost may be moving).
-    if let (Some(id), SessionEnd::Stopped | SessionEnd::Restart, None) =
-        (dump_connection_id, &end, &tunnel)
-    {
+    if let (Some(id), SessionEnd::Stopped, None) = (dump_connection_id, &end, &tunnel) {
         end_dump_thread(&context, id).await;
     }
     drop(tunnel);
@@ -323,12 +329,11 @@ async fn read(
         };
         match wake {
             Wake::Control => {
-                let decision = holder.control_decision().await;
-                if let Some(end) = decision {
-                    if !matches!(end, SessionEnd::Stopped) || !holder.lease_lost() {
+                if holder.must_stop().await {
+                    if !holder.lease_lost() {
                         let _ = flush(holder, reader, identity).await;
                     }
-                    return end;
+                    return SessionEnd::Stopped;
                 }
             }
             Wake::Silent => {
@@ -377,38 +382,32 @@ async fn read(
 /// Writes the complete transactions buffered (or, for one very large transaction, its rows so
 /// far) with the checkpoint after them.
 async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Result<(), SessionEnd> {
-    let (rows, checkpoint) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2 {
+    let (rows, position) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2 {
         // One transaction larger than memory should hold: store its rows so far and resume
         // at its start, skipping them.
         let stored = reader.transaction_rows;
         let start = reader.committed.clone();
-        (
-            reader.batch.len(),
-            reader.checkpoint(start, stored, identity),
-        )
+        (reader.batch.len(), reader.position(start, stored, identity))
     } else {
         (
             reader.committed_rows,
-            reader.checkpoint(reader.committed.clone(), 0, identity),
+            reader.position(reader.committed.clone(), 0, identity),
         )
     };
-    let events: Vec<NewChangeEvent> = reader.batch.drain(..rows).collect();
+    let events: Vec<RowChange> = reader.batch.drain(..rows).collect();
     reader.committed_rows = 0;
-    holder.write(events, checkpoint).await
+    holder.write(events, position).await
 }
 
 impl Reader {
-    fn checkpoint(&self, at: Position, skip_rows: i64, identity: &str) -> StreamCheckpoint {
-        StreamCheckpoint {
+    fn position(&self, at: Position, skip_rows: i64, identity: &str) -> StreamPosition {
+        StreamPosition {
             binlog_file: at.file,
             binlog_position: i64::try_from(at.position).unwrap_or(i64::MAX),
             skip_rows,
             gtid_set: self.gtids.render(),
             source_identity: Some(identity.to_owned()),
-            replication_server_id: 0,
-            events_indexed: 0,
             last_event_at: self.last_event_at,
-            recorded_at: crate::domain::now(),
         }
     }
 
@@ -436,15 +435,10 @@ impl Reader {
     fn begin(&mut self, gtid: Option<PendingGtid>) {
         self.in_transaction = true;
         self.transaction_rows = 0;
-        self.gtid_text = match &gtid {
-            Some(PendingGtid::Mariadb {
-                domain,
-                server,
-                sequence,
-            }) => format!("{domain}-{server}-{sequence}"),
-            Some(PendingGtid::Mysql { uuid, number }) => format!("{uuid}:{number}"),
-            None => String::new(),
-        };
+        self.gtid_text = gtid
+            .as_ref()
+            .map(PendingGtid::to_string)
+            .unwrap_or_default();
         self.pending_gtid = gtid;
     }
 
@@ -520,7 +514,7 @@ impl Reader {
             Some(EventData::XidEvent(_)) => self.commit(end),
             Some(EventData::HeartbeatEvent) => {
                 // The source had nothing to send: the reader is caught up.
-                holder.progress.lag_seconds = 0.0;
+                holder.progress.lag_millis = 0;
                 holder.record_progress(false).await;
             }
             Some(EventData::RowsEvent(rows)) => {
@@ -555,17 +549,18 @@ impl Reader {
         context: &StepContext,
     ) -> Result<(), SessionEnd> {
         let mut link = mysql::connect(context).await?;
-        let fresh = Tables::load(
-            &mut link.connection,
-            &self.address,
-            &context.server.spec.stream_options,
-            self.mariadb,
-            Some((schema, table)),
-        )
-        .await;
+        let reloaded = self
+            .tables
+            .reload(
+                &mut link.connection,
+                &self.address,
+                &context.server.spec.stream_options,
+                self.mariadb,
+                (schema, table),
+            )
+            .await;
         link.close().await;
-        self.tables.replace(schema, table, fresh?);
-        Ok(())
+        Ok(reloaded?)
     }
 
     async fn rows(
@@ -604,8 +599,7 @@ impl Reader {
         };
         let committed_at = DateTime::from_timestamp(i64::from(timestamp), 0).unwrap_or_default();
         self.last_event_at = Some(committed_at);
-        holder.progress.lag_seconds =
-            (Utc::now() - committed_at).num_milliseconds().max(0) as f64 / 1000.0;
+        holder.progress.lag_millis = (Utc::now() - committed_at).num_milliseconds().max(0);
         for (row_index, row) in rows.rows(table_map).enumerate() {
             let (before, after) = row.map_err(|error| {
                 SessionEnd::Disconnected(format!(
@@ -654,12 +648,12 @@ fn change(
     row: ChangeRow<'_>,
     before: Option<mysql_async::binlog::row::BinlogRow>,
     after: Option<mysql_async::binlog::row::BinlogRow>,
-) -> NewChangeEvent {
+) -> RowChange {
     let before = before.map(|image| decode::row_json(image, columns));
     let after = after.map(|image| decode::row_json(image, columns));
     let key_image = after.as_ref().or(before.as_ref());
     let primary_key = key_image.and_then(|image| decode::primary_key(image, columns));
-    NewChangeEvent {
+    RowChange {
         binlog_file: row.file.to_owned(),
         binlog_position: i64::try_from(row.position).unwrap_or(i64::MAX),
         row_index: i32::try_from(row.row_index).unwrap_or(i32::MAX),

@@ -4,15 +4,13 @@
 
 use std::collections::HashMap;
 
-use mysql_async::{Conn, prelude::Queryable};
+use mysql_async::Conn;
 
 use super::decode::{ColumnInfo, ColumnKind, TableColumns};
 use crate::{
     domain::server::StreamOptions,
-    onboarding::{MysqlFailure, classify_mysql, included_in_stream},
+    onboarding::{MysqlFailure, Table, read_tables},
 };
-
-const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys'";
 
 /// The tracked tables' columns by (schema, table).
 #[derive(Debug, Default)]
@@ -20,7 +18,21 @@ pub struct Tables {
     tables: HashMap<(String, String), TableColumns>,
 }
 
-type ColumnRow = (String, String, String, String, String);
+impl From<Table> for TableColumns {
+    fn from(table: Table) -> TableColumns {
+        TableColumns {
+            columns: table
+                .columns
+                .into_iter()
+                .map(|column| ColumnInfo {
+                    kind: ColumnKind::of(&column.column_type, column.json),
+                    name: column.name,
+                })
+                .collect(),
+            primary_key: table.primary_key,
+        }
+    }
+}
 
 impl Tables {
     /// The columns of a table, if it is tracked and known.
@@ -28,87 +40,39 @@ impl Tables {
         self.tables.get(&(schema.to_owned(), table.to_owned()))
     }
 
-    /// Reads the columns of every tracked table, or of one schema's table when `only` is set.
+    /// Reads the columns of every tracked table (what the snapshot step reads).
     pub async fn load(
         connection: &mut Conn,
         address: &str,
         options: &StreamOptions,
         mariadb: bool,
-        only: Option<(&str, &str)>,
     ) -> Result<Tables, MysqlFailure> {
-        let classify = |error: mysql_async::Error| classify_mysql(&error, address);
-        let condition = match only {
-            Some(_) => "TABLE_SCHEMA = ? AND TABLE_NAME = ?".to_owned(),
-            None => format!("TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS}) AND ? = ? "),
-        };
-        let (schema, table) = only.unwrap_or(("", ""));
-        let columns: Vec<ColumnRow> = connection
-            .exec(
-                format!(
-                    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COLUMN_KEY \
-                     FROM information_schema.COLUMNS WHERE {condition} \
-                     ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
-                ),
-                (schema, table),
-            )
-            .await
-            .map_err(classify)?;
-        // MariaDB's JSON is a LONGTEXT with a json_valid() check; only the check tells them apart.
-        let json_columns: Vec<(String, String, String)> = if mariadb {
-            connection
-                .exec(
-                    format!(
-                        "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE \
-                         FROM information_schema.CHECK_CONSTRAINTS \
-                         WHERE CHECK_CLAUSE LIKE 'json_valid(%' AND {}",
-                        condition.replace("TABLE_SCHEMA", "CONSTRAINT_SCHEMA")
-                    ),
-                    (schema, table),
-                )
-                .await
-                .map_err(classify)?
-        } else {
-            Vec::new()
-        };
-        let is_json = |schema: &str, table: &str, column: &str| {
-            json_columns.iter().any(|(s, t, clause)| {
-                s == schema && t == table && clause.contains(&format!("`{column}`"))
-            })
-        };
-        let mut tables: HashMap<(String, String), TableColumns> = HashMap::new();
-        for (schema, table, name, column_type, key) in columns {
-            if !included_in_stream(options, &schema, &table) {
-                continue;
-            }
-            let json = is_json(&schema, &table, &name);
-            let entry = tables
-                .entry((schema, table))
-                .or_insert_with(|| TableColumns {
-                    columns: Vec::new(),
-                    primary_key: Vec::new(),
-                });
-            if key == "PRI" {
-                entry.primary_key.push(name.clone());
-            }
-            entry.columns.push(ColumnInfo {
-                kind: ColumnKind::of(&column_type, json),
-                name,
-            });
-        }
-        Ok(Tables { tables })
+        let tables = read_tables(connection, address, options, mariadb, None).await?;
+        Ok(Tables {
+            tables: tables
+                .into_iter()
+                .map(|table| ((table.schema.clone(), table.name.clone()), table.into()))
+                .collect(),
+        })
     }
 
-    /// Replaces one table's columns (after a DDL), or forgets the table when it is gone.
-    pub fn replace(&mut self, schema: &str, table: &str, fresh: Tables) {
+    /// Reads one table's columns again (after a DDL touched it); forgets a table that is gone.
+    pub async fn reload(
+        &mut self,
+        connection: &mut Conn,
+        address: &str,
+        options: &StreamOptions,
+        mariadb: bool,
+        (schema, table): (&str, &str),
+    ) -> Result<(), MysqlFailure> {
+        let fresh =
+            read_tables(connection, address, options, mariadb, Some((schema, table))).await?;
         let key = (schema.to_owned(), table.to_owned());
-        match fresh.tables.into_iter().find(|(found, _)| *found == key) {
-            Some((key, columns)) => {
-                self.tables.insert(key, columns);
-            }
-            None => {
-                self.tables.remove(&key);
-            }
-        }
+        match fresh.into_iter().next() {
+            Some(found) => self.tables.insert(key, found.into()),
+            None => self.tables.remove(&key),
+        };
+        Ok(())
     }
 }
 
