@@ -368,6 +368,18 @@ async fn a_stopped_source_is_disconnected_and_its_writes_are_captured_after_it_r
     app.shutdown().await;
 }
 
+/// ListChangeEvents of `server_id` with `key`, which must fail.
+async fn list_refused(app: &TestApp, key: &str, server_id: &str) -> tonic::Status {
+    expect_err(
+        app.client_with_key(key)
+            .list_change_events(ListChangeEventsRequest {
+                server_id: server_id.to_owned(),
+                ..Default::default()
+            })
+            .await,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_need_changes_read_and_stay_within_the_tenant() {
     let app = TestApp::start().await;
@@ -386,26 +398,12 @@ async fn change_events_need_changes_read_and_stay_within_the_tenant() {
     assert!(page.events.is_empty() && page.next_page_token.is_empty());
 
     let reader = app.key_with(&["servers:read"]).await;
-    let status = expect_err(
-        app.client_with_key(&reader.secret)
-            .list_change_events(ListChangeEventsRequest {
-                server_id: id.clone(),
-                ..Default::default()
-            })
-            .await,
-    );
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = list_refused(&app, &reader.secret, &id).await;
+    assert_error(&status, Code::PermissionDenied, "MISSING_PERMISSION");
 
     let other = app.other_tenant("other").await;
-    let status = expect_err(
-        app.client_with_key(&other.key)
-            .list_change_events(ListChangeEventsRequest {
-                server_id: id.clone(),
-                ..Default::default()
-            })
-            .await,
-    );
-    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = list_refused(&app, &other.key, &id).await;
+    assert_error(&status, Code::NotFound, "SERVER_NOT_FOUND");
 
     // REST: the same call, the same permission.
     let http = reqwest::Client::new();
@@ -440,5 +438,220 @@ async fn the_change_index_query_walks_its_index() {
     assert!(!plan.contains("Seq Scan"), "{plan}");
     let partitions = store.change_partitions().await.expect("partitions");
     assert!(partitions.len() >= 4, "{partitions:?}");
+    app.shutdown().await;
+}
+
+/// A MariaDB with a table, the replication user, and a server registered through a TCP proxy
+/// in front of it, streaming.
+async fn streaming_through_proxy(app: &TestApp, name: &str) -> (MariaDb, TcpProxy, String) {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", mariadb.port)).await;
+    let mut input = mariadb.server(name, USER, PASSWORD);
+    input.port = i32::from(proxy.addr.port());
+    let mut client = app.client();
+    let id = register(&mut client, input).await.server_id;
+    assert_active(&wait_settled(&client, &id).await);
+    wait_stream(&mut client, &id, "the stream to run", running).await;
+    (mariadb, proxy, id)
+}
+
+fn stream_state(server: &proto::Server) -> Option<StreamState> {
+    server
+        .stream
+        .as_ref()
+        .and_then(|stream| StreamState::try_from(stream.state).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_path_is_disconnected_within_three_heartbeats() {
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (mariadb, proxy, id) = streaming_through_proxy(&app, "silent").await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+
+    // Nothing closes: only the missing heartbeats tell (1 s period, so 3 s plus margin).
+    proxy.black_hole();
+    let started = Instant::now();
+    let server = wait_stream(
+        &mut client,
+        &id,
+        "the stream to notice the silence",
+        |server| stream_state(server) == Some(StreamState::Disconnected),
+    )
+    .await;
+    let noticed = started.elapsed();
+    assert!(
+        noticed < Duration::from_secs(6),
+        "a dead path was noticed after {noticed:?}, more than 3 heartbeat periods and margin"
+    );
+    let error = server
+        .stream
+        .and_then(|stream| stream.error)
+        .unwrap_or_default();
+    assert!(error.contains("heartbeat"), "{error}");
+    mariadb.exec(&["INSERT INTO shop.t VALUES (2)"]).await;
+
+    proxy.restore();
+    wait_stream(&mut client, &id, "the stream to run again", running).await;
+    let events = wait_for_events(&mut client, &id, "", 2).await;
+    assert_eq!(
+        events.len(),
+        2,
+        "the write made while the path was dead is captured once"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binlog_purged_past_the_checkpoint_is_lost_position_until_retried() {
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (mariadb, proxy, id) = streaming_through_proxy(&app, "purged").await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+    let checkpoint_file = stream_of(&mut client, &id).await.binlog_file;
+
+    // While the stream cannot reach the source, the binlog it needs is purged.
+    proxy.cut();
+    wait_stream(&mut client, &id, "the stream to disconnect", |server| {
+        stream_state(server) == Some(StreamState::Disconnected)
+    })
+    .await;
+    mariadb
+        .exec(&[
+            "INSERT INTO shop.t VALUES (2)",
+            "FLUSH BINARY LOGS",
+            "INSERT INTO shop.t VALUES (3)",
+        ])
+        .await;
+    let current = mariadb.master_status().await.expect("binlog on").file;
+    mariadb
+        .exec(&[&format!("PURGE BINARY LOGS TO '{current}'")])
+        .await;
+    proxy.restore();
+
+    let server = wait_stream(&mut client, &id, "the lost position", |server| {
+        stream_state(server) == Some(StreamState::LostPosition)
+    })
+    .await;
+    assert_eq!(server.status, ServerStatus::Error as i32);
+    let error = server.error.unwrap_or_default();
+    assert!(
+        error.contains(&checkpoint_file) && error.contains("RetryOnboarding"),
+        "the error names the purged file and the fix: {error}"
+    );
+    // Nothing was skipped silently: the rows of the purged file are not there.
+    assert_eq!(all_events(&mut client, &id, "").await.len(), 1);
+
+    client
+        .retry_onboarding(proto::RetryOnboardingRequest {
+            server_id: id.clone(),
+        })
+        .await
+        .expect("RetryOnboarding");
+    wait_stream(
+        &mut client,
+        &id,
+        "the stream to run from the current position",
+        running,
+    )
+    .await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (4)"]).await;
+    let events = wait_for_events(&mut client, &id, "", 2).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(number(&events[1].after, "id"), 4.0);
+    // The gap is on record: from the checkpoint's file to where the stream restarted.
+    let gaps = app
+        .db
+        .connect()
+        .await
+        .query(
+            "SELECT from_file, to_file FROM stream_gaps WHERE server_id::text = $1",
+            &[&id],
+        )
+        .await
+        .expect("read stream_gaps");
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(gaps[0].get::<_, String>(0), checkpoint_file);
+    assert_eq!(gaps[0].get::<_, String>(1), current);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_forty_streams_fairly() {
+    let app = mysql_app().await;
+    let second = app.replica(mysql_replica_options()).await;
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let mut client = app.client();
+    let mut ids = Vec::new();
+    for index in 0..40 {
+        let server = register(
+            &mut client,
+            mariadb.server(&format!("s{index}"), USER, PASSWORD),
+        )
+        .await;
+        ids.push(server.server_id);
+    }
+    for id in &ids {
+        wait_stream(&mut client, id, "every stream to run", running).await;
+    }
+    // Two sweeps (500 ms each here) and then some: the spread has settled.
+    let database = app.db.connect().await;
+    let started = Instant::now();
+    let holders = loop {
+        let rows = database
+            .query(
+                "SELECT stream_owner::text, count(*) FROM servers \
+                 WHERE stream_owner IS NOT NULL GROUP BY 1",
+                &[],
+            )
+            .await
+            .expect("count stream holders");
+        let counts: Vec<i64> = rows.iter().map(|row| row.get(1)).collect();
+        let settled = counts.len() == 2 && counts.iter().sum::<i64>() == 40;
+        if settled && counts.iter().all(|count| *count <= 21) {
+            break counts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the streams did not spread: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(holders.iter().sum::<i64>(), 40, "{holders:?}");
+    // Never more binlog connections than streams: one dump thread each, once moves settle.
+    let started = Instant::now();
+    loop {
+        let threads = dump_threads(&mariadb).await.len();
+        assert!(threads <= 40, "{threads} dump threads for 40 streams");
+        if threads == 40 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{threads} dump threads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.shutdown().await;
     app.shutdown().await;
 }

@@ -960,7 +960,8 @@ impl ServiceProcess {
 // ------------------------------------------------------------------------------------------------
 
 /// Forwards 127.0.0.1:port to an upstream address until `cut()`, which closes every open
-/// connection and turns new ones away at once, until `restore()`.
+/// connection and turns new ones away at once, or `black_hole()`, which keeps every connection
+/// open and forwards nothing (a silent network death), until `restore()`.
 pub struct TcpProxy {
     pub addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
@@ -971,6 +972,8 @@ struct ProxyState {
     cut: bool,
     /// Cancelled by `cut()`; every forwarded connection ends with it.
     connections: CancellationToken,
+    /// Cancelled by `black_hole()`; forwarding stops, connections stay open.
+    forwarding: CancellationToken,
 }
 
 impl TcpProxy {
@@ -1003,6 +1006,7 @@ impl TcpProxy {
         let state = Arc::new(Mutex::new(ProxyState {
             cut: false,
             connections: CancellationToken::new(),
+            forwarding: CancellationToken::new(),
         }));
         let accept_state = state.clone();
         let accept_task = tokio::spawn(async move {
@@ -1010,25 +1014,32 @@ impl TcpProxy {
                 let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                let token = {
+                let (token, stalled) = {
                     let state = accept_state.lock().expect("proxy lock");
                     if state.cut {
                         // Turned away: the connection closes at once.
                         drop(inbound);
                         continue;
                     }
-                    state.connections.clone()
+                    (state.connections.clone(), state.forwarding.clone())
                 };
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
+                    let mut inbound = inbound;
+                    if stalled.is_cancelled() {
+                        // Black-holed: accepted, and then nothing ever arrives.
+                        token.cancelled().await;
+                        return;
+                    }
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    let mut inbound = inbound;
                     tokio::select! {
                         _ = token.cancelled() => {}
+                        _ = stalled.cancelled() => token.cancelled().await,
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
+                    drop(outbound);
                 });
             }
         });
@@ -1046,11 +1057,19 @@ impl TcpProxy {
         state.connections.cancel();
     }
 
-    /// Forwards new connections again.
+    /// Stops forwarding without closing anything: open connections hang, new ones are accepted
+    /// and hang too.
+    pub fn black_hole(&self) {
+        self.state.lock().expect("proxy lock").forwarding.cancel();
+    }
+
+    /// Forwards new connections again (black-holed ones are closed).
     pub fn restore(&self) {
         let mut state = self.state.lock().expect("proxy lock");
         state.cut = false;
+        state.connections.cancel();
         state.connections = CancellationToken::new();
+        state.forwarding = CancellationToken::new();
     }
 }
 
