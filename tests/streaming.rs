@@ -266,6 +266,40 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
     assert!(stream.last_event_at.is_some() && stream.last_checkpoint_at.is_some());
     assert!(!stream.holder_agent_id.is_empty());
 
+    // Metrics: events and states counted, no series per server.
+    let metrics_url = format!("http://{}/metrics", app.http_addr);
+    let started = Instant::now();
+    let metrics = loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if text.contains("dbtrail_streams{state=\"running\"} 1") || started.elapsed() > CAPTURE {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        metrics.contains("dbtrail_streams{state=\"running\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dbtrail_streams{state=\"lost_position\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dbtrail_stream_events_indexed_total 1015"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dbtrail_stream_oldest_checkpoint_seconds"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("dbtrail_stream_lag_seconds"), "{metrics}");
+    assert!(!metrics.contains(&id), "no metric names a server");
+
     // A column added mid-stream is decoded by its name.
     mariadb
         .exec(&[

@@ -33,7 +33,7 @@ pub use change_index::{ChangePage, StreamCheckpoint, StreamGap, StreamPosition};
 pub use engine::{Claim, Fence, Lease};
 pub use index::index_schema_name;
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
-pub use streams::StreamSpread;
+pub use streams::{StreamCensus, StreamSpread};
 
 use crate::{config::DatabaseConfig, domain::server::Rejection};
 

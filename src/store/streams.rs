@@ -12,7 +12,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::{Claim, Fence, Store, StoreError, interval, jsonb::Json};
-use crate::domain::{ServerId, stream::StreamProgress};
+use crate::domain::{ServerId, StreamState, stream::StreamProgress};
 
 /// Which servers want a stream: onboarded, not in error or decommissioned, and a stream state
 /// that asks for a reader.
@@ -34,6 +34,14 @@ pub struct StreamSpread {
     pub streams: i64,
     /// Agents whose replica beat within the liveness window (this one included).
     pub live_agents: i64,
+}
+
+/// Every stream's state, counted, and the age of the oldest checkpoint of a running stream:
+/// what the stream metrics show (no per-server series).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamCensus {
+    pub by_state: Vec<(StreamState, i64)>,
+    pub oldest_checkpoint_seconds: f64,
 }
 
 impl StreamSpread {
@@ -144,6 +152,41 @@ impl Store {
             streams: row.streams,
             live_agents: row.live_agents,
         })
+    }
+}
+
+impl Store {
+    /// Counts the streams by state and finds the oldest checkpoint among running ones.
+    pub async fn stream_census(&self) -> Result<StreamCensus, StoreError> {
+        #[derive(QueryableByName)]
+        struct StateRow {
+            #[diesel(sql_type = Text)]
+            state: String,
+            #[diesel(sql_type = Int8)]
+            streams: i64,
+            #[diesel(sql_type = diesel::sql_types::Double)]
+            oldest: f64,
+        }
+        let mut connection = self.connection().await?;
+        let rows: Vec<StateRow> = diesel::sql_query(
+            "SELECT stream_state AS state, count(*) AS streams, \
+                 COALESCE(max(EXTRACT(EPOCH FROM now() - \
+                     (stream_progress->>'last_checkpoint_at')::timestamptz)), 0)::float8 AS oldest \
+             FROM servers WHERE stream_state IS NOT NULL GROUP BY stream_state",
+        )
+        .load(&mut connection)
+        .await?;
+        let mut census = StreamCensus::default();
+        for row in rows {
+            let Some(state) = StreamState::parse(&row.state) else {
+                continue;
+            };
+            if state == StreamState::Running {
+                census.oldest_checkpoint_seconds = row.oldest;
+            }
+            census.by_state.push((state, row.streams));
+        }
+        Ok(census)
     }
 }
 

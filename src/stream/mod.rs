@@ -25,7 +25,7 @@ pub use runner::StreamSettings;
 use runner::{Control, Holder, HolderParts};
 
 use crate::{
-    domain::ServerId,
+    domain::{ServerId, StreamState},
     onboarding::AgentSettings,
     secrets::SecretBox,
     store::{Claim, Lease, Store, StoreError},
@@ -145,6 +145,7 @@ impl Streams {
             if let Err(error) = self.sweep().await {
                 tracing::warn!(%error, "stream sweep failed");
             }
+            self.report().await;
         }
     }
 
@@ -182,6 +183,28 @@ impl Streams {
             self.start(claim);
         }
         Ok(())
+    }
+
+    /// Sets the stream gauges: streams per state (every state, zeros included) and the age of
+    /// the oldest checkpoint of a running stream.
+    async fn report(&self) {
+        let census = match self.store.stream_census().await {
+            Ok(census) => census,
+            Err(error) => {
+                tracing::debug!(%error, "counting streams failed");
+                return;
+            }
+        };
+        for state in StreamState::ALL {
+            let count = census
+                .by_state
+                .iter()
+                .find(|(counted, _)| counted == state)
+                .map_or(0, |(_, count)| *count);
+            metrics::gauge!("dbtrail_streams", "state" => state.as_str()).set(count as f64);
+        }
+        metrics::gauge!("dbtrail_stream_oldest_checkpoint_seconds")
+            .set(census.oldest_checkpoint_seconds);
     }
 
     /// Claims one server whose onboarding just completed here, within this replica's share.
