@@ -1386,3 +1386,61 @@ async fn moving_the_jumphost_after_onboarding_clears_the_recorded_key_and_awaits
         sshd.host_key_fingerprint()
     );
 }
+
+/// How many change events the stream stored for `server_id`.
+async fn event_count(client: &Client, server_id: &str) -> usize {
+    client
+        .clone()
+        .list_change_events(proto::ListChangeEventsRequest {
+            server_id: server_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListChangeEvents")
+        .into_inner()
+        .events
+        .len()
+}
+
+/// Waits until the stream of `server_id` stored `count` events.
+async fn wait_events(client: &Client, server_id: &str, count: usize) {
+    let started = Instant::now();
+    while event_count(client, server_id).await != count {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stream did not store {count} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_runs_through_the_tunnel_and_reconnects_when_the_jumphost_drops_it() {
+    let sshd = Sshd::start().await;
+    let mariadb = replication_source().await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (id, status) =
+        register_confirm_settle(&mut client, tunneled("streamed", &sshd, mariadb.port)).await;
+    assert_active(&status);
+    mariadb
+        .exec(&["INSERT INTO shop.orders VALUES (2, 1.00)"])
+        .await;
+    wait_events(&client, &id, 1).await;
+    assert_only_the_stream_tunnel(&sshd, "while streaming").await;
+
+    // The jumphost drops the session: the stream reconnects through a new one.
+    let logins = sshd.accepted_logins();
+    assert!(sshd.kill_sessions() >= 1);
+    mariadb
+        .exec(&["INSERT INTO shop.orders VALUES (3, 2.00)"])
+        .await;
+    wait_events(&client, &id, 2).await;
+    let server = get_server(&mut client, &id).await;
+    assert!(server.stream.expect("stream").reconnects >= 1);
+    assert!(
+        sshd.accepted_logins() > logins,
+        "the stream logged in again"
+    );
+    app.shutdown().await;
+}

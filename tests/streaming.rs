@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::mariadb::*;
@@ -688,4 +690,113 @@ async fn two_replicas_share_forty_streams_fairly() {
     }
     second.shutdown().await;
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_s_stream_resumes_elsewhere_with_every_event_once() {
+    let mariadb = Arc::new(MariaDb::start().await);
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let db = Arc::new(TestDatabase::create().await);
+    let tenant = db.create_tenant("tenant-a", None).await;
+    let options = |agent: &str| ReplicaOptions {
+        agent_name: agent.to_owned(),
+        ..mysql_replica_options()
+    };
+    let mut replica_a = ServiceProcess::serve("replica-a", &db.url, &options("agent-a")).await;
+    let mut client_a = replica_a.client(&tenant.key).await;
+    let id = register(&mut client_a, mariadb.server("killed", USER, PASSWORD))
+        .await
+        .server_id;
+    wait_stream(
+        &mut client_a,
+        &id,
+        "the stream to run on replica A",
+        running,
+    )
+    .await;
+    let replica_b = ServiceProcess::serve("replica-b", &db.url, &options("agent-b")).await;
+    let mut client_b = replica_b.client(&tenant.key).await;
+
+    // Sample the source's dump threads throughout: never two for the one stream.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (mariadb, sampling) = (mariadb.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while sampling.load(Ordering::Relaxed) {
+                most = most.max(dump_threads(&mariadb).await.len());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            most
+        })
+    };
+    // A burst of writes, and the holder killed in its middle.
+    const ROWS: i32 = 600;
+    let writer = {
+        let mariadb = mariadb.clone();
+        tokio::spawn(async move {
+            for id in 1..=ROWS {
+                mariadb
+                    .exec(&[&format!("INSERT INTO shop.t VALUES ({id})")])
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    replica_a.kill().await;
+    writer.await.expect("the writer");
+
+    let server = wait_stream(
+        &mut client_b,
+        &id,
+        "replica B to resume the stream",
+        |server| {
+            running(server)
+                && server
+                    .stream
+                    .as_ref()
+                    .is_some_and(|stream| stream.holder_agent_id != "")
+        },
+    )
+    .await;
+    let events = wait_for_events(&mut client_b, &id, "", ROWS as usize).await;
+    sampling.store(false, Ordering::Relaxed);
+    let most = sampler.await.expect("the sampler");
+    let ids: Vec<f64> = events
+        .iter()
+        .map(|event| number(&event.after, "id"))
+        .collect();
+    let expected: Vec<f64> = (1..=ROWS).map(f64::from).collect();
+    assert_eq!(
+        ids, expected,
+        "every row once, in order, across the takeover"
+    );
+    assert!(
+        most <= 1,
+        "{most} binlog connections for one server at once"
+    );
+    assert!(server.stream.is_some());
+    let holder: String = db
+        .connect()
+        .await
+        .query_one(
+            "SELECT a.name FROM servers s JOIN agents a ON a.id = s.agent_id WHERE s.id::text = $1",
+            &[&id],
+        )
+        .await
+        .expect("read the assigned agent")
+        .get(0);
+    assert_eq!(
+        holder, "agent-b",
+        "the new holder became the assigned agent"
+    );
 }

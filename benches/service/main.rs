@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench service` runs all of it; `cargo bench --bench service -- B1 B6` runs
 //! only the named measurements; `-- callgrind` counts the instructions of GetServer and UpdateServer calls. PostgreSQL comes from DBTRAIL_BENCH_DATABASE_URL (default
-//! postgres://postgres@127.0.0.1:5432/postgres); B8 starts a private MariaDB from the installed
-//! binaries. `scripts/bench` starts and installs what is missing, then runs this.
+//! postgres://postgres@127.0.0.1:5432/postgres); B8 and B10 start a private MariaDB from the
+//! installed binaries. `scripts/bench` starts and installs what is missing, then runs this.
 
 mod client;
 mod load;
@@ -15,6 +15,7 @@ mod onboarding;
 mod profile;
 mod replica;
 mod report;
+mod stream;
 mod unary;
 mod watch;
 
@@ -124,6 +125,9 @@ async fn main() {
     }
     if wanted("B6") {
         watch::fan_out_rows(&url, &key, &mut rows).await;
+    }
+    if wanted("B10") {
+        stream::stream(&database_url(&fresh_database_name()), &mut rows).await;
     }
     report::print(&rows);
     drop_bench_databases().await;

@@ -459,6 +459,22 @@ impl Sshd {
         }
     }
 
+    /// Kills every session process (SIGKILL), as a jumphost dropping its connections would; the
+    /// listener stays up and accepts new ones.
+    pub fn kill_sessions(&self) -> usize {
+        let Some(listener) = self.pid() else {
+            return 0;
+        };
+        let sessions = descendants(listener);
+        for pid in &sessions {
+            // SAFETY: kill(2) on a process sshd forked for this test.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        sessions.len()
+    }
+
     /// Restarts the server on the same port with a newly generated host key (of the same type);
     /// returns the new fingerprint.
     pub async fn restart_with_new_host_key(&mut self) -> String {

@@ -1,0 +1,286 @@
+//! B10: the live binlog stream against a private MariaDB. A bulk burst already in the binlog is
+//! read (a) by a bare mysql_async binlog reader, decoding rows and nothing else, and (b) by the
+//! service, which decodes, converts and indexes it in PostgreSQL; then (c) several writers insert
+//! flat out while the lag of the index behind the source is sampled.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use mysql_async::{
+    BinlogStreamRequest, Conn, OptsBuilder, binlog::events::EventData, prelude::Queryable,
+};
+
+use crate::{
+    client,
+    load::histogram,
+    mariadb::{MariaDb, MasterStatus},
+    replica::Replica,
+    report::Row,
+};
+
+const USER: &str = "bintrail";
+const PASSWORD: &str = "bench-Pass_1";
+/// Rows of the bulk burst.
+const BURST_ROWS: u64 = 200_000;
+/// Rows per INSERT statement of the burst.
+const ROWS_PER_INSERT: u64 = 1_000;
+const WRITERS: usize = 4;
+const SUSTAINED: Duration = Duration::from_secs(20);
+
+async fn user_connection(mariadb: &MariaDb) -> Conn {
+    let options = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(mariadb.port)
+        .user(Some(USER))
+        .pass(Some(PASSWORD))
+        .prefer_socket(false);
+    Conn::new(options)
+        .await
+        .expect("log in to the bench MariaDB")
+}
+
+/// Writes the burst: BURST_ROWS rows in multi-row INSERTs, one transaction each.
+async fn burst(mariadb: &MariaDb, first_id: u64) {
+    let mut connection = mariadb.root().await;
+    let mut id = first_id;
+    while id < first_id + BURST_ROWS {
+        let values: Vec<String> = (id..id + ROWS_PER_INSERT)
+            .map(|id| format!("({id}, {}, 'note {id}', {id}.25)", id % 1000))
+            .collect();
+        connection
+            .query_drop(format!(
+                "INSERT INTO shop.events (id, a, note, amount) VALUES {}",
+                values.join(",")
+            ))
+            .await
+            .expect("burst INSERT");
+        id += ROWS_PER_INSERT;
+    }
+}
+
+/// (a): a bare reader of `rows` rows from `from`; its rows per second.
+async fn bare_reader(mariadb: &MariaDb, from: &MasterStatus, rows: u64) -> f64 {
+    let connection = user_connection(mariadb).await;
+    let started = Instant::now();
+    let request = BinlogStreamRequest::new(4_000_000_001)
+        .with_filename(from.file.as_bytes())
+        .with_pos(from.position);
+    let mut stream = connection
+        .get_binlog_stream(request)
+        .await
+        .expect("a binlog stream");
+    let mut read = 0u64;
+    while read < rows {
+        let event = stream
+            .next()
+            .await
+            .expect("the stream goes on")
+            .expect("a binlog event");
+        if let Ok(Some(EventData::RowsEvent(data))) = event.read_data()
+            && let Some(table) = stream.get_tme(data.table_id())
+        {
+            read += data.rows(table).filter(Result::is_ok).count() as u64;
+        }
+    }
+    let rate = read as f64 / started.elapsed().as_secs_f64();
+    let _ = stream.close().await;
+    rate
+}
+
+/// Events the service has indexed for the server, from its checkpoint row.
+async fn indexed(postgres: &tokio_postgres::Client, server_id: &str) -> u64 {
+    let row = postgres
+        .query_one(
+            "SELECT next_sequence - 1 FROM stream_checkpoints WHERE server_id::text = $1",
+            &[&server_id],
+        )
+        .await
+        .expect("read the stream checkpoint");
+    row.get::<_, i64>(0).max(0) as u64
+}
+
+async fn wait_indexed(postgres: &tokio_postgres::Client, server_id: &str, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while indexed(postgres, server_id).await < count {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not index {count} events"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn postgres(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the service's PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// (c): WRITERS single-row transactions flat out for SUSTAINED, with the index's lag sampled
+/// every 100 ms: how long until the index holds what the source had committed at the sample.
+/// Returns (rows per second written, lag p50, lag p99), lags in milliseconds.
+async fn sustained(
+    mariadb: &MariaDb,
+    postgres: &tokio_postgres::Client,
+    server_id: &str,
+    first_id: u64,
+    already: u64,
+) -> (f64, u64, u64) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(first_id));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let mut connection = mariadb.root().await;
+        let (next, stop, written) = (next.clone(), stop.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                connection
+                    .query_drop(format!(
+                        "INSERT INTO shop.events (id, a, note, amount) \
+                         VALUES ({id}, {}, 'note {id}', 1.50)",
+                        id % 1000
+                    ))
+                    .await
+                    .expect("sustained INSERT");
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let mut lags = histogram();
+    while started.elapsed() < SUSTAINED {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        samples.push((Instant::now(), already + written.load(Ordering::Relaxed)));
+        let now_indexed = indexed(postgres, server_id).await;
+        samples.retain(|(at, committed)| {
+            if now_indexed >= *committed {
+                lags.saturating_record(at.elapsed().as_millis() as u64);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("a writer panicked");
+    }
+    let rate = written.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    // The samples still waiting are lag too: wait them out.
+    while !samples.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now_indexed = indexed(postgres, server_id).await;
+        samples.retain(|(at, committed)| {
+            if now_indexed >= *committed {
+                lags.saturating_record(at.elapsed().as_millis() as u64);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    (
+        rate,
+        lags.value_at_quantile(0.5),
+        lags.value_at_quantile(0.99),
+    )
+}
+
+/// B10 on a database of its own.
+pub async fn stream(database_url: &str, rows: &mut Vec<Row>) {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .create_user(
+            USER,
+            PASSWORD,
+            &["REPLICATION SLAVE", "REPLICATION CLIENT", "SELECT"],
+        )
+        .await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.events (id BIGINT PRIMARY KEY, a INT, note VARCHAR(64), \
+             amount DECIMAL(10,2)) ENGINE=InnoDB",
+        ])
+        .await;
+    // Onboard the server, then stop the replica so the burst waits in the binlog.
+    let replica = Replica::start("bench-stream", database_url, &[]).await;
+    let postgres = postgres(database_url).await;
+    let key = replica
+        .bootstrap_key
+        .clone()
+        .expect("the first start prints its key");
+    let mut api = client::client(replica.channel().await, &key);
+    let server_id = client::register(&mut api, mariadb.server("bench-stream", USER, PASSWORD))
+        .await
+        .server_id;
+    loop {
+        let server = api
+            .get_server(dbtrail_servers::proto::GetServerRequest {
+                server_id: server_id.clone(),
+            })
+            .await
+            .expect("GetServer")
+            .into_inner();
+        let running = server.stream.as_ref().is_some_and(|stream| {
+            stream.state == dbtrail_servers::proto::StreamState::Running as i32
+        });
+        if running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica.stop().await;
+    let before = mariadb.master_status().await.expect("the binlog is on");
+    let written = Instant::now();
+    burst(&mariadb, 1).await;
+    let write_rate = BURST_ROWS as f64 / written.elapsed().as_secs_f64();
+
+    let bare = bare_reader(&mariadb, &before, BURST_ROWS).await;
+    let replica = Replica::start("bench-stream", database_url, &[]).await;
+    let started = Instant::now();
+    wait_indexed(&postgres, &server_id, BURST_ROWS).await;
+    let service = BURST_ROWS as f64 / started.elapsed().as_secs_f64();
+    rows.push(Row {
+        id: "B10",
+        measurement: format!(
+            "stream: {BURST_ROWS} rows of a bulk burst already in the binlog, indexed by the service (from its start)"
+        ),
+        value: format!("{service:.0} rows/s"),
+        baseline: format!("{bare:.0} rows/s (bare mysql_async reader decoding the rows)"),
+        ratio: format!("{:.2}", service / bare),
+        target: "≥ 50,000 rows/s".to_owned(),
+        met: service >= 50_000.0,
+        detail: Some(format!(
+            "the burst was written at {write_rate:.0} rows/s ({ROWS_PER_INSERT}-row INSERTs)"
+        )),
+    });
+
+    let (rate, p50, p99) =
+        sustained(&mariadb, &postgres, &server_id, BURST_ROWS + 1, BURST_ROWS).await;
+    rows.push(Row {
+        id: "B10",
+        measurement: format!(
+            "stream lag while {WRITERS} writers insert flat out for {}s, p50 / p99",
+            SUSTAINED.as_secs()
+        ),
+        value: format!("{p50} ms / {p99} ms"),
+        baseline: format!("{rate:.0} rows/s written (single-row transactions)"),
+        ratio: "—".to_owned(),
+        target: "p99 ≤ 2 s".to_owned(),
+        met: p99 <= 2_000,
+        detail: None,
+    });
+    replica.stop().await;
+}
