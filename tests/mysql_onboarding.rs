@@ -702,7 +702,7 @@ async fn fifty_servers_registered_at_once_all_reach_active() {
 
         // No step ran twice, at the same time or otherwise: the stored history is exactly one
         // start and one completion of each step, one attempt each, in order.
-        let history = stored_history(&app.db, id).await;
+        let history = onboarding_then_stream(stored_history(&app.db, id).await);
         assert_eq!(
             history,
             clean_onboarding(1),

@@ -372,6 +372,10 @@ async fn a_stopped_source_is_disconnected_and_its_writes_are_captured_after_it_r
     mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
     assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
 
+    // A follow watch sees each change of the stream's state as a revision.
+    let mut follow = open_watch(&mut client, &id, None, true)
+        .await
+        .expect("WatchOnboarding");
     // Down for 12 s: the stream says disconnected at once, the server after 10 s.
     let restart = mariadb.restart(Duration::from_secs(12));
     let watch = async {
@@ -392,6 +396,17 @@ async fn a_stopped_source_is_disconnected_and_its_writes_are_captured_after_it_r
     let ((), server) = tokio::join!(restart, watch);
     let stream = server.stream.expect("stream");
     assert!(stream.error.is_some(), "{stream:?}");
+    let seen = follow
+        .messages_until(CAPTURE, |message| {
+            message.server_status == ServerStatus::Disconnected as i32
+        })
+        .await;
+    let states: Vec<Option<i32>> = seen.iter().map(|message| message.stream_state).collect();
+    assert!(
+        states.contains(&Some(StreamState::Disconnected as i32)),
+        "the watch saw the stream disconnect: {states:?}"
+    );
+    assert_consecutive_revisions(&seen);
     mariadb.exec(&["INSERT INTO shop.t VALUES (2)"]).await;
     let events = wait_for_events(&mut client, &id, "", 2).await;
     assert_eq!(
@@ -764,7 +779,7 @@ async fn a_killed_replica_s_stream_resumes_elsewhere_with_every_event_once() {
                 && server
                     .stream
                     .as_ref()
-                    .is_some_and(|stream| stream.holder_agent_id != "")
+                    .is_some_and(|stream| !stream.holder_agent_id.is_empty())
         },
     )
     .await;

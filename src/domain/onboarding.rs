@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{OnboardingStep, ServerId, ServerStatus, StepStatus};
+use super::{OnboardingStep, ServerId, ServerStatus, StepStatus, StreamState};
 
 /// Message of awaiting_firewall when the connection needs no firewall rule.
 pub const FIREWALL_AUTO_COMPLETED: &str = "auto-completed: only SSH tunnels need a firewall rule";
@@ -163,6 +163,9 @@ pub struct OnboardingStatus {
     pub error: Option<String>,
     pub agent_outbound_ip: Option<String>,
     pub server_status: ServerStatus,
+    /// The live stream's state, once onboarding reached streaming: each change is a revision.
+    #[serde(default)]
+    pub stream_state: Option<StreamState>,
     pub revision: i64,
 }
 

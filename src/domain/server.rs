@@ -701,6 +701,7 @@ impl Server {
                 .then(|| self.agent_outbound_ip.clone())
                 .flatten(),
             server_status: self.status,
+            stream_state: self.stream.as_ref().map(|stream| stream.state),
             revision: self.revision,
         }
     }

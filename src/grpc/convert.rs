@@ -214,6 +214,9 @@ pub fn onboarding_status_to_proto(status: &OnboardingStatus) -> proto::Onboardin
         agent_outbound_ip: status.agent_outbound_ip.clone(),
         server_status: status_to_proto(status.server_status) as i32,
         revision: status.revision,
+        stream_state: status
+            .stream_state
+            .map(|state| stream_state_to_proto(state) as i32),
     }
 }
 

@@ -280,6 +280,8 @@ pub struct Revision {
     pub revision: i64,
     pub server_status: String,
     pub steps: Vec<(String, i64)>,
+    /// The live stream's state, once onboarding reached streaming.
+    pub stream_state: Option<String>,
 }
 
 fn step_status_name(status: i32) -> String {
@@ -316,6 +318,13 @@ impl Revision {
                 .iter()
                 .map(|step| (step_status_name(step.status), i64::from(step.attempts)))
                 .collect(),
+            stream_state: status.stream_state.map(|state| {
+                dbtrail_servers::proto::StreamState::try_from(state)
+                    .map(|state| state.as_str_name())
+                    .unwrap_or("?")
+                    .trim_start_matches("STREAM_STATE_")
+                    .to_ascii_lowercase()
+            }),
         }
     }
 
@@ -339,6 +348,7 @@ impl Revision {
                     )
                 })
                 .collect(),
+            stream_state: status["stream_state"].as_str().map(str::to_owned),
         }
     }
 }
@@ -375,6 +385,7 @@ pub fn clean_onboarding(first: i64) -> Vec<Revision> {
         revision: first,
         server_status: "pending".into(),
         steps: vec![pending.clone(); STEPS.len()],
+        stream_state: None,
     }];
     for running in 0..STEPS.len() {
         let steps = (0..STEPS.len())
@@ -388,12 +399,33 @@ pub fn clean_onboarding(first: i64) -> Vec<Revision> {
             revision: first + 1 + running as i64,
             server_status: "pending".into(),
             steps,
+            stream_state: None,
         });
     }
     revisions.push(Revision {
         revision: first + 1 + STEPS.len() as i64,
         server_status: "active".into(),
         steps: vec![completed; STEPS.len()],
+        stream_state: Some("starting".into()),
     });
     revisions
+}
+
+/// Splits a stored history into the onboarding (up to the revision that made the server active)
+/// and the revisions after it, asserting those are the live stream's: the server stays active,
+/// onboarding stays complete, only the stream's state moves.
+#[track_caller]
+pub fn onboarding_then_stream(history: Vec<Revision>) -> Vec<Revision> {
+    let active = history
+        .iter()
+        .position(|revision| revision.server_status == "active")
+        .unwrap_or(history.len().saturating_sub(1));
+    let (onboarding, stream) = history.split_at(active + 1);
+    let completed = vec![("completed".to_owned(), 1); STEPS.len()];
+    for revision in stream {
+        assert_eq!(revision.server_status, "active", "{revision:?}");
+        assert_eq!(revision.steps, completed, "{revision:?}");
+        assert!(revision.stream_state.is_some(), "{revision:?}");
+    }
+    onboarding.to_vec()
 }

@@ -34,7 +34,7 @@ pub const SERVER_KEYS: [&str; 18] = [
     "updated_at",
 ];
 /// The keys of an OnboardingStatus.
-pub const ONBOARDING_KEYS: [&str; 7] = [
+pub const ONBOARDING_KEYS: [&str; 8] = [
     "agent_outbound_ip",
     "current_step",
     "error",
@@ -42,6 +42,7 @@ pub const ONBOARDING_KEYS: [&str; 7] = [
     "server_id",
     "server_status",
     "steps",
+    "stream_state",
 ];
 /// The keys of a StepProgress.
 pub const STEP_KEYS: [&str; 7] = [
@@ -276,11 +277,8 @@ fn server_status(value: i32) -> Value {
 
 /// A StreamStatus as the REST layer writes it.
 pub fn stream_json(stream: &proto::StreamStatus) -> Value {
-    let state = proto::StreamState::try_from(stream.state)
-        .map(|state| state.as_str_name())
-        .unwrap_or("?");
     json!({
-        "state": lower(state, "STREAM_STATE_"),
+        "state": stream_state_name(stream.state),
         "binlog_file": stream.binlog_file,
         "binlog_position": stream.binlog_position,
         "gtid_set": stream.gtid_set,
@@ -369,7 +367,15 @@ pub fn onboarding_json(status: &OnboardingStatus) -> Value {
         "agent_outbound_ip": status.agent_outbound_ip,
         "server_status": server_status(status.server_status),
         "revision": status.revision,
+        "stream_state": status.stream_state.map(stream_state_name),
     })
+}
+
+fn stream_state_name(value: i32) -> Value {
+    let name = proto::StreamState::try_from(value)
+        .map(|state| state.as_str_name())
+        .unwrap_or("?");
+    lower(name, "STREAM_STATE_")
 }
 
 /// The `@type`s of a Status body's details, in order.

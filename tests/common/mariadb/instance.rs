@@ -320,6 +320,9 @@ impl MariaDb {
             "--bind-address=127.0.0.1".to_owned(),
             format!("--socket={}", socket.display()),
             format!("--pid-file={}", dir.path().join("mariadbd.pid").display()),
+            // Its own temporary directory: a shared /tmp's cleanup must not delete the files
+            // behind an information_schema query.
+            format!("--tmpdir={}", dir.path().display()),
             "--server-id=1".to_owned(),
             // Accounts match by IP: no DNS lookups, and `'u'@'%'` is what a 127.0.0.1 login uses.
             "--skip-name-resolve".to_owned(),
