@@ -815,3 +815,240 @@ async fn a_killed_replica_s_stream_resumes_elsewhere_with_every_event_once() {
         "the new holder became the assigned agent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_whole_partitions_past_it_and_keeps_the_rest() {
+    let app = TestApp::start().await;
+    let store = dbtrail_servers::store::Store::connect(&dbtrail_servers::config::DatabaseConfig {
+        database_url: app.db.url.clone(),
+        pool_size: 1,
+        pool_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+    })
+    .expect("store");
+    let database = app.db.connect().await;
+    let old_day = chrono::Utc::now().date_naive() - chrono::Days::new(20);
+    let old = format!("change_events_{}", old_day.format("%Y%m%d"));
+    database
+        .batch_execute(&format!(
+            "CREATE TABLE {old} PARTITION OF change_events FOR VALUES FROM ('{old_day}') TO ('{}'); \
+             INSERT INTO change_events (server_id, sequence, binlog_file, binlog_position, \
+                 row_index, committed_at, schema_name, table_name, operation, indexed_at) \
+             VALUES (gen_random_uuid(), 1, 'mysql-bin.000001', 4, 0, now(), 's', 't', 'insert', \
+                 '{old_day} 12:00:00+00')",
+            old_day + chrono::Days::new(1)
+        ))
+        .await
+        .expect("an old partition with an event");
+    let before = store.change_partitions().await.expect("partitions");
+    assert!(before.contains(&old), "{before:?}");
+
+    let dropped = store
+        .maintain_change_index(Some(Duration::from_secs(14 * 24 * 3600)))
+        .await
+        .expect("maintenance");
+    assert_eq!(dropped, vec![old.clone()]);
+    let after = store.change_partitions().await.expect("partitions");
+    assert!(!after.contains(&old), "{after:?}");
+    let today = format!(
+        "change_events_{}",
+        chrono::Utc::now().date_naive().format("%Y%m%d")
+    );
+    assert!(after.contains(&today), "today's partition stays: {after:?}");
+    assert_eq!(
+        after.len(),
+        before.len() - 1,
+        "only the expired one went: {after:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_index_can_live_in_its_own_database() {
+    let index = TestDatabase::reserve();
+    let mut options = mysql_replica_options();
+    options
+        .extra_args
+        .extend(["--index-database-url".to_owned(), index.url.clone()]);
+    let app = TestApp::start_with(options).await;
+    let mut client = app.client();
+    let (mariadb, _proxy, id) = streaming_through_proxy(&app, "elsewhere").await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+
+    assert!(
+        index.exists().await,
+        "the service created the index database"
+    );
+    let stored: i64 = index
+        .connect()
+        .await
+        .query_one(
+            "SELECT count(*) FROM change_events WHERE server_id::text = $1",
+            &[&id],
+        )
+        .await
+        .expect("count events in the index database")
+        .get(0);
+    assert_eq!(stored, 1);
+    let in_control_plane: bool = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "SELECT to_regclass('public.change_events') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("look for change_events")
+        .get(0);
+    assert!(
+        !in_control_plane,
+        "no change index in the control plane's database"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_a_stream_over_at_once() {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let db = Arc::new(TestDatabase::create().await);
+    let tenant = db.create_tenant("tenant-a", None).await;
+    // A lease TTL far above the handover time: only the release can explain a fast handover.
+    let options = |agent: &str| ReplicaOptions {
+        agent_name: agent.to_owned(),
+        lease_ttl: "10s".to_owned(),
+        ..mysql_replica_options()
+    };
+    let mut replica_a = ServiceProcess::serve("replica-a", &db.url, &options("agent-a")).await;
+    let mut client_a = replica_a.client(&tenant.key).await;
+    let id = register(&mut client_a, mariadb.server("handed-over", USER, PASSWORD))
+        .await
+        .server_id;
+    wait_stream(
+        &mut client_a,
+        &id,
+        "the stream to run on replica A",
+        running,
+    )
+    .await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client_a, &id, "", 1).await.len(), 1);
+    let replica_b = ServiceProcess::serve("replica-b", &db.url, &options("agent-b")).await;
+    let mut client_b = replica_b.client(&tenant.key).await;
+
+    replica_a.signal(libc::SIGTERM);
+    let status = replica_a.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "replica A exits cleanly: {status:?}");
+    let exited = Instant::now();
+    mariadb.exec(&["INSERT INTO shop.t VALUES (2)"]).await;
+    let events = wait_for_events(&mut client_b, &id, "", 2).await;
+    let handed_over = exited.elapsed();
+    assert_eq!(events.len(), 2, "every row once across the handover");
+    assert!(
+        handed_over < Duration::from_secs(5),
+        "replica B took the stream {handed_over:?} after A exited; the lease TTL is 10 s"
+    );
+}
+
+/// UpdateServer of `paths` of `server`.
+async fn update(client: &mut Client, server: proto::Server, paths: &[&str]) -> proto::Server {
+    client
+        .update_server(proto::UpdateServerRequest {
+            server: Some(server),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|path| path.to_string()).collect(),
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("UpdateServer")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_resume_the_stream_from_its_checkpoint_through_the_new_settings() {
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (mariadb, proxy, id) = streaming_through_proxy(&app, "moving").await;
+    mariadb
+        .exec(&[
+            "CREATE TABLE shop.u (id INT PRIMARY KEY)",
+            "INSERT INTO shop.t VALUES (1)",
+        ])
+        .await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+
+    // A new port (the source itself instead of the proxy): onboarding re-runs, and the stream
+    // resumes from its checkpoint, so a write made meanwhile is not skipped.
+    let moved = update(
+        &mut client,
+        proto::Server {
+            server_id: id.clone(),
+            port: i32::from(mariadb.port),
+            ..Default::default()
+        },
+        &["port"],
+    )
+    .await;
+    assert_eq!(moved.status, ServerStatus::Pending as i32);
+    mariadb.exec(&["INSERT INTO shop.t VALUES (2)"]).await;
+    wait_stream(
+        &mut client,
+        &id,
+        "the stream to run on the new port",
+        running,
+    )
+    .await;
+    proxy.cut();
+    mariadb.exec(&["INSERT INTO shop.t VALUES (3)"]).await;
+    let events = wait_for_events(&mut client, &id, "", 3).await;
+    let ids: Vec<f64> = events
+        .iter()
+        .map(|event| number(&event.after, "id"))
+        .collect();
+    assert_eq!(
+        ids,
+        [1.0, 2.0, 3.0],
+        "nothing skipped, nothing twice, through the new path"
+    );
+
+    // Narrower stream options: a new snapshot, the stream goes on from its checkpoint, and the
+    // table left out is no longer captured.
+    let mut narrowed = proto::Server {
+        server_id: id.clone(),
+        ..Default::default()
+    };
+    narrowed.stream_options = Some(proto::StreamOptions {
+        tables: vec!["shop.t".into()],
+        ..Default::default()
+    });
+    update(&mut client, narrowed, &["stream_options.tables"]).await;
+    mariadb
+        .exec(&[
+            "INSERT INTO shop.u VALUES (1)",
+            "INSERT INTO shop.t VALUES (4)",
+        ])
+        .await;
+    wait_stream(
+        &mut client,
+        &id,
+        "the stream to run with the new options",
+        running,
+    )
+    .await;
+    let events = wait_for_events(&mut client, &id, "", 4).await;
+    let tables: Vec<&str> = events.iter().map(|event| event.table.as_str()).collect();
+    assert_eq!(tables, ["t", "t", "t", "t"], "shop.u is left out");
+    assert_eq!(number(&events[3].after, "id"), 4.0);
+    app.shutdown().await;
+}
