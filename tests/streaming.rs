@@ -1052,3 +1052,79 @@ async fn updates_resume_the_stream_from_its_checkpoint_through_the_new_settings(
     assert_eq!(number(&events[3].after, "id"), 4.0);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_source_under_the_checkpoint_is_lost_position() {
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (mut mariadb, _proxy, id) = streaming_through_proxy(&app, "replaced").await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+
+    // The same address, another server: its binlog positions do not continue the checkpoint's.
+    mariadb
+        .restart_with_server_id(2, Duration::from_millis(200))
+        .await;
+    let server = wait_stream(&mut client, &id, "the lost position", |server| {
+        stream_state(server) == Some(StreamState::LostPosition)
+    })
+    .await;
+    assert_eq!(server.status, ServerStatus::Error as i32);
+    let error = server.error.unwrap_or_default();
+    assert!(
+        error.contains("different server") && error.contains("server_id 2"),
+        "{error}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_replication_grants_fail_the_stream_until_retried() {
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (mariadb, _proxy, id) = streaming_through_proxy(&app, "revoked").await;
+    mariadb
+        .exec(&[&format!(
+            "REVOKE REPLICATION SLAVE ON *.* FROM '{USER}'@'%'"
+        )])
+        .await;
+    // The next connection is refused the binlog: a permanent refusal, not a retry loop.
+    let threads = dump_threads(&mariadb).await;
+    mariadb.exec(&[&format!("KILL {}", threads[0])]).await;
+    let server = wait_stream(&mut client, &id, "the failed stream", |server| {
+        stream_state(server) == Some(StreamState::Failed)
+    })
+    .await;
+    assert_eq!(server.status, ServerStatus::Error as i32);
+    let error = server.error.unwrap_or_default();
+    assert!(
+        error.contains("GRANT REPLICATION SLAVE"),
+        "the fix is named: {error}"
+    );
+
+    // Granted again, RetryOnboarding resumes at streaming, from the checkpoint.
+    mariadb
+        .exec(&[&format!("GRANT REPLICATION SLAVE ON *.* TO '{USER}'@'%'")])
+        .await;
+    mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+    let status = client
+        .retry_onboarding(proto::RetryOnboardingRequest {
+            server_id: id.clone(),
+        })
+        .await
+        .expect("RetryOnboarding")
+        .into_inner();
+    assert_eq!(
+        status.current_step,
+        Some(proto::OnboardingStep::Streaming as i32),
+        "{status:#?}"
+    );
+    wait_stream(&mut client, &id, "the stream to run again", running).await;
+    let events = wait_for_events(&mut client, &id, "", 1).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the write made while it was failed is captured"
+    );
+    app.shutdown().await;
+}

@@ -361,6 +361,16 @@ impl MariaDb {
         }
     }
 
+    /// Restarts the server, as [`MariaDb::restart`] does, as another server: `--server-id` changed.
+    pub async fn restart_with_server_id(&mut self, server_id: u32, down: Duration) {
+        for arg in &mut self.args {
+            if arg.starts_with("--server-id=") {
+                *arg = format!("--server-id={server_id}");
+            }
+        }
+        self.restart(down).await;
+    }
+
     async fn wait_accepting(&mut self) -> Result<(), String> {
         let server = self;
         let started = Instant::now();
