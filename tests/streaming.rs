@@ -312,6 +312,27 @@ async fn row_changes_after_active_are_captured_once_in_order_with_names_and_valu
     let events = wait_for_events(&mut client, &id, "", 1016).await;
     assert_eq!(events.len(), 1016);
     assert_eq!(text(&events[1015].after, "colour"), "teal");
+    // ... and the stored snapshot of that table was refreshed with it.
+    let state = index_state(&app.db, &id).await;
+    let snapshot = &state.current_snapshot().snapshot;
+    let items = snapshot
+        .as_array()
+        .expect("a snapshot is a list of tables")
+        .iter()
+        .find(|table| table["schema"] == "shop" && table["name"] == "items")
+        .expect("shop.items in the snapshot");
+    let names: Vec<&str> = items["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|column| column["name"].as_str())
+        .collect();
+    assert_eq!(names.last(), Some(&"colour"), "{names:?}");
+    assert_eq!(
+        items["columns"][5]["json"],
+        serde_json::json!(true),
+        "MariaDB's JSON column is marked: {items}"
+    );
 
     // A killed dump thread: the stream reconnects from its checkpoint, losing and doubling
     // nothing.

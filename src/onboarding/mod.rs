@@ -31,7 +31,7 @@ pub use initializing::Initializing;
 pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
-pub use snapshotting::{Table, read_tables};
+pub use snapshotting::{Table, read_tables, refresh_snapshot_table};
 pub use streaming::{
     Streaming, end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
 };

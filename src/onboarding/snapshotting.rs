@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use mysql_async::{Conn, prelude::Queryable};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Step, StepContext,
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome, server::StreamOptions},
-    store::StoreError,
+    store::{Claim, Lease, Store, StoreError},
 };
 
 /// Takes the schema snapshot.
@@ -27,18 +27,18 @@ const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema
 const NAMED_TABLES: usize = 10;
 
 /// One column of a snapshot.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
     pub column_type: String,
     pub nullable: bool,
     /// MariaDB's JSON: a LONGTEXT with a json_valid() check, which only the check tells apart.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub json: bool,
 }
 
 /// One table of a snapshot.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Table {
     pub schema: String,
     pub name: String,
@@ -264,6 +264,51 @@ async fn read_snapshot(
     }
 }
 
+/// Stores `tables` as the server's current snapshot, fenced by `lease`.
+async fn store_tables(
+    store: &Store,
+    lease: Lease,
+    claim: Claim,
+    tables: &[Table],
+) -> Result<(), StoreError> {
+    let schema_count = tables
+        .iter()
+        .map(|table| table.schema.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
+    let snapshot = serde_json::to_value(tables)
+        .map_err(|error| StoreError::Corrupt(format!("snapshot: {error}")))?;
+    store
+        .store_snapshot(
+            lease,
+            claim,
+            i32::try_from(schema_count).unwrap_or(i32::MAX),
+            i32::try_from(tables.len()).unwrap_or(i32::MAX),
+            snapshot,
+        )
+        .await
+}
+
+/// After a DDL statement: the current snapshot with one table replaced by what the source has
+/// now (or removed when it is gone), stored under the stream's lease.
+pub async fn refresh_snapshot_table(
+    store: &Store,
+    claim: Claim,
+    (schema, name): (&str, &str),
+    fresh: Option<Table>,
+) -> Result<(), StoreError> {
+    let current = store.current_snapshot(claim.server_id).await?;
+    let mut tables: Vec<Table> = match current {
+        Some(snapshot) => serde_json::from_value(snapshot)
+            .map_err(|error| StoreError::Corrupt(format!("snapshot: {error}")))?,
+        None => Vec::new(),
+    };
+    tables.retain(|table| (table.schema.as_str(), table.name.as_str()) != (schema, name));
+    tables.extend(fresh);
+    tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    store_tables(store, Lease::Stream, claim, &tables).await
+}
+
 #[async_trait]
 impl Step for Snapshotting {
     fn name(&self) -> OnboardingStep {
@@ -282,22 +327,7 @@ impl Step for Snapshotting {
             Ok(Err(error)) => return Ok(StepOutcome::Failed { error }),
             Err(failure) => return Ok(failure.outcome(context)),
         };
-        let schema_count = tables
-            .iter()
-            .map(|table| table.schema.as_str())
-            .collect::<BTreeSet<_>>()
-            .len();
-        let snapshot = serde_json::to_value(&tables)
-            .map_err(|error| StoreError::Corrupt(format!("snapshot: {error}")))?;
-        context
-            .store
-            .store_snapshot(
-                context.claim,
-                i32::try_from(schema_count).unwrap_or(i32::MAX),
-                i32::try_from(tables.len()).unwrap_or(i32::MAX),
-                snapshot,
-            )
-            .await?;
+        store_tables(&context.store, Lease::Onboarding, context.claim, &tables).await?;
         Ok(StepOutcome::Completed {
             message: summary(&tables),
         })

@@ -31,7 +31,7 @@ pub enum Lease {
 
 impl Lease {
     /// The owner, expiry and epoch columns.
-    fn columns(self) -> (&'static str, &'static str, &'static str) {
+    pub(super) fn columns(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Lease::Onboarding => ("lease_owner", "lease_expires_at", "lease_epoch"),
             Lease::Stream => ("stream_owner", "stream_expires_at", "stream_epoch"),

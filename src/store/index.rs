@@ -7,20 +7,25 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Claim, Connection, Store, StoreError};
+use super::{Claim, Connection, Lease, Store, StoreError};
 use crate::domain::ServerId;
 
-/// Fails with Fenced unless the claim still holds the server's lease; the row lock (FOR SHARE)
-/// keeps a takeover out until the caller's transaction ends.
-async fn hold_lease(connection: &mut Connection, claim: Claim) -> Result<(), StoreError> {
+/// Fails with Fenced unless the claim still holds the server's lease of that kind; the row lock
+/// (FOR SHARE) keeps a takeover out until the caller's transaction ends.
+async fn hold_lease(
+    connection: &mut Connection,
+    lease: Lease,
+    claim: Claim,
+) -> Result<(), StoreError> {
+    let (owner, _, epoch) = lease.columns();
     #[derive(QueryableByName)]
     struct Held {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         held: bool,
     }
-    let held: Option<Held> = diesel::sql_query(
-        "SELECT true AS held FROM servers WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 FOR SHARE",
-    )
+    let held: Option<Held> = diesel::sql_query(format!(
+        "SELECT true AS held FROM servers WHERE id = $1 AND {owner} = $2 AND {epoch} = $3 FOR SHARE"
+    ))
     .bind::<SqlUuid, _>(claim.server_id.0)
     .bind::<SqlUuid, _>(claim.fence.owner)
     .bind::<BigInt, _>(claim.fence.epoch)
@@ -68,7 +73,7 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                hold_lease(connection, claim).await?;
+                hold_lease(connection, Lease::Onboarding, claim).await?;
                 // Concurrent CREATE ... IF NOT EXISTS of the same object can still collide.
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
                     .bind::<Text, _>(&schema)
@@ -82,9 +87,26 @@ impl Store {
             .await
     }
 
-    /// Stores a schema snapshot as the server's one current snapshot, fenced by the lease.
+    /// The server's current schema snapshot, if it has one.
+    pub async fn current_snapshot(
+        &self,
+        server_id: ServerId,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let schema = index_schema_name(server_id);
+        let mut connection = self.connection().await?;
+        Ok(diesel::dsl::sql::<Jsonb>(&format!(
+            "SELECT snapshot FROM {schema}.schema_snapshots WHERE is_current"
+        ))
+        .get_result(&mut connection)
+        .await
+        .optional()?)
+    }
+
+    /// Stores a schema snapshot as the server's one current snapshot, fenced by the lease of
+    /// whoever took it (the onboarding runner, or the stream after a DDL statement).
     pub async fn store_snapshot(
         &self,
+        lease: Lease,
         claim: Claim,
         schema_count: i32,
         table_count: i32,
@@ -94,7 +116,7 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                hold_lease(connection, claim).await?;
+                hold_lease(connection, lease, claim).await?;
                 diesel::sql_query(format!(
                     "UPDATE {schema}.schema_snapshots SET is_current = false WHERE is_current"
                 ))

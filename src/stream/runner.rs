@@ -21,7 +21,7 @@ use crate::{
         server::Server,
         stream::{DISCONNECTED_GRACE, StreamProgress},
     },
-    onboarding::{AgentSettings, StepContext},
+    onboarding::{AgentSettings, StepContext, Table, refresh_snapshot_table},
     secrets::SecretBox,
     store::{Claim, Scope, Store, StoreError, StreamPosition},
 };
@@ -293,6 +293,19 @@ impl Holder {
             .await
         {
             self.control.lose();
+        }
+    }
+
+    /// Stores the table a DDL statement changed in the server's snapshot (the decoder already
+    /// uses it); a failure leaves the stored snapshot behind, not the stream.
+    pub async fn snapshot_refreshed(&mut self, table: (&str, &str), fresh: Option<Table>) {
+        match refresh_snapshot_table(&self.store, self.claim, table, fresh).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => self.control.lose(),
+            Err(error) => tracing::warn!(
+                server_id = %self.claim.server_id, %error,
+                "the snapshot could not be refreshed after a DDL statement"
+            ),
         }
     }
 

@@ -544,6 +544,7 @@ impl Reader {
     /// Reads a table's columns again after a DDL statement touched it.
     async fn refresh(
         &mut self,
+        holder: &mut Holder,
         schema: &str,
         table: &str,
         context: &StepContext,
@@ -560,7 +561,8 @@ impl Reader {
             )
             .await;
         link.close().await;
-        Ok(reloaded?)
+        holder.snapshot_refreshed((schema, table), reloaded?).await;
+        Ok(())
     }
 
     async fn rows(
@@ -582,7 +584,7 @@ impl Reader {
         let key = (schema.clone(), table.clone());
         if let Some(index) = self.stale.iter().position(|stale| *stale == key) {
             self.stale.remove(index);
-            self.refresh(&schema, &table, context).await?;
+            self.refresh(holder, &schema, &table, context).await?;
         }
         let Some(columns) = self.tables.get(&schema, &table).cloned() else {
             // Not tracked (stream_options), or not a table of the snapshot.

@@ -57,6 +57,7 @@ impl Tables {
     }
 
     /// Reads one table's columns again (after a DDL touched it); forgets a table that is gone.
+    /// Returns what was read, for the stored snapshot.
     pub async fn reload(
         &mut self,
         connection: &mut Conn,
@@ -64,15 +65,17 @@ impl Tables {
         options: &StreamOptions,
         mariadb: bool,
         (schema, table): (&str, &str),
-    ) -> Result<(), MysqlFailure> {
-        let fresh =
-            read_tables(connection, address, options, mariadb, Some((schema, table))).await?;
+    ) -> Result<Option<Table>, MysqlFailure> {
+        let fresh = read_tables(connection, address, options, mariadb, Some((schema, table)))
+            .await?
+            .into_iter()
+            .next();
         let key = (schema.to_owned(), table.to_owned());
-        match fresh.into_iter().next() {
-            Some(found) => self.tables.insert(key, found.into()),
+        match &fresh {
+            Some(found) => self.tables.insert(key, found.clone().into()),
             None => self.tables.remove(&key),
         };
-        Ok(())
+        Ok(fresh)
     }
 }
 
