@@ -1149,3 +1149,54 @@ async fn revoked_replication_grants_fail_the_stream_until_retried() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_across_a_ddl_statement_decodes_each_row_with_the_columns_of_its_time() {
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let (mariadb, proxy, id) = streaming_through_proxy(&app, "history").await;
+    mariadb
+        .exec(&["CREATE TABLE shop.w (id INT PRIMARY KEY, a INT, b VARCHAR(10), c INT)"])
+        .await;
+    mariadb
+        .exec(&["INSERT INTO shop.w VALUES (1, 10, 'x', 30)"])
+        .await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+
+    // While the stream cannot read, a row, a column dropped from the middle, another row: the
+    // reconnected stream replays all three from its checkpoint.
+    proxy.cut();
+    wait_stream(&mut client, &id, "the stream to disconnect", |server| {
+        stream_state(server) == Some(StreamState::Disconnected)
+    })
+    .await;
+    mariadb
+        .exec(&[
+            "INSERT INTO shop.w VALUES (2, 20, 'y', 40)",
+            "ALTER TABLE shop.w DROP COLUMN b",
+            "INSERT INTO shop.w VALUES (3, 30, 50)",
+        ])
+        .await;
+    proxy.restore();
+    let events = wait_for_events(&mut client, &id, "", 3).await;
+    assert_eq!(events.len(), 3);
+    let row = |index: usize| {
+        let after = events[index]
+            .after
+            .clone()
+            .expect("an insert's after image");
+        let mut names: Vec<String> = after.fields.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        row(1),
+        ["a", "b", "c", "id"],
+        "the row written before the DROP"
+    );
+    assert_eq!(text(&events[1].after, "b"), "y");
+    assert_eq!(number(&events[1].after, "c"), 40.0);
+    assert_eq!(row(2), ["a", "c", "id"], "the row written after it");
+    assert_eq!(number(&events[2].after, "c"), 50.0);
+    app.shutdown().await;
+}

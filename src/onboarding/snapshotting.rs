@@ -270,6 +270,7 @@ async fn store_tables(
     lease: Lease,
     claim: Claim,
     tables: &[Table],
+    since: Option<(String, i64)>,
 ) -> Result<(), StoreError> {
     let schema_count = tables
         .iter()
@@ -282,20 +283,25 @@ async fn store_tables(
         .store_snapshot(
             lease,
             claim,
-            i32::try_from(schema_count).unwrap_or(i32::MAX),
-            i32::try_from(tables.len()).unwrap_or(i32::MAX),
+            (
+                i32::try_from(schema_count).unwrap_or(i32::MAX),
+                i32::try_from(tables.len()).unwrap_or(i32::MAX),
+            ),
             snapshot,
+            since,
         )
         .await
 }
 
-/// After a DDL statement: the current snapshot with one table replaced by what the source has
-/// now (or removed when it is gone), stored under the stream's lease.
+/// After a DDL statement at `since` (binlog file, position): the current snapshot with one table
+/// replaced by what the source has now (or removed when it is gone), stored under the stream's
+/// lease as holding from there on.
 pub async fn refresh_snapshot_table(
     store: &Store,
     claim: Claim,
     (schema, name): (&str, &str),
     fresh: Option<Table>,
+    since: (String, i64),
 ) -> Result<(), StoreError> {
     let current = store.current_snapshot(claim.server_id).await?;
     let mut tables: Vec<Table> = match current {
@@ -306,7 +312,7 @@ pub async fn refresh_snapshot_table(
     tables.retain(|table| (table.schema.as_str(), table.name.as_str()) != (schema, name));
     tables.extend(fresh);
     tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
-    store_tables(store, Lease::Stream, claim, &tables).await
+    store_tables(store, Lease::Stream, claim, &tables, Some(since)).await
 }
 
 #[async_trait]
@@ -327,7 +333,14 @@ impl Step for Snapshotting {
             Ok(Err(error)) => return Ok(StepOutcome::Failed { error }),
             Err(failure) => return Ok(failure.outcome(context)),
         };
-        store_tables(&context.store, Lease::Onboarding, context.claim, &tables).await?;
+        store_tables(
+            &context.store,
+            Lease::Onboarding,
+            context.claim,
+            &tables,
+            None,
+        )
+        .await?;
         Ok(StepOutcome::Completed {
             message: summary(&tables),
         })

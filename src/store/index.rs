@@ -43,6 +43,13 @@ pub fn index_schema_name(server_id: ServerId) -> String {
     format!("server_{}", server_id.0.simple())
 }
 
+/// One stored snapshot and the binlog place (file, position) it holds from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotVersion {
+    pub since: Option<(String, i64)>,
+    pub snapshot: serde_json::Value,
+}
+
 #[derive(QueryableByName)]
 struct ReplicationId {
     #[diesel(sql_type = BigInt)]
@@ -69,6 +76,12 @@ impl Store {
                 "CREATE UNIQUE INDEX IF NOT EXISTS schema_snapshots_one_current \
                  ON {schema}.schema_snapshots (is_current) WHERE is_current"
             ),
+            // Where in the binlog a snapshot starts to hold: the DDL statement it follows (none
+            // for the snapshotting step's), so a replay decodes rows with the columns of then.
+            format!(
+                "ALTER TABLE {schema}.schema_snapshots ADD COLUMN IF NOT EXISTS since_file text, \
+                 ADD COLUMN IF NOT EXISTS since_position bigint"
+            ),
         ];
         let mut connection = self.connection().await?;
         connection
@@ -85,6 +98,37 @@ impl Store {
                 Ok(())
             })
             .await
+    }
+
+    /// The server's snapshots, oldest first, each with the binlog place it holds from (none for
+    /// a snapshot of the snapshotting step).
+    pub async fn snapshot_history(
+        &self,
+        server_id: ServerId,
+    ) -> Result<Vec<SnapshotVersion>, StoreError> {
+        #[derive(QueryableByName)]
+        struct VersionRow {
+            #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+            since_file: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+            since_position: Option<i64>,
+            #[diesel(sql_type = Jsonb)]
+            snapshot: serde_json::Value,
+        }
+        let schema = index_schema_name(server_id);
+        let mut connection = self.connection().await?;
+        let rows: Vec<VersionRow> = diesel::sql_query(format!(
+            "SELECT since_file, since_position, snapshot FROM {schema}.schema_snapshots ORDER BY id"
+        ))
+        .load(&mut connection)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SnapshotVersion {
+                since: row.since_file.zip(row.since_position),
+                snapshot: row.snapshot,
+            })
+            .collect())
     }
 
     /// The server's current schema snapshot, if it has one.
@@ -108,10 +152,12 @@ impl Store {
         &self,
         lease: Lease,
         claim: Claim,
-        schema_count: i32,
-        table_count: i32,
+        counts: (i32, i32),
         snapshot: serde_json::Value,
+        since: Option<(String, i64)>,
     ) -> Result<(), StoreError> {
+        let (schema_count, table_count) = counts;
+        let (since_file, since_position) = since.unzip();
         let schema = index_schema_name(claim.server_id);
         let mut connection = self.connection().await?;
         connection
@@ -123,12 +169,15 @@ impl Store {
                 .execute(connection)
                 .await?;
                 diesel::sql_query(format!(
-                    "INSERT INTO {schema}.schema_snapshots \
-                     (is_current, schema_count, table_count, snapshot) VALUES (true, $1, $2, $3)"
+                    "INSERT INTO {schema}.schema_snapshots (is_current, schema_count, \
+                         table_count, snapshot, since_file, since_position) \
+                     VALUES (true, $1, $2, $3, $4, $5)"
                 ))
                 .bind::<Integer, _>(schema_count)
                 .bind::<Integer, _>(table_count)
                 .bind::<Jsonb, _>(snapshot)
+                .bind::<diesel::sql_types::Nullable<Text>, _>(since_file)
+                .bind::<diesel::sql_types::Nullable<BigInt>, _>(since_position)
                 .execute(connection)
                 .await?;
                 Ok(())

@@ -13,7 +13,10 @@ use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::session::{self, SessionEnd};
+use super::{
+    session::{self, SessionEnd},
+    tables::BinlogPoint,
+};
 use crate::{
     domain::{
         OnboardingStep, StreamState,
@@ -298,8 +301,17 @@ impl Holder {
 
     /// Stores the table a DDL statement changed in the server's snapshot (the decoder already
     /// uses it); a failure leaves the stored snapshot behind, not the stream.
-    pub async fn snapshot_refreshed(&mut self, table: (&str, &str), fresh: Option<Table>) {
-        match refresh_snapshot_table(&self.store, self.claim, table, fresh).await {
+    pub async fn snapshot_refreshed(
+        &mut self,
+        table: (&str, &str),
+        fresh: Option<Table>,
+        at: &BinlogPoint,
+    ) {
+        let since = (
+            at.file.clone(),
+            i64::try_from(at.position).unwrap_or(i64::MAX),
+        );
+        match refresh_snapshot_table(&self.store, self.claim, table, fresh, since).await {
             Ok(()) => {}
             Err(StoreError::Fenced) => self.control.lose(),
             Err(error) => tracing::warn!(

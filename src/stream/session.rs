@@ -21,7 +21,7 @@ use super::{
     decode::{self, TableColumns},
     gtid::GtidSet,
     runner::Holder,
-    tables::{Tables, ddl_tables},
+    tables::{BinlogPoint, Tables, ddl_tables},
 };
 use crate::{
     domain::{ChangeOperation, change::RowChange},
@@ -93,8 +93,6 @@ struct Reader {
     gtids: GtidSet,
     batch: Vec<RowChange>,
     last_event_at: Option<DateTime<Utc>>,
-    /// Tables a DDL statement touched, to read again before their next row.
-    stale: Vec<(String, String)>,
     /// Whether events carry a CRC32 footer (`binlog_checksum` is not NONE).
     checksums: bool,
     /// Whether the format description arrived: before it, a rotate's footer is read as its name.
@@ -179,13 +177,12 @@ async fn open(
             &address,
         )));
     }
-    let tables = Tables::load(
-        connection,
-        &address,
-        &context.server.spec.stream_options,
-        mariadb,
-    )
-    .await?;
+    let history = context.store.snapshot_history(context.server.id).await?;
+    let tables = Tables::from_history(history).map_err(|error| {
+        SessionEnd::Failed(format!(
+            "the stored schema snapshot cannot be read ({error}); RetryOnboarding takes a new one"
+        ))
+    })?;
     let period = heartbeat.as_nanos().min(u128::from(u64::MAX));
     let mut settings = vec![format!("SET @master_heartbeat_period = {period}")];
     if mariadb {
@@ -224,7 +221,6 @@ async fn open(
         gtids: GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default()),
         batch: Vec::new(),
         last_event_at: position.last_event_at,
-        stale: Vec::new(),
         checksums: checksum.is_some_and(|algorithm| !algorithm.eq_ignore_ascii_case("NONE")),
         described: false,
     };
@@ -506,8 +502,18 @@ impl Reader {
                 } else if trimmed.eq_ignore_ascii_case("COMMIT") {
                     self.commit(end);
                 } else {
+                    // A DDL statement: the columns of the tables it touches from here on, read
+                    // before the checkpoint can pass it (a replay finds them stored).
+                    let at = BinlogPoint {
+                        file: self.file.clone(),
+                        position: end,
+                    };
                     let schema = query.schema().into_owned();
-                    self.stale.extend(ddl_tables(trimmed, &schema));
+                    for (schema, table) in ddl_tables(trimmed, &schema) {
+                        if !self.tables.has_version_at(&schema, &table, &at) {
+                            self.refresh(holder, &schema, &table, &at, context).await?;
+                        }
+                    }
                     self.commit(end);
                 }
             }
@@ -519,7 +525,7 @@ impl Reader {
             }
             Some(EventData::RowsEvent(rows)) => {
                 let start = end.saturating_sub(u64::from(header.event_size()));
-                self.rows(holder, stream, &rows, header.timestamp(), start, context)
+                self.rows(holder, stream, &rows, header.timestamp(), start)
                     .await?;
                 if !self.in_transaction {
                     // Row events outside BEGIN ... COMMIT (non-transactional engines) commit alone.
@@ -547,6 +553,7 @@ impl Reader {
         holder: &mut Holder,
         schema: &str,
         table: &str,
+        at: &BinlogPoint,
         context: &StepContext,
     ) -> Result<(), SessionEnd> {
         let mut link = mysql::connect(context).await?;
@@ -558,10 +565,13 @@ impl Reader {
                 &context.server.spec.stream_options,
                 self.mariadb,
                 (schema, table),
+                at,
             )
             .await;
         link.close().await;
-        holder.snapshot_refreshed((schema, table), reloaded?).await;
+        holder
+            .snapshot_refreshed((schema, table), reloaded?, at)
+            .await;
         Ok(())
     }
 
@@ -572,7 +582,6 @@ impl Reader {
         rows: &RowsEventData<'_>,
         timestamp: u32,
         position: u64,
-        context: &StepContext,
     ) -> Result<(), SessionEnd> {
         let Some(table_map) = stream.get_tme(rows.table_id()) else {
             return Err(SessionEnd::Disconnected(
@@ -581,12 +590,11 @@ impl Reader {
         };
         let schema = table_map.database_name().into_owned();
         let table = table_map.table_name().into_owned();
-        let key = (schema.clone(), table.clone());
-        if let Some(index) = self.stale.iter().position(|stale| *stale == key) {
-            self.stale.remove(index);
-            self.refresh(holder, &schema, &table, context).await?;
-        }
-        let Some(columns) = self.tables.get(&schema, &table).cloned() else {
+        let at = BinlogPoint {
+            file: self.file.clone(),
+            position,
+        };
+        let Some(columns) = self.tables.get(&schema, &table, &at).cloned() else {
             // Not tracked (stream_options), or not a table of the snapshot.
             return Ok(());
         };

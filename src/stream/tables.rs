@@ -1,6 +1,8 @@
-//! The columns of the tables a stream decodes, read from the source's information_schema when
-//! a connection starts and again for a table that a DDL statement in the binlog touched, so the
-//! names stay right across schema changes.
+//! The columns of the tables a stream decodes, by binlog place: the snapshot history (the
+//! snapshotting step's snapshot, then one version per DDL statement the stream met, each holding
+//! from that statement on), so a row is decoded with the columns its table had when it was
+//! written, a replay after a reconnect included. A DDL statement met for the first time is followed
+//! by a read of the table from the source's information_schema.
 
 use std::collections::HashMap;
 
@@ -10,12 +12,27 @@ use super::decode::{ColumnInfo, ColumnKind, TableColumns};
 use crate::{
     domain::server::StreamOptions,
     onboarding::{MysqlFailure, Table, read_tables},
+    store::SnapshotVersion,
 };
 
-/// The tracked tables' columns by (schema, table).
+/// A place in the binlog: file names of one server sort in binlog order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BinlogPoint {
+    pub file: String,
+    pub position: u64,
+}
+
+/// A table's columns from a binlog place on (from the start when `since` is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    since: Option<BinlogPoint>,
+    columns: Option<TableColumns>,
+}
+
+/// The tracked tables' column versions by (schema, table).
 #[derive(Debug, Default)]
 pub struct Tables {
-    tables: HashMap<(String, String), TableColumns>,
+    versions: HashMap<(String, String), Vec<Version>>,
 }
 
 impl From<Table> for TableColumns {
@@ -34,30 +51,77 @@ impl From<Table> for TableColumns {
     }
 }
 
+fn key(schema: &str, table: &str) -> (String, String) {
+    (schema.to_owned(), table.to_owned())
+}
+
 impl Tables {
-    /// The columns of a table, if it is tracked and known.
-    pub fn get(&self, schema: &str, table: &str) -> Option<&TableColumns> {
-        self.tables.get(&(schema.to_owned(), table.to_owned()))
-    }
-
-    /// Reads the columns of every tracked table (what the snapshot step reads).
-    pub async fn load(
-        connection: &mut Conn,
-        address: &str,
-        options: &StreamOptions,
-        mariadb: bool,
-    ) -> Result<Tables, MysqlFailure> {
-        let tables = read_tables(connection, address, options, mariadb, None).await?;
-        Ok(Tables {
-            tables: tables
+    /// The versions of the stored snapshots. A snapshot of the snapshotting step (no place)
+    /// starts the history afresh; a later one adds a version of each table that it changes.
+    pub fn from_history(history: Vec<SnapshotVersion>) -> Result<Tables, serde_json::Error> {
+        let mut tables = Tables::default();
+        for version in history {
+            let since = version.since.map(|(file, position)| BinlogPoint {
+                file,
+                position: u64::try_from(position).unwrap_or_default(),
+            });
+            let snapshot: Vec<Table> = serde_json::from_value(version.snapshot)?;
+            let mut present: HashMap<(String, String), TableColumns> = snapshot
                 .into_iter()
-                .map(|table| ((table.schema.clone(), table.name.clone()), table.into()))
-                .collect(),
-        })
+                .map(|table| (key(&table.schema, &table.name), table.into()))
+                .collect();
+            if since.is_none() {
+                tables.versions.clear();
+            }
+            let known: Vec<(String, String)> = tables.versions.keys().cloned().collect();
+            for table in known {
+                let columns = present.remove(&table);
+                tables.add(table, since.clone(), columns);
+            }
+            for (table, columns) in present {
+                tables.add(table, since.clone(), Some(columns));
+            }
+        }
+        Ok(tables)
     }
 
-    /// Reads one table's columns again (after a DDL touched it); forgets a table that is gone.
-    /// Returns what was read, for the stored snapshot.
+    /// Adds a version unless it changes nothing.
+    fn add(
+        &mut self,
+        table: (String, String),
+        since: Option<BinlogPoint>,
+        columns: Option<TableColumns>,
+    ) {
+        let versions = self.versions.entry(table).or_default();
+        if versions.last().map(|last| &last.columns) != Some(&columns) {
+            versions.push(Version { since, columns });
+        }
+    }
+
+    /// The columns a row of `schema.table` written at `at` is decoded with, if it is tracked.
+    pub fn get(&self, schema: &str, table: &str, at: &BinlogPoint) -> Option<&TableColumns> {
+        self.versions
+            .get(&key(schema, table))?
+            .iter()
+            .rev()
+            .find(|version| version.since.as_ref().is_none_or(|since| since <= at))?
+            .columns
+            .as_ref()
+    }
+
+    /// Whether a DDL statement at `at` already has its version of `schema.table` (a replay).
+    pub fn has_version_at(&self, schema: &str, table: &str, at: &BinlogPoint) -> bool {
+        self.versions
+            .get(&key(schema, table))
+            .is_some_and(|versions| {
+                versions
+                    .iter()
+                    .any(|version| version.since.as_ref() == Some(at))
+            })
+    }
+
+    /// Reads one table's columns from the source (after a DDL at `at` touched it) as its version
+    /// from `at` on; a table that is gone has none. Returns what was read, for the snapshot.
     pub async fn reload(
         &mut self,
         connection: &mut Conn,
@@ -65,16 +129,20 @@ impl Tables {
         options: &StreamOptions,
         mariadb: bool,
         (schema, table): (&str, &str),
+        at: &BinlogPoint,
     ) -> Result<Option<Table>, MysqlFailure> {
         let fresh = read_tables(connection, address, options, mariadb, Some((schema, table)))
             .await?
             .into_iter()
             .next();
-        let key = (schema.to_owned(), table.to_owned());
-        match &fresh {
-            Some(found) => self.tables.insert(key, found.clone().into()),
-            None => self.tables.remove(&key),
-        };
+        let columns = fresh.clone().map(TableColumns::from);
+        self.versions
+            .entry(key(schema, table))
+            .or_default()
+            .push(Version {
+                since: Some(at.clone()),
+                columns,
+            });
         Ok(fresh)
     }
 }
@@ -133,6 +201,65 @@ fn qualified(name: &str, default_schema: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot(columns: &[&str]) -> serde_json::Value {
+        let columns: Vec<serde_json::Value> = columns
+            .iter()
+            .map(|name| serde_json::json!({"name": name, "column_type": "int(11)", "nullable": true}))
+            .collect();
+        serde_json::json!([{
+            "schema": "shop", "name": "w", "engine": "InnoDB",
+            "primary_key": ["id"], "columns": columns,
+        }])
+    }
+
+    fn names(tables: &Tables, position: u64) -> Vec<String> {
+        let at = BinlogPoint {
+            file: "mysql-bin.000001".into(),
+            position,
+        };
+        tables
+            .get("shop", "w", &at)
+            .map(|table| {
+                table
+                    .columns
+                    .iter()
+                    .map(|column| column.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn rows_are_decoded_with_the_columns_of_their_time() {
+        let version = |since: Option<u64>, columns: &[&str]| SnapshotVersion {
+            since: since.map(|position| ("mysql-bin.000001".to_owned(), position as i64)),
+            snapshot: snapshot(columns),
+        };
+        let tables = Tables::from_history(vec![
+            version(None, &["id", "a", "b"]),
+            version(Some(500), &["id", "a"]),
+            version(Some(900), &["id", "a", "c"]),
+        ])
+        .unwrap();
+        assert_eq!(names(&tables, 100), ["id", "a", "b"]);
+        assert_eq!(names(&tables, 600), ["id", "a"]);
+        assert_eq!(names(&tables, 900), ["id", "a", "c"]);
+        let at = |position| BinlogPoint {
+            file: "mysql-bin.000001".into(),
+            position,
+        };
+        assert!(tables.has_version_at("shop", "w", &at(500)));
+        assert!(!tables.has_version_at("shop", "w", &at(501)));
+        // A new snapshot of the snapshotting step starts the history afresh.
+        let tables = Tables::from_history(vec![
+            version(None, &["id", "a", "b"]),
+            version(Some(500), &["id", "a"]),
+            version(None, &["id", "z"]),
+        ])
+        .unwrap();
+        assert_eq!(names(&tables, 100), ["id", "z"]);
+    }
 
     #[test]
     fn ddl_names_the_tables_it_touches() {
