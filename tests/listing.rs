@@ -293,3 +293,40 @@ async fn filters_select_on_status_connection_method_name_host_and_labels() {
     assert_bad_request(&status, &["filter"]);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_page_token_is_invalid_argument_not_a_database_error() {
+    use base64::Engine;
+    let app = TestApp::start().await;
+    let mut client = app.client();
+    for index in 0..3 {
+        register(&mut client, direct_server(&format!("crafted-{index}"))).await;
+    }
+    let first = client
+        .list_servers(ListServersRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("ListServers")
+        .into_inner();
+    // The service's own token, its time pushed out of every range PostgreSQL accepts.
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut token: serde_json::Value =
+        serde_json::from_slice(&engine.decode(&first.next_page_token).expect("base64"))
+            .expect("a JSON token");
+    token["created_at_micros"] = serde_json::json!(-8_200_000_000_000_000_000i64);
+    let crafted = engine.encode(serde_json::to_vec(&token).expect("JSON"));
+    let status = expect_err(
+        client
+            .list_servers(ListServersRequest {
+                page_size: 1,
+                page_token: crafted,
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_bad_request(&status, &["page_token"]);
+    app.shutdown().await;
+}

@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use futures_util::StreamExt;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -203,8 +203,11 @@ fn decode_servers_cursor(token: &str, query: &str) -> Result<Option<PageCursor>,
     else {
         return Ok(None);
     };
-    let created_at =
-        DateTime::<Utc>::from_timestamp_micros(cursor.created_at_micros).ok_or_else(not_issued)?;
+    // Only a time a server can have been created at: anything else (PostgreSQL would refuse a
+    // year beyond its range) is a token this service did not issue.
+    let created_at = DateTime::<Utc>::from_timestamp_micros(cursor.created_at_micros)
+        .filter(|time| (2000..=9999).contains(&time.year()))
+        .ok_or_else(not_issued)?;
     Ok(Some(PageCursor {
         created_at,
         id: cursor.id,
@@ -670,6 +673,18 @@ mod tests {
         assert!(decode_servers_cursor(&token, &servers_query("", false)).is_err());
         assert!(decode_servers_cursor("garbage!", &query).is_err());
         assert_eq!(decode_servers_cursor("", &query).unwrap(), None);
+        let crafted = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&serde_json::json!({
+                "created_at_micros": -8_200_000_000_000_000_000i64,
+                "id": uuid::Uuid::nil(),
+                "query": query.clone(),
+            }))
+            .unwrap(),
+        );
+        assert!(
+            decode_servers_cursor(&crafted, &query).is_err(),
+            "an impossible time is INVALID_ARGUMENT, not a database error"
+        );
     }
 
     #[test]
