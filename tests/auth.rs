@@ -452,3 +452,37 @@ async fn health_needs_no_key() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_are_refused_before_anything_and_make_no_metric_series() {
+    let app = TestApp::start().await;
+    for index in 0..5 {
+        let mut grpc = tonic::client::Grpc::new(channel(app.grpc_addr).await);
+        grpc.ready().await.expect("a ready channel");
+        let path = format!("/dbtrail.servers.v1.ServersService/Nope{index}");
+        let result: Result<tonic::Response<dbtrail_servers::proto::Server>, Status> = grpc
+            .unary(
+                tonic::Request::new(dbtrail_servers::proto::GetServerRequest::default()),
+                http::uri::PathAndQuery::try_from(path).expect("a path"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        let status = result.expect_err("no such method");
+        assert_error(&status, Code::Unimplemented, "UNKNOWN_METHOD");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        !metrics.contains("Nope"),
+        "made-up names are not series: {metrics}"
+    );
+    assert!(
+        metrics.contains("method=\"unknown\""),
+        "they are counted as unknown: {metrics}"
+    );
+    app.shutdown().await;
+}

@@ -82,6 +82,14 @@ where
         let Some(method) = request.uri().path().strip_prefix(SERVICE_PREFIX) else {
             return Box::pin(self.inner.call(request));
         };
+        // Fail closed: a method without a permission in the table never reaches a handler, and a
+        // made-up name does not become a metric series.
+        let Some(permission) = required_permission(method) else {
+            let error = AuthError::UnknownMethod;
+            record_rejection("unknown", &error);
+            let refused = Status::from(error).into_http();
+            return Box::pin(async move { Ok(refused) });
+        };
         let method = method.to_owned();
         // The clone that was polled ready serves this call; the fresh one waits for the next.
         let clone = self.inner.clone();
@@ -95,10 +103,7 @@ where
             let checked = authenticator
                 .authenticate(header)
                 .await
-                .and_then(|principal| match required_permission(&method) {
-                    Some(permission) => principal.require(permission).map(|()| principal),
-                    None => Ok(principal),
-                });
+                .and_then(|principal| principal.require(permission).map(|()| principal));
             match checked {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
@@ -122,4 +127,26 @@ fn record_rejection(method: &str, error: &AuthError) {
         "code" => format!("{code:?}")
     )
     .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_the_service_needs_a_permission_and_nothing_else_passes() {
+        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptors");
+        let service = pool
+            .get_service_by_name("dbtrail.servers.v1.ServersService")
+            .expect("the service");
+        for method in service.methods() {
+            assert!(
+                required_permission(method.name()).is_some(),
+                "{} has no permission: it would be refused",
+                method.name()
+            );
+        }
+        assert_eq!(required_permission("Nope1"), None);
+    }
 }

@@ -44,6 +44,8 @@ pub enum AuthError {
     MissingPermission(Permission),
     #[error("credentials could not be checked: the database is unavailable")]
     Unavailable,
+    #[error("no such method of dbtrail.servers.v1.ServersService")]
+    UnknownMethod,
 }
 
 /// The authenticated caller of a request.

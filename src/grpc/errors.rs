@@ -82,6 +82,9 @@ impl From<AuthError> for Status {
                 HashMap::from([("permission".to_owned(), permission.as_str().to_owned())]),
             ),
             AuthError::Unavailable => status(Code::Unavailable, "STORE_UNAVAILABLE", message, none),
+            AuthError::UnknownMethod => {
+                status(Code::Unimplemented, "UNKNOWN_METHOD", message, none)
+            }
         }
     }
 }
