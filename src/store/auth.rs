@@ -158,12 +158,7 @@ impl Store {
                         return Err(StoreError::Missing(format!("API key {key_id}")));
                     }
                 }
-                diesel::sql_query("SELECT pg_notify($1, $2)")
-                    .bind::<diesel::sql_types::Text, _>(API_KEYS_CHANNEL)
-                    .bind::<diesel::sql_types::Text, _>(key_id.to_string())
-                    .execute(connection)
-                    .await?;
-                Ok(())
+                super::prepared::notify(connection, API_KEYS_CHANNEL, key_id.to_string()).await
             })
             .await
     }

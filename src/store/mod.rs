@@ -9,6 +9,7 @@ mod explain;
 mod index;
 mod jsonb;
 pub mod listener;
+mod prepared;
 mod rows;
 pub mod schema;
 mod servers;

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::{
     Connection, Fence, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, Store, StoreError,
     by_id::{LockedServerById, ServerById},
-    rows::{ServerChanges, ServerRow},
+    prepared::{ServerUpdate, notify},
+    rows::ServerRow,
     schema::{idempotency_keys, onboarding_history, servers, tenants},
 };
 use crate::domain::{
@@ -115,19 +116,6 @@ fn is_unique_violation(error: &diesel::result::Error, constraint: &str) -> bool 
     )
 }
 
-async fn notify(
-    connection: &mut Connection,
-    channel: &str,
-    payload: &str,
-) -> Result<(), StoreError> {
-    diesel::sql_query("SELECT pg_notify($1, $2)")
-        .bind::<Text, _>(channel)
-        .bind::<Text, _>(payload)
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
 /// Records a request id with the server it concerns, first thing in the caller's transaction,
 /// so a concurrent retry waits here for the first call to finish. False when it was used before.
 async fn record_request_id(
@@ -166,7 +154,7 @@ async fn record_revision(connection: &mut Connection, server: &Server) -> Result
     notify(
         connection,
         ONBOARDING_CHANNEL,
-        &format!("{}:{}", server.id, server.revision),
+        format!("{}:{}", server.id, server.revision),
     )
     .await
 }
@@ -293,7 +281,7 @@ impl Store {
                             }
                         })?;
                     record_revision(connection, &server).await?;
-                    notify(connection, super::RUNNABLE_CHANNEL, &server.id.to_string()).await?;
+                    notify(connection, super::RUNNABLE_CHANNEL, server.id.to_string()).await?;
                     Ok(server)
                 })
                 .await
@@ -507,8 +495,8 @@ impl Store {
                 }
                 server.version = before.version + 1;
                 server.updated_at = crate::domain::now();
-                diesel::update(servers::table.find(id.0))
-                    .set(ServerChanges::between(&row, ServerRow::from(&server)))
+                let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
+                ServerUpdate::between(&row, ServerRow::from(&server), fence_runner)
                     .execute(connection)
                     .await
                     .map_err(|error| {
@@ -518,22 +506,11 @@ impl Store {
                             E::from(error)
                         }
                     })?;
-                let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
-                if fence_runner {
-                    diesel::update(servers::table.find(id.0))
-                        .set((
-                            servers::lease_owner.eq(None::<Uuid>),
-                            servers::lease_expires_at.eq(None::<DateTime<Utc>>),
-                            servers::lease_epoch.eq(lease_epoch + 1),
-                        ))
-                        .execute(connection)
-                        .await?;
-                }
                 if server.revision != before.revision {
                     record_revision(connection, &server).await?;
                 }
                 if server.runnable && (fence_runner || !before.runnable) {
-                    notify(connection, RUNNABLE_CHANNEL, &server.id.to_string()).await?;
+                    notify(connection, RUNNABLE_CHANNEL, server.id.to_string()).await?;
                 }
                 Ok((server, output))
             })
