@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{Authenticator, admin::Admin},
     config::{Config, DatabaseConfig},
+    domain::target::TargetPolicy,
     grpc::{self, ServersApi},
-    onboarding::{AgentSettings, Engine, EngineConfig, Step, default_steps},
+    onboarding::{self, AgentSettings, Engine, EngineConfig, Step, default_steps},
     proto::servers_service_server::ServersServiceServer,
     rest::{self, OpsState},
     secrets::{SecretBox, SecretsError},
@@ -177,10 +178,11 @@ pub async fn start_with_steps(
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(store.clone());
     let hub = WatchHub::new(watch_store, stopping.clone());
+    let targets = Arc::new(target_policy(&config));
     let agent_settings = AgentSettings {
         connect_timeout: config.mysql_connect_timeout,
         connect_attempts: config.mysql_connect_attempts,
-        allow_loopback_targets: config.allow_loopback_targets,
+        targets: targets.clone(),
     };
     let (activated, activations) = mpsc::channel(1024);
     let streams = Streams::new(
@@ -196,7 +198,7 @@ pub async fn start_with_steps(
                 heartbeat: config.stream_heartbeat,
                 checkpoint_interval: config.stream_checkpoint_interval,
             },
-            agent: agent_settings,
+            agent: agent_settings.clone(),
             agent_id,
             outbound_ip: outbound_ip.clone(),
         },
@@ -241,12 +243,15 @@ pub async fn start_with_steps(
         stopping.clone(),
     ));
 
+    let page_tokens = grpc::PageTokens::new(&store.deployment_key(PAGE_TOKEN_KEY).await?);
     let api = ServersApi::new(
         store.clone(),
         index_reader,
         secrets,
         hub,
         authenticator.clone(),
+        page_tokens,
+        targets,
     );
     let grpc_stack =
         grpc::GrpcStack::new(api, authenticator, health_service).map_err(AppError::Bootstrap)?;
@@ -289,6 +294,7 @@ pub async fn start_with_steps(
                 tracing::debug!(%error, "could not set TCP_NODELAY on an HTTP connection");
             }
         });
+        let http = http.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(http_listener, http)
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await
@@ -317,6 +323,21 @@ const ENGINE_POOL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request_id is remembered: retries come within minutes, not days.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const IDEMPOTENCY_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
+/// The deployment key that signs page tokens (`deployment_keys.purpose`).
+const PAGE_TOKEN_KEY: &str = "page_tokens";
+
+/// The addresses the agent refuses: none with --allow-loopback-targets, else the fixed list, this
+/// host's own networks and the configured ranges.
+fn target_policy(config: &Config) -> TargetPolicy {
+    if config.allow_loopback_targets {
+        return TargetPolicy::allow_all();
+    }
+    TargetPolicy::new(
+        onboarding::interfaces::own_networks(),
+        config.deny_target_ranges.clone(),
+        config.allow_private_direct_targets,
+    )
+}
 
 /// Follows database reachability in gRPC health and /readyz, and expires old request ids.
 async fn health_loop(

@@ -4,6 +4,8 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::domain::target::IpRange;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -109,11 +111,21 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub mysql_connect_attempts: i32,
 
-    /// Let the agent connect to MySQL hosts and SSH jumphosts that resolve to loopback or
-    /// link-local addresses (local development and tests). Off, a tenant cannot point the agent
-    /// at the replica itself or at instance metadata.
+    /// Let the agent connect anywhere, loopback and link-local included (local development and
+    /// tests). Off, a tenant cannot point the agent at this host, its networks, instance
+    /// metadata, or (for direct servers) a private range.
     #[arg(long, env = "DBTRAIL_ALLOW_LOOPBACK_TARGETS")]
     pub allow_loopback_targets: bool,
+
+    /// More address ranges the agent never connects to (comma-separated CIDRs, e.g. the
+    /// deployment's own VPCs), beside loopback, link-local, cloud metadata and this host's networks.
+    #[arg(long, env = "DBTRAIL_DENY_TARGET_RANGES", value_delimiter = ',')]
+    pub deny_target_ranges: Vec<IpRange>,
+
+    /// Let direct servers be at private addresses (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// fc00::/7); without it only vpn and ssh_tunnel servers may be.
+    #[arg(long, env = "DBTRAIL_ALLOW_PRIVATE_DIRECT_TARGETS")]
+    pub allow_private_direct_targets: bool,
 
     /// Log format.
     #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]

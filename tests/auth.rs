@@ -12,6 +12,7 @@ use dbtrail_servers::proto::{
     GetServerRequest, ListServersRequest, RegisterServerRequest, RetryOnboardingRequest,
     UpdateServerRequest,
 };
+use futures_util::StreamExt;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -484,5 +485,119 @@ async fn unknown_methods_are_refused_before_anything_and_make_no_metric_series()
         metrics.contains("method=\"unknown\""),
         "they are counted as unknown: {metrics}"
     );
+    app.shutdown().await;
+}
+
+/// The value of an unlabelled counter in a /metrics page (0 before its first increment).
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn key_lookups(app: &TestApp) -> f64 {
+    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    counter(&metrics, "dbtrail_auth_key_lookups_total")
+}
+
+/// A well-formed key that was never issued, the `index`th of a flood.
+fn made_up_key(index: usize) -> String {
+    format!("dbt_{index:043}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_keys_costs_a_bounded_number_of_lookups_and_leaves_good_keys_working() {
+    let app = TestApp::start().await;
+    let mut owner = app.client();
+    let server = register(&mut owner, direct_server("flooded")).await;
+    let before = key_lookups(&app).await;
+
+    // One bad key, again and again: looked up once.
+    let mut repeated = app.client_with_key(&made_up_key(0));
+    for _ in 0..200 {
+        let status = expect_err(repeated.list_servers(ListServersRequest::default()).await);
+        assert_error(&status, Code::Unauthenticated, "INVALID_API_KEY");
+    }
+    assert_eq!(key_lookups(&app).await - before, 1.0, "a repeated bad key");
+
+    // 10,000 different ones from one address, 32 at a time.
+    let started = Instant::now();
+    let outcomes = futures_util::stream::iter(1..=10_000)
+        .map(|index| {
+            let mut client = app.client_with_key(&made_up_key(index));
+            async move {
+                let status = expect_err(client.list_servers(ListServersRequest::default()).await);
+                status.code()
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let lookups = key_lookups(&app).await - before;
+    // The repeated key's one lookup, the burst (20) and the refill (2 a second).
+    let bound = 1.0 + 20.0 + 2.0 * elapsed.ceil();
+    assert!(
+        lookups <= bound,
+        "{lookups} key lookups for 10,000 bad keys in {elapsed:.1} s (bound {bound})"
+    );
+    let limited = outcomes
+        .iter()
+        .filter(|code| **code == Code::ResourceExhausted)
+        .count();
+    assert!(
+        limited >= 9_000,
+        "{limited} of 10,000 were refused as too many"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|code| matches!(code, Code::ResourceExhausted | Code::Unauthenticated)),
+        "every bad key is refused as unknown or as one too many"
+    );
+    let status = expect_err(
+        app.client_with_key(&made_up_key(20_000))
+            .list_servers(ListServersRequest::default())
+            .await,
+    );
+    assert_error(
+        &status,
+        Code::ResourceExhausted,
+        "TOO_MANY_FAILED_AUTHENTICATIONS",
+    );
+    assert!(
+        status.metadata().get("retry-after").is_some(),
+        "a retry-after hint: {status:?}"
+    );
+
+    // The same address's good key, already known, keeps working.
+    owner
+        .get_server(GetServerRequest {
+            server_id: server.server_id.clone(),
+        })
+        .await
+        .expect("a good key during a flood of bad ones");
+
+    // REST tells the same, as 429 with Retry-After.
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/servers", app.http_addr))
+        .bearer_auth(made_up_key(20_001))
+        .send()
+        .await
+        .expect("GET /servers");
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
     app.shutdown().await;
 }

@@ -350,6 +350,8 @@ async fn serve_without_a_secrets_key_generates_one_in_a_private_file() {
         &data_dir.path().to_string_lossy(),
         "--agent-outbound-ip",
         AGENT_OUTBOUND_IP,
+        // Its server is at 127.0.0.1, as on a developer's machine.
+        "--allow-loopback-targets",
     ]
     .iter()
     .map(|arg| arg.to_string())

@@ -295,38 +295,52 @@ async fn filters_select_on_status_connection_method_name_host_and_labels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crafted_page_token_is_invalid_argument_not_a_database_error() {
+async fn forged_and_truncated_page_tokens_are_invalid_argument_and_replicas_share_theirs() {
     use base64::Engine;
     let app = TestApp::start().await;
     let mut client = app.client();
     for index in 0..3 {
         register(&mut client, direct_server(&format!("crafted-{index}"))).await;
     }
+    let list = |page_token: String| ListServersRequest {
+        page_size: 1,
+        page_token,
+        ..Default::default()
+    };
     let first = client
-        .list_servers(ListServersRequest {
-            page_size: 1,
-            ..Default::default()
-        })
+        .list_servers(list(String::new()))
         .await
         .expect("ListServers")
         .into_inner();
-    // The service's own token, its time pushed out of every range PostgreSQL accepts.
+    // The service's own token, its time pushed out of every range PostgreSQL accepts, its
+    // signature kept: a forgery.
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut token: serde_json::Value =
-        serde_json::from_slice(&engine.decode(&first.next_page_token).expect("base64"))
-            .expect("a JSON token");
+    let bytes = engine.decode(&first.next_page_token).expect("base64");
+    let (json, tag) = bytes.split_at(bytes.len() - 32);
+    let mut token: serde_json::Value = serde_json::from_slice(json).expect("a JSON cursor");
     token["created_at_micros"] = serde_json::json!(-8_200_000_000_000_000_000i64);
-    let crafted = engine.encode(serde_json::to_vec(&token).expect("JSON"));
-    let status = expect_err(
-        client
-            .list_servers(ListServersRequest {
-                page_size: 1,
-                page_token: crafted,
-                ..Default::default()
-            })
-            .await,
-    );
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_bad_request(&status, &["page_token"]);
+    let forged = engine.encode([serde_json::to_vec(&token).expect("JSON"), tag.to_vec()].concat());
+    let truncated = first.next_page_token[..first.next_page_token.len() - 5].to_owned();
+    let unsigned = engine.encode(json);
+    for bad in [forged, truncated, unsigned] {
+        let status = expect_err(client.list_servers(list(bad.clone())).await);
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
+        assert_bad_request(&status, &["page_token"]);
+        assert!(
+            status.message().contains("not a token this service issued"),
+            "{status:?}"
+        );
+    }
+    // Another replica of the deployment continues the listing from this one's token.
+    let other = app.replica(ReplicaOptions::default()).await;
+    let second = other
+        .client()
+        .list_servers(list(first.next_page_token.clone()))
+        .await
+        .expect("ListServers on another replica with the first replica's token")
+        .into_inner();
+    assert_eq!(second.servers.len(), 1);
+    assert_ne!(second.servers[0].server_id, first.servers[0].server_id);
+    other.shutdown().await;
     app.shutdown().await;
 }

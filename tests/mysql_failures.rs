@@ -13,9 +13,10 @@ use std::time::Duration;
 use common::mariadb::*;
 use common::*;
 use dbtrail_servers::proto::{
-    self, OnboardingStatus, OnboardingStep, RetryOnboardingRequest, ServerStatus, StepStatus,
-    UpdateServerRequest,
+    self, OnboardingStatus, OnboardingStep, RegisterServerRequest, RetryOnboardingRequest,
+    ServerStatus, StepStatus, UpdateServerRequest,
 };
+use tonic::Code;
 
 /// Between two messages of a watch.
 const NEXT: Duration = Duration::from_secs(20);
@@ -126,8 +127,7 @@ async fn an_unreachable_port_fails_waiting_for_agent_after_the_retry_budget() {
     let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
     let address = format!("127.0.0.1:{port}");
     assert!(
-        error.starts_with(&format!("cannot reach MySQL at {address}: "))
-            && error.contains("Connection refused")
+        error.starts_with(&format!("cannot reach MySQL at {address}: {UNREACHABLE}"))
             && error.ends_with(&format!("(gave up after {CONNECT_ATTEMPTS} attempts)")),
         "the error names the host and port, the cause and the budget: {error}"
     );
@@ -383,10 +383,12 @@ async fn after_update_server_with_the_right_password_onboarding_reaches_active()
     assert_eq!(state.checkpoints.len(), 1);
 }
 
-/// Without --allow-loopback-targets, a tenant cannot point the agent at the replica's own host:
-/// the host is refused before any connection, at once.
+/// Without --allow-loopback-targets, a tenant cannot point the agent at instance metadata, the
+/// replica itself or its networks, however the address is spelt: an IP literal is refused by
+/// RegisterServer and UpdateServer, a DNS name at waiting_for_agent once resolved, each with the
+/// same reason, before any connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loopback_host_is_refused_unless_allowed() {
+async fn denied_targets_are_refused_at_registration_or_after_resolution() {
     let mariadb = MariaDb::start().await;
     let app = TestApp::start_with(ReplicaOptions {
         allow_loopback_targets: false,
@@ -394,15 +396,143 @@ async fn a_loopback_host_is_refused_unless_allowed() {
     })
     .await;
     let mut client = app.client();
-    let mut input = direct_server("loopback");
+    let own = dbtrail_servers::onboarding::interfaces::own_networks()
+        .into_iter()
+        .map(|range| range.address())
+        .find(|address| !address.is_loopback())
+        .expect("this host has an address besides loopback");
+    let refused = |status: &tonic::Status, field: &str, host: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{host}: {status:?}");
+        assert_bad_request(status, &[field]);
+        assert!(
+            status.message().contains(&format!("{host} is {DENIED}")),
+            "{host}: {status:?}"
+        );
+    };
+    let literals = [
+        "169.254.169.254".to_owned(),
+        "fd00:ec2::254".to_owned(),
+        "100.100.100.200".to_owned(),
+        "::ffff:127.0.0.1".to_owned(),
+        "127.0.0.1".to_owned(),
+        own.to_string(),
+    ];
+    for (index, host) in literals.iter().enumerate() {
+        // A VPN may reach private ranges, but never these.
+        let mut input = direct_server(&format!("denied-{index}"));
+        input.host = host.clone();
+        input.connection_method = proto::ConnectionMethod::Vpn as i32;
+        let status = expect_err(
+            client
+                .register_server(RegisterServerRequest {
+                    server: Some(input),
+                    ..Default::default()
+                })
+                .await,
+        );
+        refused(&status, "server.host", host);
+        // Nor may a jumphost be there.
+        let mut tunnelled = ssh_server(&format!("denied-jumphost-{index}"));
+        tunnelled.ssh_tunnel.as_mut().expect("a tunnel").host = host.clone();
+        let status = expect_err(
+            client
+                .register_server(RegisterServerRequest {
+                    server: Some(tunnelled),
+                    ..Default::default()
+                })
+                .await,
+        );
+        refused(&status, "server.ssh_tunnel.host", host);
+    }
+    // A private address is for VPN and SSH tunnel servers only.
+    let mut private = direct_server("private-direct");
+    private.host = "10.20.30.40".to_owned();
+    let status = expect_err(
+        client
+            .register_server(RegisterServerRequest {
+                server: Some(private),
+                ..Default::default()
+            })
+            .await,
+    );
+    refused(&status, "server.host", "10.20.30.40");
+
+    // A DNS name is checked where it resolves.
+    let mut input = direct_server("named-loopback");
+    input.host = "localhost".to_owned();
     input.port = i32::from(mariadb.port);
     let server = register(&mut client, input).await;
     let status = wait_settled(&client, &server.server_id).await;
     let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
-    assert_eq!(
-        error,
-        "MySQL host 127.0.0.1 resolves to 127.0.0.1, a loopback, link-local or unspecified \
-         address the agent does not connect to"
+    assert!(
+        error.starts_with("MySQL host localhost resolves to ") && error.ends_with(DENIED),
+        "{error}"
     );
     assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
+
+    // UpdateServer applies the same rule.
+    let mut moved = server.clone();
+    moved.host = "169.254.169.254".to_owned();
+    moved.etag = String::new();
+    let status = expect_err(client.update_server(update_request(moved, &["host"])).await);
+    refused(&status, "server.host", "169.254.169.254");
+}
+
+/// A closed port, a host that never answers and a port that speaks another protocol are told
+/// apart only in the service's log: the tenant sees one reason, so the agent is no port scanner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_silent_and_foreign_ports_read_the_same() {
+    let mariadb = MariaDb::start().await;
+    let app = TestApp::start_with(mysql_replica_options()).await;
+    let mut client = app.client();
+    let closed = free_port();
+    let silent = TcpProxy::start(format!("127.0.0.1:{}", mariadb.port)).await;
+    silent.black_hole();
+    let foreign = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let foreign_port = foreign.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = foreign.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let mut reasons = Vec::new();
+    for (name, port) in [
+        ("closed", closed),
+        ("silent", silent.addr.port()),
+        ("foreign", foreign_port),
+    ] {
+        let mut input = direct_server(name);
+        input.port = i32::from(port);
+        let server = register(&mut client, input).await;
+        let status = wait_for_onboarding(
+            &client,
+            &server.server_id,
+            "the first failed attempt",
+            Duration::from_secs(20),
+            |status| {
+                step(status, OnboardingStep::WaitingForAgent)
+                    .message
+                    .contains("attempt 1 of")
+            },
+        )
+        .await;
+        let message = step(&status, OnboardingStep::WaitingForAgent)
+            .message
+            .clone();
+        reasons.push(message.replace(&format!("127.0.0.1:{port}"), "<address>"));
+    }
+    assert_eq!(
+        reasons[0],
+        format!(
+            "cannot reach MySQL at <address>: {UNREACHABLE}; attempt 1 of {CONNECT_ATTEMPTS} \
+             failed, retrying"
+        )
+    );
+    assert!(
+        reasons.iter().all(|reason| *reason == reasons[0]),
+        "{reasons:#?}"
+    );
 }

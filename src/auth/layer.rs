@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    net::IpAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -28,6 +29,24 @@ pub fn required_permission(method: &str) -> Option<Permission> {
         "ListChangeEvents" => Permission::ChangesRead,
         _ => return None,
     })
+}
+
+/// The address a call came from, for calls that do not arrive on the gRPC listener's own
+/// connections (the REST layer inserts it into the call's extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+/// Where a call came from: the REST layer's ClientAddress, or the gRPC connection's peer.
+fn client_address(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ClientAddress>()
+        .map(|address| address.0)
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+                .map(|address| address.ip())
+        })
 }
 
 /// Authenticates ServersService calls; other services (health, reflection) pass untouched.
@@ -100,8 +119,9 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|value| value.to_str().unwrap_or(""));
+            let client = client_address(request.extensions());
             let checked = authenticator
-                .authenticate(header)
+                .authenticate(header, client)
                 .await
                 .and_then(|principal| principal.require(permission).map(|()| principal));
             match checked {

@@ -1,12 +1,17 @@
 //! API keys and permissions: who is calling, as which tenant, allowed to do what. Keys are
 //! cached so a call costs no database round trip; every replica forgets a revoked key on NOTIFY.
+//! Keys that match nothing cost one lookup each at most: a key found unknown is remembered as
+//! such for a minute, a client address that keeps presenting unknown keys is refused lookups for
+//! a while, and only a few lookups run at once, so a flood of made-up keys cannot drain the pool.
 
 pub mod admin;
 pub mod keys;
 mod layer;
+mod throttle;
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -15,10 +20,11 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use uuid::Uuid;
 
-pub use layer::{AuthLayer, required_permission};
+pub use layer::{AuthLayer, ClientAddress, required_permission};
+use throttle::{Buckets, Rate, client_key};
 
 use crate::{
     domain::{Permission, TenantId},
@@ -28,6 +34,16 @@ use crate::{
 /// How long a cached key is trusted without NOTIFY; a safety net, not the revocation path.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_CAPACITY: usize = 10_000;
+/// How long a key that matched nothing is answered as invalid without asking the database.
+const MISS_TTL: Duration = Duration::from_secs(60);
+/// Unknown keys a client address may present: 20 at once, then 2 a second.
+const FAILURES: Rate = Rate {
+    burst: 20.0,
+    per_second: 2.0,
+};
+const TRACKED_ADDRESSES: usize = 10_000;
+/// Key lookups in flight at once: a quarter of the API pool's default, whatever the flood.
+const LOOKUPS_IN_FLIGHT: usize = 4;
 
 /// Why a call was not let through.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +62,11 @@ pub enum AuthError {
     Unavailable,
     #[error("no such method of dbtrail.servers.v1.ServersService")]
     UnknownMethod,
+    #[error(
+        "too many unknown API keys from this address; retry in {} s with a valid key",
+        retry_after.as_secs().max(1)
+    )]
+    TooManyFailures { retry_after: Duration },
 }
 
 /// The authenticated caller of a request.
@@ -87,6 +108,12 @@ struct CachedKey {
 pub struct Authenticator {
     store: Store,
     cache: Mutex<HashMap<Vec<u8>, CachedKey>>,
+    /// Hashes that matched no key, and when.
+    misses: Mutex<HashMap<Vec<u8>, Instant>>,
+    /// Unknown keys presented, by client address.
+    failures: Buckets<IpAddr>,
+    lookups_in_flight: Semaphore,
+    lookups: AtomicU64,
     revocations: broadcast::Sender<Revocation>,
     /// Bumped by every revocation: a lookup that raced one must not cache what it read.
     generation: AtomicU64,
@@ -98,46 +125,50 @@ impl Authenticator {
         Arc::new(Authenticator {
             store,
             cache: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+            failures: Buckets::new(FAILURES, TRACKED_ADDRESSES),
+            lookups_in_flight: Semaphore::new(LOOKUPS_IN_FLIGHT),
+            lookups: AtomicU64::new(0),
             revocations: broadcast::channel(256).0,
             generation: AtomicU64::new(0),
         })
     }
 
-    /// Authenticates the value of an authorization header.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+    /// Authenticates the value of an authorization header sent from `client`.
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
         let key = match keys::parse_authorization(header) {
             keys::Credentials::Missing => return Err(AuthError::MissingCredentials),
             keys::Credentials::Malformed => return Err(AuthError::InvalidKey),
             keys::Credentials::Key(key) => key,
         };
-        self.check_hash(keys::hash(key)).await
+        self.check_hash(keys::hash(key), client.map(client_key))
+            .await
     }
 
     /// Checks again that a principal's key is still valid (after a possible missed revocation).
     pub async fn recheck(&self, principal: &Principal) -> Result<(), AuthError> {
-        self.check_hash(principal.key_hash.clone()).await.map(drop)
+        self.check_hash(principal.key_hash.clone(), None)
+            .await
+            .map(drop)
     }
 
-    async fn check_hash(&self, key_hash: Vec<u8>) -> Result<Principal, AuthError> {
+    /// How many times a key was looked up in the database.
+    pub fn key_lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    async fn check_hash(
+        &self,
+        key_hash: Vec<u8>,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
         let record = match self.cached(&key_hash) {
             Some(record) => record,
-            None => {
-                let generation = self.generation.load(Ordering::Acquire);
-                let record = self
-                    .store
-                    .find_api_key(&key_hash)
-                    .await
-                    .map_err(|error| match error {
-                        StoreError::Unavailable(_) => AuthError::Unavailable,
-                        other => {
-                            tracing::error!(error = %other, "API key lookup failed");
-                            AuthError::Unavailable
-                        }
-                    })?
-                    .ok_or(AuthError::InvalidKey)?;
-                self.remember(key_hash.clone(), record.clone(), generation);
-                record
-            }
+            None => self.look_up(&key_hash, client).await?,
         };
         if record.revoked_at.is_some() {
             return Err(AuthError::Revoked);
@@ -159,6 +190,83 @@ impl Authenticator {
             expires_at: record.expires_at,
             key_hash,
         })
+    }
+
+    /// The key of `key_hash` from the database, unless it is known to match nothing or its
+    /// client has presented too many unknown keys.
+    async fn look_up(
+        &self,
+        key_hash: &[u8],
+        client: Option<IpAddr>,
+    ) -> Result<ApiKeyRecord, AuthError> {
+        if self.known_miss(key_hash) {
+            return Err(AuthError::InvalidKey);
+        }
+        let _permit = self
+            .lookups_in_flight
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+        // Another lookup of the same key may have finished while this one waited.
+        if let Some(record) = self.cached(key_hash) {
+            return Ok(record);
+        }
+        if self.known_miss(key_hash) {
+            return Err(AuthError::InvalidKey);
+        }
+        // A lookup takes a token of its client up front (so concurrent ones cannot all pass a
+        // check first) and gives it back when the key exists.
+        if let Some(client) = client {
+            self.failures
+                .try_take(&client)
+                .map_err(|retry_after| AuthError::TooManyFailures { retry_after })?;
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("dbtrail_auth_key_lookups_total").increment(1);
+        let generation = self.generation.load(Ordering::Acquire);
+        let found = self
+            .store
+            .find_api_key(key_hash)
+            .await
+            .map_err(|error| match error {
+                StoreError::Unavailable(_) => AuthError::Unavailable,
+                other => {
+                    tracing::error!(error = %other, "API key lookup failed");
+                    AuthError::Unavailable
+                }
+            })?;
+        let Some(record) = found else {
+            self.remember_miss(key_hash);
+            return Err(AuthError::InvalidKey);
+        };
+        if let Some(client) = client {
+            self.failures.refund(&client);
+        }
+        self.remember(key_hash.to_vec(), record.clone(), generation);
+        Ok(record)
+    }
+
+    fn misses(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Instant>> {
+        self.misses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn known_miss(&self, key_hash: &[u8]) -> bool {
+        self.misses()
+            .get(key_hash)
+            .is_some_and(|at| at.elapsed() < MISS_TTL)
+    }
+
+    fn remember_miss(&self, key_hash: &[u8]) {
+        let mut misses = self.misses();
+        if misses.len() >= CACHE_CAPACITY {
+            misses.retain(|_, at| at.elapsed() < MISS_TTL);
+            if misses.len() >= CACHE_CAPACITY {
+                misses.clear();
+            }
+        }
+        misses.insert(key_hash.to_vec(), Instant::now());
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, CachedKey>> {

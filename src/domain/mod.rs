@@ -6,6 +6,7 @@ pub mod filter;
 pub mod onboarding;
 pub mod server;
 pub mod stream;
+pub mod target;
 
 use std::fmt;
 

@@ -7,7 +7,7 @@ use tonic::Request;
 use super::{
     convert::change_event_to_proto,
     errors::ApiError,
-    paging::{PageSizes, decode_page_token, encode_page_token, not_issued, query_digest},
+    paging::{PageSizes, not_issued, query_digest},
     service::{ServersApi, parse_server_id, principal},
 };
 use crate::{
@@ -43,7 +43,7 @@ impl ServersApi {
         });
         violations.into_result().map_err(ApiError::Invalid)?;
         let query = query_digest(&[&request.server_id, &request.filter]);
-        let after = match decode_page_token::<ChangesCursor>(
+        let after = match self.tokens().decode::<ChangesCursor>(
             &request.page_token,
             &query,
             "a different server or filter",
@@ -59,7 +59,7 @@ impl ServersApi {
             .list_change_events(id, &filter, after, page_size)
             .await?;
         let next_page_token = match (page.more, page.events.last()) {
-            (true, Some(last)) => encode_page_token(
+            (true, Some(last)) => self.tokens().encode(
                 ChangesCursor {
                     after: last.sequence,
                 },

@@ -85,8 +85,27 @@ impl From<AuthError> for Status {
             AuthError::UnknownMethod => {
                 status(Code::Unimplemented, "UNKNOWN_METHOD", message, none)
             }
+            AuthError::TooManyFailures { retry_after } => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(retry_after));
+                let mut status = status(
+                    Code::ResourceExhausted,
+                    "TOO_MANY_FAILED_AUTHENTICATIONS",
+                    message,
+                    details,
+                );
+                if let Ok(seconds) = retry_after_seconds(retry_after).parse() {
+                    status.metadata_mut().insert("retry-after", seconds);
+                }
+                status
+            }
         }
     }
+}
+
+/// A retry delay in whole seconds, as HTTP's Retry-After counts it (at least 1).
+pub fn retry_after_seconds(delay: std::time::Duration) -> String {
+    delay.as_secs_f64().ceil().max(1.0).to_string()
 }
 
 /// A BadRequest listing every violation.

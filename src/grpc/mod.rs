@@ -27,6 +27,7 @@ use tower_http::{
     trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
 };
 
+pub use paging::PageTokens;
 pub use service::ServersApi;
 
 use crate::{

@@ -1,7 +1,10 @@
 //! Keyset pagination shared by the list calls: page sizes, and opaque page tokens that carry a
-//! cursor with a digest of the query they belong to, so a token is only good for its own query.
+//! cursor with a digest of the query they belong to, so a token is only good for its own query,
+//! and an HMAC under the deployment's key, so a token nobody issued is refused before any of it
+//! is read.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ring::hmac;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
@@ -49,33 +52,65 @@ struct Token<C> {
     query: String,
 }
 
-/// The token of the page after `cursor`.
-pub fn encode_page_token<C: Serialize>(cursor: C, query: &str) -> String {
-    let token = Token {
-        cursor,
-        query: query.to_owned(),
-    };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+/// Issues and checks page tokens: `base64url(json || HMAC-SHA256(json))` under the deployment's
+/// page-token key, which every replica shares (it lives in the database), so a token of one
+/// replica is good on all of them.
+#[derive(Clone)]
+pub struct PageTokens {
+    key: hmac::Key,
 }
 
-/// The cursor of a token (none for an empty one); `mismatch` says what a token of another query
-/// belongs to.
-pub fn decode_page_token<C: DeserializeOwned>(
-    token: &str,
-    query: &str,
-    mismatch: &str,
-) -> Result<Option<C>, ApiError> {
-    if token.is_empty() {
-        return Ok(None);
+impl std::fmt::Debug for PageTokens {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PageTokens")
     }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_issued())?;
-    let token: Token<C> = serde_json::from_slice(&bytes).map_err(|_| not_issued())?;
-    if token.query != query {
-        return Err(invalid_page_token(&format!(
-            "belongs to {mismatch}; start from the first page"
-        )));
+}
+
+const TAG_LEN: usize = 32;
+
+impl PageTokens {
+    /// Tokens under `key` (at least 32 random bytes).
+    pub fn new(key: &[u8]) -> PageTokens {
+        PageTokens {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+        }
     }
-    Ok(Some(token.cursor))
+
+    /// The token of the page after `cursor`.
+    pub fn encode<C: Serialize>(&self, cursor: C, query: &str) -> String {
+        let token = Token {
+            cursor,
+            query: query.to_owned(),
+        };
+        let mut bytes = serde_json::to_vec(&token).unwrap_or_default();
+        let tag = hmac::sign(&self.key, &bytes);
+        bytes.extend_from_slice(tag.as_ref());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The cursor of a token (none for an empty one); `mismatch` says what a token of another
+    /// query belongs to.
+    pub fn decode<C: DeserializeOwned>(
+        &self,
+        token: &str,
+        query: &str,
+        mismatch: &str,
+    ) -> Result<Option<C>, ApiError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_issued())?;
+        let split = bytes.len().checked_sub(TAG_LEN).ok_or_else(not_issued)?;
+        let (json, tag) = bytes.split_at(split);
+        hmac::verify(&self.key, json, tag).map_err(|_| not_issued())?;
+        let token: Token<C> = serde_json::from_slice(json).map_err(|_| not_issued())?;
+        if token.query != query {
+            return Err(invalid_page_token(&format!(
+                "belongs to {mismatch}; start from the first page"
+            )));
+        }
+        Ok(Some(token.cursor))
+    }
 }
 
 /// A token that this service did not issue.
@@ -98,17 +133,50 @@ mod tests {
         after: i64,
     }
 
+    fn tokens() -> PageTokens {
+        PageTokens::new(&[7; 32])
+    }
+
     #[test]
     fn tokens_round_trip_and_are_bound_to_their_query() {
         let query = query_digest(&["s", "table = a"]);
-        let token = encode_page_token(After { after: 42 }, &query);
+        let token = tokens().encode(After { after: 42 }, &query);
         assert_eq!(
-            decode_page_token::<After>(&token, &query, "another query").unwrap(),
+            tokens()
+                .decode::<After>(&token, &query, "another query")
+                .unwrap(),
             Some(After { after: 42 })
         );
-        assert!(decode_page_token::<After>(&token, &query_digest(&["s", ""]), "x").is_err());
-        assert!(decode_page_token::<After>("garbage!", &query, "x").is_err());
-        assert_eq!(decode_page_token::<After>("", &query, "x").unwrap(), None);
+        assert!(
+            tokens()
+                .decode::<After>(&token, &query_digest(&["s", ""]), "x")
+                .is_err()
+        );
+        assert!(tokens().decode::<After>("garbage!", &query, "x").is_err());
+        assert_eq!(tokens().decode::<After>("", &query, "x").unwrap(), None);
+    }
+
+    #[test]
+    fn forged_truncated_and_foreign_tokens_are_not_issued() {
+        let query = query_digest(&["s"]);
+        let token = tokens().encode(After { after: 42 }, &query);
+        let refused = |token: &str| match tokens().decode::<After>(token, &query, "x") {
+            Err(ApiError::Invalid(violations)) => format!("{violations:?}"),
+            other => panic!("{token} was not refused: {other:?}"),
+        };
+        // The same cursor, edited, without the key.
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        let forged = String::from_utf8_lossy(&bytes[..bytes.len() - TAG_LEN])
+            .replace("42", "-1")
+            .into_bytes();
+        let forged_token =
+            URL_SAFE_NO_PAD.encode([forged, bytes.split_off(bytes.len() - TAG_LEN)].concat());
+        assert!(refused(&forged_token).contains("not a token this service issued"));
+        assert!(refused(&token[..token.len() - 4]).contains("not a token this service issued"));
+        assert!(refused("AAAA").contains("not a token this service issued"));
+        // Another deployment's token.
+        let foreign = PageTokens::new(&[8; 32]).encode(After { after: 42 }, &query);
+        assert!(refused(&foreign).contains("not a token this service issued"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
         server_input_from_proto, server_to_proto,
     },
     errors::ApiError,
-    paging::{PageSizes, decode_page_token, encode_page_token, not_issued, query_digest},
+    paging::{PageSizes, PageTokens, not_issued, query_digest},
 };
 use crate::{
     auth::{Authenticator, Principal},
@@ -25,6 +25,7 @@ use crate::{
             Existing, Server, ServerInput, StoredSecrets, UpdateField, is_output_only_path,
             restart_point,
         },
+        target::TargetPolicy,
     },
     proto::{self, servers_service_server::ServersService},
     secrets::SecretBox,
@@ -42,6 +43,8 @@ pub struct ServersApi {
     secrets: SecretBox,
     hub: Arc<WatchHub>,
     authenticator: Arc<Authenticator>,
+    tokens: PageTokens,
+    targets: Arc<TargetPolicy>,
 }
 
 impl ServersApi {
@@ -52,6 +55,8 @@ impl ServersApi {
         secrets: SecretBox,
         hub: Arc<WatchHub>,
         authenticator: Arc<Authenticator>,
+        tokens: PageTokens,
+        targets: Arc<TargetPolicy>,
     ) -> ServersApi {
         ServersApi {
             store,
@@ -59,6 +64,8 @@ impl ServersApi {
             secrets,
             hub,
             authenticator,
+            tokens,
+            targets,
         }
     }
 }
@@ -71,6 +78,10 @@ impl ServersApi {
     /// The change index's database.
     pub(super) fn index(&self) -> &Store {
         &self.index
+    }
+
+    pub(super) fn tokens(&self) -> &PageTokens {
+        &self.tokens
     }
 }
 
@@ -194,8 +205,12 @@ fn servers_query(filter: &str, show_decommissioned: bool) -> String {
     query_digest(&[&show_decommissioned.to_string(), filter])
 }
 
-fn decode_servers_cursor(token: &str, query: &str) -> Result<Option<PageCursor>, ApiError> {
-    let Some(cursor) = decode_page_token::<ServersCursor>(
+fn decode_servers_cursor(
+    tokens: &PageTokens,
+    token: &str,
+    query: &str,
+) -> Result<Option<PageCursor>, ApiError> {
+    let Some(cursor) = tokens.decode::<ServersCursor>(
         token,
         query,
         "a different filter or show_decommissioned",
@@ -214,12 +229,12 @@ fn decode_servers_cursor(token: &str, query: &str) -> Result<Option<PageCursor>,
     }))
 }
 
-fn servers_page_token(server: &Server, query: &str) -> String {
+fn servers_page_token(tokens: &PageTokens, server: &Server, query: &str) -> String {
     let cursor = ServersCursor {
         created_at_micros: server.created_at.timestamp_micros(),
         id: server.id.0,
     };
-    encode_page_token(cursor, query)
+    tokens.encode(cursor, query)
 }
 
 /// The fields an update touches: the mask's paths, or the populated fields without one.
@@ -312,7 +327,7 @@ impl ServersApi {
         };
         violations.into_result().map_err(ApiError::Invalid)?;
         let query = servers_query(&request.filter, request.show_decommissioned);
-        let cursor = decode_servers_cursor(&request.page_token, &query)?;
+        let cursor = decode_servers_cursor(&self.tokens, &request.page_token, &query)?;
         let page = self
             .store
             .list_servers(
@@ -324,7 +339,7 @@ impl ServersApi {
             )
             .await?;
         let next_page_token = match (page.more, page.servers.last()) {
-            (true, Some(last)) => servers_page_token(last, &query),
+            (true, Some(last)) => servers_page_token(&self.tokens, last, &query),
             _ => String::new(),
         };
         Ok(proto::ListServersResponse {
@@ -375,6 +390,10 @@ impl ServersApi {
         }
         let raw = server_input_from_proto(input, "server.", &mut violations);
         let validated = raw.validate("server.", Existing::default(), &mut violations);
+        if let Some((spec, _)) = &validated {
+            self.targets
+                .check_literals(spec, "server.", &mut violations);
+        }
         violations.into_result().map_err(ApiError::Invalid)?;
         let Some((spec, new_secrets)) = validated else {
             return Err(ApiError::Invalid(Violations::default()));
@@ -414,6 +433,7 @@ impl ServersApi {
         let input = server_input_from_proto(server_message, "server.", &mut violations);
         violations.into_result().map_err(ApiError::Invalid)?;
         let secrets = self.secrets.clone();
+        let targets = self.targets.clone();
         let server = self
             .modify_once(principal.tenant_id, id, idempotency.as_ref(), |server| {
                 check_etag(server, &server_message.etag)?;
@@ -428,6 +448,9 @@ impl ServersApi {
                 };
                 let mut violations = Violations::default();
                 let validated = merged.validate("server.", existing, &mut violations);
+                if let Some((spec, _)) = &validated {
+                    targets.check_literals(spec, "server.", &mut violations);
+                }
                 violations.into_result().map_err(ApiError::Invalid)?;
                 let Some((mut spec, new_secrets)) = validated else {
                     return Err(ApiError::Invalid(Violations::default()));
@@ -653,36 +676,36 @@ impl ServersService for ServersApi {
 
 #[cfg(test)]
 mod tests {
-    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-
     use super::*;
 
     #[test]
     fn page_tokens_round_trip_and_are_bound_to_their_query() {
+        let tokens = PageTokens::new(&[1; 32]);
         let query = servers_query("status = active", false);
-        let token = URL_SAFE_NO_PAD.encode(
-            serde_json::to_vec(&serde_json::json!({
-                "created_at_micros": 1_700_000_000_123_456i64,
-                "id": uuid::Uuid::nil(),
-                "query": query.clone(),
-            }))
-            .unwrap(),
+        let token = tokens.encode(
+            ServersCursor {
+                created_at_micros: 1_700_000_000_123_456,
+                id: uuid::Uuid::nil(),
+            },
+            &query,
         );
-        let cursor = decode_servers_cursor(&token, &query).unwrap().unwrap();
+        let cursor = decode_servers_cursor(&tokens, &token, &query)
+            .unwrap()
+            .unwrap();
         assert_eq!(cursor.created_at.timestamp_micros(), 1_700_000_000_123_456);
-        assert!(decode_servers_cursor(&token, &servers_query("", false)).is_err());
-        assert!(decode_servers_cursor("garbage!", &query).is_err());
-        assert_eq!(decode_servers_cursor("", &query).unwrap(), None);
-        let crafted = URL_SAFE_NO_PAD.encode(
-            serde_json::to_vec(&serde_json::json!({
-                "created_at_micros": -8_200_000_000_000_000_000i64,
-                "id": uuid::Uuid::nil(),
-                "query": query.clone(),
-            }))
-            .unwrap(),
+        assert!(decode_servers_cursor(&tokens, &token, &servers_query("", false)).is_err());
+        assert!(decode_servers_cursor(&tokens, "garbage!", &query).is_err());
+        assert_eq!(decode_servers_cursor(&tokens, "", &query).unwrap(), None);
+        // Even a token under the right key is checked field by field.
+        let impossible = tokens.encode(
+            ServersCursor {
+                created_at_micros: -8_200_000_000_000_000_000,
+                id: uuid::Uuid::nil(),
+            },
+            &query,
         );
         assert!(
-            decode_servers_cursor(&crafted, &query).is_err(),
+            decode_servers_cursor(&tokens, &impossible, &query).is_err(),
             "an impossible time is INVALID_ARGUMENT, not a database error"
         );
     }

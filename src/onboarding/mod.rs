@@ -5,6 +5,7 @@
 mod awaiting_firewall;
 mod grants;
 mod initializing;
+pub mod interfaces;
 pub mod mysql;
 mod provisioning;
 mod snapshotting;
@@ -39,21 +40,22 @@ pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{
     domain::{
-        OnboardingStep, ServerId, ServerStatus, StepStatus, onboarding::StepOutcome, server::Server,
+        OnboardingStep, ServerId, ServerStatus, StepStatus, onboarding::StepOutcome,
+        server::Server, target::TargetPolicy,
     },
     secrets::SecretBox,
     store::{Claim, Lease, Scope, Store, StoreError},
 };
 
 /// How the embedded agent connects to customers' servers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AgentSettings {
     /// Time limit of one connection attempt.
     pub connect_timeout: Duration,
     /// Attempts of a step that meets transient faults before it fails.
     pub connect_attempts: i32,
-    /// Whether targets on loopback or link-local addresses are allowed.
-    pub allow_loopback_targets: bool,
+    /// The addresses the agent refuses to connect to.
+    pub targets: Arc<TargetPolicy>,
 }
 
 /// What a step gets to work with.
@@ -99,7 +101,7 @@ pub fn default_steps() -> Vec<Arc<dyn Step>> {
 }
 
 /// Engine settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub lease_ttl: Duration,
     pub sweep_interval: Duration,
@@ -401,7 +403,7 @@ impl Engine {
             store: self.store.clone(),
             index: self.index.clone(),
             secrets: self.secrets.clone(),
-            agent: self.config.agent,
+            agent: self.config.agent.clone(),
         };
         implementation.run(&context).await
     }

@@ -13,7 +13,7 @@ use super::{
     StepContext,
     ssh::{self, Tunnel},
 };
-use crate::domain::{ConnectionMethod, SslMode, onboarding::StepOutcome};
+use crate::domain::{ConnectionMethod, SslMode, onboarding::StepOutcome, target::DENIED};
 
 /// Why connecting or querying failed, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,18 @@ const TRANSIENT_SERVER_ERRORS: &[u16] = &[
     2013, // lost connection during query
 ];
 
+/// Why a customer's endpoint could not be reached, in one wording whatever happened (refused,
+/// silent, reset, or not speaking the protocol), so the messages do not make the agent a port
+/// scanner; what happened goes to the log.
+pub const UNREACHABLE: &str =
+    "it refused the connection, did not answer in time, or did not speak the expected protocol";
+
+/// What to say of an endpoint that could not be reached; `detail` is logged, not shown.
+pub fn unreachable(what: &str, detail: &dyn std::fmt::Display) -> String {
+    tracing::info!(%detail, "{what} unreachable");
+    format!("cannot reach {what}: {UNREACHABLE}")
+}
+
 /// Sorts a mysql_async error; `address` names the server in messages.
 pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
     match error {
@@ -67,7 +79,7 @@ pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
             server.message, server.code
         )),
         mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
-            MysqlFailure::Transient(format!("cannot reach MySQL at {address}: {io}"))
+            MysqlFailure::Transient(unreachable(&format!("MySQL at {address}"), io))
         }
         mysql_async::Error::Io(tls) => MysqlFailure::Permanent(format!(
             "TLS with MySQL at {address} failed: {tls}; check stream_options.ssl_mode"
@@ -77,33 +89,7 @@ pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
                 "MySQL at {address} does not offer TLS, but stream_options.ssl_mode requires it"
             ))
         }
-        other => {
-            MysqlFailure::Transient(format!("connection to MySQL at {address} failed: {other}"))
-        }
-    }
-}
-
-/// Addresses the agent refuses unless configured otherwise: the replica itself, link-local
-/// (instance metadata), unspecified and multicast.
-fn forbidden(address: IpAddr) -> bool {
-    let address = match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    match address {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
+        other => MysqlFailure::Transient(unreachable(&format!("MySQL at {address}"), other)),
     }
 }
 
@@ -132,13 +118,18 @@ pub async fn resolve(
             )));
         }
     };
-    if !context.agent.allow_loopback_targets
-        && let Some(refused) = addresses.iter().find(|address| forbidden(address.ip()))
-    {
-        return Err(MysqlFailure::Permanent(format!(
-            "{what} {host} resolves to {}, a loopback, link-local or unspecified address the agent does not connect to",
-            refused.ip()
-        )));
+    let method = context.server.spec.connection_method;
+    let refused = addresses.iter().find_map(|address| {
+        let range = context.agent.targets.refuses(address.ip(), method)?;
+        Some((address.ip(), range))
+    });
+    if let Some((address, range)) = refused {
+        tracing::info!(server_id = %context.server.id, %host, %address, %range, "target refused");
+        let error = match host.parse::<IpAddr>() {
+            Ok(_) => format!("{what} {host} is {DENIED}"),
+            Err(_) => format!("{what} {host} resolves to {address}, {DENIED}"),
+        };
+        return Err(MysqlFailure::Permanent(error));
     }
     addresses
         .into_iter()

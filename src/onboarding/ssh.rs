@@ -109,9 +109,10 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
         .agent_outbound_ip
         .as_deref()
         .unwrap_or("the agent's outbound IP");
-    let unreachable = |reason: String| {
+    let unreachable = |detail: String| {
+        let reason = super::mysql::unreachable(&format!("the SSH jumphost {jumphost}"), &detail);
         MysqlFailure::Transient(format!(
-            "cannot reach the SSH jumphost {jumphost}: {reason}; allow {outbound_ip} on TCP port {} of the jumphost",
+            "{reason}; allow {outbound_ip} on TCP port {} of the jumphost",
             tunnel.port
         ))
     };
@@ -155,14 +156,12 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
                      if the jumphost's key really changed, set ssh_tunnel.host_key_fingerprint to the new one with UpdateServer"
                     ))
                 }
-                _ => MysqlFailure::Transient(format!(
-                    "SSH handshake with {jumphost} failed: {error}"
-                )),
+                _ => unreachable(format!("SSH handshake failed: {error}")),
             });
         }
         Err(_) => {
-            return Err(MysqlFailure::Transient(format!(
-                "SSH handshake with {jumphost} timed out after {}s",
+            return Err(unreachable(format!(
+                "SSH handshake timed out after {}s",
                 timeout.as_secs()
             )));
         }

@@ -14,7 +14,7 @@ use tonic::{
     metadata::MetadataMap,
 };
 
-use crate::grpc::InProcessService;
+use crate::{auth::ClientAddress, grpc::InProcessService};
 
 /// A tonic codec for messages known only by their descriptors.
 struct DynamicCodec {
@@ -74,6 +74,8 @@ pub struct Call<'a> {
     pub response: MessageDescriptor,
     /// The HTTP headers that travel as gRPC metadata.
     pub headers: HeaderMap,
+    /// Where the HTTP request came from.
+    pub client: Option<ClientAddress>,
 }
 
 impl Call<'_> {
@@ -85,9 +87,13 @@ impl Call<'_> {
         DynamicCodec,
     ) {
         let grpc = Grpc::new(self.service.clone());
+        let mut extensions = tonic::Extensions::default();
+        if let Some(client) = self.client {
+            extensions.insert(client);
+        }
         let request = tonic::Request::from_parts(
             MetadataMap::from_headers(self.headers),
-            tonic::Extensions::default(),
+            extensions,
             self.request,
         );
         let codec = DynamicCodec {

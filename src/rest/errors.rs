@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     domain::Violations,
-    grpc::errors::{ERROR_DOMAIN, invalid_argument},
+    grpc::errors::{ERROR_DOMAIN, invalid_argument, retry_after_seconds},
 };
 
 /// The request body limit.
@@ -134,6 +134,14 @@ impl RestError {
         }
         if http_status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        let retry_delay = status
+            .get_details_retry_info()
+            .and_then(|retry| retry.retry_delay);
+        if let Some(delay) = retry_delay
+            && let Ok(value) = HeaderValue::from_str(&retry_after_seconds(delay))
+        {
+            headers.insert(header::RETRY_AFTER, value);
         }
         response
     }

@@ -29,7 +29,10 @@ use super::{
     request::{HttpParts, build_request},
     routes::{Route, RouteError, RouteMatch, RouteTable},
 };
-use crate::grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER};
+use crate::{
+    auth::ClientAddress,
+    grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER},
+};
 
 /// How much of an oversized body is read (and dropped) before answering 413, so that a client
 /// still sending gets the answer rather than a reset connection.
@@ -166,7 +169,7 @@ impl Gateway {
         };
         let message = match read {
             Ok(message) => message,
-            Err(error) => return Err(self.refusal(route, headers, request_id, error).await),
+            Err(error) => return Err(self.refusal(route, parts, request_id, error).await),
         };
         let validated_only = route
             .validate_only
@@ -178,6 +181,7 @@ impl Gateway {
             request: message,
             response: route.rpc.output(),
             headers: metadata(headers, request_id),
+            client: client_address(parts),
         };
         if route.rpc.is_server_streaming() {
             let stream = call.server_streaming().await.map_err(RestError::Rpc)?;
@@ -222,14 +226,17 @@ impl Gateway {
     async fn refusal(
         &self,
         route: &Route,
-        headers: &HeaderMap,
+        parts: &http::request::Parts,
         request_id: &str,
         error: RestError,
     ) -> RestError {
         let mut probe = http::Request::new(tonic::body::Body::empty());
         *probe.uri_mut() = http::Uri::from(route.grpc_path.clone());
         *probe.method_mut() = http::Method::POST;
-        *probe.headers_mut() = metadata(headers, request_id);
+        *probe.headers_mut() = metadata(&parts.headers, request_id);
+        if let Some(client) = client_address(parts) {
+            probe.extensions_mut().insert(client);
+        }
         probe.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -399,4 +406,12 @@ async fn read_json_body(headers: &HeaderMap, body: Body) -> Result<Option<Json>,
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|error| RestError::MalformedBody(format!("it is not JSON: {error}")))
+}
+
+/// The peer of the HTTP connection a request came on.
+fn client_address(parts: &http::request::Parts) -> Option<ClientAddress> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| ClientAddress(info.0.ip()))
 }

@@ -1,5 +1,5 @@
-//! Tenants and API keys (stored only as hashes), and the NOTIFY that makes every replica forget
-//! a revoked key.
+//! Tenants and API keys (stored only as hashes), the NOTIFY that makes every replica forget
+//! a revoked key, and the keys every replica of a deployment shares.
 
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, result::DatabaseErrorKind};
@@ -192,5 +192,29 @@ impl Store {
                 Ok(true)
             })
             .await
+    }
+
+    /// The deployment's key for `purpose`: 32 random bytes made by the first replica that asks,
+    /// the same for every replica after that.
+    pub async fn deployment_key(&self, purpose: &str) -> Result<Vec<u8>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Key {
+            #[diesel(sql_type = diesel::sql_types::Bytea)]
+            key: Vec<u8>,
+        }
+        let mut connection = self.connection().await?;
+        let fresh: [u8; 32] = rand::random();
+        diesel::sql_query(
+            "INSERT INTO deployment_keys (purpose, key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind::<diesel::sql_types::Text, _>(purpose)
+        .bind::<diesel::sql_types::Bytea, _>(&fresh[..])
+        .execute(&mut connection)
+        .await?;
+        let stored: Key = diesel::sql_query("SELECT key FROM deployment_keys WHERE purpose = $1")
+            .bind::<diesel::sql_types::Text, _>(purpose)
+            .get_result(&mut connection)
+            .await?;
+        Ok(stored.key)
     }
 }

@@ -272,7 +272,7 @@ impl Streams {
             store: self.store.clone(),
             index: self.index.clone(),
             secrets: self.secrets.clone(),
-            agent: self.config.agent,
+            agent: self.config.agent.clone(),
             agent_id: self.config.agent_id,
         });
         metrics::gauge!("dbtrail_streams_held").increment(1.0);

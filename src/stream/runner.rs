@@ -177,7 +177,7 @@ impl Holder {
             store: self.store.clone(),
             index: self.index.clone(),
             secrets: self.secrets.clone(),
-            agent: self.agent,
+            agent: self.agent.clone(),
         }
     }
 

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use dbtrail_servers::auth::admin::Admin;
 use dbtrail_servers::config::Config;
+#[allow(unused_imports)]
+pub use dbtrail_servers::domain::target::DENIED;
+#[allow(unused_imports)]
+pub use dbtrail_servers::onboarding::mysql::UNREACHABLE;
 use dbtrail_servers::proto::servers_service_client::ServersServiceClient;
 use dbtrail_servers::proto::{
     self, ConnectionMethod, OnboardingStatus, OnboardingStep, StepProgress, StepStatus,
