@@ -253,8 +253,13 @@ pub async fn start_with_steps(
         page_tokens,
         targets,
     );
-    let grpc_stack =
-        grpc::GrpcStack::new(api, authenticator, health_service).map_err(AppError::Bootstrap)?;
+    let grpc_stack = grpc::GrpcStack::new(
+        api,
+        authenticator,
+        admission_settings(&config),
+        health_service,
+    )
+    .map_err(AppError::Bootstrap)?;
     let gateway = rest::Gateway::new(&grpc_stack)?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let grpc_addr = grpc_listener
@@ -325,6 +330,25 @@ const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const IDEMPOTENCY_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
 /// The deployment key that signs page tokens (`deployment_keys.purpose`).
 const PAGE_TOKEN_KEY: &str = "page_tokens";
+
+/// The limits of admission control, from the configuration (a rate of 0 is unlimited).
+fn admission_settings(config: &Config) -> grpc::AdmissionSettings {
+    let rate = |per_second: u32| {
+        (per_second > 0).then(|| crate::auth::throttle::Rate {
+            burst: 2.0 * f64::from(per_second),
+            per_second: f64::from(per_second),
+        })
+    };
+    grpc::AdmissionSettings {
+        max_in_flight: config.max_calls_in_flight,
+        max_queued: config.max_queued_calls,
+        tenant_rate: rate(config.tenant_rate_limit),
+        key_rate: rate(config.key_rate_limit),
+        max_watches: config.max_watches,
+        max_watches_per_key: config.max_watches_per_key,
+        call_timeout: config.call_timeout,
+    }
+}
 
 /// The addresses the agent refuses: none with --allow-loopback-targets, else the fixed list, this
 /// host's own networks and the configured ranges.

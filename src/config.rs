@@ -127,6 +127,34 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_ALLOW_PRIVATE_DIRECT_TARGETS")]
     pub allow_private_direct_targets: bool,
 
+    /// Calls running at once on this replica (watch streams count only while they open).
+    #[arg(long, env = "DBTRAIL_MAX_CALLS_IN_FLIGHT", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_calls_in_flight: usize,
+
+    /// Calls that may wait for a slot; beyond, calls are shed with RESOURCE_EXHAUSTED / OVERLOADED.
+    #[arg(long, env = "DBTRAIL_MAX_QUEUED_CALLS", default_value_t = 1024)]
+    pub max_queued_calls: usize,
+
+    /// Calls per second a tenant may make, with bursts of twice that (0: unlimited).
+    #[arg(long, env = "DBTRAIL_TENANT_RATE_LIMIT", default_value_t = 2000)]
+    pub tenant_rate_limit: u32,
+
+    /// Calls per second one API key may make, with bursts of twice that (0: unlimited).
+    #[arg(long, env = "DBTRAIL_KEY_RATE_LIMIT", default_value_t = 1000)]
+    pub key_rate_limit: u32,
+
+    /// Open WatchOnboarding streams on this replica.
+    #[arg(long, env = "DBTRAIL_MAX_WATCHES", default_value_t = 200_000)]
+    pub max_watches: usize,
+
+    /// Open WatchOnboarding streams of one API key.
+    #[arg(long, env = "DBTRAIL_MAX_WATCHES_PER_KEY", default_value_t = 10_000)]
+    pub max_watches_per_key: usize,
+
+    /// The deadline of a unary call that sends no shorter grpc-timeout.
+    #[arg(long, env = "DBTRAIL_CALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+
     /// Log format.
     #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

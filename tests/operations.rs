@@ -215,3 +215,218 @@ async fn sigterm_drains_and_exits_within_ten_seconds() {
         "the leases were released on the way out"
     );
 }
+
+fn with_args(args: &[&str]) -> ReplicaOptions {
+    ReplicaOptions {
+        extra_args: args.iter().map(|arg| arg.to_string()).collect(),
+        ..ReplicaOptions::default()
+    }
+}
+
+/// Fires `calls` ListServers at once with `client`; the codes they end with.
+async fn burst(client: &Client, calls: usize) -> Vec<Code> {
+    let calls = (0..calls).map(|_| {
+        let mut client = client.clone();
+        async move {
+            match client.list_servers(ListServersRequest::default()).await {
+                Ok(_) => Code::Ok,
+                Err(status) => {
+                    if status.code() == Code::ResourceExhausted {
+                        assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
+                    }
+                    status.code()
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+fn count(codes: &[Code], code: Code) -> usize {
+    codes.iter().filter(|each| **each == code).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_flood_is_rate_limited_while_another_tenants_calls_succeed() {
+    let app = TestApp::start_with(with_args(&[
+        "--tenant-rate-limit",
+        "5",
+        "--key-rate-limit",
+        "0",
+    ]))
+    .await;
+    let flooded = burst(&app.client(), 60).await;
+    assert!(count(&flooded, Code::Ok) <= 12, "{flooded:?}");
+    assert!(
+        count(&flooded, Code::ResourceExhausted) >= 48,
+        "{flooded:?}"
+    );
+    let status = expect_err(
+        app.client()
+            .list_servers(ListServersRequest::default())
+            .await,
+    );
+    assert_error(&status, Code::ResourceExhausted, "RATE_LIMITED");
+    let other = app.db.create_tenant("tenant-b", None).await;
+    let calm = burst(&app.client_with_key(&other.key), 10).await;
+    assert_eq!(
+        count(&calm, Code::Ok),
+        10,
+        "another tenant is not limited: {calm:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keys_flood_is_rate_limited_while_another_key_of_the_tenant_succeeds() {
+    let app = TestApp::start_with(with_args(&[
+        "--tenant-rate-limit",
+        "0",
+        "--key-rate-limit",
+        "5",
+    ]))
+    .await;
+    let flooded = burst(&app.client(), 60).await;
+    assert!(
+        count(&flooded, Code::ResourceExhausted) >= 48,
+        "{flooded:?}"
+    );
+    let second = app.key_with(&ALL_PERMISSIONS).await;
+    let calm = burst(&app.client_with_key(&second.secret), 10).await;
+    assert_eq!(count(&calm, Code::Ok), 10, "{calm:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_queue_calls_are_shed_and_the_rest_complete() {
+    let app = TestApp::start_with(with_args(&[
+        "--max-calls-in-flight",
+        "2",
+        "--max-queued-calls",
+        "4",
+        "--tenant-rate-limit",
+        "0",
+        "--key-rate-limit",
+        "0",
+    ]))
+    .await;
+    let started = Instant::now();
+    let codes = burst(&app.client(), 300).await;
+    let shed = count(&codes, Code::ResourceExhausted);
+    assert!(shed > 0, "nothing was shed: {codes:?}");
+    assert_eq!(count(&codes, Code::Ok) + shed, 300, "{codes:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let status = expect_err(
+        futures_util::future::join_all((0..100).map(|_| {
+            let mut client = app.client();
+            async move { client.list_servers(ListServersRequest::default()).await }
+        }))
+        .await
+        .into_iter()
+        .find(|result| result.is_err())
+        .expect("one of 100 at once is shed"),
+    );
+    assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    // And the replica still serves.
+    app.client()
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("a call after the burst");
+    app.shutdown().await;
+}
+
+/// The service's own answer to a deadline, from a raw HTTP/2 client (tonic's client would give
+/// up by itself first, as CANCELLED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_deadline_exceeded() {
+    let app = TestApp::start().await;
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
+    let call = |timeout: &'static str| {
+        http2
+            .post(format!(
+                "http://{}/dbtrail.servers.v1.ServersService/ListServers",
+                app.grpc_addr
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .bearer_auth(&app.tenant.key)
+            // An empty ListServersRequest: no compression, length 0.
+            .body(vec![0u8; 5])
+            .send()
+    };
+    // The key is known (cached) after a first call.
+    assert_eq!(call("10S").await.expect("the call").status().as_u16(), 200);
+    let response = call("1n").await.expect("the call");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        header("grpc-status"),
+        "4",
+        "DEADLINE_EXCEEDED: {:?}",
+        response.headers()
+    );
+    assert!(
+        header("grpc-message").contains("deadline"),
+        "{:?}",
+        response.headers()
+    );
+    // A reasonable deadline is met.
+    let response = call("10S").await.expect("the call");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_ne!(
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|value| value.as_bytes()),
+        Some(&b"4"[..])
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watches_are_capped_per_key_and_a_closed_one_frees_its_place() {
+    let app = TestApp::start_with(with_args(&["--max-watches-per-key", "2"])).await;
+    let mut client = app.client();
+    let server = register(&mut client, direct_server("watched")).await;
+    let first = open_watch(&mut client, &server.server_id, Some(0), true)
+        .await
+        .expect("the first watch");
+    let _second = open_watch(&mut client, &server.server_id, Some(0), true)
+        .await
+        .expect("the second watch");
+    let Err(status) = open_watch(&mut client, &server.server_id, Some(0), true).await else {
+        panic!("a third watch of the key was opened");
+    };
+    assert_error(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES");
+    let other = app.key_with(&ALL_PERMISSIONS).await;
+    open_watch(
+        &mut app.client_with_key(&other.secret),
+        &server.server_id,
+        Some(0),
+        true,
+    )
+    .await
+    .expect("another key's watch");
+    drop(first);
+    wait_until(
+        "the closed watch's place to be free",
+        Duration::from_secs(5),
+        || {
+            let mut client = client.clone();
+            let id = server.server_id.clone();
+            async move { open_watch(&mut client, &id, Some(0), true).await.is_ok() }
+        },
+    )
+    .await;
+    app.shutdown().await;
+}

@@ -148,6 +148,14 @@ impl Replica {
             .args(["--agent-name", label, "--agent-outbound-ip", "127.0.0.1"])
             .args(["--agent-capacity", "1000000"])
             .arg("--allow-loopback-targets")
+            // The benchmark measures what a replica can do, not its limits per tenant and key.
+            .args(["--tenant-rate-limit", "0", "--key-rate-limit", "0"])
+            .args([
+                "--max-watches",
+                "1000000",
+                "--max-watches-per-key",
+                "1000000",
+            ])
             .args(extra)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info")

@@ -7,7 +7,7 @@
 pub mod admin;
 pub mod keys;
 mod layer;
-mod throttle;
+pub mod throttle;
 
 use std::{
     collections::HashMap,

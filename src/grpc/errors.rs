@@ -85,20 +85,77 @@ impl From<AuthError> for Status {
             AuthError::UnknownMethod => {
                 status(Code::Unimplemented, "UNKNOWN_METHOD", message, none)
             }
-            AuthError::TooManyFailures { retry_after } => {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(retry_after));
-                let mut status = status(
-                    Code::ResourceExhausted,
-                    "TOO_MANY_FAILED_AUTHENTICATIONS",
-                    message,
-                    details,
-                );
-                if let Ok(seconds) = retry_after_seconds(retry_after).parse() {
-                    status.metadata_mut().insert("retry-after", seconds);
-                }
-                status
+            AuthError::TooManyFailures { retry_after } => retry_later(
+                "TOO_MANY_FAILED_AUTHENTICATIONS",
+                message,
+                retry_after,
+                "client address",
+            ),
+        }
+    }
+}
+
+/// Why admission control turned a call away before it ran.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("the {scope}'s rate limit is reached; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        scope: &'static str,
+        retry_after: std::time::Duration,
+    },
+    #[error(
+        "this replica is at its limit of calls in flight; retry shortly, or on another replica"
+    )]
+    Overloaded,
+    #[error("the {scope}'s limit of {limit} open watches is reached; close one first")]
+    TooManyWatches { scope: &'static str, limit: usize },
+    #[error("the call did not finish within its deadline of {} ms", deadline.as_millis())]
+    DeadlineExceeded { deadline: std::time::Duration },
+}
+
+/// RESOURCE_EXHAUSTED with a RetryInfo and a retry-after header.
+fn retry_later(
+    reason: &str,
+    message: String,
+    retry_after: std::time::Duration,
+    scope: &str,
+) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(retry_after));
+    let metadata = HashMap::from([("scope".to_owned(), scope.to_owned())]);
+    let mut status =
+        status_with_metadata(Code::ResourceExhausted, reason, message, details, metadata);
+    if let Ok(seconds) = retry_after_seconds(retry_after).parse() {
+        status.metadata_mut().insert("retry-after", seconds);
+    }
+    status
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Status {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::RateLimited { scope, retry_after } => {
+                retry_later("RATE_LIMITED", message, retry_after, scope)
             }
+            Refusal::Overloaded => retry_later(
+                "OVERLOADED",
+                message,
+                std::time::Duration::from_secs(1),
+                "replica",
+            ),
+            Refusal::TooManyWatches { scope, .. } => retry_later(
+                "TOO_MANY_WATCHES",
+                message,
+                std::time::Duration::from_secs(1),
+                scope,
+            ),
+            Refusal::DeadlineExceeded { .. } => status(
+                Code::DeadlineExceeded,
+                "DEADLINE_EXCEEDED",
+                message,
+                ErrorDetails::new(),
+            ),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! The layered stack is built once: the tonic server serves it, and the REST translation calls
 //! the very same stack in process (`GrpcStack::in_process`).
 
+mod admission;
 mod changes;
 pub mod codec;
 pub mod convert;
@@ -27,8 +28,11 @@ use tower_http::{
     trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
 };
 
+pub use admission::AdmissionSettings;
 pub use paging::PageTokens;
 pub use service::ServersApi;
+
+use admission::AdmissionLayer;
 
 use crate::{
     auth::{AuthLayer, Authenticator},
@@ -64,14 +68,17 @@ pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
 type MakeCallSpan = fn(&Request<tonic::body::Body>) -> tracing::Span;
 
 /// What every call passes through, outermost first: a request id, a span, the id echoed back,
-/// authentication.
+/// authentication, admission control.
 type CallLayers = Stack<
-    AuthLayer,
+    AdmissionLayer,
     Stack<
-        PropagateRequestIdLayer,
+        AuthLayer,
         Stack<
-            TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
-            Stack<SetRequestIdLayer<UuidRequestId>, Identity>,
+            PropagateRequestIdLayer,
+            Stack<
+                TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
+                Stack<SetRequestIdLayer<UuidRequestId>, Identity>,
+            >,
         >,
     >,
 >;
@@ -92,6 +99,7 @@ impl GrpcStack {
     pub fn new(
         api: ServersApi,
         authenticator: Arc<Authenticator>,
+        admission: AdmissionSettings,
         health: HealthServer<impl Health>,
     ) -> Result<GrpcStack, String> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -126,6 +134,7 @@ impl GrpcStack {
                 REQUEST_ID_HEADER,
             )))
             .layer(AuthLayer::new(authenticator))
+            .layer(AdmissionLayer::new(admission))
             .into_inner();
         Ok(GrpcStack { routes, layers })
     }
