@@ -456,6 +456,23 @@ async fn denied_targets_are_refused_at_registration_or_after_resolution() {
             .await,
     );
     refused(&status, "server.host", "10.20.30.40");
+    // The agent connects to a jumphost itself: it must be where a direct server could be, while
+    // the MySQL host behind it may be private.
+    let mut private_jumphost = ssh_server("private-jumphost");
+    private_jumphost.ssh_tunnel.as_mut().expect("a tunnel").host = "10.20.30.41".to_owned();
+    let status = expect_err(
+        client
+            .register_server(RegisterServerRequest {
+                server: Some(private_jumphost),
+                ..Default::default()
+            })
+            .await,
+    );
+    refused(&status, "server.ssh_tunnel.host", "10.20.30.41");
+    let mut behind = ssh_server("private-behind-public-jumphost");
+    behind.host = "10.20.30.42".to_owned();
+    behind.ssh_tunnel.as_mut().expect("a tunnel").host = "203.0.113.10".to_owned();
+    register(&mut client, behind).await;
 
     // A DNS name is checked where it resolves.
     let mut input = direct_server("named-loopback");

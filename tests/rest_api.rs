@@ -1013,3 +1013,35 @@ async fn curl_drives_a_server_through_its_life_and_agrees_with_grpc() {
     assert_eq!(fetched, grpc_gone);
     app.shutdown().await;
 }
+
+/// A body that trickles in holds the connection for at most the body read timeout (10 s), then
+/// the request is answered 408 with the usual Status body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_in_full_is_408_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let mut socket = tokio::net::TcpStream::connect(app.http_addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /servers HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        app.tenant.key
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut answer))
+        .await
+        .expect("an answer within 20 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_BODY_TIMEOUT"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    app.shutdown().await;
+}

@@ -224,17 +224,16 @@ impl Authenticator {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("dbtrail_auth_key_lookups_total").increment(1);
         let generation = self.generation.load(Ordering::Acquire);
-        let found = self
-            .store
-            .find_api_key(key_hash)
-            .await
-            .map_err(|error| match error {
-                StoreError::Unavailable(_) => AuthError::Unavailable,
-                other => {
-                    tracing::error!(error = %other, "API key lookup failed");
-                    AuthError::Unavailable
-                }
-            })?;
+        let found = self.store.find_api_key(key_hash).await.map_err(|error| {
+            // The database failed, not the key: the client's token is given back.
+            if let Some(client) = client {
+                self.failures.refund(&client);
+            }
+            if !matches!(error, StoreError::Unavailable(_)) {
+                tracing::error!(%error, "API key lookup failed");
+            }
+            AuthError::Unavailable
+        })?;
         let Some(record) = found else {
             self.remember_miss(key_hash);
             return Err(AuthError::InvalidKey);

@@ -159,7 +159,11 @@ mod tests {
         for key in 0..10_000 {
             buckets.try_take(&key).expect("a fresh key has its burst");
         }
-        assert!(buckets.tracked() <= 100, "{} keys tracked", buckets.tracked());
+        assert!(
+            buckets.tracked() <= 100,
+            "{} keys tracked",
+            buckets.tracked()
+        );
     }
 
     #[test]

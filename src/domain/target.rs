@@ -111,8 +111,8 @@ pub const ALWAYS_DENIED: &[IpRange] = &[
     IpRange::v4(240, 0, 0, 0, 4),
     // Alibaba Cloud's metadata service.
     IpRange::v4(100, 100, 100, 200, 32),
-    IpRange::v6([0, 0, 0, 0, 0, 0, 0, 0], 128),
-    IpRange::v6([0, 0, 0, 0, 0, 0, 0, 1], 128),
+    // Unspecified, loopback and the deprecated IPv4-compatible addresses (::a.b.c.d).
+    IpRange::v6([0, 0, 0, 0, 0, 0, 0, 0], 96),
     IpRange::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),
     IpRange::v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),
     // AWS's IPv6 instance metadata (IMDS) and Google Cloud's.
@@ -133,6 +133,10 @@ pub const PRIVATE: &[IpRange] = &[
 
 /// The one reason every refused target gives, whatever range it fell in (the range is logged).
 pub const DENIED: &str = "an address the agent does not connect to (this service's own hosts and networks, link-local, cloud metadata, or a private range for a direct connection)";
+
+/// How a jumphost is judged: the agent connects to it directly, from the service's network, so
+/// it must be where a direct server could be (a tunnel's private ranges lie beyond it).
+pub const JUMPHOST: ConnectionMethod = ConnectionMethod::Direct;
 
 /// The ranges the agent refuses, as configured.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -184,19 +188,22 @@ impl TargetPolicy {
     /// literal the policy refuses: the jumphost of a tunnelled server (its MySQL host is the
     /// jumphost's to reach), the MySQL host of any other.
     pub fn check_literals(&self, spec: &ServerSpec, prefix: &str, violations: &mut Violations) {
-        let (field, host) = match (&spec.ssh_tunnel, spec.connection_method) {
-            (Some(tunnel), ConnectionMethod::SshTunnel) => ("ssh_tunnel.host", &tunnel.host),
-            _ => ("host", &spec.host),
+        let (field, host, method) = match (&spec.ssh_tunnel, spec.connection_method) {
+            (Some(tunnel), ConnectionMethod::SshTunnel) => {
+                ("ssh_tunnel.host", &tunnel.host, JUMPHOST)
+            }
+            _ => ("host", &spec.host, spec.connection_method),
         };
         if let Ok(address) = host.parse::<IpAddr>()
-            && self.refuses(address, spec.connection_method).is_some()
+            && self.refuses(address, method).is_some()
         {
             violations.add(format!("{prefix}{field}"), format!("{host} is {DENIED}"));
         }
     }
 }
 
-/// The IPv4 address an IPv6 one stands for (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`),
+/// The IPv4 address an IPv6 one stands for (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`,
+/// 6to4 `2002:aabb:ccdd::`),
 /// so a denied IPv4 address cannot be reached by spelling it in IPv6.
 fn canonical(address: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = address else {
@@ -208,6 +215,11 @@ fn canonical(address: IpAddr) -> IpAddr {
     let segments = v6.segments();
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         let bits = u128::from(v6) as u32;
+        return IpAddr::V4(Ipv4Addr::from(bits));
+    }
+    // 6to4: 2002:aabb:ccdd::/48 carries a.b.c.d.
+    if segments[0] == 0x2002 {
+        let bits = (u128::from(v6) >> 80) as u32;
         return IpAddr::V4(Ipv4Addr::from(bits));
     }
     address
@@ -233,6 +245,8 @@ mod tests {
             "100.100.100.200",
             "::ffff:127.0.0.1",
             "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "::127.0.0.1",
             "127.0.0.1",
             "::1",
             "0.0.0.0",

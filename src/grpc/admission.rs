@@ -133,13 +133,32 @@ impl Admission {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.settings.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let _place = Queued::join(&self.queued, self.settings.max_queued)?;
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Refusal::Overloaded)
+    }
+}
+
+/// A place in the queue, given back when the wait ends however it ends (a slot, the deadline, or
+/// the caller going away).
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn join(queued: &'a AtomicUsize, max: usize) -> Result<Queued<'a>, Refusal> {
+        let place = Queued(queued);
+        if queued.fetch_add(1, Ordering::AcqRel) >= max {
             return Err(Refusal::Overloaded);
         }
-        let permit = self.slots.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        permit.map_err(|_| Refusal::Overloaded)
+        Ok(place)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -309,6 +328,17 @@ impl HttpBody for Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_place_in_the_queue_is_given_back_however_the_wait_ends() {
+        let queued = AtomicUsize::new(0);
+        {
+            let _first = Queued::join(&queued, 1).expect("room for one");
+            assert!(Queued::join(&queued, 1).is_err(), "no room for two");
+            assert_eq!(queued.load(Ordering::Acquire), 1);
+        }
+        assert_eq!(queued.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn grpc_timeouts_parse_and_nonsense_is_ignored() {

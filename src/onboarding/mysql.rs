@@ -13,7 +13,11 @@ use super::{
     StepContext,
     ssh::{self, Tunnel},
 };
-use crate::domain::{ConnectionMethod, SslMode, onboarding::StepOutcome, target::DENIED};
+use crate::domain::{
+    ConnectionMethod, SslMode,
+    onboarding::StepOutcome,
+    target::{DENIED, JUMPHOST},
+};
 
 /// Why connecting or querying failed, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +97,9 @@ pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
     }
 }
 
+/// What `resolve` calls a jumphost (judged as a direct target: the agent connects to it itself).
+pub const JUMPHOST_TARGET: &str = "SSH jumphost";
+
 /// Resolves a target once and checks every address; the caller connects to the address that
 /// was checked, so a second lookup cannot lead elsewhere.
 pub async fn resolve(
@@ -118,7 +125,10 @@ pub async fn resolve(
             )));
         }
     };
-    let method = context.server.spec.connection_method;
+    let method = match what {
+        JUMPHOST_TARGET => JUMPHOST,
+        _ => context.server.spec.connection_method,
+    };
     let refused = addresses.iter().find_map(|address| {
         let range = context.agent.targets.refuses(address.ip(), method)?;
         Some((address.ip(), range))

@@ -116,8 +116,13 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
             tunnel.port
         ))
     };
-    let jumphost_address =
-        super::mysql::resolve(context, &tunnel.host, tunnel.port, "SSH jumphost").await?;
+    let jumphost_address = super::mysql::resolve(
+        context,
+        &tunnel.host,
+        tunnel.port,
+        super::mysql::JUMPHOST_TARGET,
+    )
+    .await?;
     let socket =
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(jumphost_address)).await
         {

@@ -26,6 +26,8 @@ use crate::{
 
 /// The request body limit.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a request body may take to arrive in full (a slow sender holds a connection).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a REST request failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub enum RestError {
     BodyTooLarge,
     #[error("the request body is not valid: {0}")]
     MalformedBody(String),
+    #[error("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs())]
+    BodyTimeout,
     #[error("{0}")]
     Invalid(Violations),
     /// The gRPC stack answered with this status.
@@ -92,6 +96,10 @@ impl RestError {
             RestError::MalformedBody(_) => (
                 StatusCode::BAD_REQUEST,
                 status_with_reason(Code::InvalidArgument, "MALFORMED_BODY", message),
+            ),
+            RestError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                status_with_reason(Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT", message),
             ),
             RestError::Invalid(violations) => {
                 (StatusCode::BAD_REQUEST, invalid_argument(&violations))

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use super::{
     descriptors::Descriptors,
     dispatch::Call,
-    errors::{MAX_BODY_BYTES, RestError, status_to_json},
+    errors::{BODY_READ_TIMEOUT, MAX_BODY_BYTES, RestError, status_to_json},
     json::message_to_json,
     openapi,
     request::{HttpParts, build_request},
@@ -371,7 +371,14 @@ async fn read_json_body(headers: &HeaderMap, body: Body) -> Result<Option<Json>,
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
     let mut total = 0usize;
-    while let Some(chunk) = stream.next().await {
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    loop {
+        let Some(chunk) = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| RestError::BodyTimeout)?
+        else {
+            break;
+        };
         let chunk = chunk
             .map_err(|error| RestError::MalformedBody(format!("it could not be read: {error}")))?;
         total += chunk.len();

@@ -16,8 +16,8 @@ use uuid::Uuid;
 use super::{
     Connection, Fence, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, Store, StoreError,
     by_id::{LockedServerById, ServerById},
-    prepared::{ServerUpdate, notify},
-    rows::ServerRow,
+    prepared::notify,
+    rows::{ServerChanges, ServerRow},
     schema::{idempotency_keys, onboarding_history, servers, tenants},
 };
 use crate::domain::{
@@ -495,8 +495,8 @@ impl Store {
                 }
                 server.version = before.version + 1;
                 server.updated_at = crate::domain::now();
-                let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
-                ServerUpdate::between(&row, ServerRow::from(&server), fence_runner)
+                diesel::update(servers::table.find(id.0))
+                    .set(ServerChanges::between(&row, ServerRow::from(&server)))
                     .execute(connection)
                     .await
                     .map_err(|error| {
@@ -506,6 +506,17 @@ impl Store {
                             E::from(error)
                         }
                     })?;
+                let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
+                if fence_runner {
+                    diesel::update(servers::table.find(id.0))
+                        .set((
+                            servers::lease_owner.eq(None::<Uuid>),
+                            servers::lease_expires_at.eq(None::<DateTime<Utc>>),
+                            servers::lease_epoch.eq(lease_epoch + 1),
+                        ))
+                        .execute(connection)
+                        .await?;
+                }
                 if server.revision != before.revision {
                     record_revision(connection, &server).await?;
                 }
