@@ -44,6 +44,8 @@ const FAILURES: Rate = Rate {
 const TRACKED_ADDRESSES: usize = 10_000;
 /// Key lookups in flight at once: a quarter of the API pool's default, whatever the flood.
 const LOOKUPS_IN_FLIGHT: usize = 4;
+/// How long a lookup waits for one of those.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a call was not let through.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -202,10 +204,10 @@ impl Authenticator {
         if self.known_miss(key_hash) {
             return Err(AuthError::InvalidKey);
         }
-        let _permit = self
-            .lookups_in_flight
-            .acquire()
+        // Waiting is bounded too: under a flood from many addresses a lookup fails fast.
+        let _permit = tokio::time::timeout(LOOKUP_WAIT, self.lookups_in_flight.acquire())
             .await
+            .map_err(|_| AuthError::Unavailable)?
             .map_err(|_| AuthError::Unavailable)?;
         // Another lookup of the same key may have finished while this one waited.
         if let Some(record) = self.cached(key_hash) {
