@@ -471,12 +471,7 @@ async fn unknown_methods_are_refused_before_anything_and_make_no_metric_series()
         let status = result.expect_err("no such method");
         assert_error(&status, Code::Unimplemented, "UNKNOWN_METHOD");
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = metrics_text(app.http_addr).await;
     assert!(
         !metrics.contains("Nope"),
         "made-up names are not series: {metrics}"
@@ -502,14 +497,21 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn key_lookups(app: &TestApp) -> f64 {
-    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
+/// The /metrics page of a replica.
+async fn metrics_text(http_addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{http_addr}/metrics"))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
-    counter(&metrics, "dbtrail_auth_key_lookups_total")
+        .expect("metrics text")
+}
+
+async fn key_lookups(app: &TestApp) -> f64 {
+    counter(
+        &metrics_text(app.http_addr).await,
+        "dbtrail_auth_key_lookups_total",
+    )
 }
 
 /// A well-formed key that was never issued, the `index`th of a flood.
