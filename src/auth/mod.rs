@@ -217,8 +217,11 @@ impl Authenticator {
             return Err(AuthError::InvalidKey);
         }
         // A lookup takes a token of its client up front (so concurrent ones cannot all pass a
-        // check first) and gives it back when the key exists.
-        if let Some(client) = client {
+        // check first) and gives it back when the key exists. A key this replica found valid
+        // before (its cache entry only expired) takes none: a busy address's good keys are
+        // never refused for its bad ones.
+        let throttled = client.filter(|_| !self.was_valid(key_hash));
+        if let Some(client) = throttled {
             self.failures
                 .try_take(&client)
                 .map_err(|retry_after| AuthError::TooManyFailures { retry_after })?;
@@ -228,7 +231,7 @@ impl Authenticator {
         let generation = self.generation.load(Ordering::Acquire);
         let found = self.store.find_api_key(key_hash).await.map_err(|error| {
             // The database failed, not the key: the client's token is given back.
-            if let Some(client) = client {
+            if let Some(client) = throttled {
                 self.failures.refund(&client);
             }
             if !matches!(error, StoreError::Unavailable(_)) {
@@ -240,11 +243,16 @@ impl Authenticator {
             self.remember_miss(key_hash);
             return Err(AuthError::InvalidKey);
         };
-        if let Some(client) = client {
+        if let Some(client) = throttled {
             self.failures.refund(&client);
         }
         self.remember(key_hash.to_vec(), record.clone(), generation);
         Ok(record)
+    }
+
+    /// Whether the cache holds the key, expired or not.
+    fn was_valid(&self, key_hash: &[u8]) -> bool {
+        self.cache().contains_key(key_hash)
     }
 
     fn misses(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Instant>> {
