@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::mariadb::*;
 use common::*;
 use dbtrail_servers::proto::{
-    self, OnboardingStatus, OnboardingStep, RegisterServerRequest, RetryOnboardingRequest,
-    ServerStatus, StepStatus, UpdateServerRequest,
+    self, OnboardingStatus, OnboardingStep, RetryOnboardingRequest, ServerStatus, StepStatus,
+    UpdateServerRequest,
 };
 use tonic::Code;
 
@@ -422,24 +422,24 @@ async fn denied_targets_are_refused_at_registration_or_after_resolution() {
         let mut input = direct_server(&format!("denied-{index}"));
         input.host = host.clone();
         input.connection_method = proto::ConnectionMethod::Vpn as i32;
-        let status = refused_registration(&mut client, input).await;
+        let status = register_error(&mut client, input).await;
         refused(&status, "server.host", host);
         // Nor may a jumphost be there.
         let mut tunnelled = ssh_server(&format!("denied-jumphost-{index}"));
         tunnelled.ssh_tunnel.as_mut().expect("a tunnel").host = host.clone();
-        let status = refused_registration(&mut client, tunnelled).await;
+        let status = register_error(&mut client, tunnelled).await;
         refused(&status, "server.ssh_tunnel.host", host);
     }
     // A private address is for VPN and SSH tunnel servers only.
     let mut private = direct_server("private-direct");
     private.host = "10.20.30.40".to_owned();
-    let status = refused_registration(&mut client, private).await;
+    let status = register_error(&mut client, private).await;
     refused(&status, "server.host", "10.20.30.40");
     // The agent connects to a jumphost itself: it must be where a direct server could be, while
     // the MySQL host behind it may be private.
     let mut private_jumphost = ssh_server("private-jumphost");
     private_jumphost.ssh_tunnel.as_mut().expect("a tunnel").host = "10.20.30.41".to_owned();
-    let status = refused_registration(&mut client, private_jumphost).await;
+    let status = register_error(&mut client, private_jumphost).await;
     refused(&status, "server.ssh_tunnel.host", "10.20.30.41");
     let mut behind = ssh_server("private-behind-public-jumphost");
     behind.host = "10.20.30.42".to_owned();
@@ -465,18 +465,6 @@ async fn denied_targets_are_refused_at_registration_or_after_resolution() {
     moved.etag = String::new();
     let status = expect_err(client.update_server(update_request(moved, &["host"])).await);
     refused(&status, "server.host", "169.254.169.254");
-}
-
-/// The Status a registration that must fail fails with.
-async fn refused_registration(client: &mut Client, server: proto::Server) -> tonic::Status {
-    expect_err(
-        client
-            .register_server(RegisterServerRequest {
-                server: Some(server),
-                ..Default::default()
-            })
-            .await,
-    )
 }
 
 /// A closed port, a host that never answers and a port that speaks another protocol are told

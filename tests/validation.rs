@@ -9,18 +9,7 @@ use dbtrail_servers::proto::{
     ServerStatus, UpdateServerRequest,
 };
 use futures_util::future::join_all;
-use tonic::{Code, Status};
-
-async fn register_error(client: &mut Client, server: proto::Server) -> Status {
-    expect_err(
-        client
-            .register_server(RegisterServerRequest {
-                server: Some(server),
-                ..Default::default()
-            })
-            .await,
-    )
-}
+use tonic::Code;
 
 fn tunnel() -> proto::SshTunnel {
     proto::SshTunnel {

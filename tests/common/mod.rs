@@ -1253,6 +1253,18 @@ pub fn ssh_server(name: &str) -> proto::Server {
 }
 
 /// Registers `server`, panicking on failure.
+/// The Status a registration that must fail fails with.
+pub async fn register_error(client: &mut Client, server: proto::Server) -> Status {
+    expect_err(
+        client
+            .register_server(proto::RegisterServerRequest {
+                server: Some(server),
+                ..Default::default()
+            })
+            .await,
+    )
+}
+
 pub async fn register(client: &mut Client, server: proto::Server) -> proto::Server {
     let name = server.name.clone();
     client
