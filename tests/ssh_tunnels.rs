@@ -1326,6 +1326,19 @@ async fn moving_the_jumphost_after_onboarding_clears_the_recorded_key_and_awaits
         recorded_fingerprint(&mut client, &id).await,
         sshd.host_key_fingerprint()
     );
+    // The stream connects once it is claimed; only a stream already running is known to have
+    // made its login before the jumphost moves.
+    wait_until("the stream to run", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            get_server(&mut client, &id)
+                .await
+                .stream
+                .is_some_and(|stream| stream.state == proto::StreamState::Running as i32)
+        }
+    })
+    .await;
 
     // The same sshd, named another way: a new jumphost as far as the service can tell.
     let updated = client

@@ -367,6 +367,11 @@ pub async fn run_stream(holder: &mut Holder) {
         let _ = holder.move_to(StreamState::Starting, None).await;
     }
     while !holder.control.lost() {
+        // Each connection starts from the server as it is now: one whose settings changed (or that
+        // left active) while the previous connection ended or the backoff ran is not connected to.
+        if holder.must_stop().await {
+            return;
+        }
         let checkpoint = match holder
             .index
             .take_stream_checkpoint(holder.claim.server_id, holder.claim.fence.epoch)
