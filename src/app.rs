@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use crate::{
     secrets::{SecretBox, SecretsError},
     store::{self, Store, StoreError, listener},
     stream::{StreamSettings, Streams, StreamsConfig},
+    tls,
     watch::{self, WatchHub},
 };
 
@@ -35,6 +35,10 @@ use crate::{
 pub enum AppError {
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    #[error(
+        "cannot use the database at {url}: {source}. Check that PostgreSQL runs there and accepts this login, or pass --database-url (DATABASE_URL); with neither, the service starts a PostgreSQL of its own when PostgreSQL is installed (scripts/run installs it)"
+    )]
+    Database { url: String, source: StoreError },
     #[error("secrets: {0}")]
     Secrets(#[from] SecretsError),
     #[error("cannot listen on {address}: {source}")]
@@ -44,6 +48,8 @@ pub enum AppError {
     },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("REST routes: {0}")]
     Rest(#[from] rest::RouteError),
 }
@@ -113,7 +119,13 @@ pub async fn start_with_steps(
     steps: Vec<Arc<dyn Step>>,
 ) -> Result<RunningApp, AppError> {
     let metrics = metrics_handle();
-    store::create_database_and_migrate(&config.database.database_url).await?;
+    let url = config.database.url();
+    store::create_database_and_migrate(url)
+        .await
+        .map_err(|source| AppError::Database {
+            url: store::connect::redacted(url),
+            source,
+        })?;
     let store = Store::connect(&config.database)?;
     // Background work waits for a connection rather than failing fast like a call.
     let engine_store = Store::connect(&DatabaseConfig {
@@ -160,14 +172,18 @@ pub async fn start_with_steps(
         store::create_database(url).await?;
     }
     let index_store = Store::connect(&DatabaseConfig {
-        database_url: index_url.unwrap_or(&config.database.database_url).clone(),
+        database_url: Some(
+            index_url
+                .map_or(config.database.url(), String::as_str)
+                .to_owned(),
+        ),
         pool_size: config.engine_pool_size,
         pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
         ..config.database.clone()
     })?;
     let index_reader = match index_url {
         Some(url) => Store::connect(&DatabaseConfig {
-            database_url: url.clone(),
+            database_url: Some(url.clone()),
             ..config.database.clone()
         })?,
         None => store.clone(),
@@ -220,7 +236,7 @@ pub async fn start_with_steps(
 
     let (notification_sender, notifications) = mpsc::channel(1024);
     tokio::spawn(listener::listen(
-        config.database.database_url.clone(),
+        config.database.url().to_owned(),
         notification_sender,
         listener_stop.clone(),
     ));
@@ -276,10 +292,20 @@ pub async fn start_with_steps(
             source,
         })?;
 
+    let tls = config
+        .tls_files()
+        .map(tls::ServerTls::load)
+        .transpose()
+        .map_err(AppError::Tls)?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(stopping.clone()));
+    }
+
     let grpc_stop = stopping.clone();
+    let grpc_tls = tls.clone();
     let grpc_server = tokio::spawn(async move {
         let shutdown = grpc_stop.cancelled_owned();
-        if let Err(error) = grpc::serve(grpc_stack, grpc_listener, shutdown).await {
+        if let Err(error) = grpc::serve(grpc_stack, grpc_listener, grpc_tls, shutdown).await {
             tracing::error!(%error, "gRPC server failed");
         }
     });
@@ -290,24 +316,19 @@ pub async fn start_with_steps(
             store,
         },
         gateway,
+        &config.cors_allowed_origins,
     );
-    let http_stop = stopping.clone();
-    let http_server = tokio::spawn(async move {
-        // TCP_NODELAY for the same reason as on the gRPC side (grpc::serve).
-        let http_listener = http_listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY on an HTTP connection");
-            }
-        });
-        let http = http.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(http_listener, http)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
-    tracing::info!(%grpc_addr, %http_addr, agent_outbound_ip = %outbound_ip, "serving");
+    let http_settings = rest::HttpSettings {
+        header_read_timeout: config.http_header_read_timeout,
+    };
+    let http_server = tokio::spawn(rest::serve(
+        http_listener,
+        http,
+        tls.clone(),
+        http_settings,
+        stopping.clone(),
+    ));
+    tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), agent_outbound_ip = %outbound_ip, "serving");
     Ok(RunningApp {
         grpc_addr,
         http_addr,

@@ -4,7 +4,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::domain::target::IpRange;
+use crate::{domain::target::IpRange, tls::TlsFiles};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -16,13 +16,12 @@ pub enum LogFormat {
 /// Settings of the database connection pool.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL; the database is created if missing and migrated on start.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/dbtrail"
-    )]
-    pub database_url: String,
+    /// PostgreSQL URL (`sslmode` as libpq reads it); the database is created if missing and
+    /// migrated on start. `local`: a private PostgreSQL under --data-dir, started and stopped
+    /// with the service. Unset: postgres://postgres@127.0.0.1:5432/dbtrail when something
+    /// answers there, else `local`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 
     /// Maximum connections in the pool.
     #[arg(long, env = "DBTRAIL_POOL_SIZE", default_value_t = 16)]
@@ -35,6 +34,15 @@ pub struct DatabaseConfig {
     /// statement_timeout set on every connection.
     #[arg(long, env = "DBTRAIL_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// The URL to connect to: the configured one, else the default address's.
+    pub fn url(&self) -> &str {
+        self.database_url
+            .as_deref()
+            .unwrap_or(crate::store::local::DEFAULT_URL)
+    }
 }
 
 /// Everything `serve` needs.
@@ -151,6 +159,29 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MAX_WATCHES_PER_KEY", default_value_t = 10_000)]
     pub max_watches_per_key: usize,
 
+    /// PEM certificate chain (leaf first) served on both listeners; with --tls-key, the
+    /// listeners speak TLS only. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "DBTRAIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DBTRAIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates; when set, every client must present a certificate one of them signed
+    /// (mTLS).
+    #[arg(long, env = "DBTRAIL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How long an HTTP/1.1 client may take to send a request head before its connection is closed.
+    #[arg(long, env = "DBTRAIL_HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Duration,
+
+    /// Origins (comma-separated, like https://console.example.com, or *) whose pages may call
+    /// the HTTP API from a browser (CORS); none by default.
+    #[arg(long, env = "DBTRAIL_CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::rest::cors::parse_origin)]
+    pub cors_allowed_origins: Vec<String>,
+
     /// The deadline of a unary call that sends no shorter grpc-timeout.
     #[arg(long, env = "DBTRAIL_CALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
@@ -200,5 +231,14 @@ impl Config {
         self.agent_name
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// The listeners' TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            certificate: self.tls_cert.clone()?,
+            private_key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 }

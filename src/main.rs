@@ -1,13 +1,13 @@
 //! The command line: `serve`, `migrate`, `tenants`, `keys`.
 
-use std::{process::ExitCode, time::Duration};
+use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use dbtrail_servers::{
     app,
     auth::admin::Admin,
     config::{Config, LogFormat},
-    store,
+    store::{self, local},
 };
 use uuid::Uuid;
 
@@ -25,13 +25,34 @@ struct Cli {
 /// Where the administrative commands find the database.
 #[derive(clap::Args)]
 struct DatabaseArgs {
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/dbtrail"
-    )]
-    database_url: String,
+    /// PostgreSQL URL, or `local` for the private PostgreSQL under --data-dir. Unset: as `serve`
+    /// finds it (postgres://postgres@127.0.0.1:5432/dbtrail when something answers there, else
+    /// `local`).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+
+    /// The data directory of `serve`, where its private PostgreSQL lives when it runs one.
+    #[arg(long, env = "DBTRAIL_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    /// Runs `work` on the database URL these arguments name or find; a private PostgreSQL started
+    /// for it is stopped afterwards.
+    async fn with_url<T, F, Fut>(&self, work: F) -> Result<T, String>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let (url, local) = local::resolve(self.database_url.as_deref(), &self.data_dir)
+            .await
+            .map_err(|error| error.to_string())?;
+        let result = work(url).await;
+        if let Some(local) = local {
+            local.stop().await;
+        }
+        result
+    }
 }
 
 #[derive(Subcommand)]
@@ -124,13 +145,45 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
-async fn admin(database: &DatabaseArgs) -> Result<Admin, String> {
-    store::create_database_and_migrate(&database.database_url)
+/// The admin API on the database `database` names or finds, migrated first.
+async fn with_admin<T, F, Fut>(database: &DatabaseArgs, work: F) -> Result<T, String>
+where
+    F: FnOnce(Admin) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    database
+        .with_url(|url| async move {
+            store::create_database_and_migrate(&url)
+                .await
+                .map_err(|error| error.to_string())?;
+            let admin = Admin::connect(&url)
+                .await
+                .map_err(|error| error.to_string())?;
+            work(admin).await
+        })
+        .await
+}
+
+/// Serves until SIGTERM or Ctrl-C, on a private PostgreSQL when no database is configured and
+/// none answers at the default address.
+async fn serve(mut config: Config) -> Result<(), String> {
+    let (url, local) = local::resolve(config.database.database_url.as_deref(), &config.data_dir)
         .await
         .map_err(|error| error.to_string())?;
-    Admin::connect(&database.database_url)
-        .await
-        .map_err(|error| error.to_string())
+    config.database.database_url = Some(url);
+    let served = async {
+        let running = app::start(config)
+            .await
+            .map_err(|error| error.to_string())?;
+        wait_for_signal().await;
+        running.shutdown().await;
+        Ok(())
+    }
+    .await;
+    if let Some(local) = local {
+        local.stop().await;
+    }
+    served
 }
 
 async fn wait_for_signal() {
@@ -152,17 +205,17 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(config) => {
             let _logging = init_logging(config.log_format);
-            let running = app::start(*config)
-                .await
-                .map_err(|error| error.to_string())?;
-            wait_for_signal().await;
-            running.shutdown().await;
+            serve(*config).await?;
         }
         Command::Migrate(database) => {
             let _logging = init_logging(LogFormat::Text);
-            store::create_database_and_migrate(&database.database_url)
-                .await
-                .map_err(|error| error.to_string())?;
+            database
+                .with_url(|url| async move {
+                    store::create_database_and_migrate(&url)
+                        .await
+                        .map_err(|error| error.to_string())
+                })
+                .await?;
             eprintln!("database is migrated");
         }
         Command::Tenants(TenantsCommand::Create {
@@ -170,20 +223,24 @@ async fn run(command: Command) -> Result<(), String> {
             server_limit,
             database,
         }) => {
-            let id = admin(&database)
-                .await?
-                .create_tenant(&name, server_limit)
-                .await
-                .map_err(|error| error.to_string())?;
+            let id = with_admin(&database, |admin| async move {
+                admin
+                    .create_tenant(&name, server_limit)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await?;
             println!("{id}");
         }
         Command::Tenants(TenantsCommand::List { database }) => {
-            for tenant in admin(&database)
-                .await?
-                .list_tenants()
-                .await
-                .map_err(|error| error.to_string())?
-            {
+            let tenants = with_admin(&database, |admin| async move {
+                admin
+                    .list_tenants()
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await?;
+            for tenant in tenants {
                 let limit = tenant
                     .server_limit
                     .map_or_else(|| "unlimited".to_owned(), |limit| limit.to_string());
@@ -202,22 +259,28 @@ async fn run(command: Command) -> Result<(), String> {
             expires_in,
             database,
         }) => {
-            let permissions: Vec<&str> = permissions.iter().map(String::as_str).collect();
-            let key = admin(&database)
-                .await?
-                .create_key(&tenant, &permissions, name.as_deref(), expires_in)
-                .await
-                .map_err(|error| error.to_string())?;
+            let key = with_admin(&database, |admin| async move {
+                let permissions: Vec<&str> = permissions.iter().map(String::as_str).collect();
+                admin
+                    .create_key(&tenant, &permissions, name.as_deref(), expires_in)
+                    .await
+                    .map(|key| (key, tenant))
+                    .map_err(|error| error.to_string())
+            })
+            .await?;
+            let (key, tenant) = key;
             eprintln!("created key {} for tenant {tenant}", key.id);
             println!("{}", key.secret);
         }
         Command::Keys(KeysCommand::List { tenant, database }) => {
-            for key in admin(&database)
-                .await?
-                .list_keys(&tenant)
-                .await
-                .map_err(|error| error.to_string())?
-            {
+            let keys = with_admin(&database, |admin| async move {
+                admin
+                    .list_keys(&tenant)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await?;
+            for key in keys {
                 let state = match (key.revoked_at, key.expires_at) {
                     (Some(at), _) => format!("revoked {}", at.to_rfc3339()),
                     (None, Some(at)) => format!("expires {}", at.to_rfc3339()),
@@ -233,11 +296,13 @@ async fn run(command: Command) -> Result<(), String> {
             }
         }
         Command::Keys(KeysCommand::Revoke { key_id, database }) => {
-            admin(&database)
-                .await?
-                .revoke_key(key_id)
-                .await
-                .map_err(|error| error.to_string())?;
+            with_admin(&database, |admin| async move {
+                admin
+                    .revoke_key(key_id)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await?;
             eprintln!("revoked key {key_id}");
         }
     }

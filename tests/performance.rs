@@ -168,7 +168,7 @@ async fn list_servers_cursor_is_an_index_condition() {
     let template = register(&mut client, direct_server("listed")).await;
     seed_copies(&app.db, &template.server_id, 20_000).await;
     let store = Store::connect(&DatabaseConfig {
-        database_url: app.db.url.clone(),
+        database_url: Some(app.db.url.clone()),
         pool_size: 1,
         pool_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),

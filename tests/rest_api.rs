@@ -1045,3 +1045,129 @@ async fn a_body_that_never_arrives_in_full_is_408_after_the_read_timeout() {
     );
     app.shutdown().await;
 }
+
+/// A client that trickles its request head (slowloris) is let go after the header read timeout,
+/// while a client that sends its head in time is served on its own connection meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_dropped_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = ReplicaOptions {
+        extra_args: vec!["--http-header-read-timeout".into(), "2s".into()],
+        ..Default::default()
+    };
+    let app = TestApp::start_with(options).await;
+    let slow = tokio::net::TcpStream::connect(app.http_addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = slow.into_split();
+    let started = std::time::Instant::now();
+    // A header line every half second, never the blank line that ends the head.
+    let trickle = tokio::spawn(async move {
+        writer.write_all(b"GET /healthz HTTP/1.1\r\n").await?;
+        for index in 0..40 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            writer
+                .write_all(format!("x-slow-{index}: 1\r\n").as_bytes())
+                .await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let (status, _) = http_get(app.http_addr, "/healthz").await;
+    assert_eq!(status, 200, "another client is served meanwhile");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer))
+        .await
+        .expect("the service closes the connection within 10 s");
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_secs(2) && held < Duration::from_secs(8),
+        "held for {held:?} ({closed:?})"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    trickle.abort();
+    app.shutdown().await;
+}
+
+/// CORS: a configured origin's preflight is answered and its calls carry the headers a page needs;
+/// any other origin, and every origin of a replica without the flag, gets no CORS header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_origins_may_call_from_a_browser_and_no_other() {
+    let allowed = "https://console.example.com";
+    let options = ReplicaOptions {
+        extra_args: vec!["--cors-allowed-origins".into(), allowed.into()],
+        ..Default::default()
+    };
+    let app = TestApp::start_with(options).await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &str, addr: std::net::SocketAddr| {
+        http.request(Method::OPTIONS, format!("http://{addr}/servers"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let answer = preflight(allowed, app.http_addr).await.expect("preflight");
+    assert!(answer.status().is_success(), "{answer:?}");
+    let headers = answer.headers();
+    assert_eq!(headers["access-control-allow-origin"], allowed);
+    let methods = headers["access-control-allow-methods"]
+        .to_str()
+        .expect("text");
+    assert!(
+        methods.contains("POST") && methods.contains("PATCH"),
+        "{methods}"
+    );
+    let allowed_headers = headers["access-control-allow-headers"]
+        .to_str()
+        .expect("text");
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+
+    let listed = http
+        .get(format!("http://{}/servers", app.http_addr))
+        .header("origin", allowed)
+        .bearer_auth(&app.tenant.key)
+        .send()
+        .await
+        .expect("GET /servers");
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], allowed);
+    let exposed = listed.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("text");
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+
+    let foreign = preflight("https://evil.example.com", app.http_addr)
+        .await
+        .expect("preflight");
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{foreign:?}"
+    );
+    app.shutdown().await;
+
+    let closed = TestApp::start().await;
+    let answer = preflight(allowed, closed.http_addr)
+        .await
+        .expect("preflight");
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{answer:?}"
+    );
+    closed.shutdown().await;
+}

@@ -494,7 +494,7 @@ async fn change_events_need_changes_read_and_stay_within_the_tenant() {
 async fn the_change_index_query_walks_its_index() {
     let app = TestApp::start().await;
     let store = dbtrail_servers::store::Store::connect(&dbtrail_servers::config::DatabaseConfig {
-        database_url: app.db.url.clone(),
+        database_url: Some(app.db.url.clone()),
         pool_size: 1,
         pool_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),
@@ -841,7 +841,7 @@ async fn a_killed_replica_s_stream_resumes_elsewhere_with_every_event_once() {
 async fn retention_drops_whole_partitions_past_it_and_keeps_the_rest() {
     let app = TestApp::start().await;
     let store = dbtrail_servers::store::Store::connect(&dbtrail_servers::config::DatabaseConfig {
-        database_url: app.db.url.clone(),
+        database_url: Some(app.db.url.clone()),
         pool_size: 1,
         pool_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),

@@ -12,6 +12,7 @@ mod load;
 #[allow(dead_code)]
 mod mariadb;
 mod onboarding;
+mod overload;
 mod profile;
 mod replica;
 mod report;
@@ -111,6 +112,9 @@ async fn main() {
         watch::cross_replica(&replica, &url, &key, &mut rows).await;
     }
     replica.stop().await;
+    if wanted("B11") {
+        overload::overload(&url, &key, &mut rows).await;
+    }
     if wanted("B8") {
         // A database of its own: the servers of B7 retry their jumphost and would hold runner
         // slots of any replica on the same database.

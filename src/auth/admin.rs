@@ -95,7 +95,7 @@ impl Admin {
     /// Connects to the database at `database_url` (which must be migrated).
     pub async fn connect(database_url: &str) -> Result<Admin, AdminError> {
         let store = Store::connect(&DatabaseConfig {
-            database_url: database_url.to_owned(),
+            database_url: Some(database_url.to_owned()),
             pool_size: 2,
             pool_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),

@@ -37,6 +37,7 @@ use admission::AdmissionLayer;
 use crate::{
     auth::{AuthLayer, Authenticator},
     proto::{FILE_DESCRIPTOR_SET, servers_service_server::ServersServiceServer},
+    tls::{self, ServerTls},
 };
 
 /// The request id header, read from clients and echoed back.
@@ -102,14 +103,18 @@ impl GrpcStack {
         admission: AdmissionSettings,
         health: HealthServer<impl Health>,
     ) -> Result<GrpcStack, String> {
+        // The google.rpc error details too: grpcurl decodes an error's ErrorInfo, BadRequest
+        // and PreconditionFailure only when reflection can describe them.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|error| error.to_string())?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|error| error.to_string())?;
         let routes = Routes::new(ServersServiceServer::new(api))
@@ -161,23 +166,35 @@ impl GrpcStack {
     }
 }
 
-/// Serves the stack on `listener` until `shutdown` completes. Accepted sockets get
-/// TCP_NODELAY: with Nagle's algorithm a response's last small frames wait for the client's
-/// delayed ACK, about 40 ms a call.
+/// Serves the stack on `listener` until `shutdown` completes, over TLS when `tls` is set.
+/// Accepted sockets get TCP_NODELAY: with Nagle's algorithm a response's last small frames wait
+/// for the client's delayed ACK, about 40 ms a call.
 pub async fn serve(
     stack: GrpcStack,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(stack.layers)
-        .add_routes(stack.routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|error| error.to_string())
+        .add_routes(stack.routes);
+    let served = match tls {
+        Some(tls) => {
+            let incoming = tls.incoming(listener, tls::Listener::Grpc);
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)));
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
+    served.map_err(|error| error.to_string())
 }

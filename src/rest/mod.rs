@@ -3,6 +3,7 @@
 //! gRPC stack), `GET /openapi.json`, and the operational endpoints `/healthz`, `/readyz` and
 //! `/metrics`.
 
+pub mod cors;
 mod descriptors;
 mod dispatch;
 mod errors;
@@ -11,6 +12,7 @@ mod json;
 mod openapi;
 mod request;
 mod routes;
+mod serve;
 
 use std::sync::{
     Arc,
@@ -27,6 +29,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use gateway::Gateway;
 pub use routes::RouteError;
+pub use serve::{HttpSettings, serve};
 
 use crate::store::Store;
 
@@ -49,7 +52,8 @@ pub fn ops_router(state: OpsState) -> Router {
 
 /// Everything the HTTP address serves: the operational endpoints, `/openapi.json`, and the REST
 /// translation for every other path. A wrong method on any of them is a 405 with a Status body.
-pub fn http_router(ops: OpsState, gateway: Gateway) -> Router {
+/// With `cors_origins`, browsers on those origins may call all of it.
+pub fn http_router(ops: OpsState, gateway: Gateway, cors_origins: &[String]) -> Router {
     let gateway = Arc::new(gateway);
     let document = gateway.openapi.clone();
     let fixed = ops_router(ops)
@@ -76,7 +80,12 @@ pub fn http_router(ops: OpsState, gateway: Gateway) -> Router {
                 .into_http(&gateway.descriptors)
             }
         });
-    fixed.fallback(move |request: axum::extract::Request| gateway::handle(gateway.clone(), request))
+    let router = fixed
+        .fallback(move |request: axum::extract::Request| gateway::handle(gateway.clone(), request));
+    match cors::layer(cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, &'static str) {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ pub async fn listen(
 async fn connect(database_url: &str) -> Result<AsyncPgConnection, diesel::result::Error> {
     let mut connection = tokio::time::timeout(
         Duration::from_secs(5),
-        AsyncPgConnection::establish(database_url),
+        super::connect::establish(database_url),
     )
     .await
     .map_err(|_| diesel::result::Error::BrokenTransactionManager)?

@@ -4,11 +4,13 @@
 mod auth;
 mod by_id;
 mod change_index;
+pub mod connect;
 mod engine;
 mod explain;
 mod index;
 mod jsonb;
 pub mod listener;
+pub mod local;
 mod prepared;
 mod rows;
 pub mod schema;
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use diesel::{ConnectionError, result::DatabaseErrorKind};
 use diesel_async::{
-    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{
         AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -145,7 +147,7 @@ impl Store {
             let url = url.to_owned();
             async move {
                 let mut connection =
-                    tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                    tokio::time::timeout(connect_timeout, connect::establish(&url))
                         .await
                         .map_err(|_| {
                             ConnectionError::BadConnection("connecting timed out".into())
@@ -166,8 +168,7 @@ impl Store {
             }
             .boxed()
         });
-        let manager =
-            AsyncDieselConnectionManager::new_with_config(&config.database_url, manager_config);
+        let manager = AsyncDieselConnectionManager::new_with_config(config.url(), manager_config);
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(config.pool_timeout))
@@ -178,7 +179,7 @@ impl Store {
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         Ok(Store {
             pool,
-            database_url: config.database_url.clone(),
+            database_url: config.url().to_owned(),
         })
     }
 
@@ -237,7 +238,7 @@ pub async fn create_database_and_migrate(database_url: &str) -> Result<(), Store
 /// Creates the database when it does not exist (the change index's needs no migrations).
 pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
     let (maintenance, name) = maintenance_url(database_url)?;
-    let mut connection = AsyncPgConnection::establish(&maintenance).await?;
+    let mut connection = connect::establish(&maintenance).await?;
     #[derive(diesel::QueryableByName)]
     struct Exists {
         #[diesel(sql_type = diesel::sql_types::Bool)]
@@ -266,10 +267,10 @@ pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
 
 /// Applies pending migrations, serialised across replicas by an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
-    let url = database_url.to_owned();
+    let connection = connect::establish(database_url).await?;
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
         let mut connection: AsyncConnectionWrapper<AsyncPgConnection> =
-            diesel::Connection::establish(&url)?;
+            AsyncConnectionWrapper::from(connection);
         let advisory = |connection: &mut AsyncConnectionWrapper<AsyncPgConnection>, sql: &str| {
             diesel::RunQueryDsl::execute(diesel::sql_query(sql), connection)
         };
