@@ -394,9 +394,14 @@ async fn health_loop(
     let mut serving = None;
     let mut last_cleanup = std::time::Instant::now();
     loop {
-        let reachable = tokio::time::timeout(Duration::from_secs(2), store.ping())
-            .await
-            .is_ok_and(|result| result.is_ok());
+        let ping = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
+        let reachable = match ping {
+            Ok(Ok(notify_queue_usage)) => {
+                metrics::gauge!("dbtrail_notify_queue_usage").set(notify_queue_usage);
+                true
+            }
+            _ => false,
+        };
         if stopping.is_cancelled() {
             return;
         }

@@ -1206,3 +1206,73 @@ async fn a_replay_across_a_ddl_statement_decodes_each_row_with_the_columns_of_it
     assert_eq!(number(&events[2].after, "c"), 50.0);
     app.shutdown().await;
 }
+
+/// Every metric that `deploy/prometheus/alerts.yml` and `deploy/grafana/dbtrail-servers.json`
+/// name is exported by a replica that onboarded a server whose stream runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut named = std::collections::BTreeSet::new();
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/dbtrail-servers.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("the deploy files");
+        for (start, _) in text.match_indices("dbtrail_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name)
+                .to_owned();
+            // The dashboard's uid and title, the alerts' names.
+            if name != "dbtrail_servers" {
+                named.insert(name);
+            }
+        }
+    }
+    assert!(named.len() >= 15, "{named:?}");
+
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let server = register(&mut client, mariadb.server("observed", USER, PASSWORD)).await;
+    let id = server.server_id.clone();
+    assert_active(&wait_settled(&client, &id).await);
+    wait_stream(&mut client, &id, "the stream to run", running).await;
+    mariadb.exec(&["INSERT INTO shop.items VALUES (1)"]).await;
+    assert_eq!(wait_for_events(&mut client, &id, "", 1).await.len(), 1);
+    let _watch = open_watch(&mut client, &id, None, true)
+        .await
+        .expect("a watch");
+    let (status, _) = http_get(app.http_addr, "/servers").await;
+    assert_eq!(status, 401);
+
+    let mut missing = Vec::new();
+    for _ in 0..100 {
+        let (_, exported) = http_get(app.http_addr, "/metrics").await;
+        missing = named
+            .iter()
+            .filter(|name| !exported.contains(&format!("# TYPE {name} ")))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(missing.is_empty(), "named but not exported: {missing:?}");
+    app.shutdown().await;
+}

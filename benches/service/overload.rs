@@ -21,9 +21,30 @@ const OVERLOAD: usize = SUSTAINABLE * 20;
 const PER_CONNECTION: usize = 4;
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
-/// A refused client waits this long before it calls again (it would honour retry-after; a
-/// shorter pause only makes the load harsher).
-const REFUSED_PAUSE: Duration = Duration::from_millis(20);
+/// How long an impatient client waits after a refusal, whatever the hint says.
+const IMPATIENT_PAUSE: Duration = Duration::from_millis(20);
+
+/// What a refused client does before it calls again.
+#[derive(Clone, Copy)]
+enum Backoff {
+    /// Waits what the refusal's `retry-after` says (1 s when it says nothing readable).
+    Honoured,
+    /// Waits [`IMPATIENT_PAUSE`].
+    Impatient,
+}
+
+impl Backoff {
+    fn pause(self, status: &tonic::Status) -> Duration {
+        match self {
+            Backoff::Impatient => IMPATIENT_PAUSE,
+            Backoff::Honoured => status
+                .metadata()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()?.parse().ok())
+                .map_or(Duration::from_secs(1), Duration::from_secs),
+        }
+    }
+}
 
 /// What one round of `concurrency` workers saw.
 struct Outcome {
@@ -50,19 +71,19 @@ impl Outcome {
     }
 }
 
-/// `concurrency` workers calling GetServer in a loop for `duration`.
+/// `concurrency` workers calling GetServer in a loop for one round, refused ones backing off.
 async fn round(
     replica: &Replica,
     key: &str,
     server_id: &str,
     concurrency: usize,
-    duration: Duration,
+    backoff: Backoff,
 ) -> Outcome {
     let mut channels = Vec::new();
     for _ in 0..concurrency.div_ceil(PER_CONNECTION) {
         channels.push(replica.channel().await);
     }
-    let deadline = Instant::now() + duration;
+    let deadline = Instant::now() + ROUND;
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let mut client = client::client(channels[worker / PER_CONNECTION].clone(), key);
@@ -80,7 +101,9 @@ async fn round(
                             .saturating_record(started.elapsed().as_micros() as u64),
                         Err(status) if status.code() == Code::ResourceExhausted => {
                             outcome.refused += 1;
-                            tokio::time::sleep(REFUSED_PAUSE).await;
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let pause = backoff.pause(&status).min(left);
+                            tokio::time::sleep(pause).await;
                         }
                         Err(status) => {
                             eprintln!("B11: GetServer failed: {status:?}");
@@ -99,7 +122,8 @@ async fn round(
     total
 }
 
-/// B11 on a replica of its own (on `url`, where `key` is valid).
+/// B11 on a replica of its own (on `url`, where `key` is valid): clients that honour the
+/// refusals' retry-after, and clients that retry after 20 ms.
 pub async fn overload(url: &str, key: &str, rows: &mut Vec<Row>) {
     let limits = ["--max-calls-in-flight", "16", "--max-queued-calls", "16"];
     let replica = Replica::start("bench-overload", url, &limits).await;
@@ -107,23 +131,33 @@ pub async fn overload(url: &str, key: &str, rows: &mut Vec<Row>) {
     let server = client::register(&mut client, parked_server("bench-overload")).await;
     client::wait_parked(&mut client, &server.server_id).await;
     let id = server.server_id;
-
-    round(&replica, key, &id, SUSTAINABLE, Duration::from_secs(1)).await;
-    let (mut steady, mut overloaded) = (Outcome::new(), Outcome::new());
-    for _ in 0..ROUNDS {
-        steady.add(round(&replica, key, &id, SUSTAINABLE, ROUND).await);
-        overloaded.add(round(&replica, key, &id, OVERLOAD, ROUND).await);
+    round(&replica, key, &id, SUSTAINABLE, Backoff::Honoured).await;
+    for (backoff, clients) in [
+        (Backoff::Honoured, "clients honouring retry-after"),
+        (Backoff::Impatient, "clients retrying after 20 ms"),
+    ] {
+        let (mut steady, mut overloaded) = (Outcome::new(), Outcome::new());
+        for _ in 0..ROUNDS {
+            steady.add(round(&replica, key, &id, SUSTAINABLE, backoff).await);
+            overloaded.add(round(&replica, key, &id, OVERLOAD, backoff).await);
+        }
+        rows.push(row(&steady, &overloaded, clients));
     }
+    replica.stop().await;
+}
+
+/// The B11 row of one kind of client.
+fn row(steady: &Outcome, overloaded: &Outcome, clients: &str) -> Row {
     let seconds = (ROUND * ROUNDS as u32).as_secs_f64();
     let (p99, base_p99) = (
         overloaded.admitted.value_at_quantile(0.99),
         steady.admitted.value_at_quantile(0.99),
     );
     let ratio = p99 as f64 / base_p99.max(1) as f64;
-    rows.push(Row {
+    Row {
         id: "B11",
         measurement: format!(
-            "GetServer at 20× the sustainable concurrency ({OVERLOAD} in flight against 16 admitted + 16 queued), admitted calls' p99"
+            "GetServer at 20× the sustainable concurrency ({OVERLOAD} in flight against 16 admitted + 16 queued; {clients}), admitted calls' p99"
         ),
         value: format!(
             "{} ({:.0}/s admitted, {:.0}/s refused RESOURCE_EXHAUSTED, {} other errors)",
@@ -141,6 +175,5 @@ pub async fn overload(url: &str, key: &str, rows: &mut Vec<Row>) {
         target: "≤ 3×, no other errors".to_owned(),
         met: ratio <= 3.0 && overloaded.failed == 0 && steady.failed == 0,
         detail: None,
-    });
-    replica.stop().await;
+    }
 }

@@ -1,6 +1,8 @@
-# The contract check of scripts/test: `buf lint` with the rules proto/buf.yaml states, and
-# `buf breaking` against the proto of the newest release tag (v*), else of the merge base with
-# origin/main, else of HEAD (so an uncommitted breaking change is caught before it lands).
+# The contract checks of scripts/test: the proto (buf) and the shipped alerts and dashboard.
+#
+# check_contract: `buf lint` with the rules proto/buf.yaml states, and `buf breaking` against the
+# proto of the newest release tag (v*), else of the merge base with origin/main, else of HEAD (so
+# an uncommitted breaking change is caught before it lands).
 # buf comes from the npm registry (@bufbuild/buf), installed under target/tools.
 
 BUF_VERSION=1.75.0
@@ -28,4 +30,16 @@ check_contract() {
     cp proto/buf.yaml "$old/proto/buf.yaml"
     "$buf" breaking proto --against "$old/proto"
     rm -rf "$old"
+}
+
+# The shipped alerting rules and dashboard: `promtool check rules` and `promtool test rules`
+# (Debian's prometheus package), and the dashboard is JSON. tests/streaming.rs checks that every
+# metric they name is exported.
+check_deploy() {
+    require promtool prometheus
+    log "promtool check rules deploy/prometheus/alerts.yml"
+    promtool check rules deploy/prometheus/alerts.yml >/dev/null
+    log "promtool test rules deploy/prometheus/alerts.test.yml"
+    promtool test rules deploy/prometheus/alerts.test.yml >/dev/null
+    python3 -m json.tool deploy/grafana/dbtrail-servers.json >/dev/null
 }

@@ -181,12 +181,21 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Every reason `dbtrail_calls_refused_total` counts; each series exists from the start, so a
+/// rate over it is 0 rather than absent before the first refusal.
+const REFUSAL_REASONS: [&str; 4] = [
+    "rate_limited",
+    "overloaded",
+    "too_many_watches",
+    "deadline_exceeded",
+];
+
 fn refused(refusal: Refusal) -> http::Response<tonic::body::Body> {
     let reason = match &refusal {
-        Refusal::RateLimited { .. } => "rate_limited",
-        Refusal::Overloaded => "overloaded",
-        Refusal::TooManyWatches { .. } => "too_many_watches",
-        Refusal::DeadlineExceeded { .. } => "deadline_exceeded",
+        Refusal::RateLimited { .. } => REFUSAL_REASONS[0],
+        Refusal::Overloaded => REFUSAL_REASONS[1],
+        Refusal::TooManyWatches { .. } => REFUSAL_REASONS[2],
+        Refusal::DeadlineExceeded { .. } => REFUSAL_REASONS[3],
     };
     metrics::counter!("dbtrail_calls_refused_total", "reason" => reason).increment(1);
     Status::from(refusal).into_http()
@@ -201,6 +210,9 @@ pub struct AdmissionLayer {
 impl AdmissionLayer {
     /// A layer with these limits, shared by every service it wraps.
     pub fn new(settings: AdmissionSettings) -> AdmissionLayer {
+        for reason in REFUSAL_REASONS {
+            metrics::counter!("dbtrail_calls_refused_total", "reason" => reason).increment(0);
+        }
         let buckets = |rate: Option<Rate>| rate.map(|rate| Buckets::new(rate, TRACKED));
         AdmissionLayer {
             admission: Arc::new(Admission {

@@ -192,13 +192,19 @@ impl Store {
         &self.database_url
     }
 
-    /// A cheap round trip, for health checks.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// A cheap round trip, for health checks: how full PostgreSQL's NOTIFY queue is (0 to 1;
+    /// at 1 every transaction that notifies fails).
+    pub async fn ping(&self) -> Result<f64, StoreError> {
+        #[derive(diesel::QueryableByName)]
+        struct Usage {
+            #[diesel(sql_type = diesel::sql_types::Double)]
+            usage: f64,
+        }
         let mut connection = self.connection().await?;
-        diesel::sql_query("SELECT 1")
-            .execute(&mut connection)
+        let usage: Usage = diesel::sql_query("SELECT pg_notification_queue_usage() AS usage")
+            .get_result(&mut connection)
             .await?;
-        Ok(())
+        Ok(usage.usage)
     }
 
     /// Pool usage: (connections open, connections idle, max size).

@@ -75,6 +75,9 @@ impl Streams {
         config: StreamsConfig,
         activations: mpsc::Receiver<ServerId>,
     ) -> Arc<Streams> {
+        // Counters that alerts and dashboards read exist from the start (0, not absent).
+        metrics::counter!("dbtrail_stream_reconnects_total").increment(0);
+        metrics::gauge!("dbtrail_streams_held").increment(0.0);
         Arc::new(Streams {
             store,
             index,
