@@ -179,80 +179,85 @@ impl From<&Server> for ServerRow {
     }
 }
 
-/// The columns that differ between two versions of a server, so an UPDATE writes only those
-/// (PostgreSQL parses no unchanged jsonb or array, and the statement stays small).
-#[derive(Debug, Default, AsChangeset)]
-#[diesel(table_name = servers, check_for_backend(diesel::pg::Pg))]
-pub struct ServerChanges {
-    pub name: Option<String>,
-    pub host: Option<String>,
-    pub port: Option<i32>,
-    pub mysql_user: Option<String>,
-    pub mysql_password_sealed: Option<Option<Vec<u8>>>,
-    pub mysql_password_key_id: Option<Option<String>>,
-    pub connection_method: Option<String>,
-    pub ssh_host: Option<Option<String>>,
-    pub ssh_port: Option<Option<i32>>,
-    pub ssh_user: Option<Option<String>>,
-    pub ssh_private_key_sealed: Option<Option<Vec<u8>>>,
-    pub ssh_private_key_key_id: Option<Option<String>>,
-    pub ssh_host_key_fingerprint: Option<Option<String>>,
-    pub stream_schemas: Option<Vec<String>>,
-    pub stream_tables: Option<Vec<String>>,
-    pub ssl_mode: Option<String>,
-    pub labels: Option<Json<BTreeMap<String, String>>>,
-    pub status: Option<String>,
-    pub steps: Option<Json<Vec<StepProgress>>>,
-    pub revision: Option<i64>,
-    pub version: Option<i64>,
-    pub agent_id: Option<Option<Uuid>>,
-    pub agent_outbound_ip: Option<Option<String>>,
-    pub runnable: Option<bool>,
-    pub updated_at: Option<DateTime<Utc>>,
-    pub decommissioned_at: Option<Option<DateTime<Utc>>>,
-    pub stream_state: Option<Option<String>>,
-    pub stream_error: Option<Option<String>>,
-}
+/// Declares `ServerChanges` over the listed columns of `servers`: the struct, `between`, and
+/// the SET list of its UPDATE.
+macro_rules! server_changes {
+    ($($field:ident: $type:ty),* $(,)?) => {
+        /// The columns that differ between two versions of a server, so an UPDATE writes only
+        /// those (PostgreSQL parses no unchanged jsonb or array, and the statement stays small).
+        #[derive(Debug, Default)]
+        pub struct ServerChanges {
+            $(pub $field: Option<$type>,)*
+        }
 
-impl ServerChanges {
-    /// What `after` changes of `before` (a server's id, tenant and creation never change).
-    pub fn between(before: &ServerRow, after: ServerRow) -> ServerChanges {
-        macro_rules! changed {
-            ($($field:ident),* $(,)?) => {
+        impl ServerChanges {
+            /// What `after` changes of `before` (a server's id, tenant and creation never change).
+            pub fn between(before: &ServerRow, after: ServerRow) -> ServerChanges {
                 ServerChanges {
                     $($field: (before.$field != after.$field).then_some(after.$field),)*
                 }
-            };
+            }
+
+            /// Which columns change, one bit each: the UPDATE's text depends on nothing else.
+            pub fn shape(&self) -> u64 {
+                let mut shape = 0;
+                let mut bit = 1;
+                $(
+                    if self.$field.is_some() {
+                        shape |= bit;
+                    }
+                    bit <<= 1;
+                )*
+                shape
+            }
+
+            /// `"column" = $n, ...` for every changed column.
+            pub fn walk_set<'b>(
+                &'b self,
+                out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+            ) -> QueryResult<()> {
+                let mut separator = "";
+                $(
+                    if let Some(value) = &self.$field {
+                        out.push_sql(std::mem::replace(&mut separator, ", "));
+                        out.push_identifier(stringify!($field))?;
+                        out.push_sql(" = ");
+                        out.push_bind_param::<diesel::dsl::SqlTypeOf<servers::$field>, _>(value)?;
+                    }
+                )*
+                Ok(())
+            }
         }
-        changed!(
-            name,
-            host,
-            port,
-            mysql_user,
-            mysql_password_sealed,
-            mysql_password_key_id,
-            connection_method,
-            ssh_host,
-            ssh_port,
-            ssh_user,
-            ssh_private_key_sealed,
-            ssh_private_key_key_id,
-            ssh_host_key_fingerprint,
-            stream_schemas,
-            stream_tables,
-            ssl_mode,
-            labels,
-            status,
-            steps,
-            revision,
-            version,
-            agent_id,
-            agent_outbound_ip,
-            runnable,
-            updated_at,
-            decommissioned_at,
-            stream_state,
-            stream_error,
-        )
-    }
+    };
 }
+
+server_changes!(
+    name: String,
+    host: String,
+    port: i32,
+    mysql_user: String,
+    mysql_password_sealed: Option<Vec<u8>>,
+    mysql_password_key_id: Option<String>,
+    connection_method: String,
+    ssh_host: Option<String>,
+    ssh_port: Option<i32>,
+    ssh_user: Option<String>,
+    ssh_private_key_sealed: Option<Vec<u8>>,
+    ssh_private_key_key_id: Option<String>,
+    ssh_host_key_fingerprint: Option<String>,
+    stream_schemas: Vec<String>,
+    stream_tables: Vec<String>,
+    ssl_mode: String,
+    labels: Json<BTreeMap<String, String>>,
+    status: String,
+    steps: Json<Vec<StepProgress>>,
+    revision: i64,
+    version: i64,
+    agent_id: Option<Uuid>,
+    agent_outbound_ip: Option<String>,
+    runnable: bool,
+    updated_at: DateTime<Utc>,
+    decommissioned_at: Option<DateTime<Utc>>,
+    stream_state: Option<String>,
+    stream_error: Option<String>,
+);

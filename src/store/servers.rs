@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{
     Connection, Fence, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, Store, StoreError,
     by_id::{LockedServerById, ServerById},
-    prepared::notify,
+    prepared::{notify, update_server},
     rows::{ServerChanges, ServerRow},
     schema::{idempotency_keys, onboarding_history, servers, tenants},
 };
@@ -94,6 +94,41 @@ fn condition(filter: &Filter) -> BoxedCondition {
                     .sql(", false)"),
             ),
         },
+    }
+}
+
+/// A condition whose statement is prepared for its one call and closed after it. A filter is the
+/// client's choice, and each distinct one would otherwise stay prepared on the pooled
+/// connection for good: a client could make PostgreSQL hold any number of statements.
+#[derive(Debug)]
+struct OncePrepared<T>(T);
+
+impl<T: Expression> Expression for OncePrepared<T> {
+    type SqlType = T::SqlType;
+}
+
+impl<T: AppearsOnTable<QS>, QS> AppearsOnTable<QS> for OncePrepared<T> {}
+
+impl<T: diesel::expression::ValidGrouping<G>, G> diesel::expression::ValidGrouping<G>
+    for OncePrepared<T>
+{
+    type IsAggregate = T::IsAggregate;
+}
+
+impl<T> diesel::query_builder::QueryId for OncePrepared<T> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<T: diesel::query_builder::QueryFragment<Pg>> diesel::query_builder::QueryFragment<Pg>
+    for OncePrepared<T>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
+    ) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        self.0.walk_ast(out)
     }
 }
 
@@ -192,7 +227,7 @@ fn list_query<'a>(
         query = query.filter(servers::status.ne(ServerStatus::Decommissioned.as_str()));
     }
     if let Some(filter) = filter {
-        query = query.filter(condition(filter));
+        query = query.filter(OncePrepared(condition(filter)));
     }
     if let Some(cursor) = cursor {
         query = query.filter(
@@ -495,9 +530,8 @@ impl Store {
                 }
                 server.version = before.version + 1;
                 server.updated_at = crate::domain::now();
-                diesel::update(servers::table.find(id.0))
-                    .set(ServerChanges::between(&row, ServerRow::from(&server)))
-                    .execute(connection)
+                let changes = ServerChanges::between(&row, ServerRow::from(&server));
+                update_server(connection, id.0, &changes)
                     .await
                     .map_err(|error| {
                         if is_unique_violation(&error, "servers_live_name") {
