@@ -457,28 +457,58 @@ async fn health_needs_no_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_are_refused_before_anything_and_make_no_metric_series() {
     let app = TestApp::start().await;
-    for index in 0..5 {
-        let mut grpc = tonic::client::Grpc::new(channel(app.grpc_addr).await);
-        grpc.ready().await.expect("a ready channel");
-        let path = format!("/dbtrail.servers.v1.ServersService/Nope{index}");
-        let result: Result<tonic::Response<dbtrail_servers::proto::Server>, Status> = grpc
-            .unary(
-                tonic::Request::new(dbtrail_servers::proto::GetServerRequest::default()),
-                http::uri::PathAndQuery::try_from(path).expect("a path"),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
-        let status = result.expect_err("no such method");
-        assert_error(&status, Code::Unimplemented, "UNKNOWN_METHOD");
-    }
-    let metrics = metrics_text(app.http_addr).await;
+    let grpc = tonic::client::Grpc::new(channel(app.grpc_addr).await);
+    let call_unknown = |index: usize| {
+        let mut grpc = grpc.clone();
+        async move {
+            grpc.ready().await.expect("a ready channel");
+            let path = format!("/dbtrail.servers.v1.ServersService/Nope{index}");
+            let result: Result<tonic::Response<dbtrail_servers::proto::Server>, Status> = grpc
+                .unary(
+                    tonic::Request::new(dbtrail_servers::proto::GetServerRequest::default()),
+                    http::uri::PathAndQuery::try_from(path).expect("a path"),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            let status = result.expect_err("no such method");
+            assert_error(&status, Code::Unimplemented, "UNKNOWN_METHOD");
+        }
+    };
+    call_unknown(0).await;
+    let series = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .count()
+    };
+    // The stream supervisor's gauges appear with its first sweep; count after it.
+    wait_until(
+        "the stream gauges to be exported",
+        Duration::from_secs(15),
+        || async {
+            metrics_text(app.http_addr)
+                .await
+                .contains("dbtrail_streams{")
+        },
+    )
+    .await;
+    let before = metrics_text(app.http_addr).await;
     assert!(
-        !metrics.contains("Nope"),
-        "made-up names are not series: {metrics}"
+        before.contains("method=\"unknown\""),
+        "they are counted as unknown: {before}"
     );
+    for chunk in (1..10_000).collect::<Vec<_>>().chunks(100) {
+        futures_util::future::join_all(chunk.iter().map(|&index| call_unknown(index))).await;
+    }
+    let after = metrics_text(app.http_addr).await;
     assert!(
-        metrics.contains("method=\"unknown\""),
-        "they are counted as unknown: {metrics}"
+        !after.contains("Nope"),
+        "made-up names are not series: {after}"
+    );
+    assert_eq!(
+        series(&after),
+        series(&before),
+        "10,000 made-up methods add no series:\n{before}\n---\n{after}"
     );
     app.shutdown().await;
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dbtrail_servers::proto::{ListServersRequest, OnboardingStep, StepStatus};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 async fn reflected_services_v1(app: &TestApp) -> BTreeSet<String> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -329,6 +330,14 @@ async fn burst(client: &Client, calls: usize) -> Vec<Code> {
     futures_util::future::join_all(calls).await
 }
 
+/// The ErrorInfo reason of a REST error body.
+fn reason_of(body: &serde_json::Value) -> Option<&str> {
+    body["details"]
+        .as_array()?
+        .iter()
+        .find_map(|detail| detail["reason"].as_str())
+}
+
 fn count(codes: &[Code], code: Code) -> usize {
     codes.iter().filter(|each| **each == code).count()
 }
@@ -354,6 +363,24 @@ async fn one_tenants_flood_is_rate_limited_while_another_tenants_calls_succeed()
             .await,
     );
     assert_error(&status, Code::ResourceExhausted, "RATE_LIMITED");
+    // The same refusal over REST: 429 with Retry-After.
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/servers", app.http_addr))
+        .bearer_auth(&app.tenant.key)
+        .send()
+        .await
+        .expect("GET /servers");
+    assert_eq!(response.status(), 429);
+    let retry_after = response.headers().get("retry-after").cloned();
+    let retry_after: u64 = retry_after
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let body: serde_json::Value = response.json().await.expect("a Status body");
+    assert_eq!(reason_of(&body), Some("RATE_LIMITED"), "{body}");
     let other = app.db.create_tenant("tenant-b", None).await;
     let calm = burst(&app.client_with_key(&other.key), 10).await;
     assert_eq!(
@@ -397,12 +424,35 @@ async fn beyond_the_queue_calls_are_shed_and_the_rest_complete() {
         "0",
     ]))
     .await;
-    let started = Instant::now();
-    let codes = burst(&app.client(), 300).await;
+    // Every call carries a deadline; none is answered after it.
+    let deadline = Duration::from_secs(3);
+    let calls = (0..300).map(|_| {
+        let mut client = app.client();
+        async move {
+            let mut request = tonic::Request::new(ListServersRequest::default());
+            request.set_timeout(deadline);
+            let started = Instant::now();
+            let code = match client.list_servers(request).await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            };
+            (code, started.elapsed())
+        }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let slowest = outcomes.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(
+        slowest < deadline + Duration::from_millis(500),
+        "a call was answered {slowest:?} after it started, past its deadline of {deadline:?}"
+    );
+    let codes: Vec<Code> = outcomes.into_iter().map(|(code, _)| code).collect();
     let shed = count(&codes, Code::ResourceExhausted);
     assert!(shed > 0, "nothing was shed: {codes:?}");
-    assert_eq!(count(&codes, Code::Ok) + shed, 300, "{codes:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        count(&codes, Code::Ok) + shed + count(&codes, Code::DeadlineExceeded),
+        300,
+        "every call is served, shed, or ends at its deadline: {codes:?}"
+    );
     let status = expect_err(
         futures_util::future::join_all((0..100).map(|_| {
             let mut client = app.client();
@@ -481,8 +531,46 @@ async fn a_call_past_its_deadline_is_deadline_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_watches_are_capped_per_key_and_a_closed_one_frees_its_place() {
-    let app = TestApp::start_with(with_args(&["--max-watches-per-key", "2"])).await;
+async fn a_call_without_a_deadline_gets_the_default_one() {
+    let app = TestApp::start_with(with_args(&["--call-timeout", "1ns"])).await;
+    let status = expect_err(
+        app.client()
+            .list_servers(ListServersRequest::default())
+            .await,
+    );
+    assert_error(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    app.shutdown().await;
+}
+
+/// REST forwards the caller's `grpc-timeout` header (as grpc-gateway does): 504 past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_call_past_its_grpc_timeout_is_504() {
+    let app = TestApp::start().await;
+    let get = |timeout: &'static str| {
+        reqwest::Client::new()
+            .get(format!("http://{}/servers", app.http_addr))
+            .bearer_auth(&app.tenant.key)
+            .header("grpc-timeout", timeout)
+            .send()
+    };
+    assert_eq!(get("10S").await.expect("GET /servers").status(), 200);
+    let response = get("1n").await.expect("GET /servers");
+    assert_eq!(response.status(), 504);
+    let body: serde_json::Value = response.json().await.expect("a Status body");
+    assert_eq!(body["code"], 4, "{body}");
+    assert_eq!(reason_of(&body), Some("DEADLINE_EXCEEDED"), "{body}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watches_are_capped_per_key_and_per_replica_and_a_closed_one_frees_its_place() {
+    let app = TestApp::start_with(with_args(&[
+        "--max-watches-per-key",
+        "2",
+        "--max-watches",
+        "3",
+    ]))
+    .await;
     let mut client = app.client();
     let server = register(&mut client, direct_server("watched")).await;
     let first = open_watch(&mut client, &server.server_id, Some(0), true)
@@ -496,14 +584,18 @@ async fn open_watches_are_capped_per_key_and_a_closed_one_frees_its_place() {
     };
     assert_error(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES");
     let other = app.key_with(&ALL_PERMISSIONS).await;
-    open_watch(
-        &mut app.client_with_key(&other.secret),
-        &server.server_id,
-        Some(0),
-        true,
-    )
-    .await
-    .expect("another key's watch");
+    let mut other_client = app.client_with_key(&other.secret);
+    let _third = open_watch(&mut other_client, &server.server_id, Some(0), true)
+        .await
+        .expect("another key's watch");
+    let Err(status) = open_watch(&mut other_client, &server.server_id, Some(0), true).await else {
+        panic!("a fourth watch of the replica was opened");
+    };
+    assert_error(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES");
+    let scope = status
+        .get_details_error_info()
+        .map(|info| info.metadata["scope"].clone());
+    assert_eq!(scope.as_deref(), Some("replica"), "{status:?}");
     drop(first);
     wait_until(
         "the closed watch's place to be free",

@@ -7,7 +7,7 @@ use std::{convert::Infallible, sync::Arc, time::Instant};
 use axum::{
     body::{Body, Bytes},
     extract::Request,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -345,11 +345,17 @@ fn items(
     })
 }
 
-/// The headers that travel as gRPC metadata: the caller's key and the request id.
+/// The headers that travel as gRPC metadata: the caller's key, its deadline (`grpc-timeout`, as
+/// grpc-gateway forwards it) and the request id.
 fn metadata(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut metadata = HeaderMap::new();
-    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
-        metadata.insert(header::AUTHORIZATION, authorization.clone());
+    for name in [
+        header::AUTHORIZATION,
+        HeaderName::from_static("grpc-timeout"),
+    ] {
+        if let Some(value) = headers.get(&name) {
+            metadata.insert(name, value.clone());
+        }
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         metadata.insert(REQUEST_ID_HEADER, value);
