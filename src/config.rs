@@ -190,6 +190,11 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
+    /// An OpenTelemetry collector's OTLP/gRPC address (e.g. http://127.0.0.1:4317) to send a
+    /// span of every call, onboarding step and stream connection to. Unset: no traces.
+    #[arg(long, env = "DBTRAIL_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
     /// The heartbeat period each binlog stream asks of its source; a stream that hears nothing
     /// for three periods is presumed dead and reconnects.
     #[arg(long, env = "DBTRAIL_STREAM_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -241,4 +246,13 @@ impl Config {
             client_ca: self.tls_client_ca.clone(),
         })
     }
+}
+
+/// An OTLP/gRPC endpoint: an http or https URL with a host.
+fn parse_otlp_endpoint(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("expected http://host:port or https://host:port".to_owned());
+    }
+    Ok(value.to_owned())
 }

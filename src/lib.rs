@@ -11,6 +11,7 @@ pub mod rest;
 pub mod secrets;
 pub mod store;
 pub mod stream;
+pub mod telemetry;
 pub mod tls;
 pub mod watch;
 

@@ -8,6 +8,7 @@ use dbtrail_servers::{
     auth::admin::Admin,
     config::{Config, LogFormat},
     store::{self, local},
+    telemetry,
 };
 use uuid::Uuid;
 
@@ -122,27 +123,58 @@ enum KeysCommand {
 
 /// Logs go to standard error through a writer thread, so a call does not wait for a write, and
 /// the lines of a busy moment leave in one write. None is dropped: when the writer falls 128,000
-/// lines behind, logging waits for it. Keep the guard: dropping it flushes what is left.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// lines behind, logging waits for it. With an OTLP endpoint, spans are exported too. Keep what
+/// it returns: `Logging::finish` flushes what is left.
+fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Logging, String> {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("dbtrail-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match format {
         // The current span carries the request id; the list of spans would repeat it.
-        LogFormat::Json => builder
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
+            .boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let (telemetry, traces) = match otlp_endpoint {
+        Some(endpoint) => {
+            let instance = gethostname::gethostname().to_string_lossy().into_owned();
+            let (telemetry, layer) =
+                telemetry::export_to(endpoint, &instance).map_err(|error| error.to_string())?;
+            (Some(telemetry), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(traces)
+        .init();
+    Ok(Logging {
+        _writer: guard,
+        telemetry,
+    })
+}
+
+/// The log writer and the span exporter, flushed when the command ends.
+struct Logging {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+    telemetry: Option<telemetry::Telemetry>,
+}
+
+impl Logging {
+    async fn finish(self) {
+        if let Some(telemetry) = self.telemetry {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
     }
-    guard
 }
 
 /// The admin API on the database `database` names or finds, migrated first.
@@ -204,11 +236,13 @@ async fn wait_for_signal() {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(config) => {
-            let _logging = init_logging(config.log_format);
-            serve(*config).await?;
+            let logging = init_logging(config.log_format, config.otlp_endpoint.as_deref())?;
+            let served = serve(*config).await;
+            logging.finish().await;
+            served?;
         }
         Command::Migrate(database) => {
-            let _logging = init_logging(LogFormat::Text);
+            let _logging = init_logging(LogFormat::Text, None)?;
             database
                 .with_url(|url| async move {
                     store::create_database_and_migrate(&url)

@@ -609,3 +609,225 @@ async fn open_watches_are_capped_per_key_and_per_replica_and_a_closed_one_frees_
     .await;
     app.shutdown().await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Traces
+// ------------------------------------------------------------------------------------------------
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    trace::v1::Span,
+};
+
+/// An OTLP/gRPC collector in this process, keeping every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<std::sync::Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|resource| resource.scope_spans)
+            .flat_map(|scope| scope.spans);
+        self.spans.lock().unwrap().extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves on a free port; the endpoint to give `--otlp-endpoint`.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the collector");
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        endpoint
+    }
+
+    /// Waits until a span satisfying `wanted` has arrived; returns it.
+    async fn wait_for(&self, what: &str, wanted: impl Fn(&Span) -> bool) -> Span {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(span) = self.spans.lock().unwrap().iter().find(|span| wanted(span)) {
+                return span.clone();
+            }
+            let names: Vec<String> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|span| span.name.clone())
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "no span {what} within 60 s; got {names:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|attribute| attribute.key == key)
+        .and_then(
+            |attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(text) => Some(text.clone()),
+                Value::IntValue(number) => Some(number.to_string()),
+                other => Some(format!("{other:?}")),
+            },
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_steps_and_stream_connections_are_traced_over_otlp_continuing_the_callers_trace() {
+    use common::mariadb::{MariaDb, PASSWORD, REPLICATION_GRANTS, USER};
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let db = Arc::new(TestDatabase::reserve());
+    let process = ServiceProcess::serve_with_env(
+        "traced",
+        &db.url,
+        &with_args(&["--otlp-endpoint", &endpoint]),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+    let tenant = db.create_tenant("traced", None).await;
+    let mut client = process.client(&tenant.key).await;
+
+    // A gRPC call continuing the caller's trace, with its request id.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(dbtrail_servers::proto::RegisterServerRequest {
+        server: Some(mariadb.server("traced", USER, PASSWORD)),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+    );
+    request
+        .metadata_mut()
+        .insert("x-request-id", "traced-call-1".parse().unwrap());
+    let server = client
+        .register_server(request)
+        .await
+        .expect("RegisterServer")
+        .into_inner();
+    let register = collector
+        .wait_for("for RegisterServer", |span| {
+            span.name == "dbtrail.servers.v1.ServersService/RegisterServer"
+        })
+        .await;
+    assert_eq!(
+        hex::encode(&register.trace_id),
+        trace_id,
+        "the caller's trace"
+    );
+    assert_eq!(
+        hex::encode(&register.parent_span_id),
+        parent,
+        "the caller's span is the parent"
+    );
+    assert_eq!(
+        attribute(&register, "request_id").as_deref(),
+        Some("traced-call-1")
+    );
+    assert_eq!(register.kind, 2, "a server span");
+
+    // The onboarding it started, run later by the engine, continues the same trace, down to the
+    // stream's connection.
+    for step in [
+        "provisioning",
+        "waiting_for_agent",
+        "initializing",
+        "snapshotting",
+        "streaming",
+    ] {
+        let name = format!("onboarding {step}");
+        let span = collector.wait_for(&name, |span| span.name == name).await;
+        assert_eq!(
+            hex::encode(&span.trace_id),
+            trace_id,
+            "{name} continues the call's trace"
+        );
+        assert_eq!(
+            attribute(&span, "server_id"),
+            Some(server.server_id.clone())
+        );
+        assert_eq!(
+            attribute(&span, "outcome").as_deref(),
+            Some("completed"),
+            "{name}"
+        );
+    }
+    let connect = collector
+        .wait_for("for the stream's connection", |span| {
+            span.name == "binlog stream connect"
+        })
+        .await;
+    assert_eq!(hex::encode(&connect.trace_id), trace_id);
+    assert_eq!(attribute(&connect, "outcome").as_deref(), Some("connected"));
+
+    // A REST call's traceparent travels through the translation.
+    let rest_trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/servers/{}",
+            process.http_addr, server.server_id
+        ))
+        .bearer_auth(&tenant.key)
+        .header(
+            "traceparent",
+            format!("00-{rest_trace}-b7ad6b7169203331-01"),
+        )
+        .send()
+        .await
+        .expect("GET /servers/{id}");
+    assert_eq!(response.status(), 200);
+    let rest = collector
+        .wait_for("for the REST request", |span| span.name == "REST GET")
+        .await;
+    assert_eq!(hex::encode(&rest.trace_id), rest_trace);
+    assert_eq!(hex::encode(&rest.parent_span_id), "b7ad6b7169203331");
+    collector
+        .wait_for(
+            "for the REST GetServer, a child of the REST request",
+            |span| {
+                span.name == "dbtrail.servers.v1.ServersService/GetServer"
+                    && span.parent_span_id == rest.span_id
+                    && hex::encode(&span.trace_id) == rest_trace
+            },
+        )
+        .await;
+    drop(process);
+}

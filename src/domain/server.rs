@@ -638,6 +638,9 @@ pub struct Server {
     pub decommissioned_at: Option<DateTime<Utc>>,
     /// The live binlog stream; none until onboarding reaches streaming.
     pub stream: Option<StreamHealth>,
+    /// The W3C traceparent of the call that last started its onboarding, continued by the
+    /// steps' spans (none while traces are off).
+    pub trace_parent: Option<String>,
 }
 
 impl Server {
@@ -665,6 +668,7 @@ impl Server {
             updated_at: now,
             decommissioned_at: None,
             stream: None,
+            trace_parent: None,
         }
     }
 

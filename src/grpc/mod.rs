@@ -37,6 +37,7 @@ use admission::AdmissionLayer;
 use crate::{
     auth::{AuthLayer, Authenticator},
     proto::{FILE_DESCRIPTOR_SET, servers_service_server::ServersServiceServer},
+    telemetry,
     tls::{self, ServerTls},
 };
 
@@ -55,14 +56,25 @@ impl MakeRequestId for UuidRequestId {
     }
 }
 
-/// The span of one call: its method and request id, on every log line of the call.
+/// The span of one call: its method and request id, on every log line of the call; exported
+/// (with traces on) as a server span named after the method, continuing the caller's
+/// `traceparent`.
 pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
     let request_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!("call", method = %request.uri().path(), request_id = %request_id)
+    let method = request.uri().path();
+    let span = tracing::info_span!(
+        "call",
+        method = %method,
+        request_id = %request_id,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+    );
+    telemetry::continue_caller(&span, method.trim_start_matches('/'), request.headers());
+    span
 }
 
 /// Makes the span of one call.

@@ -30,6 +30,7 @@ use crate::{
     proto::{self, servers_service_server::ServersService},
     secrets::SecretBox,
     store::{IdempotencyKey, PageCursor, Scope, Store, StoreError},
+    telemetry,
     watch::{self, WatchHub, WatchRequest},
 };
 
@@ -400,7 +401,9 @@ impl ServersApi {
         };
         let id = ServerId::generate();
         let sealed = seal(&self.secrets, id, &StoredSecrets::default(), &new_secrets);
-        let server = Server::register(id, principal.tenant_id, spec, sealed, crate::domain::now());
+        let mut server =
+            Server::register(id, principal.tenant_id, spec, sealed, crate::domain::now());
+        server.trace_parent = telemetry::current_traceparent();
         match self
             .store
             .register_server(server.clone(), idempotency, request.validate_only)
@@ -459,6 +462,9 @@ impl ServersApi {
                 let restart = restart_point(&server.spec, &spec, &new_secrets);
                 let sealed = seal(&secrets, server.id, &server.secrets, &new_secrets);
                 server.update(spec, sealed, restart)?;
+                if restart.is_some() {
+                    server.trace_parent = telemetry::current_traceparent();
+                }
                 Ok(())
             })
             .await?;
@@ -510,9 +516,9 @@ impl ServersApi {
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         self.store
             .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
-                server
-                    .confirm_firewall(crate::domain::now())
-                    .map_err(ApiError::from)
+                server.confirm_firewall(crate::domain::now())?;
+                server.trace_parent = telemetry::current_traceparent();
+                Ok::<_, ApiError>(())
             })
             .await?;
         Ok(proto::ConfirmFirewallResponse {
@@ -529,7 +535,9 @@ impl ServersApi {
         let (server, ()) = self
             .store
             .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
-                server.retry().map_err(ApiError::from)
+                server.retry()?;
+                server.trace_parent = telemetry::current_traceparent();
+                Ok::<_, ApiError>(())
             })
             .await?;
         Ok(onboarding_status_to_proto(&server.onboarding_status()))

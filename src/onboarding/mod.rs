@@ -45,7 +45,9 @@ use crate::{
     },
     secrets::SecretBox,
     store::{Claim, Lease, Scope, Store, StoreError},
+    telemetry,
 };
+use tracing::Instrument;
 
 /// How the embedded agent connects to customers' servers.
 #[derive(Debug, Clone)]
@@ -145,6 +147,20 @@ pub struct Engine {
 fn backoff(attempts: i32) -> Duration {
     let exponent = u32::try_from(attempts.clamp(1, 7) - 1).unwrap_or(0);
     (Duration::from_millis(500) * 2u32.pow(exponent)).min(Duration::from_secs(30))
+}
+
+/// The span of one run of a step, continuing the trace of the call that started onboarding.
+fn step_span(server: &Server, step: OnboardingStep) -> tracing::Span {
+    let span = tracing::info_span!(
+        "onboarding_step",
+        otel.name = %format_args!("onboarding {step}"),
+        server_id = %server.id,
+        step = %step,
+        attempt = server.steps.get(step).attempts,
+        outcome = tracing::field::Empty,
+    );
+    telemetry::continue_traceparent(&span, server.trace_parent.as_deref());
+    span
 }
 
 fn outcome_label(outcome: &StepOutcome) -> &'static str {
@@ -337,9 +353,10 @@ impl Engine {
                 runner.wrote(server.revision);
             }
             let started = Instant::now();
+            let span = step_span(&server, step);
             let outcome = tokio::select! {
                 () = lost.cancelled() => return Err(StoreError::Fenced),
-                outcome = self.run_step(step, server, claim) => outcome,
+                outcome = self.run_step(step, server, claim).instrument(span.clone()) => outcome,
             };
             let outcome = match outcome {
                 Ok(outcome) => outcome,
@@ -352,6 +369,7 @@ impl Engine {
                 }
             };
             let label = outcome_label(&outcome);
+            span.record("outcome", label);
             metrics::histogram!("dbtrail_onboarding_step_seconds", "step" => step.as_str(), "outcome" => label)
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("dbtrail_onboarding_steps_total", "step" => step.as_str(), "outcome" => label)

@@ -32,6 +32,7 @@ use super::{
 use crate::{
     auth::ClientAddress,
     grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER},
+    telemetry,
 };
 
 /// How much of an oversized body is read (and dropped) before answering 413, so that a client
@@ -67,6 +68,14 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+    );
+    // The REST span continues the caller's trace; the call's span is its child.
+    telemetry::continue_caller(
+        &span,
+        &format!("REST {}", request.method()),
+        request.headers(),
     );
     let (rpc, outcome) = gateway.respond(request, &request_id).instrument(span).await;
     let mut response = outcome.unwrap_or_else(|error| error.into_http(&gateway.descriptors));
@@ -346,7 +355,7 @@ fn items(
 }
 
 /// The headers that travel as gRPC metadata: the caller's key, its deadline (`grpc-timeout`, as
-/// grpc-gateway forwards it) and the request id.
+/// grpc-gateway forwards it), its trace context and the request id.
 fn metadata(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut metadata = HeaderMap::new();
     for name in [

@@ -51,6 +51,7 @@ pub struct ServerRow {
     pub stream_error: Option<String>,
     /// Written by the stream's holder only (`Store::record_stream_progress`), never by a change.
     pub stream_progress: Option<Json<StreamProgress>>,
+    pub trace_parent: Option<String>,
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -129,6 +130,7 @@ impl TryFrom<ServerRow> for Server {
                 }),
                 None => None,
             },
+            trace_parent: row.trace_parent,
         })
     }
 }
@@ -175,6 +177,7 @@ impl From<&Server> for ServerRow {
             stream_state: stream.map(|stream| stream.state.as_str().to_owned()),
             stream_error: stream.and_then(|stream| stream.error.clone()),
             stream_progress: stream.map(|stream| Json(stream.progress.clone())),
+            trace_parent: server.trace_parent.clone(),
         }
     }
 }
@@ -260,4 +263,5 @@ server_changes!(
     decommissioned_at: Option<DateTime<Utc>>,
     stream_state: Option<String>,
     stream_error: Option<String>,
+    trace_parent: Option<String>,
 );

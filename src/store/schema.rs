@@ -74,6 +74,7 @@ diesel::table! {
         stream_owner -> Nullable<Uuid>,
         stream_expires_at -> Nullable<Timestamptz>,
         stream_epoch -> Int8,
+        trace_parent -> Nullable<Text>,
     }
 }
 

@@ -30,7 +30,9 @@ use crate::{
         replication_refusal, source_identity,
     },
     store::{StoreError, StreamCheckpoint, StreamPosition},
+    telemetry,
 };
+use tracing::Instrument;
 
 /// What a lost position's message ends with: the way out.
 const RETRY_FROM_HERE: &str =
@@ -254,11 +256,30 @@ fn refusal(
 pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEnd {
     let context = holder.step_context();
     let heartbeat = holder.settings.heartbeat;
-    let (link, mut reader, dump_connection_id, identity) =
-        match open(&context, &checkpoint.position, heartbeat).await {
-            Ok(opened) => opened,
-            Err(end) => return end,
-        };
+    let span = tracing::info_span!(
+        "stream_connect",
+        otel.name = "binlog stream connect",
+        server_id = %context.server.id,
+        reconnects = holder.progress.reconnects,
+        outcome = tracing::field::Empty,
+    );
+    telemetry::continue_traceparent(&span, context.server.trace_parent.as_deref());
+    let opened = open(&context, &checkpoint.position, heartbeat)
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "outcome",
+        if opened.is_ok() {
+            "connected"
+        } else {
+            "failed"
+        },
+    );
+    drop(span);
+    let (link, mut reader, dump_connection_id, identity) = match opened {
+        Ok(opened) => opened,
+        Err(end) => return end,
+    };
     holder.progress.source_server_uuid = identity.clone();
     let mysql::Link { connection, tunnel } = link;
     let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
