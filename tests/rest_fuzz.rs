@@ -64,12 +64,7 @@ async fn schemathesis_finds_no_5xx_and_no_schema_violation() {
         ),
         Ok(Ok(output)) => output,
     };
-    let printed = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!("{printed}");
+    echo_output(&output);
     assert!(
         output.status.success(),
         "schemathesis found failures (exit {}); its report is above",

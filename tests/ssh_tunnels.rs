@@ -1457,3 +1457,74 @@ async fn the_stream_runs_through_the_tunnel_and_reconnects_when_the_jumphost_dro
     );
     app.shutdown().await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// The console, in a real browser
+// ------------------------------------------------------------------------------------------------
+
+/// GET /console in headless Chromium (Debian's, driven by Playwright: tests/console/console.mjs):
+/// a key pasted in, the tenant's servers listed, a direct server's six steps filling in live up to
+/// a running stream, an SSH-tunnel server confirmed with the button and onboarded; no CSP
+/// violation or script error on the way. The screenshot stays under target/tmp/console/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_onboarding_live_and_confirms_the_firewall_in_chromium() {
+    let mariadb = replication_source().await;
+    let sshd = Sshd::start().await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+
+    let page = reqwest::get(format!("http://{}/console", app.http_addr))
+        .await
+        .expect("GET /console");
+    assert_eq!(page.status(), 200);
+    let policy = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("script-src 'self'"),
+        "a strict Content-Security-Policy: {policy:?}"
+    );
+    let html = page.text().await.expect("the page");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from elsewhere"
+    );
+
+    let direct = register(
+        &mut client,
+        mariadb.server("console-direct", USER, PASSWORD),
+    )
+    .await;
+    let tunnel = register(&mut client, tunneled("console-tunnel", &sshd, mariadb.port)).await;
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&artifacts).expect("the artifact directory");
+    let screenshot = artifacts.join("console.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console.mjs");
+    let output = tokio::time::timeout(
+        Duration::from_secs(240),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .env("CONSOLE_URL", format!("http://{}/console", app.http_addr))
+            .env("DBTRAIL_KEY", &app.tenant.key)
+            .env("DIRECT_SERVER_ID", &direct.server_id)
+            .env("TUNNEL_SERVER_ID", &tunnel.server_id)
+            .env("SCREENSHOT_PATH", &screenshot)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser test finishes within 4 minutes")
+    .expect("run node (scripts/test installs Node.js, Chromium and tests/console's packages)");
+    let printed = echo_output(&output);
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{printed}"
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot was taken");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    app.shutdown().await;
+}

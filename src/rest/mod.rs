@@ -3,6 +3,7 @@
 //! gRPC stack), `GET /openapi.json`, and the operational endpoints `/healthz`, `/readyz` and
 //! `/metrics`.
 
+mod console;
 pub mod cors;
 mod descriptors;
 mod dispatch;
@@ -57,6 +58,7 @@ pub fn http_router(ops: OpsState, gateway: Gateway, cors_origins: &[String]) -> 
     let gateway = Arc::new(gateway);
     let document = gateway.openapi.clone();
     let fixed = ops_router(ops)
+        .merge(console::router())
         .route(
             "/openapi.json",
             get(move || async move {

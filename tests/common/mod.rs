@@ -745,6 +745,18 @@ impl CliOutput {
     }
 }
 
+/// What a child process printed (standard output, then standard error), echoed to the test's
+/// own output too.
+pub fn echo_output(output: &std::process::Output) -> String {
+    let printed = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{printed}");
+    printed
+}
+
 /// Runs the binary with `args` and extra environment `env`, within one minute.
 pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     let mut command = tokio::process::Command::new(BINARY);
