@@ -295,6 +295,11 @@ where
                         .saturating_sub(DEADLINE_MARGIN)
                         .min(admission.settings.call_timeout)
                 });
+            // A deadline that has passed already is not worth a query (and a timer would only
+            // notice it at its next tick, after a fast call may have run anyway).
+            if deadline.is_zero() {
+                return Ok(refused(Refusal::DeadlineExceeded { deadline }));
+            }
             let admitted = async {
                 let _slot = match admission.slot().await {
                     Ok(slot) => slot,
