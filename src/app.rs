@@ -41,6 +41,10 @@ pub enum AppError {
     Database { url: String, source: StoreError },
     #[error("secrets: {0}")]
     Secrets(#[from] SecretsError),
+    #[error(
+        "secrets: this replica's secrets key (id {ours}) is not the deployment's: it opens none of the key checks the other replicas stored (key ids {stored}), so it could not read the MySQL passwords and SSH keys they sealed. Start every replica with the same --secrets-key (DBTRAIL_SECRETS_KEY); while rotating, give the old key in --secrets-old-keys"
+    )]
+    SecretsKeyMismatch { ours: String, stored: String },
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -52,6 +56,20 @@ pub enum AppError {
     Tls(String),
     #[error("REST routes: {0}")]
     Rest(#[from] rest::RouteError),
+}
+
+/// Refuses a secrets key other than the deployment's (the one the first replica recorded a check
+/// value for), before this replica seals or opens anything.
+async fn check_secrets_key(store: &Store, secrets: &SecretBox) -> Result<(), AppError> {
+    let checked = store
+        .check_secrets_key(secrets.key_check(), |stored| {
+            secrets.opens_key_check(stored)
+        })
+        .await?;
+    checked.map_err(|stored| AppError::SecretsKeyMismatch {
+        ours: secrets.primary_key_id().to_owned(),
+        stored: stored.join(", "),
+    })
 }
 
 /// A running replica.
@@ -145,9 +163,10 @@ pub async fn start_with_steps(
     if generated {
         tracing::warn!(
             path = %config.data_dir.join("secrets.key").display(),
-            "no --secrets-key given: generated one; keep this file, or secrets stored with it become unreadable"
+            "no --secrets-key given: generated one; keep this file, or secrets stored with it become unreadable; give every replica of a deployment the same --secrets-key"
         );
     }
+    check_secrets_key(&store, &secrets).await?;
     if let Some(key) = Admin::new(store.clone())
         .bootstrap()
         .await

@@ -32,6 +32,10 @@ pub enum SecretsError {
     },
 }
 
+/// What a key check value seals, and the context it is bound to.
+const KEY_CHECK: &str = "dbtrail-servers secrets key check";
+const KEY_CHECK_CONTEXT: &str = "secrets-key-check";
+
 /// The configured keys: one that seals, all that open.
 #[derive(Clone)]
 pub struct SecretBox {
@@ -121,6 +125,23 @@ impl SecretBox {
             key_id: self.primary_id.clone(),
             ciphertext: sealed,
         }
+    }
+
+    /// The id of the key that seals.
+    pub fn primary_key_id(&self) -> &str {
+        &self.primary_id
+    }
+
+    /// A known constant sealed under the primary key: stored by the first replica, it tells a
+    /// later replica whether it holds the deployment's key.
+    pub fn key_check(&self) -> Sealed {
+        self.seal(&Secret(KEY_CHECK.to_owned()), KEY_CHECK_CONTEXT)
+    }
+
+    /// Whether one of this replica's keys opens a check value made by `key_check`.
+    pub fn opens_key_check(&self, sealed: &Sealed) -> bool {
+        self.open(sealed, KEY_CHECK_CONTEXT)
+            .is_ok_and(|secret| secret.0 == KEY_CHECK)
     }
 
     /// Decrypts a secret sealed by `seal` with the same context.

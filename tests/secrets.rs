@@ -232,3 +232,59 @@ async fn the_binary_never_logs_a_secret() {
     assert!(!output.trim().is_empty(), "the service logged nothing");
     assert_free_of_secrets("the service's output", &output);
 }
+
+/// Replicas started with different secrets keys on one database: the second refuses to start and
+/// says why, while a replica with the deployment's key (or given it as an old key, rotating)
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_secrets_key_refuses_to_start() {
+    let db = Arc::new(TestDatabase::create().await);
+    let first_key = random_secrets_key();
+    let options = |key: &str| ReplicaOptions {
+        secrets_key: key.to_owned(),
+        ..ReplicaOptions::default()
+    };
+    let first = ServiceProcess::serve("first-key", &db.url, &options(&first_key)).await;
+
+    let other_key = random_secrets_key();
+    let data_dir = tempfile::tempdir().expect("a data directory");
+    let mut args = vec!["serve".to_owned()];
+    args.extend(options(&other_key).serve_args(
+        &db.url,
+        &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{}", free_port()),
+        data_dir.path(),
+    ));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = run_cli(&args, &[]).await;
+    assert!(
+        !refused.status.success(),
+        "a replica with another key started: {}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("this replica's secrets key (id ")
+            && refused.stderr.contains("is not the deployment's")
+            && refused.stderr.contains("--secrets-key"),
+        "the refusal names the problem and the fix: {}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains(&other_key) && !refused.stderr.contains(&first_key),
+        "no key is printed"
+    );
+
+    // Rotating: the new key with the deployment's as an old one is let in, and so is the
+    // deployment's own key on another replica.
+    let rotating = ServiceProcess::serve(
+        "rotating",
+        &db.url,
+        &ReplicaOptions {
+            extra_args: vec!["--secrets-old-keys".to_owned(), first_key.clone()],
+            ..options(&other_key)
+        },
+    )
+    .await;
+    let second = ServiceProcess::serve("same-key", &db.url, &options(&first_key)).await;
+    drop((first, rotating, second));
+}

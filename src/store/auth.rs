@@ -10,6 +10,7 @@ use super::{
     API_KEYS_CHANNEL, Store, StoreError,
     schema::{api_keys, tenants},
 };
+use crate::domain::server::Sealed;
 
 /// A key to store: everything but the secret itself.
 #[derive(Debug, Clone, Insertable)]
@@ -216,5 +217,54 @@ impl Store {
             .get_result(&mut connection)
             .await?;
         Ok(stored.key)
+    }
+
+    /// Checks this replica's secrets key against the deployment's, under a lock so two replicas
+    /// starting at once decide one after the other: when no key check is stored yet, or
+    /// `opens` accepts one of them, `ours` is stored too (if new) and the answer is Ok;
+    /// otherwise the ids of the keys stored.
+    pub async fn check_secrets_key(
+        &self,
+        ours: Sealed,
+        opens: impl Fn(&Sealed) -> bool + Send,
+    ) -> Result<Result<(), Vec<String>>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Check {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            key_id: String,
+            #[diesel(sql_type = diesel::sql_types::Bytea)]
+            check_value: Vec<u8>,
+        }
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('secrets_key_checks'))")
+                    .execute(connection)
+                    .await?;
+                let stored: Vec<Check> =
+                    diesel::sql_query("SELECT key_id, check_value FROM secrets_key_checks")
+                        .load(connection)
+                        .await?;
+                let stored: Vec<Sealed> = stored
+                    .into_iter()
+                    .map(|check| Sealed {
+                        key_id: check.key_id,
+                        ciphertext: check.check_value,
+                    })
+                    .collect();
+                if !stored.is_empty() && !stored.iter().any(&opens) {
+                    return Ok(Err(stored.into_iter().map(|check| check.key_id).collect()));
+                }
+                diesel::sql_query(
+                    "INSERT INTO secrets_key_checks (key_id, check_value) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind::<diesel::sql_types::Text, _>(&ours.key_id)
+                .bind::<diesel::sql_types::Bytea, _>(&ours.ciphertext)
+                .execute(connection)
+                .await?;
+                Ok(Ok(()))
+            })
+            .await
     }
 }
