@@ -276,6 +276,7 @@ pub async fn start_with_steps(
         health.clone(),
         ready.clone(),
         stopping.clone(),
+        config.history_retention,
     ));
 
     let page_tokens = grpc::PageTokens::new(&store.deployment_key(PAGE_TOKEN_KEY).await?);
@@ -403,15 +404,18 @@ fn target_policy(config: &Config) -> TargetPolicy {
     )
 }
 
-/// Follows database reachability in gRPC health and /readyz, and expires old request ids.
+/// Follows database reachability in gRPC health and /readyz, expires old request ids and
+/// compacts the onboarding history.
 async fn health_loop(
     store: Store,
     health: tonic_health::server::HealthReporter,
     ready: Arc<AtomicBool>,
     stopping: CancellationToken,
+    history_retention: Duration,
 ) {
     let mut serving = None;
     let mut last_cleanup = std::time::Instant::now();
+    let mut last_compaction = std::time::Instant::now();
     loop {
         let ping = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
         let reachable = match ping {
@@ -447,6 +451,18 @@ async fn health_loop(
                 Ok(0) => {}
                 Ok(forgotten) => tracing::info!(forgotten, "forgot expired request ids"),
                 Err(error) => tracing::warn!(%error, "could not forget expired request ids"),
+            }
+        }
+        // At least twice per retention period, at most every cleanup interval.
+        if reachable
+            && last_compaction.elapsed()
+                >= (history_retention / 2).min(IDEMPOTENCY_CLEANUP_INTERVAL)
+        {
+            last_compaction = std::time::Instant::now();
+            match store.compact_onboarding_history(history_retention).await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::info!(forgotten, "compacted onboarding history"),
+                Err(error) => tracing::warn!(%error, "could not compact onboarding history"),
             }
         }
         tokio::select! {

@@ -204,6 +204,11 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_STREAM_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub stream_checkpoint_interval: Duration,
 
+    /// Onboarding history older than this is forgotten (each server's newest revision stays); a
+    /// watch resuming from before it gets OUT_OF_RANGE / REVISION_COMPACTED.
+    #[arg(long, env = "DBTRAIL_HISTORY_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub history_retention: Duration,
+
     /// Captured change events older than this are dropped, a day's partition at a time.
     #[arg(long, env = "DBTRAIL_CHANGE_RETENTION", default_value = "14days", value_parser = humantime::parse_duration)]
     pub change_retention: Duration,

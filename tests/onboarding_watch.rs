@@ -475,3 +475,62 @@ async fn server_and_status_agree_on_the_current_step() {
     assert_eq!(fetched.status, status.server_status);
     app.shutdown().await;
 }
+
+/// History retention: revisions older than --history-retention are forgotten (the newest stays);
+/// a watch from before them is OUT_OF_RANGE / REVISION_COMPACTED with where to resume, and a watch
+/// from there works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_compacted_revision_is_out_of_range_with_where_to_resume() {
+    let app = TestApp::start_with(ReplicaOptions {
+        extra_args: vec!["--history-retention".to_owned(), "1s".to_owned()],
+        ..ReplicaOptions::default()
+    })
+    .await;
+    let mut client = app.client();
+    let server = register(&mut client, ssh_server("compacted")).await;
+    let id = server.server_id.clone();
+    let current = wait_for_onboarding(
+        &client,
+        &id,
+        "awaiting_firewall",
+        Duration::from_secs(15),
+        is_awaiting_firewall,
+    )
+    .await
+    .revision;
+    assert!(current >= 3, "a few revisions to compact: {current}");
+    wait_until(
+        "the history to be compacted",
+        Duration::from_secs(15),
+        || {
+            let mut client = client.clone();
+            let id = id.clone();
+            async move { open_watch(&mut client, &id, Some(0), false).await.is_err() }
+        },
+    )
+    .await;
+    let Err(status) = open_watch(&mut client, &id, Some(0), false).await else {
+        panic!("a watch from revision 0 was opened after compaction");
+    };
+    assert_error(&status, Code::OutOfRange, "REVISION_COMPACTED");
+    let resume: i64 = status
+        .get_details_error_info()
+        .expect("an ErrorInfo")
+        .metadata["since_revision"]
+        .parse()
+        .expect("since_revision is a number");
+    assert_eq!(resume, current - 1, "only the newest revision is kept");
+    assert!(
+        status
+            .message()
+            .contains(&format!("since_revision={resume}"))
+    );
+    let mut resumed = open_watch(&mut client, &id, Some(resume), true)
+        .await
+        .expect("a watch from where it said to resume");
+    match resumed.next(Duration::from_secs(10)).await {
+        WatchEvent::Message(first) => assert_eq!(first.revision, current),
+        other => panic!("expected revision {current}, got {other:?}"),
+    }
+    app.shutdown().await;
+}

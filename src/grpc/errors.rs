@@ -281,6 +281,16 @@ fn store_status(error: StoreError) -> Status {
             "the server changed concurrently; retry".into(),
             none,
         ),
+        StoreError::Compacted(resume_since) => status_with_metadata(
+            Code::OutOfRange,
+            "REVISION_COMPACTED",
+            format!(
+                "revisions up to {resume_since} are no longer kept (--history-retention); resume \
+                 with since_revision={resume_since}, or watch without it for the current status"
+            ),
+            none,
+            HashMap::from([("since_revision".to_owned(), resume_since.to_string())]),
+        ),
         StoreError::Missing(what) => status(
             Code::NotFound,
             "NOT_FOUND",

@@ -570,6 +570,9 @@ impl ServersApi {
                     violations
                 }));
             }
+            if since < current {
+                self.store.check_history_kept(id, since).await?;
+            }
         }
         let stream = watch::watch(
             self.hub.clone(),

@@ -71,6 +71,9 @@ pub enum StoreError {
     Rejected(#[from] Rejection),
     #[error("{0} not found")]
     Missing(String),
+    /// The history a watch asked for was compacted; it can resume after this revision.
+    #[error("revisions up to {0} were compacted")]
+    Compacted(i64),
     #[error("{0}")]
     Conflict(String),
     #[error("stored data is invalid: {0}")]

@@ -384,6 +384,40 @@ impl Store {
         .await?)
     }
 
+    /// Forgets onboarding history older than `retention`, keeping each server's newest revision,
+    /// at most 10,000 rows a call; returns how many.
+    pub async fn compact_onboarding_history(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(diesel::sql_query(
+            "DELETE FROM onboarding_history WHERE (server_id, revision) IN ( \
+                SELECT server_id, revision FROM onboarding_history old \
+                WHERE created_at < now() - $1::interval \
+                  AND revision < (SELECT max(revision) FROM onboarding_history newest \
+                                  WHERE newest.server_id = old.server_id) \
+                LIMIT 10000)",
+        )
+        .bind::<Text, _>(super::interval(retention))
+        .execute(&mut connection)
+        .await?)
+    }
+
+    /// Fails with `Compacted` when the revisions after `since` are no longer all kept.
+    pub async fn check_history_kept(&self, id: ServerId, since: i64) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let oldest: Option<i64> = onboarding_history::table
+            .filter(onboarding_history::server_id.eq(id.0))
+            .select(diesel::dsl::min(onboarding_history::revision))
+            .first(&mut connection)
+            .await?;
+        match oldest {
+            Some(oldest) if since + 1 < oldest => Err(StoreError::Compacted(oldest - 1)),
+            _ => Ok(()),
+        }
+    }
+
     /// One of the tenant's servers, decommissioned ones included.
     pub async fn get_server(&self, tenant: TenantId, id: ServerId) -> Result<Server, StoreError> {
         let mut connection = self.connection().await?;
