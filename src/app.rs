@@ -247,6 +247,7 @@ pub async fn start_with_steps(
             lease_ttl: config.lease_ttl,
             sweep_interval: config.sweep_interval,
             max_runners: config.max_runners,
+            step_timeout: config.step_timeout,
             agent: agent_settings,
         },
         steps,

@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub mysql_connect_timeout: Duration,
 
+    /// The deadline of one run of an onboarding step, whatever it waits for (a login, a query,
+    /// the jumphost); a step past it is a transient fault, retried within the attempts below.
+    #[arg(long, env = "DBTRAIL_STEP_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub step_timeout: Duration,
+
     /// Attempts an onboarding step makes through transient faults (unreachable, timeouts) before it fails.
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub mysql_connect_attempts: i32,

@@ -525,3 +525,117 @@ async fn refused_silent_and_foreign_ports_read_the_same() {
         "{reasons:#?}"
     );
 }
+
+/// A proxy to `upstream` that forwards until the client sends a packet containing `trigger`,
+/// then forwards nothing more in either direction and closes nothing: a MySQL that accepted the
+/// login and then stopped answering. (Plain text: the server it fronts is reached with TLS off.)
+async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let address = listener.local_addr().expect("the proxy's address");
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = inbound.into_split();
+                let (mut server_read, mut server_write) = outbound.into_split();
+                let stalled = tokio_util::sync::CancellationToken::new();
+                let to_client = {
+                    let stalled = stalled.clone();
+                    async move {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            let read = tokio::select! {
+                                read = server_read.read(&mut buffer) => read,
+                                // Dropping the write half would send a FIN: hold it.
+                                () = stalled.cancelled() => std::future::pending().await,
+                            };
+                            match read {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => {
+                                    if client_write.write_all(&buffer[..read]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                let to_server = async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => {
+                                let chunk = &buffer[..read];
+                                if chunk.windows(trigger.len()).any(|window| window == trigger) {
+                                    stalled.cancel();
+                                    // Hold both halves open: nothing ends, nothing answers.
+                                    std::future::pending::<()>().await;
+                                }
+                                if server_write.write_all(chunk).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                };
+                tokio::join!(to_client, to_server);
+            });
+        }
+    });
+    address
+}
+
+/// A MySQL that logs the agent in and then never answers its query: the step fails within its
+/// deadline (--step-timeout) after its attempts, naming what stalled, instead of holding a runner
+/// slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_deadline() {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let proxy = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
+    let mut options = mysql_replica_options();
+    options
+        .extra_args
+        .extend(["--step-timeout".to_owned(), "2s".to_owned()]);
+    let app = TestApp::start_with(options).await;
+    let mut client = app.client();
+    let mut server = mariadb.server("stalls", USER, PASSWORD);
+    server.port = i32::from(proxy.port());
+    server.stream_options = Some(proto::StreamOptions {
+        ssl_mode: proto::SslMode::Disabled as i32,
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let registered = register(&mut client, server).await;
+    let status = wait_settled(&client, &registered.server_id).await;
+    let took = started.elapsed();
+    assert_eq!(
+        status.server_status,
+        ServerStatus::Error as i32,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.current_step,
+        Some(OnboardingStep::Initializing as i32),
+        "the login passed; the first query after it stalled: {status:?}"
+    );
+    let error = status.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("initializing did not finish within 2s")
+            && error.contains(&format!("waiting for MySQL at 127.0.0.1:{}", proxy.port()))
+            && error.contains(&format!("gave up after {CONNECT_ATTEMPTS} attempts")),
+        "the error names the deadline and what stalled: {error}"
+    );
+    // A few attempts of 2 s and their backoffs, not forever.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    app.shutdown().await;
+}

@@ -154,6 +154,22 @@ pub enum StepOutcome {
     Failed { error: String },
 }
 
+impl StepOutcome {
+    /// A transient fault in attempt `attempts` of a step: retried until the budget is spent,
+    /// then failed.
+    pub fn transient(message: &str, attempts: i32, budget: i32) -> StepOutcome {
+        if attempts >= budget {
+            StepOutcome::Failed {
+                error: format!("{message} (gave up after {attempts} attempts)"),
+            }
+        } else {
+            StepOutcome::Retry {
+                message: format!("{message}; attempt {attempts} of {budget} failed, retrying"),
+            }
+        }
+    }
+}
+
 /// The onboarding status of a server, as watchers and GetOnboardingStatus see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnboardingStatus {

@@ -73,6 +73,29 @@ pub struct StepContext {
     pub index: Store,
     pub secrets: SecretBox,
     pub agent: AgentSettings,
+    /// What the step is doing now, named when it stalls past its deadline.
+    pub activity: Activity,
+}
+
+/// What a step is doing now ("logging in to MySQL at db:3306"), shared with the engine that
+/// names it when the step stalls.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<Mutex<String>>);
+
+impl Activity {
+    pub fn set(&self, what: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = what;
+    }
+
+    fn describe(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
 /// One onboarding step. `run` may be called again after a crash: its effects must be idempotent.
@@ -108,6 +131,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     pub sweep_interval: Duration,
     pub max_runners: usize,
+    /// The deadline of one run of a step, whatever it waits for.
+    pub step_timeout: Duration,
     pub agent: AgentSettings,
 }
 
@@ -354,18 +379,36 @@ impl Engine {
             }
             let started = Instant::now();
             let span = step_span(&server, step);
+            let attempts = server.steps.get(step).attempts;
+            let budget = self.config.agent.connect_attempts;
+            let activity = Activity::default();
+            let run = tokio::time::timeout(
+                self.config.step_timeout,
+                self.run_step(step, server, claim, activity.clone()),
+            );
             let outcome = tokio::select! {
                 () = lost.cancelled() => return Err(StoreError::Fenced),
-                outcome = self.run_step(step, server, claim).instrument(span.clone()) => outcome,
+                outcome = run.instrument(span.clone()) => outcome,
             };
             let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(StoreError::Fenced) => return Err(StoreError::Fenced),
-                Err(error) => {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(StoreError::Fenced)) => return Err(StoreError::Fenced),
+                Ok(Err(error)) => {
                     tracing::warn!(server_id = %id, %step, %error, "step hit a transient fault");
-                    StepOutcome::Retry {
-                        message: "the service's database is unavailable; retrying".into(),
-                    }
+                    StepOutcome::transient(
+                        "the service's database is unavailable",
+                        attempts,
+                        budget,
+                    )
+                }
+                Err(_) => {
+                    let stalled = format!(
+                        "{step} did not finish within {}: it stalled {}",
+                        humantime::format_duration(self.config.step_timeout),
+                        activity.describe()
+                    );
+                    tracing::warn!(server_id = %id, %step, %stalled, "step stalled");
+                    StepOutcome::transient(&stalled, attempts, budget)
                 }
             };
             let label = outcome_label(&outcome);
@@ -406,6 +449,7 @@ impl Engine {
         step: OnboardingStep,
         server: Server,
         claim: Claim,
+        activity: Activity,
     ) -> Result<StepOutcome, StoreError> {
         let Some(implementation) = self.steps.get(&step) else {
             return Ok(StepOutcome::Waiting {
@@ -422,7 +466,9 @@ impl Engine {
             index: self.index.clone(),
             secrets: self.secrets.clone(),
             agent: self.config.agent.clone(),
+            activity,
         };
+        context.activity.set(format!("running {step}"));
         implementation.run(&context).await
     }
 

@@ -33,24 +33,17 @@ impl MysqlFailure {
     pub fn outcome(self, context: &StepContext) -> StepOutcome {
         match self {
             MysqlFailure::Permanent(error) => StepOutcome::Failed { error },
-            MysqlFailure::Transient(message) => {
-                let attempts = context.server.steps.get(context.step).attempts;
-                if attempts >= context.agent.connect_attempts {
-                    StepOutcome::Failed {
-                        error: format!("{message} (gave up after {attempts} attempts)"),
-                    }
-                } else {
-                    StepOutcome::Retry {
-                        message: format!(
-                            "{message}; attempt {attempts} of {} failed, retrying",
-                            context.agent.connect_attempts
-                        ),
-                    }
-                }
-            }
+            MysqlFailure::Transient(message) => StepOutcome::transient(
+                &message,
+                context.server.steps.get(context.step).attempts,
+                context.agent.connect_attempts,
+            ),
         }
     }
 }
+
+/// The idle time before the kernel probes a customer connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// MySQL server error codes that a retry may cure.
 const TRANSIENT_SERVER_ERRORS: &[u16] = &[
@@ -193,7 +186,13 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
     let server = &context.server;
     let address = address(context);
     let tunnel = match (&server.spec.connection_method, &server.spec.ssh_tunnel) {
-        (ConnectionMethod::SshTunnel, Some(tunnel)) => Some(ssh::open(context, tunnel).await?),
+        (ConnectionMethod::SshTunnel, Some(tunnel)) => {
+            context.activity.set(format!(
+                "opening the SSH tunnel through {}:{}",
+                tunnel.host, tunnel.port
+            ));
+            Some(ssh::open(context, tunnel).await?)
+        }
         (ConnectionMethod::SshTunnel, None) => {
             return Err(MysqlFailure::Permanent(
                 "connection_method is ssh_tunnel but no ssh_tunnel is set".into(),
@@ -226,9 +225,14 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
             (address.ip().to_string(), address.port())
         }
     };
+    context
+        .activity
+        .set(format!("logging in to MySQL at {address}"));
     let base = OptsBuilder::default()
         .ip_or_hostname(host)
         .tcp_port(port)
+        // A peer that vanishes without a FIN is noticed by the kernel, not only by a timeout.
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
         .user(Some(server.spec.mysql_user.clone()))
         .pass(password)
         .prefer_socket(false)
@@ -275,6 +279,9 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
     if let Some(tunnel) = &tunnel {
         tunnel.stop_accepting();
     }
+    context
+        .activity
+        .set(format!("waiting for MySQL at {address} to answer a query"));
     Ok(Link { connection, tunnel })
 }
 

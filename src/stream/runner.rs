@@ -178,6 +178,7 @@ impl Holder {
             index: self.index.clone(),
             secrets: self.secrets.clone(),
             agent: self.agent.clone(),
+            activity: Default::default(),
         }
     }
 
