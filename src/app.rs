@@ -247,6 +247,9 @@ pub async fn start_with_steps(
             lease_ttl: config.lease_ttl,
             sweep_interval: config.sweep_interval,
             max_runners: config.max_runners,
+            max_runners_per_tenant: config
+                .max_runners_per_tenant
+                .unwrap_or((config.max_runners / 4).max(1)),
             step_timeout: config.step_timeout,
             agent: agent_settings,
         },

@@ -108,8 +108,13 @@ pub struct Config {
     pub watch_pool_size: usize,
 
     /// How many servers one replica onboards at once.
-    #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64)]
+    #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_runners: usize,
+
+    /// How many of those one tenant's servers may take (default: a quarter of --max-runners), so
+    /// that one tenant's slow or hostile servers never stall the others' onboarding.
+    #[arg(long, env = "DBTRAIL_MAX_RUNNERS_PER_TENANT", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_runners_per_tenant: Option<usize>,
 
     /// Time limit of one connection attempt to a customer's MySQL.
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]

@@ -193,14 +193,14 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
     // Runner 1 claims with a short lease, which expires; runner 2 takes over.
     let stale_owner = uuid::Uuid::new_v4();
     let stale = store
-        .claim_runnable(stale_owner, Duration::from_millis(300), 10, Some(id))
+        .claim_runnable(stale_owner, Duration::from_millis(300), &[id])
         .await
         .expect("claim 1");
     assert_eq!(stale.len(), 1, "the runnable server is claimed");
     let stale = stale[0];
     tokio::time::sleep(Duration::from_millis(600)).await;
     let current = store
-        .claim_runnable(uuid::Uuid::new_v4(), Duration::from_secs(60), 10, Some(id))
+        .claim_runnable(uuid::Uuid::new_v4(), Duration::from_secs(60), &[id])
         .await
         .expect("claim 2");
     assert_eq!(current.len(), 1, "the expired lease is claimed again");

@@ -639,3 +639,77 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
     assert!(took < Duration::from_secs(30), "took {took:?}");
     app.shutdown().await;
 }
+
+/// Runner slots are shared: a tenant whose servers all stall after login leaves a quarter of a
+/// replica's runner slots (its share, by default) to the others, and another tenant's server
+/// onboards at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let proxy = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
+    let mut options = mysql_replica_options();
+    options.extra_args.extend(
+        ["--max-runners", "8", "--step-timeout", "5m"]
+            .iter()
+            .map(|arg| arg.to_string()),
+    );
+    let app = TestApp::start_with(options).await;
+    let mut hostile = app.client();
+    let mut stalled = Vec::new();
+    for index in 0..12 {
+        let mut server = mariadb.server(&format!("stalls-{index}"), USER, PASSWORD);
+        server.port = i32::from(proxy.port());
+        server.stream_options = Some(proto::StreamOptions {
+            ssl_mode: proto::SslMode::Disabled as i32,
+            ..Default::default()
+        });
+        stalled.push(register(&mut hostile, server).await.server_id);
+    }
+    // The hostile tenant's servers take their share of the 8 slots and stall in initializing.
+    wait_until(
+        "the stalling servers to reach initializing",
+        Duration::from_secs(20),
+        || {
+            let mut client = hostile.clone();
+            let first = stalled[0].clone();
+            async move {
+                onboarding_status(&mut client, &first).await.current_step
+                    == Some(OnboardingStep::Initializing as i32)
+            }
+        },
+    )
+    .await;
+
+    let other = app.db.create_tenant("patient", None).await;
+    let mut client = app.client_with_key(&other.key);
+    let started = std::time::Instant::now();
+    let server = register(&mut client, mariadb.server("onboards", USER, PASSWORD)).await;
+    let status = wait_settled(&client, &server.server_id).await;
+    assert_active(&status);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "another tenant's server waited {:?} for a runner",
+        started.elapsed()
+    );
+    // The hostile tenant took all but a share's worth of the 8 slots: 6 of its 12 are in
+    // initializing, the rest wait their turn.
+    let mut running = 0;
+    for id in &stalled {
+        if onboarding_status(&mut hostile, id).await.current_step
+            == Some(OnboardingStep::Initializing as i32)
+        {
+            running += 1;
+        }
+    }
+    assert_eq!(running, 6, "all but a quarter of 8 runner slots");
+    app.shutdown().await;
+}

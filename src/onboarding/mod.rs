@@ -40,7 +40,7 @@ pub use waiting_for_agent::WaitingForAgent;
 
 use crate::{
     domain::{
-        OnboardingStep, ServerId, ServerStatus, StepStatus, onboarding::StepOutcome,
+        OnboardingStep, ServerId, ServerStatus, StepStatus, TenantId, onboarding::StepOutcome,
         server::Server, target::TargetPolicy,
     },
     secrets::SecretBox,
@@ -131,14 +131,18 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     pub sweep_interval: Duration,
     pub max_runners: usize,
+    /// How many of those one tenant's servers may hold, so that one tenant's slow or hostile
+    /// servers never stall everyone else's onboarding.
+    pub max_runners_per_tenant: usize,
     /// The deadline of one run of a step, whatever it waits for.
     pub step_timeout: Duration,
     pub agent: AgentSettings,
 }
 
 /// What the engine knows of one running server's runner.
-#[derive(Default)]
 struct Runner {
+    /// Whose server it runs (for the per-tenant share of runner slots).
+    tenant: TenantId,
     /// The latest revision this runner wrote; a NOTIFY of a later one came from someone else.
     written: AtomicI64,
     /// Wakes the lease renewal to check the fence now.
@@ -146,6 +150,14 @@ struct Runner {
 }
 
 impl Runner {
+    fn new(tenant: TenantId) -> Runner {
+        Runner {
+            tenant,
+            written: AtomicI64::default(),
+            check: Notify::default(),
+        }
+    }
+
     fn wrote(&self, revision: i64) {
         self.written.fetch_max(revision, Ordering::AcqRel);
     }
@@ -281,9 +293,20 @@ impl Engine {
         if free == 0 || only.is_some_and(|id| self.running().contains_key(&id)) {
             return;
         }
+        let tenants = match self.pick_runnable(only, free).await {
+            Ok(picked) => picked,
+            Err(error) => {
+                tracing::warn!(%error, "finding runnable servers failed");
+                return;
+            }
+        };
+        let ids: Vec<ServerId> = tenants.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
         let claims = match self
             .store
-            .claim_runnable(self.owner, self.config.lease_ttl, free as i64, only)
+            .claim_runnable(self.owner, self.config.lease_ttl, &ids)
             .await
         {
             Ok(claims) => claims,
@@ -300,7 +323,7 @@ impl Engine {
             return;
         }
         for claim in claims {
-            let runner = Arc::new(Runner::default());
+            let runner = Arc::new(Runner::new(tenants[&claim.server_id]));
             let inserted = match self.running().entry(claim.server_id) {
                 std::collections::hash_map::Entry::Occupied(_) => false,
                 std::collections::hash_map::Entry::Vacant(entry) => {
@@ -324,6 +347,40 @@ impl Engine {
                 let _ = engine.waker.try_send(None);
             });
         }
+    }
+
+    /// Up to `free` runnable servers to claim, taking the tenants in turn, with their tenants. A
+    /// tenant within its share of this replica's runner slots may take any free slot; one beyond
+    /// it only while a share's worth of slots stays free for the others. So one tenant alone uses
+    /// most of the replica, and another tenant's server never waits for it; as the first
+    /// tenant's runners end, the slots go to the others until it is back within its share.
+    async fn pick_runnable(
+        &self,
+        only: Option<ServerId>,
+        free: usize,
+    ) -> Result<HashMap<ServerId, TenantId>, StoreError> {
+        let share = self.config.max_runners_per_tenant;
+        let mut held: HashMap<TenantId, usize> = HashMap::new();
+        for runner in self.running().values() {
+            *held.entry(runner.tenant).or_default() += 1;
+        }
+        let candidates = self
+            .store
+            .runnable_servers(only, free as i64, 4 * self.config.max_runners as i64)
+            .await?;
+        let mut picked = HashMap::new();
+        for (server, tenant) in candidates {
+            let left = free - picked.len();
+            if left == 0 {
+                break;
+            }
+            let holds = held.entry(tenant).or_default();
+            if *holds < share || left > share {
+                *holds += 1;
+                picked.insert(server, tenant);
+            }
+        }
+        Ok(picked)
     }
 
     /// Runs one claimed server's steps until it waits, fails, completes, or the lease is lost.

@@ -12,7 +12,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{Store, StoreError, interval, schema::servers};
-use crate::domain::ServerId;
+use crate::domain::{ServerId, TenantId};
 
 /// A runner's right to write: its owner id and the epoch of its claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,29 +97,65 @@ impl Store {
         Ok(row.id)
     }
 
-    /// Claims up to `limit` runnable servers whose lease is free or expired, or one given server.
-    /// Each claim bumps the epoch, which fences out any previous runner.
+    /// Runnable servers no replica holds, with their tenants: at most `per_tenant` of each
+    /// tenant and `limit` in all, the tenants in turn (each one's oldest lease first, then each
+    /// one's second, ...).
+    pub async fn runnable_servers(
+        &self,
+        only: Option<ServerId>,
+        per_tenant: i64,
+        limit: i64,
+    ) -> Result<Vec<(ServerId, TenantId)>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Candidate {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+            #[diesel(sql_type = SqlUuid)]
+            tenant_id: Uuid,
+        }
+        let mut connection = self.connection().await?;
+        let rows: Vec<Candidate> = diesel::sql_query(
+            "SELECT id, tenant_id FROM ( \
+                 SELECT id, tenant_id, lease_expires_at, row_number() OVER ( \
+                     PARTITION BY tenant_id ORDER BY lease_expires_at NULLS FIRST) AS nth \
+                 FROM servers \
+                 WHERE runnable AND (lease_owner IS NULL OR lease_expires_at < now()) \
+                   AND ($1::uuid IS NULL OR id = $1)) candidates \
+             WHERE nth <= $2 ORDER BY nth, lease_expires_at NULLS FIRST LIMIT $3",
+        )
+        .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.0))
+        .bind::<Int8, _>(per_tenant)
+        .bind::<Int8, _>(limit)
+        .load(&mut connection)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (ServerId(row.id), TenantId(row.tenant_id)))
+            .collect())
+    }
+
+    /// Claims those of `ids` that are still runnable and unheld: a lease for `owner` with a new
+    /// epoch. Servers another replica claimed meanwhile are skipped.
     pub async fn claim_runnable(
         &self,
         owner: Uuid,
         ttl: Duration,
-        limit: i64,
-        only: Option<ServerId>,
+        ids: &[ServerId],
     ) -> Result<Vec<Claim>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let mut connection = self.connection().await?;
         let rows: Vec<ClaimedRow> = diesel::sql_query(
             "UPDATE servers SET lease_owner = $1, lease_expires_at = now() + $2::interval, \
                  lease_epoch = lease_epoch + 1 \
              WHERE id IN (SELECT id FROM servers \
-                 WHERE runnable AND (lease_owner IS NULL OR lease_expires_at < now()) \
-                   AND ($4::uuid IS NULL OR id = $4) \
-                 ORDER BY lease_expires_at NULLS FIRST LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 WHERE id = ANY($3) AND runnable \
+                   AND (lease_owner IS NULL OR lease_expires_at < now()) \
+                 FOR UPDATE SKIP LOCKED) \
              RETURNING id, lease_epoch",
         )
         .bind::<SqlUuid, _>(owner)
         .bind::<Text, _>(interval(ttl))
-        .bind::<Int8, _>(limit)
-        .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.0))
+        .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
         .load(&mut connection)
         .await?;
         Ok(rows
