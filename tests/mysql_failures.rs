@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::mariadb::*;
 use common::*;
@@ -529,19 +530,40 @@ async fn refused_silent_and_foreign_ports_read_the_same() {
 /// A proxy to `upstream` that forwards until the client sends a packet containing `trigger`,
 /// then forwards nothing more in either direction and closes nothing: a MySQL that accepted the
 /// login and then stopped answering. (Plain text: the server it fronts is reached with TLS off.)
-async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> std::net::SocketAddr {
+struct StallingProxy {
+    address: std::net::SocketAddr,
+    /// Client connections open now (one ends when the client closes it).
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallingProxy {
+    fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> StallingProxy {
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the proxy");
     let address = listener.local_addr().expect("the proxy's address");
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = open.clone();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
             let upstream = upstream.clone();
+            let open = counter.clone();
             tokio::spawn(async move {
                 let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                     return;
                 };
+                open.fetch_add(1, Ordering::SeqCst);
                 let (mut client_read, mut client_write) = inbound.into_split();
                 let (mut server_read, mut server_write) = outbound.into_split();
                 let stalled = tokio_util::sync::CancellationToken::new();
@@ -571,12 +593,15 @@ async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> std::net::S
                     loop {
                         match client_read.read(&mut buffer).await {
                             Ok(0) | Err(_) => return,
+                            Ok(read) if stalled.is_cancelled() => {
+                                // Swallowed: nothing answers any more.
+                                let _ = read;
+                            }
                             Ok(read) => {
                                 let chunk = &buffer[..read];
                                 if chunk.windows(trigger.len()).any(|window| window == trigger) {
                                     stalled.cancel();
-                                    // Hold both halves open: nothing ends, nothing answers.
-                                    std::future::pending::<()>().await;
+                                    continue;
                                 }
                                 if server_write.write_all(chunk).await.is_err() {
                                     return;
@@ -585,11 +610,16 @@ async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> std::net::S
                         }
                     }
                 };
-                tokio::join!(to_client, to_server);
+                // Until the client closes its side (or the server, before the stall).
+                tokio::select! {
+                    () = to_client => {}
+                    () = to_server => {}
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    address
+    StallingProxy { address, open }
 }
 
 /// A MySQL that logs the agent in and then never answers its query: the step fails within its
@@ -711,5 +741,70 @@ async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() 
         }
     }
     assert_eq!(running, 6, "all but a quarter of 8 runner slots");
+    app.shutdown().await;
+}
+
+/// A runner whose lease renewals fail (its PostgreSQL out of reach, not taken over) stops before
+/// its lease may expire: its step is cancelled and its MySQL connection closed, so a runner of
+/// another replica that claims the server then never works on it beside this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_cannot_renew_its_lease_lets_go_of_mysql_before_the_lease_expires() {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let mysql = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
+    let postgres = TcpProxy::to_postgres().await;
+    let db = Arc::new(TestDatabase::create().await);
+    let tenant = db.create_tenant("tenant-a", None).await;
+    let mut options = mysql_replica_options();
+    options.database_url = Some(with_host_port(&db.url, postgres.addr));
+    options
+        .extra_args
+        .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
+    let lease_ttl = Duration::from_secs(2);
+    assert_eq!(options.lease_ttl, "2s");
+    let app = TestApp::start_on(db.clone(), tenant, options).await;
+    let mut client = app.client();
+    let mut server = mariadb.server("renewals-fail", USER, PASSWORD);
+    server.port = i32::from(mysql.port());
+    server.stream_options = Some(proto::StreamOptions {
+        ssl_mode: proto::SslMode::Disabled as i32,
+        ..Default::default()
+    });
+    let id = register(&mut client, server).await.server_id;
+    wait_until(
+        "the runner to hold a stalled MySQL connection in initializing",
+        Duration::from_secs(20),
+        || {
+            let mut client = client.clone();
+            let id = id.clone();
+            let open = mysql.open();
+            async move {
+                open == 1
+                    && onboarding_status(&mut client, &id).await.current_step
+                        == Some(OnboardingStep::Initializing as i32)
+            }
+        },
+    )
+    .await;
+    // A few renewals succeed; then the database goes silent for this replica.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(mysql.open(), 1, "the step still waits on MySQL");
+    let cut = Instant::now();
+    postgres.black_hole();
+    wait_until(
+        "the runner to close its MySQL connection",
+        lease_ttl * 3,
+        || async { mysql.open() == 0 },
+    )
+    .await;
+    assert!(
+        cut.elapsed() < lease_ttl,
+        "the runner let go {:?} after its last chance to renew; its lease (TTL {lease_ttl:?}) may \
+         have been another replica's by then",
+        cut.elapsed()
+    );
+    postgres.restore();
     app.shutdown().await;
 }

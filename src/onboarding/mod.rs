@@ -304,6 +304,8 @@ impl Engine {
         if ids.is_empty() {
             return;
         }
+        // The leases expire TTL after the database ran the claim, which is after this.
+        let asked = Instant::now();
         let claims = match self
             .store
             .claim_runnable(self.owner, self.config.lease_ttl, &ids)
@@ -339,7 +341,7 @@ impl Engine {
             }
             let engine = self.clone();
             self.runners.spawn(async move {
-                engine.drive(claim, &runner).await;
+                engine.drive(claim, asked, &runner).await;
                 engine.running().remove(&claim.server_id);
                 // The freed slot takes the next runnable server now, not at the next sweep
                 // (wake-ups that came while every slot was busy were skipped), and a wake-up of
@@ -384,11 +386,12 @@ impl Engine {
     }
 
     /// Runs one claimed server's steps until it waits, fails, completes, or the lease is lost.
-    async fn drive(self: &Arc<Engine>, claim: Claim, runner: &Arc<Runner>) {
+    async fn drive(self: &Arc<Engine>, claim: Claim, claimed: Instant, runner: &Arc<Runner>) {
         let lost = self.shutdown.child_token();
         let renewal = tokio::spawn(renew(
             self.store.clone(),
             claim,
+            claimed,
             self.config.lease_ttl,
             lost.clone(),
             runner.clone(),
@@ -548,21 +551,41 @@ impl Engine {
 }
 
 /// Keeps a lease alive; cancels `lost` when it was taken over.
+/// Keeps a runner's lease, and stops the runner (`lost`) when it is taken over, or when it could
+/// not be renewed for so long that it may expire: from `ttl` less a margin after the last
+/// renewal that succeeded (or the claim), another replica may take the server, and two runners
+/// must never touch the customer's MySQL at once.
 async fn renew(
     store: Store,
     claim: Claim,
+    claimed: Instant,
     ttl: Duration,
     lost: CancellationToken,
     runner: Arc<Runner>,
 ) {
+    let safe_for = ttl.saturating_sub(ttl / 4);
+    let mut valid_until = claimed + safe_for;
+    let expire = || {
+        tracing::warn!(
+            server_id = %claim.server_id,
+            "the lease could not be renewed in time; the runner stops before it may expire"
+        );
+        lost.cancel();
+    };
     loop {
         tokio::select! {
             () = tokio::time::sleep(ttl / 3) => {}
             // Someone else changed the server: find out now whether the lease is still ours.
             () = runner.check.notified() => {}
+            () = tokio::time::sleep_until(valid_until.into()) => return expire(),
         }
-        match store.renew_lease(Lease::Onboarding, claim, ttl).await {
-            Ok(()) => {}
+        let asked = Instant::now();
+        let renewed = tokio::select! {
+            renewed = store.renew_lease(Lease::Onboarding, claim, ttl) => renewed,
+            () = tokio::time::sleep_until(valid_until.into()) => return expire(),
+        };
+        match renewed {
+            Ok(()) => valid_until = asked + safe_for,
             Err(StoreError::Fenced) => {
                 lost.cancel();
                 return;
