@@ -111,8 +111,8 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MAX_RUNNERS", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_runners: usize,
 
-    /// How many of those one tenant's servers may take (default: a quarter of --max-runners), so
-    /// that one tenant's slow or hostile servers never stall the others' onboarding.
+    /// A tenant's share of those (default: a quarter of --max-runners): beyond it, a tenant takes
+    /// a free runner only while a share's worth stays free for the others.
     #[arg(long, env = "DBTRAIL_MAX_RUNNERS_PER_TENANT", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_runners_per_tenant: Option<usize>,
 
@@ -122,7 +122,7 @@ pub struct Config {
 
     /// The deadline of one run of an onboarding step, whatever it waits for (a login, a query,
     /// the jumphost); a step past it is a transient fault, retried within the attempts below.
-    #[arg(long, env = "DBTRAIL_STEP_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DBTRAIL_STEP_TIMEOUT", default_value = "2m", value_parser = positive_duration)]
     pub step_timeout: Duration,
 
     /// Attempts an onboarding step makes through transient faults (unreachable, timeouts) before it fails.
@@ -216,7 +216,7 @@ pub struct Config {
 
     /// Onboarding history older than this is forgotten (each server's newest revision stays); a
     /// watch resuming from before it gets OUT_OF_RANGE / REVISION_COMPACTED.
-    #[arg(long, env = "DBTRAIL_HISTORY_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DBTRAIL_HISTORY_RETENTION", default_value = "7days", value_parser = positive_duration)]
     pub history_retention: Duration,
 
     /// Captured change events older than this are dropped, a day's partition at a time.
@@ -270,4 +270,13 @@ fn parse_otlp_endpoint(value: &str) -> Result<String, String> {
         return Err("expected http://host:port or https://host:port".to_owned());
     }
     Ok(value.to_owned())
+}
+
+/// A duration of at least a second ("90s", "2m", "7days").
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    if duration < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(duration)
 }

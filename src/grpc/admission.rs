@@ -295,9 +295,10 @@ where
                         .saturating_sub(DEADLINE_MARGIN)
                         .min(admission.settings.call_timeout)
                 });
-            // A deadline that has passed already is not worth a query (and a timer would only
-            // notice it at its next tick, after a fast call may have run anyway).
-            if deadline.is_zero() {
+            // A deadline under the timer's millisecond resolution has as good as passed: not
+            // worth a query (and the timer would notice it only at its next tick, after a fast
+            // call may have run anyway).
+            if deadline < DEADLINE_MARGIN {
                 return Ok(refused(Refusal::DeadlineExceeded { deadline }));
             }
             let admitted = async {

@@ -355,7 +355,8 @@ fn items(
 }
 
 /// The headers that travel as gRPC metadata: the caller's key, its deadline (`grpc-timeout`, as
-/// grpc-gateway forwards it), its trace context and the request id.
+/// grpc-gateway forwards it) and the request id. (The trace context is not: the call's span is a
+/// child of the REST span, which continued the caller's.)
 fn metadata(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut metadata = HeaderMap::new();
     for name in [

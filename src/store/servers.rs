@@ -384,24 +384,44 @@ impl Store {
         .await?)
     }
 
-    /// Forgets onboarding history older than `retention`, keeping each server's newest revision,
-    /// at most 10,000 rows a call; returns how many.
+    /// Forgets onboarding history older than `retention`: for each server, every revision up to
+    /// its newest old one, never its newest revision, so what stays is gap-free. One replica
+    /// at a time compacts (the others skip); returns how many rows went.
     pub async fn compact_onboarding_history(
         &self,
         retention: std::time::Duration,
     ) -> Result<usize, StoreError> {
+        #[derive(QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = Bool)]
+            locked: bool,
+        }
         let mut connection = self.connection().await?;
-        Ok(diesel::sql_query(
-            "DELETE FROM onboarding_history WHERE (server_id, revision) IN ( \
-                SELECT server_id, revision FROM onboarding_history old \
-                WHERE created_at < now() - $1::interval \
-                  AND revision < (SELECT max(revision) FROM onboarding_history newest \
-                                  WHERE newest.server_id = old.server_id) \
-                LIMIT 10000)",
-        )
-        .bind::<Text, _>(super::interval(retention))
-        .execute(&mut connection)
-        .await?)
+        connection
+            .transaction(async move |connection| {
+                let lock: Locked = diesel::sql_query(
+                    "SELECT pg_try_advisory_xact_lock(hashtext('onboarding_history compaction')) \
+                     AS locked",
+                )
+                .get_result(connection)
+                .await?;
+                if !lock.locked {
+                    return Ok(0);
+                }
+                Ok(diesel::sql_query(
+                    "DELETE FROM onboarding_history history USING ( \
+                         SELECT server_id, max(revision) AS newest, \
+                                max(revision) FILTER (WHERE created_at < now() - $1::interval) \
+                                    AS old_through \
+                         FROM onboarding_history GROUP BY server_id) kept \
+                     WHERE history.server_id = kept.server_id \
+                       AND history.revision <= least(kept.old_through, kept.newest - 1)",
+                )
+                .bind::<Text, _>(super::interval(retention))
+                .execute(connection)
+                .await?)
+            })
+            .await
     }
 
     /// Fails with `Compacted` when the revisions after `since` are no longer all kept.

@@ -216,6 +216,10 @@ impl Watcher {
             if status.revision > through || self.finished {
                 break;
             }
+            // The history was compacted under this replay: say where to resume, skip nothing.
+            if status.revision != self.last_sent + 1 {
+                return self.fail(StoreError::Compacted(status.revision - 1).into());
+            }
             // Only the newest known status may end the stream; older finals were superseded.
             let newest = status.revision == through;
             self.send(Arc::new(status), newest);
