@@ -408,14 +408,18 @@ impl Store {
                 if !lock.locked {
                     return Ok(0);
                 }
+                // The old rows come from the created_at index; each server's newest revision
+                // from its primary key.
                 Ok(diesel::sql_query(
                     "DELETE FROM onboarding_history history USING ( \
-                         SELECT server_id, max(revision) AS newest, \
-                                max(revision) FILTER (WHERE created_at < now() - $1::interval) \
-                                    AS old_through \
-                         FROM onboarding_history GROUP BY server_id) kept \
+                         SELECT old.server_id, least(old.old_through, \
+                                (SELECT max(revision) FROM onboarding_history newest \
+                                 WHERE newest.server_id = old.server_id) - 1) AS through \
+                         FROM (SELECT server_id, max(revision) AS old_through \
+                               FROM onboarding_history WHERE created_at < now() - $1::interval \
+                               GROUP BY server_id) old) kept \
                      WHERE history.server_id = kept.server_id \
-                       AND history.revision <= least(kept.old_through, kept.newest - 1)",
+                       AND history.revision <= kept.through",
                 )
                 .bind::<Text, _>(super::interval(retention))
                 .execute(connection)

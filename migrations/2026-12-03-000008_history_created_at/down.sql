@@ -1,0 +1,1 @@
+DROP INDEX onboarding_history_created_at;
