@@ -675,16 +675,7 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
 /// onboards at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
-    let mariadb = MariaDb::start().await;
-    mariadb
-        .exec(&[
-            "CREATE DATABASE shop",
-            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
-        ])
-        .await;
-    mariadb
-        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
-        .await;
+    let mariadb = onboardable_mariadb().await;
     let proxy = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
     let mut options = mysql_replica_options();
     options.extra_args.extend(

@@ -700,19 +700,10 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_steps_and_stream_connections_are_traced_over_otlp_continuing_the_callers_trace() {
-    use common::mariadb::{MariaDb, PASSWORD, REPLICATION_GRANTS, USER};
+    use common::mariadb::{PASSWORD, USER, onboardable_mariadb};
     let collector = Collector::default();
     let endpoint = collector.start().await;
-    let mariadb = MariaDb::start().await;
-    mariadb
-        .exec(&[
-            "CREATE DATABASE shop",
-            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
-        ])
-        .await;
-    mariadb
-        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
-        .await;
+    let mariadb = onboardable_mariadb().await;
     let db = Arc::new(TestDatabase::reserve());
     let process = ServiceProcess::serve_with_env(
         "traced",

@@ -1236,16 +1236,7 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
     }
     assert!(named.len() >= 15, "{named:?}");
 
-    let mariadb = MariaDb::start().await;
-    mariadb
-        .exec(&[
-            "CREATE DATABASE shop",
-            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
-        ])
-        .await;
-    mariadb
-        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
-        .await;
+    let mariadb = onboardable_mariadb().await;
     let app = mysql_app().await;
     let mut client = app.client();
     let server = register(&mut client, mariadb.server("observed", USER, PASSWORD)).await;

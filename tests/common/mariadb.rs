@@ -35,6 +35,22 @@ pub fn mysql_replica_options() -> ReplicaOptions {
     }
 }
 
+/// A private MariaDB with one table to snapshot (`shop.items`) and the replication user: ready to
+/// onboard to active.
+pub async fn onboardable_mariadb() -> MariaDb {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .exec(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
+        ])
+        .await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    mariadb
+}
+
 /// The service in process with every onboarding step.
 pub async fn mysql_app() -> TestApp {
     TestApp::start_with(mysql_replica_options()).await
