@@ -62,7 +62,8 @@ where
         .with_endpoint(endpoint)
         .build()
         .map_err(|error| TelemetryError {
-            endpoint: endpoint.to_owned(),
+            // A password in the URL stays out of the message.
+            endpoint: crate::store::connect::redacted(endpoint),
             reason: error.to_string(),
         })?;
     let resource = Resource::builder()

@@ -131,8 +131,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     pub sweep_interval: Duration,
     pub max_runners: usize,
-    /// How many of those one tenant's servers may hold, so that one tenant's slow or hostile
-    /// servers never stall everyone else's onboarding.
+    /// A tenant's share of those: beyond it, a tenant takes a free runner only while a share's
+    /// worth stays free for the others (see `pick_runnable`).
     pub max_runners_per_tenant: usize,
     /// The deadline of one run of a step, whatever it waits for.
     pub step_timeout: Duration,
