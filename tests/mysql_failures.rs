@@ -544,6 +544,24 @@ impl StallingProxy {
     fn open(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// In front of `mariadb`: logs the agent in, then swallows its first query after login.
+    async fn after_login(mariadb: &MariaDb) -> StallingProxy {
+        stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await
+    }
+
+    /// A direct server reaching `mariadb` through this proxy, in plain text (so the proxy can
+    /// read the query it stalls on).
+    fn server(&self, mariadb: &MariaDb, name: &str) -> proto::Server {
+        proto::Server {
+            port: i32::from(self.port()),
+            stream_options: Some(proto::StreamOptions {
+                ssl_mode: proto::SslMode::Disabled as i32,
+                ..Default::default()
+            }),
+            ..mariadb.server(name, USER, PASSWORD)
+        }
+    }
 }
 
 async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> StallingProxy {
@@ -631,19 +649,14 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
     mariadb
         .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
         .await;
-    let proxy = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
+    let proxy = StallingProxy::after_login(&mariadb).await;
     let mut options = mysql_replica_options();
     options
         .extra_args
         .extend(["--step-timeout".to_owned(), "2s".to_owned()]);
     let app = TestApp::start_with(options).await;
     let mut client = app.client();
-    let mut server = mariadb.server("stalls", USER, PASSWORD);
-    server.port = i32::from(proxy.port());
-    server.stream_options = Some(proto::StreamOptions {
-        ssl_mode: proto::SslMode::Disabled as i32,
-        ..Default::default()
-    });
+    let server = proxy.server(&mariadb, "stalls");
     let started = std::time::Instant::now();
     let registered = register(&mut client, server).await;
     let status = wait_settled(&client, &registered.server_id).await;
@@ -676,7 +689,7 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
     let mariadb = onboardable_mariadb().await;
-    let proxy = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
+    let proxy = StallingProxy::after_login(&mariadb).await;
     let mut options = mysql_replica_options();
     options.extra_args.extend(
         ["--max-runners", "8", "--step-timeout", "5m"]
@@ -687,12 +700,7 @@ async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() 
     let mut hostile = app.client();
     let mut stalled = Vec::new();
     for index in 0..12 {
-        let mut server = mariadb.server(&format!("stalls-{index}"), USER, PASSWORD);
-        server.port = i32::from(proxy.port());
-        server.stream_options = Some(proto::StreamOptions {
-            ssl_mode: proto::SslMode::Disabled as i32,
-            ..Default::default()
-        });
+        let server = proxy.server(&mariadb, &format!("stalls-{index}"));
         stalled.push(register(&mut hostile, server).await.server_id);
     }
     // The hostile tenant's servers take their share of the 8 slots and stall in initializing.
@@ -744,7 +752,7 @@ async fn a_runner_that_cannot_renew_its_lease_lets_go_of_mysql_before_the_lease_
     mariadb
         .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
         .await;
-    let mysql = stalling_proxy(format!("127.0.0.1:{}", mariadb.port), b"SHOW GRANTS").await;
+    let mysql = StallingProxy::after_login(&mariadb).await;
     let postgres = TcpProxy::to_postgres().await;
     let db = Arc::new(TestDatabase::create().await);
     let tenant = db.create_tenant("tenant-a", None).await;
@@ -757,12 +765,7 @@ async fn a_runner_that_cannot_renew_its_lease_lets_go_of_mysql_before_the_lease_
     assert_eq!(options.lease_ttl, "2s");
     let app = TestApp::start_on(db.clone(), tenant, options).await;
     let mut client = app.client();
-    let mut server = mariadb.server("renewals-fail", USER, PASSWORD);
-    server.port = i32::from(mysql.port());
-    server.stream_options = Some(proto::StreamOptions {
-        ssl_mode: proto::SslMode::Disabled as i32,
-        ..Default::default()
-    });
+    let server = mysql.server(&mariadb, "renewals-fail");
     let id = register(&mut client, server).await.server_id;
     wait_until(
         "the runner to hold a stalled MySQL connection in initializing",
