@@ -452,6 +452,36 @@ async fn list_refused(app: &TestApp, key: &str, server_id: &str) -> tonic::Statu
     )
 }
 
+/// The source's count of KILL statements.
+async fn kills(mariadb: &MariaDb) -> u64 {
+    let rows: Vec<(String, u64)> = mariadb
+        .query("SHOW GLOBAL STATUS WHERE Variable_name = 'Com_kill'")
+        .await;
+    rows.first().map_or(0, |(_, count)| *count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_to_a_running_stream_kills_no_thread_and_leaves_one_dump() {
+    // A KILL wakes every dump thread waiting on the binlog, and MariaDB then starts each one's
+    // heartbeat period over: the onboarding probe must end its dump without one.
+    let mariadb = onboardable_mariadb().await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let before = kills(&mariadb).await;
+    let server = register(&mut client, mariadb.server("no-kill", USER, PASSWORD)).await;
+    let id = server.server_id.clone();
+    assert_active(&wait_settled(&client, &id).await);
+    wait_stream(&mut client, &id, "the stream to run", running).await;
+    assert_eq!(kills(&mariadb).await, before, "onboarding killed a thread");
+    let threads = dump_threads(&mariadb).await;
+    assert_eq!(
+        threads.len(),
+        1,
+        "the stream's dump and nothing else: {threads:?}"
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_need_changes_read_and_stay_within_the_tenant() {
     let app = TestApp::start().await;

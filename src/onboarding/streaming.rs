@@ -179,18 +179,19 @@ async fn open_stream(
         ));
     };
     let account = account(&mut connection, &address).await?;
-    let dump_connection_id: Option<u64> = connection
-        .query_first("SELECT CONNECTION_ID()")
-        .await
-        .map_err(|error| mysql::classify(&error, &address))?;
     let replication_server_id = context
         .store
         .replication_server_id(context.server.id)
         .await?;
     let replica_id = u32::try_from(replication_server_id).unwrap_or(u32::MAX);
+    // Non-blocking: the source sends what is there and ends the dump itself, so no dump thread
+    // lingers and none has to be killed. (A KILL wakes every dump thread waiting on the binlog,
+    // and MariaDB starts each one's heartbeat period over: many of them postpone every
+    // heartbeat of every stream on that source.)
     let request = BinlogStreamRequest::new(replica_id)
         .with_filename(coordinates.file.as_bytes())
-        .with_pos(coordinates.position);
+        .with_pos(coordinates.position)
+        .with_non_blocking();
     let mut stream = match connection.get_binlog_stream(request).await {
         Ok(stream) => stream,
         Err(error) => {
@@ -229,11 +230,6 @@ async fn open_stream(
         .into()),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
-    // The server's dump thread only notices a closed replica when it next sends an event; on an
-    // idle server it would linger and hold a connection slot, so end it from a second session.
-    if let Some(id) = dump_connection_id {
-        end_dump_thread(context, id).await;
-    }
     drop(tunnel);
     result
 }

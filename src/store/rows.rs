@@ -49,7 +49,7 @@ pub struct ServerRow {
     pub decommissioned_at: Option<DateTime<Utc>>,
     pub stream_state: Option<String>,
     pub stream_error: Option<String>,
-    /// Written by the stream's holder only (`Store::record_stream_progress`), never by a change.
+    /// Written by the stream's holder only (`Store::record_streams_progress`), never by a change.
     pub stream_progress: Option<Json<StreamProgress>>,
     pub trace_parent: Option<String>,
 }

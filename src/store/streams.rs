@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use diesel::{
     prelude::*,
-    sql_types::{Int8, Jsonb, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{Array, Int8, Jsonb, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
@@ -18,6 +18,14 @@ use crate::domain::{ServerId, StreamState, stream::StreamProgress};
 /// that asks for a reader.
 pub(super) const STREAMABLE: &str = "status IN ('active', 'disconnected') \
      AND stream_state IN ('starting', 'running', 'stalled', 'disconnected')";
+
+/// The columns of `claims`, as arrays.
+fn fences(claims: &[Claim]) -> (Vec<Uuid>, Vec<Uuid>, Vec<i64>) {
+    let ids = claims.iter().map(|claim| claim.server_id.0).collect();
+    let owners = claims.iter().map(|claim| claim.fence.owner).collect();
+    let epochs = claims.iter().map(|claim| claim.fence.epoch).collect();
+    (ids, owners, epochs)
+}
 
 #[derive(QueryableByName)]
 struct ClaimedRow {
@@ -97,28 +105,81 @@ impl Store {
             .collect())
     }
 
-    /// The holder's latest progress (not a revision), fenced by its lease.
-    pub async fn record_stream_progress(
+    /// Renews the stream leases of `claims` in one statement (locking their rows in id order, as
+    /// every batch does, so that batches never deadlock); the servers whose lease was renewed. A claim missing from the answer was taken over, or its server no longer wants a
+    /// stream.
+    pub async fn renew_stream_leases(
         &self,
-        claim: Claim,
-        progress: &StreamProgress,
-    ) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let updated = diesel::sql_query(
-            "UPDATE servers SET stream_progress = $4 \
-             WHERE id = $1 AND stream_owner = $2 AND stream_epoch = $3",
-        )
-        .bind::<SqlUuid, _>(claim.server_id.0)
-        .bind::<SqlUuid, _>(claim.fence.owner)
-        .bind::<Int8, _>(claim.fence.epoch)
-        .bind::<Jsonb, _>(Json(progress.clone()))
-        .execute(&mut connection)
-        .await?;
-        if updated == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced)
+        claims: &[Claim],
+        ttl: Duration,
+    ) -> Result<Vec<ServerId>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Renewed {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
         }
+        let (ids, owners, epochs) = fences(claims);
+        let mut connection = self.connection().await?;
+        let rows: Vec<Renewed> = diesel::sql_query(format!(
+            "WITH held AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[]) \
+                 AS held(id, owner, epoch)), \
+             locked AS (SELECT servers.id FROM servers JOIN held ON servers.id = held.id \
+                 AND stream_owner = held.owner AND stream_epoch = held.epoch \
+                 WHERE {STREAMABLE} ORDER BY servers.id FOR UPDATE OF servers) \
+             UPDATE servers SET stream_expires_at = now() + $4::interval FROM locked \
+             WHERE servers.id = locked.id RETURNING servers.id"
+        ))
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<SqlUuid>, _>(owners)
+        .bind::<Array<Int8>, _>(epochs)
+        .bind::<Text, _>(interval(ttl))
+        .load(&mut connection)
+        .await?;
+        Ok(rows.into_iter().map(|row| ServerId(row.id)).collect())
+    }
+
+    /// Writes the latest progress of many streams (not revisions) in one statement, each fenced
+    /// by its lease, locking rows in id order; the servers written. One missing from the answer
+    /// lost its lease.
+    pub async fn record_streams_progress(
+        &self,
+        entries: &[(Claim, &StreamProgress)],
+    ) -> Result<Vec<ServerId>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Written {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+        }
+        #[derive(Debug, serde::Serialize)]
+        struct Entry<'a> {
+            id: Uuid,
+            owner: Uuid,
+            epoch: i64,
+            progress: &'a StreamProgress,
+        }
+        let entries: Vec<Entry> = entries
+            .iter()
+            .map(|(claim, progress)| Entry {
+                id: claim.server_id.0,
+                owner: claim.fence.owner,
+                epoch: claim.fence.epoch,
+                progress,
+            })
+            .collect();
+        let mut connection = self.connection().await?;
+        let rows: Vec<Written> = diesel::sql_query(
+            "WITH held AS (SELECT * FROM jsonb_to_recordset($1) \
+                 AS held(id uuid, owner uuid, epoch int8, progress jsonb)), \
+             locked AS (SELECT servers.id, held.progress FROM servers JOIN held \
+                 ON servers.id = held.id AND stream_owner = held.owner \
+                 AND stream_epoch = held.epoch ORDER BY servers.id FOR UPDATE OF servers) \
+             UPDATE servers SET stream_progress = locked.progress FROM locked \
+             WHERE servers.id = locked.id RETURNING servers.id",
+        )
+        .bind::<Jsonb, _>(Json(entries))
+        .load(&mut connection)
+        .await?;
+        Ok(rows.into_iter().map(|row| ServerId(row.id)).collect())
     }
 
     /// Marks this replica's agent alive, and reads how streams are spread: agents alive within

@@ -4,12 +4,13 @@
 
 mod decode;
 mod gtid;
+mod progress;
 mod runner;
 mod session;
 mod tables;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -21,6 +22,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
+use progress::ProgressBook;
 pub use runner::StreamSettings;
 use runner::{Control, Holder, HolderParts};
 
@@ -54,13 +56,24 @@ pub struct Streams {
     secrets: SecretBox,
     config: StreamsConfig,
     owner: Uuid,
-    running: Mutex<HashMap<ServerId, Arc<Control>>>,
+    running: Mutex<HashMap<ServerId, Held>>,
+    /// Progress waiting for its batch.
+    book: Arc<ProgressBook>,
+    /// Ends the lease renewals and progress batches, once the streams have stopped.
+    after_streams: CancellationToken,
     /// The most streams to hold, as the last sweep computed it.
     limit: AtomicUsize,
     /// Servers whose onboarding this replica just completed.
     activations: Mutex<Option<mpsc::Receiver<ServerId>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// A stream this replica runs.
+#[derive(Clone)]
+struct Held {
+    claim: Claim,
+    control: Arc<Control>,
 }
 
 /// How often expired partitions are looked for.
@@ -79,20 +92,22 @@ impl Streams {
         metrics::counter!("dbtrail_stream_reconnects_total").increment(0);
         metrics::gauge!("dbtrail_streams_held").increment(0.0);
         Arc::new(Streams {
-            store,
+            store: store.clone(),
             index,
             secrets,
             limit: AtomicUsize::new(config.max_streams),
             config,
             owner: Uuid::now_v7(),
             running: Mutex::new(HashMap::new()),
+            book: Arc::new(ProgressBook::new(store.clone())),
+            after_streams: CancellationToken::new(),
             activations: Mutex::new(Some(activations)),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Arc<Control>>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Held>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -102,8 +117,8 @@ impl Streams {
     /// decommission or an update). Servers that became streamable are claimed at once by the
     /// replica that onboarded them, and by the sweeps.
     pub fn changed(&self, server_id: ServerId) {
-        if let Some(control) = self.running().get(&server_id) {
-            control.notify();
+        if let Some(held) = self.running().get(&server_id) {
+            held.control.notify();
         }
     }
 
@@ -117,6 +132,8 @@ impl Streams {
         else {
             return;
         };
+        tokio::spawn(self.book.clone().run(self.after_streams.clone()));
+        tokio::spawn(self.clone().renewals());
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintained: Option<Instant> = None;
@@ -161,11 +178,11 @@ impl Streams {
         let share = usize::try_from(spread.fair_share()).unwrap_or(usize::MAX);
         let limit = share.min(self.config.max_streams);
         self.limit.store(limit, Ordering::Release);
-        let held: Vec<Arc<Control>> = self.running().values().cloned().collect();
+        let held: Vec<Held> = self.running().values().cloned().collect();
         // Above the fair share: the extra streams stop at their next checkpoint, and a replica
         // with room takes them.
-        for control in held.iter().skip(limit) {
-            control.release();
+        for extra in held.iter().skip(limit) {
+            extra.control.release();
         }
         let free = limit.saturating_sub(held.len());
         if free == 0 || self.shutdown.is_cancelled() {
@@ -237,11 +254,11 @@ impl Streams {
         // The connection closes a third of the TTL before the lease could expire.
         let valid = self.config.lease_ttl * 2 / 3;
         let control = Arc::new(Control::new(valid));
-        if self
-            .running()
-            .insert(claim.server_id, control.clone())
-            .is_some()
-        {
+        let held = Held {
+            claim,
+            control: control.clone(),
+        };
+        if self.running().insert(claim.server_id, held).is_some() {
             tracing::warn!(server_id = %claim.server_id, "a stream was claimed twice by one replica");
         }
         let streams = self.clone();
@@ -253,17 +270,10 @@ impl Streams {
     }
 
     async fn hold(&self, claim: Claim, control: Arc<Control>) {
-        let renewal = tokio::spawn(renew(
-            self.store.clone(),
-            claim,
-            self.config.lease_ttl,
-            control.clone(),
-        ));
         let server = match self.store.server_by_id(claim.server_id).await {
             Ok(server) => server,
             Err(error) => {
                 tracing::warn!(server_id = %claim.server_id, %error, "claimed stream's server unreadable");
-                renewal.abort();
                 return;
             }
         };
@@ -277,22 +287,24 @@ impl Streams {
             secrets: self.secrets.clone(),
             agent: self.config.agent.clone(),
             agent_id: self.config.agent_id,
+            book: self.book.clone(),
         });
         metrics::gauge!("dbtrail_streams_held").increment(1.0);
         runner::run_stream(&mut holder).await;
         metrics::gauge!("dbtrail_streams_held").decrement(1.0);
-        renewal.abort();
     }
 
     /// Stops every stream at a checkpoint and lets go of their leases so other replicas take
     /// them at once.
     pub async fn stop(&self, grace: Duration) {
         self.shutdown.cancel();
-        for control in self.running().values() {
-            control.release();
+        for held in self.running().values() {
+            held.control.release();
         }
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.after_streams.cancel();
+        let _ = tokio::time::timeout(grace, self.book.flush()).await;
         match tokio::time::timeout(
             grace,
             self.store.release_all_leases(Lease::Stream, self.owner),
@@ -309,21 +321,43 @@ impl Streams {
     }
 }
 
-/// Keeps a stream lease alive; marks it lost when it was taken over or its server no longer
-/// wants the stream.
-async fn renew(store: Store, claim: Claim, ttl: Duration, control: Arc<Control>) {
-    loop {
-        tokio::time::sleep(ttl / 3).await;
+impl Streams {
+    /// Renews every held stream's lease in one statement, a third of the TTL apart, until the
+    /// streams have stopped; tells a stream whose lease was taken over (or whose server no longer wants it).
+    async fn renewals(self: Arc<Streams>) {
+        let ttl = self.config.lease_ttl;
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = self.after_streams.cancelled() => return,
+                _ = tick.tick() => self.renew_all(ttl).await,
+            }
+        }
+    }
+
+    async fn renew_all(&self, ttl: Duration) {
+        let held: Vec<Held> = self.running().values().cloned().collect();
+        if held.is_empty() {
+            return;
+        }
+        let claims: Vec<Claim> = held.iter().map(|held| held.claim).collect();
         let sent = Instant::now();
-        match store.renew_lease(Lease::Stream, claim, ttl).await {
-            Ok(()) => control.extend(sent, ttl * 2 / 3),
-            Err(StoreError::Fenced) => {
-                control.lose();
-                control.notify();
-                return;
+        match self.store.renew_stream_leases(&claims, ttl).await {
+            Ok(renewed) => {
+                let renewed: HashSet<ServerId> = renewed.into_iter().collect();
+                for held in held {
+                    if renewed.contains(&held.claim.server_id) {
+                        held.control.extend(sent, ttl * 2 / 3);
+                    } else {
+                        held.control.lose();
+                        held.control.notify();
+                    }
+                }
             }
             Err(error) => {
-                tracing::warn!(%error, server_id = %claim.server_id, "stream lease renewal failed");
+                tracing::warn!(%error, streams = held.len(), "stream lease renewal failed");
             }
         }
     }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
+    progress::ProgressBook,
     session::{self, SessionEnd},
     tables::BinlogPoint,
 };
@@ -31,8 +32,6 @@ use crate::{
 
 /// How long index writes may keep failing before the stream is `stalled`.
 const STALL_AFTER: Duration = Duration::from_secs(30);
-/// Progress is written at most this often (it is not a revision).
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// A stream that ran this long without trouble forgets its reconnects.
 const CLEAN_RUN: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -127,7 +126,7 @@ pub struct Holder {
     state: StreamState,
     ran: bool,
     running_since: Option<Instant>,
-    last_progress: Option<Instant>,
+    book: Arc<ProgressBook>,
 }
 
 /// What a holder is made of.
@@ -141,6 +140,7 @@ pub struct HolderParts {
     pub secrets: SecretBox,
     pub agent: AgentSettings,
     pub agent_id: Uuid,
+    pub book: Arc<ProgressBook>,
 }
 
 impl Holder {
@@ -164,7 +164,7 @@ impl Holder {
             state,
             ran: false,
             running_since: None,
-            last_progress: None,
+            book: parts.book,
         }
     }
 
@@ -281,22 +281,13 @@ impl Holder {
         }
     }
 
-    /// Writes the progress, at most once a second unless `force`.
+    /// Hands the progress to the next batch; `force` waits until it is written (a fenced write
+    /// marks the lease lost).
     pub async fn record_progress(&mut self, force: bool) {
-        if !force
-            && self
-                .last_progress
-                .is_some_and(|last| last.elapsed() < PROGRESS_INTERVAL)
-        {
-            return;
-        }
-        self.last_progress = Some(Instant::now());
-        if let Err(StoreError::Fenced) = self
-            .store
-            .record_stream_progress(self.claim, &self.progress)
-            .await
-        {
-            self.control.lose();
+        self.book
+            .put(self.claim, self.progress.clone(), self.control.clone());
+        if force {
+            self.book.flush().await;
         }
     }
 
