@@ -215,6 +215,11 @@ pub async fn start_with_steps(
     let hub = WatchHub::new(watch_store, stopping.clone());
     let targets = Arc::new(target_policy(&config));
     let agent_settings = AgentSettings {
+        id: agent_id,
+        outbound_ip: outbound_ip.clone(),
+        source_address: config.agent_source_address,
+        // Agents beat on every stream sweep; three missed beats and the agent is dead.
+        dead_after: config.sweep_interval * 3,
         connect_timeout: config.mysql_connect_timeout,
         connect_attempts: config.mysql_connect_attempts,
         targets: targets.clone(),
@@ -234,8 +239,6 @@ pub async fn start_with_steps(
                 checkpoint_interval: config.stream_checkpoint_interval,
             },
             agent: agent_settings.clone(),
-            agent_id,
-            outbound_ip: outbound_ip.clone(),
         },
         activations,
     );

@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_AGENT_OUTBOUND_IP")]
     pub agent_outbound_ip: Option<String>,
 
+    /// The local address this replica's connections to SSH jumphosts leave from, for a host with
+    /// several addresses of which customers allow one (--agent-outbound-ip).
+    #[arg(long, env = "DBTRAIL_AGENT_SOURCE_ADDRESS")]
+    pub agent_source_address: Option<std::net::IpAddr>,
+
     /// Name of this replica's embedded agent; replicas with the same name share one agent row.
     #[arg(long, env = "DBTRAIL_AGENT_NAME")]
     pub agent_name: Option<String>,

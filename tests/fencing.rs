@@ -159,7 +159,7 @@ async fn a_paused_replica_changes_nothing_after_its_leases_are_taken_over() {
 async fn a_stale_runners_fenced_write_changes_nothing() {
     use dbtrail_servers::config::DatabaseConfig;
     use dbtrail_servers::domain::{OnboardingStep as Step, ServerId};
-    use dbtrail_servers::store::{Lease, Scope, Store, StoreError};
+    use dbtrail_servers::store::{Affinity, Lease, Scope, Store, StoreError};
 
     // A server stuck in provisioning (no capacity), so that it stays runnable; the replica
     // stops (releasing its lease) and the test plays the runners itself.
@@ -190,17 +190,27 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
     .expect("Store::connect");
     let id = ServerId(uuid::Uuid::parse_str(&server.server_id).expect("a UUID"));
 
-    // Runner 1 claims with a short lease, which expires; runner 2 takes over.
+    // Runner 1 claims with a short lease, which expires; runner 2 takes over. (The server has
+    // no agent yet: any agent's engine may claim it.)
+    let affinity = Affinity {
+        agent_id: uuid::Uuid::new_v4(),
+        dead_after: Duration::from_secs(15),
+    };
     let stale_owner = uuid::Uuid::new_v4();
     let stale = store
-        .claim_runnable(stale_owner, Duration::from_millis(300), &[id])
+        .claim_runnable(stale_owner, Duration::from_millis(300), affinity, &[id])
         .await
         .expect("claim 1");
     assert_eq!(stale.len(), 1, "the runnable server is claimed");
     let stale = stale[0];
     tokio::time::sleep(Duration::from_millis(600)).await;
     let current = store
-        .claim_runnable(uuid::Uuid::new_v4(), Duration::from_secs(60), &[id])
+        .claim_runnable(
+            uuid::Uuid::new_v4(),
+            Duration::from_secs(60),
+            affinity,
+            &[id],
+        )
         .await
         .expect("claim 2");
     assert_eq!(current.len(), 1, "the expired lease is claimed again");
@@ -256,7 +266,7 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
         Err(StoreError::Fenced)
     ));
     assert!(matches!(
-        store.assign_agent(stale).await,
+        store.assign_agent(stale, affinity.dead_after).await,
         Err(StoreError::Fenced)
     ));
     store

@@ -1528,3 +1528,128 @@ async fn the_console_shows_onboarding_live_and_confirms_the_firewall_in_chromium
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     app.shutdown().await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Agents: each server is run by the agent whose IP it showed; a dead agent's servers move
+// ------------------------------------------------------------------------------------------------
+
+/// The source addresses of the logins `sshd` accepted (the test's own readiness probe of the
+/// port never logs in).
+fn connection_sources(sshd: &Sshd) -> std::collections::BTreeSet<String> {
+    sshd.log()
+        .lines()
+        .filter(|line| line.starts_with("Accepted publickey for "))
+        .filter_map(|line| line.split(" from ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A replica whose agent has `outbound_ip` and whose jumphost connections leave from it.
+fn agent_at(outbound_ip: &str, capacity: u32) -> ReplicaOptions {
+    let mut options = mysql_replica_options();
+    options.agent_outbound_ip = outbound_ip.to_owned();
+    options.agent_capacity = capacity;
+    options
+        .extra_args
+        .extend(["--agent-source-address".to_owned(), outbound_ip.to_owned()]);
+    options
+}
+
+/// Waits until `server_id` waits for the firewall, and returns the outbound IP it shows.
+async fn shown_ip(client: &Client, server_id: &str) -> String {
+    let status = wait_for_onboarding(
+        client,
+        server_id,
+        "awaiting_firewall",
+        Duration::from_secs(10),
+        is_awaiting_firewall,
+    )
+    .await;
+    let ip = status
+        .agent_outbound_ip
+        .clone()
+        .unwrap_or_else(|| panic!("awaiting_firewall shows the agent's IP: {status:#?}"));
+    assert!(
+        step(&status, OnboardingStep::AwaitingFirewall)
+            .message
+            .starts_with(&format!("allow {ip} on TCP port")),
+        "{status:#?}"
+    );
+    ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_with_the_new_ip() {
+    const FIRST: &str = "127.0.0.2";
+    const SECOND: &str = "127.0.0.3";
+    let mariadb = replication_source().await;
+    let first = TestApp::start_with(agent_at(FIRST, 4)).await;
+    let mut second = ServiceProcess::serve("second", &first.db.url, &agent_at(SECOND, 2)).await;
+    let mut client = first.client();
+    // One jumphost per server, so each one's log tells where that server's connections came from.
+    let mut servers = Vec::new();
+    for index in 0..4 {
+        let sshd = Sshd::start().await;
+        let id = register(
+            &mut client,
+            tunneled(&format!("agent-{index}"), &sshd, mariadb.port),
+        )
+        .await
+        .server_id;
+        let ip = shown_ip(&client, &id).await;
+        servers.push((id, sshd, ip));
+    }
+    let on_second: Vec<usize> = (0..4).filter(|&i| servers[i].2 == SECOND).collect();
+    assert!(
+        !on_second.is_empty() && on_second.len() < 4,
+        "the servers are spread over both agents: {:?}",
+        servers.iter().map(|server| &server.2).collect::<Vec<_>>()
+    );
+
+    // The first agent's servers, confirmed, connect from its IP only, whichever replica's
+    // engine is woken.
+    for (id, sshd, ip) in servers.iter().filter(|server| server.2 == FIRST) {
+        confirm_firewall(&mut client, id).await;
+        assert_active(&wait_settled(&client, id).await);
+        assert_eq!(
+            connection_sources(sshd),
+            [ip.clone()].into(),
+            "{}",
+            sshd.log()
+        );
+    }
+
+    // The second replica dies before its servers' firewalls are confirmed: once its agent has
+    // missed three heartbeats, the first adopts them, and they ask for the first agent's IP.
+    second.kill().await;
+    for &index in &on_second {
+        let (id, sshd, _) = &servers[index];
+        let status = wait_for_onboarding(
+            &client,
+            id,
+            "the adopted server to show the new IP",
+            Duration::from_secs(20),
+            |status| {
+                is_awaiting_firewall(status) && status.agent_outbound_ip.as_deref() == Some(FIRST)
+            },
+        )
+        .await;
+        assert_eq!(
+            step(&status, OnboardingStep::AwaitingFirewall).message,
+            format!(
+                "allow {FIRST} on TCP port {} of the jumphost, then call ConfirmFirewall",
+                sshd.tunnel().port
+            )
+        );
+        confirm_firewall(&mut client, id).await;
+        assert_active(&wait_settled(&client, id).await);
+        assert_eq!(
+            connection_sources(sshd),
+            [FIRST.to_owned()].into(),
+            "no connection ever came from the dead agent's IP: {}",
+            sshd.log()
+        );
+    }
+    first.shutdown().await;
+}

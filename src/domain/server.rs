@@ -796,6 +796,27 @@ impl Server {
         Ok(())
     }
 
+    /// This server's agent died and `agent`, whose outbound IP is `outbound_ip`, takes it over.
+    /// An SSH tunnel whose outbound IP changes goes back to awaiting_firewall, showing the new
+    /// IP: the jumphost allows the old one only. Returns the previous IP.
+    pub fn adopt(&mut self, agent: Uuid, outbound_ip: &str) -> Option<String> {
+        let previous = self.agent_outbound_ip.replace(outbound_ip.to_owned());
+        self.agent_id = Some(agent);
+        let moved = previous.as_deref() != Some(outbound_ip);
+        if moved
+            && self.spec.connection_method == ConnectionMethod::SshTunnel
+            && self.status == ServerStatus::Pending
+            && self
+                .steps
+                .current()
+                .is_some_and(|step| step.index() >= OnboardingStep::AwaitingFirewall.index())
+        {
+            self.steps.reset_from(OnboardingStep::AwaitingFirewall);
+            self.runnable = true;
+        }
+        previous
+    }
+
     /// Soft-deletes the server and frees its agent slot; a no-op when already done.
     pub fn decommission(&mut self, now: DateTime<Utc>) {
         if self.status == ServerStatus::Decommissioned {
@@ -1230,6 +1251,54 @@ mod tests {
         assert_eq!(ssh.current_step(), Some(OnboardingStep::WaitingForAgent));
         assert_eq!(ssh.onboarding_status().agent_outbound_ip, None);
         assert!(ssh.runnable);
+    }
+
+    /// An ssh_tunnel server past provisioning on agent `ip`, its firewall confirmed.
+    fn confirmed_ssh(ip: &str) -> Server {
+        let now = Utc::now();
+        let mut ssh = registered();
+        ssh.spec.connection_method = ConnectionMethod::SshTunnel;
+        let done = StepOutcome::Completed {
+            message: String::new(),
+        };
+        ssh.apply_outcome(OnboardingStep::Provisioning, &done, now);
+        ssh.agent_id = Some(Uuid::now_v7());
+        ssh.agent_outbound_ip = Some(ip.into());
+        ssh.confirm_firewall(now).unwrap();
+        ssh
+    }
+
+    #[test]
+    fn an_adopted_ssh_server_awaits_the_firewall_again_only_when_its_ip_changes() {
+        let agent = Uuid::now_v7();
+        let mut moved = confirmed_ssh("203.0.113.7");
+        assert_eq!(
+            moved.adopt(agent, "198.51.100.9").as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(moved.agent_id, Some(agent));
+        assert_eq!(moved.current_step(), Some(OnboardingStep::AwaitingFirewall));
+        assert!(
+            moved.runnable,
+            "awaiting_firewall runs again to show the new IP"
+        );
+        assert_eq!(
+            moved.onboarding_status().agent_outbound_ip.as_deref(),
+            Some("198.51.100.9")
+        );
+
+        let mut same_ip = confirmed_ssh("203.0.113.7");
+        same_ip.adopt(agent, "203.0.113.7");
+        assert_eq!(
+            same_ip.current_step(),
+            Some(OnboardingStep::WaitingForAgent)
+        );
+
+        let mut direct = confirmed_ssh("203.0.113.7");
+        direct.spec.connection_method = ConnectionMethod::Direct;
+        direct.adopt(agent, "198.51.100.9");
+        assert_eq!(direct.current_step(), Some(OnboardingStep::WaitingForAgent));
+        assert_eq!(direct.agent_id, Some(agent));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod waiting_for_agent;
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
@@ -44,7 +45,7 @@ use crate::{
         server::Server, target::TargetPolicy,
     },
     secrets::SecretBox,
-    store::{Claim, Lease, Scope, Store, StoreError},
+    store::{Affinity, Claim, Lease, Scope, Store, StoreError},
     telemetry,
 };
 use tracing::Instrument;
@@ -52,6 +53,15 @@ use tracing::Instrument;
 /// How the embedded agent connects to customers' servers.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
+    /// This replica's agent: the servers assigned to it are the ones this replica runs.
+    pub id: Uuid,
+    /// The address customers allow on their jumphosts for this agent.
+    pub outbound_ip: String,
+    /// The local address connections to jumphosts leave from, when the host has several.
+    pub source_address: Option<IpAddr>,
+    /// How long an agent may miss its heartbeats before it counts as dead and its servers are
+    /// adopted by live agents.
+    pub dead_after: Duration,
     /// Time limit of one connection attempt.
     pub connect_timeout: Duration,
     /// Attempts of a step that meets transient faults before it fails.
@@ -257,6 +267,14 @@ impl Engine {
         self.owner
     }
 
+    /// What this replica's engine claims: its agent's servers, and those of dead agents.
+    fn affinity(&self) -> Affinity {
+        Affinity {
+            agent_id: self.config.agent.id,
+            dead_after: self.config.agent.dead_after,
+        }
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, Arc<Runner>>> {
         self.running
             .lock()
@@ -308,7 +326,7 @@ impl Engine {
         let asked = Instant::now();
         let claims = match self
             .store
-            .claim_runnable(self.owner, self.config.lease_ttl, &ids)
+            .claim_runnable(self.owner, self.config.lease_ttl, self.affinity(), &ids)
             .await
         {
             Ok(claims) => claims,
@@ -368,7 +386,12 @@ impl Engine {
         }
         let candidates = self
             .store
-            .runnable_servers(only, free as i64, 4 * self.config.max_runners as i64)
+            .runnable_servers(
+                self.affinity(),
+                only,
+                free as i64,
+                4 * self.config.max_runners as i64,
+            )
             .await?;
         let mut picked = HashMap::new();
         for (server, tenant) in candidates {
@@ -410,6 +433,25 @@ impl Engine {
         let _ = self.store.release_lease(Lease::Onboarding, claim).await;
     }
 
+    /// Takes over a server whose agent died: this replica's agent runs it from now on. An SSH
+    /// tunnel whose outbound IP thereby changes waits for the firewall again, with the new IP.
+    async fn adopt(&self, scope: Scope, id: ServerId) -> Result<Server, StoreError> {
+        let agent = &self.config.agent;
+        let (server, previous) = self
+            .store
+            .modify_server(scope, id, |server| {
+                Ok::<_, StoreError>(server.adopt(agent.id, &agent.outbound_ip))
+            })
+            .await?;
+        tracing::info!(
+            server_id = %id,
+            previous_outbound_ip = previous.as_deref().unwrap_or("none"),
+            outbound_ip = %agent.outbound_ip,
+            "adopted a server of a dead agent"
+        );
+        Ok(server)
+    }
+
     async fn drive_steps(
         &self,
         claim: Claim,
@@ -423,6 +465,13 @@ impl Engine {
                 return Err(StoreError::Fenced);
             }
             let mut server = self.store.server_by_id(id).await?;
+            if server
+                .agent_id
+                .is_some_and(|agent| agent != self.config.agent.id)
+            {
+                server = self.adopt(scope, id).await?;
+                runner.wrote(server.revision);
+            }
             let Some(step) = server.runnable_step() else {
                 return Ok(());
             };

@@ -18,13 +18,19 @@ impl Step for Provisioning {
     }
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
-        Ok(match context.store.assign_agent(context.claim).await? {
-            Some(outbound_ip) => StepOutcome::Completed {
-                message: format!("assigned to an agent with outbound IP {outbound_ip}"),
+        Ok(
+            match context
+                .store
+                .assign_agent(context.claim, context.agent.dead_after)
+                .await?
+            {
+                Some(outbound_ip) => StepOutcome::Completed {
+                    message: format!("assigned to an agent with outbound IP {outbound_ip}"),
+                },
+                None => StepOutcome::Retry {
+                    message: "no agent has free capacity; waiting for a slot".into(),
+                },
             },
-            None => StepOutcome::Retry {
-                message: "no agent has free capacity; waiting for a slot".into(),
-            },
-        })
+        )
     }
 }

@@ -98,6 +98,22 @@ fn endpoint(host: &str, port: u16) -> String {
     }
 }
 
+/// A TCP connection to `address`, from the agent's source address when one is set.
+async fn connect_from(
+    context: &StepContext,
+    address: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = context.agent.source_address else {
+        return tokio::net::TcpStream::connect(address).await;
+    };
+    let socket = match address {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(address).await
+}
+
 /// Opens the server's SSH tunnel, recording the jumphost's host key on first contact.
 pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, MysqlFailure> {
     let server = &context.server;
@@ -123,18 +139,17 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
         super::mysql::JUMPHOST_TARGET,
     )
     .await?;
-    let socket =
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(jumphost_address)).await
-        {
-            Ok(Ok(socket)) => socket,
-            Ok(Err(error)) => return Err(unreachable(error.to_string())),
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "timed out after {}s",
-                    timeout.as_secs()
-                )));
-            }
-        };
+    let socket = match tokio::time::timeout(timeout, connect_from(context, jumphost_address)).await
+    {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => return Err(unreachable(error.to_string())),
+        Err(_) => {
+            return Err(unreachable(format!(
+                "timed out after {}s",
+                timeout.as_secs()
+            )));
+        }
+    };
     let presented = Arc::new(Mutex::new(None));
     let check = HostKeyCheck {
         expected: tunnel.host_key_fingerprint.clone(),

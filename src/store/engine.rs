@@ -54,6 +54,27 @@ pub struct Claim {
     pub fence: Fence,
 }
 
+/// Which servers a replica's engine may claim: those assigned to its agent (or to none yet, for
+/// provisioning), and those of an agent silent for `dead_after`, which it adopts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Affinity {
+    pub agent_id: Uuid,
+    pub dead_after: Duration,
+}
+
+/// The claim condition of the engine: unheld, and runnable on this agent or orphaned by a dead
+/// one (pending, any step), while this agent has a free slot. `$A` is the agent, `$W` the
+/// silence after which an agent is dead.
+fn claimable(agent: &str, window: &str) -> String {
+    format!(
+        "(lease_owner IS NULL OR lease_expires_at < now()) AND ( \
+             (runnable AND (agent_id IS NULL OR agent_id = {agent})) \
+             OR (status = 'pending' AND agent_id IN (SELECT id FROM agents \
+                     WHERE id <> {agent} AND heartbeat_at < now() - {window}::interval) \
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = {agent} AND capacity > assigned)))"
+    )
+}
+
 #[derive(QueryableByName)]
 struct ClaimedRow {
     #[diesel(sql_type = SqlUuid)]
@@ -97,11 +118,12 @@ impl Store {
         Ok(row.id)
     }
 
-    /// Runnable servers no replica holds, with their tenants: at most `per_tenant` of each
-    /// tenant and `limit` in all, the tenants in turn (each one's oldest lease first, then each
-    /// one's second, ...).
+    /// Servers this replica's engine may claim (see [`claimable`]), with their tenants: at most
+    /// `per_tenant` of each tenant and `limit` in all, the tenants in turn (each one's oldest
+    /// lease first, then each one's second, ...).
     pub async fn runnable_servers(
         &self,
+        affinity: Affinity,
         only: Option<ServerId>,
         per_tenant: i64,
         limit: i64,
@@ -114,18 +136,20 @@ impl Store {
             tenant_id: Uuid,
         }
         let mut connection = self.connection().await?;
-        let rows: Vec<Candidate> = diesel::sql_query(
+        let rows: Vec<Candidate> = diesel::sql_query(format!(
             "SELECT id, tenant_id FROM ( \
                  SELECT id, tenant_id, lease_expires_at, row_number() OVER ( \
                      PARTITION BY tenant_id ORDER BY lease_expires_at NULLS FIRST) AS nth \
                  FROM servers \
-                 WHERE runnable AND (lease_owner IS NULL OR lease_expires_at < now()) \
-                   AND ($1::uuid IS NULL OR id = $1)) candidates \
+                 WHERE {} AND ($1::uuid IS NULL OR id = $1)) candidates \
              WHERE nth <= $2 ORDER BY nth, lease_expires_at NULLS FIRST LIMIT $3",
-        )
+            claimable("$4", "$5")
+        ))
         .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.0))
         .bind::<Int8, _>(per_tenant)
         .bind::<Int8, _>(limit)
+        .bind::<SqlUuid, _>(affinity.agent_id)
+        .bind::<Text, _>(interval(affinity.dead_after))
         .load(&mut connection)
         .await?;
         Ok(rows
@@ -134,28 +158,30 @@ impl Store {
             .collect())
     }
 
-    /// Claims those of `ids` that are still runnable and unheld: a lease for `owner` with a new
-    /// epoch. Servers another replica claimed meanwhile are skipped.
+    /// Claims those of `ids` that are still claimable by this agent: a lease for `owner` with a
+    /// new epoch. Servers another replica claimed meanwhile are skipped.
     pub async fn claim_runnable(
         &self,
         owner: Uuid,
         ttl: Duration,
+        affinity: Affinity,
         ids: &[ServerId],
     ) -> Result<Vec<Claim>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let mut connection = self.connection().await?;
-        let rows: Vec<ClaimedRow> = diesel::sql_query(
+        let rows: Vec<ClaimedRow> = diesel::sql_query(format!(
             "UPDATE servers SET lease_owner = $1, lease_expires_at = now() + $2::interval, \
                  lease_epoch = lease_epoch + 1 \
-             WHERE id IN (SELECT id FROM servers \
-                 WHERE id = ANY($3) AND runnable \
-                   AND (lease_owner IS NULL OR lease_expires_at < now()) \
+             WHERE id IN (SELECT id FROM servers WHERE id = ANY($3) AND {} \
                  FOR UPDATE SKIP LOCKED) \
              RETURNING id, lease_epoch",
-        )
+            claimable("$4", "$5")
+        ))
         .bind::<SqlUuid, _>(owner)
         .bind::<Text, _>(interval(ttl))
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
+        .bind::<SqlUuid, _>(affinity.agent_id)
+        .bind::<Text, _>(interval(affinity.dead_after))
         .load(&mut connection)
         .await?;
         Ok(rows
@@ -233,7 +259,12 @@ impl Store {
 
     /// Takes an agent slot for a server (idempotent: keeps one already taken). Returns the
     /// agent's outbound IP, or None when no agent has free capacity.
-    pub async fn assign_agent(&self, claim: Claim) -> Result<Option<String>, StoreError> {
+    pub async fn assign_agent(
+        &self,
+        claim: Claim,
+        dead_after: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let window = interval(dead_after);
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
@@ -260,9 +291,11 @@ impl Store {
                 // (kept by a trigger on servers.agent_id) is re-checked on the locked row.
                 let agent: Option<AgentRow> = diesel::sql_query(
                     "SELECT id, outbound_ip FROM agents WHERE capacity > assigned \
+                         AND heartbeat_at >= now() - $1::interval \
                          ORDER BY assigned::float8 / GREATEST(capacity, 1), heartbeat_at DESC \
                          LIMIT 1 FOR UPDATE",
                 )
+                .bind::<Text, _>(&window)
                 .get_result(connection)
                 .await
                 .optional()?;

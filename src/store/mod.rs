@@ -33,7 +33,7 @@ use futures_util::FutureExt;
 
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
 pub use change_index::{ChangePage, StreamCheckpoint, StreamGap, StreamPosition};
-pub use engine::{Claim, Fence, Lease};
+pub use engine::{Affinity, Claim, Fence, Lease};
 pub use index::{SnapshotVersion, index_schema_name};
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
 pub use streams::{StreamCensus, StreamSpread};

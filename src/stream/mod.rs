@@ -43,10 +43,8 @@ pub struct StreamsConfig {
     /// Partitions older than this are dropped.
     pub retention: Duration,
     pub settings: StreamSettings,
+    /// This replica's agent, and how its connections are made.
     pub agent: AgentSettings,
-    /// This replica's agent and the address customers allowed.
-    pub agent_id: Uuid,
-    pub outbound_ip: String,
 }
 
 /// Runs this replica's share of the streams.
@@ -170,10 +168,9 @@ impl Streams {
     }
 
     async fn sweep(self: &Arc<Streams>) -> Result<(), StoreError> {
-        let window = self.config.sweep_interval * 3;
         let spread = self
             .store
-            .stream_spread(self.config.agent_id, window)
+            .stream_spread(self.config.agent.id, self.config.agent.dead_after)
             .await?;
         let share = usize::try_from(spread.fair_share()).unwrap_or(usize::MAX);
         let limit = share.min(self.config.max_streams);
@@ -192,8 +189,8 @@ impl Streams {
             .store
             .claim_streams(
                 self.owner,
-                self.config.agent_id,
-                &self.config.outbound_ip,
+                self.config.agent.id,
+                &self.config.agent.outbound_ip,
                 self.config.lease_ttl,
                 free as i64,
                 None,
@@ -237,8 +234,8 @@ impl Streams {
             .store
             .claim_streams(
                 self.owner,
-                self.config.agent_id,
-                &self.config.outbound_ip,
+                self.config.agent.id,
+                &self.config.agent.outbound_ip,
                 self.config.lease_ttl,
                 1,
                 Some(server_id),
@@ -286,7 +283,7 @@ impl Streams {
             index: self.index.clone(),
             secrets: self.secrets.clone(),
             agent: self.config.agent.clone(),
-            agent_id: self.config.agent_id,
+            agent_id: self.config.agent.id,
             book: self.book.clone(),
         });
         metrics::gauge!("dbtrail_streams_held").increment(1.0);
