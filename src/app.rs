@@ -20,7 +20,7 @@ use crate::{
     config::{Config, DatabaseConfig},
     domain::target::TargetPolicy,
     grpc::{self, ServersApi},
-    onboarding::{self, AgentSettings, Engine, EngineConfig, Step, default_steps},
+    onboarding::{self, AgentSettings, Engine, EngineConfig, SnapshotLimits, Step, default_steps},
     proto::servers_service_server::ServersServiceServer,
     rest::{self, OpsState},
     secrets::{SecretBox, SecretsError},
@@ -221,6 +221,10 @@ pub async fn start_with_steps(
         // Agents beat on every stream sweep; three missed beats and the agent is dead.
         dead_after: config.sweep_interval * 3,
         connect_timeout: config.mysql_connect_timeout,
+        snapshot: SnapshotLimits {
+            max_tables: config.snapshot_max_tables,
+            max_columns: config.snapshot_max_columns,
+        },
         connect_attempts: config.mysql_connect_attempts,
         targets: targets.clone(),
     };

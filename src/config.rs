@@ -130,6 +130,15 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_STEP_TIMEOUT", default_value = "2m", value_parser = positive_duration)]
     pub step_timeout: Duration,
 
+    /// The most tables one schema snapshot reads; a server with more that match its stream
+    /// filters fails snapshotting with a message asking to list the schemas or tables to stream.
+    #[arg(long, env = "DBTRAIL_SNAPSHOT_MAX_TABLES", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub snapshot_max_tables: usize,
+
+    /// The most columns one schema snapshot reads (see --snapshot-max-tables).
+    #[arg(long, env = "DBTRAIL_SNAPSHOT_MAX_COLUMNS", default_value_t = 250_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub snapshot_max_columns: usize,
+
     /// Attempts an onboarding step makes through transient faults (unreachable, timeouts) before it fails.
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub mysql_connect_attempts: i32,

@@ -470,6 +470,52 @@ async fn the_snapshot_counts_tables_warns_about_keys_and_engines_and_honours_fil
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_reads_only_the_filtered_tables_and_refuses_more_than_its_limit() {
+    let mariadb = MariaDb::start().await;
+    create_filter_fixture(&mariadb).await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let mut options = mysql_replica_options();
+    options
+        .extra_args
+        .extend(["--snapshot-max-tables".to_owned(), "5".to_owned()]);
+    let app = TestApp::start_with(options).await;
+    let mut client = app.client();
+
+    // 17 user tables, 5 of them in shop and crm: MySQL sends only those five, within the limit.
+    let mut filtered = mariadb.server("filtered", USER, PASSWORD);
+    filtered.stream_options = Some(stream_options(&["shop", "crm"], &[]));
+    let filtered = register(&mut client, filtered).await.server_id;
+    let status = wait_settled(&client, &filtered).await;
+    assert_active(&status);
+    assert!(
+        step(&status, OnboardingStep::Snapshotting)
+            .message
+            .starts_with("snapshot of 2 schemas and 5 tables"),
+        "{status:#?}"
+    );
+
+    // Unfiltered, the sixth table fails the step at once, saying how to stay under the limit.
+    let everything = register(&mut client, mariadb.server("everything", USER, PASSWORD))
+        .await
+        .server_id;
+    let status = wait_settled(&client, &everything).await;
+    let error = assert_failed_at(&status, OnboardingStep::Snapshotting);
+    assert_eq!(
+        error,
+        format!(
+            "the schema of 127.0.0.1:{} is too large to snapshot: more than 5 tables match the \
+             stream filters; list the schemas or tables to stream in stream_options.schemas and \
+             stream_options.tables",
+            mariadb.port
+        )
+    );
+    assert_eq!(step(&status, OnboardingStep::Snapshotting).attempts, 1);
+    app.shutdown().await;
+}
+
 // ------------------------------------------------------------------------------------------------
 // 6. Idempotent steps
 // ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ pub use initializing::Initializing;
 pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
-pub use snapshotting::{Table, read_tables, refresh_snapshot_table};
+pub use snapshotting::{SnapshotLimits, Table, read_tables, refresh_snapshot_table};
 pub use streaming::{
     Streaming, end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
 };
@@ -64,6 +64,8 @@ pub struct AgentSettings {
     pub dead_after: Duration,
     /// Time limit of one connection attempt.
     pub connect_timeout: Duration,
+    /// How much of information_schema a snapshot may read.
+    pub snapshot: SnapshotLimits,
     /// Attempts of a step that meets transient faults before it fails.
     pub connect_attempts: i32,
     /// The addresses the agent refuses to connect to.

@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
-use mysql_async::{Conn, prelude::Queryable};
+use mysql_async::{
+    Conn,
+    prelude::{FromRow, Queryable},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -63,37 +66,132 @@ pub fn included(options: &StreamOptions, schema: &str, table: &str) -> bool {
             .any(|listed| listed.split_once('.') == Some((schema, table)))
 }
 
+/// How much of information_schema one snapshot may read: more rows than these, or more than
+/// [`MAX_SNAPSHOT_BYTES`] of names and types in one query, fail the step with a message saying
+/// how to narrow it, instead of filling the replica's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotLimits {
+    pub max_tables: usize,
+    pub max_columns: usize,
+}
+
+/// The most bytes of values one information_schema query of a snapshot may return.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+
+/// The condition that selects, in an information_schema table whose schema column is
+/// `schema_column`, the one table `only` names or else the user tables stream_options include;
+/// with its parameters. The filters run in MySQL, so excluded tables are never sent.
+fn table_condition(
+    options: &StreamOptions,
+    only: Option<(&str, &str)>,
+    schema_column: &str,
+) -> (String, Vec<String>) {
+    if let Some((schema, table)) = only {
+        return (
+            format!("{schema_column} = ? AND TABLE_NAME = ?"),
+            vec![schema.to_owned(), table.to_owned()],
+        );
+    }
+    let mut condition = format!("{schema_column} NOT IN ({SYSTEM_SCHEMAS})");
+    let mut parameters = Vec::new();
+    let mut chosen = Vec::new();
+    if !options.schemas.is_empty() {
+        let marks = vec!["?"; options.schemas.len()].join(", ");
+        chosen.push(format!("{schema_column} IN ({marks})"));
+        parameters.extend(options.schemas.iter().cloned());
+    }
+    for (schema, table) in options
+        .tables
+        .iter()
+        .filter_map(|name| name.split_once('.'))
+    {
+        chosen.push(format!("({schema_column} = ? AND TABLE_NAME = ?)"));
+        parameters.extend([schema.to_owned(), table.to_owned()]);
+    }
+    if !chosen.is_empty() {
+        condition.push_str(&format!(" AND ({})", chosen.join(" OR ")));
+    }
+    (condition, parameters)
+}
+
+/// The bytes a row of information_schema holds.
+fn row_bytes(row: &mysql_async::Row) -> usize {
+    (0..row.len())
+        .map(|index| match row.as_ref(index) {
+            Some(mysql_async::Value::Bytes(bytes)) => bytes.len(),
+            _ => 8,
+        })
+        .sum()
+}
+
+/// Runs one information_schema query for a snapshot, reading at most `max` rows and
+/// [`MAX_SNAPSHOT_BYTES`]; more fails for good, naming the limit and how to stay under it.
+async fn bounded<T: FromRow + Send + 'static>(
+    connection: &mut Conn,
+    address: &str,
+    query: (String, Vec<String>),
+    max: usize,
+    what: &str,
+) -> Result<Vec<T>, MysqlFailure> {
+    let classify = |error: mysql_async::Error| mysql::classify(&error, address);
+    let (sql, parameters) = query;
+    let mut result = connection
+        .exec_iter(format!("{sql} LIMIT {}", max.saturating_add(1)), parameters)
+        .await
+        .map_err(classify)?;
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = result.next().await.map_err(classify)? {
+        bytes += row_bytes(&row);
+        if rows.len() == max || bytes > MAX_SNAPSHOT_BYTES {
+            result.drop_result().await.map_err(classify)?;
+            let limit = if rows.len() == max {
+                format!("more than {max} {what}")
+            } else {
+                format!("more than {} MiB of {what}", MAX_SNAPSHOT_BYTES >> 20)
+            };
+            return Err(MysqlFailure::Permanent(format!(
+                "the schema of {address} is too large to snapshot: {limit} match the stream \
+                 filters; list the schemas or tables to stream in stream_options.schemas and \
+                 stream_options.tables"
+            )));
+        }
+        let row = mysql_async::from_row_opt(row).map_err(|error| {
+            MysqlFailure::Permanent(format!(
+                "{address} answered an unexpected information_schema row: {error}"
+            ))
+        })?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// The included tables with their columns and keys; only the one table `only` names when given
 /// (a stream re-reading a table after a DDL statement). `mariadb` also reads the json_valid()
-/// checks that mark MariaDB's JSON columns.
+/// checks that mark MariaDB's JSON columns. Filtered in MySQL and bounded by `limits`.
 pub async fn read_tables(
     connection: &mut Conn,
     address: &str,
     options: &StreamOptions,
+    limits: SnapshotLimits,
     mariadb: bool,
     only: Option<(&str, &str)>,
 ) -> Result<Vec<Table>, MysqlFailure> {
-    let classify = |error: mysql_async::Error| mysql::classify(&error, address);
-    let (condition, parameters) = match only {
-        Some((schema, table)) => (
-            "TABLE_SCHEMA = ? AND TABLE_NAME = ?".to_owned(),
-            vec![schema.to_owned(), table.to_owned()],
-        ),
-        None => (
-            format!("TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS})"),
-            Vec::new(),
-        ),
-    };
-    let rows: Vec<(String, String, Option<String>)> = connection
-        .exec(
+    let (condition, parameters) = table_condition(options, only, "TABLE_SCHEMA");
+    let rows: Vec<(String, String, Option<String>)> = bounded(
+        connection,
+        address,
+        (
             format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES \
                  WHERE TABLE_TYPE = 'BASE TABLE' AND {condition} ORDER BY TABLE_SCHEMA, TABLE_NAME"
             ),
             parameters.clone(),
-        )
-        .await
-        .map_err(classify)?;
+        ),
+        limits.max_tables,
+        "tables",
+    )
+    .await?;
     let mut tables: BTreeMap<(String, String), Table> = rows
         .into_iter()
         .filter(|(schema, name, _)| included(options, schema, name))
@@ -108,30 +206,40 @@ pub async fn read_tables(
             ((schema, name), table)
         })
         .collect();
-    let columns: Vec<(String, String, String, String, String, String)> = connection
-        .exec(
+    let columns: Vec<(String, String, String, String, String, String)> = bounded(
+        connection,
+        address,
+        (
             format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY \
                  FROM information_schema.COLUMNS WHERE {condition} \
                  ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
             ),
-            parameters.clone(),
-        )
-        .await
-        .map_err(classify)?;
+            parameters,
+        ),
+        limits.max_columns,
+        "columns",
+    )
+    .await?;
     let json_checks: Vec<(String, String, String)> = if mariadb {
-        connection
-            .exec(
-                format!(
-                    "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE \
-                     FROM information_schema.CHECK_CONSTRAINTS \
-                     WHERE CHECK_CLAUSE LIKE 'json_valid(%' AND {}",
-                    condition.replace("TABLE_SCHEMA", "CONSTRAINT_SCHEMA")
-                ),
-                parameters,
-            )
-            .await
-            .map_err(classify)?
+        bounded(
+            connection,
+            address,
+            {
+                let (condition, parameters) = table_condition(options, only, "CONSTRAINT_SCHEMA");
+                (
+                    format!(
+                        "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE \
+                         FROM information_schema.CHECK_CONSTRAINTS \
+                         WHERE CHECK_CLAUSE LIKE 'json_valid(%' AND {condition}"
+                    ),
+                    parameters,
+                )
+            },
+            limits.max_columns,
+            "JSON checks",
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -231,7 +339,15 @@ async fn read_snapshot(
         )));
     }
     let (flavour, _) = mysql::version(connection, &address).await?;
-    let tables = read_tables(connection, &address, options, flavour == "MariaDB", None).await?;
+    let tables = read_tables(
+        connection,
+        &address,
+        options,
+        context.agent.snapshot,
+        flavour == "MariaDB",
+        None,
+    )
+    .await?;
     let Some(probe) = tables.first() else {
         return Ok(Err(
             if options.schemas.is_empty() && options.tables.is_empty() {

@@ -583,7 +583,7 @@ impl Reader {
             .reload(
                 &mut link.connection,
                 &self.address,
-                &context.server.spec.stream_options,
+                (&context.server.spec.stream_options, context.agent.snapshot),
                 self.mariadb,
                 (schema, table),
                 at,

@@ -11,7 +11,7 @@ use mysql_async::Conn;
 use super::decode::{ColumnInfo, ColumnKind, TableColumns};
 use crate::{
     domain::server::StreamOptions,
-    onboarding::{MysqlFailure, Table, read_tables},
+    onboarding::{MysqlFailure, SnapshotLimits, Table, read_tables},
     store::SnapshotVersion,
 };
 
@@ -126,15 +126,22 @@ impl Tables {
         &mut self,
         connection: &mut Conn,
         address: &str,
-        options: &StreamOptions,
+        (options, limits): (&StreamOptions, SnapshotLimits),
         mariadb: bool,
         (schema, table): (&str, &str),
         at: &BinlogPoint,
     ) -> Result<Option<Table>, MysqlFailure> {
-        let fresh = read_tables(connection, address, options, mariadb, Some((schema, table)))
-            .await?
-            .into_iter()
-            .next();
+        let fresh = read_tables(
+            connection,
+            address,
+            options,
+            limits,
+            mariadb,
+            Some((schema, table)),
+        )
+        .await?
+        .into_iter()
+        .next();
         let columns = fresh.clone().map(TableColumns::from);
         self.versions
             .entry(key(schema, table))
