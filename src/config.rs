@@ -125,6 +125,11 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MYSQL_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub mysql_connect_timeout: Duration,
 
+    /// How long one request to a customer's MySQL (a query, the binlog request) may go
+    /// unanswered before the step or stream counts it as a transient fault naming the request.
+    #[arg(long, env = "DBTRAIL_MYSQL_QUERY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub mysql_query_timeout: Duration,
+
     /// The deadline of one run of an onboarding step, whatever it waits for (a login, a query,
     /// the jumphost); a step past it is a transient fault, retried within the attempts below.
     #[arg(long, env = "DBTRAIL_STEP_TIMEOUT", default_value = "2m", value_parser = positive_duration)]

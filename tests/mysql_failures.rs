@@ -683,6 +683,34 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
     app.shutdown().await;
 }
 
+/// The same stall under a per-query timeout shorter than the step's deadline: the step fails
+/// naming the query MySQL left unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_left_unanswered_fails_within_the_query_timeout_naming_it() {
+    let mariadb = MariaDb::start().await;
+    mariadb
+        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+        .await;
+    let proxy = StallingProxy::after_login(&mariadb).await;
+    let mut options = mysql_replica_options();
+    options
+        .extra_args
+        .extend(["--mysql-query-timeout", "1s", "--step-timeout", "1m"].map(str::to_owned));
+    let app = TestApp::start_with(options).await;
+    let mut client = app.client();
+    let registered = register(&mut client, proxy.server(&mariadb, "unanswered")).await;
+    let status = wait_settled(&client, &registered.server_id).await;
+    let error = assert_failed_at(&status, OnboardingStep::Initializing);
+    assert!(
+        error.contains(&format!(
+            "MySQL at 127.0.0.1:{} did not answer SHOW GRANTS within 1s",
+            proxy.port()
+        )) && error.contains(&format!("gave up after {CONNECT_ATTEMPTS} attempts")),
+        "{error}"
+    );
+    app.shutdown().await;
+}
+
 /// Runner slots are shared: a tenant whose servers all stall after login leaves a quarter of a
 /// replica's runner slots (its share, by default) to the others, and another tenant's server
 /// onboards at once.

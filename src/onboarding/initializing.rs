@@ -8,7 +8,7 @@ use mysql_async::{Conn, prelude::Queryable};
 use super::{
     Step, StepContext,
     grants::{Grants, Needed},
-    mysql::{self, MysqlFailure},
+    mysql::{self, Endpoint, MysqlFailure},
 };
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome},
@@ -21,12 +21,11 @@ pub struct Initializing;
 /// The user's grants, with those of the roles granted to it.
 pub async fn effective_grants(
     connection: &mut Conn,
-    address: &str,
+    address: &Endpoint,
 ) -> Result<Grants, MysqlFailure> {
-    let lines: Vec<String> = connection
-        .query("SHOW GRANTS")
-        .await
-        .map_err(|error| mysql::classify(&error, address))?;
+    let lines: Vec<String> = address
+        .ask("SHOW GRANTS", connection.query("SHOW GRANTS"))
+        .await?;
     let mut grants = Grants::parse(lines.iter().map(String::as_str));
     // Role names come from the customer's server: only well-formed quoted names are used.
     let quoted = |role: &str| {
@@ -45,10 +44,8 @@ pub async fn effective_grants(
         .collect::<Vec<_>>()
     {
         // A role that cannot be inspected adds nothing; the checks then say what is missing.
-        if let Ok(lines) = connection
-            .query::<String, _>(format!("SHOW GRANTS FOR {role}"))
-            .await
-        {
+        let asked = connection.query::<String, _>(format!("SHOW GRANTS FOR {role}"));
+        if let Ok(lines) = address.ask("SHOW GRANTS FOR a role", asked).await {
             grants.merge(Grants::parse(lines.iter().map(String::as_str)));
         }
     }
@@ -56,24 +53,28 @@ pub async fn effective_grants(
 }
 
 /// `'user'@'host'` as the server knows the session's account.
-pub async fn account(connection: &mut Conn, address: &str) -> Result<String, MysqlFailure> {
-    let current: Option<String> = connection
-        .query_first("SELECT CURRENT_USER()")
-        .await
-        .map_err(|error| mysql::classify(&error, address))?;
+pub async fn account(connection: &mut Conn, address: &Endpoint) -> Result<String, MysqlFailure> {
+    let current: Option<String> = address
+        .ask(
+            "SELECT CURRENT_USER()",
+            connection.query_first("SELECT CURRENT_USER()"),
+        )
+        .await?;
     let current = current.unwrap_or_default();
     let (user, host) = current.rsplit_once('@').unwrap_or((current.as_str(), "%"));
     Ok(format!("'{user}'@'{host}'"))
 }
 
 /// Every unmet prerequisite, each with its current value and the statement that fixes it.
-async fn problems(connection: &mut Conn, address: &str) -> Result<Vec<String>, MysqlFailure> {
-    let variables: Option<(String, String, String)> = connection
-        .query_first(
-            "SELECT CAST(@@GLOBAL.log_bin AS CHAR), @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image",
+async fn problems(connection: &mut Conn, address: &Endpoint) -> Result<Vec<String>, MysqlFailure> {
+    let variables: Option<(String, String, String)> = address
+        .ask(
+            "the binlog settings",
+            connection.query_first(
+                "SELECT CAST(@@GLOBAL.log_bin AS CHAR), @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image",
+            ),
         )
-        .await
-        .map_err(|error| mysql::classify(&error, address))?;
+        .await?;
     let (log_bin, format, row_image) = variables.unwrap_or_default();
     let mut problems = Vec::new();
     if !matches!(log_bin.to_ascii_uppercase().as_str(), "1" | "ON") {

@@ -64,6 +64,8 @@ pub struct AgentSettings {
     pub dead_after: Duration,
     /// Time limit of one connection attempt.
     pub connect_timeout: Duration,
+    /// How long one MySQL request may go unanswered.
+    pub query_timeout: Duration,
     /// How much of information_schema a snapshot may read.
     pub snapshot: SnapshotLimits,
     /// Attempts of a step that meets transient faults before it fails.

@@ -141,12 +141,57 @@ pub async fn resolve(
 }
 
 /// `host:port` of the server.
-pub fn address(context: &StepContext) -> String {
+pub fn address(context: &StepContext) -> Endpoint {
     let spec = &context.server.spec;
-    if spec.host.contains(':') {
+    let name = if spec.host.contains(':') {
         format!("[{}]:{}", spec.host, spec.port)
     } else {
         format!("{}:{}", spec.host, spec.port)
+    };
+    Endpoint {
+        name,
+        query_timeout: context.agent.query_timeout,
+    }
+}
+
+/// A customer's MySQL as messages name it (`host:port`), with how long one request to it may
+/// take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    name: String,
+    query_timeout: Duration,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.name)
+    }
+}
+
+impl Endpoint {
+    /// Waits for one request (`what`, for the message) at most the per-query timeout: a MySQL
+    /// that logged us in and then stops answering is a transient fault naming what it left
+    /// unanswered. Errors are sorted by [`classify`].
+    pub async fn ask<T>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+    ) -> Result<T, MysqlFailure> {
+        match tokio::time::timeout(self.query_timeout, request).await {
+            Ok(result) => result.map_err(|error| classify(&error, self)),
+            Err(_) => Err(MysqlFailure::Transient(format!(
+                "MySQL at {self} did not answer {what} within {}",
+                humantime::format_duration(self.query_timeout)
+            ))),
+        }
     }
 }
 
@@ -288,12 +333,14 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
 /// The server's version and flavour, e.g. ("MariaDB", "10.11.19-MariaDB-0+deb12u1").
 pub async fn version(
     connection: &mut Conn,
-    address: &str,
+    address: &Endpoint,
 ) -> Result<(String, String), MysqlFailure> {
-    let version: Option<String> = connection
-        .query_first("SELECT VERSION()")
-        .await
-        .map_err(|error| classify(&error, address))?;
+    let version: Option<String> = address
+        .ask(
+            "SELECT VERSION()",
+            connection.query_first("SELECT VERSION()"),
+        )
+        .await?;
     let version = version.unwrap_or_default();
     let flavour = if version.to_ascii_lowercase().contains("mariadb") {
         "MariaDB"

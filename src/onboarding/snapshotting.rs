@@ -15,7 +15,7 @@ use super::{
     Step, StepContext,
     grants::Needed,
     initializing::{account, effective_grants},
-    mysql::{self, MysqlFailure},
+    mysql::{self, Endpoint, MysqlFailure},
 };
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome, server::StreamOptions},
@@ -128,23 +128,25 @@ fn row_bytes(row: &mysql_async::Row) -> usize {
 /// [`MAX_SNAPSHOT_BYTES`]; more fails for good, naming the limit and how to stay under it.
 async fn bounded<T: FromRow + Send + 'static>(
     connection: &mut Conn,
-    address: &str,
+    address: &Endpoint,
     query: (String, Vec<String>),
     max: usize,
     what: &str,
 ) -> Result<Vec<T>, MysqlFailure> {
-    let classify = |error: mysql_async::Error| mysql::classify(&error, address);
     let (sql, parameters) = query;
-    let mut result = connection
-        .exec_iter(format!("{sql} LIMIT {}", max.saturating_add(1)), parameters)
-        .await
-        .map_err(classify)?;
+    let asked = format!("the information_schema query of {what}");
+    let mut result = address
+        .ask(
+            &asked,
+            connection.exec_iter(format!("{sql} LIMIT {}", max.saturating_add(1)), parameters),
+        )
+        .await?;
     let mut rows = Vec::new();
     let mut bytes = 0;
-    while let Some(row) = result.next().await.map_err(classify)? {
+    while let Some(row) = address.ask(&asked, result.next()).await? {
         bytes += row_bytes(&row);
         if rows.len() == max || bytes > MAX_SNAPSHOT_BYTES {
-            result.drop_result().await.map_err(classify)?;
+            address.ask(&asked, result.drop_result()).await?;
             let limit = if rows.len() == max {
                 format!("more than {max} {what}")
             } else {
@@ -171,7 +173,7 @@ async fn bounded<T: FromRow + Send + 'static>(
 /// checks that mark MariaDB's JSON columns. Filtered in MySQL and bounded by `limits`.
 pub async fn read_tables(
     connection: &mut Conn,
-    address: &str,
+    address: &Endpoint,
     options: &StreamOptions,
     limits: SnapshotLimits,
     mariadb: bool,
@@ -363,14 +365,12 @@ async fn read_snapshot(
         ));
     };
     // information_schema can list tables the user cannot read: prove SELECT on one.
-    let readable = connection
-        .query_drop(format!(
-            "SELECT 1 FROM `{}`.`{}` LIMIT 0",
-            probe.schema.replace('`', "``"),
-            probe.name.replace('`', "``")
-        ))
-        .await;
-    match readable.map_err(|error| mysql::classify(&error, &address)) {
+    let readable = connection.query_drop(format!(
+        "SELECT 1 FROM `{}`.`{}` LIMIT 0",
+        probe.schema.replace('`', "``"),
+        probe.name.replace('`', "``")
+    ));
+    match address.ask("a SELECT of one table", readable).await {
         Ok(()) => Ok(Ok(tables)),
         Err(MysqlFailure::Permanent(reason)) => Ok(Err(format!(
             "SELECT is denied on {}: {reason}",

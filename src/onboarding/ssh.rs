@@ -197,12 +197,20 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
         .ok()
         .flatten()
         .unwrap_or(Some(HashAlg::Sha256));
-    let authenticated = session
-        .authenticate_publickey(
-            tunnel.user.clone(),
-            PrivateKeyWithHashAlg::new(Arc::new(private_key), rsa_hash),
-        )
+    let operation = context.agent.query_timeout;
+    let stalled = |what: &str| {
+        MysqlFailure::Transient(format!(
+            "the SSH jumphost {jumphost} did not answer {what} within {}",
+            humantime::format_duration(operation)
+        ))
+    };
+    let login = session.authenticate_publickey(
+        tunnel.user.clone(),
+        PrivateKeyWithHashAlg::new(Arc::new(private_key), rsa_hash),
+    );
+    let authenticated = tokio::time::timeout(operation, login)
         .await
+        .map_err(|_| stalled("the login"))?
         .map_err(|error| {
             MysqlFailure::Transient(format!("SSH login at {jumphost} failed: {error}"))
         })?;
@@ -214,14 +222,15 @@ pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, M
         )));
     }
     // Prove the jumphost can reach MySQL before handing the tunnel out.
-    match session
-        .channel_open_direct_tcpip(
-            server.spec.host.clone(),
-            u32::from(server.spec.port),
-            "127.0.0.1",
-            0,
-        )
+    let channel = session.channel_open_direct_tcpip(
+        server.spec.host.clone(),
+        u32::from(server.spec.port),
+        "127.0.0.1",
+        0,
+    );
+    match tokio::time::timeout(operation, channel)
         .await
+        .map_err(|_| stalled("a channel to MySQL"))?
     {
         Ok(channel) => {
             let _ = channel.close().await;

@@ -13,7 +13,7 @@ use mysql_async::{BinlogStreamRequest, Conn, Row, prelude::Queryable};
 use super::{
     Step, StepContext,
     initializing::account,
-    mysql::{self, MysqlFailure},
+    mysql::{self, Endpoint, MysqlFailure},
 };
 use crate::{
     domain::{OnboardingStep, StreamState, onboarding::StepOutcome},
@@ -70,15 +70,22 @@ pub struct Coordinates {
 /// `SHOW MASTER STATUS`, or `SHOW BINARY LOG STATUS` on MySQL 8.4+, which removed the former.
 pub async fn coordinates(
     connection: &mut Conn,
-    address: &str,
+    address: &Endpoint,
     flavour: &str,
 ) -> Result<Option<Coordinates>, MysqlFailure> {
-    let row: Option<Row> = match connection.query_first("SHOW MASTER STATUS").await {
+    let status = address.ask("SHOW MASTER STATUS", async {
+        Ok(connection.query_first("SHOW MASTER STATUS").await)
+    });
+    let row: Option<Row> = match status.await? {
         Ok(row) => row,
-        Err(mysql_async::Error::Server(error)) if error.code == 1064 => connection
-            .query_first("SHOW BINARY LOG STATUS")
-            .await
-            .map_err(|error| mysql::classify(&error, address))?,
+        Err(mysql_async::Error::Server(error)) if error.code == 1064 => {
+            address
+                .ask(
+                    "SHOW BINARY LOG STATUS",
+                    connection.query_first("SHOW BINARY LOG STATUS"),
+                )
+                .await?
+        }
         Err(error) => return Err(mysql::classify(&error, address)),
     };
     let Some(row) = row else {
@@ -91,13 +98,15 @@ pub async fn coordinates(
     };
     let gtid_set = if flavour == "MariaDB" {
         // The GTID position of exactly these coordinates, not of whatever was written since.
-        connection
-            .exec_first::<Option<String>, _, _>(
-                "SELECT BINLOG_GTID_POS(?, ?)",
-                (file.as_str(), position),
+        address
+            .ask(
+                "SELECT BINLOG_GTID_POS()",
+                connection.exec_first::<Option<String>, _, _>(
+                    "SELECT BINLOG_GTID_POS(?, ?)",
+                    (file.as_str(), position),
+                ),
             )
-            .await
-            .map_err(|error| mysql::classify(&error, address))?
+            .await?
             .flatten()
     } else {
         row.get::<String, _>("Executed_Gtid_Set")
@@ -114,22 +123,25 @@ pub async fn coordinates(
 /// MariaDB. A file/position checkpoint only continues on the same source.
 pub async fn source_identity(
     connection: &mut Conn,
-    address: &str,
+    address: &Endpoint,
     mariadb: bool,
 ) -> Result<String, MysqlFailure> {
-    let classify = |error: mysql_async::Error| mysql::classify(&error, address);
     if mariadb {
-        let row: Option<(u64, u64)> = connection
-            .query_first("SELECT @@server_id, @@gtid_domain_id")
-            .await
-            .map_err(classify)?;
+        let row: Option<(u64, u64)> = address
+            .ask(
+                "the server id",
+                connection.query_first("SELECT @@server_id, @@gtid_domain_id"),
+            )
+            .await?;
         let (server_id, domain) = row.unwrap_or_default();
         Ok(format!("server_id {server_id}, gtid domain {domain}"))
     } else {
-        let uuid: Option<String> = connection
-            .query_first("SELECT @@server_uuid")
-            .await
-            .map_err(classify)?;
+        let uuid: Option<String> = address
+            .ask(
+                "the server uuid",
+                connection.query_first("SELECT @@server_uuid"),
+            )
+            .await?;
         Ok(uuid.unwrap_or_default())
     }
 }
@@ -192,7 +204,10 @@ async fn open_stream(
         .with_filename(coordinates.file.as_bytes())
         .with_pos(coordinates.position)
         .with_non_blocking();
-    let mut stream = match connection.get_binlog_stream(request).await {
+    let requested = address.ask("the binlog request", async {
+        Ok(connection.get_binlog_stream(request).await)
+    });
+    let mut stream = match requested.await? {
         Ok(stream) => stream,
         Err(error) => {
             return match replication_refusal(&error, &account, replica_id) {

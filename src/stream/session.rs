@@ -75,7 +75,7 @@ struct Position {
 
 /// The reading state between events.
 struct Reader {
-    address: String,
+    address: mysql::Endpoint,
     mariadb: bool,
     tables: Tables,
     /// The binlog file being read.
@@ -128,11 +128,16 @@ impl std::fmt::Display for PendingGtid {
 }
 
 /// The binlog files the source still has.
-async fn binary_logs(connection: &mut Conn, address: &str) -> Result<Vec<String>, SessionEnd> {
-    match connection
-        .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
-        .await
-    {
+async fn binary_logs(
+    connection: &mut Conn,
+    address: &mysql::Endpoint,
+) -> Result<Vec<String>, SessionEnd> {
+    let listed = address.ask("SHOW BINARY LOGS", async {
+        Ok(connection
+            .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+            .await)
+    });
+    match listed.await? {
         Ok(rows) => Ok(rows
             .into_iter()
             .filter_map(|row| row.get::<String, _>(0))
@@ -192,19 +197,20 @@ async fn open(
         settings.push("SET @mariadb_slave_capability = 4".to_owned());
     }
     for setting in settings {
-        connection
-            .query_drop(setting)
-            .await
-            .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
+        address.ask("SET", connection.query_drop(setting)).await?;
     }
-    let checksum: Option<String> = connection
-        .query_first("SELECT @@global.binlog_checksum")
-        .await
-        .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
-    let dump_connection_id: Option<u64> = connection
-        .query_first("SELECT CONNECTION_ID()")
-        .await
-        .map_err(|error| SessionEnd::from(classify_mysql(&error, &address)))?;
+    let checksum: Option<String> = address
+        .ask(
+            "SELECT @@global.binlog_checksum",
+            connection.query_first("SELECT @@global.binlog_checksum"),
+        )
+        .await?;
+    let dump_connection_id: Option<u64> = address
+        .ask(
+            "SELECT CONNECTION_ID()",
+            connection.query_first("SELECT CONNECTION_ID()"),
+        )
+        .await?;
     let reader = Reader {
         address: address.clone(),
         mariadb,
@@ -286,11 +292,14 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     let request = BinlogStreamRequest::new(replica_id)
         .with_filename(checkpoint.position.binlog_file.as_bytes())
         .with_pos(u64::try_from(checkpoint.position.binlog_position).unwrap_or(4));
-    let stream = match connection.get_binlog_stream(request).await {
-        Ok(stream) => stream,
-        Err(error) => return refusal(&error, &context, replica_id, &reader.address),
+    let requested = reader.address.ask("the binlog request", async {
+        Ok(connection.get_binlog_stream(request).await)
+    });
+    let mut stream = match requested.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return refusal(&error, &context, replica_id, &reader.address),
+        Err(stalled) => return stalled.into(),
     };
-    let mut stream = stream;
     let end = read(
         holder,
         &mut stream,

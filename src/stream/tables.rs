@@ -11,7 +11,7 @@ use mysql_async::Conn;
 use super::decode::{ColumnInfo, ColumnKind, TableColumns};
 use crate::{
     domain::server::StreamOptions,
-    onboarding::{MysqlFailure, SnapshotLimits, Table, read_tables},
+    onboarding::{MysqlFailure, SnapshotLimits, Table, mysql::Endpoint, read_tables},
     store::SnapshotVersion,
 };
 
@@ -125,7 +125,7 @@ impl Tables {
     pub async fn reload(
         &mut self,
         connection: &mut Conn,
-        address: &str,
+        address: &Endpoint,
         (options, limits): (&StreamOptions, SnapshotLimits),
         mariadb: bool,
         (schema, table): (&str, &str),
