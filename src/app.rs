@@ -213,6 +213,7 @@ pub async fn start_with_steps(
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(store.clone());
     let hub = WatchHub::new(watch_store, stopping.clone());
+    tokio::spawn(hub.clone().recheck());
     let targets = Arc::new(target_policy(&config));
     let agent_settings = AgentSettings {
         id: agent_id,

@@ -5,11 +5,12 @@
 mod stream;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use futures_util::{
@@ -30,6 +31,10 @@ use crate::{
 
 /// How many changes a watcher may have queued before it is cut off as too slow.
 const WATCHER_BUFFER: usize = 64;
+/// The pauses between the reads of one change, when they fail.
+const READ_RETRIES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
+/// How often the servers whose change could not be read are read again.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Watcher {
     id: u64,
@@ -69,6 +74,8 @@ impl Default for Watched {
 pub struct WatchHub {
     store: Store,
     watched: Mutex<HashMap<ServerId, Watched>>,
+    /// Watched servers whose latest change could not be read: read again until it can.
+    missed: Mutex<HashSet<ServerId>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -106,6 +113,7 @@ impl WatchHub {
         Arc::new(WatchHub {
             store,
             watched: Mutex::new(HashMap::new()),
+            missed: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             shutdown,
         })
@@ -220,19 +228,60 @@ impl WatchHub {
         }
     }
 
-    /// A server's onboarding reached `revision`: one read, then fan-out.
+    fn missed(&self) -> std::sync::MutexGuard<'_, HashSet<ServerId>> {
+        self.missed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A server's onboarding reached `revision`: one read (retried twice), then fan-out. A
+    /// change that cannot be read is read again by [`WatchHub::recheck`], so no watcher waits
+    /// for it forever.
     async fn changed(&self, server_id: ServerId, revision: i64) {
-        if !self.is_watched(server_id) {
-            return;
+        let mut pauses = READ_RETRIES.iter();
+        loop {
+            if !self.is_watched(server_id) {
+                return;
+            }
+            match self
+                .store
+                .onboarding_history(server_id, revision - 1, 1)
+                .await
+            {
+                Ok(statuses) => {
+                    statuses.into_iter().for_each(|status| self.fan_out(status));
+                    return;
+                }
+                Err(error) => match pauses.next() {
+                    Some(pause) => tokio::time::sleep(*pause).await,
+                    None => {
+                        tracing::warn!(%error, %server_id, "could not read a change for watchers; reading it again later");
+                        self.missed().insert(server_id);
+                        return;
+                    }
+                },
+            }
         }
-        match self
-            .store
-            .onboarding_history(server_id, revision - 1, 1)
-            .await
-        {
-            Ok(statuses) => statuses.into_iter().for_each(|status| self.fan_out(status)),
-            Err(error) => {
-                tracing::warn!(%error, %server_id, "could not read a change for watchers")
+    }
+
+    /// Every few seconds until shutdown: the latest status of each watched server whose change
+    /// could not be read, from which each stream fills its gap out of the history.
+    pub async fn recheck(self: Arc<WatchHub>) {
+        let mut tick = tokio::time::interval(RECHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let missed: Vec<ServerId> = self.missed().drain().collect();
+            for server_id in missed.into_iter().filter(|id| self.is_watched(*id)) {
+                match self.store.server_by_id(server_id).await {
+                    Ok(server) => self.fan_out(server.onboarding_status()),
+                    Err(_) => {
+                        self.missed().insert(server_id);
+                    }
+                }
             }
         }
     }
