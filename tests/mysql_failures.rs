@@ -640,11 +640,8 @@ async fn stalling_proxy(upstream: String, trigger: &'static [u8]) -> StallingPro
     StallingProxy { address, open }
 }
 
-/// A MySQL that logs the agent in and then never answers its query: the step fails within its
-/// deadline (--step-timeout) after its attempts, naming what stalled, instead of holding a runner
-/// slot for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_deadline() {
+/// A MariaDB behind a proxy that stalls after login, and a replica started with `args`.
+async fn stalling_after_login(args: &[&str]) -> (MariaDb, StallingProxy, TestApp) {
     let mariadb = MariaDb::start().await;
     mariadb
         .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
@@ -653,8 +650,17 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
     let mut options = mysql_replica_options();
     options
         .extra_args
-        .extend(["--step-timeout".to_owned(), "2s".to_owned()]);
+        .extend(args.iter().map(|arg| arg.to_string()));
     let app = TestApp::start_with(options).await;
+    (mariadb, proxy, app)
+}
+
+/// A MySQL that logs the agent in and then never answers its query: the step fails within its
+/// deadline (--step-timeout) after its attempts, naming what stalled, instead of holding a runner
+/// slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_deadline() {
+    let (mariadb, proxy, app) = stalling_after_login(&["--step-timeout", "2s"]).await;
     let mut client = app.client();
     let server = proxy.server(&mariadb, "stalls");
     let started = std::time::Instant::now();
@@ -687,16 +693,8 @@ async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_dead
 /// naming the query MySQL left unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_left_unanswered_fails_within_the_query_timeout_naming_it() {
-    let mariadb = MariaDb::start().await;
-    mariadb
-        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
-        .await;
-    let proxy = StallingProxy::after_login(&mariadb).await;
-    let mut options = mysql_replica_options();
-    options
-        .extra_args
-        .extend(["--mysql-query-timeout", "1s", "--step-timeout", "1m"].map(str::to_owned));
-    let app = TestApp::start_with(options).await;
+    let (mariadb, proxy, app) =
+        stalling_after_login(&["--mysql-query-timeout", "1s", "--step-timeout", "1m"]).await;
     let mut client = app.client();
     let registered = register(&mut client, proxy.server(&mariadb, "unanswered")).await;
     let status = wait_settled(&client, &registered.server_id).await;

@@ -1579,6 +1579,19 @@ async fn shown_ip(client: &Client, server_id: &str) -> String {
     ip
 }
 
+/// Confirms the firewall of `server_id` and checks that it onboards with every login through
+/// `sshd` coming from `ip` (and none from anywhere else, a dead agent's IP included).
+async fn confirm_and_log_in_from(client: &mut Client, server_id: &str, sshd: &Sshd, ip: &str) {
+    confirm_firewall(client, server_id).await;
+    assert_active(&wait_settled(client, server_id).await);
+    assert_eq!(
+        connection_sources(sshd),
+        [ip.to_owned()].into(),
+        "{}",
+        sshd.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_with_the_new_ip() {
     const FIRST: &str = "127.0.0.2";
@@ -1609,15 +1622,8 @@ async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_
 
     // The first agent's servers, confirmed, connect from its IP only, whichever replica's
     // engine is woken.
-    for (id, sshd, ip) in servers.iter().filter(|server| server.2 == FIRST) {
-        confirm_firewall(&mut client, id).await;
-        assert_active(&wait_settled(&client, id).await);
-        assert_eq!(
-            connection_sources(sshd),
-            [ip.clone()].into(),
-            "{}",
-            sshd.log()
-        );
+    for (id, sshd, _) in servers.iter().filter(|server| server.2 == FIRST) {
+        confirm_and_log_in_from(&mut client, id, sshd, FIRST).await;
     }
 
     // The second replica dies before its servers' firewalls are confirmed: once its agent has
@@ -1642,14 +1648,7 @@ async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_
                 sshd.tunnel().port
             )
         );
-        confirm_firewall(&mut client, id).await;
-        assert_active(&wait_settled(&client, id).await);
-        assert_eq!(
-            connection_sources(sshd),
-            [FIRST.to_owned()].into(),
-            "no connection ever came from the dead agent's IP: {}",
-            sshd.log()
-        );
+        confirm_and_log_in_from(&mut client, id, sshd, FIRST).await;
     }
     first.shutdown().await;
 }
