@@ -543,3 +543,49 @@ async fn a_watch_from_a_compacted_revision_is_out_of_range_with_where_to_resume(
     }
     app.shutdown().await;
 }
+
+/// Provisioning with no free agent slot says so once: its retries write no revision (a watcher
+/// is not sent the same message every 30 s forever), and it completes once an agent has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_without_capacity_says_so_once_and_completes_when_an_agent_has_room() {
+    let app = TestApp::start_with(ReplicaOptions {
+        agent_capacity: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut client = app.client();
+    let id = register(&mut client, direct_server("no-room"))
+        .await
+        .server_id;
+    let waiting = wait_for_onboarding(
+        &client,
+        &id,
+        "provisioning to wait for a slot",
+        Duration::from_secs(10),
+        |status| {
+            step(status, OnboardingStep::Provisioning).message
+                == "no agent has free capacity; waiting for a slot"
+        },
+    )
+    .await;
+    // Retries at 0.5, 1 and 2 s would each have written a revision.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = onboarding_status(&mut client, &id).await;
+    assert_eq!(later.revision, waiting.revision, "{later:#?}");
+    assert_eq!(
+        later.current_step,
+        Some(OnboardingStep::Provisioning as i32)
+    );
+
+    let roomy = app.replica(ReplicaOptions::default()).await;
+    wait_for_onboarding(
+        &client,
+        &id,
+        "provisioning to complete on the agent with room",
+        Duration::from_secs(30),
+        is_waiting_for_agent,
+    )
+    .await;
+    roomy.shutdown().await;
+    app.shutdown().await;
+}

@@ -464,6 +464,8 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let id = claim.server_id;
         let scope = Scope::Runner(claim.fence);
+        // Provisioning retries that found nothing new since the last recorded one.
+        let mut quiet_retries = 0;
         loop {
             if lost.is_cancelled() {
                 return Err(StoreError::Fenced);
@@ -493,6 +495,7 @@ impl Engine {
             let started = Instant::now();
             let span = step_span(&server, step);
             let attempts = server.steps.get(step).attempts;
+            let reported = server.steps.get(step).message.clone();
             let budget = self.config.agent.connect_attempts;
             let activity = Activity::default();
             let run = tokio::time::timeout(
@@ -524,6 +527,20 @@ impl Engine {
                     StepOutcome::transient(&stalled, attempts, budget)
                 }
             };
+            // Provisioning without capacity retries without a budget: once its message is on
+            // record, a retry that says the same writes no revision (watchers would get the
+            // same message every 30 s, forever), and it backs off further each time.
+            if let StepOutcome::Retry { message } = &outcome
+                && step == OnboardingStep::Provisioning
+                && *message == reported
+            {
+                quiet_retries += 1;
+                tokio::select! {
+                    () = lost.cancelled() => return Err(StoreError::Fenced),
+                    () = tokio::time::sleep(backoff(attempts + quiet_retries)) => {}
+                }
+                continue;
+            }
             let label = outcome_label(&outcome);
             span.record("outcome", label);
             metrics::histogram!("dbtrail_onboarding_step_seconds", "step" => step.as_str(), "outcome" => label)
