@@ -610,6 +610,89 @@ async fn open_watches_are_capped_per_key_and_per_replica_and_a_closed_one_frees_
     app.shutdown().await;
 }
 
+/// A server's lease epoch and whether its lease is live.
+async fn lease_of(app: &TestApp, server_id: &str) -> (i64, bool) {
+    let row = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "SELECT lease_epoch, lease_expires_at > now() FROM servers WHERE id::text = $1",
+            &[&server_id],
+        )
+        .await
+        .expect("read the lease");
+    (row.get(0), row.get::<_, Option<bool>>(1).unwrap_or(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_watch_opens_at_once_open_or_are_refused_and_no_lease_lapses() {
+    const OPENS: usize = 20_000;
+    const CAP: usize = 15_000;
+    let cap = CAP.to_string();
+    let mut options = with_args(&[
+        "--max-watches",
+        &cap,
+        "--max-watches-per-key",
+        "100000",
+        "--tenant-rate-limit",
+        "0",
+        "--key-rate-limit",
+        "0",
+    ]);
+    // No agent has room: the server stays in provisioning, its runner holding a lease (2 s TTL)
+    // and renewing it through the engine's pool for the whole burst.
+    options.agent_capacity = 0;
+    let app = TestApp::start_with(options).await;
+    let mut client = app.client();
+    let held = register(&mut client, direct_server("leased"))
+        .await
+        .server_id;
+    wait_until("the runner's lease", Duration::from_secs(10), || async {
+        lease_of(&app, &held).await.1
+    })
+    .await;
+    let (epoch, _) = lease_of(&app, &held).await;
+    let watched = register(&mut client, direct_server("watched"))
+        .await
+        .server_id;
+
+    // 200 streams per HTTP/2 connection.
+    let mut clients = Vec::new();
+    for _ in 0..OPENS / 200 {
+        clients.push(client_with_key(
+            channel(app.grpc_addr).await,
+            &app.tenant.key,
+        ));
+    }
+    let opens = (0..OPENS).map(|index| {
+        let mut client = clients[index % clients.len()].clone();
+        let watched = watched.clone();
+        tokio::spawn(async move { open_watch(&mut client, &watched, None, true).await })
+    });
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for result in futures_util::future::join_all(opens).await {
+        match result.expect("an open task") {
+            Ok(watch) => open.push(watch),
+            Err(status) => {
+                assert_error(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(open.len(), CAP, "{refused} refused");
+    assert_eq!(refused, OPENS - CAP);
+    let (after, live) = lease_of(&app, &held).await;
+    assert_eq!(
+        after, epoch,
+        "the runner's lease lapsed and was claimed again"
+    );
+    assert!(live, "the runner's lease is live");
+    drop(open);
+    app.shutdown().await;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Traces
 // ------------------------------------------------------------------------------------------------
