@@ -640,9 +640,11 @@ async fn twenty_thousand_watch_opens_at_once_open_or_are_refused_and_no_lease_la
         "--key-rate-limit",
         "0",
     ]);
-    // No agent has room: the server stays in provisioning, its runner holding a lease (2 s TTL)
-    // and renewing it through the engine's pool for the whole burst.
+    // No agent has room: the server stays in provisioning, its runner holding a lease and
+    // renewing it (every 2 s) through the engine's pool for the whole burst. (The tests' 2 s
+    // TTL lapses when the whole suite shares the two cores with this burst.)
     options.agent_capacity = 0;
+    options.lease_ttl = "6s".to_owned();
     let app = TestApp::start_with(options).await;
     let mut client = app.client();
     let held = register(&mut client, direct_server("leased"))
