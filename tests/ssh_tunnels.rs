@@ -88,14 +88,7 @@ async fn wait_awaiting_firewall(
     server_id: &str,
     ssh_port: u16,
 ) -> OnboardingStatus {
-    let status = wait_for_onboarding(
-        client,
-        server_id,
-        "awaiting_firewall",
-        Duration::from_secs(10),
-        is_awaiting_firewall,
-    )
-    .await;
+    let status = awaiting_firewall(client, server_id).await;
     assert_eq!(
         status.server_status,
         ServerStatus::Pending as i32,
@@ -1561,14 +1554,7 @@ fn agent_at(outbound_ip: &str, capacity: u32) -> ReplicaOptions {
 
 /// Waits until `server_id` waits for the firewall, and returns the outbound IP it shows.
 async fn shown_ip(client: &Client, server_id: &str) -> String {
-    let status = wait_for_onboarding(
-        client,
-        server_id,
-        "awaiting_firewall",
-        Duration::from_secs(10),
-        is_awaiting_firewall,
-    )
-    .await;
+    let status = awaiting_firewall(client, server_id).await;
     let ip = status
         .agent_outbound_ip
         .clone()

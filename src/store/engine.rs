@@ -63,8 +63,8 @@ pub struct Affinity {
 }
 
 /// The claim condition of the engine: unheld, and runnable on this agent or orphaned by a dead
-/// one (pending, any step), while this agent has a free slot. `$A` is the agent, `$W` the
-/// silence after which an agent is dead.
+/// one (pending, any step), while this agent has a free slot. `agent` and `window` are the
+/// placeholders of this agent's id and of the silence after which an agent is dead.
 fn claimable(agent: &str, window: &str) -> String {
     format!(
         "(lease_owner IS NULL OR lease_expires_at < now()) AND ( \

@@ -283,7 +283,6 @@ impl Streams {
             index: self.index.clone(),
             secrets: self.secrets.clone(),
             agent: self.config.agent.clone(),
-            agent_id: self.config.agent.id,
             book: self.book.clone(),
         });
         metrics::gauge!("dbtrail_streams_held").increment(1.0);
@@ -316,11 +315,10 @@ impl Streams {
             Err(_) => tracing::warn!("releasing stream leases timed out; they will expire"),
         }
     }
-}
 
-impl Streams {
     /// Renews every held stream's lease in one statement, a third of the TTL apart, until the
-    /// streams have stopped; tells a stream whose lease was taken over (or whose server no longer wants it).
+    /// streams have stopped; tells a stream whose lease was taken over (or whose server no
+    /// longer wants it).
     async fn renewals(self: Arc<Streams>) {
         let ttl = self.config.lease_ttl;
         let mut tick = tokio::time::interval(ttl / 3);

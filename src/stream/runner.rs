@@ -11,7 +11,6 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::{
     progress::ProgressBook,
@@ -139,7 +138,6 @@ pub struct HolderParts {
     pub index: Store,
     pub secrets: SecretBox,
     pub agent: AgentSettings,
-    pub agent_id: Uuid,
     pub book: Arc<ProgressBook>,
 }
 
@@ -150,7 +148,7 @@ impl Holder {
             Some(stream) => (stream.state, stream.progress.clone()),
             None => (StreamState::Starting, StreamProgress::default()),
         };
-        progress.holder_agent_id = Some(parts.agent_id);
+        progress.holder_agent_id = Some(parts.agent.id);
         Holder {
             claim: parts.claim,
             settings: parts.settings,

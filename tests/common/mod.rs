@@ -1370,7 +1370,6 @@ pub fn is_waiting_for_agent(status: &OnboardingStatus) -> bool {
             .contains("no agent can run")
 }
 
-/// Whether an ssh_tunnel server waits for ConfirmFirewall, the step saying what to do.
 /// Waits until an ssh_tunnel server waits at awaiting_firewall.
 pub async fn awaiting_firewall(client: &Client, server_id: &str) -> OnboardingStatus {
     wait_for_onboarding(
