@@ -20,7 +20,8 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
     },
-    time::{Duration, Instant},
+    task::Poll,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
@@ -161,19 +162,77 @@ struct Runner {
     written: AtomicI64,
     /// Wakes the lease renewal to check the fence now.
     check: Notify,
+    /// Until when the lease is surely this runner's (the renewal moves it on); past it, the
+    /// step is not polled again.
+    valid_until: Mutex<Instant>,
 }
 
 impl Runner {
-    fn new(tenant: TenantId) -> Runner {
+    fn new(tenant: TenantId, valid_until: Instant) -> Runner {
         Runner {
             tenant,
             written: AtomicI64::default(),
             check: Notify::default(),
+            valid_until: Mutex::new(valid_until),
         }
     }
 
     fn wrote(&self, revision: i64) {
         self.written.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    fn valid_until(&self) -> Instant {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn extend_until(&self, until: Instant) {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = until;
+    }
+
+    /// Runs `work` while the lease is surely held. Once it may have lapsed, `work` is never
+    /// polled again, so it sends no query and reads no reply, even when the process was paused
+    /// past that instant and its timers have not fired yet: None. `active` records when `work`
+    /// was first and last polled.
+    async fn within_lease<F: Future>(&self, work: F, active: &mut ActiveSpan) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|context| {
+            if Instant::now() >= self.valid_until() {
+                return Poll::Ready(None);
+            }
+            let polled = work.as_mut().poll(context);
+            active.polled();
+            polled.map(Some)
+        })
+        .await
+    }
+}
+
+/// When a run of a step was first and last polled, by the wall clock: outside that span it did
+/// nothing. Logged with the runner and its epoch, so runs on different replicas can be compared.
+#[derive(Debug, Default)]
+struct ActiveSpan {
+    first: Option<SystemTime>,
+    last: Option<SystemTime>,
+}
+
+impl ActiveSpan {
+    fn polled(&mut self) {
+        let now = SystemTime::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    fn micros(at: Option<SystemTime>) -> i64 {
+        at.and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |since| {
+                i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+            })
     }
 }
 
@@ -347,7 +406,10 @@ impl Engine {
             return;
         }
         for claim in claims {
-            let runner = Arc::new(Runner::new(tenants[&claim.server_id]));
+            let runner = Arc::new(Runner::new(
+                tenants[&claim.server_id],
+                asked + lease_safe_for(self.config.lease_ttl),
+            ));
             let inserted = match self.running().entry(claim.server_id) {
                 std::collections::hash_map::Entry::Occupied(_) => false,
                 std::collections::hash_map::Entry::Vacant(entry) => {
@@ -363,7 +425,7 @@ impl Engine {
             }
             let engine = self.clone();
             self.runners.spawn(async move {
-                engine.drive(claim, asked, &runner).await;
+                engine.drive(claim, &runner).await;
                 engine.running().remove(&claim.server_id);
                 // The freed slot takes the next runnable server now, not at the next sweep
                 // (wake-ups that came while every slot was busy were skipped), and a wake-up of
@@ -413,12 +475,11 @@ impl Engine {
     }
 
     /// Runs one claimed server's steps until it waits, fails, completes, or the lease is lost.
-    async fn drive(self: &Arc<Engine>, claim: Claim, claimed: Instant, runner: &Arc<Runner>) {
+    async fn drive(self: &Arc<Engine>, claim: Claim, runner: &Arc<Runner>) {
         let lost = self.shutdown.child_token();
         let renewal = tokio::spawn(renew(
             self.store.clone(),
             claim,
-            claimed,
             self.config.lease_ttl,
             lost.clone(),
             runner.clone(),
@@ -471,10 +532,19 @@ impl Engine {
                 return Err(StoreError::Fenced);
             }
             let mut server = self.store.server_by_id(id).await?;
-            if server
+            if let Some(agent) = server
                 .agent_id
-                .is_some_and(|agent| agent != self.config.agent.id)
+                .filter(|agent| *agent != self.config.agent.id)
             {
+                if self
+                    .store
+                    .agent_is_live(agent, self.config.agent.dead_after)
+                    .await?
+                {
+                    // Provisioning gave it to another agent: that agent's replica runs it.
+                    self.store.hand_over(claim).await?;
+                    return Ok(());
+                }
                 server = self.adopt(scope, id).await?;
                 runner.wrote(server.revision);
             }
@@ -502,10 +572,19 @@ impl Engine {
                 self.config.step_timeout,
                 self.run_step(step, server, claim, activity.clone()),
             );
+            let mut active = ActiveSpan::default();
+            self.log_run(claim, step, &active, "begins");
             let outcome = tokio::select! {
-                () = lost.cancelled() => return Err(StoreError::Fenced),
-                outcome = run.instrument(span.clone()) => outcome,
+                biased;
+                () = lost.cancelled() => None,
+                outcome = runner.within_lease(run.instrument(span.clone()), &mut active) => outcome,
             };
+            let ran = |outcome: &str| self.log_run(claim, step, &active, outcome);
+            let Some(outcome) = outcome else {
+                ran("cut off: the lease was lost or could not be renewed in time");
+                return Err(StoreError::Fenced);
+            };
+            ran("finished");
             let outcome = match outcome {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(StoreError::Fenced)) => return Err(StoreError::Fenced),
@@ -574,6 +653,23 @@ impl Engine {
         }
     }
 
+    /// One run of a step on record: which replica (and agent) ran it under which epoch, and when
+    /// it was active.
+    fn log_run(&self, claim: Claim, step: OnboardingStep, active: &ActiveSpan, how: &str) {
+        tracing::info!(
+            at_us = ActiveSpan::micros(Some(SystemTime::now())),
+            server_id = %claim.server_id,
+            %step,
+            runner = %self.owner,
+            agent_id = %self.config.agent.id,
+            epoch = claim.fence.epoch,
+            active_from_us = ActiveSpan::micros(active.first),
+            active_until_us = ActiveSpan::micros(active.last),
+            phase = how,
+            "step run"
+        );
+    }
+
     async fn run_step(
         &self,
         step: OnboardingStep,
@@ -620,21 +716,23 @@ impl Engine {
     }
 }
 
-/// Keeps a lease alive; cancels `lost` when it was taken over.
+/// How long after a renewal was asked for the lease is surely still held: the TTL less a margin.
+fn lease_safe_for(ttl: Duration) -> Duration {
+    ttl.saturating_sub(ttl / 4)
+}
+
 /// Keeps a runner's lease, and stops the runner (`lost`) when it is taken over, or when it could
 /// not be renewed for so long that it may expire: from `ttl` less a margin after the last
 /// renewal that succeeded (or the claim), another replica may take the server, and two runners
-/// must never touch the customer's MySQL at once.
+/// must never touch the customer's MySQL at once. The step itself stops being polled at that
+/// instant too (`Runner::within_lease`), whichever timer fires first.
 async fn renew(
     store: Store,
     claim: Claim,
-    claimed: Instant,
     ttl: Duration,
     lost: CancellationToken,
     runner: Arc<Runner>,
 ) {
-    let safe_for = ttl.saturating_sub(ttl / 4);
-    let mut valid_until = claimed + safe_for;
     let expire = || {
         tracing::warn!(
             server_id = %claim.server_id,
@@ -643,6 +741,7 @@ async fn renew(
         lost.cancel();
     };
     loop {
+        let valid_until = runner.valid_until();
         tokio::select! {
             () = tokio::time::sleep(ttl / 3) => {}
             // Someone else changed the server: find out now whether the lease is still ours.
@@ -655,7 +754,12 @@ async fn renew(
             () = tokio::time::sleep_until(valid_until.into()) => return expire(),
         };
         match renewed {
-            Ok(()) => valid_until = asked + safe_for,
+            // A renewal answered after the window closed does not reopen it: the step may
+            // already have been cut off, and another replica may hold the server by now.
+            Ok(()) if Instant::now() < valid_until => {
+                runner.extend_until(asked + lease_safe_for(ttl))
+            }
+            Ok(()) => return expire(),
             Err(StoreError::Fenced) => {
                 lost.cancel();
                 return;

@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Store, StoreError, interval, schema::servers};
+use super::{RUNNABLE_CHANNEL, Store, StoreError, interval, prepared::notify, schema::servers};
 use crate::domain::{ServerId, TenantId};
 
 /// A runner's right to write: its owner id and the epoch of its claim.
@@ -238,6 +238,52 @@ impl Store {
         .execute(&mut connection)
         .await?;
         Ok(())
+    }
+
+    /// Lets go of an onboarding lease so that the server's own agent runs it, and wakes the
+    /// replicas (its agent's claims it at once, not at its next sweep).
+    pub async fn hand_over(&self, claim: Claim) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                let released = diesel::sql_query(
+                    "UPDATE servers SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
+                )
+                .bind::<SqlUuid, _>(claim.server_id.0)
+                .bind::<SqlUuid, _>(claim.fence.owner)
+                .bind::<Int8, _>(claim.fence.epoch)
+                .execute(connection)
+                .await?;
+                if released == 1 {
+                    notify(connection, RUNNABLE_CHANNEL, claim.server_id.to_string()).await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Whether `agent_id` beat within `dead_after`.
+    pub async fn agent_is_live(
+        &self,
+        agent_id: Uuid,
+        dead_after: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        #[derive(QueryableByName)]
+        struct Live {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            live: bool,
+        }
+        let row: Live = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM agents \
+                 WHERE id = $1 AND heartbeat_at >= now() - $2::interval) AS live",
+        )
+        .bind::<SqlUuid, _>(agent_id)
+        .bind::<Text, _>(interval(dead_after))
+        .get_result(&mut connection)
+        .await?;
+        Ok(row.live)
     }
 
     /// Lets go of every lease of this kind that this replica holds, so others take over at
