@@ -221,6 +221,7 @@ pub async fn start_with_steps(
         source_address: config.agent_source_address,
         // Agents beat on every stream sweep; three missed beats and the agent is dead.
         dead_after: config.sweep_interval * 3,
+        replaced_after: config.agent_replaced_after.max(config.sweep_interval * 3),
         connect_timeout: config.mysql_connect_timeout,
         query_timeout: config.mysql_query_timeout,
         snapshot: SnapshotLimits {

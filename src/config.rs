@@ -86,6 +86,13 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_AGENT_SOURCE_ADDRESS")]
     pub agent_source_address: Option<std::net::IpAddr>,
 
+    /// How long an agent may be silent before the active SSH-tunnel servers it streamed move to
+    /// a live agent: they show that agent's outbound IP and wait for the firewall again, since
+    /// their jumphosts allow the silent agent's IP only. Pending servers move after three missed
+    /// heartbeats (three sweeps); a restart shorter than this keeps active servers where they are.
+    #[arg(long, env = "DBTRAIL_AGENT_REPLACED_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub agent_replaced_after: Duration,
+
     /// Name of this replica's embedded agent; replicas with the same name share one agent row.
     #[arg(long, env = "DBTRAIL_AGENT_NAME")]
     pub agent_name: Option<String>,

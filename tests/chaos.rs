@@ -40,10 +40,10 @@ const SERVERS: usize = 50;
 const SERVERS_PER_MARIADB: usize = 5;
 /// Every fourth server goes through a jumphost of its own.
 const SSH_EVERY: usize = 4;
-const LEASE_TTL: Duration = Duration::from_secs(2);
+const LEASE_TTL: Duration = Duration::from_secs(3);
 const SWEEP: Duration = Duration::from_millis(500);
 /// How long the paused replica stays stopped: past its lease TTL and its agent's liveness.
-const PAUSE: Duration = Duration::from_secs(5);
+const PAUSE: Duration = Duration::from_secs(6);
 const SETTLE: Duration = Duration::from_secs(90);
 /// Added to every answer of MariaDB, so that a step lasts long enough (a few hundred ms) for a
 /// kill to land in the middle of it.

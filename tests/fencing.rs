@@ -195,6 +195,7 @@ async fn a_stale_runners_fenced_write_changes_nothing() {
     let affinity = Affinity {
         agent_id: uuid::Uuid::new_v4(),
         dead_after: Duration::from_secs(15),
+        replaced_after: Duration::from_secs(300),
     };
     let stale_owner = uuid::Uuid::new_v4();
     let stale = store

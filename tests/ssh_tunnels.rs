@@ -1529,8 +1529,12 @@ async fn the_console_shows_onboarding_live_and_confirms_the_firewall_in_chromium
 /// The source addresses of the logins `sshd` accepted (the test's own readiness probe of the
 /// port never logs in).
 fn connection_sources(sshd: &Sshd) -> std::collections::BTreeSet<String> {
-    sshd.log()
-        .lines()
+    connection_sources_in(&sshd.log())
+}
+
+/// The source addresses of the logins in an sshd log.
+fn connection_sources_in(log: &str) -> std::collections::BTreeSet<String> {
+    log.lines()
         .filter(|line| line.starts_with("Accepted publickey for "))
         .filter_map(|line| line.split(" from ").nth(1))
         .filter_map(|rest| rest.split_whitespace().next())
@@ -1586,7 +1590,11 @@ async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_
     const FIRST: &str = "127.0.0.2";
     const SECOND: &str = "127.0.0.3";
     let mariadb = replication_source().await;
-    let first = TestApp::start_with(agent_at(FIRST, 4)).await;
+    let mut first_options = agent_at(FIRST, 4);
+    first_options
+        .extra_args
+        .extend(["--agent-replaced-after".to_owned(), "4s".to_owned()]);
+    let first = TestApp::start_with(first_options).await;
     let mut second = ServiceProcess::serve("second", &first.db.url, &agent_at(SECOND, 2)).await;
     let mut client = first.client();
     wait_until("both agents to beat", Duration::from_secs(10), || async {
@@ -1645,8 +1653,15 @@ async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_
         confirm_and_log_in_from(&mut client, id, sshd, FIRST).await;
     }
 
-    // The second replica dies before its servers' firewalls are confirmed: once its agent has
-    // missed three heartbeats, the first adopts them, and they ask for the first agent's IP.
+    // One of the second agent's servers goes active, streaming from the second IP.
+    let (streaming_id, streaming_sshd, _) = &servers[on_second[0]];
+    confirm_and_log_in_from(&mut client, streaming_id, streaming_sshd, SECOND).await;
+    let logins_before_the_move = streaming_sshd.log().lines().count();
+
+    // The second replica dies before its other servers' firewalls are confirmed: once its agent
+    // has missed three heartbeats, the first adopts them, and they ask for the first agent's IP.
+    // The active one moves too once the second agent has been silent for
+    // --agent-replaced-after (its stream cannot run from the first IP without the firewall).
     second.kill().await;
     for &index in &on_second {
         let (id, sshd, _) = &servers[index];
@@ -1667,7 +1682,21 @@ async fn servers_connect_from_the_ip_they_showed_and_a_dead_agents_servers_move_
                 sshd.tunnel().port
             )
         );
-        confirm_and_log_in_from(&mut client, id, sshd, FIRST).await;
+        if id == streaming_id {
+            confirm_firewall(&mut client, id).await;
+            assert_active(&wait_settled(&client, id).await);
+            let sources = connection_sources_in(
+                &sshd
+                    .log()
+                    .lines()
+                    .skip(logins_before_the_move)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            assert_eq!(sources, [FIRST.to_owned()].into(), "{}", sshd.log());
+        } else {
+            confirm_and_log_in_from(&mut client, id, sshd, FIRST).await;
+        }
     }
     first.shutdown().await;
 }

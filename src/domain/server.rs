@@ -729,21 +729,26 @@ impl Server {
         self.spec = spec;
         self.secrets = secrets;
         if let Some(restart) = restart {
-            // A failed earlier step must run again too, or the server would stay stuck on it.
-            let from = match self.steps.current() {
-                Some(current) if current.index() < restart.index() => current,
-                _ => restart,
-            };
-            self.steps.reset_from(from);
-            self.status = ServerStatus::Pending;
-            self.runnable = true;
-            // The stream stops while onboarding re-runs and resumes from its checkpoint.
-            if let Some(stream) = &mut self.stream {
-                stream.state = StreamState::Starting;
-                stream.error = None;
-            }
+            self.restart_from(restart);
         }
         Ok(())
+    }
+
+    /// Onboarding runs again from `restart` (or from a failed earlier step, which must run again
+    /// too, or the server would stay stuck on it); the stream stops meanwhile and resumes from
+    /// its checkpoint.
+    fn restart_from(&mut self, restart: OnboardingStep) {
+        let from = match self.steps.current() {
+            Some(current) if current.index() < restart.index() => current,
+            _ => restart,
+        };
+        self.steps.reset_from(from);
+        self.status = ServerStatus::Pending;
+        self.runnable = true;
+        if let Some(stream) = &mut self.stream {
+            stream.state = StreamState::Starting;
+            stream.error = None;
+        }
     }
 
     /// The customer allowed the agent's IP on the jumphost: awaiting_firewall completes.
@@ -803,16 +808,23 @@ impl Server {
         let previous = self.agent_outbound_ip.replace(outbound_ip.to_owned());
         self.agent_id = Some(agent);
         let moved = previous.as_deref() != Some(outbound_ip);
-        if moved
-            && self.spec.connection_method == ConnectionMethod::SshTunnel
-            && self.status == ServerStatus::Pending
-            && self
-                .steps
-                .current()
-                .is_some_and(|step| step.index() >= OnboardingStep::AwaitingFirewall.index())
-        {
-            self.steps.reset_from(OnboardingStep::AwaitingFirewall);
-            self.runnable = true;
+        if !moved || self.spec.connection_method != ConnectionMethod::SshTunnel {
+            return previous;
+        }
+        match self.status {
+            ServerStatus::Pending
+                if self.steps.current().is_some_and(|step| {
+                    step.index() >= OnboardingStep::AwaitingFirewall.index()
+                }) =>
+            {
+                self.steps.reset_from(OnboardingStep::AwaitingFirewall);
+                self.runnable = true;
+            }
+            // Its stream cannot run from the new IP until the jumphost allows it.
+            ServerStatus::Active | ServerStatus::Disconnected => {
+                self.restart_from(OnboardingStep::AwaitingFirewall)
+            }
+            _ => {}
         }
         previous
     }
@@ -1299,6 +1311,36 @@ mod tests {
         direct.adopt(agent, "198.51.100.9");
         assert_eq!(direct.current_step(), Some(OnboardingStep::WaitingForAgent));
         assert_eq!(direct.agent_id, Some(agent));
+    }
+
+    #[test]
+    fn an_active_ssh_server_adopted_with_another_ip_onboards_again_from_the_firewall() {
+        let now = Utc::now();
+        let mut active = confirmed_ssh("203.0.113.7");
+        let done = StepOutcome::Completed {
+            message: String::new(),
+        };
+        while let Some(step) = active.current_step() {
+            active.apply_outcome(step, &done, now);
+        }
+        assert_eq!(active.status, ServerStatus::Active);
+        let mut same_ip = active.clone();
+
+        active.adopt(Uuid::now_v7(), "198.51.100.9");
+        assert_eq!(active.status, ServerStatus::Pending);
+        assert_eq!(
+            active.current_step(),
+            Some(OnboardingStep::AwaitingFirewall)
+        );
+        assert!(active.runnable);
+        assert!(
+            !active.wants_stream(),
+            "no stream until the new IP is allowed"
+        );
+
+        same_ip.adopt(Uuid::now_v7(), "203.0.113.7");
+        assert_eq!(same_ip.status, ServerStatus::Active);
+        assert_eq!(same_ip.current_step(), None);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct AgentSettings {
     /// How long an agent may miss its heartbeats before it counts as dead and its servers are
     /// adopted by live agents.
     pub dead_after: Duration,
+    /// How long an agent may be silent before the active SSH-tunnel servers it streamed move to
+    /// a live agent with another IP (and wait for the firewall again).
+    pub replaced_after: Duration,
     /// Time limit of one connection attempt.
     pub connect_timeout: Duration,
     /// How long one MySQL request may go unanswered.
@@ -335,6 +338,7 @@ impl Engine {
         Affinity {
             agent_id: self.config.agent.id,
             dead_after: self.config.agent.dead_after,
+            replaced_after: self.config.agent.replaced_after,
         }
     }
 

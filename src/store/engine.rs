@@ -60,17 +60,30 @@ pub struct Claim {
 pub struct Affinity {
     pub agent_id: Uuid,
     pub dead_after: Duration,
+    /// How long an agent may be silent before its active SSH tunnels move to another IP.
+    pub replaced_after: Duration,
 }
 
-/// The claim condition of the engine: unheld, and runnable on this agent or orphaned by a dead
-/// one (pending, any step), while this agent has a free slot. `agent` and `window` are the
-/// placeholders of this agent's id and of the silence after which an agent is dead.
-fn claimable(agent: &str, window: &str) -> String {
+/// The claim condition of the engine: unheld, and runnable on this agent; or orphaned by a dead
+/// agent (pending, any step); or an SSH tunnel whose stream needs an agent with its outbound IP
+/// when none has been alive for `replaced` (active or disconnected); the last two while this
+/// agent has a free slot. `agent`, `window` and `replaced` are the placeholders of this agent's
+/// id, of the silence after which an agent is dead, and of the one after which its active SSH
+/// tunnels move.
+fn claimable(agent: &str, window: &str, replaced: &str) -> String {
     format!(
         "(lease_owner IS NULL OR lease_expires_at < now()) AND ( \
              (runnable AND (agent_id IS NULL OR agent_id = {agent})) \
-             OR (status = 'pending' AND agent_id IN (SELECT id FROM agents \
-                     WHERE id <> {agent} AND heartbeat_at < now() - {window}::interval) \
+             OR (( \
+                     (status = 'pending' AND agent_id IN (SELECT id FROM agents \
+                         WHERE id <> {agent} AND heartbeat_at < now() - {window}::interval)) \
+                     OR (status IN ('active', 'disconnected') \
+                         AND connection_method = 'ssh_tunnel' \
+                         AND agent_id IN (SELECT id FROM agents \
+                             WHERE id <> {agent} AND heartbeat_at < now() - {replaced}::interval) \
+                         AND NOT EXISTS (SELECT 1 FROM agents AS peer \
+                             WHERE peer.outbound_ip = servers.agent_outbound_ip \
+                             AND peer.heartbeat_at >= now() - {window}::interval))) \
                  AND EXISTS (SELECT 1 FROM agents WHERE id = {agent} AND capacity > assigned)))"
     )
 }
@@ -143,13 +156,14 @@ impl Store {
                  FROM servers \
                  WHERE {} AND ($1::uuid IS NULL OR id = $1)) candidates \
              WHERE nth <= $2 ORDER BY nth, lease_expires_at NULLS FIRST LIMIT $3",
-            claimable("$4", "$5")
+            claimable("$4", "$5", "$6")
         ))
         .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.0))
         .bind::<Int8, _>(per_tenant)
         .bind::<Int8, _>(limit)
         .bind::<SqlUuid, _>(affinity.agent_id)
         .bind::<Text, _>(interval(affinity.dead_after))
+        .bind::<Text, _>(interval(affinity.replaced_after))
         .load(&mut connection)
         .await?;
         Ok(rows
@@ -175,13 +189,14 @@ impl Store {
              WHERE id IN (SELECT id FROM servers WHERE id = ANY($3) AND {} \
                  FOR UPDATE SKIP LOCKED) \
              RETURNING id, lease_epoch",
-            claimable("$4", "$5")
+            claimable("$4", "$5", "$6")
         ))
         .bind::<SqlUuid, _>(owner)
         .bind::<Text, _>(interval(ttl))
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
         .bind::<SqlUuid, _>(affinity.agent_id)
         .bind::<Text, _>(interval(affinity.dead_after))
+        .bind::<Text, _>(interval(affinity.replaced_after))
         .load(&mut connection)
         .await?;
         Ok(rows

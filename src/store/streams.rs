@@ -182,13 +182,18 @@ impl Store {
         Ok(rows.into_iter().map(|row| ServerId(row.id)).collect())
     }
 
-    /// Marks this replica's agent alive, and reads how streams are spread: agents alive within
-    /// `window`, and the servers that want a stream.
-    pub async fn stream_spread(
-        &self,
-        agent_id: Uuid,
-        window: Duration,
-    ) -> Result<StreamSpread, StoreError> {
+    /// Marks `agent_id` alive now.
+    pub async fn beat(&self, agent_id: Uuid) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        diesel::sql_query("UPDATE agents SET heartbeat_at = now() WHERE id = $1")
+            .bind::<SqlUuid, _>(agent_id)
+            .execute(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// How streams are spread: agents alive within `window`, and the servers that want a stream.
+    pub async fn stream_spread(&self, window: Duration) -> Result<StreamSpread, StoreError> {
         #[derive(QueryableByName)]
         struct SpreadRow {
             #[diesel(sql_type = Int8)]
@@ -197,10 +202,6 @@ impl Store {
             live_agents: i64,
         }
         let mut connection = self.connection().await?;
-        diesel::sql_query("UPDATE agents SET heartbeat_at = now() WHERE id = $1")
-            .bind::<SqlUuid, _>(agent_id)
-            .execute(&mut connection)
-            .await?;
         let row: SpreadRow = diesel::sql_query(format!(
             "SELECT (SELECT count(*) FROM servers WHERE {STREAMABLE}) AS streams, \
                     (SELECT count(*) FROM agents WHERE heartbeat_at > now() - $1::interval) \

@@ -132,6 +132,7 @@ impl Streams {
         };
         tokio::spawn(self.book.clone().run(self.after_streams.clone()));
         tokio::spawn(self.clone().renewals());
+        tokio::spawn(self.clone().heartbeats());
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintained: Option<Instant> = None;
@@ -170,7 +171,7 @@ impl Streams {
     async fn sweep(self: &Arc<Streams>) -> Result<(), StoreError> {
         let spread = self
             .store
-            .stream_spread(self.config.agent.id, self.config.agent.dead_after)
+            .stream_spread(self.config.agent.dead_after)
             .await?;
         let share = usize::try_from(spread.fair_share()).unwrap_or(usize::MAX);
         let limit = share.min(self.config.max_streams);
@@ -313,6 +314,24 @@ impl Streams {
                 tracing::warn!(%error, "could not release stream leases; they will expire")
             }
             Err(_) => tracing::warn!("releasing stream leases timed out; they will expire"),
+        }
+    }
+
+    /// Marks this replica's agent alive every sweep interval, on a timer of its own: a slow
+    /// sweep (claiming many streams, index maintenance) must not make a live agent look dead,
+    /// which would move its pending servers to another agent.
+    async fn heartbeats(self: Arc<Streams>) {
+        let mut tick = tokio::time::interval(self.config.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(error) = self.store.beat(self.config.agent.id).await {
+                        tracing::warn!(%error, "the agent's heartbeat failed");
+                    }
+                }
+            }
         }
     }
 
