@@ -10,8 +10,8 @@
 //!   replica dies) saw every revision once, in order;
 //! - each server's index holds one schema, one current snapshot and one checkpoint.
 //!
-//! `DBTRAIL_CHAOS_SEED` replays a schedule (printed at the start); `DBTRAIL_CHAOS_EVENTS` (default
-//! 20) makes it a longer soak.
+//! `DBTRAIL_CHAOS_SEED` replays a schedule (printed at the start); `DBTRAIL_CHAOS_EVENTS` (kills,
+//! default 20) makes it a longer soak.
 
 mod common;
 
@@ -89,8 +89,9 @@ async fn replicas_killed_and_paused_at_random_never_run_a_step_twice_at_once() {
         done.clone(),
     ));
 
-    let pause_at = rng.random_range(0..events);
-    for event in 0..events {
+    // `events` kills, and one pause among them.
+    let pause_at = rng.random_range(0..=events);
+    for event in 0..=events {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
         let victim = rng.random_range(0..2);
         if event == pause_at {
@@ -100,7 +101,7 @@ async fn replicas_killed_and_paused_at_random_never_run_a_step_twice_at_once() {
             cluster.kill_and_restart(victim, down_for).await;
         }
     }
-    eprintln!("chaos: {events} events done at {:?}", started.elapsed());
+    eprintln!("chaos: {events} kills and a pause done at {:?}", started.elapsed());
 
     // Every server registered and active.
     wait_until("all servers registered", SETTLE, || async {
