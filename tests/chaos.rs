@@ -101,7 +101,10 @@ async fn replicas_killed_and_paused_at_random_never_run_a_step_twice_at_once() {
             cluster.kill_and_restart(victim, down_for).await;
         }
     }
-    eprintln!("chaos: {events} kills and a pause done at {:?}", started.elapsed());
+    eprintln!(
+        "chaos: {events} kills and a pause done at {:?}",
+        started.elapsed()
+    );
 
     // Every server registered and active.
     wait_until("all servers registered", SETTLE, || async {

@@ -711,7 +711,7 @@ async fn a_query_left_unanswered_fails_within_the_query_timeout_naming_it() {
 
 /// Runner slots are shared: a tenant whose servers all stall after login leaves a quarter of a
 /// replica's runner slots (its share, by default) to the others, and another tenant's server
-/// onboards at once.
+/// onboards at once; once every slot is taken, a tenant below its share makes one above it yield.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
     let mariadb = onboardable_mariadb().await;
@@ -766,6 +766,41 @@ async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() 
         }
     }
     assert_eq!(running, 6, "all but a quarter of 8 runner slots");
+
+    // A third tenant's stalling servers take the two slots left (its share): every slot is
+    // taken. A fourth tenant's server, below its share, makes the hostile tenant (above its
+    // share) yield its youngest runner, and onboards.
+    let crowded = app.db.create_tenant("crowded", None).await;
+    let mut crowded_client = app.client_with_key(&crowded.key);
+    for index in 0..2 {
+        let server = proxy.server(&mariadb, &format!("crowded-{index}"));
+        let id = register(&mut crowded_client, server).await.server_id;
+        wait_for_onboarding(
+            &crowded_client,
+            &id,
+            "the crowded tenant's server to stall in initializing",
+            Duration::from_secs(20),
+            |status| status.current_step == Some(OnboardingStep::Initializing as i32),
+        )
+        .await;
+    }
+    let late = app.db.create_tenant("late", None).await;
+    let mut late_client = app.client_with_key(&late.key);
+    let server = register(&mut late_client, mariadb.server("late", USER, PASSWORD)).await;
+    assert_active(&wait_settled(&late_client, &server.server_id).await);
+    let hostile_leases: i64 = app
+        .db
+        .connect()
+        .await
+        .query_one(
+            "SELECT count(*) FROM servers WHERE name LIKE 'stalls-%' \
+             AND lease_owner IS NOT NULL AND lease_expires_at > now()",
+            &[],
+        )
+        .await
+        .expect("count the hostile tenant's runners")
+        .get(0);
+    assert_eq!(hostile_leases, 5, "one hostile runner yielded its slot");
     app.shutdown().await;
 }
 

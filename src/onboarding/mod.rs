@@ -168,15 +168,22 @@ struct Runner {
     /// Until when the lease is surely this runner's (the renewal moves it on); past it, the
     /// step is not polled again.
     valid_until: Mutex<Instant>,
+    /// When it was claimed: the youngest runner of a tenant yields first.
+    claimed: Instant,
+    /// Asks the runner to give its server back (its tenant holds more than its share while
+    /// another tenant, below its share, waits).
+    yielded: CancellationToken,
 }
 
 impl Runner {
-    fn new(tenant: TenantId, valid_until: Instant) -> Runner {
+    fn new(tenant: TenantId, claimed: Instant, valid_until: Instant) -> Runner {
         Runner {
             tenant,
             written: AtomicI64::default(),
             check: Notify::default(),
             valid_until: Mutex::new(valid_until),
+            claimed,
+            yielded: CancellationToken::new(),
         }
     }
 
@@ -375,6 +382,9 @@ impl Engine {
 
     async fn claim(self: &Arc<Engine>, only: Option<ServerId>) {
         let free = self.config.max_runners.saturating_sub(self.running().len());
+        if free == 0 && only.is_none() {
+            self.rebalance().await;
+        }
         if free == 0 || only.is_some_and(|id| self.running().contains_key(&id)) {
             return;
         }
@@ -412,6 +422,7 @@ impl Engine {
         for claim in claims {
             let runner = Arc::new(Runner::new(
                 tenants[&claim.server_id],
+                asked,
                 asked + lease_safe_for(self.config.lease_ttl),
             ));
             let inserted = match self.running().entry(claim.server_id) {
@@ -478,6 +489,61 @@ impl Engine {
         Ok(picked)
     }
 
+    /// Every slot is taken: for each server waiting of a tenant below its share, the youngest
+    /// runner of the tenant furthest above its share yields (gives its server back between two
+    /// polls of its step, which runs again later, idempotent as after a crash), so the freed
+    /// slot goes to the waiting tenant. Tenants within their share never yield, so two tenants
+    /// never take slots back and forth.
+    async fn rebalance(&self) {
+        let share = self.config.max_runners_per_tenant;
+        let mut held: HashMap<TenantId, Vec<Arc<Runner>>> = HashMap::new();
+        for runner in self.running().values() {
+            if !runner.yielded.is_cancelled() {
+                held.entry(runner.tenant).or_default().push(runner.clone());
+            }
+        }
+        if held.values().all(|runners| runners.len() <= share) {
+            return;
+        }
+        let waiting = match self
+            .store
+            .runnable_servers(
+                self.affinity(),
+                None,
+                share as i64,
+                4 * self.config.max_runners as i64,
+            )
+            .await
+        {
+            Ok(waiting) => waiting,
+            Err(error) => {
+                tracing::warn!(%error, "finding waiting servers failed");
+                return;
+            }
+        };
+        let mut starved: HashMap<TenantId, usize> = HashMap::new();
+        for (_, tenant) in waiting {
+            let holds =
+                held.get(&tenant).map_or(0, Vec::len) + starved.get(&tenant).copied().unwrap_or(0);
+            if holds < share {
+                *starved.entry(tenant).or_default() += 1;
+            }
+        }
+        for _ in 0..starved.values().sum::<usize>() {
+            let Some(runners) = held
+                .values_mut()
+                .filter(|runners| runners.len() > share)
+                .max_by_key(|runners| runners.len())
+            else {
+                return;
+            };
+            runners.sort_by_key(|runner| runner.claimed);
+            if let Some(youngest) = runners.pop() {
+                youngest.yielded.cancel();
+            }
+        }
+    }
+
     /// Runs one claimed server's steps until it waits, fails, completes, or the lease is lost.
     async fn drive(self: &Arc<Engine>, claim: Claim, runner: &Arc<Runner>) {
         let lost = self.shutdown.child_token();
@@ -535,6 +601,9 @@ impl Engine {
             if lost.is_cancelled() {
                 return Err(StoreError::Fenced);
             }
+            if runner.yielded.is_cancelled() {
+                return self.yield_server(claim).await;
+            }
             let mut server = self.store.server_by_id(id).await?;
             if let Some(agent) = server
                 .agent_id
@@ -580,13 +649,22 @@ impl Engine {
             self.log_run(claim, step, &active, "begins");
             let outcome = tokio::select! {
                 biased;
-                () = lost.cancelled() => None,
-                outcome = runner.within_lease(run.instrument(span.clone()), &mut active) => outcome,
+                () = lost.cancelled() => Err("cut off: the lease was lost or could not be renewed in time"),
+                () = runner.yielded.cancelled() => Err("yielded: another tenant waits for a runner"),
+                outcome = runner.within_lease(run.instrument(span.clone()), &mut active) => {
+                    outcome.ok_or("cut off: the lease could not be renewed in time")
+                }
             };
             let ran = |outcome: &str| self.log_run(claim, step, &active, outcome);
-            let Some(outcome) = outcome else {
-                ran("cut off: the lease was lost or could not be renewed in time");
-                return Err(StoreError::Fenced);
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(why) => {
+                    ran(why);
+                    return match runner.yielded.is_cancelled() && !lost.is_cancelled() {
+                        true => self.yield_server(claim).await,
+                        false => Err(StoreError::Fenced),
+                    };
+                }
             };
             ran("finished");
             let outcome = match outcome {
@@ -620,6 +698,7 @@ impl Engine {
                 quiet_retries += 1;
                 tokio::select! {
                     () = lost.cancelled() => return Err(StoreError::Fenced),
+                    () = runner.yielded.cancelled() => {}
                     () = tokio::time::sleep(backoff(attempts + quiet_retries)) => {}
                 }
                 continue;
@@ -642,6 +721,7 @@ impl Engine {
                     let attempts = server.steps.get(step).attempts;
                     tokio::select! {
                         () = lost.cancelled() => return Err(StoreError::Fenced),
+                        () = runner.yielded.cancelled() => {}
                         () = tokio::time::sleep(backoff(attempts)) => {}
                     }
                 }
@@ -655,6 +735,13 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Gives a server back for another tenant's sake: its step runs again when a slot is free.
+    async fn yield_server(&self, claim: Claim) -> Result<(), StoreError> {
+        tracing::info!(server_id = %claim.server_id, "runner yielded its slot to a waiting tenant");
+        metrics::counter!("dbtrail_onboarding_runner_yields_total").increment(1);
+        self.store.hand_over(claim).await
     }
 
     /// One run of a step on record: which replica (and agent) ran it under which epoch, and when
