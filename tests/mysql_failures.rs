@@ -709,98 +709,86 @@ async fn a_query_left_unanswered_fails_within_the_query_timeout_naming_it() {
     app.shutdown().await;
 }
 
-/// Runner slots are shared: a tenant whose servers all stall after login leaves a quarter of a
-/// replica's runner slots (its share, by default) to the others, and another tenant's server
+/// How many servers whose names start with `prefix` hold a live onboarding lease: their runners.
+async fn runners_of(db: &TestDatabase, prefix: &str) -> i64 {
+    db.connect()
+        .await
+        .query_one(
+            "SELECT count(*) FROM servers WHERE starts_with(name, $1) \
+             AND lease_owner IS NOT NULL AND lease_expires_at > now()",
+            &[&prefix],
+        )
+        .await
+        .expect("count runners")
+        .get(0)
+}
+
+/// Waits until `prefix`'s servers hold exactly `count` runners.
+async fn wait_runners(db: &TestDatabase, prefix: &str, count: i64) {
+    wait_until(
+        &format!("{count} runners for {prefix}*"),
+        Duration::from_secs(30),
+        || async { runners_of(db, prefix).await == count },
+    )
+    .await;
+}
+
+/// Runner slots are shared: a tenant whose 70 servers all stall after login leaves a quarter of
+/// a replica's 64 runner slots (its share, by default) to the others, and another tenant's server
 /// onboards at once; once every slot is taken, a tenant below its share makes one above it yield.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
     let mariadb = onboardable_mariadb().await;
     let proxy = StallingProxy::after_login(&mariadb).await;
     let mut options = mysql_replica_options();
-    options.extra_args.extend(
-        ["--max-runners", "8", "--step-timeout", "5m"]
-            .iter()
-            .map(|arg| arg.to_string()),
-    );
+    options
+        .extra_args
+        .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
     let app = TestApp::start_with(options).await;
     let mut hostile = app.client();
-    let mut stalled = Vec::new();
-    for index in 0..12 {
+    for index in 0..70 {
         let server = proxy.server(&mariadb, &format!("stalls-{index}"));
-        stalled.push(register(&mut hostile, server).await.server_id);
+        register(&mut hostile, server).await;
     }
-    // The hostile tenant's servers take their share of the 8 slots and stall in initializing.
-    wait_until(
-        "the stalling servers to reach initializing",
-        Duration::from_secs(20),
-        || {
-            let mut client = hostile.clone();
-            let first = stalled[0].clone();
-            async move {
-                onboarding_status(&mut client, &first).await.current_step
-                    == Some(OnboardingStep::Initializing as i32)
-            }
-        },
-    )
-    .await;
+    // The hostile tenant takes all but a share's worth (16) of the 64 slots, and stalls there.
+    wait_runners(&app.db, "stalls-", 48).await;
 
     let other = app.db.create_tenant("patient", None).await;
     let mut client = app.client_with_key(&other.key);
     let started = std::time::Instant::now();
     let server = register(&mut client, mariadb.server("onboards", USER, PASSWORD)).await;
-    let status = wait_settled(&client, &server.server_id).await;
-    assert_active(&status);
+    assert_active(&wait_settled(&client, &server.server_id).await);
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "another tenant's server waited {:?} for a runner",
         started.elapsed()
     );
-    // The hostile tenant took all but a share's worth of the 8 slots: 6 of its 12 are in
-    // initializing, the rest wait their turn.
-    let mut running = 0;
-    for id in &stalled {
-        if onboarding_status(&mut hostile, id).await.current_step
-            == Some(OnboardingStep::Initializing as i32)
-        {
-            running += 1;
-        }
-    }
-    assert_eq!(running, 6, "all but a quarter of 8 runner slots");
+    assert_eq!(runners_of(&app.db, "stalls-").await, 48);
 
-    // A third tenant's stalling servers take the two slots left (its share): every slot is
+    // A third tenant's stalling servers take the 16 slots left (its share): every slot is
     // taken. A fourth tenant's server, below its share, makes the hostile tenant (above its
     // share) yield its youngest runner, and onboards.
     let crowded = app.db.create_tenant("crowded", None).await;
     let mut crowded_client = app.client_with_key(&crowded.key);
-    for index in 0..2 {
+    for index in 0..20 {
         let server = proxy.server(&mariadb, &format!("crowded-{index}"));
-        let id = register(&mut crowded_client, server).await.server_id;
-        wait_for_onboarding(
-            &crowded_client,
-            &id,
-            "the crowded tenant's server to stall in initializing",
-            Duration::from_secs(20),
-            |status| status.current_step == Some(OnboardingStep::Initializing as i32),
-        )
-        .await;
+        register(&mut crowded_client, server).await;
     }
+    wait_runners(&app.db, "crowded-", 16).await;
     let late = app.db.create_tenant("late", None).await;
     let mut late_client = app.client_with_key(&late.key);
     let server = register(&mut late_client, mariadb.server("late", USER, PASSWORD)).await;
     assert_active(&wait_settled(&late_client, &server.server_id).await);
-    let hostile_leases: i64 = app
-        .db
-        .connect()
-        .await
-        .query_one(
-            "SELECT count(*) FROM servers WHERE name LIKE 'stalls-%' \
-             AND lease_owner IS NOT NULL AND lease_expires_at > now()",
-            &[],
-        )
-        .await
-        .expect("count the hostile tenant's runners")
-        .get(0);
-    assert_eq!(hostile_leases, 5, "one hostile runner yielded its slot");
+    assert_eq!(
+        runners_of(&app.db, "stalls-").await,
+        47,
+        "one hostile runner yielded its slot"
+    );
+    assert_eq!(
+        runners_of(&app.db, "crowded-").await,
+        16,
+        "within its share"
+    );
     app.shutdown().await;
 }
 
