@@ -8,7 +8,7 @@
 
 mod client;
 mod load;
-#[path = "../../tests/common/mariadb/instance.rs"]
+#[path = "../../tests/api/common/mariadb/instance.rs"]
 #[allow(dead_code)]
 mod mariadb;
 mod onboarding;

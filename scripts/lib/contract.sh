@@ -33,7 +33,7 @@ check_contract() {
 }
 
 # The shipped alerting rules and dashboard: `promtool check rules` and `promtool test rules`
-# (Debian's prometheus package), and the dashboard is JSON. tests/streaming.rs checks that every
+# (Debian's prometheus package), and the dashboard is JSON. tests/api/streaming.rs checks that every
 # metric they name is exported.
 check_deploy() {
     require promtool prometheus

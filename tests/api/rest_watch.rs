@@ -5,16 +5,13 @@
 //!
 //! Every server registered here points at 127.0.0.1 or localhost.
 
-mod common;
-mod rest_common;
-
 use std::time::Duration;
 
-use common::mariadb::{self, MariaDb};
-use common::*;
+use crate::common::mariadb::{self, MariaDb};
+use crate::common::*;
+use crate::rest_common::*;
 use futures_util::StreamExt;
 use reqwest::Method;
-use rest_common::*;
 use serde_json::{Value, json};
 
 /// Between two lines or events of a stream.

@@ -1,4 +1,4 @@
-//! The integration-test harness, shared by every `tests/*.rs` file through `mod common;`.
+//! The integration-test harness, shared by every module of the test binary (`crate::common`).
 //!
 //! It owns: a fresh PostgreSQL database per test (copied from a template migrated once per
 //! migrations version, coordinated across nextest's processes with an advisory lock), the service
@@ -7,7 +7,6 @@
 //! (`TcpProxy`), polling helpers and assertions on `google.rpc` error details.
 //!
 //! Nothing here skips: when PostgreSQL is missing the tests fail and say so.
-#![allow(dead_code)]
 
 pub mod mariadb;
 pub mod sshd;
@@ -23,9 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use dbtrail_servers::auth::admin::Admin;
 use dbtrail_servers::config::Config;
-#[allow(unused_imports)]
 pub use dbtrail_servers::domain::target::DENIED;
-#[allow(unused_imports)]
 pub use dbtrail_servers::onboarding::mysql::UNREACHABLE;
 use dbtrail_servers::proto::servers_service_client::ServersServiceClient;
 use dbtrail_servers::proto::{
@@ -354,7 +351,6 @@ impl TestDatabase {
             name: name.to_owned(),
             id,
             key: key.secret,
-            key_id: key.id,
         }
     }
 
@@ -429,7 +425,6 @@ pub struct Tenant {
     pub name: String,
     pub id: Uuid,
     pub key: String,
-    pub key_id: Uuid,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -602,7 +597,6 @@ pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub tenant: Tenant,
-    pub options: ReplicaOptions,
     channel: Channel,
     running: Option<dbtrail_servers::app::RunningApp>,
     _data_dir: tempfile::TempDir,
@@ -659,7 +653,6 @@ impl TestApp {
             grpc_addr,
             http_addr,
             tenant,
-            options,
             channel,
             running: Some(running),
             _data_dir: data_dir,

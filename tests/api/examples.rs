@@ -3,15 +3,13 @@
 //! Each registers an SSH-tunnel server, follows its watch, confirms the firewall when asked and
 //! stops once onboarding has moved past it.
 
-mod common;
-
-#[path = "../examples/watch.rs"]
+#[path = "../../examples/watch.rs"]
 mod watch_example;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{OnboardingStep, StepStatus};
 
 /// Checks what an example printed and that the service holds what it did.

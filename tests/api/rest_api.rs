@@ -5,17 +5,14 @@
 //!
 //! Every server registered here points at 127.0.0.1 or localhost.
 
-mod common;
-mod rest_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mariadb::{self, MariaDb};
-use common::*;
+use crate::common::mariadb::{self, MariaDb};
+use crate::common::*;
+use crate::rest_common::*;
 use dbtrail_servers::proto;
 use reqwest::Method;
-use rest_common::*;
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(15);

@@ -6,13 +6,11 @@
 //! Every server registered here points at 127.0.0.1: a MariaDB this test started, or a port on
 //! which nothing listens.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::*;
-use common::*;
+use crate::common::mariadb::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, OnboardingStatus, OnboardingStep, RetryOnboardingRequest, ServerStatus, StepStatus,
     UpdateServerRequest,

@@ -2,11 +2,9 @@
 //! key without the permission, key of another tenant} gives the exact code and reason of api.md;
 //! revocation ends an open watch; health needs no key.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConfirmFirewallRequest, DecommissionServerRequest, GetOnboardingStatusRequest,
     GetServerRequest, ListServersRequest, RegisterServerRequest, RetryOnboardingRequest,

@@ -81,7 +81,8 @@ impl MariaDbOptions {
         self
     }
 
-    /// With one more `mariadbd` flag.
+    /// With one more `mariadbd` flag (the benchmark's B8 raises max_connections).
+    #[allow(dead_code)]
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_owned());
         self
@@ -106,7 +107,6 @@ pub struct MariaDb {
     pub port: u16,
     /// `SELECT VERSION()`, e.g. "10.11.19-MariaDB-0+deb12u1-log".
     pub version: String,
-    pub options: MariaDbOptions,
     socket: PathBuf,
     error_log: PathBuf,
     child: Option<Child>,
@@ -340,7 +340,6 @@ impl MariaDb {
         let mut server = MariaDb {
             port,
             version: String::new(),
-            options: options.clone(),
             socket,
             error_log,
             child: Some(child),
@@ -404,11 +403,6 @@ impl MariaDb {
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.error_log).unwrap_or_default()
-    }
-
-    /// The server's unix socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// A new root connection over the socket.

@@ -3,8 +3,6 @@
 //! certificate without a restart (file change or SIGHUP); the service reaches PostgreSQL over TLS
 //! as the URL's `sslmode` asks, checked against a private PostgreSQL cluster that accepts only TLS.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::{config::Config, proto::ListServersRequest};
 use hyper_util::rt::TokioIo;
 use rcgen::{

@@ -7,12 +7,10 @@
 //! `a_stale_runners_fenced_write_changes_nothing` checks it at the store: a claim whose lease was
 //! taken over by a later claim writes, renews and assigns nothing.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{OnboardingStep, StepStatus};
 
 const SETTLE: Duration = Duration::from_secs(15);

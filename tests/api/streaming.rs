@@ -2,14 +2,12 @@
 //! capture of inserts, updates and deletes with names and typed values, schema changes, a killed
 //! dump thread, decommission, ListChangeEvents paging, filters and permissions.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::mariadb::*;
-use common::*;
+use crate::common::mariadb::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, DecommissionServerRequest, ListChangeEventsRequest, ServerStatus, StreamState,
 };

@@ -2,13 +2,11 @@
 //! a running replica), `migrate`, the first-start bootstrap key, settings from the environment,
 //! and `--help` listing the fixed flag and variable names.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     DecommissionServerRequest, ListServersRequest, RegisterServerRequest, ServerStatus,
 };

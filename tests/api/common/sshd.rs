@@ -70,22 +70,6 @@ pub struct KeyPair {
     pub public_key: String,
     /// `SHA256:...`, as `ssh-keygen -lf` prints it.
     pub fingerprint: String,
-    /// The private key file.
-    pub path: PathBuf,
-}
-
-impl KeyPair {
-    /// The base64 body lines of the private key (without the BEGIN/END armour), to look for in
-    /// anything the service returns.
-    pub fn body_lines(&self) -> Vec<String> {
-        self.private_key
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with("-----"))
-            .filter(|line| !line.contains(':'))
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 /// Runs `command` to completion, panicking with its output unless it succeeds; returns stdout.
@@ -160,7 +144,6 @@ pub fn generate_key(path: &Path, key_type: KeyType, passphrase: &str) -> KeyPair
         private_key,
         public_key: public_key.trim().to_owned(),
         fingerprint: fingerprint_of(&public),
-        path: path.to_owned(),
     }
 }
 

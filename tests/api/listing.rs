@@ -1,12 +1,10 @@
 //! ListServers (issue 2, test 8): 1,000 servers paged by 100, each exactly once, newest first,
 //! keyset (not offset) pagination; filters on status, connection_method, name, host and labels.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConnectionMethod, DecommissionServerRequest, ListServersRequest, ListServersResponse,
 };

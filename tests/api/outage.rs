@@ -3,12 +3,10 @@
 //! pool and statement timeouts, nothing panics, health follows, and once the path is restored
 //! calls, watches and NOTIFY-driven changes work again without a restart.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConfirmFirewallRequest, GetOnboardingStatusRequest, GetServerRequest, ListServersRequest,
     OnboardingStep, RegisterServerRequest, StepStatus, UpdateServerRequest,

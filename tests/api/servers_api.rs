@@ -1,12 +1,10 @@
 //! The server resource over gRPC: register, get, list, update, decommission, etags, request_id
 //! idempotency and concurrency (issue 2, tests 1 and 7).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConnectionMethod, DecommissionServerRequest, GetServerRequest, ListServersRequest,
     OnboardingStep, RegisterServerRequest, ServerStatus, StepStatus, UpdateServerRequest,

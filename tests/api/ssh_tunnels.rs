@@ -18,15 +18,13 @@
 //!
 //! Every host here is 127.0.0.1 (or `localhost`): the jumphost, and MySQL as the jumphost sees it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::mariadb::*;
-use common::sshd::*;
-use common::*;
+use crate::common::mariadb::*;
+use crate::common::sshd::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConfirmFirewallRequest, DecommissionServerRequest, ListServersRequest, OnboardingStatus,
     OnboardingStep, RetryOnboardingRequest, ServerStatus, StepStatus, UpdateServerRequest,

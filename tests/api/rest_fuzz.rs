@@ -8,12 +8,10 @@
 //! The service runs the core onboarding steps only, so whatever host a generated server names,
 //! nothing is ever connected to.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// What schemathesis checks on every response.

@@ -1,9 +1,7 @@
 //! Validation (issue 2, test 6): every rule of api.md §3 is rejected with INVALID_ARGUMENT and one
 //! BadRequest listing every bad field; duplicate names; the server limit.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConnectionMethod, DecommissionServerRequest, ListServersRequest, RegisterServerRequest,
     ServerStatus, UpdateServerRequest,

@@ -2,7 +2,6 @@
 
 mod instance;
 
-#[allow(unused_imports)]
 pub use instance::*;
 
 use std::time::Duration;

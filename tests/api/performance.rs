@@ -2,11 +2,9 @@
 //! both listeners has TCP_NODELAY, and ListServers' cursor is a condition of the listing
 //! index, not a filter over the rows the index returns.
 
-mod common;
-
 use std::{net::SocketAddr, os::fd::RawFd, time::Duration};
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::{
     config::DatabaseConfig,
     domain::{TenantId, filter},

@@ -13,8 +13,6 @@
 //! `DBTRAIL_CHAOS_SEED` replays a schedule (printed at the start); `DBTRAIL_CHAOS_EVENTS` (kills,
 //! default 20) makes it a longer soak.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{
@@ -23,9 +21,9 @@ use std::sync::{
 };
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::mariadb::*;
-use common::sshd::*;
-use common::*;
+use crate::common::mariadb::*;
+use crate::common::sshd::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConfirmFirewallRequest, GetOnboardingStatusRequest, OnboardingStatus,
     RegisterServerRequest, ServerStatus, WatchOnboardingRequest,

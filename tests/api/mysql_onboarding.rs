@@ -4,13 +4,11 @@
 //!
 //! Every server registered here points at 127.0.0.1 and a MariaDB this test started.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::mariadb::*;
-use common::*;
+use crate::common::mariadb::*;
+use crate::common::*;
 use dbtrail_servers::domain::onboarding::FIREWALL_AUTO_COMPLETED;
 use dbtrail_servers::proto::{
     self, ListServersRequest, OnboardingStep, RetryOnboardingRequest, ServerStatus,

@@ -2,12 +2,10 @@
 //! any row holds the MySQL password or the SSH private key in clear; no response returns them;
 //! the binary's logs never print them.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use dbtrail_servers::proto::{
     self, ConfirmFirewallRequest, ListServersRequest, RegisterServerRequest, UpdateServerRequest,
 };

@@ -1,7 +1,6 @@
-//! What the REST tests share (`mod rest_common;` beside `mod common;`): an HTTP client bound to a
+//! What the REST tests share (`crate::rest_common`): an HTTP client bound to a
 //! test app's HTTP port and key, the JSON a gRPC message must be written as (api.md §5), and
 //! assertions on `google.rpc.Status` error bodies.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -2,13 +2,11 @@
 //! /healthz, /readyz and /metrics, and SIGTERM draining: watches end with UNAVAILABLE, leases are
 //! released and the process exits within ten seconds.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{ListServersRequest, OnboardingStep, StepStatus};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -785,7 +783,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_steps_and_stream_connections_are_traced_over_otlp_continuing_the_callers_trace() {
-    use common::mariadb::{PASSWORD, USER, onboardable_mariadb};
+    use crate::common::mariadb::{PASSWORD, USER, onboardable_mariadb};
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let mariadb = onboardable_mariadb().await;

@@ -1,11 +1,9 @@
 //! Onboarding through the public API and WatchOnboarding (issue 2, tests 2 and 3): the exact
 //! revisions of a registration, the SSH-tunnel firewall step, replay, decommission and shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     self, ConfirmFirewallRequest, DecommissionServerRequest, OnboardingStatus, OnboardingStep,
     ServerStatus, StepStatus,

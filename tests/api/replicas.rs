@@ -2,12 +2,10 @@
 //! through the other, a replica killed with SIGKILL while holding leases is taken over within
 //! the lease TTL plus one sweep, and a revoked key stops working on every replica within a second.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use dbtrail_servers::proto::{
     ConfirmFirewallRequest, DecommissionServerRequest, ListServersRequest, OnboardingStep,
     ServerStatus, StepStatus,
