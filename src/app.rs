@@ -56,6 +56,8 @@ pub enum AppError {
     Tls(String),
     #[error("REST routes: {0}")]
     Rest(#[from] rest::RouteError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// Refuses a secrets key other than the deployment's (the one the first replica recorded a check
@@ -308,8 +310,7 @@ pub async fn start_with_steps(
         authenticator,
         admission_settings(&config),
         health_service,
-    )
-    .map_err(AppError::Bootstrap)?;
+    )?;
     let gateway = rest::Gateway::new(&grpc_stack)?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let grpc_addr = grpc_listener

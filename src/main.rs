@@ -4,13 +4,28 @@ use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use dbtrail_servers::{
-    app,
-    auth::admin::Admin,
+    app::{self, AppError},
+    auth::admin::{Admin, AdminError},
     config::{Config, LogFormat},
-    store::{self, local},
-    telemetry,
+    store::{self, StoreError, local},
+    telemetry::{self, TelemetryError},
 };
 use uuid::Uuid;
+
+/// Why a command failed: printed as `error: ...`, and the exit code is 1.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Database(#[from] local::LocalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,14 +55,12 @@ struct DatabaseArgs {
 impl DatabaseArgs {
     /// Runs `work` on the database URL these arguments name or find; a private PostgreSQL started
     /// for it is stopped afterwards.
-    async fn with_url<T, F, Fut>(&self, work: F) -> Result<T, String>
+    async fn with_url<T, F, Fut>(&self, work: F) -> Result<T, CliError>
     where
         F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, CliError>>,
     {
-        let (url, local) = local::resolve(self.database_url.as_deref(), &self.data_dir)
-            .await
-            .map_err(|error| error.to_string())?;
+        let (url, local) = local::resolve(self.database_url.as_deref(), &self.data_dir).await?;
         let result = work(url).await;
         if let Some(local) = local {
             local.stop().await;
@@ -125,7 +138,7 @@ enum KeysCommand {
 /// the lines of a busy moment leave in one write. None is dropped: when the writer falls 128,000
 /// lines behind, logging waits for it. With an OTLP endpoint, spans are exported too. Keep what
 /// it returns: `Logging::finish` flushes what is left.
-fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Logging, String> {
+fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Logging, CliError> {
     use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -146,8 +159,7 @@ fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Loggin
     let (telemetry, traces) = match otlp_endpoint {
         Some(endpoint) => {
             let instance = gethostname::gethostname().to_string_lossy().into_owned();
-            let (telemetry, layer) =
-                telemetry::export_to(endpoint, &instance).map_err(|error| error.to_string())?;
+            let (telemetry, layer) = telemetry::export_to(endpoint, &instance)?;
             (Some(telemetry), Some(layer))
         }
         None => (None, None),
@@ -178,35 +190,28 @@ impl Logging {
 }
 
 /// The admin API on the database `database` names or finds, migrated first.
-async fn with_admin<T, F, Fut>(database: &DatabaseArgs, work: F) -> Result<T, String>
+async fn with_admin<T, F, Fut>(database: &DatabaseArgs, work: F) -> Result<T, CliError>
 where
     F: FnOnce(Admin) -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, AdminError>>,
 {
     database
         .with_url(|url| async move {
-            store::create_database_and_migrate(&url)
-                .await
-                .map_err(|error| error.to_string())?;
-            let admin = Admin::connect(&url)
-                .await
-                .map_err(|error| error.to_string())?;
-            work(admin).await
+            store::create_database_and_migrate(&url).await?;
+            let admin = Admin::connect(&url).await?;
+            Ok(work(admin).await?)
         })
         .await
 }
 
 /// Serves until SIGTERM or Ctrl-C, on a private PostgreSQL when no database is configured and
 /// none answers at the default address.
-async fn serve(mut config: Config) -> Result<(), String> {
-    let (url, local) = local::resolve(config.database.database_url.as_deref(), &config.data_dir)
-        .await
-        .map_err(|error| error.to_string())?;
+async fn serve(mut config: Config) -> Result<(), CliError> {
+    let (url, local) =
+        local::resolve(config.database.database_url.as_deref(), &config.data_dir).await?;
     config.database.database_url = Some(url);
     let served = async {
-        let running = app::start(config)
-            .await
-            .map_err(|error| error.to_string())?;
+        let running = app::start(config).await?;
         wait_for_signal().await;
         running.shutdown().await;
         Ok(())
@@ -233,7 +238,7 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run(command: Command) -> Result<(), String> {
+async fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Serve(config) => {
             let logging = init_logging(config.log_format, config.otlp_endpoint.as_deref())?;
@@ -244,11 +249,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Migrate(database) => {
             let _logging = init_logging(LogFormat::Text, None)?;
             database
-                .with_url(|url| async move {
-                    store::create_database_and_migrate(&url)
-                        .await
-                        .map_err(|error| error.to_string())
-                })
+                .with_url(|url| async move { Ok(store::create_database_and_migrate(&url).await?) })
                 .await?;
             eprintln!("database is migrated");
         }
@@ -258,22 +259,14 @@ async fn run(command: Command) -> Result<(), String> {
             database,
         }) => {
             let id = with_admin(&database, |admin| async move {
-                admin
-                    .create_tenant(&name, server_limit)
-                    .await
-                    .map_err(|error| error.to_string())
+                admin.create_tenant(&name, server_limit).await
             })
             .await?;
             println!("{id}");
         }
         Command::Tenants(TenantsCommand::List { database }) => {
-            let tenants = with_admin(&database, |admin| async move {
-                admin
-                    .list_tenants()
-                    .await
-                    .map_err(|error| error.to_string())
-            })
-            .await?;
+            let tenants =
+                with_admin(&database, |admin| async move { admin.list_tenants().await }).await?;
             for tenant in tenants {
                 let limit = tenant
                     .server_limit
@@ -299,7 +292,6 @@ async fn run(command: Command) -> Result<(), String> {
                     .create_key(&tenant, &permissions, name.as_deref(), expires_in)
                     .await
                     .map(|key| (key, tenant))
-                    .map_err(|error| error.to_string())
             })
             .await?;
             let (key, tenant) = key;
@@ -307,12 +299,10 @@ async fn run(command: Command) -> Result<(), String> {
             println!("{}", key.secret);
         }
         Command::Keys(KeysCommand::List { tenant, database }) => {
-            let keys = with_admin(&database, |admin| async move {
-                admin
-                    .list_keys(&tenant)
-                    .await
-                    .map_err(|error| error.to_string())
-            })
+            let keys = with_admin(
+                &database,
+                |admin| async move { admin.list_keys(&tenant).await },
+            )
             .await?;
             for key in keys {
                 let state = match (key.revoked_at, key.expires_at) {
@@ -330,12 +320,10 @@ async fn run(command: Command) -> Result<(), String> {
             }
         }
         Command::Keys(KeysCommand::Revoke { key_id, database }) => {
-            with_admin(&database, |admin| async move {
-                admin
-                    .revoke_key(key_id)
-                    .await
-                    .map_err(|error| error.to_string())
-            })
+            with_admin(
+                &database,
+                |admin| async move { admin.revoke_key(key_id).await },
+            )
             .await?;
             eprintln!("revoked key {key_id}");
         }

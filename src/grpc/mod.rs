@@ -114,21 +114,19 @@ impl GrpcStack {
         authenticator: Arc<Authenticator>,
         admission: AdmissionSettings,
         health: HealthServer<impl Health>,
-    ) -> Result<GrpcStack, String> {
+    ) -> Result<GrpcStack, tonic_reflection::server::Error> {
         // The google.rpc error details too: grpcurl decodes an error's ErrorInfo, BadRequest
         // and PreconditionFailure only when reflection can describe them.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|error| error.to_string())?;
+            .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|error| error.to_string())?;
+            .build_v1alpha()?;
         let routes = Routes::new(ServersServiceServer::new(api))
             .add_service(health)
             .add_service(reflection_v1)
@@ -186,13 +184,13 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), tonic::transport::Error> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(stack.layers)
         .add_routes(stack.routes);
-    let served = match tls {
+    match tls {
         Some(tls) => {
             let incoming = tls.incoming(listener, tls::Listener::Grpc);
             server
@@ -207,6 +205,5 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
-    };
-    served.map_err(|error| error.to_string())
+    }
 }
