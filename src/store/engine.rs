@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use diesel::{
     prelude::*,
-    sql_types::{Int4, Int8, Text, Uuid as SqlUuid},
+    sql_types::{Int4, Int8, Interval, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -162,8 +162,8 @@ impl Store {
         .bind::<Int8, _>(per_tenant)
         .bind::<Int8, _>(limit)
         .bind::<SqlUuid, _>(affinity.agent_id)
-        .bind::<Text, _>(interval(affinity.dead_after))
-        .bind::<Text, _>(interval(affinity.replaced_after))
+        .bind::<Interval, _>(interval(affinity.dead_after))
+        .bind::<Interval, _>(interval(affinity.replaced_after))
         .load(&mut connection)
         .await?;
         Ok(rows
@@ -192,11 +192,11 @@ impl Store {
             claimable("$4", "$5", "$6")
         ))
         .bind::<SqlUuid, _>(owner)
-        .bind::<Text, _>(interval(ttl))
+        .bind::<Interval, _>(interval(ttl))
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
         .bind::<SqlUuid, _>(affinity.agent_id)
-        .bind::<Text, _>(interval(affinity.dead_after))
-        .bind::<Text, _>(interval(affinity.replaced_after))
+        .bind::<Interval, _>(interval(affinity.dead_after))
+        .bind::<Interval, _>(interval(affinity.replaced_after))
         .load(&mut connection)
         .await?;
         Ok(rows
@@ -228,7 +228,7 @@ impl Store {
         ))
         .bind::<SqlUuid, _>(claim.server_id.0)
         .bind::<SqlUuid, _>(claim.fence.owner)
-        .bind::<Text, _>(interval(ttl))
+        .bind::<Interval, _>(interval(ttl))
         .bind::<Int8, _>(claim.fence.epoch)
         .execute(&mut connection)
         .await?;
@@ -295,7 +295,7 @@ impl Store {
                  WHERE id = $1 AND heartbeat_at >= now() - $2::interval) AS live",
         )
         .bind::<SqlUuid, _>(agent_id)
-        .bind::<Text, _>(interval(dead_after))
+        .bind::<Interval, _>(interval(dead_after))
         .get_result(&mut connection)
         .await?;
         Ok(row.live)
@@ -356,7 +356,7 @@ impl Store {
                          ORDER BY assigned::float8 / GREATEST(capacity, 1), heartbeat_at DESC \
                          LIMIT 1 FOR UPDATE",
                 )
-                .bind::<Text, _>(&window)
+                .bind::<Interval, _>(window)
                 .get_result(connection)
                 .await
                 .optional()?;

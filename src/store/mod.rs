@@ -217,25 +217,17 @@ impl Store {
     }
 }
 
-/// Splits `postgres://.../NAME?query` into the URL of the maintenance database and NAME.
+/// Splits `postgres://.../NAME?query` into the URL of the maintenance database (the same server,
+/// user and parameters, database `postgres`) and NAME.
 fn maintenance_url(database_url: &str) -> Result<(String, String), StoreError> {
     let invalid = || StoreError::Unavailable("invalid database URL (no database name)".into());
-    let scheme_end = database_url.find("://").ok_or_else(invalid)? + 3;
-    let path_start = database_url[scheme_end..]
-        .find('/')
-        .map(|index| index + scheme_end)
-        .ok_or_else(invalid)?;
-    let (name, query) = match database_url[path_start + 1..].split_once('?') {
-        Some((name, query)) => (name.to_owned(), format!("?{query}")),
-        None => (database_url[path_start + 1..].to_owned(), String::new()),
-    };
-    if name.is_empty() {
+    let mut url = url::Url::parse(database_url).map_err(|_| invalid())?;
+    let name = url.path().trim_start_matches('/').to_owned();
+    if name.is_empty() || name.contains('/') {
         return Err(invalid());
     }
-    Ok((
-        format!("{}/postgres{query}", &database_url[..path_start]),
-        name,
-    ))
+    url.set_path("/postgres");
+    Ok((url.into(), name))
 }
 
 /// Creates the database when it does not exist, then applies pending migrations.
@@ -299,9 +291,11 @@ pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
     .map_err(|error| StoreError::Unavailable(format!("migration task failed: {error}")))?
 }
 
-/// A duration as PostgreSQL interval text, for `now() + $1::interval`.
-fn interval(duration: Duration) -> String {
-    format!("{} milliseconds", duration.as_millis())
+/// A duration as a PostgreSQL interval, for `now() + $1`.
+fn interval(duration: Duration) -> diesel::pg::data_types::PgInterval {
+    diesel::pg::data_types::PgInterval::from_microseconds(
+        i64::try_from(duration.as_micros()).unwrap_or(i64::MAX),
+    )
 }
 
 #[cfg(test)]
@@ -324,6 +318,14 @@ mod tests {
                 "db".to_owned()
             )
         );
+        assert_eq!(
+            maintenance_url("postgres:///dbtrail?user=postgres&host=%2Fsrv%2Fpg").unwrap(),
+            (
+                "postgres:///postgres?user=postgres&host=%2Fsrv%2Fpg".to_owned(),
+                "dbtrail".to_owned()
+            )
+        );
         assert!(maintenance_url("postgres://h").is_err());
+        assert!(maintenance_url("not a url").is_err());
     }
 }

@@ -8,7 +8,7 @@ use diesel::{
     pg::Pg,
     prelude::*,
     result::DatabaseErrorKind,
-    sql_types::{Bool, Text, Timestamptz},
+    sql_types::{Bool, Interval, Text, Timestamptz},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -379,7 +379,7 @@ impl Store {
         Ok(diesel::sql_query(
             "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval",
         )
-        .bind::<Text, _>(super::interval(retention))
+        .bind::<Interval, _>(super::interval(retention))
         .execute(&mut connection)
         .await?)
     }
@@ -421,7 +421,7 @@ impl Store {
                      WHERE history.server_id = kept.server_id \
                        AND history.revision <= kept.through",
                 )
-                .bind::<Text, _>(super::interval(retention))
+                .bind::<Interval, _>(super::interval(retention))
                 .execute(connection)
                 .await?)
             })

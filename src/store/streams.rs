@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use diesel::{
     prelude::*,
-    sql_types::{Array, Int8, Jsonb, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{Array, Int8, Interval, Jsonb, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
@@ -86,7 +86,7 @@ impl Store {
              RETURNING id, stream_epoch"
         ))
         .bind::<SqlUuid, _>(owner)
-        .bind::<Text, _>(interval(ttl))
+        .bind::<Interval, _>(interval(ttl))
         .bind::<Int8, _>(limit)
         .bind::<Nullable<SqlUuid>, _>(only.map(|id| id.0))
         .bind::<SqlUuid, _>(agent_id)
@@ -132,7 +132,7 @@ impl Store {
         .bind::<Array<SqlUuid>, _>(ids)
         .bind::<Array<SqlUuid>, _>(owners)
         .bind::<Array<Int8>, _>(epochs)
-        .bind::<Text, _>(interval(ttl))
+        .bind::<Interval, _>(interval(ttl))
         .load(&mut connection)
         .await?;
         Ok(rows.into_iter().map(|row| ServerId(row.id)).collect())
@@ -207,7 +207,7 @@ impl Store {
                     (SELECT count(*) FROM agents WHERE heartbeat_at > now() - $1::interval) \
                         AS live_agents"
         ))
-        .bind::<Text, _>(interval(window))
+        .bind::<Interval, _>(interval(window))
         .get_result(&mut connection)
         .await?;
         Ok(StreamSpread {
