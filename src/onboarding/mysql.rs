@@ -53,6 +53,10 @@ const TRANSIENT_SERVER_ERRORS: &[u16] = &[
     2013, // lost connection during query
 ];
 
+/// MariaDB's ER_SLAVE_SAME_ID, sent to the older reader when a second one registers the same
+/// replica server id.
+const REPLICA_ID_TAKEN_OVER: u16 = 4052;
+
 /// Why a customer's endpoint could not be reached, in one wording whatever happened (refused,
 /// silent, reset, or not speaking the protocol), so the messages do not make the agent a port
 /// scanner; what happened goes to the log.
@@ -70,6 +74,16 @@ pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
     match error {
         mysql_async::Error::Server(server) if TRANSIENT_SERVER_ERRORS.contains(&server.code) => {
             MysqlFailure::Transient(format!("{address} answered: {}", server.message))
+        }
+        // The source ends the older of two binlog readers with one server id: another reader
+        // took this server's id over (an earlier attempt's, still being torn down, or a
+        // misconfigured replica). Retried within the budget; past it, the step fails naming it.
+        mysql_async::Error::Server(server) if server.code == REPLICA_ID_TAKEN_OVER => {
+            MysqlFailure::Transient(format!(
+                "another binlog reader with this server's replica server id connected to {address}, \
+                 and the source ended ours (error {REPLICA_ID_TAKEN_OVER}: {})",
+                server.message
+            ))
         }
         mysql_async::Error::Server(server) => MysqlFailure::Permanent(format!(
             "MySQL at {address} refused: {} (error {})",
@@ -353,4 +367,32 @@ pub async fn version(
 /// Closes a connection politely, without waiting long on a broken one.
 pub async fn close(connection: Conn) {
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.disconnect()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: u16, message: &str) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: message.to_owned(),
+            state: "HY000".to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_reader_ended_for_a_newer_one_with_its_id_is_retried_and_says_why() {
+        let taken = "A slave with the same server_uuid/server_id is already connected";
+        match classify(&server_error(4052, taken), "db:3306") {
+            MysqlFailure::Transient(message) => {
+                assert!(message.contains("replica server id") && message.contains(taken))
+            }
+            other => panic!("expected a transient fault, got {other:?}"),
+        }
+        assert!(matches!(
+            classify(&server_error(1045, "Access denied"), "db:3306"),
+            MysqlFailure::Permanent(_)
+        ));
+    }
 }
