@@ -289,6 +289,14 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     holder.progress.source_server_uuid = identity.clone();
     let mysql::Link { connection, tunnel } = link;
     let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
+    // The login may have taken long (or the process been paused): a runner whose lease may have
+    // lapsed must not register as a replica, since the source would end the new holder's dump
+    // for it (same replica server id).
+    if holder.lease_lost() {
+        mysql::close(connection).await;
+        drop(tunnel);
+        return SessionEnd::Stopped;
+    }
     let request = BinlogStreamRequest::new(replica_id)
         .with_filename(checkpoint.position.binlog_file.as_bytes())
         .with_pos(u64::try_from(checkpoint.position.binlog_position).unwrap_or(4));
