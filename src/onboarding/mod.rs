@@ -223,6 +223,15 @@ impl Runner {
     }
 }
 
+/// How a run of a step ended.
+enum Run<T> {
+    Ended(T),
+    /// Stopped for another tenant's sake.
+    Yielded,
+    /// Stopped because the lease was lost or may have lapsed.
+    CutOff,
+}
+
 /// When a run of a step was first and last polled, by the wall clock: outside that span it did
 /// nothing. Logged with the runner and its epoch, so runs on different replicas can be compared.
 #[derive(Debug, Default)]
@@ -649,21 +658,22 @@ impl Engine {
             self.log_run(claim, step, &active, "begins");
             let outcome = tokio::select! {
                 biased;
-                () = lost.cancelled() => Err("cut off: the lease was lost or could not be renewed in time"),
-                () = runner.yielded.cancelled() => Err("yielded: another tenant waits for a runner"),
+                () = lost.cancelled() => Run::CutOff,
+                () = runner.yielded.cancelled() => Run::Yielded,
                 outcome = runner.within_lease(run.instrument(span.clone()), &mut active) => {
-                    outcome.ok_or("cut off: the lease could not be renewed in time")
+                    outcome.map_or(Run::CutOff, Run::Ended)
                 }
             };
             let ran = |outcome: &str| self.log_run(claim, step, &active, outcome);
             let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(why) => {
-                    ran(why);
-                    return match runner.yielded.is_cancelled() && !lost.is_cancelled() {
-                        true => self.yield_server(claim).await,
-                        false => Err(StoreError::Fenced),
-                    };
+                Run::Ended(outcome) => outcome,
+                Run::Yielded => {
+                    ran("yielded: another tenant waits for a runner");
+                    return self.yield_server(claim).await;
+                }
+                Run::CutOff => {
+                    ran("cut off: the lease was lost or could not be renewed in time");
+                    return Err(StoreError::Fenced);
                 }
             };
             ran("finished");

@@ -88,6 +88,25 @@ fn claimable(agent: &str, window: &str, replaced: &str) -> String {
     )
 }
 
+/// Lets go of `claim`'s lease, fenced by its owner and epoch; whether it was still held.
+async fn release(
+    connection: &mut super::Connection,
+    lease: Lease,
+    claim: Claim,
+) -> Result<bool, StoreError> {
+    let (owner, expires, epoch) = lease.columns();
+    let released = diesel::sql_query(format!(
+        "UPDATE servers SET {owner} = NULL, {expires} = NULL \
+         WHERE id = $1 AND {owner} = $2 AND {epoch} = $3"
+    ))
+    .bind::<SqlUuid, _>(claim.server_id.0)
+    .bind::<SqlUuid, _>(claim.fence.owner)
+    .bind::<Int8, _>(claim.fence.epoch)
+    .execute(connection)
+    .await?;
+    Ok(released == 1)
+}
+
 #[derive(QueryableByName)]
 struct ClaimedRow {
     #[diesel(sql_type = SqlUuid)]
@@ -241,17 +260,8 @@ impl Store {
 
     /// Lets go of a lease (no-op when it was taken over already).
     pub async fn release_lease(&self, lease: Lease, claim: Claim) -> Result<(), StoreError> {
-        let (owner, expires, epoch) = lease.columns();
         let mut connection = self.connection().await?;
-        diesel::sql_query(format!(
-            "UPDATE servers SET {owner} = NULL, {expires} = NULL \
-             WHERE id = $1 AND {owner} = $2 AND {epoch} = $3"
-        ))
-        .bind::<SqlUuid, _>(claim.server_id.0)
-        .bind::<SqlUuid, _>(claim.fence.owner)
-        .bind::<Int8, _>(claim.fence.epoch)
-        .execute(&mut connection)
-        .await?;
+        release(&mut connection, lease, claim).await?;
         Ok(())
     }
 
@@ -261,16 +271,7 @@ impl Store {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                let released = diesel::sql_query(
-                    "UPDATE servers SET lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
-                )
-                .bind::<SqlUuid, _>(claim.server_id.0)
-                .bind::<SqlUuid, _>(claim.fence.owner)
-                .bind::<Int8, _>(claim.fence.epoch)
-                .execute(connection)
-                .await?;
-                if released == 1 {
+                if release(connection, Lease::Onboarding, claim).await? {
                     notify(connection, RUNNABLE_CHANNEL, claim.server_id.to_string()).await?;
                 }
                 Ok(())

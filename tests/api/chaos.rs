@@ -174,6 +174,17 @@ async fn replicas_killed_and_paused_at_random_never_run_a_step_twice_at_once() {
     for run in &runs {
         *per_step.entry(&run.step).or_default() += 1;
     }
+    // The check above had runs to compare: every step's, nearly every server's (a SIGKILL may
+    // take the last few milliseconds of a replica's log lines with it).
+    assert_eq!(
+        per_step.len(),
+        6,
+        "seed {seed}: runs of every step: {per_step:?}"
+    );
+    assert!(
+        per_step.values().all(|&runs| runs >= SERVERS * 9 / 10),
+        "seed {seed}: every server's steps are on record: {per_step:?}"
+    );
     let runners: std::collections::BTreeSet<&str> =
         runs.iter().map(|run| run.runner.as_str()).collect();
     eprintln!(
