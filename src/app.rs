@@ -122,10 +122,12 @@ fn primary_address() -> String {
         .to_string()
 }
 
-async fn bind(address: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| AppError::Listen { address, source })
+/// A listener on `address`, and the address it got (the real port when 0 was asked for).
+async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let listen_error = |source| AppError::Listen { address, source };
+    let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+    let local = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, local))
 }
 
 /// Starts a replica with the steps this build can run.
@@ -133,148 +135,33 @@ pub async fn start(config: Config) -> Result<RunningApp, AppError> {
     start_with_steps(config, default_steps()).await
 }
 
-/// Starts a replica running the given onboarding steps.
+/// Starts a replica running the given onboarding steps: its databases, secrets and agent, the
+/// background work (engine, streams, LISTEN hub, health), then the two listeners.
 pub async fn start_with_steps(
     config: Config,
     steps: Vec<Arc<dyn Step>>,
 ) -> Result<RunningApp, AppError> {
     let metrics = metrics_handle();
-    let url = config.database.url();
-    store::create_database_and_migrate(url)
-        .await
-        .map_err(|source| AppError::Database {
-            url: store::connect::redacted(url),
-            source,
-        })?;
-    let store = Store::connect(&config.database)?;
-    // Background work waits for a connection rather than failing fast like a call.
-    let engine_store = Store::connect(&DatabaseConfig {
-        pool_size: config.engine_pool_size,
-        pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
-        ..config.database.clone()
-    })?;
-    let watch_store = Store::connect(&DatabaseConfig {
-        pool_size: config.watch_pool_size,
-        ..config.database.clone()
-    })?;
-    let (secrets, generated) = SecretBox::from_config_or_file(
-        config.secrets_key.as_deref(),
-        &config.secrets_old_keys,
-        &config.data_dir,
-    )?;
-    if generated {
-        tracing::warn!(
-            path = %config.data_dir.join("secrets.key").display(),
-            "no --secrets-key given: generated one; keep this file, or secrets stored with it become unreadable; give every replica of a deployment the same --secrets-key"
-        );
-    }
-    check_secrets_key(&store, &secrets).await?;
-    if let Some(key) = Admin::new(store.clone())
-        .bootstrap()
-        .await
-        .map_err(|error| AppError::Bootstrap(error.to_string()))?
-    {
-        println!(
-            "Created tenant \"default\" and its first API key (all permissions; shown once):\n{}",
-            key.secret
-        );
-    }
+    let stores = Stores::open(&config).await?;
+    let secrets = open_secrets(&config, &stores.api).await?;
+    bootstrap_first_key(&stores.api).await?;
     let outbound_ip = config
         .agent_outbound_ip
         .clone()
         .unwrap_or_else(primary_address);
-    let agent_id = store
+    let agent_id = stores
+        .api
         .upsert_agent(&config.agent_name(), &outbound_ip, config.agent_capacity)
         .await?;
-    // The change index: its own pool for the streams' writes (so event volume never starves
-    // the engine's lease renewals), and the API's pool or one like it for ListChangeEvents.
-    let index_url = config.index_database_url.as_ref();
-    if let Some(url) = index_url {
-        store::create_database(url).await?;
-    }
-    let index_store = Store::connect(&DatabaseConfig {
-        database_url: Some(
-            index_url
-                .map_or(config.database.url(), String::as_str)
-                .to_owned(),
-        ),
-        pool_size: config.engine_pool_size,
-        pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
-        ..config.database.clone()
-    })?;
-    let index_reader = match index_url {
-        Some(url) => Store::connect(&DatabaseConfig {
-            database_url: Some(url.clone()),
-            ..config.database.clone()
-        })?,
-        None => store.clone(),
-    };
-    index_store.prepare_change_index().await?;
-
     let stopping = CancellationToken::new();
     let listener_stop = CancellationToken::new();
-    let authenticator = Authenticator::new(store.clone());
-    let hub = WatchHub::new(watch_store, stopping.clone());
+    let authenticator = Authenticator::new(stores.api.clone());
+    let hub = WatchHub::new(stores.watch.clone(), stopping.clone());
     tokio::spawn(hub.clone().recheck());
     let targets = Arc::new(target_policy(&config));
-    let agent_settings = AgentSettings {
-        id: agent_id,
-        outbound_ip: outbound_ip.clone(),
-        source_address: config.agent_source_address,
-        // Agents beat on every stream sweep; three missed beats and the agent is dead.
-        dead_after: config.sweep_interval * 3,
-        replaced_after: config.agent_replaced_after.max(config.sweep_interval * 3),
-        connect_timeout: config.mysql_connect_timeout,
-        query_timeout: config.mysql_query_timeout,
-        snapshot: SnapshotLimits {
-            max_tables: config.snapshot_max_tables,
-            max_columns: config.snapshot_max_columns,
-        },
-        connect_attempts: config.mysql_connect_attempts,
-        targets: targets.clone(),
-    };
-    let (activated, activations) = mpsc::channel(1024);
-    let streams = Streams::new(
-        engine_store.clone(),
-        index_store.clone(),
-        secrets.clone(),
-        StreamsConfig {
-            lease_ttl: config.lease_ttl,
-            sweep_interval: config.sweep_interval,
-            max_streams: config.max_streams,
-            retention: config.change_retention,
-            settings: StreamSettings {
-                heartbeat: config.stream_heartbeat,
-                checkpoint_interval: config.stream_checkpoint_interval,
-            },
-            agent: agent_settings.clone(),
-        },
-        activations,
-    );
-    let engine = Engine::new(
-        engine_store,
-        index_store.clone(),
-        secrets.clone(),
-        EngineConfig {
-            lease_ttl: config.lease_ttl,
-            sweep_interval: config.sweep_interval,
-            max_runners: config.max_runners,
-            max_runners_per_tenant: config
-                .max_runners_per_tenant
-                .unwrap_or((config.max_runners / 4).max(1)),
-            step_timeout: config.step_timeout,
-            agent: agent_settings,
-        },
-        steps,
-        activated,
-    );
-
-    let (notification_sender, notifications) = mpsc::channel(1024);
-    tokio::spawn(listener::listen(
-        config.database.url().to_owned(),
-        notification_sender,
-        listener_stop.clone(),
-    ));
+    let agent = agent_settings(&config, agent_id, &outbound_ip, targets.clone());
+    let notifications = listen(&config, listener_stop.clone());
+    let (engine, streams) = start_engine(&config, &stores, &secrets, agent, steps);
     tokio::spawn(watch::dispatch(
         notifications,
         hub.clone(),
@@ -282,23 +169,19 @@ pub async fn start_with_steps(
         engine.clone(),
         streams.clone(),
     ));
-    tokio::spawn(engine.clone().run());
-    tokio::spawn(streams.clone().run());
-
     let (health, health_service) = tonic_health::server::health_reporter();
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(health_loop(
-        store.clone(),
+        stores.api.clone(),
         health.clone(),
         ready.clone(),
         stopping.clone(),
         config.history_retention,
     ));
-
-    let page_tokens = grpc::PageTokens::new(&store.deployment_key(PAGE_TOKEN_KEY).await?);
+    let page_tokens = grpc::PageTokens::new(&stores.api.deployment_key(PAGE_TOKEN_KEY).await?);
     let api = ServersApi::new(
-        store.clone(),
-        index_reader,
+        stores.api.clone(),
+        stores.index_reader,
         secrets,
         hub,
         authenticator.clone(),
@@ -311,22 +194,233 @@ pub async fn start_with_steps(
         admission_settings(&config),
         health_service,
     )?;
-    let gateway = rest::Gateway::new(&grpc_stack)?;
-    let grpc_listener = bind(config.grpc_addr).await?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| AppError::Listen {
-            address: config.grpc_addr,
-            source,
-        })?;
-    let http_listener = bind(config.http_addr).await?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| AppError::Listen {
-            address: config.http_addr,
-            source,
-        })?;
+    let ops = OpsState {
+        ready: ready.clone(),
+        metrics,
+        store: stores.api,
+    };
+    let listening = serve(&config, grpc_stack, ops, &stopping).await?;
+    tracing::info!(
+        grpc_addr = %listening.grpc_addr,
+        http_addr = %listening.http_addr,
+        tls = listening.tls,
+        agent_outbound_ip = %outbound_ip,
+        "serving"
+    );
+    Ok(RunningApp {
+        grpc_addr: listening.grpc_addr,
+        http_addr: listening.http_addr,
+        stopping,
+        listener_stop,
+        ready,
+        health,
+        engine,
+        streams,
+        servers: listening.servers,
+        grace: config.shutdown_grace,
+    })
+}
 
+/// The replica's connection pools, each sized for its work.
+struct Stores {
+    /// Client calls: fail fast when the pool is exhausted.
+    api: Store,
+    /// The onboarding engine and the streams' leases: background work waits for a connection.
+    engine: Store,
+    /// The watch hub's reads.
+    watch: Store,
+    /// The streams' writes to the change index: its own pool, so event volume never starves
+    /// the engine's lease renewals.
+    index: Store,
+    /// ListChangeEvents' reads of the change index.
+    index_reader: Store,
+}
+
+impl Stores {
+    /// Migrates the database (creating it when missing) and the change index, and opens the
+    /// pools.
+    async fn open(config: &Config) -> Result<Stores, AppError> {
+        let url = config.database.url();
+        store::create_database_and_migrate(url)
+            .await
+            .map_err(|source| AppError::Database {
+                url: store::connect::redacted(url),
+                source,
+            })?;
+        let api = Store::connect(&config.database)?;
+        let background = DatabaseConfig {
+            pool_size: config.engine_pool_size,
+            pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
+            ..config.database.clone()
+        };
+        let engine = Store::connect(&background)?;
+        let watch = Store::connect(&DatabaseConfig {
+            pool_size: config.watch_pool_size,
+            ..config.database.clone()
+        })?;
+        let index_url = config.index_database_url.as_ref();
+        if let Some(url) = index_url {
+            store::create_database(url).await?;
+        }
+        let index = Store::connect(&DatabaseConfig {
+            database_url: Some(index_url.map_or(url, String::as_str).to_owned()),
+            ..background
+        })?;
+        let index_reader = match index_url {
+            Some(url) => Store::connect(&DatabaseConfig {
+                database_url: Some(url.clone()),
+                ..config.database.clone()
+            })?,
+            None => api.clone(),
+        };
+        index.prepare_change_index().await?;
+        Ok(Stores {
+            api,
+            engine,
+            watch,
+            index,
+            index_reader,
+        })
+    }
+}
+
+/// The secrets key, from the configuration or the data directory (generated there on first
+/// start), checked against the deployment's.
+async fn open_secrets(config: &Config, store: &Store) -> Result<SecretBox, AppError> {
+    let (secrets, generated) = SecretBox::from_config_or_file(
+        config.secrets_key.as_deref(),
+        &config.secrets_old_keys,
+        &config.data_dir,
+    )?;
+    if generated {
+        tracing::warn!(
+            path = %config.data_dir.join("secrets.key").display(),
+            "no --secrets-key given: generated one; keep this file, or secrets stored with it become unreadable; give every replica of a deployment the same --secrets-key"
+        );
+    }
+    check_secrets_key(store, &secrets).await?;
+    Ok(secrets)
+}
+
+/// On a new deployment, creates the default tenant and prints its first API key, once.
+async fn bootstrap_first_key(store: &Store) -> Result<(), AppError> {
+    let created = Admin::new(store.clone())
+        .bootstrap()
+        .await
+        .map_err(|error| AppError::Bootstrap(error.to_string()))?;
+    if let Some(key) = created {
+        println!(
+            "Created tenant \"default\" and its first API key (all permissions; shown once):\n{}",
+            key.secret
+        );
+    }
+    Ok(())
+}
+
+/// What the embedded agent is and how it reaches customers' MySQL.
+fn agent_settings(
+    config: &Config,
+    id: uuid::Uuid,
+    outbound_ip: &str,
+    targets: Arc<TargetPolicy>,
+) -> AgentSettings {
+    AgentSettings {
+        id,
+        outbound_ip: outbound_ip.to_owned(),
+        source_address: config.agent_source_address,
+        // Agents beat on every stream sweep; three missed beats and the agent is dead.
+        dead_after: config.sweep_interval * 3,
+        replaced_after: config.agent_replaced_after.max(config.sweep_interval * 3),
+        connect_timeout: config.mysql_connect_timeout,
+        query_timeout: config.mysql_query_timeout,
+        snapshot: SnapshotLimits {
+            max_tables: config.snapshot_max_tables,
+            max_columns: config.snapshot_max_columns,
+        },
+        connect_attempts: config.mysql_connect_attempts,
+        targets,
+    }
+}
+
+/// Starts the onboarding engine and the live streams; the engine hands each server it
+/// activates to the streams.
+fn start_engine(
+    config: &Config,
+    stores: &Stores,
+    secrets: &SecretBox,
+    agent: AgentSettings,
+    steps: Vec<Arc<dyn Step>>,
+) -> (Arc<Engine>, Arc<Streams>) {
+    let (activated, activations) = mpsc::channel(1024);
+    let streams = Streams::new(
+        stores.engine.clone(),
+        stores.index.clone(),
+        secrets.clone(),
+        StreamsConfig {
+            lease_ttl: config.lease_ttl,
+            sweep_interval: config.sweep_interval,
+            max_streams: config.max_streams,
+            retention: config.change_retention,
+            settings: StreamSettings {
+                heartbeat: config.stream_heartbeat,
+                checkpoint_interval: config.stream_checkpoint_interval,
+            },
+            agent: agent.clone(),
+        },
+        activations,
+    );
+    let engine = Engine::new(
+        stores.engine.clone(),
+        stores.index.clone(),
+        secrets.clone(),
+        EngineConfig {
+            lease_ttl: config.lease_ttl,
+            sweep_interval: config.sweep_interval,
+            max_runners: config.max_runners,
+            max_runners_per_tenant: config
+                .max_runners_per_tenant
+                .unwrap_or((config.max_runners / 4).max(1)),
+            step_timeout: config.step_timeout,
+            agent,
+        },
+        steps,
+        activated,
+    );
+    tokio::spawn(engine.clone().run());
+    tokio::spawn(streams.clone().run());
+    (engine, streams)
+}
+
+/// The database's notifications, from a LISTEN connection of its own until `stop`.
+fn listen(config: &Config, stop: CancellationToken) -> mpsc::Receiver<listener::Notification> {
+    let (sender, notifications) = mpsc::channel(1024);
+    tokio::spawn(listener::listen(
+        config.database.url().to_owned(),
+        sender,
+        stop,
+    ));
+    notifications
+}
+
+/// The two listeners, serving.
+struct Listening {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    tls: bool,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// Binds both listeners (the real ports when 0 was asked for), loads TLS when configured, and
+/// serves gRPC and HTTP until `stopping`.
+async fn serve(
+    config: &Config,
+    grpc_stack: grpc::GrpcStack,
+    ops: OpsState,
+    stopping: &CancellationToken,
+) -> Result<Listening, AppError> {
+    let gateway = rest::Gateway::new(&grpc_stack)?;
+    let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
+    let (http_listener, http_addr) = bind(config.http_addr).await?;
     let tls = config
         .tls_files()
         .map(tls::ServerTls::load)
@@ -335,7 +429,6 @@ pub async fn start_with_steps(
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(stopping.clone()));
     }
-
     let grpc_stop = stopping.clone();
     let grpc_tls = tls.clone();
     let grpc_server = tokio::spawn(async move {
@@ -344,15 +437,7 @@ pub async fn start_with_steps(
             tracing::error!(%error, "gRPC server failed");
         }
     });
-    let http = rest::http_router(
-        OpsState {
-            ready: ready.clone(),
-            metrics,
-            store,
-        },
-        gateway,
-        &config.cors_allowed_origins,
-    );
+    let http = rest::http_router(ops, gateway, &config.cors_allowed_origins);
     let http_settings = rest::HttpSettings {
         header_read_timeout: config.http_header_read_timeout,
     };
@@ -363,18 +448,11 @@ pub async fn start_with_steps(
         http_settings,
         stopping.clone(),
     ));
-    tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), agent_outbound_ip = %outbound_ip, "serving");
-    Ok(RunningApp {
+    Ok(Listening {
         grpc_addr,
         http_addr,
-        stopping,
-        listener_stop,
-        ready,
-        health,
-        engine,
-        streams,
+        tls: tls.is_some(),
         servers: vec![grpc_server, http_server],
-        grace: config.shutdown_grace,
     })
 }
 
@@ -419,6 +497,16 @@ fn target_policy(config: &Config) -> TargetPolicy {
     )
 }
 
+/// The health of the whole replica ("") and of ServersService, which move together.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    health.set_service_status("", status).await;
+    let service = <ServersServiceServer<ServersApi> as tonic::server::NamedService>::NAME;
+    health.set_service_status(service, status).await;
+}
+
 /// Follows database reachability in gRPC health and /readyz, expires old request ids and
 /// compacts the onboarding history.
 async fn health_loop(
@@ -429,8 +517,7 @@ async fn health_loop(
     history_retention: Duration,
 ) {
     let mut serving = None;
-    let mut last_cleanup = std::time::Instant::now();
-    let mut last_compaction = std::time::Instant::now();
+    let mut housekeeping = Housekeeping::new(history_retention);
     loop {
         let ping = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
         let reachable = match ping {
@@ -452,16 +539,38 @@ async fn health_loop(
                 tracing::warn!("database unreachable: health is NOT_SERVING");
                 tonic_health::ServingStatus::NotServing
             };
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(
-                    <ServersServiceServer<ServersApi> as tonic::server::NamedService>::NAME,
-                    status,
-                )
-                .await;
+            set_health(&health, status).await;
         }
-        if reachable && last_cleanup.elapsed() >= IDEMPOTENCY_CLEANUP_INTERVAL {
-            last_cleanup = std::time::Instant::now();
+        if reachable {
+            housekeeping.run_due(&store).await;
+        }
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The database's periodic cleanup: expired request ids, old onboarding history.
+struct Housekeeping {
+    history_retention: Duration,
+    last_cleanup: std::time::Instant,
+    last_compaction: std::time::Instant,
+}
+
+impl Housekeeping {
+    fn new(history_retention: Duration) -> Housekeeping {
+        Housekeeping {
+            history_retention,
+            last_cleanup: std::time::Instant::now(),
+            last_compaction: std::time::Instant::now(),
+        }
+    }
+
+    /// Runs what is due; failures are logged and retried at the next interval.
+    async fn run_due(&mut self, store: &Store) {
+        if self.last_cleanup.elapsed() >= IDEMPOTENCY_CLEANUP_INTERVAL {
+            self.last_cleanup = std::time::Instant::now();
             match store.forget_request_ids(IDEMPOTENCY_RETENTION).await {
                 Ok(0) => {}
                 Ok(forgotten) => tracing::info!(forgotten, "forgot expired request ids"),
@@ -469,20 +578,14 @@ async fn health_loop(
             }
         }
         // At least twice per retention period, at most every cleanup interval.
-        if reachable
-            && last_compaction.elapsed()
-                >= (history_retention / 2).min(IDEMPOTENCY_CLEANUP_INTERVAL)
-        {
-            last_compaction = std::time::Instant::now();
-            match store.compact_onboarding_history(history_retention).await {
+        let compaction_interval = (self.history_retention / 2).min(IDEMPOTENCY_CLEANUP_INTERVAL);
+        if self.last_compaction.elapsed() >= compaction_interval {
+            self.last_compaction = std::time::Instant::now();
+            match store.compact_onboarding_history(self.history_retention).await {
                 Ok(0) => {}
                 Ok(forgotten) => tracing::info!(forgotten, "compacted onboarding history"),
                 Err(error) => tracing::warn!(%error, "could not compact onboarding history"),
             }
-        }
-        tokio::select! {
-            () = stopping.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
@@ -493,15 +596,7 @@ impl RunningApp {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.ready.store(false, Ordering::Release);
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_service_status(
-                <ServersServiceServer<ServersApi> as tonic::server::NamedService>::NAME,
-                tonic_health::ServingStatus::NotServing,
-            )
-            .await;
+        set_health(&self.health, tonic_health::ServingStatus::NotServing).await;
         let deadline = tokio::time::Instant::now() + self.grace;
         self.stopping.cancel();
         // The servers drain while the engine lets go of its leases; both share one deadline.

@@ -244,7 +244,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             let logging = init_logging(config.log_format, config.otlp_endpoint.as_deref())?;
             let served = serve(*config).await;
             logging.finish().await;
-            served?;
+            served
         }
         Command::Migrate(database) => {
             let _logging = init_logging(LogFormat::Text, None)?;
@@ -252,19 +252,27 @@ async fn run(command: Command) -> Result<(), CliError> {
                 .with_url(|url| async move { Ok(store::create_database_and_migrate(&url).await?) })
                 .await?;
             eprintln!("database is migrated");
+            Ok(())
         }
-        Command::Tenants(TenantsCommand::Create {
+        Command::Tenants(command) => tenants(command).await,
+        Command::Keys(command) => keys(command).await,
+    }
+}
+
+async fn tenants(command: TenantsCommand) -> Result<(), CliError> {
+    match command {
+        TenantsCommand::Create {
             name,
             server_limit,
             database,
-        }) => {
+        } => {
             let id = with_admin(&database, |admin| async move {
                 admin.create_tenant(&name, server_limit).await
             })
             .await?;
             println!("{id}");
         }
-        Command::Tenants(TenantsCommand::List { database }) => {
+        TenantsCommand::List { database } => {
             let tenants =
                 with_admin(&database, |admin| async move { admin.list_tenants().await }).await?;
             for tenant in tenants {
@@ -279,13 +287,19 @@ async fn run(command: Command) -> Result<(), CliError> {
                 );
             }
         }
-        Command::Keys(KeysCommand::Create {
+    }
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Create {
             tenant,
             permissions,
             name,
             expires_in,
             database,
-        }) => {
+        } => {
             let key = with_admin(&database, |admin| async move {
                 let permissions: Vec<&str> = permissions.iter().map(String::as_str).collect();
                 admin
@@ -298,7 +312,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             eprintln!("created key {} for tenant {tenant}", key.id);
             println!("{}", key.secret);
         }
-        Command::Keys(KeysCommand::List { tenant, database }) => {
+        KeysCommand::List { tenant, database } => {
             let keys = with_admin(
                 &database,
                 |admin| async move { admin.list_keys(&tenant).await },
@@ -319,7 +333,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 );
             }
         }
-        Command::Keys(KeysCommand::Revoke { key_id, database }) => {
+        KeysCommand::Revoke { key_id, database } => {
             with_admin(
                 &database,
                 |admin| async move { admin.revoke_key(key_id).await },

@@ -11,7 +11,10 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::domain::server::{Sealed, Secret};
+use crate::domain::{
+    ServerId,
+    server::{NewSecrets, Sealed, Secret, StoredSecrets},
+};
 
 const NONCE_LENGTH: usize = 12;
 const KEY_FILE: &str = "secrets.key";
@@ -124,6 +127,28 @@ impl SecretBox {
         Sealed {
             key_id: self.primary_id.clone(),
             ciphertext: sealed,
+        }
+    }
+
+    /// A server's secrets after a request: the new ones sealed, each bound to the server and
+    /// its field so that sealed values cannot be swapped around; the others as stored.
+    pub fn seal_server_secrets(
+        &self,
+        server_id: ServerId,
+        current: &StoredSecrets,
+        new: &NewSecrets,
+    ) -> StoredSecrets {
+        let seal = |secret: &Option<Secret>, stored: &Option<Sealed>, field: &str| match secret {
+            Some(secret) => Some(self.seal(secret, &format!("{server_id}/{field}"))),
+            None => stored.clone(),
+        };
+        StoredSecrets {
+            mysql_password: seal(&new.mysql_password, &current.mysql_password, "mysql_password"),
+            ssh_private_key: seal(
+                &new.ssh_private_key,
+                &current.ssh_private_key,
+                "ssh_private_key",
+            ),
         }
     }
 

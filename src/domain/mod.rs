@@ -164,6 +164,13 @@ pub struct FieldViolation {
 pub struct Violations(pub Vec<FieldViolation>);
 
 impl Violations {
+    /// One bad field.
+    pub fn one(field: impl Into<String>, description: impl Into<String>) -> Violations {
+        let mut violations = Violations::default();
+        violations.add(field, description);
+        violations
+    }
+
     /// Records one bad field.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation {
@@ -175,6 +182,19 @@ impl Violations {
     /// Ok when nothing was recorded.
     pub fn into_result(self) -> Result<(), Violations> {
         if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// `result`, with the violations recorded so far ahead of its own: everything wrong with a
+    /// request is reported at once.
+    pub fn and<T>(mut self, result: Result<T, Violations>) -> Result<T, Violations> {
+        match result {
+            Ok(value) if self.0.is_empty() => Ok(value),
+            Ok(_) => Err(self),
+            Err(more) => {
+                self.0.extend(more.0);
+                Err(self)
+            }
+        }
     }
 
     /// Keeps the value of a check, recording its violation under `field`.

@@ -278,8 +278,20 @@ impl ServerInput {
         merged
     }
 
-    /// Validates every field, reporting all violations under `prefix` (e.g. `server.`).
+    /// The validated settings and secrets, or every violation under `prefix` (e.g. `server.`).
     pub fn validate(
+        self,
+        prefix: &str,
+        existing: Existing,
+    ) -> Result<(ServerSpec, NewSecrets), Violations> {
+        let mut violations = Violations::default();
+        let validated = self.validate_each(prefix, existing, &mut violations);
+        violations.into_result()?;
+        // Every field that failed recorded why; this is never reached without a violation.
+        validated.ok_or_else(|| Violations::one(prefix.trim_end_matches('.'), "is invalid"))
+    }
+
+    fn validate_each(
         self,
         prefix: &str,
         existing: Existing,
@@ -575,8 +587,21 @@ fn validate_private_key(key: &str) -> Result<(), String> {
     }
 }
 
+impl ServerSpec {
+    /// A recorded host key belongs to the jumphost it was seen on: moving the jumphost forgets
+    /// it, unless these settings pinned a new one.
+    fn forget_fingerprint_of_moved_jumphost(&mut self, old: &ServerSpec) {
+        if let (Some(old_tunnel), Some(new_tunnel)) = (&old.ssh_tunnel, self.ssh_tunnel.as_mut())
+            && (old_tunnel.host != new_tunnel.host || old_tunnel.port != new_tunnel.port)
+            && new_tunnel.host_key_fingerprint == old_tunnel.host_key_fingerprint
+        {
+            new_tunnel.host_key_fingerprint = None;
+        }
+    }
+}
+
 /// Where a change of settings makes onboarding start again (onboarding.md §4).
-pub fn restart_point(
+fn restart_point(
     old: &ServerSpec,
     new: &ServerSpec,
     secrets: &NewSecrets,
@@ -710,7 +735,8 @@ impl Server {
         }
     }
 
-    fn ensure_live(&self) -> Result<(), Rejection> {
+    /// Refuses a change to a decommissioned server.
+    pub fn ensure_live(&self) -> Result<(), Rejection> {
         if self.status == ServerStatus::Decommissioned {
             Err(Rejection::Decommissioned)
         } else {
@@ -718,20 +744,24 @@ impl Server {
         }
     }
 
-    /// Applies validated new settings; re-runs onboarding from where they invalidate it.
+    /// Applies validated new settings (`secrets`: the stored ones after sealing `new_secrets`).
+    /// A jumphost that moved forgets the host key recorded for it, unless the request pinned a
+    /// new one; onboarding runs again from where the change invalidates it, which is returned.
     pub fn update(
         &mut self,
-        spec: ServerSpec,
+        mut spec: ServerSpec,
+        new_secrets: &NewSecrets,
         secrets: StoredSecrets,
-        restart: Option<OnboardingStep>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<OnboardingStep>, Rejection> {
         self.ensure_live()?;
+        spec.forget_fingerprint_of_moved_jumphost(&self.spec);
+        let restart = restart_point(&self.spec, &spec, new_secrets);
         self.spec = spec;
         self.secrets = secrets;
         if let Some(restart) = restart {
             self.restart_from(restart);
         }
-        Ok(())
+        Ok(restart)
     }
 
     /// Onboarding runs again from `restart` (or from a failed earlier step, which must run again
@@ -996,10 +1026,7 @@ mod tests {
     }
 
     fn validate(input: ServerInput) -> Result<(ServerSpec, NewSecrets), Violations> {
-        let mut violations = Violations::default();
-        let result = input.validate("server.", Existing::default(), &mut violations);
-        violations.into_result()?;
-        Ok(result.expect("valid input yields a spec"))
+        input.validate("server.", Existing::default())
     }
 
     fn fields(violations: &Violations) -> Vec<&str> {
@@ -1353,7 +1380,11 @@ mod tests {
         assert_eq!(server, first);
         assert_eq!(server.current_step(), None);
         assert_eq!(
-            server.update(first.spec.clone(), StoredSecrets::default(), None),
+            server.update(
+                first.spec.clone(),
+                &NewSecrets::default(),
+                StoredSecrets::default()
+            ),
             Err(Rejection::Decommissioned)
         );
     }

@@ -184,10 +184,10 @@ impl TargetPolicy {
 }
 
 impl TargetPolicy {
-    /// A violation under `prefix` for each address the agent would connect to that is an IP
-    /// literal the policy refuses: the jumphost of a tunnelled server (its MySQL host is the
-    /// jumphost's to reach), the MySQL host of any other.
-    pub fn check_literals(&self, spec: &ServerSpec, prefix: &str, violations: &mut Violations) {
+    /// A violation under `prefix` when the address the agent would connect to is an IP literal
+    /// the policy refuses: the jumphost of a tunnelled server (its MySQL host is the jumphost's
+    /// to reach), the MySQL host of any other.
+    pub fn check_literals(&self, spec: &ServerSpec, prefix: &str) -> Result<(), Violations> {
         let (field, host, method) = match (&spec.ssh_tunnel, spec.connection_method) {
             (Some(tunnel), ConnectionMethod::SshTunnel) => {
                 ("ssh_tunnel.host", &tunnel.host, JUMPHOST)
@@ -197,8 +197,12 @@ impl TargetPolicy {
         if let Ok(address) = host.parse::<IpAddr>()
             && self.refuses(address, method).is_some()
         {
-            violations.add(format!("{prefix}{field}"), format!("{host} is {DENIED}"));
+            return Err(Violations::one(
+                format!("{prefix}{field}"),
+                format!("{host} is {DENIED}"),
+            ));
         }
+        Ok(())
     }
 }
 

@@ -23,52 +23,90 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-fn connection_method_to_proto(method: ConnectionMethod) -> proto::ConnectionMethod {
-    match method {
-        ConnectionMethod::Direct => proto::ConnectionMethod::Direct,
-        ConnectionMethod::Vpn => proto::ConnectionMethod::Vpn,
-        ConnectionMethod::SshTunnel => proto::ConnectionMethod::SshTunnel,
-    }
+
+
+
+
+
+/// Maps a domain enum to the proto enum of the same variants; with `<=>`, also back from a
+/// request's number, where the proto's Unspecified means "not set".
+macro_rules! proto_enum {
+    ($domain:ident => $proto:ident { $($variant:ident),+ $(,)? }) => {
+        impl From<$domain> for proto::$proto {
+            fn from(value: $domain) -> proto::$proto {
+                match value {
+                    $($domain::$variant => proto::$proto::$variant),+
+                }
+            }
+        }
+    };
+    ($domain:ident <=> $proto:ident { $($variant:ident),+ $(,)? }) => {
+        proto_enum!($domain => $proto { $($variant),+ });
+
+        impl FromProtoNumber for $domain {
+            const NAMES: &'static [$domain] = $domain::ALL;
+
+            fn from_number(value: i32) -> Option<Option<$domain>> {
+                match proto::$proto::try_from(value).ok()? {
+                    proto::$proto::Unspecified => Some(None),
+                    $(proto::$proto::$variant => Some(Some($domain::$variant)),)+
+                }
+            }
+        }
+    };
 }
 
-fn status_to_proto(status: ServerStatus) -> proto::ServerStatus {
-    match status {
-        ServerStatus::Pending => proto::ServerStatus::Pending,
-        ServerStatus::Active => proto::ServerStatus::Active,
-        ServerStatus::Disconnected => proto::ServerStatus::Disconnected,
-        ServerStatus::Error => proto::ServerStatus::Error,
-        ServerStatus::Decommissioned => proto::ServerStatus::Decommissioned,
-    }
+/// A domain enum a request sets by its proto number.
+trait FromProtoNumber: Sized + Copy + std::fmt::Display + 'static {
+    /// Every value, for the message that lists them.
+    const NAMES: &'static [Self];
+
+    /// None for a number the proto does not define; Some(None) for Unspecified.
+    fn from_number(value: i32) -> Option<Option<Self>>;
 }
 
-fn step_to_proto(step: OnboardingStep) -> proto::OnboardingStep {
-    match step {
-        OnboardingStep::Provisioning => proto::OnboardingStep::Provisioning,
-        OnboardingStep::AwaitingFirewall => proto::OnboardingStep::AwaitingFirewall,
-        OnboardingStep::WaitingForAgent => proto::OnboardingStep::WaitingForAgent,
-        OnboardingStep::Initializing => proto::OnboardingStep::Initializing,
-        OnboardingStep::Snapshotting => proto::OnboardingStep::Snapshotting,
-        OnboardingStep::Streaming => proto::OnboardingStep::Streaming,
-    }
+proto_enum!(ConnectionMethod <=> ConnectionMethod { Direct, Vpn, SshTunnel });
+proto_enum!(SslMode <=> SslMode { Disabled, Preferred, Required, VerifyCa, VerifyFull });
+proto_enum!(ServerStatus => ServerStatus { Pending, Active, Disconnected, Error, Decommissioned });
+proto_enum!(OnboardingStep => OnboardingStep {
+    Provisioning,
+    AwaitingFirewall,
+    WaitingForAgent,
+    Initializing,
+    Snapshotting,
+    Streaming,
+});
+proto_enum!(StepStatus => StepStatus { Pending, InProgress, Completed, Failed });
+proto_enum!(StreamState => StreamState {
+    Starting,
+    Running,
+    Stalled,
+    Disconnected,
+    LostPosition,
+    Failed,
+    Stopped,
+});
+
+/// A proto enum's number as wire-encoded.
+fn number<P: Into<i32>>(value: impl Into<P>) -> i32 {
+    value.into().into()
 }
 
-fn step_status_to_proto(status: StepStatus) -> proto::StepStatus {
-    match status {
-        StepStatus::Pending => proto::StepStatus::Pending,
-        StepStatus::InProgress => proto::StepStatus::InProgress,
-        StepStatus::Completed => proto::StepStatus::Completed,
-        StepStatus::Failed => proto::StepStatus::Failed,
-    }
-}
-
-fn ssl_mode_to_proto(mode: SslMode) -> proto::SslMode {
-    match mode {
-        SslMode::Disabled => proto::SslMode::Disabled,
-        SslMode::Preferred => proto::SslMode::Preferred,
-        SslMode::Required => proto::SslMode::Required,
-        SslMode::VerifyCa => proto::SslMode::VerifyCa,
-        SslMode::VerifyFull => proto::SslMode::VerifyFull,
-    }
+/// The domain value of a request's enum number (none when unset); a number the proto does not
+/// define is a violation of `field`.
+fn enum_from_proto<E: FromProtoNumber>(
+    value: i32,
+    field: &str,
+    violations: &mut Violations,
+) -> Option<E> {
+    E::from_number(value).unwrap_or_else(|| {
+        let names: Vec<String> = E::NAMES.iter().map(ToString::to_string).collect();
+        violations.add(
+            field,
+            format!("unknown value {value}: one of {}", names.join(", ")),
+        );
+        None
+    })
 }
 
 /// A server as clients see it: no secret, only whether one is stored.
@@ -82,7 +120,7 @@ pub fn server_to_proto(server: &Server) -> proto::Server {
         mysql_user: spec.mysql_user.clone(),
         mysql_password: String::new(),
         has_mysql_password: server.secrets.mysql_password.is_some(),
-        connection_method: connection_method_to_proto(spec.connection_method) as i32,
+        connection_method: number::<proto::ConnectionMethod>(spec.connection_method),
         ssh_tunnel: spec.ssh_tunnel.as_ref().map(|tunnel| proto::SshTunnel {
             host: tunnel.host.clone(),
             port: i32::from(tunnel.port),
@@ -94,11 +132,11 @@ pub fn server_to_proto(server: &Server) -> proto::Server {
         stream_options: Some(proto::StreamOptions {
             schemas: spec.stream_options.schemas.clone(),
             tables: spec.stream_options.tables.clone(),
-            ssl_mode: ssl_mode_to_proto(spec.stream_options.ssl_mode) as i32,
+            ssl_mode: number::<proto::SslMode>(spec.stream_options.ssl_mode),
         }),
         labels: spec.labels.clone().into_iter().collect(),
-        status: status_to_proto(server.status) as i32,
-        onboarding_step: server.current_step().map(|step| step_to_proto(step) as i32),
+        status: number::<proto::ServerStatus>(server.status),
+        onboarding_step: server.current_step().map(number::<proto::OnboardingStep>),
         error: server.error(),
         created_at: Some(timestamp(server.created_at)),
         updated_at: Some(timestamp(server.updated_at)),
@@ -108,22 +146,11 @@ pub fn server_to_proto(server: &Server) -> proto::Server {
     }
 }
 
-fn stream_state_to_proto(state: StreamState) -> proto::StreamState {
-    match state {
-        StreamState::Starting => proto::StreamState::Starting,
-        StreamState::Running => proto::StreamState::Running,
-        StreamState::Stalled => proto::StreamState::Stalled,
-        StreamState::Disconnected => proto::StreamState::Disconnected,
-        StreamState::LostPosition => proto::StreamState::LostPosition,
-        StreamState::Failed => proto::StreamState::Failed,
-        StreamState::Stopped => proto::StreamState::Stopped,
-    }
-}
 
 fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
     let progress = &stream.progress;
     proto::StreamStatus {
-        state: stream_state_to_proto(stream.state) as i32,
+        state: number::<proto::StreamState>(stream.state),
         binlog_file: progress.binlog_file.clone(),
         binlog_position: progress.binlog_position,
         gtid_set: progress.gtid_set.clone(),
@@ -194,8 +221,8 @@ pub fn change_event_to_proto(event: &ChangeEvent) -> proto::ChangeEvent {
 
 fn step_progress_to_proto(progress: &StepProgress) -> proto::StepProgress {
     proto::StepProgress {
-        name: step_to_proto(progress.name) as i32,
-        status: step_status_to_proto(progress.status) as i32,
+        name: number::<proto::OnboardingStep>(progress.name),
+        status: number::<proto::StepStatus>(progress.status),
         started_at: progress.started_at.map(timestamp),
         completed_at: progress.completed_at.map(timestamp),
         message: progress.message.clone(),
@@ -208,57 +235,17 @@ fn step_progress_to_proto(progress: &StepProgress) -> proto::StepProgress {
 pub fn onboarding_status_to_proto(status: &OnboardingStatus) -> proto::OnboardingStatus {
     proto::OnboardingStatus {
         server_id: status.server_id.to_string(),
-        current_step: status.current_step.map(|step| step_to_proto(step) as i32),
+        current_step: status.current_step.map(number::<proto::OnboardingStep>),
         steps: status.steps.iter().map(step_progress_to_proto).collect(),
         error: status.error.clone(),
         agent_outbound_ip: status.agent_outbound_ip.clone(),
-        server_status: status_to_proto(status.server_status) as i32,
+        server_status: number::<proto::ServerStatus>(status.server_status),
         revision: status.revision,
-        stream_state: status
-            .stream_state
-            .map(|state| stream_state_to_proto(state) as i32),
+        stream_state: status.stream_state.map(number::<proto::StreamState>),
     }
 }
 
-fn connection_method_from_proto(
-    value: i32,
-    field: &str,
-    violations: &mut Violations,
-) -> Option<ConnectionMethod> {
-    match proto::ConnectionMethod::try_from(value) {
-        Ok(proto::ConnectionMethod::Unspecified) => None,
-        Ok(proto::ConnectionMethod::Direct) => Some(ConnectionMethod::Direct),
-        Ok(proto::ConnectionMethod::Vpn) => Some(ConnectionMethod::Vpn),
-        Ok(proto::ConnectionMethod::SshTunnel) => Some(ConnectionMethod::SshTunnel),
-        Err(_) => {
-            violations.add(
-                field,
-                format!("unknown value {value}: one of direct, vpn, ssh_tunnel"),
-            );
-            None
-        }
-    }
-}
 
-fn ssl_mode_from_proto(value: i32, field: &str, violations: &mut Violations) -> Option<SslMode> {
-    match proto::SslMode::try_from(value) {
-        Ok(proto::SslMode::Unspecified) => None,
-        Ok(proto::SslMode::Disabled) => Some(SslMode::Disabled),
-        Ok(proto::SslMode::Preferred) => Some(SslMode::Preferred),
-        Ok(proto::SslMode::Required) => Some(SslMode::Required),
-        Ok(proto::SslMode::VerifyCa) => Some(SslMode::VerifyCa),
-        Ok(proto::SslMode::VerifyFull) => Some(SslMode::VerifyFull),
-        Err(_) => {
-            violations.add(
-                field,
-                format!(
-                    "unknown value {value}: one of disabled, preferred, required, verify_ca, verify_full"
-                ),
-            );
-            None
-        }
-    }
-}
 
 fn non_empty_secret(text: &str) -> Option<Secret> {
     (!text.is_empty()).then(|| Secret(text.to_owned()))
@@ -276,7 +263,7 @@ pub fn server_input_from_proto(
         port: server.port,
         mysql_user: server.mysql_user.clone(),
         mysql_password: non_empty_secret(&server.mysql_password),
-        connection_method: connection_method_from_proto(
+        connection_method: enum_from_proto(
             server.connection_method,
             &format!("{prefix}connection_method"),
             violations,
@@ -295,7 +282,7 @@ pub fn server_input_from_proto(
             .map(|options| StreamOptionsInput {
                 schemas: options.schemas.clone(),
                 tables: options.tables.clone(),
-                ssl_mode: ssl_mode_from_proto(
+                ssl_mode: enum_from_proto(
                     options.ssl_mode,
                     &format!("{prefix}stream_options.ssl_mode"),
                     violations,

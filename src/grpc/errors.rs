@@ -27,6 +27,19 @@ pub enum ApiError {
     Auth(#[from] AuthError),
 }
 
+impl ApiError {
+    /// A request with one bad field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> ApiError {
+        ApiError::Invalid(Violations::one(field, description))
+    }
+}
+
+impl From<Violations> for ApiError {
+    fn from(violations: Violations) -> ApiError {
+        ApiError::Invalid(violations)
+    }
+}
+
 impl From<diesel::result::Error> for ApiError {
     fn from(error: diesel::result::Error) -> ApiError {
         ApiError::Store(error.into())
@@ -181,9 +194,7 @@ pub fn invalid_argument(violations: &Violations) -> Status {
 
 /// A single bad field.
 pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
-    let mut violations = Violations::default();
-    violations.add(field, description);
-    invalid_argument(&violations)
+    invalid_argument(&Violations::one(field, description))
 }
 
 impl From<ApiError> for Status {
@@ -193,6 +204,12 @@ impl From<ApiError> for Status {
             ApiError::Auth(error) => error.into(),
             ApiError::Store(error) => store_status(error),
         }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Status {
+        store_status(error)
     }
 }
 
@@ -219,6 +236,8 @@ impl From<WatchError> for Status {
     }
 }
 
+/// The table itself: one arm per store error, each its code, reason and message. It is long
+/// because the table is, and splitting it would scatter the one place a reader checks.
 fn store_status(error: StoreError) -> Status {
     let none = ErrorDetails::new();
     match error {
@@ -300,10 +319,7 @@ fn store_status(error: StoreError) -> Status {
         StoreError::Conflict(message) => {
             status(Code::AlreadyExists, "ALREADY_EXISTS", message, none)
         }
-        error @ (StoreError::Corrupt(_)
-        | StoreError::Database(_)
-        | StoreError::RolledBack
-        | StoreError::Replayed) => {
+        error @ (StoreError::Corrupt(_) | StoreError::Database(_)) => {
             tracing::error!(%error, "internal error");
             status(
                 Code::Internal,

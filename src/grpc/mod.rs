@@ -8,8 +8,12 @@ mod changes;
 pub mod codec;
 pub mod convert;
 pub mod errors;
+mod idempotency;
+mod metrics;
 mod paging;
+mod server_pages;
 mod service;
+mod update_mask;
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -33,6 +37,7 @@ pub use paging::PageTokens;
 pub use service::ServersApi;
 
 use admission::AdmissionLayer;
+use metrics::MetricsLayer;
 
 use crate::{
     auth::{AuthLayer, Authenticator},
@@ -127,7 +132,7 @@ impl GrpcStack {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let routes = Routes::new(ServersServiceServer::new(api))
+        let routes = Routes::new(MetricsLayer.layer(ServersServiceServer::new(api)))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -119,9 +119,7 @@ pub fn not_issued() -> ApiError {
 }
 
 fn invalid_page_token(description: &str) -> ApiError {
-    let mut violations = Violations::default();
-    violations.add("page_token", description);
-    ApiError::Invalid(violations)
+    ApiError::invalid("page_token", description)
 }
 
 #[cfg(test)]

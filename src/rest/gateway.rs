@@ -14,7 +14,7 @@ use axum::{
     },
 };
 use futures_util::{Stream, StreamExt};
-use prost_reflect::DynamicMessage;
+use prost_reflect::{DynamicMessage, FieldDescriptor};
 use serde_json::{Value as Json, json};
 use tonic::{Status, codec::Streaming};
 use tower::ServiceExt;
@@ -160,23 +160,7 @@ impl Gateway {
         body: Body,
         request_id: &str,
     ) -> Result<Response, RestError> {
-        let headers = &parts.headers;
-        let read = match read_json_body(headers, body).await {
-            Ok(body) => build_request(
-                &self.descriptors,
-                route,
-                HttpParts {
-                    path_values,
-                    query: parts.uri.query(),
-                    body,
-                    last_event_id: headers
-                        .get("last-event-id")
-                        .and_then(|value| value.to_str().ok()),
-                },
-            ),
-            Err(error) => Err(error),
-        };
-        let message = match read {
+        let message = match self.read_request(route, path_values, parts, body).await {
             Ok(message) => message,
             Err(error) => return Err(self.refusal(route, parts, request_id, error).await),
         };
@@ -184,6 +168,7 @@ impl Gateway {
             .validate_only
             .as_ref()
             .is_some_and(|field| message.get_field(field).as_bool() == Some(true));
+        let headers = &parts.headers;
         let call = Call {
             service: &self.service,
             path: &route.grpc_path,
@@ -208,25 +193,32 @@ impl Gateway {
         let response = call.unary().await.map_err(RestError::Rpc)?;
         let json = response_json(&self.descriptors, route, &response)?;
         let location = match &route.created_identifier {
-            Some(identifier) if !validated_only => response
-                .get_field(identifier)
-                .as_str()
-                .filter(|id| !id.is_empty())
-                .map(|id| {
-                    let id = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
-                    format!("{}/{id}", parts.uri.path().trim_end_matches('/'))
-                }),
+            Some(identifier) if !validated_only => created_location(parts, &response, identifier),
             _ => None,
         };
-        let mut response = match &location {
-            Some(_) => (StatusCode::CREATED, axum::Json(json)).into_response(),
-            None => axum::Json(json).into_response(),
+        Ok(unary_response(json, location))
+    }
+
+    /// The RPC's request message from the HTTP request's path, query, body and headers.
+    async fn read_request(
+        &self,
+        route: &Route,
+        path_values: Vec<String>,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<DynamicMessage, RestError> {
+        let headers = &parts.headers;
+        let body = read_json_body(headers, body).await?;
+        let last_event_id = headers
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok());
+        let http = HttpParts {
+            path_values,
+            query: parts.uri.query(),
+            body,
+            last_event_id,
         };
-        if let Some(location) = location.and_then(|location| HeaderValue::from_str(&location).ok())
-        {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        Ok(response)
+        build_request(&self.descriptors, route, http)
     }
 
     /// A request that cannot be translated is answered as the stack answers any call first:
@@ -314,6 +306,31 @@ impl Gateway {
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
+    }
+}
+
+/// The path of the resource a create made: the collection's path and the new identifier.
+fn created_location(
+    parts: &http::request::Parts,
+    response: &DynamicMessage,
+    identifier: &FieldDescriptor,
+) -> Option<HeaderValue> {
+    let id = response.get_field(identifier);
+    let id = id.as_str().filter(|id| !id.is_empty())?;
+    let id = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
+    let location = format!("{}/{id}", parts.uri.path().trim_end_matches('/'));
+    HeaderValue::from_str(&location).ok()
+}
+
+/// A unary call's JSON answer: 201 with its Location when it created a resource, else 200.
+fn unary_response(json: Json, location: Option<HeaderValue>) -> Response {
+    match location {
+        Some(location) => {
+            let mut response = (StatusCode::CREATED, axum::Json(json)).into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        None => axum::Json(json).into_response(),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use base64::{Engine, engine::general_purpose};
 use prost_reflect::{
-    DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage,
+    DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage,
     SerializeOptions, Value,
 };
 use serde_json::{Map, Number, Value as Json};
@@ -337,19 +337,10 @@ fn integer(json: &Json) -> Option<i128> {
     (value.fract() == 0.0 && value.abs() < 9.2e18).then_some(value as i128)
 }
 
-fn integer_in<T: TryFrom<i128>>(
-    json: &Json,
-    path: &str,
-    range: &str,
-    violations: &mut Violations,
-) -> Option<T> {
-    match integer(json).map(T::try_from) {
-        Some(Ok(value)) => Some(value),
-        _ => {
-            violations.add(path, format!("must be an integer {range}"));
-            None
-        }
-    }
+fn integer_in<T: TryFrom<i128>>(json: &Json, range: &str) -> Result<T, String> {
+    integer(json)
+        .and_then(|value| T::try_from(value).ok())
+        .ok_or_else(|| format!("must be an integer {range}"))
 }
 
 fn value_from_json(
@@ -359,119 +350,112 @@ fn value_from_json(
     path: &str,
     violations: &mut Violations,
 ) -> Option<Value> {
-    const INT32: &str = "from -2147483648 to 2147483647";
-    const UINT32: &str = "from 0 to 4294967295";
-    const INT64: &str = "from -9223372036854775808 to 9223372036854775807";
-    const UINT64: &str = "from 0 to 18446744073709551615";
     if json.is_null() {
         violations.add(path, "cannot be null");
         return None;
     }
+    let value = match kind {
+        Kind::Message(message) if message.full_name() != FIELD_MASK && !is_well_known(message) => {
+            let Json::Object(object) = json else {
+                violations.add(
+                    path,
+                    format!("must be a JSON object (a {})", message.name()),
+                );
+                return None;
+            };
+            let nested = &format!("{path}.");
+            let message = message_from_json(descriptors, message, object, nested, violations);
+            return Some(Value::Message(message));
+        }
+        Kind::Message(message) => special_message_from_json(message, json),
+        Kind::Enum(enumeration) => enum_from_json(descriptors, enumeration, json),
+        kind => scalar_from_json(kind, json),
+    };
+    value.map_err(|problem| violations.add(path, problem)).ok()
+}
+
+/// A scalar in proto3 JSON: integers as numbers or strings, bytes as base64 of any alphabet.
+fn scalar_from_json(kind: &Kind, json: &Json) -> Result<Value, String> {
+    const INT32: &str = "from -2147483648 to 2147483647";
+    const UINT32: &str = "from 0 to 4294967295";
+    const INT64: &str = "from -9223372036854775808 to 9223372036854775807";
+    const UINT64: &str = "from 0 to 18446744073709551615";
     match kind {
-        Kind::Bool => match json {
-            Json::Bool(value) => Some(Value::Bool(*value)),
-            _ => {
-                violations.add(path, "must be true or false");
-                None
-            }
-        },
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            integer_in(json, path, INT32, violations).map(Value::I32)
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            integer_in(json, path, INT64, violations).map(Value::I64)
-        }
-        Kind::Uint32 | Kind::Fixed32 => integer_in(json, path, UINT32, violations).map(Value::U32),
-        Kind::Uint64 | Kind::Fixed64 => integer_in(json, path, UINT64, violations).map(Value::U64),
-        Kind::Float | Kind::Double => match json.as_f64() {
-            Some(value) if matches!(kind, Kind::Float) => Some(Value::F32(value as f32)),
-            Some(value) => Some(Value::F64(value)),
-            None => {
-                violations.add(path, "must be a number");
-                None
-            }
-        },
-        Kind::String => match json {
-            Json::String(value) => Some(Value::String(value.clone())),
-            _ => {
-                violations.add(path, "must be a string");
-                None
-            }
-        },
-        Kind::Bytes => {
-            let decoded = json.as_str().and_then(|text| {
+        Kind::Bool => json
+            .as_bool()
+            .map(Value::Bool)
+            .ok_or_else(|| "must be true or false".to_owned()),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => integer_in(json, INT32).map(Value::I32),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => integer_in(json, INT64).map(Value::I64),
+        Kind::Uint32 | Kind::Fixed32 => integer_in(json, UINT32).map(Value::U32),
+        Kind::Uint64 | Kind::Fixed64 => integer_in(json, UINT64).map(Value::U64),
+        Kind::Float => json
+            .as_f64()
+            .map(|value| Value::F32(value as f32))
+            .ok_or_else(|| "must be a number".to_owned()),
+        Kind::Double => json
+            .as_f64()
+            .map(Value::F64)
+            .ok_or_else(|| "must be a number".to_owned()),
+        Kind::String => json
+            .as_str()
+            .map(|text| Value::String(text.to_owned()))
+            .ok_or_else(|| "must be a string".to_owned()),
+        Kind::Bytes => json
+            .as_str()
+            .and_then(|text| {
                 general_purpose::STANDARD
                     .decode(text)
                     .or_else(|_| general_purpose::URL_SAFE.decode(text))
                     .or_else(|_| general_purpose::URL_SAFE_NO_PAD.decode(text))
                     .or_else(|_| general_purpose::STANDARD_NO_PAD.decode(text))
                     .ok()
-            });
-            match decoded {
-                Some(bytes) => Some(Value::Bytes(bytes.into())),
-                None => {
-                    violations.add(path, "must be a base64 string");
-                    None
-                }
-            }
-        }
-        Kind::Enum(enumeration) => {
-            let number = json
-                .as_str()
-                .and_then(|name| descriptors.enum_number(enumeration, name));
-            if number.is_none() {
-                let names: Vec<&str> = descriptors
-                    .enum_values(enumeration)
-                    .iter()
-                    .map(|(_, name)| name.as_str())
-                    .collect();
-                violations.add(path, format!("must be one of {}", names.join(", ")));
-            }
-            number.map(Value::EnumNumber)
-        }
-        Kind::Message(message) if message.full_name() == FIELD_MASK => match json {
-            Json::String(paths) => {
-                let mut mask = DynamicMessage::new(message.clone());
-                let paths = paths
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|path| !path.is_empty())
-                    .map(|path| Value::String(path.to_owned()))
-                    .collect();
-                mask.set_field_by_name("paths", Value::List(paths));
-                Some(Value::Message(mask))
-            }
-            _ => {
-                violations.add(path, "must be a string of comma-separated field paths");
-                None
-            }
-        },
-        Kind::Message(message) if is_well_known(message) => {
-            match DynamicMessage::deserialize(message.clone(), json.clone()) {
-                Ok(value) => Some(Value::Message(value)),
-                Err(error) => {
-                    violations.add(path, format!("is not a valid {}: {error}", message.name()));
-                    None
-                }
-            }
-        }
-        Kind::Message(message) => match json {
-            Json::Object(object) => Some(Value::Message(message_from_json(
-                descriptors,
-                message,
-                object,
-                &format!("{path}."),
-                violations,
-            ))),
-            _ => {
-                violations.add(
-                    path,
-                    format!("must be a JSON object (a {})", message.name()),
-                );
-                None
-            }
-        },
+            })
+            .map(|bytes| Value::Bytes(bytes.into()))
+            .ok_or_else(|| "must be a base64 string".to_owned()),
+        Kind::Enum(_) | Kind::Message(_) => Err("is not a scalar".to_owned()),
     }
+}
+
+/// An enum value by its name.
+fn enum_from_json(
+    descriptors: &Descriptors,
+    enumeration: &EnumDescriptor,
+    json: &Json,
+) -> Result<Value, String> {
+    json.as_str()
+        .and_then(|name| descriptors.enum_number(enumeration, name))
+        .map(Value::EnumNumber)
+        .ok_or_else(|| {
+            let names: Vec<&str> = descriptors
+                .enum_values(enumeration)
+                .iter()
+                .map(|(_, name)| name.as_str())
+                .collect();
+            format!("must be one of {}", names.join(", "))
+        })
+}
+
+/// A message with its own JSON form: a FieldMask as comma-separated paths, a well-known type
+/// as proto3 JSON defines it.
+fn special_message_from_json(message: &MessageDescriptor, json: &Json) -> Result<Value, String> {
+    if message.full_name() != FIELD_MASK {
+        return DynamicMessage::deserialize(message.clone(), json.clone())
+            .map(Value::Message)
+            .map_err(|error| format!("is not a valid {}: {error}", message.name()));
+    }
+    let paths = json
+        .as_str()
+        .ok_or_else(|| "must be a string of comma-separated field paths".to_owned())?;
+    let paths = paths
+        .split(',')
+        .map(str::trim)
+        .filter(|path| !path.is_empty())
+        .map(|path| Value::String(path.to_owned()))
+        .collect();
+    let mut mask = DynamicMessage::new(message.clone());
+    mask.set_field_by_name("paths", Value::List(paths));
+    Ok(Value::Message(mask))
 }
 
 #[cfg(test)]

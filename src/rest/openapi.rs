@@ -341,6 +341,7 @@ fn response_headers() -> Json {
     })
 }
 
+/// One route's operation: its parameters, request body and responses.
 fn operation(
     schemas: &mut Schemas<'_>,
     route: &Route,
@@ -348,7 +349,38 @@ fn operation(
     path_names: &[String],
 ) -> Json {
     let rpc = &route.rpc;
+    let mut parameters = path_parameters(schemas, route, path_names);
+    parameters.extend(query_parameters(schemas, route));
+    if route
+        .resume
+        .as_ref()
+        .is_some_and(|resume| resume.since.is_some())
+    {
+        parameters.push(json!({
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": false,
+            "description": "With Accept: text/event-stream, the last revision received: the stream resumes after it (it overrides since_revision).",
+            "schema": { "type": "string" },
+        }));
+    }
+    let mut operation = Map::new();
+    operation.insert("operationId".into(), Json::String(operation_id));
+    operation.insert("tags".into(), json!([rpc.parent_service().name()]));
+    operation.insert("parameters".into(), Json::Array(parameters));
     let description = comment(rpc.parent_file().file_descriptor_proto(), rpc.path());
+    if let Some(description) = description {
+        operation.insert("summary".into(), Json::String(description));
+    }
+    if let Some(body) = request_body(schemas, route) {
+        operation.insert("requestBody".into(), body);
+    }
+    operation.insert("responses".into(), Json::Object(responses(schemas, route)));
+    Json::Object(operation)
+}
+
+/// The path template's variables, under the names the path gives them.
+fn path_parameters(schemas: &mut Schemas<'_>, route: &Route, path_names: &[String]) -> Vec<Json> {
     let mut parameters = Vec::new();
     for (variable, name) in route.template.variables.iter().zip(path_names) {
         let Some(leaf) = variable.leaf() else {
@@ -368,55 +400,37 @@ fn operation(
             "schema": schema,
         }));
     }
+    parameters
+}
+
+/// The request fields a query string may set; lists repeat the parameter.
+fn query_parameters(schemas: &mut Schemas<'_>, route: &Route) -> Vec<Json> {
+    let mut parameters = Vec::new();
     for parameter in &route.query {
         let Some(leaf) = parameter.leaf() else {
             continue;
         };
-        let mut entry = json!({
-            "name": parameter.name,
-            "in": "query",
-            "required": false,
-            "schema": parameter_schema(schemas, leaf),
-        });
-        if let (Json::Object(object), Some(description)) = (&mut entry, field_comment(leaf)) {
-            object.insert("description".into(), Json::String(description));
+        let mut entry = Map::new();
+        entry.insert("name".into(), Json::String(parameter.name.clone()));
+        entry.insert("in".into(), json!("query"));
+        entry.insert("required".into(), json!(false));
+        entry.insert("schema".into(), parameter_schema(schemas, leaf));
+        if let Some(description) = field_comment(leaf) {
+            entry.insert("description".into(), Json::String(description));
         }
-        if leaf.is_list()
-            && let Json::Object(object) = &mut entry
-        {
-            object.insert("style".into(), json!("form"));
-            object.insert("explode".into(), json!(true));
+        if leaf.is_list() {
+            entry.insert("style".into(), json!("form"));
+            entry.insert("explode".into(), json!(true));
         }
-        parameters.push(entry);
+        parameters.push(Json::Object(entry));
     }
-    if route
-        .resume
-        .as_ref()
-        .is_some_and(|resume| resume.since.is_some())
-    {
-        parameters.push(json!({
-            "name": "Last-Event-ID",
-            "in": "header",
-            "required": false,
-            "description": "With Accept: text/event-stream, the last revision received: the stream resumes after it (it overrides since_revision).",
-            "schema": { "type": "string" },
-        }));
-    }
+    parameters
+}
 
-    let mut operation = json!({
-        "operationId": operation_id,
-        "tags": [rpc.parent_service().name()],
-        "parameters": parameters,
-    });
-    let Json::Object(object) = &mut operation else {
-        return operation;
-    };
-    if let Some(description) = description {
-        object.insert("summary".into(), Json::String(description));
-    }
-
+/// The body a route reads: the whole request (less the fields its path binds) or one field.
+fn request_body(schemas: &mut Schemas<'_>, route: &Route) -> Option<Json> {
     match &route.body {
-        BodyMapping::None => {}
+        BodyMapping::None => None,
         BodyMapping::Whole => {
             let bound: Vec<FieldDescriptor> = route
                 .template
@@ -425,51 +439,32 @@ fn operation(
                 .filter(|variable| variable.fields.len() == 1)
                 .filter_map(|variable| variable.leaf().cloned())
                 .collect();
-            let schema = schemas.message_schema(&rpc.input(), Direction::Request, &bound);
-            object.insert(
-                "requestBody".into(),
-                json!({
-                    "required": false,
-                    "content": { "application/json": { "schema": schema } },
-                }),
-            );
+            let schema = schemas.message_schema(&route.rpc.input(), Direction::Request, &bound);
+            Some(json!({
+                "required": false,
+                "content": { "application/json": { "schema": schema } },
+            }))
         }
         BodyMapping::Field(field) => {
             let schema = schemas.value_schema(&field.kind(), Direction::Request);
-            object.insert(
-                "requestBody".into(),
-                json!({
-                    "required": true,
-                    "description": field_comment(field).unwrap_or_default(),
-                    "content": { "application/json": { "schema": schema } },
-                }),
-            );
+            Some(json!({
+                "required": true,
+                "description": field_comment(field).unwrap_or_default(),
+                "content": { "application/json": { "schema": schema } },
+            }))
         }
     }
+}
 
+/// A route's responses: a stream, a creation, or one result; and the error of every route.
+fn responses(schemas: &mut Schemas<'_>, route: &Route) -> Map<String, Json> {
     let result = match &route.response_body {
         Some(field) => schemas.field_schema(field, Direction::Response),
-        None => schemas.message_reference(&rpc.output(), Direction::Response),
+        None => schemas.message_reference(&route.rpc.output(), Direction::Response),
     };
     let mut responses = Map::new();
-    if rpc.is_server_streaming() {
-        responses.insert(
-            "200".into(),
-            json!({
-                "description": "A stream: newline-delimited JSON, one {\"result\": ...} per message and a final {\"error\": Status} if the stream fails; with Accept: text/event-stream, Server-Sent Events whose data is the message and whose id is its revision, and an `error` event if the stream fails.",
-                "headers": response_headers(),
-                "content": {
-                    "application/x-ndjson": { "schema": {
-                        "type": "object",
-                        "properties": { "result": result, "error": reference(STATUS) },
-                        "minProperties": 1,
-                        "maxProperties": 1,
-                        "additionalProperties": false,
-                    }},
-                    "text/event-stream": { "schema": { "type": "string" } },
-                },
-            }),
-        );
+    if route.rpc.is_server_streaming() {
+        responses.insert("200".into(), stream_response(result));
     } else if route.created_identifier.is_some() {
         let mut headers = response_headers();
         if let Json::Object(headers) = &mut headers {
@@ -487,35 +482,47 @@ fn operation(
             }),
         );
         if route.validate_only.is_some() {
-            responses.insert(
-                "200".into(),
-                json!({
-                    "description": "Validated only (validate_only=true): nothing was created.",
-                    "headers": response_headers(),
-                    "content": { "application/json": { "schema": result } },
-                }),
-            );
+            let description = "Validated only (validate_only=true): nothing was created.";
+            responses.insert("200".into(), json_response(description, result));
         }
     } else {
-        responses.insert(
-            "200".into(),
-            json!({
-                "description": "OK.",
-                "headers": response_headers(),
-                "content": { "application/json": { "schema": result } },
-            }),
-        );
+        responses.insert("200".into(), json_response("OK.", result));
     }
     responses.insert(
         "default".into(),
-        json!({
-            "description": "An error: google.rpc.Status with an ErrorInfo detail (reason, domain servers.dbtrail) and, for bad fields, a BadRequest. HTTP status from the gRPC code: 400 INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE; 401 UNAUTHENTICATED; 403 PERMISSION_DENIED; 404 NOT_FOUND; 409 ALREADY_EXISTS, ABORTED; 429 RESOURCE_EXHAUSTED; 499 CANCELLED; 501 UNIMPLEMENTED; 503 UNAVAILABLE; 504 DEADLINE_EXCEEDED; 500 otherwise.",
-            "headers": response_headers(),
-            "content": { "application/json": { "schema": reference(STATUS) } },
-        }),
+        json_response(
+            "An error: google.rpc.Status with an ErrorInfo detail (reason, domain servers.dbtrail) and, for bad fields, a BadRequest. HTTP status from the gRPC code: 400 INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE; 401 UNAUTHENTICATED; 403 PERMISSION_DENIED; 404 NOT_FOUND; 409 ALREADY_EXISTS, ABORTED; 429 RESOURCE_EXHAUSTED; 499 CANCELLED; 501 UNIMPLEMENTED; 503 UNAVAILABLE; 504 DEADLINE_EXCEEDED; 500 otherwise.",
+            reference(STATUS),
+        ),
     );
-    object.insert("responses".into(), Json::Object(responses));
-    operation
+    responses
+}
+
+/// A JSON response of `schema`.
+fn json_response(description: &str, schema: Json) -> Json {
+    json!({
+        "description": description,
+        "headers": response_headers(),
+        "content": { "application/json": { "schema": schema } },
+    })
+}
+
+/// A server-streaming route's response: NDJSON of results, or Server-Sent Events.
+fn stream_response(result: Json) -> Json {
+    json!({
+        "description": "A stream: newline-delimited JSON, one {\"result\": ...} per message and a final {\"error\": Status} if the stream fails; with Accept: text/event-stream, Server-Sent Events whose data is the message and whose id is its revision, and an `error` event if the stream fails.",
+        "headers": response_headers(),
+        "content": {
+            "application/x-ndjson": { "schema": {
+                "type": "object",
+                "properties": { "result": result, "error": reference(STATUS) },
+                "minProperties": 1,
+                "maxProperties": 1,
+                "additionalProperties": false,
+            }},
+            "text/event-stream": { "schema": { "type": "string" } },
+        },
+    })
 }
 
 /// The whole document.

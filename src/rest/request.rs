@@ -32,20 +32,39 @@ pub fn build_request(
     parts: HttpParts<'_>,
 ) -> Result<DynamicMessage, RestError> {
     let mut violations = Violations::default();
-    let mut root = Map::new();
-    let mut derived_mask = None;
+    let (mut root, derived_mask) = read_body(descriptors, route, parts.body)?;
+    if let Some(query) = parts.query {
+        read_query(route, query, &mut root, &mut violations);
+    }
+    if let Some(last_event_id) = parts.last_event_id {
+        read_last_event_id(route, last_event_id, &mut root, &mut violations);
+    }
+    read_path(route, parts.path_values, &mut root, &mut violations);
+    if let (Some(mask_field), Some(mask)) = (&route.derived_update_mask, derived_mask)
+        && !root.contains_key(mask_field.name())
+    {
+        root.insert(mask_field.name().to_owned(), Json::String(mask));
+    }
+    let message = message_from_json(descriptors, &route.rpc.input(), &root, "", &mut violations);
+    violations.into_result().map_err(RestError::Invalid)?;
+    Ok(message)
+}
 
-    match (&route.body, parts.body) {
-        (BodyMapping::None, Some(_)) => {
-            return Err(RestError::MalformedBody(format!(
-                "{} takes no request body; send its fields in the query string",
-                route.rpc.name()
-            )));
-        }
-        (BodyMapping::None, None) => {}
+/// The request's JSON as the body sets it, and the update mask a resource PATCH's body implies.
+fn read_body(
+    descriptors: &Descriptors,
+    route: &Route,
+    body: Option<Json>,
+) -> Result<(Map<String, Json>, Option<String>), RestError> {
+    match (&route.body, body) {
+        (BodyMapping::None, Some(_)) => Err(RestError::MalformedBody(format!(
+            "{} takes no request body; send its fields in the query string",
+            route.rpc.name()
+        ))),
+        (BodyMapping::None, None) | (BodyMapping::Field(_), None) => Ok((Map::new(), None)),
         (BodyMapping::Whole, body) => match body.unwrap_or_else(|| Json::Object(Map::new())) {
-            Json::Object(object) => root = object,
-            _ => return Err(RestError::MalformedBody("it must be a JSON object".into())),
+            Json::Object(object) => Ok((object, None)),
+            _ => Err(RestError::MalformedBody("it must be a JSON object".into())),
         },
         (BodyMapping::Field(field), Some(body)) => {
             let Json::Object(object) = body else {
@@ -56,32 +75,44 @@ pub fn build_request(
                         .unwrap_or_default()
                 )));
             };
-            if route.derived_update_mask.is_some() {
+            let derived_mask = route.derived_update_mask.as_ref().map(|_| {
                 let mut paths = Vec::new();
                 mask_paths(descriptors, field, &object, "", &mut paths);
-                derived_mask = Some(paths.join(","));
-            }
+                paths.join(",")
+            });
+            let mut root = Map::new();
             root.insert(field.name().to_owned(), Json::Object(object));
-        }
-        (BodyMapping::Field(_), None) => {}
-    }
-
-    if let Some(query) = parts.query {
-        read_query(route, query, &mut root, &mut violations);
-    }
-
-    if let (Some(resume), Some(last_event_id)) = (&route.resume, parts.last_event_id)
-        && let Some(since) = &resume.since
-    {
-        match last_event_id.trim().parse::<i64>() {
-            Ok(revision) => {
-                root.insert(since.name().to_owned(), Json::from(revision));
-            }
-            Err(_) => violations.add("Last-Event-ID", "must be a revision number"),
+            Ok((root, derived_mask))
         }
     }
+}
 
-    for (variable, value) in route.template.variables.iter().zip(parts.path_values) {
+/// An SSE client's `Last-Event-ID` resumes a resumable stream after that revision.
+fn read_last_event_id(
+    route: &Route,
+    last_event_id: &str,
+    root: &mut Map<String, Json>,
+    violations: &mut Violations,
+) {
+    let Some(since) = route.resume.as_ref().and_then(|resume| resume.since.as_ref()) else {
+        return;
+    };
+    match last_event_id.trim().parse::<i64>() {
+        Ok(revision) => {
+            root.insert(since.name().to_owned(), Json::from(revision));
+        }
+        Err(_) => violations.add("Last-Event-ID", "must be a revision number"),
+    }
+}
+
+/// The path's variables; a body or query value that says otherwise is a violation.
+fn read_path(
+    route: &Route,
+    path_values: Vec<String>,
+    root: &mut Map<String, Json>,
+    violations: &mut Violations,
+) {
+    for (variable, value) in route.template.variables.iter().zip(path_values) {
         let Some(leaf) = variable.leaf() else {
             continue;
         };
@@ -92,24 +123,14 @@ pub fn build_request(
             );
             continue;
         };
-        match lookup(&root, variable) {
+        match lookup(root, variable) {
             Some(existing) if *existing != json => violations.add(
                 &variable.name,
                 format!("must match the URL path, which says {value:?}"),
             ),
-            _ => insert(&mut root, variable, json),
+            _ => insert(root, variable, json),
         }
     }
-
-    if let (Some(mask_field), Some(mask)) = (&route.derived_update_mask, derived_mask)
-        && !root.contains_key(mask_field.name())
-    {
-        root.insert(mask_field.name().to_owned(), Json::String(mask));
-    }
-
-    let message = message_from_json(descriptors, &route.rpc.input(), &root, "", &mut violations);
-    violations.into_result().map_err(RestError::Invalid)?;
-    Ok(message)
 }
 
 /// The update_mask paths a PATCH body implies: each key present, and inside a nested resource
@@ -151,6 +172,33 @@ fn mask_paths(
     }
 }
 
+/// Why a query key sets nothing: where that field goes instead, or which keys there are.
+fn unknown_parameter(route: &Route, key: &str) -> String {
+    if route
+        .template
+        .variables
+        .iter()
+        .any(|variable| variable.name == key)
+    {
+        return "is set by the URL path".to_owned();
+    }
+    if !matches!(route.body, BodyMapping::None) && route.rpc.input().get_field_by_name(key).is_some()
+    {
+        return "belongs in the request body".to_owned();
+    }
+    let known: Vec<&str> = route
+        .query
+        .iter()
+        .map(|parameter| parameter.name.as_str())
+        .collect();
+    if known.is_empty() {
+        format!("is not a query parameter; {} takes none", route.rpc.name())
+    } else {
+        format!("is not a query parameter; use one of {}", known.join(", "))
+    }
+}
+
+/// The query string's values, grouped by parameter, each set in the request's JSON.
 fn read_query(
     route: &Route,
     query: &str,
@@ -160,30 +208,7 @@ fn read_query(
     let mut values: Vec<(&FieldPath, Vec<String>)> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let Some(parameter) = route.query.iter().find(|parameter| parameter.name == key) else {
-            let description = if route
-                .template
-                .variables
-                .iter()
-                .any(|variable| variable.name == key)
-            {
-                "is set by the URL path".to_owned()
-            } else if !matches!(route.body, BodyMapping::None)
-                && route.rpc.input().get_field_by_name(&key).is_some()
-            {
-                "belongs in the request body".to_owned()
-            } else {
-                let known: Vec<&str> = route
-                    .query
-                    .iter()
-                    .map(|parameter| parameter.name.as_str())
-                    .collect();
-                if known.is_empty() {
-                    format!("is not a query parameter; {} takes none", route.rpc.name())
-                } else {
-                    format!("is not a query parameter; use one of {}", known.join(", "))
-                }
-            };
-            violations.add(key.into_owned(), description);
+            violations.add(key.as_ref(), unknown_parameter(route, &key));
             continue;
         };
         match values
@@ -195,32 +220,37 @@ fn read_query(
         }
     }
     for (parameter, texts) in values {
-        let Some(leaf) = parameter.leaf() else {
-            continue;
-        };
-        if !leaf.is_list() && texts.len() > 1 {
-            violations.add(&parameter.name, "is given more than once");
-            continue;
+        if let Some(json) = parameter_json(parameter, &texts, violations) {
+            insert(root, parameter, json);
         }
-        let mut items = Vec::new();
-        for text in &texts {
-            match scalar_from_text(leaf, text) {
-                Some(json) => items.push(json),
-                None => violations.add(
-                    &parameter.name,
-                    format!("{text:?} is not a valid {}", kind_name(leaf)),
-                ),
-            }
+    }
+}
+
+/// One parameter's JSON: a list of its values, or its one value.
+fn parameter_json(
+    parameter: &FieldPath,
+    texts: &[String],
+    violations: &mut Violations,
+) -> Option<Json> {
+    let leaf = parameter.leaf()?;
+    if !leaf.is_list() && texts.len() > 1 {
+        violations.add(&parameter.name, "is given more than once");
+        return None;
+    }
+    let mut items = Vec::new();
+    for text in texts {
+        match scalar_from_text(leaf, text) {
+            Some(json) => items.push(json),
+            None => violations.add(
+                &parameter.name,
+                format!("{text:?} is not a valid {}", kind_name(leaf)),
+            ),
         }
-        let json = if leaf.is_list() {
-            Json::Array(items)
-        } else {
-            match items.pop() {
-                Some(item) => item,
-                None => continue,
-            }
-        };
-        insert(root, parameter, json);
+    }
+    if leaf.is_list() {
+        Some(Json::Array(items))
+    } else {
+        items.pop()
     }
 }
 

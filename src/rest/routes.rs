@@ -515,11 +515,59 @@ fn route_from_rule(
         ));
     }
     let request = rpc.input();
-    let response = rpc.output();
     let (method, template_text) = method_and_template(rpc, rule)?;
     let template = PathTemplate::parse(&template_text, &request)
         .map_err(|problem| unsupported(rpc, problem))?;
+    let body = body_mapping(rpc, rule, &method, &template)?;
+    let response_body = response_body(rpc, rule)?;
+    let query = match &body {
+        BodyMapping::Whole => Vec::new(),
+        _ => query_parameters(rpc, &request, &template, &body)?,
+    };
+    let derived_update_mask = match &body {
+        BodyMapping::Field(_) => request.get_field_by_name("update_mask").filter(|field| {
+            message_of(field).is_some_and(|mask| mask.full_name() == "google.protobuf.FieldMask")
+                && !field.is_list()
+        }),
+        _ => None,
+    };
+    let created_identifier = match &body {
+        BodyMapping::Field(field) if method == Method::POST && response_body.is_none() => {
+            created_identifier(descriptors, rpc, field)
+        }
+        _ => None,
+    };
+    let validate_only = request
+        .get_field_by_name("validate_only")
+        .filter(|field| matches!(field.kind(), Kind::Bool) && !field.is_list());
+    let resume = resume(rpc, &query);
+    let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name())
+        .parse::<PathAndQuery>()
+        .map_err(|error| unsupported(rpc, format!("no valid gRPC path: {error}")))?;
+    Ok(Route {
+        method,
+        template,
+        rpc: rpc.clone(),
+        grpc_path,
+        body,
+        response_body,
+        query,
+        derived_update_mask,
+        created_identifier,
+        validate_only,
+        resume,
+    })
+}
 
+/// What the rule's `body` maps: nothing, the whole request, or one singular message field
+/// that no path variable binds; GET and DELETE take none.
+fn body_mapping(
+    rpc: &MethodDescriptor,
+    rule: &DynamicMessage,
+    method: &Method,
+    template: &PathTemplate,
+) -> Result<BodyMapping, RouteError> {
+    let request = rpc.input();
     let body = match string_field(rule, "body").as_str() {
         "" => BodyMapping::None,
         "*" => BodyMapping::Whole,
@@ -559,10 +607,18 @@ fn route_from_rule(
     {
         return Err(unsupported(rpc, "the body field is also a path variable"));
     }
+    Ok(body)
+}
 
-    let response_body = match string_field(rule, "response_body").as_str() {
-        "" => None,
-        name => Some(response.get_field_by_name(name).ok_or_else(|| {
+/// The response field the rule's `response_body` names, if it names one.
+fn response_body(
+    rpc: &MethodDescriptor,
+    rule: &DynamicMessage,
+) -> Result<Option<FieldDescriptor>, RouteError> {
+    let response = rpc.output();
+    match string_field(rule, "response_body").as_str() {
+        "" => Ok(None),
+        name => response.get_field_by_name(name).map(Some).ok_or_else(|| {
             unsupported(
                 rpc,
                 format!(
@@ -570,40 +626,34 @@ fn route_from_rule(
                     response.name()
                 ),
             )
-        })?),
-    };
-
-    let query = match &body {
-        BodyMapping::Whole => Vec::new(),
-        _ => query_parameters(rpc, &request, &template, &body)?,
-    };
-
-    let derived_update_mask = match &body {
-        BodyMapping::Field(_) => request.get_field_by_name("update_mask").filter(|field| {
-            message_of(field).is_some_and(|mask| mask.full_name() == "google.protobuf.FieldMask")
-                && !field.is_list()
         }),
-        _ => None,
-    };
+    }
+}
 
-    let created_identifier = match &body {
-        BodyMapping::Field(field) if method == Method::POST && response_body.is_none() => {
-            message_of(field)
-                .filter(|resource| resource.full_name() == response.full_name())
-                .and_then(|resource| {
-                    resource.fields().find(|candidate| {
-                        descriptors.is_identifier(candidate)
-                            && matches!(candidate.kind(), Kind::String)
-                            && !candidate.is_list()
-                    })
-                })
-        }
-        _ => None,
-    };
-    let validate_only = request
-        .get_field_by_name("validate_only")
-        .filter(|field| matches!(field.kind(), Kind::Bool) && !field.is_list());
+/// A POST of a resource that answers that resource creates it: the resource's identifier field
+/// names it in `Location`.
+fn created_identifier(
+    descriptors: &Descriptors,
+    rpc: &MethodDescriptor,
+    body: &FieldDescriptor,
+) -> Option<FieldDescriptor> {
+    message_of(body)
+        .filter(|resource| resource.full_name() == rpc.output().full_name())
+        .and_then(|resource| {
+            resource.fields().find(|candidate| {
+                descriptors.is_identifier(candidate)
+                    && matches!(candidate.kind(), Kind::String)
+                    && !candidate.is_list()
+            })
+        })
+}
 
+/// How a server stream resumes: its messages' integer `revision`, and the `since_revision`
+/// query parameter when the request has one.
+fn resume(rpc: &MethodDescriptor, query: &[FieldPath]) -> Option<Resume> {
+    if !rpc.is_server_streaming() {
+        return None;
+    }
     let is_integer = |field: &FieldDescriptor| {
         !field.is_list()
             && matches!(
@@ -616,38 +666,17 @@ fn route_from_rule(
                     | Kind::Sint32
             )
     };
-    let resume = if rpc.is_server_streaming() {
-        response
-            .get_field_by_name("revision")
-            .filter(is_integer)
-            .map(|revision| Resume {
-                since: query
-                    .iter()
-                    .find(|parameter| parameter.name == "since_revision")
-                    .and_then(|parameter| parameter.leaf().cloned())
-                    .filter(is_integer),
-                revision,
-            })
-    } else {
-        None
-    };
-
-    let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name())
-        .parse::<PathAndQuery>()
-        .map_err(|error| unsupported(rpc, format!("no valid gRPC path: {error}")))?;
-    Ok(Route {
-        method,
-        template,
-        rpc: rpc.clone(),
-        grpc_path,
-        body,
-        response_body,
-        query,
-        derived_update_mask,
-        created_identifier,
-        validate_only,
-        resume,
-    })
+    rpc.output()
+        .get_field_by_name("revision")
+        .filter(is_integer)
+        .map(|revision| Resume {
+            since: query
+                .iter()
+                .find(|parameter| parameter.name == "since_revision")
+                .and_then(|parameter| parameter.leaf().cloned())
+                .filter(is_integer),
+            revision,
+        })
 }
 
 /// Every field the path and the body leave unset, as dotted query parameter names; a field that

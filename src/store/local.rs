@@ -128,59 +128,9 @@ async fn start(data_dir: &Path) -> Result<LocalPostgres, LocalError> {
         tracing::info!(dir = %dir.display(), "using the private PostgreSQL already running");
         return Ok(LocalPostgres { child: None, dir });
     }
-    let data = dir.join("data");
     let owner = cluster_owner();
-    if !data.join("PG_VERSION").exists() {
-        std::fs::create_dir_all(&data).map_err(|error| setup(error.to_string()))?;
-        own(&[&dir, &data], owner).map_err(setup)?;
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        as_owner(&mut initdb, owner);
-        let output = initdb
-            .output()
-            .await
-            .map_err(|error| setup(format!("initdb cannot run: {error}")))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(setup(format!("initdb failed: {}", stderr.trim())));
-        }
-    }
-    let log = std::fs::File::create(dir.join("postgres.log"))
-        .map_err(|error| setup(error.to_string()))?;
-    own(&[&dir.join("postgres.log")], owner).map_err(setup)?;
-    let mut postgres = Command::new(bin.join("postgres"));
-    postgres
-        .arg("-D")
-        .arg(&data)
-        .arg("-k")
-        .arg(&dir)
-        .args(["-c", "listen_addresses="])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    as_owner(&mut postgres, owner);
-    let mut child = postgres
-        .spawn()
-        .map_err(|error| setup(format!("postgres cannot start: {error}")))?;
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    while !accepts(&dir).await {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
-            let last = log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-            return Err(setup(format!("postgres exited ({status}): {last}")));
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill().await;
-            return Err(setup(format!(
-                "postgres did not accept connections within {START_TIMEOUT:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    init_cluster(&bin, &dir, owner).await.map_err(setup)?;
+    let child = run_postgres(&bin, &dir, owner).await.map_err(setup)?;
     tracing::warn!(
         dir = %dir.display(),
         "started a private PostgreSQL under the data directory (no database URL is configured and no PostgreSQL at {DEFAULT_ADDRESS} lets postgres in); it stops with the service; pass --database-url to use your own"
@@ -189,6 +139,69 @@ async fn start(data_dir: &Path) -> Result<LocalPostgres, LocalError> {
         child: Some(child),
         dir,
     })
+}
+
+/// Creates the cluster's data directory with initdb, unless it exists.
+async fn init_cluster(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    let data = dir.join("data");
+    if data.join("PG_VERSION").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&data).map_err(|error| error.to_string())?;
+    own(&[dir, &data], owner)?;
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_owner(&mut initdb, owner);
+    let output = initdb
+        .output()
+        .await
+        .map_err(|error| format!("initdb cannot run: {error}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("initdb failed: {}", stderr.trim()));
+    }
+    Ok(())
+}
+
+/// Runs postgres on the cluster, listening on its socket only, until it accepts a login.
+async fn run_postgres(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Result<Child, String> {
+    let log_path = dir.join("postgres.log");
+    let log = std::fs::File::create(&log_path).map_err(|error| error.to_string())?;
+    own(&[&log_path], owner)?;
+    let mut postgres = Command::new(bin.join("postgres"));
+    postgres
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-k")
+        .arg(dir)
+        .args(["-c", "listen_addresses="])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    as_owner(&mut postgres, owner);
+    let mut child = postgres
+        .spawn()
+        .map_err(|error| format!("postgres cannot start: {error}"))?;
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while !accepts(dir).await {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            return Err(format!("postgres exited ({status}): {last}"));
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill().await;
+            return Err(format!(
+                "postgres did not accept connections within {START_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(child)
 }
 
 /// Whether the cluster with its socket in `dir` accepts a login.

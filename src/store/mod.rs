@@ -80,12 +80,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(diesel::result::Error),
-    /// The request id was used before; its first result is to be replayed.
-    #[error("request_id was already used")]
-    Replayed,
-    /// Internal marker that rolls a validate-only transaction back.
-    #[error("rolled back")]
-    RolledBack,
 }
 
 impl From<diesel::result::Error> for StoreError {

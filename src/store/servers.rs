@@ -241,92 +241,238 @@ fn list_query<'a>(
     query
 }
 
+/// Fails with `LimitReached` when the tenant already has as many live servers as its limit.
+/// With `lock`, a limited tenant's row is locked first: counting and inserting must not
+/// interleave between two registrations of that tenant. Unlimited tenants register in parallel.
+async fn check_server_limit(
+    connection: &mut Connection,
+    tenant: TenantId,
+    lock: bool,
+) -> Result<(), StoreError> {
+    let limit: Option<i32> = tenants::table
+        .find(tenant.0)
+        .select(tenants::server_limit)
+        .first(connection)
+        .await?;
+    let limit = match limit {
+        Some(_) if lock => {
+            tenants::table
+                .find(tenant.0)
+                .select(tenants::server_limit)
+                .for_update()
+                .first(connection)
+                .await?
+        }
+        limit => limit,
+    };
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let count: i64 = servers::table
+        .filter(servers::tenant_id.eq(tenant.0))
+        .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
+        .count()
+        .get_result(connection)
+        .await?;
+    if count >= i64::from(limit) {
+        return Err(StoreError::LimitReached { limit, count });
+    }
+    Ok(())
+}
+
+/// Whether one of the tenant's live servers has this name.
+async fn live_name_taken(
+    connection: &mut Connection,
+    tenant: TenantId,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let taken: i64 = servers::table
+        .filter(servers::tenant_id.eq(tenant.0))
+        .filter(servers::name.eq(name))
+        .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
+        .count()
+        .get_result(connection)
+        .await?;
+    Ok(taken > 0)
+}
+
+/// Inserts a new server; the unique index on live names decides a name race.
+async fn insert_server(connection: &mut Connection, server: &Server) -> Result<(), StoreError> {
+    diesel::insert_into(servers::table)
+        .values(ServerRow::from(server))
+        .execute(connection)
+        .await
+        .map_err(|error| {
+            if is_unique_violation(&error, "servers_live_name") {
+                StoreError::NameTaken(server.spec.name.clone())
+            } else {
+                error.into()
+            }
+        })?;
+    Ok(())
+}
+
+/// Locks the server's row, checks that `scope` may change it, and returns it with the epoch
+/// of its onboarding lease.
+async fn lock_in_scope<E>(
+    connection: &mut Connection,
+    scope: Scope,
+    id: ServerId,
+) -> Result<(ServerRow, i64), E>
+where
+    E: From<StoreError> + From<diesel::result::Error>,
+{
+    let locked: Option<LockedRow> = LockedServerById(id.0)
+        .get_result(connection)
+        .await
+        .optional()?;
+    let (row, lease_owner, lease_epoch, stream_owner, stream_epoch) =
+        locked.ok_or(StoreError::NotFound)?;
+    let allowed = match scope {
+        Scope::Tenant(tenant) if row.tenant_id != tenant.0 => Err(StoreError::NotFound),
+        Scope::Runner(fence) if lease_owner != Some(fence.owner) || lease_epoch != fence.epoch => {
+            Err(StoreError::Fenced)
+        }
+        Scope::Stream(fence)
+            if stream_owner != Some(fence.owner) || stream_epoch != fence.epoch =>
+        {
+            Err(StoreError::Fenced)
+        }
+        _ => Ok(()),
+    };
+    allowed?;
+    Ok((row, lease_epoch))
+}
+
+/// `change` applied to the locked server, and what it changed written: the row, a new
+/// revision when the onboarding status changed, the runner fenced off when a tenant's call
+/// changed onboarding, and a wake-up when the server became runnable.
+async fn modify_locked<T, E, F>(
+    connection: &mut Connection,
+    scope: Scope,
+    id: ServerId,
+    change: F,
+) -> Result<(Server, T), E>
+where
+    F: FnOnce(&mut Server) -> Result<T, E> + Send,
+    E: From<StoreError> + From<diesel::result::Error>,
+{
+    let (row, lease_epoch) = lock_in_scope::<E>(connection, scope, id).await?;
+    let before = Server::try_from(row.clone())?;
+    let mut server = before.clone();
+    let output = change(&mut server)?;
+    if server == before {
+        return Ok((server, output));
+    }
+    let status_changed = server.onboarding_status() != before.onboarding_status();
+    let onboarding_changed = status_changed || server.runnable != before.runnable;
+    if status_changed {
+        server.revision = before.revision + 1;
+    }
+    server.version = before.version + 1;
+    server.updated_at = crate::domain::now();
+    let changes = ServerChanges::between(&row, ServerRow::from(&server));
+    update_server(connection, id.0, &changes)
+        .await
+        .map_err(|error| {
+            if is_unique_violation(&error, "servers_live_name") {
+                StoreError::NameTaken(server.spec.name.clone())
+            } else {
+                StoreError::from(error)
+            }
+        })?;
+    let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
+    if fence_runner {
+        fence_off_runner(connection, id, lease_epoch).await?;
+    }
+    if server.revision != before.revision {
+        record_revision(connection, &server).await?;
+    }
+    if server.runnable && (fence_runner || !before.runnable) {
+        notify(connection, RUNNABLE_CHANNEL, server.id.to_string()).await?;
+    }
+    Ok((server, output))
+}
+
+/// Takes the server away from its onboarding runner: the lease ends and its epoch moves on,
+/// so the runner's next fenced write fails.
+async fn fence_off_runner(
+    connection: &mut Connection,
+    id: ServerId,
+    lease_epoch: i64,
+) -> Result<(), StoreError> {
+    diesel::update(servers::table.find(id.0))
+        .set((
+            servers::lease_owner.eq(None::<Uuid>),
+            servers::lease_expires_at.eq(None::<DateTime<Utc>>),
+            servers::lease_epoch.eq(lease_epoch + 1),
+        ))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// What a transaction guarded by a request id did: its work, or nothing because the id was
+/// recorded before and its first result is to be replayed.
+enum Once<T> {
+    Done(T),
+    Replay,
+}
+
 impl Store {
-    /// Registers a server: checks the tenant's limit, the name, and the request id, then
-    /// writes the server, its first revision and the wake-up of a runner. With `validate_only`,
-    /// every check runs and nothing is kept.
+    /// Registers a server: records the request id, checks the tenant's limit, then writes the
+    /// server (the name index decides a name race), its first revision and the wake-up of a
+    /// runner. A request id used before answers what its first call produced.
     pub async fn register_server(
         &self,
         server: Server,
         idempotency: Option<IdempotencyKey>,
-        validate_only: bool,
     ) -> Result<Server, StoreError> {
         let mut connection = self.connection().await?;
-        let tenant_id = server.tenant_id.0;
-        let attempt = {
-            let idempotency = idempotency.clone();
-            connection
-                .transaction(async move |connection| -> Result<_, StoreError> {
-                    if let Some(key) = &idempotency
-                        && !validate_only
-                        && !record_request_id(connection, server.tenant_id, key, server.id).await?
-                    {
-                        return Err(StoreError::Replayed);
-                    }
-                    let limit: Option<i32> = tenants::table
-                        .find(tenant_id)
-                        .select(tenants::server_limit)
-                        .first(connection)
-                        .await?;
-                    if limit.is_some() {
-                        // Counting and inserting must not interleave between two registrations
-                        // of a limited tenant: its row lock serialises them. Unlimited tenants
-                        // register in parallel.
-                        let limit: Option<i32> = tenants::table
-                            .find(tenant_id)
-                            .select(tenants::server_limit)
-                            .for_update()
-                            .first(connection)
-                            .await?;
-                        if let Some(limit) = limit {
-                            let count: i64 = servers::table
-                                .filter(servers::tenant_id.eq(tenant_id))
-                                .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
-                                .count()
-                                .get_result(connection)
-                                .await?;
-                            if count >= i64::from(limit) {
-                                return Err(StoreError::LimitReached { limit, count });
-                            }
-                        }
-                    }
-                    if validate_only {
-                        // The unique index decides for a real registration; a dry run asks.
-                        let taken: i64 = servers::table
-                            .filter(servers::tenant_id.eq(tenant_id))
-                            .filter(servers::name.eq(&server.spec.name))
-                            .filter(servers::status.ne(ServerStatus::Decommissioned.as_str()))
-                            .count()
-                            .get_result(connection)
-                            .await?;
-                        if taken > 0 {
-                            return Err(StoreError::NameTaken(server.spec.name.clone()));
-                        }
-                        return Err(StoreError::RolledBack);
-                    }
-                    diesel::insert_into(servers::table)
-                        .values(ServerRow::from(&server))
-                        .execute(connection)
-                        .await
-                        .map_err(|error| {
-                            if is_unique_violation(&error, "servers_live_name") {
-                                StoreError::NameTaken(server.spec.name.clone())
-                            } else {
-                                error.into()
-                            }
-                        })?;
-                    record_revision(connection, &server).await?;
-                    notify(connection, super::RUNNABLE_CHANNEL, server.id.to_string()).await?;
-                    Ok(server)
-                })
-                .await
-        };
-        match (attempt, idempotency) {
-            (Err(StoreError::Replayed), Some(key)) => {
-                self.replay(&mut connection, TenantId(tenant_id), &key)
-                    .await
-            }
-            (other, _) => other,
+        let tenant = server.tenant_id;
+        let key = idempotency.clone();
+        let outcome = connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                if let Some(key) = &key
+                    && !record_request_id(connection, tenant, key, server.id).await?
+                {
+                    return Ok(Once::Replay);
+                }
+                check_server_limit(connection, tenant, true).await?;
+                insert_server(connection, &server).await?;
+                record_revision(connection, &server).await?;
+                notify(connection, super::RUNNABLE_CHANNEL, server.id.to_string()).await?;
+                Ok(Once::Done(server))
+            })
+            .await?;
+        self.first_result(&mut connection, tenant, idempotency.as_ref(), outcome)
+            .await
+    }
+
+    /// What `register_server` would refuse, checked without writing anything (the checks of
+    /// a validate-only request; a registration at the same moment may still take the name).
+    pub async fn check_registration(&self, server: &Server) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        check_server_limit(&mut connection, server.tenant_id, false).await?;
+        if live_name_taken(&mut connection, server.tenant_id, &server.spec.name).await? {
+            return Err(StoreError::NameTaken(server.spec.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// The server a guarded transaction produced, or the one its request id produced first.
+    async fn first_result(
+        &self,
+        connection: &mut Connection,
+        tenant: TenantId,
+        key: Option<&IdempotencyKey>,
+        outcome: Once<Server>,
+    ) -> Result<Server, StoreError> {
+        match (outcome, key) {
+            (Once::Done(server), _) => Ok(server),
+            (Once::Replay, Some(key)) => self.replay(connection, tenant, key).await,
+            // Only a transaction with a request id replays.
+            (Once::Replay, None) => Err(StoreError::NotFound),
         }
     }
 
@@ -511,113 +657,39 @@ impl Store {
         T: Send,
         E: From<StoreError> + From<diesel::result::Error> + Send,
     {
-        self.modify(scope, id, None, change).await
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| modify_locked(connection, scope, id, change).await)
+            .await
     }
 
     /// `modify_server` for a tenant's call with a request id: the id is recorded in the same
     /// transaction, first, so a concurrent retry waits for this one and then finds it. A request
-    /// id already used answers `Replayed`; the caller then replays it.
-    pub async fn modify_server_once<T, E, F>(
+    /// id used before answers the server its first call produced.
+    pub async fn modify_server_once<E, F>(
         &self,
         tenant: TenantId,
         id: ServerId,
         key: &IdempotencyKey,
         change: F,
-    ) -> Result<(Server, T), E>
+    ) -> Result<Server, E>
     where
-        F: FnOnce(&mut Server) -> Result<T, E> + Send,
-        T: Send,
-        E: From<StoreError> + From<diesel::result::Error> + Send,
-    {
-        self.modify(Scope::Tenant(tenant), id, Some(key), change)
-            .await
-    }
-
-    async fn modify<T, E, F>(
-        &self,
-        scope: Scope,
-        id: ServerId,
-        idempotency: Option<&IdempotencyKey>,
-        change: F,
-    ) -> Result<(Server, T), E>
-    where
-        F: FnOnce(&mut Server) -> Result<T, E> + Send,
-        T: Send,
+        F: FnOnce(&mut Server) -> Result<(), E> + Send,
         E: From<StoreError> + From<diesel::result::Error> + Send,
     {
         let mut connection = self.connection().await?;
-        connection
+        let outcome = connection
             .transaction(async move |connection| -> Result<_, E> {
-                if let (Some(key), Scope::Tenant(tenant)) = (idempotency, scope)
-                    && !record_request_id(connection, tenant, key, id).await?
-                {
-                    return Err(StoreError::Replayed.into());
+                if !record_request_id(connection, tenant, key, id).await? {
+                    return Ok(Once::Replay);
                 }
-                let locked: Option<LockedRow> = LockedServerById(id.0)
-                    .get_result(connection)
-                    .await
-                    .optional()?;
-                let (row, lease_owner, lease_epoch, stream_owner, stream_epoch) =
-                    locked.ok_or(StoreError::NotFound)?;
-                match scope {
-                    Scope::Tenant(tenant) if row.tenant_id != tenant.0 => {
-                        return Err(StoreError::NotFound.into());
-                    }
-                    Scope::Runner(fence)
-                        if lease_owner != Some(fence.owner) || lease_epoch != fence.epoch =>
-                    {
-                        return Err(StoreError::Fenced.into());
-                    }
-                    Scope::Stream(fence)
-                        if stream_owner != Some(fence.owner) || stream_epoch != fence.epoch =>
-                    {
-                        return Err(StoreError::Fenced.into());
-                    }
-                    _ => {}
-                }
-                let before = Server::try_from(row.clone())?;
-                let mut server = before.clone();
-                let output = change(&mut server)?;
-                if server == before {
-                    return Ok((server, output));
-                }
-                let status_changed = server.onboarding_status() != before.onboarding_status();
-                let onboarding_changed = status_changed || server.runnable != before.runnable;
-                if status_changed {
-                    server.revision = before.revision + 1;
-                }
-                server.version = before.version + 1;
-                server.updated_at = crate::domain::now();
-                let changes = ServerChanges::between(&row, ServerRow::from(&server));
-                update_server(connection, id.0, &changes)
-                    .await
-                    .map_err(|error| {
-                        if is_unique_violation(&error, "servers_live_name") {
-                            E::from(StoreError::NameTaken(server.spec.name.clone()))
-                        } else {
-                            E::from(error)
-                        }
-                    })?;
-                let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
-                if fence_runner {
-                    diesel::update(servers::table.find(id.0))
-                        .set((
-                            servers::lease_owner.eq(None::<Uuid>),
-                            servers::lease_expires_at.eq(None::<DateTime<Utc>>),
-                            servers::lease_epoch.eq(lease_epoch + 1),
-                        ))
-                        .execute(connection)
-                        .await?;
-                }
-                if server.revision != before.revision {
-                    record_revision(connection, &server).await?;
-                }
-                if server.runnable && (fence_runner || !before.runnable) {
-                    notify(connection, RUNNABLE_CHANNEL, server.id.to_string()).await?;
-                }
-                Ok((server, output))
+                let (server, ()) = modify_locked(connection, Scope::Tenant(tenant), id, change).await?;
+                Ok(Once::Done(server))
             })
-            .await
+            .await?;
+        Ok(self
+            .first_result(&mut connection, tenant, Some(key), outcome)
+            .await?)
     }
 
     /// The revisions of a server's onboarding after `after`, in order (at most `limit`).
