@@ -1,6 +1,6 @@
-//! The auth matrix (issue 2, test 5): every RPC × {no key, malformed, unknown, expired, revoked,
-//! key without the permission, key of another tenant} gives the exact code and reason of api.md;
-//! revocation ends an open watch; health needs no key.
+//! The auth matrix: every RPC × {no key, malformed, unknown, expired, revoked, key without the
+//! permission, key of another tenant} gives the exact code and reason of api.md; revocation ends an
+//! open watch; health needs no key.
 
 use std::time::{Duration, Instant};
 
@@ -172,343 +172,338 @@ fn unknown_key(real: &str) -> String {
     format!("dbt_{}", body.chars().rev().collect::<String>())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
-    let app = TestApp::start().await;
-    let mut owner = app.client();
-    let server = register(&mut owner, ssh_server("guarded")).await;
-    awaiting_firewall(&owner, &server.server_id).await;
-    assert!(
-        app.tenant.key.starts_with("dbt_"),
-        "keys have the dbt_ prefix"
-    );
+#[test]
+fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut owner = app.client();
+        let (id, _) = register_and_settle(&mut owner, ssh_server("guarded")).await;
+        assert!(
+            app.tenant.key.starts_with("dbt_"),
+            "keys have the dbt_ prefix"
+        );
 
-    // The expiring and the revoked key are used once first, so that a cache has seen them.
-    let expiring = app
-        .db
-        .create_key(
-            &app.tenant.name,
-            &ALL_PERMISSIONS,
-            Some(Duration::from_secs(1)),
+        // The expiring and the revoked key are used once first, so that a cache has seen them.
+        let expiring = app
+            .db
+            .create_key(
+                &app.tenant.name,
+                &ALL_PERMISSIONS,
+                Some(Duration::from_secs(1)),
+            )
+            .await;
+        let revoked = app.key_with(&ALL_PERMISSIONS).await;
+        for key in [&expiring.secret, &revoked.secret] {
+            app.client_with_key(key)
+                .get_server(GetServerRequest {
+                    server_id: id.clone(),
+                })
+                .await
+                .expect("a fresh key works");
+        }
+        app.db.revoke_key(revoked.id).await;
+        let mut revoked_client = app.client_with_key(&revoked.secret);
+        wait_until_refused(&revoked_client, Duration::from_secs(2)).await;
+
+        let mut none = app.client_with_authorization(None);
+        assert_every_rpc_fails(
+            &mut none,
+            &id,
+            "no key",
+            Code::Unauthenticated,
+            "MISSING_CREDENTIALS",
         )
         .await;
-    let revoked = app.key_with(&ALL_PERMISSIONS).await;
-    for key in [&expiring.secret, &revoked.secret] {
-        app.client_with_key(key)
-            .get_server(GetServerRequest {
-                server_id: server.server_id.clone(),
-            })
-            .await
-            .expect("a fresh key works");
-    }
-    app.db.revoke_key(revoked.id).await;
-    let mut revoked_client = app.client_with_key(&revoked.secret);
-    wait_until(
-        "the revoked key to be refused",
-        Duration::from_secs(2),
-        || {
-            let mut client = revoked_client.clone();
-            async move {
-                client
-                    .list_servers(ListServersRequest::default())
-                    .await
-                    .is_err()
-            }
-        },
-    )
-    .await;
 
-    let mut none = app.client_with_authorization(None);
-    assert_every_rpc_fails(
-        &mut none,
-        &server.server_id,
-        "no key",
-        Code::Unauthenticated,
-        "MISSING_CREDENTIALS",
-    )
-    .await;
+        for malformed in [
+            "Bearer not-a-key",
+            "Bearer dbt_",
+            "Bearer dbt_!!!",
+            "Bearer dbt_short",
+        ] {
+            let mut client = app.client_with_authorization(Some(malformed));
+            assert_every_rpc_fails(
+                &mut client,
+                &id,
+                malformed,
+                Code::Unauthenticated,
+                "INVALID_API_KEY",
+            )
+            .await;
+        }
 
-    for malformed in [
-        "Bearer not-a-key",
-        "Bearer dbt_",
-        "Bearer dbt_!!!",
-        "Bearer dbt_short",
-    ] {
-        let mut client = app.client_with_authorization(Some(malformed));
+        let mut unknown = app.client_with_key(&unknown_key(&app.tenant.key));
         assert_every_rpc_fails(
-            &mut client,
-            &server.server_id,
-            malformed,
+            &mut unknown,
+            &id,
+            "unknown key",
             Code::Unauthenticated,
             "INVALID_API_KEY",
         )
         .await;
-    }
 
-    let mut unknown = app.client_with_key(&unknown_key(&app.tenant.key));
-    assert_every_rpc_fails(
-        &mut unknown,
-        &server.server_id,
-        "unknown key",
-        Code::Unauthenticated,
-        "INVALID_API_KEY",
-    )
-    .await;
+        let expires_at = Instant::now() + Duration::from_millis(1200);
+        tokio::time::sleep_until(expires_at.into()).await;
+        let mut expired = app.client_with_key(&expiring.secret);
+        assert_every_rpc_fails(
+            &mut expired,
+            &id,
+            "expired key",
+            Code::Unauthenticated,
+            "API_KEY_EXPIRED",
+        )
+        .await;
 
-    let expires_at = Instant::now() + Duration::from_millis(1200);
-    tokio::time::sleep_until(expires_at.into()).await;
-    let mut expired = app.client_with_key(&expiring.secret);
-    assert_every_rpc_fails(
-        &mut expired,
-        &server.server_id,
-        "expired key",
-        Code::Unauthenticated,
-        "API_KEY_EXPIRED",
-    )
-    .await;
+        assert_every_rpc_fails(
+            &mut revoked_client,
+            &id,
+            "revoked key",
+            Code::Unauthenticated,
+            "API_KEY_REVOKED",
+        )
+        .await;
 
-    assert_every_rpc_fails(
-        &mut revoked_client,
-        &server.server_id,
-        "revoked key",
-        Code::Unauthenticated,
-        "API_KEY_REVOKED",
-    )
-    .await;
-
-    // None of it changed the server.
-    let after = get_server(&mut owner, &server.server_id).await;
-    assert!(
-        after.labels.is_empty(),
-        "a refused update changed the server"
-    );
-    assert_eq!(after.status, proto::ServerStatus::Pending as i32);
-    assert!(is_awaiting_firewall(
-        &onboarding_status(&mut owner, &server.server_id).await
-    ));
-    app.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_needs_its_permission() {
-    let app = TestApp::start().await;
-    let mut owner = app.client();
-    let server = register(&mut owner, ssh_server("permissioned")).await;
-    awaiting_firewall(&owner, &server.server_id).await;
-
-    for rpc in RPCS {
-        let others: Vec<&str> = ALL_PERMISSIONS
-            .iter()
-            .copied()
-            .filter(|permission| *permission != rpc.permission())
-            .collect();
-        let key = app.key_with(&others).await;
-        let mut client = app.client_with_key(&key.secret);
-        let status = match rpc.call(&mut client, &server.server_id).await {
-            Ok(outcome) => panic!(
-                "{rpc:?} without {} succeeded: {outcome:?}",
-                rpc.permission()
-            ),
-            Err(status) => status,
-        };
-        assert_error(&status, Code::PermissionDenied, "MISSING_PERMISSION");
+        // None of it changed the server.
+        let after = get_server(&mut owner, &id).await;
         assert!(
-            status.message().contains(rpc.permission()),
-            "{rpc:?}: the error names the missing permission {}: {:?}",
-            rpc.permission(),
-            status.message()
+            after.labels.is_empty(),
+            "a refused update changed the server"
         );
-    }
-    let after = get_server(&mut owner, &server.server_id).await;
-    assert!(after.labels.is_empty());
-    assert_eq!(after.status, proto::ServerStatus::Pending as i32);
-    app.shutdown().await;
+        assert_eq!(after.status, proto::ServerStatus::Pending as i32);
+        assert!(is_awaiting_firewall(
+            &onboarding_status(&mut owner, &id).await
+        ));
+        app.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_with_exactly_the_permission_is_enough() {
-    let app = TestApp::start().await;
-    let mut owner = app.client();
-    let server = register(&mut owner, ssh_server("enough")).await;
-    awaiting_firewall(&owner, &server.server_id).await;
-    // RetryOnboarding passes authorization and reaches its precondition.
-    let key = app.key_with(&["servers:write"]).await;
-    let status = expect_err(
-        Rpc::RetryOnboarding
-            .call(&mut app.client_with_key(&key.secret), &server.server_id)
-            .await,
-    );
-    assert_error(&status, Code::FailedPrecondition, "ONBOARDING_NOT_FAILED");
+#[test]
+fn every_rpc_needs_its_permission() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut owner = app.client();
+        let (id, _) = register_and_settle(&mut owner, ssh_server("permissioned")).await;
 
-    for rpc in [
-        Rpc::ListServers,
-        Rpc::GetServer,
-        Rpc::GetOnboardingStatus,
-        Rpc::WatchOnboarding,
-        Rpc::RegisterServer,
-        Rpc::UpdateServer,
-        Rpc::ConfirmFirewall,
-        Rpc::DecommissionServer,
-    ] {
-        let key = app.key_with(&[rpc.permission()]).await;
-        let mut client = app.client_with_key(&key.secret);
-        rpc.call(&mut client, &server.server_id)
-            .await
-            .unwrap_or_else(|status| panic!("{rpc:?} with only {}: {status:?}", rpc.permission()));
-    }
-    app.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_tenants_server_does_not_exist_for_every_rpc() {
-    let app = TestApp::start().await;
-    let mut owner = app.client();
-    let server = register(&mut owner, ssh_server("private")).await;
-    awaiting_firewall(&owner, &server.server_id).await;
-    let stranger = app.other_tenant("tenant-b").await;
-    let mut client = app.client_with_key(&stranger.key);
-
-    for rpc in RPCS {
-        let outcome = rpc.call(&mut client, &server.server_id).await;
-        if rpc.targets_a_server() {
-            let status = expect_err(outcome);
-            assert_error(&status, Code::NotFound, "SERVER_NOT_FOUND");
-        } else {
-            match outcome {
-                Ok(CallOutcome::Listed(ids)) => assert!(
-                    !ids.contains(&server.server_id),
-                    "another tenant lists the server"
+        for rpc in RPCS {
+            let others: Vec<&str> = ALL_PERMISSIONS
+                .iter()
+                .copied()
+                .filter(|permission| *permission != rpc.permission())
+                .collect();
+            let key = app.key_with(&others).await;
+            let mut client = app.client_with_key(&key.secret);
+            let status = match rpc.call(&mut client, &id).await {
+                Ok(outcome) => panic!(
+                    "{rpc:?} without {} succeeded: {outcome:?}",
+                    rpc.permission()
                 ),
-                Ok(CallOutcome::Done) => {}
-                Err(status) => panic!("{rpc:?} as another tenant failed: {status:?}"),
+                Err(status) => status,
+            };
+            assert_error(&status, Code::PermissionDenied, "MISSING_PERMISSION");
+            assert!(
+                status.message().contains(rpc.permission()),
+                "{rpc:?}: the error names the missing permission {}: {:?}",
+                rpc.permission(),
+                status.message()
+            );
+        }
+        let after = get_server(&mut owner, &id).await;
+        assert!(after.labels.is_empty());
+        assert_eq!(after.status, proto::ServerStatus::Pending as i32);
+        app.shutdown().await;
+    });
+}
+
+#[test]
+fn a_key_with_exactly_the_permission_is_enough() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut owner = app.client();
+        let (id, _) = register_and_settle(&mut owner, ssh_server("enough")).await;
+        // RetryOnboarding passes authorization and reaches its precondition.
+        let key = app.key_with(&["servers:write"]).await;
+        let status = expect_err(
+            Rpc::RetryOnboarding
+                .call(&mut app.client_with_key(&key.secret), &id)
+                .await,
+        );
+        assert_error(&status, Code::FailedPrecondition, "ONBOARDING_NOT_FAILED");
+
+        for rpc in [
+            Rpc::ListServers,
+            Rpc::GetServer,
+            Rpc::GetOnboardingStatus,
+            Rpc::WatchOnboarding,
+            Rpc::RegisterServer,
+            Rpc::UpdateServer,
+            Rpc::ConfirmFirewall,
+            Rpc::DecommissionServer,
+        ] {
+            let key = app.key_with(&[rpc.permission()]).await;
+            let mut client = app.client_with_key(&key.secret);
+            rpc.call(&mut client, &id).await.unwrap_or_else(|status| {
+                panic!("{rpc:?} with only {}: {status:?}", rpc.permission())
+            });
+        }
+        app.shutdown().await;
+    });
+}
+
+#[test]
+fn another_tenants_server_does_not_exist_for_every_rpc() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut owner = app.client();
+        let (id, _) = register_and_settle(&mut owner, ssh_server("private")).await;
+        let stranger = app.other_tenant("tenant-b").await;
+        let mut client = app.client_with_key(&stranger.key);
+
+        for rpc in RPCS {
+            let outcome = rpc.call(&mut client, &id).await;
+            if rpc.targets_a_server() {
+                let status = expect_err(outcome);
+                assert_error(&status, Code::NotFound, "SERVER_NOT_FOUND");
+            } else {
+                match outcome {
+                    Ok(CallOutcome::Listed(ids)) => {
+                        assert!(!ids.contains(&id), "another tenant lists the server")
+                    }
+                    Ok(CallOutcome::Done) => {}
+                    Err(status) => panic!("{rpc:?} as another tenant failed: {status:?}"),
+                }
             }
         }
-    }
-    // The same name is free in another tenant.
-    register(&mut client, ssh_server("private")).await;
+        // The same name is free in another tenant.
+        register(&mut client, ssh_server("private")).await;
 
-    let after = get_server(&mut owner, &server.server_id).await;
-    assert!(after.labels.is_empty(), "another tenant updated the server");
-    assert_eq!(after.status, proto::ServerStatus::Pending as i32);
-    assert!(is_awaiting_firewall(
-        &onboarding_status(&mut owner, &server.server_id).await
-    ));
-    let listed = owner
-        .list_servers(ListServersRequest::default())
-        .await
-        .expect("ListServers")
-        .into_inner()
-        .servers;
-    assert_eq!(listed.len(), 1, "the owner sees only its own server");
-    app.shutdown().await;
+        let after = get_server(&mut owner, &id).await;
+        assert!(after.labels.is_empty(), "another tenant updated the server");
+        assert_eq!(after.status, proto::ServerStatus::Pending as i32);
+        assert!(is_awaiting_firewall(
+            &onboarding_status(&mut owner, &id).await
+        ));
+        let listed = owner
+            .list_servers(ListServersRequest::default())
+            .await
+            .expect("ListServers")
+            .into_inner()
+            .servers;
+        assert_eq!(listed.len(), 1, "the owner sees only its own server");
+        app.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_ends_an_open_watch() {
-    let app = TestApp::start().await;
-    let mut owner = app.client();
-    let server = register(&mut owner, ssh_server("watched-by-revoked")).await;
-    awaiting_firewall(&owner, &server.server_id).await;
-    let key = app.key_with(&["servers:read"]).await;
-    let mut client = app.client_with_key(&key.secret);
-    let mut watch = open_watch(&mut client, &server.server_id, None, true)
-        .await
-        .expect("WatchOnboarding");
-    watch.message(Duration::from_secs(5)).await;
+#[test]
+fn revocation_ends_an_open_watch() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut owner = app.client();
+        let (id, _) = register_and_settle(&mut owner, ssh_server("watched-by-revoked")).await;
+        let key = app.key_with(&["servers:read"]).await;
+        let mut client = app.client_with_key(&key.secret);
+        let mut watch = open_watch(&mut client, &id, None, true)
+            .await
+            .expect("WatchOnboarding");
+        watch.message(Duration::from_secs(5)).await;
 
-    app.db.revoke_key(key.id).await;
-    let revoked_at = Instant::now();
-    match watch.next(Duration::from_secs(3)).await {
-        WatchEvent::Error(status) => {
-            assert_error(&status, Code::Unauthenticated, "API_KEY_REVOKED");
+        app.db.revoke_key(key.id).await;
+        let revoked_at = Instant::now();
+        match watch.next(Duration::from_secs(3)).await {
+            WatchEvent::Error(status) => {
+                assert_error(&status, Code::Unauthenticated, "API_KEY_REVOKED");
+            }
+            other => panic!("expected the watch to end with UNAUTHENTICATED, got {other:?}"),
         }
-        other => panic!("expected the watch to end with UNAUTHENTICATED, got {other:?}"),
-    }
-    let elapsed = revoked_at.elapsed();
-    assert!(
-        elapsed <= Duration::from_millis(1100),
-        "the watch of a revoked key stayed open for {elapsed:?}"
-    );
-    app.shutdown().await;
+        let elapsed = revoked_at.elapsed();
+        assert!(
+            elapsed <= Duration::from_millis(1100),
+            "the watch of a revoked key stayed open for {elapsed:?}"
+        );
+        app.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_needs_no_key() {
-    let app = TestApp::start().await;
-    // Health follows a probe of the database, which may take a moment after start.
-    for service in ["", SERVERS_SERVICE] {
+#[test]
+fn health_needs_no_key() {
+    block_on(async {
+        let app = TestApp::start().await;
+        // Health follows a probe of the database, which may take a moment after start.
+        for service in ["", SERVERS_SERVICE] {
+            wait_until(
+                &format!("health of {service:?} to be SERVING without a key"),
+                Duration::from_secs(5),
+                || async {
+                    matches!(
+                        health(app.grpc_addr, service).await,
+                        Ok(ServingStatus::Serving)
+                    )
+                },
+            )
+            .await;
+        }
+        app.shutdown().await;
+    });
+}
+
+#[test]
+fn unknown_methods_are_refused_before_anything_and_make_no_metric_series() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let grpc = tonic::client::Grpc::new(channel(app.grpc_addr).await);
+        let call_unknown = |index: usize| {
+            let mut grpc = grpc.clone();
+            async move {
+                grpc.ready().await.expect("a ready channel");
+                let path = format!("/dbtrail.servers.v1.ServersService/Nope{index}");
+                let result: Result<tonic::Response<dbtrail_servers::proto::Server>, Status> = grpc
+                    .unary(
+                        tonic::Request::new(dbtrail_servers::proto::GetServerRequest::default()),
+                        http::uri::PathAndQuery::try_from(path).expect("a path"),
+                        tonic_prost::ProstCodec::default(),
+                    )
+                    .await;
+                let status = result.expect_err("no such method");
+                assert_error(&status, Code::Unimplemented, "UNKNOWN_METHOD");
+            }
+        };
+        call_unknown(0).await;
+        let series = |metrics: &str| {
+            metrics
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .count()
+        };
+        // The stream supervisor's gauges appear with its first sweep; count after it.
         wait_until(
-            &format!("health of {service:?} to be SERVING without a key"),
-            Duration::from_secs(5),
+            "the stream gauges to be exported",
+            Duration::from_secs(15),
             || async {
-                matches!(
-                    health(app.grpc_addr, service).await,
-                    Ok(ServingStatus::Serving)
-                )
+                metrics_text(app.http_addr)
+                    .await
+                    .contains("dbtrail_streams{")
             },
         )
         .await;
-    }
-    app.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_methods_are_refused_before_anything_and_make_no_metric_series() {
-    let app = TestApp::start().await;
-    let grpc = tonic::client::Grpc::new(channel(app.grpc_addr).await);
-    let call_unknown = |index: usize| {
-        let mut grpc = grpc.clone();
-        async move {
-            grpc.ready().await.expect("a ready channel");
-            let path = format!("/dbtrail.servers.v1.ServersService/Nope{index}");
-            let result: Result<tonic::Response<dbtrail_servers::proto::Server>, Status> = grpc
-                .unary(
-                    tonic::Request::new(dbtrail_servers::proto::GetServerRequest::default()),
-                    http::uri::PathAndQuery::try_from(path).expect("a path"),
-                    tonic_prost::ProstCodec::default(),
-                )
-                .await;
-            let status = result.expect_err("no such method");
-            assert_error(&status, Code::Unimplemented, "UNKNOWN_METHOD");
+        let before = metrics_text(app.http_addr).await;
+        assert!(
+            before.contains("method=\"unknown\""),
+            "they are counted as unknown: {before}"
+        );
+        for chunk in (1..10_000).collect::<Vec<_>>().chunks(100) {
+            futures_util::future::join_all(chunk.iter().map(|&index| call_unknown(index))).await;
         }
-    };
-    call_unknown(0).await;
-    let series = |metrics: &str| {
-        metrics
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .count()
-    };
-    // The stream supervisor's gauges appear with its first sweep; count after it.
-    wait_until(
-        "the stream gauges to be exported",
-        Duration::from_secs(15),
-        || async {
-            metrics_text(app.http_addr)
-                .await
-                .contains("dbtrail_streams{")
-        },
-    )
-    .await;
-    let before = metrics_text(app.http_addr).await;
-    assert!(
-        before.contains("method=\"unknown\""),
-        "they are counted as unknown: {before}"
-    );
-    for chunk in (1..10_000).collect::<Vec<_>>().chunks(100) {
-        futures_util::future::join_all(chunk.iter().map(|&index| call_unknown(index))).await;
-    }
-    let after = metrics_text(app.http_addr).await;
-    assert!(
-        !after.contains("Nope"),
-        "made-up names are not series: {after}"
-    );
-    assert_eq!(
-        series(&after),
-        series(&before),
-        "10,000 made-up methods add no series:\n{before}\n---\n{after}"
-    );
-    app.shutdown().await;
+        let after = metrics_text(app.http_addr).await;
+        assert!(
+            !after.contains("Nope"),
+            "made-up names are not series: {after}"
+        );
+        assert_eq!(
+            series(&after),
+            series(&before),
+            "10,000 made-up methods add no series:\n{before}\n---\n{after}"
+        );
+        app.shutdown().await;
+    });
 }
 
 /// The value of an unlabelled counter in a /metrics page (0 before its first increment).
@@ -547,87 +542,90 @@ fn made_up_key(index: usize) -> String {
     format!("dbt_{index:043}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_bad_keys_costs_a_bounded_number_of_lookups_and_leaves_good_keys_working() {
-    let app = TestApp::start().await;
-    let mut owner = app.client();
-    let server = register(&mut owner, direct_server("flooded")).await;
-    let before = key_lookups(&app).await;
+#[test]
+fn a_flood_of_bad_keys_costs_a_bounded_number_of_lookups_and_leaves_good_keys_working() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut owner = app.client();
+        let server = register(&mut owner, direct_server("flooded")).await;
+        let before = key_lookups(&app).await;
 
-    // One bad key, again and again: looked up once.
-    let mut repeated = app.client_with_key(&made_up_key(0));
-    for _ in 0..200 {
-        let status = expect_err(repeated.list_servers(ListServersRequest::default()).await);
-        assert_error(&status, Code::Unauthenticated, "INVALID_API_KEY");
-    }
-    assert_eq!(key_lookups(&app).await - before, 1.0, "a repeated bad key");
+        // One bad key, again and again: looked up once.
+        let mut repeated = app.client_with_key(&made_up_key(0));
+        for _ in 0..200 {
+            let status = expect_err(repeated.list_servers(ListServersRequest::default()).await);
+            assert_error(&status, Code::Unauthenticated, "INVALID_API_KEY");
+        }
+        assert_eq!(key_lookups(&app).await - before, 1.0, "a repeated bad key");
 
-    // 10,000 different ones from one address, 32 at a time.
-    let started = Instant::now();
-    let outcomes = futures_util::stream::iter(1..=10_000)
-        .map(|index| {
-            let mut client = app.client_with_key(&made_up_key(index));
-            async move {
-                let status = expect_err(client.list_servers(ListServersRequest::default()).await);
-                status.code()
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let lookups = key_lookups(&app).await - before;
-    // The repeated key's one lookup, the burst (20) and the refill (2 a second).
-    let bound = 1.0 + 20.0 + 2.0 * elapsed.ceil();
-    assert!(
-        lookups <= bound,
-        "{lookups} key lookups for 10,000 bad keys in {elapsed:.1} s (bound {bound})"
-    );
-    let limited = outcomes
-        .iter()
-        .filter(|code| **code == Code::ResourceExhausted)
-        .count();
-    assert!(
-        limited >= 9_000,
-        "{limited} of 10,000 were refused as too many"
-    );
-    assert!(
-        outcomes
+        // 10,000 different ones from one address, 32 at a time.
+        let started = Instant::now();
+        let outcomes = futures_util::stream::iter(1..=10_000)
+            .map(|index| {
+                let mut client = app.client_with_key(&made_up_key(index));
+                async move {
+                    let status =
+                        expect_err(client.list_servers(ListServersRequest::default()).await);
+                    status.code()
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let lookups = key_lookups(&app).await - before;
+        // The repeated key's one lookup, the burst (20) and the refill (2 a second).
+        let bound = 1.0 + 20.0 + 2.0 * elapsed.ceil();
+        assert!(
+            lookups <= bound,
+            "{lookups} key lookups for 10,000 bad keys in {elapsed:.1} s (bound {bound})"
+        );
+        let limited = outcomes
             .iter()
-            .all(|code| matches!(code, Code::ResourceExhausted | Code::Unauthenticated)),
-        "every bad key is refused as unknown or as one too many"
-    );
-    let status = expect_err(
-        app.client_with_key(&made_up_key(20_000))
-            .list_servers(ListServersRequest::default())
-            .await,
-    );
-    assert_error(
-        &status,
-        Code::ResourceExhausted,
-        "TOO_MANY_FAILED_AUTHENTICATIONS",
-    );
-    assert!(
-        status.metadata().get("retry-after").is_some(),
-        "a retry-after hint: {status:?}"
-    );
+            .filter(|code| **code == Code::ResourceExhausted)
+            .count();
+        assert!(
+            limited >= 9_000,
+            "{limited} of 10,000 were refused as too many"
+        );
+        assert!(
+            outcomes
+                .iter()
+                .all(|code| matches!(code, Code::ResourceExhausted | Code::Unauthenticated)),
+            "every bad key is refused as unknown or as one too many"
+        );
+        let status = expect_err(
+            app.client_with_key(&made_up_key(20_000))
+                .list_servers(ListServersRequest::default())
+                .await,
+        );
+        assert_error(
+            &status,
+            Code::ResourceExhausted,
+            "TOO_MANY_FAILED_AUTHENTICATIONS",
+        );
+        assert!(
+            status.metadata().get("retry-after").is_some(),
+            "a retry-after hint: {status:?}"
+        );
 
-    // The same address's good key, already known, keeps working.
-    owner
-        .get_server(GetServerRequest {
-            server_id: server.server_id.clone(),
-        })
-        .await
-        .expect("a good key during a flood of bad ones");
+        // The same address's good key, already known, keeps working.
+        owner
+            .get_server(GetServerRequest {
+                server_id: server.server_id.clone(),
+            })
+            .await
+            .expect("a good key during a flood of bad ones");
 
-    // REST tells the same, as 429 with Retry-After.
-    let response = reqwest::Client::new()
-        .get(format!("http://{}/servers", app.http_addr))
-        .bearer_auth(made_up_key(20_001))
-        .send()
-        .await
-        .expect("GET /servers");
-    assert_eq!(response.status().as_u16(), 429);
-    assert!(response.headers().contains_key("retry-after"));
-    app.shutdown().await;
+        // REST tells the same, as 429 with Retry-After.
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/servers", app.http_addr))
+            .bearer_auth(made_up_key(20_001))
+            .send()
+            .await
+            .expect("GET /servers");
+        assert_eq!(response.status().as_u16(), 429);
+        assert!(response.headers().contains_key("retry-after"));
+        app.shutdown().await;
+    });
 }

@@ -47,153 +47,155 @@ const SETTLE: Duration = Duration::from_secs(90);
 /// kill to land in the middle of it.
 const LINK_DELAY: Duration = Duration::from_millis(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_killed_and_paused_at_random_never_run_a_step_twice_at_once() {
-    let seed = std::env::var("DBTRAIL_CHAOS_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let events = std::env::var("DBTRAIL_CHAOS_EVENTS")
-        .ok()
-        .and_then(|events| events.parse().ok())
-        .unwrap_or(20);
-    eprintln!("chaos: DBTRAIL_CHAOS_SEED={seed} DBTRAIL_CHAOS_EVENTS={events}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let started = Instant::now();
+#[test]
+fn replicas_killed_and_paused_at_random_never_run_a_step_twice_at_once() {
+    block_on(async {
+        let seed = std::env::var("DBTRAIL_CHAOS_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        let events = std::env::var("DBTRAIL_CHAOS_EVENTS")
+            .ok()
+            .and_then(|events| events.parse().ok())
+            .unwrap_or(20);
+        eprintln!("chaos: DBTRAIL_CHAOS_SEED={seed} DBTRAIL_CHAOS_EVENTS={events}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let started = Instant::now();
 
-    let db = Arc::new(TestDatabase::create().await);
-    let tenant = db.create_tenant("chaos", None).await;
-    let targets = Targets::start(&mut rng).await;
-    eprintln!(
-        "chaos: {} targets ready in {:?}",
-        SERVERS,
-        started.elapsed()
-    );
-
-    let cluster = Arc::new(Cluster::start(&db.url, &tenant.key).await);
-    let done = Arc::new(AtomicBool::new(false));
-    let registered: Arc<Mutex<Vec<Registered>>> = Arc::default();
-    let mut background = tokio::task::JoinSet::new();
-    background.spawn(register_over_time(
-        cluster.clone(),
-        targets.servers.clone(),
-        registered.clone(),
-        StdRng::seed_from_u64(seed ^ 0x5eed),
-        done.clone(),
-    ));
-    background.spawn(confirm_firewalls(
-        cluster.clone(),
-        registered.clone(),
-        done.clone(),
-    ));
-
-    // `events` kills, and one pause among them.
-    let pause_at = rng.random_range(0..=events);
-    for event in 0..=events {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
-        let victim = rng.random_range(0..2);
-        if event == pause_at {
-            cluster.pause(victim, PAUSE).await;
-        } else {
-            let down_for = Duration::from_millis(rng.random_range(0..2000));
-            cluster.kill_and_restart(victim, down_for).await;
-        }
-    }
-    eprintln!(
-        "chaos: {events} kills and a pause done at {:?}",
-        started.elapsed()
-    );
-
-    // Every server registered and active.
-    wait_until("all servers registered", SETTLE, || async {
-        registered.lock().expect("registered").len() == SERVERS
-    })
-    .await;
-    let servers: Vec<Registered> = registered.lock().expect("registered").clone();
-    for server in &servers {
-        let status = cluster.settled(&server.id).await;
-        assert_eq!(
-            status.server_status,
-            ServerStatus::Active as i32,
-            "seed {seed}: {} did not end active: {status:#?}",
-            server.id
+        let db = Arc::new(TestDatabase::create().await);
+        let tenant = db.create_tenant("chaos", None).await;
+        let targets = Targets::start(&mut rng).await;
+        eprintln!(
+            "chaos: {} targets ready in {:?}",
+            SERVERS,
+            started.elapsed()
         );
-    }
-    eprintln!("chaos: all active at {:?}", started.elapsed());
 
-    // Each watcher saw every revision up to the last one, once and in order.
-    let sql = db.connect().await;
-    for server in &servers {
-        let last: i64 = sql
-            .query_one(
-                "SELECT revision FROM servers WHERE id::text = $1",
-                &[&server.id],
-            )
-            .await
-            .expect("read the revision")
-            .get(0);
-        for watcher in &server.watchers {
-            wait_until(
-                "the watcher to reach the last revision",
-                Duration::from_secs(20),
-                || async { watcher.seen.lock().expect("seen").last() >= Some(&last) },
-            )
-            .await;
-            let seen = watcher.seen.lock().expect("seen").clone();
-            let expected: Vec<i64> = (1..=*seen.last().expect("a revision")).collect();
+        let cluster = Arc::new(Cluster::start(&db.url, &tenant.key).await);
+        let done = Arc::new(AtomicBool::new(false));
+        let registered: Arc<Mutex<Vec<Registered>>> = Arc::default();
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(register_over_time(
+            cluster.clone(),
+            targets.servers.clone(),
+            registered.clone(),
+            StdRng::seed_from_u64(seed ^ 0x5eed),
+            done.clone(),
+        ));
+        background.spawn(confirm_firewalls(
+            cluster.clone(),
+            registered.clone(),
+            done.clone(),
+        ));
+
+        // `events` kills, and one pause among them.
+        let pause_at = rng.random_range(0..=events);
+        for event in 0..=events {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+            let victim = rng.random_range(0..2);
+            if event == pause_at {
+                cluster.pause(victim, PAUSE).await;
+            } else {
+                let down_for = Duration::from_millis(rng.random_range(0..2000));
+                cluster.kill_and_restart(victim, down_for).await;
+            }
+        }
+        eprintln!(
+            "chaos: {events} kills and a pause done at {:?}",
+            started.elapsed()
+        );
+
+        // Every server registered and active.
+        wait_until("all servers registered", SETTLE, || async {
+            registered.lock().expect("registered").len() == SERVERS
+        })
+        .await;
+        let servers: Vec<Registered> = registered.lock().expect("registered").clone();
+        for server in &servers {
+            let status = cluster.settled(&server.id).await;
             assert_eq!(
-                seen, expected,
-                "seed {seed}: the watcher of {} on replica {} saw revisions out of order, twice \
-                 or with a gap",
-                server.id, watcher.replica
+                status.server_status,
+                ServerStatus::Active as i32,
+                "seed {seed}: {} did not end active: {status:#?}",
+                server.id
             );
         }
-    }
-    done.store(true, Ordering::Release);
+        eprintln!("chaos: all active at {:?}", started.elapsed());
 
-    // One schema, one current snapshot and one checkpoint per server, and no other schema.
-    let mut expected: Vec<String> = servers
-        .iter()
-        .map(|server| index_schema(&server.id))
-        .collect();
-    expected.sort();
-    for server in &servers {
-        let index = index_state(&db, &server.id).await;
-        index.current_snapshot();
-        assert_eq!(index.checkpoints.len(), 1, "seed {seed}: {index:#?}");
+        // Each watcher saw every revision up to the last one, once and in order.
+        let sql = db.connect().await;
+        for server in &servers {
+            let last: i64 = sql
+                .query_one(
+                    "SELECT revision FROM servers WHERE id::text = $1",
+                    &[&server.id],
+                )
+                .await
+                .expect("read the revision")
+                .get(0);
+            for watcher in &server.watchers {
+                wait_until(
+                    "the watcher to reach the last revision",
+                    Duration::from_secs(20),
+                    || async { watcher.seen.lock().expect("seen").last() >= Some(&last) },
+                )
+                .await;
+                let seen = watcher.seen.lock().expect("seen").clone();
+                let expected: Vec<i64> = (1..=*seen.last().expect("a revision")).collect();
+                assert_eq!(
+                    seen, expected,
+                    "seed {seed}: the watcher of {} on replica {} saw revisions out of order, \
+                     twice or with a gap",
+                    server.id, watcher.replica
+                );
+            }
+        }
+        done.store(true, Ordering::Release);
+
+        // One schema, one current snapshot and one checkpoint per server, and no other schema.
+        let mut expected: Vec<String> = servers
+            .iter()
+            .map(|server| index_schema(&server.id))
+            .collect();
+        expected.sort();
+        for server in &servers {
+            let index = index_state(&db, &server.id).await;
+            index.current_snapshot();
+            assert_eq!(index.checkpoints.len(), 1, "seed {seed}: {index:#?}");
+            assert_eq!(
+                index.all_index_schemas, expected,
+                "seed {seed}: one schema per server"
+            );
+        }
+
+        // No two runs of a server's steps by different runners overlapped.
+        let runs = cluster.step_runs();
+        assert_no_overlap(&runs, seed);
+        let mut per_step: BTreeMap<&str, usize> = BTreeMap::new();
+        for run in &runs {
+            *per_step.entry(&run.step).or_default() += 1;
+        }
+        // The check above had runs to compare: every step's, nearly every server's (a SIGKILL may
+        // take the last few milliseconds of a replica's log lines with it).
         assert_eq!(
-            index.all_index_schemas, expected,
-            "seed {seed}: one schema per server"
+            per_step.len(),
+            6,
+            "seed {seed}: runs of every step: {per_step:?}"
         );
-    }
-
-    // No two runs of a server's steps by different runners overlapped.
-    let runs = cluster.step_runs();
-    assert_no_overlap(&runs, seed);
-    let mut per_step: BTreeMap<&str, usize> = BTreeMap::new();
-    for run in &runs {
-        *per_step.entry(&run.step).or_default() += 1;
-    }
-    // The check above had runs to compare: every step's, nearly every server's (a SIGKILL may
-    // take the last few milliseconds of a replica's log lines with it).
-    assert_eq!(
-        per_step.len(),
-        6,
-        "seed {seed}: runs of every step: {per_step:?}"
-    );
-    assert!(
-        per_step.values().all(|&runs| runs >= SERVERS * 9 / 10),
-        "seed {seed}: every server's steps are on record: {per_step:?}"
-    );
-    let runners: std::collections::BTreeSet<&str> =
-        runs.iter().map(|run| run.runner.as_str()).collect();
-    eprintln!(
-        "chaos: step runs {per_step:?} by {} runners checked, done at {:?}",
-        runners.len(),
-        started.elapsed()
-    );
-    background.abort_all();
-    cluster.stop().await;
+        assert!(
+            per_step.values().all(|&runs| runs >= SERVERS * 9 / 10),
+            "seed {seed}: every server's steps are on record: {per_step:?}"
+        );
+        let runners: std::collections::BTreeSet<&str> =
+            runs.iter().map(|run| run.runner.as_str()).collect();
+        eprintln!(
+            "chaos: step runs {per_step:?} by {} runners checked, done at {:?}",
+            runners.len(),
+            started.elapsed()
+        );
+        background.abort_all();
+        cluster.stop().await;
+    });
 }
 
 // ------------------------------------------------------------------------------------------------

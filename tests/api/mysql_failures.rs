@@ -1,7 +1,7 @@
-//! Onboarding that cannot pass, against private MariaDB instances, through the gRPC API (issue 3,
-//! tests 2, 3 and 4): each misconfiguration stops onboarding at the step that detects it, with
-//! status error and a message naming the cause and the fix; fixing it and retrying (or updating
-//! the password) takes the server to active.
+//! Onboarding that cannot pass, against private MariaDB instances, through the gRPC API: each
+//! misconfiguration stops onboarding at the step that detects it, with status error and a message
+//! naming the cause and the fix; fixing it and retrying (or updating the password) takes the server
+//! to active.
 //!
 //! Every server registered here points at 127.0.0.1: a MariaDB this test started, or a port on
 //! which nothing listens.
@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::mariadb::*;
 use crate::common::*;
-use dbtrail_servers::proto::{
-    self, OnboardingStatus, OnboardingStep, RetryOnboardingRequest, ServerStatus, StepStatus,
-    UpdateServerRequest,
-};
+use dbtrail_servers::proto::{self, OnboardingStatus, OnboardingStep, ServerStatus, StepStatus};
 use tonic::Code;
 
 /// Between two messages of a watch.
@@ -54,16 +51,6 @@ async fn onboard(mariadb: &MariaDb, grants: &[&str], password: &str) -> Onboarde
     }
 }
 
-fn update_request(server: proto::Server, paths: &[&str]) -> UpdateServerRequest {
-    UpdateServerRequest {
-        server: Some(server),
-        update_mask: Some(prost_types::FieldMask {
-            paths: paths.iter().map(|path| path.to_string()).collect(),
-        }),
-        request_id: String::new(),
-    }
-}
-
 /// Asserts that no index schema exists yet (nothing passed initializing).
 async fn assert_no_index(onboarded: &Onboarded) {
     let state = index_state(&onboarded.app.db, &onboarded.id).await;
@@ -77,452 +64,446 @@ async fn assert_no_index(onboarded: &Onboarded) {
 // 2. One test for each failure
 // ------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_fails_waiting_for_agent_at_once() {
-    let mariadb = MariaDb::start().await;
-    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, "not-the-password").await;
-    let status = &onboarded.status;
-    let error = assert_failed_at(status, OnboardingStep::WaitingForAgent);
-    assert_eq!(
-        error,
-        format!(
-            "MySQL at 127.0.0.1:{} refused: Access denied for user '{USER}'@'127.0.0.1' \
-             (using password: YES) (error 1045)",
-            mariadb.port
-        ),
-        "MySQL's own reason, at once"
-    );
-    assert_eq!(
-        step(status, OnboardingStep::WaitingForAgent).attempts,
-        1,
-        "access denied is not retried: {status:#?}"
-    );
-    assert_server_agrees(&onboarded.client, status).await;
-    assert_no_index(&onboarded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_port_fails_waiting_for_agent_after_the_retry_budget() {
-    // Nothing listens on this port of 127.0.0.1: every attempt is refused.
-    let port = free_port();
-    let app = mysql_app().await;
-    let mut client = app.client();
-    let mut input = direct_server("unreachable");
-    input.port = i32::from(port);
-    let server = register(&mut client, input).await;
-    let id = server.server_id.clone();
-    let mut watch = open_watch(&mut client, &id, Some(0), false)
-        .await
-        .expect("WatchOnboarding");
-    let messages = watch
-        .messages_until(NEXT, |message| {
-            message.server_status != ServerStatus::Pending as i32
-        })
-        .await;
-    assert_consecutive_revisions(&messages);
-    let status = messages.last().expect("a final message").clone();
-    assert_eq!(status, onboarding_status(&mut client, &id).await);
-
-    let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
-    let address = format!("127.0.0.1:{port}");
-    assert!(
-        error.starts_with(&format!("cannot reach MySQL at {address}: {UNREACHABLE}"))
-            && error.ends_with(&format!("(gave up after {CONNECT_ATTEMPTS} attempts)")),
-        "the error names the host and port, the cause and the budget: {error}"
-    );
-    let waiting = step(&status, OnboardingStep::WaitingForAgent);
-    assert_eq!(
-        waiting.attempts, CONNECT_ATTEMPTS,
-        "attempts count every try, up to the configured budget: {status:#?}"
-    );
-
-    // Each retry was a new attempt, announced with its reason while the step was in progress.
-    let retries: Vec<(i32, String)> = messages
-        .iter()
-        .map(|message| step(message, OnboardingStep::WaitingForAgent))
-        .filter(|progress| progress.status == StepStatus::InProgress as i32)
-        .map(|progress| (progress.attempts, progress.message.clone()))
-        .collect();
-    assert_eq!(
-        retries
-            .iter()
-            .map(|(attempts, _)| *attempts)
-            .collect::<Vec<_>>(),
-        (1..=CONNECT_ATTEMPTS).collect::<Vec<_>>(),
-        "{retries:#?}"
-    );
-    for (attempts, message) in &retries[1..] {
-        assert!(
-            message.starts_with(&format!("cannot reach MySQL at {address}: "))
-                && message.ends_with(&format!(
-                    "; attempt {} of {CONNECT_ATTEMPTS} failed, retrying",
-                    attempts - 1
-                )),
-            "{message}"
+#[test]
+fn a_wrong_password_fails_waiting_for_agent_at_once() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, "not-the-password").await;
+        let status = &onboarded.status;
+        let error = assert_failed_at(status, OnboardingStep::WaitingForAgent);
+        assert_eq!(
+            error,
+            format!(
+                "MySQL at 127.0.0.1:{} refused: Access denied for user '{USER}'@'127.0.0.1' \
+                 (using password: YES) (error 1045)",
+                mariadb.port
+            ),
+            "MySQL's own reason, at once"
         );
-    }
-    // With backoff between attempts (500 ms, then 1 s).
-    let started = waiting.started_at.expect("started_at");
-    let completed = waiting.completed_at.expect("completed_at");
-    let elapsed = (completed.seconds - started.seconds) as f64
-        + f64::from(completed.nanos - started.nanos) / 1e9;
-    assert!(
-        elapsed >= 1.4,
-        "the attempts were {elapsed} s apart in all: no backoff?"
-    );
-    assert_server_agrees(&client, &status).await;
-    let state = index_state(&app.db, &id).await;
-    assert!(state.all_index_schemas.is_empty(), "{state:#?}");
+        assert_eq!(
+            step(status, OnboardingStep::WaitingForAgent).attempts,
+            1,
+            "access denied is not retried: {status:#?}"
+        );
+        assert_server_agrees(&onboarded.client, status).await;
+        assert_no_index(&onboarded).await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_bin_off_fails_initializing() {
-    let mariadb = MariaDb::options().without_binlog().start().await;
-    assert_eq!(mariadb.global("log_bin").await, "OFF");
-    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
-    let status = &onboarded.status;
-    let error = assert_failed_at(status, OnboardingStep::Initializing);
-    assert_eq!(
-        error,
-        "log_bin is OFF; dbtrail needs the binary log: start the server with --log-bin \
-         (log_bin in my.cnf) and restart it"
-    );
-    assert_eq!(step(status, OnboardingStep::WaitingForAgent).attempts, 1);
-    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
-    assert_server_agrees(&onboarded.client, status).await;
-    assert_no_index(&onboarded).await;
+#[test]
+fn an_unreachable_port_fails_waiting_for_agent_after_the_retry_budget() {
+    block_on(async {
+        // Nothing listens on this port of 127.0.0.1: every attempt is refused.
+        let port = free_port();
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let mut input = direct_server("unreachable");
+        input.port = i32::from(port);
+        let server = register(&mut client, input).await;
+        let id = server.server_id.clone();
+        let mut watch = open_watch(&mut client, &id, Some(0), false)
+            .await
+            .expect("WatchOnboarding");
+        let (messages, status) = watch_until_settled(&mut watch, &mut client, &id, NEXT).await;
+
+        let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
+        let address = format!("127.0.0.1:{port}");
+        assert!(
+            error.starts_with(&format!("cannot reach MySQL at {address}: {UNREACHABLE}"))
+                && error.ends_with(&format!("(gave up after {CONNECT_ATTEMPTS} attempts)")),
+            "the error names the host and port, the cause and the budget: {error}"
+        );
+        let waiting = step(&status, OnboardingStep::WaitingForAgent);
+        assert_eq!(
+            waiting.attempts, CONNECT_ATTEMPTS,
+            "attempts count every try, up to the configured budget: {status:#?}"
+        );
+
+        // Each retry was a new attempt, announced with its reason while the step was in progress.
+        assert_retries_announced(
+            &messages,
+            OnboardingStep::WaitingForAgent,
+            CONNECT_ATTEMPTS,
+            |failed, message| {
+                message.starts_with(&format!("cannot reach MySQL at {address}: "))
+                    && message.ends_with(&format!(
+                        "; attempt {failed} of {CONNECT_ATTEMPTS} failed, retrying"
+                    ))
+            },
+        );
+        // With backoff between attempts (500 ms, then 1 s).
+        let started = waiting.started_at.expect("started_at");
+        let completed = waiting.completed_at.expect("completed_at");
+        let elapsed = (completed.seconds - started.seconds) as f64
+            + f64::from(completed.nanos - started.nanos) / 1e9;
+        assert!(
+            elapsed >= 1.4,
+            "the attempts were {elapsed} s apart in all: no backoff?"
+        );
+        assert_server_agrees(&client, &status).await;
+        let state = index_state(&app.db, &id).await;
+        assert!(state.all_index_schemas.is_empty(), "{state:#?}");
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binlog_format_statement_fails_initializing_with_the_fix() {
-    let mariadb = MariaDb::options().binlog_format("STATEMENT").start().await;
-    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
-    let status = &onboarded.status;
-    let error = assert_failed_at(status, OnboardingStep::Initializing);
-    assert_eq!(
-        error,
-        "binlog_format is STATEMENT; dbtrail needs ROW: SET GLOBAL binlog_format = 'ROW' and \
-         persist it in my.cnf"
-    );
-    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
-    assert_server_agrees(&onboarded.client, status).await;
-    assert_no_index(&onboarded).await;
+#[test]
+fn log_bin_off_fails_initializing() {
+    block_on(async {
+        let mariadb = MariaDb::options().without_binlog().start().await;
+        assert_eq!(mariadb.global("log_bin").await, "OFF");
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+        let status = &onboarded.status;
+        let error = assert_failed_at(status, OnboardingStep::Initializing);
+        assert_eq!(
+            error,
+            "log_bin is OFF; dbtrail needs the binary log: start the server with --log-bin \
+             (log_bin in my.cnf) and restart it"
+        );
+        assert_eq!(step(status, OnboardingStep::WaitingForAgent).attempts, 1);
+        assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+        assert_server_agrees(&onboarded.client, status).await;
+        assert_no_index(&onboarded).await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binlog_row_image_minimal_fails_initializing_with_the_fix() {
-    let mariadb = MariaDb::options().binlog_row_image("MINIMAL").start().await;
-    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
-    let status = &onboarded.status;
-    let error = assert_failed_at(status, OnboardingStep::Initializing);
-    assert_eq!(
-        error,
-        "binlog_row_image is MINIMAL; dbtrail needs FULL: SET GLOBAL binlog_row_image = 'FULL' \
-         and persist it in my.cnf"
-    );
-    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
-    assert_server_agrees(&onboarded.client, status).await;
-    assert_no_index(&onboarded).await;
+#[test]
+fn binlog_format_statement_fails_initializing_with_the_fix() {
+    block_on(async {
+        let mariadb = MariaDb::options().binlog_format("STATEMENT").start().await;
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+        let status = &onboarded.status;
+        let error = assert_failed_at(status, OnboardingStep::Initializing);
+        assert_eq!(
+            error,
+            "binlog_format is STATEMENT; dbtrail needs ROW: SET GLOBAL binlog_format = 'ROW' and \
+             persist it in my.cnf"
+        );
+        assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+        assert_server_agrees(&onboarded.client, status).await;
+        assert_no_index(&onboarded).await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_without_replication_slave_fails_initializing() {
-    let mariadb = MariaDb::start().await;
-    let onboarded = onboard(&mariadb, &["REPLICATION CLIENT", "SELECT"], PASSWORD).await;
-    let status = &onboarded.status;
-    let error = assert_failed_at(status, OnboardingStep::Initializing);
-    assert_eq!(
-        error,
-        "the user lacks REPLICATION SLAVE (SHOW GRANTS shows none on *.*): \
-         GRANT REPLICATION SLAVE ON *.* TO 'bintrail'@'%'"
-    );
-    assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
-    assert_server_agrees(&onboarded.client, status).await;
-    assert_no_index(&onboarded).await;
+#[test]
+fn binlog_row_image_minimal_fails_initializing_with_the_fix() {
+    block_on(async {
+        let mariadb = MariaDb::options().binlog_row_image("MINIMAL").start().await;
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+        let status = &onboarded.status;
+        let error = assert_failed_at(status, OnboardingStep::Initializing);
+        assert_eq!(
+            error,
+            "binlog_row_image is MINIMAL; dbtrail needs FULL: SET GLOBAL binlog_row_image = 'FULL' \
+             and persist it in my.cnf"
+        );
+        assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+        assert_server_agrees(&onboarded.client, status).await;
+        assert_no_index(&onboarded).await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_without_select_fails_snapshotting() {
-    let mariadb = MariaDb::start().await;
-    let onboarded = onboard(
-        &mariadb,
-        &["REPLICATION SLAVE", "REPLICATION CLIENT"],
-        PASSWORD,
-    )
-    .await;
-    let status = &onboarded.status;
-    let error = assert_failed_at(status, OnboardingStep::Snapshotting);
-    assert_eq!(
-        error,
-        "SELECT is denied: the user has no SELECT privilege, so no table can be read: \
-         GRANT SELECT ON *.* TO 'bintrail'@'%'"
-    );
-    assert_eq!(step(status, OnboardingStep::Snapshotting).attempts, 1);
-    assert_server_agrees(&onboarded.client, status).await;
-    // Initializing passed and created the index tables; no snapshot was stored.
-    let state = index_state(&onboarded.app.db, &onboarded.id).await;
-    assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
-    assert!(state.snapshots.is_empty(), "{state:#?}");
-    assert!(state.checkpoints.is_empty(), "{state:#?}");
+#[test]
+fn a_user_without_replication_slave_fails_initializing() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let onboarded = onboard(&mariadb, &["REPLICATION CLIENT", "SELECT"], PASSWORD).await;
+        let status = &onboarded.status;
+        let error = assert_failed_at(status, OnboardingStep::Initializing);
+        assert_eq!(
+            error,
+            "the user lacks REPLICATION SLAVE (SHOW GRANTS shows none on *.*): \
+             GRANT REPLICATION SLAVE ON *.* TO 'bintrail'@'%'"
+        );
+        assert_eq!(step(status, OnboardingStep::Initializing).attempts, 1);
+        assert_server_agrees(&onboarded.client, status).await;
+        assert_no_index(&onboarded).await;
+    });
+}
+
+#[test]
+fn a_user_without_select_fails_snapshotting() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let onboarded = onboard(
+            &mariadb,
+            &["REPLICATION SLAVE", "REPLICATION CLIENT"],
+            PASSWORD,
+        )
+        .await;
+        let status = &onboarded.status;
+        let error = assert_failed_at(status, OnboardingStep::Snapshotting);
+        assert_eq!(
+            error,
+            "SELECT is denied: the user has no SELECT privilege, so no table can be read: \
+             GRANT SELECT ON *.* TO 'bintrail'@'%'"
+        );
+        assert_eq!(step(status, OnboardingStep::Snapshotting).attempts, 1);
+        assert_server_agrees(&onboarded.client, status).await;
+        // Initializing passed and created the index tables; no snapshot was stored.
+        let state = index_state(&onboarded.app.db, &onboarded.id).await;
+        assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
+        assert!(state.snapshots.is_empty(), "{state:#?}");
+        assert!(state.checkpoints.is_empty(), "{state:#?}");
+    });
 }
 
 // ------------------------------------------------------------------------------------------------
 // 3. Fix, then retry
 // ------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_set_global_binlog_format_row_retry_onboarding_reaches_active() {
-    let mariadb = MariaDb::options().binlog_format("STATEMENT").start().await;
-    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
-    let mut client = onboarded.client.clone();
-    let id = onboarded.id.clone();
-    let failed = onboarded.status.clone();
-    let error = assert_failed_at(&failed, OnboardingStep::Initializing);
-    assert!(error.starts_with("binlog_format is STATEMENT"), "{error}");
+#[test]
+fn after_set_global_binlog_format_row_retry_onboarding_reaches_active() {
+    block_on(async {
+        let mariadb = MariaDb::options().binlog_format("STATEMENT").start().await;
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+        let mut client = onboarded.client.clone();
+        let id = onboarded.id.clone();
+        let failed = onboarded.status.clone();
+        let error = assert_failed_at(&failed, OnboardingStep::Initializing);
+        assert!(error.starts_with("binlog_format is STATEMENT"), "{error}");
 
-    mariadb.exec(&["SET GLOBAL binlog_format = 'ROW'"]).await;
-    let retried = client
-        .retry_onboarding(RetryOnboardingRequest {
-            server_id: id.clone(),
-        })
-        .await
-        .expect("RetryOnboarding")
-        .into_inner();
-    // Resumes at the failed step, its attempts reset.
-    assert_eq!(retried.server_status, ServerStatus::Pending as i32);
-    assert_eq!(retried.error, None);
-    assert_eq!(
-        retried.current_step,
-        Some(OnboardingStep::Initializing as i32)
-    );
-    let initializing = step(&retried, OnboardingStep::Initializing);
-    assert_eq!(
-        initializing.status,
-        StepStatus::Pending as i32,
-        "{retried:#?}"
-    );
-    assert_eq!(initializing.attempts, 0, "{retried:#?}");
-    assert_eq!(initializing.error, None, "{retried:#?}");
-    assert_eq!(retried.revision, failed.revision + 1);
-
-    let status = wait_settled(&client, &id).await;
-    assert_active(&status);
-    assert_server_agrees(&client, &status).await;
-    for earlier in [
-        OnboardingStep::Provisioning,
-        OnboardingStep::AwaitingFirewall,
-        OnboardingStep::WaitingForAgent,
-    ] {
+        mariadb.exec(&["SET GLOBAL binlog_format = 'ROW'"]).await;
+        let retried = retry_onboarding(&mut client, &id).await;
+        // Resumes at the failed step, its attempts reset.
+        assert_eq!(retried.server_status, ServerStatus::Pending as i32);
+        assert_eq!(retried.error, None);
         assert_eq!(
-            step(&status, earlier),
-            step(&failed, earlier),
-            "{earlier:?} did not run again"
+            retried.current_step,
+            Some(OnboardingStep::Initializing as i32)
         );
-    }
-    for step_name in [
-        OnboardingStep::Initializing,
-        OnboardingStep::Snapshotting,
-        OnboardingStep::Streaming,
-    ] {
-        assert_eq!(step(&status, step_name).attempts, 1, "{status:#?}");
-    }
-    let state = index_state(&onboarded.app.db, &id).await;
-    assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
-    assert_eq!(state.snapshots.len(), 1);
-    assert_eq!(state.checkpoints.len(), 1);
+        let initializing = step(&retried, OnboardingStep::Initializing);
+        assert_eq!(
+            initializing.status,
+            StepStatus::Pending as i32,
+            "{retried:#?}"
+        );
+        assert_eq!(initializing.attempts, 0, "{retried:#?}");
+        assert_eq!(initializing.error, None, "{retried:#?}");
+        assert_eq!(retried.revision, failed.revision + 1);
+
+        let status = wait_settled(&client, &id).await;
+        assert_active(&status);
+        assert_server_agrees(&client, &status).await;
+        for earlier in [
+            OnboardingStep::Provisioning,
+            OnboardingStep::AwaitingFirewall,
+            OnboardingStep::WaitingForAgent,
+        ] {
+            assert_eq!(
+                step(&status, earlier),
+                step(&failed, earlier),
+                "{earlier:?} did not run again"
+            );
+        }
+        for step_name in [
+            OnboardingStep::Initializing,
+            OnboardingStep::Snapshotting,
+            OnboardingStep::Streaming,
+        ] {
+            assert_eq!(step(&status, step_name).attempts, 1, "{status:#?}");
+        }
+        let state = index_state(&onboarded.app.db, &id).await;
+        assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
+        assert_eq!(state.snapshots.len(), 1);
+        assert_eq!(state.checkpoints.len(), 1);
+    });
 }
 
 // ------------------------------------------------------------------------------------------------
 // 4. Fix the password, then update
 // ------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_update_server_with_the_right_password_onboarding_reaches_active() {
-    let mariadb = MariaDb::start().await;
-    let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, "not-the-password").await;
-    let mut client = onboarded.client.clone();
-    let id = onboarded.id.clone();
-    let error = assert_failed_at(&onboarded.status, OnboardingStep::WaitingForAgent);
-    assert!(error.contains("Access denied"), "{error}");
+#[test]
+fn after_update_server_with_the_right_password_onboarding_reaches_active() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, "not-the-password").await;
+        let mut client = onboarded.client.clone();
+        let id = onboarded.id.clone();
+        let error = assert_failed_at(&onboarded.status, OnboardingStep::WaitingForAgent);
+        assert!(error.contains("Access denied"), "{error}");
 
-    let updated = client
-        .update_server(update_request(
+        let updated = update_server(
+            &mut client,
             proto::Server {
                 server_id: id.clone(),
                 mysql_password: PASSWORD.to_owned(),
                 ..Default::default()
             },
             &["mysql_password"],
-        ))
-        .await
-        .expect("UpdateServer mysql_password")
-        .into_inner();
-    assert_eq!(updated.status, ServerStatus::Pending as i32);
-    assert_eq!(updated.error, None);
-    assert!(updated.has_mysql_password);
-    assert!(
-        updated.mysql_password.is_empty(),
-        "the password is never returned"
-    );
-
-    let status = wait_settled(&client, &id).await;
-    assert_active(&status);
-    assert_server_agrees(&client, &status).await;
-    assert_eq!(
-        step(&status, OnboardingStep::WaitingForAgent).message,
-        format!(
-            "logged in to MariaDB {} at 127.0.0.1:{} as {USER}",
-            mariadb.version, mariadb.port
         )
-    );
-    assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
-    let state = index_state(&onboarded.app.db, &id).await;
-    assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
-    assert_eq!(state.snapshots.len(), 1);
-    assert_eq!(state.checkpoints.len(), 1);
+        .await;
+        assert_eq!(updated.status, ServerStatus::Pending as i32);
+        assert_eq!(updated.error, None);
+        assert!(updated.has_mysql_password);
+        assert!(
+            updated.mysql_password.is_empty(),
+            "the password is never returned"
+        );
+
+        let status = wait_settled(&client, &id).await;
+        assert_active(&status);
+        assert_server_agrees(&client, &status).await;
+        assert_eq!(
+            step(&status, OnboardingStep::WaitingForAgent).message,
+            format!(
+                "logged in to MariaDB {} at 127.0.0.1:{} as {USER}",
+                mariadb.version, mariadb.port
+            )
+        );
+        assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
+        let state = index_state(&onboarded.app.db, &id).await;
+        assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
+        assert_eq!(state.snapshots.len(), 1);
+        assert_eq!(state.checkpoints.len(), 1);
+    });
 }
 
 /// Without --allow-loopback-targets, a tenant cannot point the agent at instance metadata, the
 /// replica itself or its networks, however the address is spelt: an IP literal is refused by
 /// RegisterServer and UpdateServer, a DNS name at waiting_for_agent once resolved, each with the
 /// same reason, before any connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denied_targets_are_refused_at_registration_or_after_resolution() {
-    let mariadb = MariaDb::start().await;
-    let app = TestApp::start_with(ReplicaOptions {
-        allow_loopback_targets: false,
-        ..mysql_replica_options()
-    })
-    .await;
-    let mut client = app.client();
-    let own = dbtrail_servers::onboarding::interfaces::own_networks()
-        .into_iter()
-        .map(|range| range.address())
-        .find(|address| !address.is_loopback())
-        .expect("this host has an address besides loopback");
-    let refused = |status: &tonic::Status, field: &str, host: &str| {
-        assert_eq!(status.code(), Code::InvalidArgument, "{host}: {status:?}");
-        assert_bad_request(status, &[field]);
+#[test]
+fn denied_targets_are_refused_at_registration_or_after_resolution() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let app = TestApp::start_with(ReplicaOptions {
+            allow_loopback_targets: false,
+            ..mysql_replica_options()
+        })
+        .await;
+        let mut client = app.client();
+        let own = dbtrail_servers::onboarding::interfaces::own_networks()
+            .into_iter()
+            .map(|range| range.address())
+            .find(|address| !address.is_loopback())
+            .expect("this host has an address besides loopback");
+        let refused = |status: &tonic::Status, field: &str, host: &str| {
+            assert_eq!(status.code(), Code::InvalidArgument, "{host}: {status:?}");
+            assert_bad_request(status, &[field]);
+            assert!(
+                status.message().contains(&format!("{host} is {DENIED}")),
+                "{host}: {status:?}"
+            );
+        };
+        let literals = [
+            "169.254.169.254".to_owned(),
+            "fd00:ec2::254".to_owned(),
+            "100.100.100.200".to_owned(),
+            "::ffff:127.0.0.1".to_owned(),
+            "127.0.0.1".to_owned(),
+            own.to_string(),
+        ];
+        for (index, host) in literals.iter().enumerate() {
+            // A VPN may reach private ranges, but never these.
+            let mut input = direct_server(&format!("denied-{index}"));
+            input.host = host.clone();
+            input.connection_method = proto::ConnectionMethod::Vpn as i32;
+            let status = register_error(&mut client, input).await;
+            refused(&status, "server.host", host);
+            // Nor may a jumphost be there.
+            let mut tunnelled = ssh_server(&format!("denied-jumphost-{index}"));
+            tunnelled.ssh_tunnel.as_mut().expect("a tunnel").host = host.clone();
+            let status = register_error(&mut client, tunnelled).await;
+            refused(&status, "server.ssh_tunnel.host", host);
+        }
+        // A private address is for VPN and SSH tunnel servers only.
+        let mut private = direct_server("private-direct");
+        private.host = "10.20.30.40".to_owned();
+        let status = register_error(&mut client, private).await;
+        refused(&status, "server.host", "10.20.30.40");
+        // The agent connects to a jumphost itself: it must be where a direct server could be, while
+        // the MySQL host behind it may be private.
+        let mut private_jumphost = ssh_server("private-jumphost");
+        private_jumphost.ssh_tunnel.as_mut().expect("a tunnel").host = "10.20.30.41".to_owned();
+        let status = register_error(&mut client, private_jumphost).await;
+        refused(&status, "server.ssh_tunnel.host", "10.20.30.41");
+        let mut behind = ssh_server("private-behind-public-jumphost");
+        behind.host = "10.20.30.42".to_owned();
+        behind.ssh_tunnel.as_mut().expect("a tunnel").host = "203.0.113.10".to_owned();
+        register(&mut client, behind).await;
+
+        // A DNS name is checked where it resolves.
+        let mut input = direct_server("named-loopback");
+        input.host = "localhost".to_owned();
+        input.port = i32::from(mariadb.port);
+        let server = register(&mut client, input).await;
+        let status = wait_settled(&client, &server.server_id).await;
+        let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
         assert!(
-            status.message().contains(&format!("{host} is {DENIED}")),
-            "{host}: {status:?}"
+            error.starts_with("MySQL host localhost resolves to ") && error.ends_with(DENIED),
+            "{error}"
         );
-    };
-    let literals = [
-        "169.254.169.254".to_owned(),
-        "fd00:ec2::254".to_owned(),
-        "100.100.100.200".to_owned(),
-        "::ffff:127.0.0.1".to_owned(),
-        "127.0.0.1".to_owned(),
-        own.to_string(),
-    ];
-    for (index, host) in literals.iter().enumerate() {
-        // A VPN may reach private ranges, but never these.
-        let mut input = direct_server(&format!("denied-{index}"));
-        input.host = host.clone();
-        input.connection_method = proto::ConnectionMethod::Vpn as i32;
-        let status = register_error(&mut client, input).await;
-        refused(&status, "server.host", host);
-        // Nor may a jumphost be there.
-        let mut tunnelled = ssh_server(&format!("denied-jumphost-{index}"));
-        tunnelled.ssh_tunnel.as_mut().expect("a tunnel").host = host.clone();
-        let status = register_error(&mut client, tunnelled).await;
-        refused(&status, "server.ssh_tunnel.host", host);
-    }
-    // A private address is for VPN and SSH tunnel servers only.
-    let mut private = direct_server("private-direct");
-    private.host = "10.20.30.40".to_owned();
-    let status = register_error(&mut client, private).await;
-    refused(&status, "server.host", "10.20.30.40");
-    // The agent connects to a jumphost itself: it must be where a direct server could be, while
-    // the MySQL host behind it may be private.
-    let mut private_jumphost = ssh_server("private-jumphost");
-    private_jumphost.ssh_tunnel.as_mut().expect("a tunnel").host = "10.20.30.41".to_owned();
-    let status = register_error(&mut client, private_jumphost).await;
-    refused(&status, "server.ssh_tunnel.host", "10.20.30.41");
-    let mut behind = ssh_server("private-behind-public-jumphost");
-    behind.host = "10.20.30.42".to_owned();
-    behind.ssh_tunnel.as_mut().expect("a tunnel").host = "203.0.113.10".to_owned();
-    register(&mut client, behind).await;
+        assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
 
-    // A DNS name is checked where it resolves.
-    let mut input = direct_server("named-loopback");
-    input.host = "localhost".to_owned();
-    input.port = i32::from(mariadb.port);
-    let server = register(&mut client, input).await;
-    let status = wait_settled(&client, &server.server_id).await;
-    let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
-    assert!(
-        error.starts_with("MySQL host localhost resolves to ") && error.ends_with(DENIED),
-        "{error}"
-    );
-    assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
-
-    // UpdateServer applies the same rule.
-    let mut moved = server.clone();
-    moved.host = "169.254.169.254".to_owned();
-    moved.etag = String::new();
-    let status = expect_err(client.update_server(update_request(moved, &["host"])).await);
-    refused(&status, "server.host", "169.254.169.254");
+        // UpdateServer applies the same rule.
+        let mut moved = server.clone();
+        moved.host = "169.254.169.254".to_owned();
+        moved.etag = String::new();
+        let status = expect_err(client.update_server(update_request(moved, &["host"])).await);
+        refused(&status, "server.host", "169.254.169.254");
+    });
 }
 
 /// A closed port, a host that never answers and a port that speaks another protocol are told
 /// apart only in the service's log: the tenant sees one reason, so the agent is no port scanner.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_silent_and_foreign_ports_read_the_same() {
-    let mariadb = MariaDb::start().await;
-    let app = TestApp::start_with(mysql_replica_options()).await;
-    let mut client = app.client();
-    let closed = free_port();
-    let silent = TcpProxy::start(format!("127.0.0.1:{}", mariadb.port)).await;
-    silent.black_hole();
-    let foreign = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let foreign_port = foreign.local_addr().expect("address").port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = foreign.accept().await {
-            use tokio::io::AsyncWriteExt;
-            let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+#[test]
+fn refused_silent_and_foreign_ports_read_the_same() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let app = TestApp::start_with(mysql_replica_options()).await;
+        let mut client = app.client();
+        let closed = free_port();
+        let silent = TcpProxy::start(format!("127.0.0.1:{}", mariadb.port)).await;
+        silent.black_hole();
+        let foreign = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let foreign_port = foreign.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = foreign.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let mut reasons = Vec::new();
+        for (name, port) in [
+            ("closed", closed),
+            ("silent", silent.addr.port()),
+            ("foreign", foreign_port),
+        ] {
+            let mut input = direct_server(name);
+            input.port = i32::from(port);
+            let server = register(&mut client, input).await;
+            let status = wait_for_onboarding(
+                &client,
+                &server.server_id,
+                "the first failed attempt",
+                Duration::from_secs(20),
+                |status| {
+                    step(status, OnboardingStep::WaitingForAgent)
+                        .message
+                        .contains("attempt 1 of")
+                },
+            )
+            .await;
+            let message = step(&status, OnboardingStep::WaitingForAgent)
+                .message
+                .clone();
+            reasons.push(message.replace(&format!("127.0.0.1:{port}"), "<address>"));
         }
+        assert_eq!(
+            reasons[0],
+            format!(
+                "cannot reach MySQL at <address>: {UNREACHABLE}; attempt 1 of {CONNECT_ATTEMPTS} \
+                 failed, retrying"
+            )
+        );
+        assert!(
+            reasons.iter().all(|reason| *reason == reasons[0]),
+            "{reasons:#?}"
+        );
     });
-    let mut reasons = Vec::new();
-    for (name, port) in [
-        ("closed", closed),
-        ("silent", silent.addr.port()),
-        ("foreign", foreign_port),
-    ] {
-        let mut input = direct_server(name);
-        input.port = i32::from(port);
-        let server = register(&mut client, input).await;
-        let status = wait_for_onboarding(
-            &client,
-            &server.server_id,
-            "the first failed attempt",
-            Duration::from_secs(20),
-            |status| {
-                step(status, OnboardingStep::WaitingForAgent)
-                    .message
-                    .contains("attempt 1 of")
-            },
-        )
-        .await;
-        let message = step(&status, OnboardingStep::WaitingForAgent)
-            .message
-            .clone();
-        reasons.push(message.replace(&format!("127.0.0.1:{port}"), "<address>"));
-    }
-    assert_eq!(
-        reasons[0],
-        format!(
-            "cannot reach MySQL at <address>: {UNREACHABLE}; attempt 1 of {CONNECT_ATTEMPTS} \
-             failed, retrying"
-        )
-    );
-    assert!(
-        reasons.iter().all(|reason| *reason == reasons[0]),
-        "{reasons:#?}"
-    );
 }
 
 /// A proxy to `upstream` that forwards until the client sends a packet containing `trigger`,
@@ -656,55 +637,59 @@ async fn stalling_after_login(args: &[&str]) -> (MariaDb, StallingProxy, TestApp
 /// A MySQL that logs the agent in and then never answers its query: the step fails within its
 /// deadline (--step-timeout) after its attempts, naming what stalled, instead of holding a runner
 /// slot for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_deadline() {
-    let (mariadb, proxy, app) = stalling_after_login(&["--step-timeout", "2s"]).await;
-    let mut client = app.client();
-    let server = proxy.server(&mariadb, "stalls");
-    let started = std::time::Instant::now();
-    let registered = register(&mut client, server).await;
-    let status = wait_settled(&client, &registered.server_id).await;
-    let took = started.elapsed();
-    assert_eq!(
-        status.server_status,
-        ServerStatus::Error as i32,
-        "{status:?}"
-    );
-    assert_eq!(
-        status.current_step,
-        Some(OnboardingStep::Initializing as i32),
-        "the login passed; the first query after it stalled: {status:?}"
-    );
-    let error = status.error.clone().unwrap_or_default();
-    assert!(
-        error.contains("initializing did not finish within 2s")
-            && error.contains(&format!("waiting for MySQL at 127.0.0.1:{}", proxy.port()))
-            && error.contains(&format!("gave up after {CONNECT_ATTEMPTS} attempts")),
-        "the error names the deadline and what stalled: {error}"
-    );
-    // A few attempts of 2 s and their backoffs, not forever.
-    assert!(took < Duration::from_secs(30), "took {took:?}");
-    app.shutdown().await;
+#[test]
+fn a_mysql_that_stops_answering_after_login_fails_the_step_within_its_deadline() {
+    block_on(async {
+        let (mariadb, proxy, app) = stalling_after_login(&["--step-timeout", "2s"]).await;
+        let mut client = app.client();
+        let server = proxy.server(&mariadb, "stalls");
+        let started = std::time::Instant::now();
+        let registered = register(&mut client, server).await;
+        let status = wait_settled(&client, &registered.server_id).await;
+        let took = started.elapsed();
+        assert_eq!(
+            status.server_status,
+            ServerStatus::Error as i32,
+            "{status:?}"
+        );
+        assert_eq!(
+            status.current_step,
+            Some(OnboardingStep::Initializing as i32),
+            "the login passed; the first query after it stalled: {status:?}"
+        );
+        let error = status.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("initializing did not finish within 2s")
+                && error.contains(&format!("waiting for MySQL at 127.0.0.1:{}", proxy.port()))
+                && error.contains(&format!("gave up after {CONNECT_ATTEMPTS} attempts")),
+            "the error names the deadline and what stalled: {error}"
+        );
+        // A few attempts of 2 s and their backoffs, not forever.
+        assert!(took < Duration::from_secs(30), "took {took:?}");
+        app.shutdown().await;
+    });
 }
 
 /// The same stall under a per-query timeout shorter than the step's deadline: the step fails
 /// naming the query MySQL left unanswered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_left_unanswered_fails_within_the_query_timeout_naming_it() {
-    let (mariadb, proxy, app) =
-        stalling_after_login(&["--mysql-query-timeout", "1s", "--step-timeout", "1m"]).await;
-    let mut client = app.client();
-    let registered = register(&mut client, proxy.server(&mariadb, "unanswered")).await;
-    let status = wait_settled(&client, &registered.server_id).await;
-    let error = assert_failed_at(&status, OnboardingStep::Initializing);
-    assert!(
-        error.contains(&format!(
-            "MySQL at 127.0.0.1:{} did not answer SHOW GRANTS within 1s",
-            proxy.port()
-        )) && error.contains(&format!("gave up after {CONNECT_ATTEMPTS} attempts")),
-        "{error}"
-    );
-    app.shutdown().await;
+#[test]
+fn a_query_left_unanswered_fails_within_the_query_timeout_naming_it() {
+    block_on(async {
+        let (mariadb, proxy, app) =
+            stalling_after_login(&["--mysql-query-timeout", "1s", "--step-timeout", "1m"]).await;
+        let mut client = app.client();
+        let registered = register(&mut client, proxy.server(&mariadb, "unanswered")).await;
+        let status = wait_settled(&client, &registered.server_id).await;
+        let error = assert_failed_at(&status, OnboardingStep::Initializing);
+        assert!(
+            error.contains(&format!(
+                "MySQL at 127.0.0.1:{} did not answer SHOW GRANTS within 1s",
+                proxy.port()
+            )) && error.contains(&format!("gave up after {CONNECT_ATTEMPTS} attempts")),
+            "{error}"
+        );
+        app.shutdown().await;
+    });
 }
 
 /// How many servers whose names start with `prefix` hold a live onboarding lease: their runners.
@@ -734,118 +719,122 @@ async fn wait_runners(db: &TestDatabase, prefix: &str, count: i64) {
 /// Runner slots are shared: a tenant whose 70 servers all stall after login leaves a quarter of
 /// a replica's 64 runner slots (its share, by default) to the others, and another tenant's server
 /// onboards at once; once every slot is taken, a tenant below its share makes one above it yield.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
-    let mariadb = onboardable_mariadb().await;
-    let proxy = StallingProxy::after_login(&mariadb).await;
-    let mut options = mysql_replica_options();
-    options
-        .extra_args
-        .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
-    let app = TestApp::start_with(options).await;
-    let mut hostile = app.client();
-    for index in 0..70 {
-        let server = proxy.server(&mariadb, &format!("stalls-{index}"));
-        register(&mut hostile, server).await;
-    }
-    // The hostile tenant takes all but a share's worth (16) of the 64 slots, and stalls there.
-    wait_runners(&app.db, "stalls-", 48).await;
+#[test]
+fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
+    block_on(async {
+        let mariadb = onboardable_mariadb().await;
+        let proxy = StallingProxy::after_login(&mariadb).await;
+        let mut options = mysql_replica_options();
+        options
+            .extra_args
+            .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
+        let app = TestApp::start_with(options).await;
+        let mut hostile = app.client();
+        for index in 0..70 {
+            let server = proxy.server(&mariadb, &format!("stalls-{index}"));
+            register(&mut hostile, server).await;
+        }
+        // The hostile tenant takes all but a share's worth (16) of the 64 slots, and stalls there.
+        wait_runners(&app.db, "stalls-", 48).await;
 
-    let other = app.db.create_tenant("patient", None).await;
-    let mut client = app.client_with_key(&other.key);
-    let started = std::time::Instant::now();
-    let server = register(&mut client, mariadb.server("onboards", USER, PASSWORD)).await;
-    assert_active(&wait_settled(&client, &server.server_id).await);
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "another tenant's server waited {:?} for a runner",
-        started.elapsed()
-    );
-    assert_eq!(runners_of(&app.db, "stalls-").await, 48);
+        let other = app.db.create_tenant("patient", None).await;
+        let mut client = app.client_with_key(&other.key);
+        let started = std::time::Instant::now();
+        let server = register(&mut client, mariadb.server("onboards", USER, PASSWORD)).await;
+        assert_active(&wait_settled(&client, &server.server_id).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "another tenant's server waited {:?} for a runner",
+            started.elapsed()
+        );
+        assert_eq!(runners_of(&app.db, "stalls-").await, 48);
 
-    // A third tenant's stalling servers take the 16 slots left (its share): every slot is
-    // taken. A fourth tenant's server, below its share, makes the hostile tenant (above its
-    // share) yield its youngest runner, and onboards.
-    let crowded = app.db.create_tenant("crowded", None).await;
-    let mut crowded_client = app.client_with_key(&crowded.key);
-    for index in 0..20 {
-        let server = proxy.server(&mariadb, &format!("crowded-{index}"));
-        register(&mut crowded_client, server).await;
-    }
-    wait_runners(&app.db, "crowded-", 16).await;
-    let late = app.db.create_tenant("late", None).await;
-    let mut late_client = app.client_with_key(&late.key);
-    let server = register(&mut late_client, mariadb.server("late", USER, PASSWORD)).await;
-    assert_active(&wait_settled(&late_client, &server.server_id).await);
-    assert_eq!(
-        runners_of(&app.db, "stalls-").await,
-        47,
-        "one hostile runner yielded its slot"
-    );
-    assert_eq!(
-        runners_of(&app.db, "crowded-").await,
-        16,
-        "within its share"
-    );
-    app.shutdown().await;
+        // A third tenant's stalling servers take the 16 slots left (its share): every slot is
+        // taken. A fourth tenant's server, below its share, makes the hostile tenant (above its
+        // share) yield its youngest runner, and onboards.
+        let crowded = app.db.create_tenant("crowded", None).await;
+        let mut crowded_client = app.client_with_key(&crowded.key);
+        for index in 0..20 {
+            let server = proxy.server(&mariadb, &format!("crowded-{index}"));
+            register(&mut crowded_client, server).await;
+        }
+        wait_runners(&app.db, "crowded-", 16).await;
+        let late = app.db.create_tenant("late", None).await;
+        let mut late_client = app.client_with_key(&late.key);
+        let server = register(&mut late_client, mariadb.server("late", USER, PASSWORD)).await;
+        assert_active(&wait_settled(&late_client, &server.server_id).await);
+        assert_eq!(
+            runners_of(&app.db, "stalls-").await,
+            47,
+            "one hostile runner yielded its slot"
+        );
+        assert_eq!(
+            runners_of(&app.db, "crowded-").await,
+            16,
+            "within its share"
+        );
+        app.shutdown().await;
+    });
 }
 
 /// A runner whose lease renewals fail (its PostgreSQL out of reach, not taken over) stops before
 /// its lease may expire: its step is cancelled and its MySQL connection closed, so a runner of
 /// another replica that claims the server then never works on it beside this one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runner_that_cannot_renew_its_lease_lets_go_of_mysql_before_the_lease_expires() {
-    let mariadb = MariaDb::start().await;
-    mariadb
-        .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+#[test]
+fn a_runner_that_cannot_renew_its_lease_lets_go_of_mysql_before_the_lease_expires() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        mariadb
+            .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
+            .await;
+        let mysql = StallingProxy::after_login(&mariadb).await;
+        let postgres = TcpProxy::to_postgres().await;
+        let db = Arc::new(TestDatabase::create().await);
+        let tenant = db.create_tenant("tenant-a", None).await;
+        let mut options = mysql_replica_options();
+        options.database_url = Some(with_host_port(&db.url, postgres.addr));
+        options
+            .extra_args
+            .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
+        let lease_ttl = Duration::from_secs(2);
+        assert_eq!(options.lease_ttl, "2s");
+        let app = TestApp::start_on(db.clone(), tenant, options).await;
+        let mut client = app.client();
+        let server = mysql.server(&mariadb, "renewals-fail");
+        let id = register(&mut client, server).await.server_id;
+        wait_until(
+            "the runner to hold a stalled MySQL connection in initializing",
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                let id = id.clone();
+                let open = mysql.open();
+                async move {
+                    open == 1
+                        && onboarding_status(&mut client, &id).await.current_step
+                            == Some(OnboardingStep::Initializing as i32)
+                }
+            },
+        )
         .await;
-    let mysql = StallingProxy::after_login(&mariadb).await;
-    let postgres = TcpProxy::to_postgres().await;
-    let db = Arc::new(TestDatabase::create().await);
-    let tenant = db.create_tenant("tenant-a", None).await;
-    let mut options = mysql_replica_options();
-    options.database_url = Some(with_host_port(&db.url, postgres.addr));
-    options
-        .extra_args
-        .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
-    let lease_ttl = Duration::from_secs(2);
-    assert_eq!(options.lease_ttl, "2s");
-    let app = TestApp::start_on(db.clone(), tenant, options).await;
-    let mut client = app.client();
-    let server = mysql.server(&mariadb, "renewals-fail");
-    let id = register(&mut client, server).await.server_id;
-    wait_until(
-        "the runner to hold a stalled MySQL connection in initializing",
-        Duration::from_secs(20),
-        || {
-            let mut client = client.clone();
-            let id = id.clone();
-            let open = mysql.open();
-            async move {
-                open == 1
-                    && onboarding_status(&mut client, &id).await.current_step
-                        == Some(OnboardingStep::Initializing as i32)
-            }
-        },
-    )
-    .await;
-    // A few renewals succeed; then the database goes silent for this replica.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(mysql.open(), 1, "the step still waits on MySQL");
-    let cut = Instant::now();
-    postgres.black_hole();
-    wait_until(
-        "the runner to close its MySQL connection",
-        lease_ttl * 3,
-        || async { mysql.open() == 0 },
-    )
-    .await;
-    assert!(
-        cut.elapsed() < lease_ttl,
-        "the runner let go {:?} after its last chance to renew; its lease (TTL {lease_ttl:?}) may \
-         have been another replica's by then",
-        cut.elapsed()
-    );
-    postgres.restore();
-    app.shutdown().await;
+        // A few renewals succeed; then the database goes silent for this replica.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(mysql.open(), 1, "the step still waits on MySQL");
+        let cut = Instant::now();
+        postgres.black_hole();
+        wait_until(
+            "the runner to close its MySQL connection",
+            lease_ttl * 3,
+            || async { mysql.open() == 0 },
+        )
+        .await;
+        assert!(
+            cut.elapsed() < lease_ttl,
+            "the runner let go {:?} after its last chance to renew; its lease (TTL {lease_ttl:?}) \
+             may have been another replica's by then",
+            cut.elapsed()
+        );
+        postgres.restore();
+        app.shutdown().await;
+    });
 }

@@ -1,7 +1,7 @@
-//! A database outage (issue 2, test 10): the service reaches PostgreSQL through a TCP proxy that
-//! the test cuts (other tests are not disturbed). Calls fail fast with UNAVAILABLE within the
-//! pool and statement timeouts, nothing panics, health follows, and once the path is restored
-//! calls, watches and NOTIFY-driven changes work again without a restart.
+//! A database outage: the service reaches PostgreSQL through a TCP proxy that the test cuts (other
+//! tests are not disturbed). Calls fail fast with UNAVAILABLE within the pool and statement
+//! timeouts, nothing panics, health follows, and once the path is restored calls, watches and
+//! NOTIFY-driven changes work again without a restart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,195 +99,199 @@ async fn every_call(
     outcomes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_fail_fast_during_a_database_outage_and_recover_without_a_restart() {
-    let panics = record_panics();
-    let proxy = TcpProxy::to_postgres().await;
-    let db = Arc::new(TestDatabase::create().await);
-    let tenant = db.create_tenant("tenant-a", None).await;
-    let app = TestApp::start_on(
-        db.clone(),
-        tenant,
-        ReplicaOptions {
-            database_url: Some(with_host_port(&db.url, proxy.addr)),
-            statement_timeout: format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
-            pool_timeout: format!("{}ms", POOL_TIMEOUT.as_millis()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mut client = app.client();
-    let tunnelled = register(&mut client, ssh_server("before-outage")).await;
-    let waiting = awaiting_firewall(&client, &tunnelled.server_id).await;
-    let mut open = open_watch(&mut client, &tunnelled.server_id, None, false)
-        .await
-        .expect("WatchOnboarding before the outage");
-    assert_eq!(
-        open.message(Duration::from_secs(5)).await.revision,
-        waiting.revision
-    );
-    wait_until("health to be SERVING", Duration::from_secs(5), || async {
-        matches!(
-            health(app.grpc_addr, SERVERS_SERVICE).await,
-            Ok(ServingStatus::Serving)
+#[test]
+fn calls_fail_fast_during_a_database_outage_and_recover_without_a_restart() {
+    block_on(async {
+        let panics = record_panics();
+        let proxy = TcpProxy::to_postgres().await;
+        let db = Arc::new(TestDatabase::create().await);
+        let tenant = db.create_tenant("tenant-a", None).await;
+        let app = TestApp::start_on(
+            db.clone(),
+            tenant,
+            ReplicaOptions {
+                database_url: Some(with_host_port(&db.url, proxy.addr)),
+                statement_timeout: format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+                pool_timeout: format!("{}ms", POOL_TIMEOUT.as_millis()),
+                ..Default::default()
+            },
         )
-    })
-    .await;
-    wait_until("/readyz to answer 200", Duration::from_secs(5), || async {
-        http_get(app.http_addr, "/readyz").await.0 == 200
-    })
-    .await;
-
-    // --- The outage ---
-    proxy.cut();
-
-    for (name, elapsed, result) in every_call(&client, &tunnelled.server_id).await {
-        let status = match result {
-            Ok(()) => panic!("{name} succeeded while PostgreSQL was unreachable"),
-            Err(status) => status,
-        };
-        assert_error(&status, Code::Unavailable, "STORE_UNAVAILABLE");
-        assert!(
-            elapsed <= FAIL_FAST,
-            "{name} took {elapsed:?} to fail; the pool and statement timeouts allow {FAIL_FAST:?}"
+        .await;
+        let mut client = app.client();
+        let (tunnelled_id, waiting) =
+            register_and_settle(&mut client, ssh_server("before-outage")).await;
+        let mut open = open_watch(&mut client, &tunnelled_id, None, false)
+            .await
+            .expect("WatchOnboarding before the outage");
+        assert_eq!(
+            open.message(Duration::from_secs(5)).await.revision,
+            waiting.revision
         );
-        assert!(
-            !status.message().to_lowercase().contains("select ")
-                && !status
-                    .message()
-                    .to_lowercase()
-                    .contains("connection refused"),
-            "{name}: database details reach the client: {:?}",
-            status.message()
-        );
-    }
-
-    // A key this replica has not seen cannot be checked: UNAVAILABLE, not UNAUTHENTICATED.
-    let fresh_key = db.create_key("tenant-a", &ALL_PERMISSIONS, None).await;
-    let status = expect_err(
-        app.client_with_key(&fresh_key.secret)
-            .list_servers(ListServersRequest::default())
-            .await,
-    );
-    assert_error(&status, Code::Unavailable, "STORE_UNAVAILABLE");
-
-    wait_until(
-        "health to turn NOT_SERVING",
-        Duration::from_secs(10),
-        || async {
-            matches!(
-                health(app.grpc_addr, SERVERS_SERVICE).await,
-                Ok(ServingStatus::NotServing)
-            )
-        },
-    )
-    .await;
-    wait_until("/readyz to fail", Duration::from_secs(10), || async {
-        http_get(app.http_addr, "/readyz").await.0 == 503
-    })
-    .await;
-    assert_eq!(
-        http_get(app.http_addr, "/healthz").await.0,
-        200,
-        "liveness does not follow the database"
-    );
-
-    // --- The path comes back ---
-    proxy.restore();
-    let restored_at = Instant::now();
-    wait_until("calls to succeed again", Duration::from_secs(15), || {
-        let mut client = client.clone();
-        let server_id = tunnelled.server_id.clone();
-        async move {
-            client
-                .get_server(GetServerRequest { server_id })
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    eprintln!(
-        "recovered {:?} after the path was restored",
-        restored_at.elapsed()
-    );
-    wait_until(
-        "health to turn SERVING again",
-        Duration::from_secs(10),
-        || async {
+        wait_until("health to be SERVING", Duration::from_secs(5), || async {
             matches!(
                 health(app.grpc_addr, SERVERS_SERVICE).await,
                 Ok(ServingStatus::Serving)
             )
-        },
-    )
-    .await;
-    assert_eq!(http_get(app.http_addr, "/readyz").await.0, 200);
+        })
+        .await;
+        wait_until("/readyz to answer 200", Duration::from_secs(5), || async {
+            http_get(app.http_addr, "/readyz").await.0 == 200
+        })
+        .await;
 
-    for (name, _, result) in every_call(&client, &tunnelled.server_id).await {
-        result.unwrap_or_else(|status| panic!("{name} after the outage: {status:?}"));
-    }
-    app.client_with_key(&fresh_key.secret)
-        .list_servers(ListServersRequest::default())
-        .await
-        .expect("the new key works once PostgreSQL is back");
-    let status = onboarding_status(&mut client, &tunnelled.server_id).await;
-    let replay = history(&client, &tunnelled.server_id).await;
-    eprintln!("{}", describe_history(&replay));
-    assert_eq!(
-        step_status(&status, OnboardingStep::AwaitingFirewall),
-        StepStatus::Completed
-    );
+        // --- The outage ---
+        proxy.cut();
 
-    // The watch opened before the outage either ended with UNAVAILABLE (clients resume with
-    // since_revision) or, still open, caught up with no gap.
-    let mut seen = Vec::new();
-    loop {
-        match open.next(Duration::from_secs(10)).await {
-            WatchEvent::Error(error) => {
-                assert_eq!(error.code(), Code::Unavailable, "{error:?}");
-                break;
+        for (name, elapsed, result) in every_call(&client, &tunnelled_id).await {
+            let status = match result {
+                Ok(()) => panic!("{name} succeeded while PostgreSQL was unreachable"),
+                Err(status) => status,
+            };
+            assert_error(&status, Code::Unavailable, "STORE_UNAVAILABLE");
+            assert!(
+                elapsed <= FAIL_FAST,
+                "{name} took {elapsed:?} to fail; the pool and statement timeouts allow \
+                 {FAIL_FAST:?}"
+            );
+            assert!(
+                !status.message().to_lowercase().contains("select ")
+                    && !status
+                        .message()
+                        .to_lowercase()
+                        .contains("connection refused"),
+                "{name}: database details reach the client: {:?}",
+                status.message()
+            );
+        }
+
+        // A key this replica has not seen cannot be checked: UNAVAILABLE, not UNAUTHENTICATED.
+        let fresh_key = db.create_key("tenant-a", &ALL_PERMISSIONS, None).await;
+        let status = expect_err(
+            app.client_with_key(&fresh_key.secret)
+                .list_servers(ListServersRequest::default())
+                .await,
+        );
+        assert_error(&status, Code::Unavailable, "STORE_UNAVAILABLE");
+
+        wait_until(
+            "health to turn NOT_SERVING",
+            Duration::from_secs(10),
+            || async {
+                matches!(
+                    health(app.grpc_addr, SERVERS_SERVICE).await,
+                    Ok(ServingStatus::NotServing)
+                )
+            },
+        )
+        .await;
+        wait_until("/readyz to fail", Duration::from_secs(10), || async {
+            http_get(app.http_addr, "/readyz").await.0 == 503
+        })
+        .await;
+        assert_eq!(
+            http_get(app.http_addr, "/healthz").await.0,
+            200,
+            "liveness does not follow the database"
+        );
+
+        // --- The path comes back ---
+        proxy.restore();
+        let restored_at = Instant::now();
+        wait_until("calls to succeed again", Duration::from_secs(15), || {
+            let mut client = client.clone();
+            let server_id = tunnelled_id.clone();
+            async move {
+                client
+                    .get_server(GetServerRequest { server_id })
+                    .await
+                    .is_ok()
             }
-            WatchEvent::Message(message) => {
-                let done = step_status(&message, OnboardingStep::AwaitingFirewall)
-                    == StepStatus::Completed;
-                seen.push(message);
-                if done {
-                    let mut all = vec![waiting.clone()];
-                    all.extend(seen.iter().cloned());
-                    assert_consecutive_revisions(&all);
+        })
+        .await;
+        eprintln!(
+            "recovered {:?} after the path was restored",
+            restored_at.elapsed()
+        );
+        wait_until(
+            "health to turn SERVING again",
+            Duration::from_secs(10),
+            || async {
+                matches!(
+                    health(app.grpc_addr, SERVERS_SERVICE).await,
+                    Ok(ServingStatus::Serving)
+                )
+            },
+        )
+        .await;
+        assert_eq!(http_get(app.http_addr, "/readyz").await.0, 200);
+
+        for (name, _, result) in every_call(&client, &tunnelled_id).await {
+            result.unwrap_or_else(|status| panic!("{name} after the outage: {status:?}"));
+        }
+        app.client_with_key(&fresh_key.secret)
+            .list_servers(ListServersRequest::default())
+            .await
+            .expect("the new key works once PostgreSQL is back");
+        let status = onboarding_status(&mut client, &tunnelled_id).await;
+        let replay = history(&client, &tunnelled_id).await;
+        eprintln!("{}", describe_history(&replay));
+        assert_eq!(
+            step_status(&status, OnboardingStep::AwaitingFirewall),
+            StepStatus::Completed
+        );
+
+        // The watch opened before the outage either ended with UNAVAILABLE (clients resume with
+        // since_revision) or, still open, caught up with no gap.
+        let mut seen = Vec::new();
+        loop {
+            match open.next(Duration::from_secs(10)).await {
+                WatchEvent::Error(error) => {
+                    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
                     break;
                 }
+                WatchEvent::Message(message) => {
+                    let done = step_status(&message, OnboardingStep::AwaitingFirewall)
+                        == StepStatus::Completed;
+                    seen.push(message);
+                    if done {
+                        let mut all = vec![waiting.clone()];
+                        all.extend(seen.iter().cloned());
+                        assert_consecutive_revisions(&all);
+                        break;
+                    }
+                }
+                other => panic!(
+                    "the watch opened before the outage neither ended with UNAVAILABLE nor caught \
+                     up: {other:?}"
+                ),
             }
-            other => panic!(
-                "the watch opened before the outage neither ended with UNAVAILABLE nor caught up: {other:?}"
-            ),
         }
-    }
 
-    // NOTIFY works again: a new watch sees a change made after the outage.
-    let second = register(&mut client, ssh_server("after-outage")).await;
-    let second_waiting = awaiting_firewall(&client, &second.server_id).await;
-    let mut watch = open_watch(&mut client, &second.server_id, None, false)
-        .await
-        .expect("WatchOnboarding after the outage");
-    assert_eq!(
-        watch.message(Duration::from_secs(5)).await.revision,
-        second_waiting.revision
-    );
-    client
-        .confirm_firewall(ConfirmFirewallRequest {
-            server_id: second.server_id.clone(),
-        })
-        .await
-        .expect("ConfirmFirewall after the outage");
-    let next = watch.message(Duration::from_secs(10)).await;
-    assert_eq!(next.revision, second_waiting.revision + 1);
-    assert_eq!(
-        step_status(&next, OnboardingStep::AwaitingFirewall),
-        StepStatus::Completed
-    );
+        // NOTIFY works again: a new watch sees a change made after the outage.
+        let (second_id, second_waiting) =
+            register_and_settle(&mut client, ssh_server("after-outage")).await;
+        let mut watch = open_watch(&mut client, &second_id, None, false)
+            .await
+            .expect("WatchOnboarding after the outage");
+        assert_eq!(
+            watch.message(Duration::from_secs(5)).await.revision,
+            second_waiting.revision
+        );
+        client
+            .confirm_firewall(ConfirmFirewallRequest {
+                server_id: second_id.clone(),
+            })
+            .await
+            .expect("ConfirmFirewall after the outage");
+        let next = watch.message(Duration::from_secs(10)).await;
+        assert_eq!(next.revision, second_waiting.revision + 1);
+        assert_eq!(
+            step_status(&next, OnboardingStep::AwaitingFirewall),
+            StepStatus::Completed
+        );
 
-    app.shutdown().await;
-    let panics = panics.lock().expect("panic log").clone();
-    assert!(panics.is_empty(), "the service panicked: {panics:#?}");
+        app.shutdown().await;
+        let panics = panics.lock().expect("panic log").clone();
+        assert!(panics.is_empty(), "the service panicked: {panics:#?}");
+    });
 }

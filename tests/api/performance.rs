@@ -1,6 +1,6 @@
-//! Guards of the performance fixes that need no timing (issue 13): every accepted socket of
-//! both listeners has TCP_NODELAY, and ListServers' cursor is a condition of the listing
-//! index, not a filter over the rows the index returns.
+//! Performance guards that need no timing: every accepted socket of both listeners has TCP_NODELAY,
+//! and ListServers' cursor is a condition of the listing index, not a filter over the rows the
+//! index returns.
 
 use std::{net::SocketAddr, os::fd::RawFd, time::Duration};
 
@@ -103,26 +103,28 @@ async fn keep_alive_request(address: SocketAddr) -> tokio::net::TcpStream {
     stream
 }
 
-#[tokio::test]
-async fn accepted_sockets_of_both_listeners_have_tcp_nodelay() {
-    let app = TestApp::start().await;
-    let mut client = app.client();
-    let server = register(&mut client, direct_server("nodelay")).await;
-    get_server(&mut client, &server.server_id).await;
-    let _http = keep_alive_request(app.http_addr).await;
+#[test]
+fn accepted_sockets_of_both_listeners_have_tcp_nodelay() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut client = app.client();
+        let server = register(&mut client, direct_server("nodelay")).await;
+        get_server(&mut client, &server.server_id).await;
+        let _http = keep_alive_request(app.http_addr).await;
 
-    let grpc = accepted_nodelay(app.grpc_addr.port());
-    let http = accepted_nodelay(app.http_addr.port());
-    assert!(!grpc.is_empty(), "no accepted gRPC connection found");
-    assert!(!http.is_empty(), "no accepted HTTP connection found");
-    assert!(
-        grpc.iter().all(|&on| on),
-        "gRPC connections without TCP_NODELAY: {grpc:?}"
-    );
-    assert!(
-        http.iter().all(|&on| on),
-        "HTTP connections without TCP_NODELAY: {http:?}"
-    );
+        let grpc = accepted_nodelay(app.grpc_addr.port());
+        let http = accepted_nodelay(app.http_addr.port());
+        assert!(!grpc.is_empty(), "no accepted gRPC connection found");
+        assert!(!http.is_empty(), "no accepted HTTP connection found");
+        assert!(
+            grpc.iter().all(|&on| on),
+            "gRPC connections without TCP_NODELAY: {grpc:?}"
+        );
+        assert!(
+            http.iter().all(|&on| on),
+            "HTTP connections without TCP_NODELAY: {http:?}"
+        );
+    });
 }
 
 /// Copies a registered server `count` times, each a millisecond older, in one statement.
@@ -159,77 +161,80 @@ fn conditions(plan: &str) -> (Vec<String>, Vec<String>) {
     (pick("Index Cond:"), pick("Filter:"))
 }
 
-#[tokio::test]
-async fn list_servers_cursor_is_an_index_condition() {
-    let app = TestApp::start().await;
-    let mut client = app.client();
-    let template = register(&mut client, direct_server("listed")).await;
-    seed_copies(&app.db, &template.server_id, 20_000).await;
-    let store = Store::connect(&DatabaseConfig {
-        database_url: Some(app.db.url.clone()),
-        pool_size: 1,
-        pool_timeout: Duration::from_secs(5),
-        statement_timeout: Duration::from_secs(5),
-    })
-    .expect("a store");
-    let tenant = TenantId(app.tenant.id);
-    let middle = app
-        .db
-        .connect()
-        .await
-        .query_one(
-            "SELECT (extract(epoch FROM created_at) * 1000000)::bigint, id::text FROM servers \
-             ORDER BY created_at DESC, id DESC OFFSET 10000 LIMIT 1",
-            &[],
-        )
-        .await
-        .expect("a server in the middle");
-    let cursor = PageCursor {
-        created_at: chrono::DateTime::from_timestamp_micros(middle.get(0)).expect("a timestamp"),
-        id: middle.get::<_, String>(1).parse().expect("a UUID"),
-    };
-    // A filter most servers pass, so the plan walks the index as for a plain listing.
-    let status_filter = filter::parse("status = pending AND NOT labels:team")
-        .expect("a valid filter")
-        .expect("a filter");
-
-    for (what, filter, cursor) in [
-        ("first page", None, None),
-        ("later page", None, Some(cursor)),
-        (
-            "later page with a filter",
-            Some(&status_filter),
-            Some(cursor),
-        ),
-    ] {
-        let plan = store
-            .explain_list_servers(tenant, filter, false, cursor, 100)
+#[test]
+fn list_servers_cursor_is_an_index_condition() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut client = app.client();
+        let template = register(&mut client, direct_server("listed")).await;
+        seed_copies(&app.db, &template.server_id, 20_000).await;
+        let store = Store::connect(&DatabaseConfig {
+            database_url: Some(app.db.url.clone()),
+            pool_size: 1,
+            pool_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        })
+        .expect("a store");
+        let tenant = TenantId(app.tenant.id);
+        let middle = app
+            .db
+            .connect()
             .await
-            .unwrap_or_else(|error| panic!("EXPLAIN of the {what}: {error}"));
-        assert!(
-            plan.contains("Index Scan using servers_listing"),
-            "the {what} does not scan the listing index:\n{plan}"
-        );
-        let (index_conditions, filters) = conditions(&plan);
-        assert!(
-            index_conditions
-                .iter()
-                .any(|line| line.contains("tenant_id =")),
-            "the {what} does not find the tenant through the index:\n{plan}"
-        );
-        if cursor.is_some() {
+            .query_one(
+                "SELECT (extract(epoch FROM created_at) * 1000000)::bigint, id::text FROM servers \
+                 ORDER BY created_at DESC, id DESC OFFSET 10000 LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("a server in the middle");
+        let cursor = PageCursor {
+            created_at: chrono::DateTime::from_timestamp_micros(middle.get(0))
+                .expect("a timestamp"),
+            id: middle.get::<_, String>(1).parse().expect("a UUID"),
+        };
+        // A filter most servers pass, so the plan walks the index as for a plain listing.
+        let status_filter = filter::parse("status = pending AND NOT labels:team")
+            .expect("a valid filter")
+            .expect("a filter");
+
+        for (what, filter, cursor) in [
+            ("first page", None, None),
+            ("later page", None, Some(cursor)),
+            (
+                "later page with a filter",
+                Some(&status_filter),
+                Some(cursor),
+            ),
+        ] {
+            let plan = store
+                .explain_list_servers(tenant, filter, false, cursor, 100)
+                .await
+                .unwrap_or_else(|error| panic!("EXPLAIN of the {what}: {error}"));
+            assert!(
+                plan.contains("Index Scan using servers_listing"),
+                "the {what} does not scan the listing index:\n{plan}"
+            );
+            let (index_conditions, filters) = conditions(&plan);
             assert!(
                 index_conditions
                     .iter()
-                    .any(|line| line.contains("ROW(created_at, id) < ROW(")),
-                "the {what}'s cursor is not an index condition:\n{plan}"
+                    .any(|line| line.contains("tenant_id =")),
+                "the {what} does not find the tenant through the index:\n{plan}"
+            );
+            if cursor.is_some() {
+                assert!(
+                    index_conditions
+                        .iter()
+                        .any(|line| line.contains("ROW(created_at, id) < ROW(")),
+                    "the {what}'s cursor is not an index condition:\n{plan}"
+                );
+            }
+            assert!(
+                filters
+                    .iter()
+                    .all(|line| !line.contains("created_at") && !line.contains("(id <")),
+                "the {what} filters rows by the cursor after the index scan:\n{plan}"
             );
         }
-        assert!(
-            filters
-                .iter()
-                .all(|line| !line.contains("created_at") && !line.contains("(id <")),
-            "the {what} filters rows by the cursor after the index scan:\n{plan}"
-        );
-    }
+    });
 }

@@ -1,7 +1,7 @@
-//! WatchOnboarding over HTTP (issue 5, test 4): NDJSON lines and Server-Sent Events each see a
-//! full onboarding in order, SSE resumes from Last-Event-ID without a gap or a duplicate, a
-//! failure mid-stream ends with an `{"error": ...}` line, a client that leaves ends the
-//! server-side stream promptly, and all of it works over HTTP/1.1 and h2c alike.
+//! WatchOnboarding over HTTP: NDJSON lines and Server-Sent Events each see a full onboarding in
+//! order, SSE resumes from Last-Event-ID without a gap or a duplicate, a failure mid-stream ends
+//! with an `{"error": ...}` line, a client that leaves ends the server-side stream promptly, and
+//! all of it works over HTTP/1.1 and h2c alike.
 //!
 //! Every server registered here points at 127.0.0.1 or localhost.
 
@@ -175,104 +175,97 @@ fn active_server(mysql: &MariaDb, name: &str) -> Value {
     server
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ndjson_and_sse_see_a_full_onboarding_and_sse_resumes_without_gap() {
-    let mysql = MariaDb::start().await;
-    mysql
-        .exec(&[
+#[test]
+fn ndjson_and_sse_see_a_full_onboarding_and_sse_resumes_without_gap() {
+    block_on(async {
+        let mysql = mariadb::mariadb_with(&[
             "CREATE DATABASE shop",
             "CREATE TABLE shop.orders (id BIGINT PRIMARY KEY) ENGINE=InnoDB",
         ])
         .await;
-    mysql
-        .create_user(
-            mariadb::USER,
-            mariadb::PASSWORD,
-            &mariadb::REPLICATION_GRANTS,
+        let app = mariadb::mysql_app().await;
+        let rest = Rest::new(&app);
+
+        // NDJSON: one {"result": ...} per revision, from the first status to active, then the end.
+        let id = rest.register(&active_server(&mysql, "ndjson")).await["server_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut lines = open(
+            &rest,
+            &format!("/servers/{id}/onboarding-status/watch"),
+            None,
+            None,
         )
         .await;
-    let app = mariadb::mysql_app().await;
-    let rest = Rest::new(&app);
-
-    // NDJSON: one {"result": ...} per revision, from the first status to active, then the end.
-    let id = rest.register(&active_server(&mysql, "ndjson")).await["server_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut lines = open(
-        &rest,
-        &format!("/servers/{id}/onboarding-status/watch"),
-        None,
-        None,
-    )
-    .await;
-    let mut statuses = Vec::new();
-    while let Some(line) = lines.json().await {
-        assert_eq!(keys(&line), ["result"], "{line}");
-        statuses.push(line["result"].clone());
-    }
-    assert_full_onboarding(&statuses);
-    let current = rest
-        .get(&format!("/servers/{id}/onboarding-status"))
-        .await
-        .json;
-    assert_eq!(statuses.last(), Some(&current));
-
-    // SSE: the same, each event's id its revision.
-    let id = rest.register(&active_server(&mysql, "sse")).await["server_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/servers/{id}/onboarding-status/watch");
-    let mut stream = open(&rest, &path, Some("text/event-stream"), None).await;
-    let mut events = Vec::new();
-    while let Some(event) = stream.event().await {
-        assert_eq!(event.event, None, "{event:?}");
-        events.push(event);
-    }
-    let statuses: Vec<Value> = events.iter().map(Event::json).collect();
-    assert_full_onboarding(&statuses);
-    for (event, status) in events.iter().zip(&statuses) {
-        assert_eq!(event.id, Some(status["revision"].to_string()));
-    }
-
-    // A reconnecting EventSource sends the last id it saw: the stream goes on right after it.
-    for cut in [0, events.len() / 2, events.len() - 2] {
-        let last_seen = events[cut].id.clone().unwrap();
-        let mut resumed = open(&rest, &path, Some("text/event-stream"), Some(&last_seen)).await;
-        let mut rest_of_events = Vec::new();
-        while let Some(event) = resumed.event().await {
-            rest_of_events.push(event);
+        let mut statuses = Vec::new();
+        while let Some(line) = lines.json().await {
+            assert_eq!(keys(&line), ["result"], "{line}");
+            statuses.push(line["result"].clone());
         }
-        assert_eq!(
-            rest_of_events,
-            events[cut + 1..],
-            "resumed after {last_seen}"
-        );
-    }
-    // Last-Event-ID takes precedence over the URL's since_revision (EventSource keeps its URL).
-    let first = events[0].id.clone().unwrap();
-    let mut resumed = open(
-        &rest,
-        &format!("{path}?since_revision=0"),
-        Some("text/event-stream"),
-        Some(&first),
-    )
-    .await;
-    let resumed_first = resumed.event().await.expect("an event");
-    assert_eq!(resumed_first, events[1]);
+        assert_full_onboarding(&statuses);
+        let current = rest
+            .get(&format!("/servers/{id}/onboarding-status"))
+            .await
+            .json;
+        assert_eq!(statuses.last(), Some(&current));
 
-    // A Last-Event-ID that is no revision is a 400 like any bad field.
-    let reply = rest
-        .exchange(
-            rest.request(Method::GET, &path)
-                .header("accept", "text/event-stream")
-                .header("last-event-id", "yesterday"),
+        // SSE: the same, each event's id its revision.
+        let id = rest.register(&active_server(&mysql, "sse")).await["server_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/servers/{id}/onboarding-status/watch");
+        let mut stream = open(&rest, &path, Some("text/event-stream"), None).await;
+        let mut events = Vec::new();
+        while let Some(event) = stream.event().await {
+            assert_eq!(event.event, None, "{event:?}");
+            events.push(event);
+        }
+        let statuses: Vec<Value> = events.iter().map(Event::json).collect();
+        assert_full_onboarding(&statuses);
+        for (event, status) in events.iter().zip(&statuses) {
+            assert_eq!(event.id, Some(status["revision"].to_string()));
+        }
+
+        // A reconnecting EventSource sends the last id it saw: the stream goes on right after it.
+        for cut in [0, events.len() / 2, events.len() - 2] {
+            let last_seen = events[cut].id.clone().unwrap();
+            let mut resumed = open(&rest, &path, Some("text/event-stream"), Some(&last_seen)).await;
+            let mut rest_of_events = Vec::new();
+            while let Some(event) = resumed.event().await {
+                rest_of_events.push(event);
+            }
+            assert_eq!(
+                rest_of_events,
+                events[cut + 1..],
+                "resumed after {last_seen}"
+            );
+        }
+        // Last-Event-ID takes precedence over the URL's since_revision (EventSource keeps its URL).
+        let first = events[0].id.clone().unwrap();
+        let mut resumed = open(
+            &rest,
+            &format!("{path}?since_revision=0"),
+            Some("text/event-stream"),
+            Some(&first),
         )
         .await;
-    assert_status(&reply, 400, 3, "INVALID_ARGUMENT");
-    assert_eq!(violation_fields(&reply.json), ["Last-Event-ID"]);
-    app.shutdown().await;
+        let resumed_first = resumed.event().await.expect("an event");
+        assert_eq!(resumed_first, events[1]);
+
+        // A Last-Event-ID that is no revision is a 400 like any bad field.
+        let reply = rest
+            .exchange(
+                rest.request(Method::GET, &path)
+                    .header("accept", "text/event-stream")
+                    .header("last-event-id", "yesterday"),
+            )
+            .await;
+        assert_status(&reply, 400, 3, "INVALID_ARGUMENT");
+        assert_eq!(violation_fields(&reply.json), ["Last-Event-ID"]);
+        app.shutdown().await;
+    });
 }
 
 /// The `dbtrail_watch_streams_open` gauge.
@@ -292,151 +285,155 @@ async fn wait_open_streams(app: &TestApp, expected: f64, what: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_firewall_wait_streams_over_http1_and_h2c_and_departed_clients_end_their_streams() {
-    let app = TestApp::start().await;
-    let http1 = Rest::new(&app);
-    let h2c = Rest {
-        http: reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .build()
-            .expect("an h2c client"),
-        ..http1.clone()
-    };
-    let id = http1.register(&ssh_server_json("tunnelled")).await["server_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/servers/{id}/onboarding-status/watch");
-
-    // Over h2c: the plain calls work and say they used HTTP/2.
-    let response = h2c
-        .request(Method::GET, &format!("/servers/{id}"))
-        .send()
-        .await
-        .expect("an h2c request");
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(response.status(), 200);
-
-    // An NDJSON watch over h2c follows the firewall wait, the confirmation and the
-    // decommissioning, in order, and ends after the final status.
-    let mut lines = open(&h2c, &path, None, None).await;
-    let mut statuses: Vec<Value> = Vec::new();
-    let mut confirmed = false;
-    let mut decommissioned = false;
-    while let Some(line) = lines.json().await {
-        let status = line["result"].clone();
-        assert!(status.is_object(), "{line}");
-        if status["current_step"] == "awaiting_firewall" && !confirmed {
-            assert_eq!(status["agent_outbound_ip"], AGENT_OUTBOUND_IP);
-            let reply = h2c
-                .post(&format!("/servers/{id}/confirm-firewall"), &json!({}))
-                .await;
-            assert_eq!(reply.json, json!({"status": "confirmed"}));
-            confirmed = true;
-        }
-        if status["steps"][1]["status"] == "completed" && !decommissioned {
-            assert_eq!(status["agent_outbound_ip"], Value::Null);
-            assert_eq!(h2c.delete(&format!("/servers/{id}")).await.status, 200);
-            decommissioned = true;
-        }
-        statuses.push(status);
-    }
-    assert!(confirmed && decommissioned, "{statuses:#?}");
-    let found = revisions(&statuses);
-    let first = found[0];
-    assert_eq!(
-        found,
-        (first..first + found.len() as i64).collect::<Vec<_>>()
-    );
-    let last = statuses.last().unwrap();
-    assert_eq!(last["server_status"], "decommissioned");
-    assert_eq!(last["current_step"], Value::Null);
-
-    // Clients that go away, over either protocol and either format, end their server-side
-    // streams at once (follow keeps them open otherwise).
-    let other = http1.register(&direct_server_json("followed")).await["server_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let followed = format!("/servers/{other}/onboarding-status/watch?follow=true");
-    wait_open_streams(&app, 0.0, "no stream open").await;
-    for (client, accept) in [
-        (&http1, None),
-        (&h2c, None),
-        (&http1, Some("text/event-stream")),
-        (&h2c, Some("text/event-stream")),
-    ] {
-        let mut stream = open(client, &followed, accept, None).await;
-        let first = match accept {
-            Some(_) => stream.event().await.map(|event| event.json()),
-            None => stream.json().await.map(|line| line["result"].clone()),
+#[test]
+fn a_firewall_wait_streams_over_http1_and_h2c_and_departed_clients_end_their_streams() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let http1 = Rest::new(&app);
+        let h2c = Rest {
+            http: reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .expect("an h2c client"),
+            ..http1.clone()
         };
+        let id = http1.register(&ssh_server_json("tunnelled")).await["server_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/servers/{id}/onboarding-status/watch");
+
+        // Over h2c: the plain calls work and say they used HTTP/2.
+        let response = h2c
+            .request(Method::GET, &format!("/servers/{id}"))
+            .send()
+            .await
+            .expect("an h2c request");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+
+        // An NDJSON watch over h2c follows the firewall wait, the confirmation and the
+        // decommissioning, in order, and ends after the final status.
+        let mut lines = open(&h2c, &path, None, None).await;
+        let mut statuses: Vec<Value> = Vec::new();
+        let mut confirmed = false;
+        let mut decommissioned = false;
+        while let Some(line) = lines.json().await {
+            let status = line["result"].clone();
+            assert!(status.is_object(), "{line}");
+            if status["current_step"] == "awaiting_firewall" && !confirmed {
+                assert_eq!(status["agent_outbound_ip"], AGENT_OUTBOUND_IP);
+                let reply = h2c
+                    .post(&format!("/servers/{id}/confirm-firewall"), &json!({}))
+                    .await;
+                assert_eq!(reply.json, json!({"status": "confirmed"}));
+                confirmed = true;
+            }
+            if status["steps"][1]["status"] == "completed" && !decommissioned {
+                assert_eq!(status["agent_outbound_ip"], Value::Null);
+                assert_eq!(h2c.delete(&format!("/servers/{id}")).await.status, 200);
+                decommissioned = true;
+            }
+            statuses.push(status);
+        }
+        assert!(confirmed && decommissioned, "{statuses:#?}");
+        let found = revisions(&statuses);
+        let first = found[0];
         assert_eq!(
-            first.expect("the current status")["server_id"],
-            other.as_str()
+            found,
+            (first..first + found.len() as i64).collect::<Vec<_>>()
         );
-        wait_open_streams(&app, 1.0, "the stream to be open").await;
-        drop(stream);
-        wait_open_streams(&app, 0.0, "the departed client's stream to end").await;
-    }
-    app.shutdown().await;
+        let last = statuses.last().unwrap();
+        assert_eq!(last["server_status"], "decommissioned");
+        assert_eq!(last["current_step"], Value::Null);
+
+        // Clients that go away, over either protocol and either format, end their server-side
+        // streams at once (follow keeps them open otherwise).
+        let other = http1.register(&direct_server_json("followed")).await["server_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let followed = format!("/servers/{other}/onboarding-status/watch?follow=true");
+        wait_open_streams(&app, 0.0, "no stream open").await;
+        for (client, accept) in [
+            (&http1, None),
+            (&h2c, None),
+            (&http1, Some("text/event-stream")),
+            (&h2c, Some("text/event-stream")),
+        ] {
+            let mut stream = open(client, &followed, accept, None).await;
+            let first = match accept {
+                Some(_) => stream.event().await.map(|event| event.json()),
+                None => stream.json().await.map(|line| line["result"].clone()),
+            };
+            assert_eq!(
+                first.expect("the current status")["server_id"],
+                other.as_str()
+            );
+            wait_open_streams(&app, 1.0, "the stream to be open").await;
+            drop(stream);
+            wait_open_streams(&app, 0.0, "the departed client's stream to end").await;
+        }
+        app.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_that_fails_midway_ends_with_an_error_line_or_event() {
-    let app = TestApp::start().await;
-    let rest = Rest::new(&app);
-    let id = rest.register(&direct_server_json("revoked")).await["server_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/servers/{id}/onboarding-status/watch?follow=true");
+#[test]
+fn a_stream_that_fails_midway_ends_with_an_error_line_or_event() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let rest = Rest::new(&app);
+        let id = rest.register(&direct_server_json("revoked")).await["server_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/servers/{id}/onboarding-status/watch?follow=true");
 
-    // NDJSON: results, then one {"error": Status} line, then the end.
-    let key = app.key_with(&["servers:read"]).await;
-    let watcher = rest.with_key(&key.secret);
-    let mut lines = open(&watcher, &path, None, None).await;
-    let first = lines.json().await.expect("the current status");
-    assert_eq!(first["result"]["server_id"], id.as_str());
-    app.db.revoke_key(key.id).await;
-    let mut last = first;
-    while let Some(line) = lines.json().await {
-        last = line;
-    }
-    assert_eq!(keys(&last), ["error"], "{last}");
-    let error = &last["error"];
-    assert_eq!(error["code"], 16, "{error}");
-    assert_eq!(detail(error, "ErrorInfo")["reason"], "API_KEY_REVOKED");
+        // NDJSON: results, then one {"error": Status} line, then the end.
+        let key = app.key_with(&["servers:read"]).await;
+        let watcher = rest.with_key(&key.secret);
+        let mut lines = open(&watcher, &path, None, None).await;
+        let first = lines.json().await.expect("the current status");
+        assert_eq!(first["result"]["server_id"], id.as_str());
+        app.db.revoke_key(key.id).await;
+        let mut last = first;
+        while let Some(line) = lines.json().await {
+            last = line;
+        }
+        assert_eq!(keys(&last), ["error"], "{last}");
+        let error = &last["error"];
+        assert_eq!(error["code"], 16, "{error}");
+        assert_eq!(detail(error, "ErrorInfo")["reason"], "API_KEY_REVOKED");
 
-    // SSE: an `error` event carrying the Status.
-    let key = app.key_with(&["servers:read"]).await;
-    let watcher = rest.with_key(&key.secret);
-    let mut events = open(&watcher, &path, Some("text/event-stream"), None).await;
-    let first = events.event().await.expect("the current status");
-    assert_eq!(first.event, None);
-    app.db.revoke_key(key.id).await;
-    let mut last = first;
-    while let Some(event) = events.event().await {
-        last = event;
-    }
-    assert_eq!(last.event.as_deref(), Some("error"), "{last:?}");
-    assert_eq!(last.id, None);
-    assert_eq!(
-        detail(&last.json(), "ErrorInfo")["reason"],
-        "API_KEY_REVOKED"
-    );
+        // SSE: an `error` event carrying the Status.
+        let key = app.key_with(&["servers:read"]).await;
+        let watcher = rest.with_key(&key.secret);
+        let mut events = open(&watcher, &path, Some("text/event-stream"), None).await;
+        let first = events.event().await.expect("the current status");
+        assert_eq!(first.event, None);
+        app.db.revoke_key(key.id).await;
+        let mut last = first;
+        while let Some(event) = events.event().await {
+            last = event;
+        }
+        assert_eq!(last.event.as_deref(), Some("error"), "{last:?}");
+        assert_eq!(last.id, None);
+        assert_eq!(
+            detail(&last.json(), "ErrorInfo")["reason"],
+            "API_KEY_REVOKED"
+        );
 
-    // A watch refused before its first message is a plain error response.
-    let reply = rest
-        .get(&format!(
-            "/servers/{}/onboarding-status/watch",
-            uuid::Uuid::new_v4()
-        ))
-        .await;
-    assert_status(&reply, 404, 5, "SERVER_NOT_FOUND");
-    let reply = rest.get(&format!("{path}&since_revision=999")).await;
-    assert_status(&reply, 400, 3, "INVALID_ARGUMENT");
-    assert_eq!(violation_fields(&reply.json), ["since_revision"]);
-    app.shutdown().await;
+        // A watch refused before its first message is a plain error response.
+        let reply = rest
+            .get(&format!(
+                "/servers/{}/onboarding-status/watch",
+                uuid::Uuid::new_v4()
+            ))
+            .await;
+        assert_status(&reply, 404, 5, "SERVER_NOT_FOUND");
+        let reply = rest.get(&format!("{path}&since_revision=999")).await;
+        assert_status(&reply, 400, 3, "INVALID_ARGUMENT");
+        assert_eq!(violation_fields(&reply.json), ["since_revision"]);
+        app.shutdown().await;
+    });
 }

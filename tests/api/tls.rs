@@ -300,227 +300,212 @@ async fn metric(client: &reqwest::Client, app: &TlsApp, series: &str) -> f64 {
 // The listeners
 // ------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_listeners_speak_tls_with_alpn_and_refuse_plaintext_and_strangers() {
-    let pki = Pki::new("test-ca");
-    let (certificate, key) = pki.server_files("server", "dbtrail-servers");
-    let app = TlsApp::start(&[&certificate, &key]).await;
+#[test]
+fn both_listeners_speak_tls_with_alpn_and_refuse_plaintext_and_strangers() {
+    block_on(async {
+        let pki = Pki::new("test-ca");
+        let (certificate, key) = pki.server_files("server", "dbtrail-servers");
+        let app = TlsApp::start(&[&certificate, &key]).await;
 
-    // gRPC: reflection without a key, a call with one, over TLS with the CA.
-    let channel = app
-        .channel(client_tls(&pki, None, &[b"h2"]))
-        .await
-        .expect("a TLS channel");
-    let mut reflection =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
-            channel.clone(),
+        // gRPC: reflection without a key, a call with one, over TLS with the CA.
+        let channel = app
+            .channel(client_tls(&pki, None, &[b"h2"]))
+            .await
+            .expect("a TLS channel");
+        let services = reflected_services(channel.clone(), ReflectionVersion::V1).await;
+        assert!(services.contains(SERVERS_SERVICE), "{services:?}");
+        assert_eq!(list_servers(&mut app.client(channel)).await, Ok(0));
+
+        // REST: h2 by ALPN by default, HTTP/1.1 when the client offers only that.
+        let https = https_client(&pki, None);
+        assert_eq!(
+            https_get(&https, &app, "/servers")
+                .await
+                .expect("GET over TLS"),
+            (200, http::Version::HTTP_2)
         );
-    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
-    };
-    let reply = reflection
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection over TLS")
-        .into_inner()
-        .message()
-        .await
-        .expect("a reflection reply")
-        .expect("one message");
-    assert!(
-        format!("{reply:?}").contains("dbtrail.servers.v1.ServersService"),
-        "{reply:?}"
-    );
-    assert_eq!(list_servers(&mut app.client(channel)).await, Ok(0));
+        let http1 = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.ca.pem().as_bytes()).expect("CA"),
+            )
+            .http1_only()
+            .build()
+            .expect("an HTTP/1.1 client");
+        assert_eq!(
+            https_get(&http1, &app, "/healthz")
+                .await
+                .expect("HTTP/1.1 over TLS"),
+            (200, http::Version::HTTP_11)
+        );
 
-    // REST: h2 by ALPN by default, HTTP/1.1 when the client offers only that.
-    let https = https_client(&pki, None);
-    assert_eq!(
-        https_get(&https, &app, "/servers")
-            .await
-            .expect("GET over TLS"),
-        (200, http::Version::HTTP_2)
-    );
-    let http1 = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.pem().as_bytes()).expect("CA"))
-        .http1_only()
-        .build()
-        .expect("an HTTP/1.1 client");
-    assert_eq!(
-        https_get(&http1, &app, "/healthz")
-            .await
-            .expect("HTTP/1.1 over TLS"),
-        (200, http::Version::HTTP_11)
-    );
+        // Plaintext is refused on both listeners.
+        let plain_grpc = health(app.grpc_addr, "").await;
+        assert!(
+            plain_grpc.is_err(),
+            "plaintext gRPC was answered: {plain_grpc:?}"
+        );
+        let plain_http = reqwest::Client::new()
+            .get(format!("http://{}/healthz", app.http_addr))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        assert!(
+            plain_http.is_err(),
+            "plaintext HTTP was answered: {plain_http:?}"
+        );
 
-    // Plaintext is refused on both listeners.
-    let plain_grpc = health(app.grpc_addr, "").await;
-    assert!(
-        plain_grpc.is_err(),
-        "plaintext gRPC was answered: {plain_grpc:?}"
-    );
-    let plain_http = reqwest::Client::new()
-        .get(format!("http://{}/healthz", app.http_addr))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await;
-    assert!(
-        plain_http.is_err(),
-        "plaintext HTTP was answered: {plain_http:?}"
-    );
+        // A client that does not trust the CA refuses the service's certificate.
+        let stranger = Pki::new("other-ca");
+        let refused = app.channel(client_tls(&stranger, None, &[b"h2"])).await;
+        assert!(
+            refused.is_err(),
+            "a certificate of an unknown CA was accepted"
+        );
 
-    // A client that does not trust the CA refuses the service's certificate.
-    let stranger = Pki::new("other-ca");
-    let refused = app.channel(client_tls(&stranger, None, &[b"h2"])).await;
-    assert!(
-        refused.is_err(),
-        "a certificate of an unknown CA was accepted"
-    );
-
-    app.shutdown().await;
+        app.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
-    let pki = Pki::new("test-ca");
-    let (certificate, key) = pki.server_files("server", "dbtrail-servers");
-    let app = TlsApp::start(&[&certificate, &key, &pki.ca_path]).await;
-    let identity = pki.issue("caller", &["caller"], ExtendedKeyUsagePurpose::ClientAuth);
+#[test]
+fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+    block_on(async {
+        let pki = Pki::new("test-ca");
+        let (certificate, key) = pki.server_files("server", "dbtrail-servers");
+        let app = TlsApp::start(&[&certificate, &key, &pki.ca_path]).await;
+        let identity = pki.issue("caller", &["caller"], ExtendedKeyUsagePurpose::ClientAuth);
 
-    // With a certificate of the CA: served on both listeners.
-    let channel = app
-        .channel(client_tls(&pki, Some(&identity), &[b"h2"]))
-        .await
-        .expect("an mTLS channel");
-    assert_eq!(list_servers(&mut app.client(channel)).await, Ok(0));
-    let https = https_client(&pki, Some(&identity));
-    assert_eq!(
-        https_get(&https, &app, "/servers")
+        // With a certificate of the CA: served on both listeners.
+        let channel = app
+            .channel(client_tls(&pki, Some(&identity), &[b"h2"]))
             .await
-            .expect("GET with a client certificate")
-            .0,
-        200
-    );
-
-    // Without one, or with another CA's: refused at the handshake, on both listeners.
-    let stranger = Pki::new("other-ca");
-    let foreign = stranger.issue(
-        "intruder",
-        &["intruder"],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    for identity in [None, Some(&foreign)] {
-        let grpc = match app.channel(client_tls(&pki, identity, &[b"h2"])).await {
-            Ok(channel) => list_servers(&mut app.client(channel)).await,
-            Err(error) => Err(error.to_string()),
-        };
-        assert!(
-            grpc.is_err(),
-            "gRPC served a client without a valid certificate: {grpc:?}"
+            .expect("an mTLS channel");
+        assert_eq!(list_servers(&mut app.client(channel)).await, Ok(0));
+        let https = https_client(&pki, Some(&identity));
+        assert_eq!(
+            https_get(&https, &app, "/servers")
+                .await
+                .expect("GET with a client certificate")
+                .0,
+            200
         );
-        let rest = https_get(&https_client(&pki, identity), &app, "/servers").await;
-        assert!(
-            rest.is_err(),
-            "REST served a client without a valid certificate: {rest:?}"
-        );
-    }
 
-    app.shutdown().await;
+        // Without one, or with another CA's: refused at the handshake, on both listeners.
+        let stranger = Pki::new("other-ca");
+        let foreign = stranger.issue(
+            "intruder",
+            &["intruder"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        for identity in [None, Some(&foreign)] {
+            let grpc = match app.channel(client_tls(&pki, identity, &[b"h2"])).await {
+                Ok(channel) => list_servers(&mut app.client(channel)).await,
+                Err(error) => Err(error.to_string()),
+            };
+            assert!(
+                grpc.is_err(),
+                "gRPC served a client without a valid certificate: {grpc:?}"
+            );
+            let rest = https_get(&https_client(&pki, identity), &app, "/servers").await;
+            assert!(
+                rest.is_err(),
+                "REST served a client without a valid certificate: {rest:?}"
+            );
+        }
+
+        app.shutdown().await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_certificate_is_served_without_a_restart_and_open_connections_stay() {
-    let pki = Pki::new("test-ca");
-    let (certificate, key) = pki.server_files("server", "first");
-    let app = TlsApp::start(&[&certificate, &key]).await;
-    let first = certificate_of(&certificate);
-    let grpc_tls = client_tls(&pki, None, &[b"h2"]);
-    assert_eq!(
-        served_certificate(app.grpc_addr, grpc_tls.clone()).await,
-        first
-    );
-    let open = app.channel(grpc_tls.clone()).await.expect("a TLS channel");
-    let mut open_client = app.client(open);
-    assert_eq!(list_servers(&mut open_client).await, Ok(0));
+#[test]
+fn a_rotated_certificate_is_served_without_a_restart_and_open_connections_stay() {
+    block_on(async {
+        let pki = Pki::new("test-ca");
+        let (certificate, key) = pki.server_files("server", "first");
+        let app = TlsApp::start(&[&certificate, &key]).await;
+        let first = certificate_of(&certificate);
+        let grpc_tls = client_tls(&pki, None, &[b"h2"]);
+        assert_eq!(
+            served_certificate(app.grpc_addr, grpc_tls.clone()).await,
+            first
+        );
+        let open = app.channel(grpc_tls.clone()).await.expect("a TLS channel");
+        let mut open_client = app.client(open);
+        assert_eq!(list_servers(&mut open_client).await, Ok(0));
 
-    // New files in place: both listeners serve the new certificate within a few seconds.
-    pki.server_files("server", "second");
-    let second = certificate_of(&certificate);
-    assert_ne!(first, second);
-    for addr in [app.grpc_addr, app.http_addr] {
-        let tls = grpc_tls.clone();
-        let expected = second.clone();
+        // New files in place: both listeners serve the new certificate within a few seconds.
+        pki.server_files("server", "second");
+        let second = certificate_of(&certificate);
+        assert_ne!(first, second);
+        for addr in [app.grpc_addr, app.http_addr] {
+            let tls = grpc_tls.clone();
+            let expected = second.clone();
+            wait_until(
+                "the rotated certificate to be served",
+                Duration::from_secs(15),
+                || {
+                    let tls = tls.clone();
+                    let expected = expected.clone();
+                    async move { served_certificate(addr, tls).await == expected }
+                },
+            )
+            .await;
+        }
+        // The connection opened before the rotation was not dropped.
+        assert_eq!(list_servers(&mut open_client).await, Ok(0));
+
+        // A broken file is not served: the working certificate stays, and the failure is counted.
+        let https = https_client(&pki, None);
+        let failed = "dbtrail_tls_reloads_total{result=\"failed\"}";
+        pki.write("server", "not a certificate", "not a key");
         wait_until(
-            "the rotated certificate to be served",
+            "the failed reload to be counted",
             Duration::from_secs(15),
             || {
-                let tls = tls.clone();
-                let expected = expected.clone();
-                async move { served_certificate(addr, tls).await == expected }
+                let https = https.clone();
+                let app = &app;
+                async move { metric(&https, app, failed).await >= 1.0 }
             },
         )
         .await;
-    }
-    // The connection opened before the rotation was not dropped.
-    assert_eq!(list_servers(&mut open_client).await, Ok(0));
+        assert_eq!(
+            served_certificate(app.grpc_addr, grpc_tls.clone()).await,
+            second
+        );
 
-    // A broken file is not served: the working certificate stays, and the failure is counted.
-    let https = https_client(&pki, None);
-    let failed = "dbtrail_tls_reloads_total{result=\"failed\"}";
-    pki.write("server", "not a certificate", "not a key");
-    wait_until(
-        "the failed reload to be counted",
-        Duration::from_secs(15),
-        || {
-            let https = https.clone();
-            let app = &app;
-            async move { metric(&https, app, failed).await >= 1.0 }
-        },
-    )
-    .await;
-    assert_eq!(
-        served_certificate(app.grpc_addr, grpc_tls.clone()).await,
-        second
-    );
+        // SIGHUP reloads at once, whether or not a file changed.
+        let third = pki.issue("third", &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+        pki.write("server", &third.0, &third.1);
+        let ok = "dbtrail_tls_reloads_total{result=\"ok\"}";
+        wait_until(
+            "the repaired files to be reloaded",
+            Duration::from_secs(15),
+            || {
+                let https = https.clone();
+                let app = &app;
+                async move { metric(&https, app, ok).await >= 2.0 }
+            },
+        )
+        .await;
+        let before = metric(&https, &app, ok).await;
+        // SAFETY: raising a signal this process handles (the service installed its SIGHUP handler
+        // before app::start returned).
+        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        wait_until(
+            "SIGHUP to reload the certificate",
+            Duration::from_secs(10),
+            || {
+                let https = https.clone();
+                let app = &app;
+                async move { metric(&https, app, ok).await > before }
+            },
+        )
+        .await;
+        assert_eq!(list_servers(&mut open_client).await, Ok(0));
 
-    // SIGHUP reloads at once, whether or not a file changed.
-    let third = pki.issue("third", &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
-    pki.write("server", &third.0, &third.1);
-    let ok = "dbtrail_tls_reloads_total{result=\"ok\"}";
-    wait_until(
-        "the repaired files to be reloaded",
-        Duration::from_secs(15),
-        || {
-            let https = https.clone();
-            let app = &app;
-            async move { metric(&https, app, ok).await >= 2.0 }
-        },
-    )
-    .await;
-    let before = metric(&https, &app, ok).await;
-    // SAFETY: raising a signal this process handles (the service installed its SIGHUP handler
-    // before app::start returned).
-    assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
-    wait_until(
-        "SIGHUP to reload the certificate",
-        Duration::from_secs(10),
-        || {
-            let https = https.clone();
-            let app = &app;
-            async move { metric(&https, app, ok).await > before }
-        },
-    )
-    .await;
-    assert_eq!(list_servers(&mut open_client).await, Ok(0));
-
-    app.shutdown().await;
+        app.shutdown().await;
+    });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -604,7 +589,8 @@ impl TlsPostgres {
         assert!(status.success(), "initdb failed: {status}");
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 \
+             trust\n",
         )
         .expect("write pg_hba.conf");
 
@@ -678,114 +664,117 @@ impl Drop for TlsPostgres {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_service_reaches_postgres_over_tls_as_sslmode_asks() {
-    let pki = Pki::new("postgres-ca");
-    let cluster = TlsPostgres::start(&pki).await;
-    let root = format!("sslrootcert={}", pki.ca_path.display());
-    let verify_full = cluster.tcp_url(
-        "localhost",
-        "dbtrail",
-        &format!("sslmode=verify-full&{root}"),
-    );
+#[test]
+fn the_service_reaches_postgres_over_tls_as_sslmode_asks() {
+    block_on(async {
+        let pki = Pki::new("postgres-ca");
+        let cluster = TlsPostgres::start(&pki).await;
+        let root = format!("sslrootcert={}", pki.ca_path.display());
+        let verify_full = cluster.tcp_url(
+            "localhost",
+            "dbtrail",
+            &format!("sslmode=verify-full&{root}"),
+        );
 
-    // Without TLS the cluster refuses; with a CA that did not sign its certificate, or a host
-    // the certificate does not name under verify-full, the service refuses.
-    let plaintext = dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
-        "127.0.0.1",
-        "dbtrail",
-        "sslmode=disable",
-    ))
-    .await
-    .expect_err("plaintext is refused by the cluster");
-    assert!(
-        plaintext.to_string().contains("no encryption"),
-        "{plaintext}"
-    );
-    let stranger = Pki::new("other-ca");
-    let foreign_root = format!(
-        "sslmode=verify-full&sslrootcert={}",
-        stranger.ca_path.display()
-    );
-    let unknown = dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
-        "localhost",
-        "dbtrail",
-        &foreign_root,
-    ))
-    .await
-    .expect_err("a certificate of an unknown CA is refused");
-    assert!(unknown.to_string().contains("certificate"), "{unknown}");
-    let wrong_host = dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
-        "127.0.0.1",
-        "dbtrail",
-        &format!("sslmode=verify-full&{root}"),
-    ))
-    .await
-    .expect_err("verify-full refuses a certificate that does not name the host");
-    assert!(
-        wrong_host.to_string().contains("certificate"),
-        "{wrong_host}"
-    );
+        // Without TLS the cluster refuses; with a CA that did not sign its certificate, or a host
+        // the certificate does not name under verify-full, the service refuses.
+        let plaintext = dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
+            "127.0.0.1",
+            "dbtrail",
+            "sslmode=disable",
+        ))
+        .await
+        .expect_err("plaintext is refused by the cluster");
+        assert!(
+            plaintext.to_string().contains("no encryption"),
+            "{plaintext}"
+        );
+        let stranger = Pki::new("other-ca");
+        let foreign_root = format!(
+            "sslmode=verify-full&sslrootcert={}",
+            stranger.ca_path.display()
+        );
+        let unknown = dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
+            "localhost",
+            "dbtrail",
+            &foreign_root,
+        ))
+        .await
+        .expect_err("a certificate of an unknown CA is refused");
+        assert!(unknown.to_string().contains("certificate"), "{unknown}");
+        let wrong_host = dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
+            "127.0.0.1",
+            "dbtrail",
+            &format!("sslmode=verify-full&{root}"),
+        ))
+        .await
+        .expect_err("verify-full refuses a certificate that does not name the host");
+        assert!(
+            wrong_host.to_string().contains("certificate"),
+            "{wrong_host}"
+        );
 
-    // verify-full to the name in the certificate: the service migrates, starts and serves.
-    dbtrail_servers::store::create_database_and_migrate(&verify_full)
-        .await
-        .expect("migrate over TLS");
-    let admin = dbtrail_servers::auth::admin::Admin::connect(&verify_full)
-        .await
-        .expect("admin over TLS");
-    admin
-        .create_tenant("tenant-a", None)
-        .await
-        .expect("a tenant");
-    let key = admin
-        .create_key("tenant-a", &ALL_PERMISSIONS, Some("test"), None)
-        .await
-        .expect("a key");
-    let data_dir = tempfile::tempdir().expect("a data directory");
-    let options = ReplicaOptions::default();
-    let args = options.serve_args(&verify_full, "127.0.0.1:0", "127.0.0.1:0", data_dir.path());
-    let running = dbtrail_servers::app::start_with_steps(
-        Config::parse_serve_args(args).expect("serve flags"),
-        dbtrail_servers::onboarding::core_steps(),
-    )
-    .await
-    .unwrap_or_else(|error| panic!("app::start over TLS: {error}"));
-    let mut client = client_with_key(channel(running.grpc_addr).await, &key.secret);
-    let server = register(&mut client, direct_server("over-tls")).await;
-    assert_eq!(
-        get_server(&mut client, &server.server_id).await.name,
-        "over-tls"
-    );
-
-    // Every connection the service holds to its database is TLS; verify-ca accepts the
-    // address the certificate does not name.
-    let outside = tokio_postgres::connect(&cluster.socket_url("postgres"), tokio_postgres::NoTls)
-        .await
-        .map(|(client, connection)| {
-            tokio::spawn(connection);
-            client
-        })
-        .expect("the cluster over its socket");
-    let row = outside
-        .query_one(
-            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
-             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'dbtrail'",
-            &[],
+        // verify-full to the name in the certificate: the service migrates, starts and serves.
+        dbtrail_servers::store::create_database_and_migrate(&verify_full)
+            .await
+            .expect("migrate over TLS");
+        let admin = dbtrail_servers::auth::admin::Admin::connect(&verify_full)
+            .await
+            .expect("admin over TLS");
+        admin
+            .create_tenant("tenant-a", None)
+            .await
+            .expect("a tenant");
+        let key = admin
+            .create_key("tenant-a", &ALL_PERMISSIONS, Some("test"), None)
+            .await
+            .expect("a key");
+        let data_dir = tempfile::tempdir().expect("a data directory");
+        let options = ReplicaOptions::default();
+        let args = options.serve_args(&verify_full, "127.0.0.1:0", "127.0.0.1:0", data_dir.path());
+        let running = dbtrail_servers::app::start_with_steps(
+            Config::parse_serve_args(args).expect("serve flags"),
+            dbtrail_servers::onboarding::core_steps(),
         )
         .await
-        .expect("pg_stat_ssl");
-    let (tls, plain): (i64, i64) = (row.get(0), row.get(1));
-    assert!(
-        tls >= 1 && plain == 0,
-        "{tls} TLS and {plain} plaintext connections"
-    );
-    dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
-        "127.0.0.1",
-        "dbtrail",
-        &format!("sslmode=verify-ca&{root}"),
-    ))
-    .await
-    .expect("verify-ca checks the chain, not the name");
-    running.shutdown().await;
+        .unwrap_or_else(|error| panic!("app::start over TLS: {error}"));
+        let mut client = client_with_key(channel(running.grpc_addr).await, &key.secret);
+        let server = register(&mut client, direct_server("over-tls")).await;
+        assert_eq!(
+            get_server(&mut client, &server.server_id).await.name,
+            "over-tls"
+        );
+
+        // Every connection the service holds to its database is TLS; verify-ca accepts the
+        // address the certificate does not name.
+        let outside =
+            tokio_postgres::connect(&cluster.socket_url("postgres"), tokio_postgres::NoTls)
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(connection);
+                    client
+                })
+                .expect("the cluster over its socket");
+        let row = outside
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM \
+                 pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'dbtrail'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl");
+        let (tls, plain): (i64, i64) = (row.get(0), row.get(1));
+        assert!(
+            tls >= 1 && plain == 0,
+            "{tls} TLS and {plain} plaintext connections"
+        );
+        dbtrail_servers::store::create_database_and_migrate(&cluster.tcp_url(
+            "127.0.0.1",
+            "dbtrail",
+            &format!("sslmode=verify-ca&{root}"),
+        ))
+        .await
+        .expect("verify-ca checks the chain, not the name");
+        running.shutdown().await;
+    });
 }

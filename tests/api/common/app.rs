@@ -307,3 +307,100 @@ pub async fn health(addr: SocketAddr, service: &str) -> Result<ServingStatus, St
         .await?;
     Ok(response.into_inner().status())
 }
+
+// ------------------------------------------------------------------------------------------------
+// gRPC reflection
+// ------------------------------------------------------------------------------------------------
+
+pub use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as ReflectionRequest;
+pub use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as ReflectionResponse;
+
+/// The version of the gRPC reflection protocol a client speaks.
+#[derive(Clone, Copy, Debug)]
+pub enum ReflectionVersion {
+    V1,
+    V1Alpha,
+}
+
+/// Asks the reflection service on `channel` one question in `version`'s protocol and returns its
+/// one answer. v1alpha's messages are v1's under another package name, so they are carried over
+/// through their wire form: the answer reads as v1's either way.
+pub async fn reflect(
+    channel: Channel,
+    version: ReflectionVersion,
+    request: ReflectionRequest,
+) -> ReflectionResponse {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let response: v1::ServerReflectionResponse = match version {
+        ReflectionVersion::V1 => {
+            let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
+            one_message(
+                client
+                    .server_reflection_info(tokio_stream::once(request))
+                    .await,
+                version,
+            )
+            .await
+        }
+        ReflectionVersion::V1Alpha => {
+            let mut client =
+                v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+            let request: v1alpha::ServerReflectionRequest = transcode(&request);
+            let response = one_message(
+                client
+                    .server_reflection_info(tokio_stream::once(request))
+                    .await,
+                version,
+            )
+            .await;
+            transcode(&response)
+        }
+    };
+    response
+        .message_response
+        .unwrap_or_else(|| panic!("a reflection {version:?} response without an answer"))
+}
+
+/// The services the reflection service on `channel` lists, asked in `version`'s protocol.
+pub async fn reflected_services(
+    channel: Channel,
+    version: ReflectionVersion,
+) -> std::collections::BTreeSet<String> {
+    match reflect(
+        channel,
+        version,
+        ReflectionRequest::ListServices(String::new()),
+    )
+    .await
+    {
+        ReflectionResponse::ListServicesResponse(list) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("unexpected reflection {version:?} response {other:?}"),
+    }
+}
+
+/// The one message of a reflection call's response stream.
+async fn one_message<T>(
+    response: Result<tonic::Response<tonic::Streaming<T>>, Status>,
+    version: ReflectionVersion,
+) -> T {
+    response
+        .unwrap_or_else(|status| panic!("reflection {version:?}: {status:?}"))
+        .into_inner()
+        .message()
+        .await
+        .unwrap_or_else(|status| panic!("a reflection {version:?} response: {status:?}"))
+        .unwrap_or_else(|| panic!("one reflection {version:?} message"))
+}
+
+/// `message` decoded as the message type `T` with the same fields.
+fn transcode<T: prost::Message + Default>(message: &impl prost::Message) -> T {
+    T::decode(message.encode_to_vec().as_slice()).expect("the same fields under another package")
+}

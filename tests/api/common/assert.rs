@@ -42,6 +42,21 @@ where
 // Errors
 // ------------------------------------------------------------------------------------------------
 
+/// Polls ListServers with `client` until it fails (its key was revoked); panics when `timeout`
+/// passes first.
+pub async fn wait_until_refused(client: &Client, timeout: Duration) {
+    wait_until("the revoked key to be refused", timeout, || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_servers(proto::ListServersRequest::default())
+                .await
+                .is_err()
+        }
+    })
+    .await;
+}
+
 /// Asserts that `status` has `code` and an ErrorInfo with `reason` in the service's domain.
 #[track_caller]
 pub fn assert_error(status: &Status, code: Code, reason: &str) {

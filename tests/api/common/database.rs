@@ -354,3 +354,17 @@ pub struct Tenant {
     pub id: Uuid,
     pub key: String,
 }
+
+/// The name of each server's assigned agent, by server name (`sql`: a connection to the test
+/// database).
+pub async fn assigned_agents(sql: &tokio_postgres::Client) -> Vec<String> {
+    sql.query(
+        "SELECT a.name FROM servers s JOIN agents a ON a.id = s.agent_id ORDER BY s.name",
+        &[],
+    )
+    .await
+    .expect("read agents")
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}

@@ -37,13 +37,17 @@ pub fn mysql_replica_options() -> ReplicaOptions {
 /// A private MariaDB with one table to snapshot (`shop.items`) and the replication user: ready to
 /// onboard to active.
 pub async fn onboardable_mariadb() -> MariaDb {
+    mariadb_with(&[
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.items (id INT PRIMARY KEY)",
+    ])
+    .await
+}
+
+/// A private MariaDB where `statements` ran, with the replication user.
+pub async fn mariadb_with(statements: &[&str]) -> MariaDb {
     let mariadb = MariaDb::start().await;
-    mariadb
-        .exec(&[
-            "CREATE DATABASE shop",
-            "CREATE TABLE shop.items (id INT PRIMARY KEY)",
-        ])
-        .await;
+    mariadb.exec(statements).await;
     mariadb
         .create_user(USER, PASSWORD, &REPLICATION_GRANTS)
         .await;
@@ -215,7 +219,8 @@ pub async fn index_state(db: &TestDatabase, server_id: &str) -> IndexState {
         .collect();
     let tables: Vec<String> = client
         .query(
-            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER \
+             BY 1",
             &[&schema],
         )
         .await

@@ -4,12 +4,14 @@
 //! - `database`: a fresh PostgreSQL database per test (copied from a template migrated once per
 //!   migrations version, coordinated across nextest's processes with an advisory lock);
 //! - `app`: the service started in process on port 0 (`TestApp`), the options it shares with the
-//!   binary, gRPC clients and plain HTTP;
+//!   binary, gRPC clients (reflection too) and plain HTTP;
 //! - `process`: the real binary as a child process (`ServiceProcess`, `run_cli`);
 //! - `proxy`: a TCP proxy that can cut the service's path to PostgreSQL (`TcpProxy`);
 //! - `onboarding`: servers to register, and waiting on and reading their onboarding;
 //! - `assert`: polling helpers and assertions on `google.rpc` error details;
 //! - `mariadb`, `sshd`: private MariaDB and OpenSSH servers.
+//!
+//! Every test is a plain `#[test]` whose body runs on [`block_on`]'s runtime.
 //!
 //! Nothing here skips: when PostgreSQL is missing the tests fail and say so.
 
@@ -62,6 +64,18 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 use uuid::Uuid;
+
+/// Runs a test's body to completion on a runtime of its own: multi-thread with two workers, so
+/// the service a test starts in process and the test's own clients make progress side by side.
+/// Every integration test is `#[test] fn name() { block_on(async { ... }) }`.
+pub fn block_on<F: Future>(test: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the test")
+        .block_on(test)
+}
 
 /// The PostgreSQL server the tests use, as a URL to its maintenance database.
 pub const DEFAULT_ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

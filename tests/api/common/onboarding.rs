@@ -36,7 +36,6 @@ pub fn ssh_server(name: &str) -> proto::Server {
     }
 }
 
-/// Registers `server`, panicking on failure.
 /// The Status a registration that must fail fails with.
 pub async fn register_error(client: &mut Client, server: proto::Server) -> Status {
     expect_err(
@@ -49,6 +48,7 @@ pub async fn register_error(client: &mut Client, server: proto::Server) -> Statu
     )
 }
 
+/// Registers `server`, panicking on failure.
 pub async fn register(client: &mut Client, server: proto::Server) -> proto::Server {
     let name = server.name.clone();
     client
@@ -58,6 +58,41 @@ pub async fn register(client: &mut Client, server: proto::Server) -> proto::Serv
         })
         .await
         .unwrap_or_else(|status| panic!("RegisterServer {name}: {status:?}"))
+        .into_inner()
+}
+
+/// An UpdateServer request changing the `paths` of `server`.
+pub fn update_request(server: proto::Server, paths: &[&str]) -> proto::UpdateServerRequest {
+    proto::UpdateServerRequest {
+        server: Some(server),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|path| path.to_string()).collect(),
+        }),
+        request_id: String::new(),
+    }
+}
+
+/// UpdateServer of the `paths` of `server`, panicking on failure.
+pub async fn update_server(
+    client: &mut Client,
+    server: proto::Server,
+    paths: &[&str],
+) -> proto::Server {
+    client
+        .update_server(update_request(server, paths))
+        .await
+        .unwrap_or_else(|status| panic!("UpdateServer {paths:?}: {status:?}"))
+        .into_inner()
+}
+
+/// RetryOnboarding of `server_id`, panicking on failure: the status it answers.
+pub async fn retry_onboarding(client: &mut Client, server_id: &str) -> OnboardingStatus {
+    client
+        .retry_onboarding(proto::RetryOnboardingRequest {
+            server_id: server_id.to_owned(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("RetryOnboarding {server_id}: {status:?}"))
         .into_inner()
 }
 
@@ -120,7 +155,50 @@ pub fn step_status(status: &OnboardingStatus, which: OnboardingStep) -> StepStat
     StepStatus::try_from(step(status, which).status).expect("a known step status")
 }
 
-/// Whether onboarding waits at waiting_for_agent because no agent can run the MySQL steps yet.
+/// Registers `server` and waits until onboarding stops where the core steps leave it: at
+/// awaiting_firewall for an ssh_tunnel server, at waiting_for_agent for a direct one. Returns the
+/// server's id and that status.
+pub async fn register_and_settle(
+    client: &mut Client,
+    server: proto::Server,
+) -> (String, OnboardingStatus) {
+    let ssh_tunnel = server.connection_method == ConnectionMethod::SshTunnel as i32;
+    let id = register(client, server).await.server_id;
+    let status = if ssh_tunnel {
+        awaiting_firewall(client, &id).await
+    } else {
+        waiting_for_agent(client, &id).await
+    };
+    (id, status)
+}
+
+/// Waits until provisioning of `server_id` is in progress (where it stays while no agent has
+/// room), and returns that status; `what` names the wait should it time out.
+pub async fn wait_provisioning(client: &Client, server_id: &str, what: &str) -> OnboardingStatus {
+    wait_for_onboarding(client, server_id, what, Duration::from_secs(15), |status| {
+        step_status(status, OnboardingStep::Provisioning) == StepStatus::InProgress
+    })
+    .await
+}
+
+/// Registers `count` direct servers named `{prefix}-{index}`, then waits until provisioning of
+/// each is in progress (`what` names the wait).
+pub async fn register_provisioning(
+    client: &mut Client,
+    prefix: &str,
+    count: usize,
+    what: &str,
+) -> Vec<proto::Server> {
+    let mut servers = Vec::new();
+    for index in 0..count {
+        servers.push(register(client, direct_server(&format!("{prefix}-{index}"))).await);
+    }
+    for server in &servers {
+        wait_provisioning(client, &server.server_id, what).await;
+    }
+    servers
+}
+
 /// Waits until the server waits at waiting_for_agent (where the core steps leave it).
 pub async fn waiting_for_agent(client: &Client, server_id: &str) -> OnboardingStatus {
     wait_for_onboarding(
@@ -133,6 +211,7 @@ pub async fn waiting_for_agent(client: &Client, server_id: &str) -> OnboardingSt
     .await
 }
 
+/// Whether onboarding waits at waiting_for_agent because no agent can run the MySQL steps yet.
 pub fn is_waiting_for_agent(status: &OnboardingStatus) -> bool {
     status.current_step == Some(OnboardingStep::WaitingForAgent as i32)
         && status.steps.len() == 6
@@ -154,6 +233,7 @@ pub async fn awaiting_firewall(client: &Client, server_id: &str) -> OnboardingSt
     .await
 }
 
+/// Whether an ssh_tunnel server waits at awaiting_firewall, saying what to allow.
 pub fn is_awaiting_firewall(status: &OnboardingStatus) -> bool {
     status.current_step == Some(OnboardingStep::AwaitingFirewall as i32)
         && status.steps.len() == 6
@@ -183,6 +263,74 @@ pub async fn history(client: &Client, server_id: &str) -> Vec<OnboardingStatus> 
             message.revision >= current
         })
         .await
+}
+
+/// Opens a watch of `server_id` from after revision `since` (without follow) and reads the
+/// replayed revisions up to `until`, each within ten seconds, asserting that they are
+/// consecutive. The watch stays open for what comes after.
+pub async fn replay_since(
+    client: &mut Client,
+    server_id: &str,
+    since: i64,
+    until: i64,
+) -> (Watch, Vec<OnboardingStatus>) {
+    let mut watch = open_watch(client, server_id, Some(since), false)
+        .await
+        .unwrap_or_else(|status| panic!("WatchOnboarding since_revision={since}: {status:?}"));
+    let replayed = watch
+        .messages_until(Duration::from_secs(10), |message| message.revision == until)
+        .await;
+    assert_consecutive_revisions(&replayed);
+    (watch, replayed)
+}
+
+/// Reads `watch` until `server_id` is no longer pending, each message within `timeout` of the
+/// previous, asserting that the revisions are consecutive and that the last message is the
+/// status GetOnboardingStatus gives now. Returns the messages and that last one.
+pub async fn watch_until_settled(
+    watch: &mut Watch,
+    client: &mut Client,
+    server_id: &str,
+    timeout: Duration,
+) -> (Vec<OnboardingStatus>, OnboardingStatus) {
+    let messages = watch
+        .messages_until(timeout, |message| {
+            message.server_status != proto::ServerStatus::Pending as i32
+        })
+        .await;
+    assert_consecutive_revisions(&messages);
+    let status = messages.last().expect("a final message").clone();
+    assert_eq!(status, onboarding_status(client, server_id).await);
+    (messages, status)
+}
+
+/// Asserts that `which` was tried `attempts` times in the watched `messages`, each retry
+/// announced while the step was in progress: `announced(failed, message)` judges the message
+/// that announced the retry after attempt `failed`.
+#[track_caller]
+pub fn assert_retries_announced(
+    messages: &[OnboardingStatus],
+    which: OnboardingStep,
+    attempts: i32,
+    announced: impl Fn(i32, &str) -> bool,
+) {
+    let retries: Vec<(i32, String)> = messages
+        .iter()
+        .map(|message| step(message, which))
+        .filter(|progress| progress.status == StepStatus::InProgress as i32)
+        .map(|progress| (progress.attempts, progress.message.clone()))
+        .collect();
+    assert_eq!(
+        retries
+            .iter()
+            .map(|(attempts, _)| *attempts)
+            .collect::<Vec<_>>(),
+        (1..=attempts).collect::<Vec<_>>(),
+        "{retries:#?}"
+    );
+    for (attempt, message) in &retries[1..] {
+        assert!(announced(attempt - 1, message), "{message}");
+    }
 }
 
 /// One line per revision: the current step, and each step's status and message.
@@ -229,7 +377,8 @@ pub async fn wait_for_onboarding(
         }
         if started.elapsed() > timeout {
             panic!(
-                "timed out after {timeout:?} waiting for {what} on server {server_id}; last status: {status:#?}"
+                "timed out after {timeout:?} waiting for {what} on server {server_id}; last \
+                 status: {status:#?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -316,7 +465,8 @@ impl Watch {
                     }
                 }
                 other => panic!(
-                    "the watch stopped before the awaited message ({other:?}); got so far: {messages:#?}"
+                    "the watch stopped before the awaited message ({other:?}); got so far: \
+                     {messages:#?}"
                 ),
             }
         }

@@ -1,4 +1,4 @@
-//! A private OpenSSH server per test: the SSH jumphost of the ssh_tunnel tests (issue 4).
+//! A private OpenSSH server per test: the SSH jumphost of the ssh_tunnel tests.
 //!
 //! Each `Sshd` lives in a temporary directory of its own: a host key made with `ssh-keygen`, a
 //! client key pair of the requested type, an `authorized_keys` file (with the client's public key

@@ -256,22 +256,23 @@ pub fn timestamp_json(timestamp: &Option<prost_types::Timestamp>) -> Value {
     }
 }
 
-fn lower(name: &str, prefix: &str) -> Value {
+/// A proto enum value as the REST layer writes it: its name without `prefix`, in lower case ("?"
+/// for a value the enum does not know).
+fn enum_json<E: TryFrom<i32>>(value: i32, name: fn(&E) -> &'static str, prefix: &str) -> Value {
+    let name = E::try_from(value).map(|known| name(&known)).unwrap_or("?");
     Value::String(name.trim_start_matches(prefix).to_ascii_lowercase())
 }
 
 fn connection_method(value: i32) -> Value {
-    let name = proto::ConnectionMethod::try_from(value)
-        .map(|method| method.as_str_name())
-        .unwrap_or("?");
-    lower(name, "CONNECTION_METHOD_")
+    enum_json(
+        value,
+        proto::ConnectionMethod::as_str_name,
+        "CONNECTION_METHOD_",
+    )
 }
 
 fn server_status(value: i32) -> Value {
-    let name = proto::ServerStatus::try_from(value)
-        .map(|status| status.as_str_name())
-        .unwrap_or("?");
-    lower(name, "SERVER_STATUS_")
+    enum_json(value, proto::ServerStatus::as_str_name, "SERVER_STATUS_")
 }
 
 /// A StreamStatus as the REST layer writes it.
@@ -294,24 +295,19 @@ pub fn stream_json(stream: &proto::StreamStatus) -> Value {
 }
 
 fn onboarding_step(value: i32) -> Value {
-    let name = proto::OnboardingStep::try_from(value)
-        .map(|step| step.as_str_name())
-        .unwrap_or("?");
-    lower(name, "ONBOARDING_STEP_")
+    enum_json(
+        value,
+        proto::OnboardingStep::as_str_name,
+        "ONBOARDING_STEP_",
+    )
 }
 
 fn step_status(value: i32) -> Value {
-    let name = proto::StepStatus::try_from(value)
-        .map(|status| status.as_str_name())
-        .unwrap_or("?");
-    lower(name, "STEP_STATUS_")
+    enum_json(value, proto::StepStatus::as_str_name, "STEP_STATUS_")
 }
 
 fn ssl_mode(value: i32) -> Value {
-    let name = proto::SslMode::try_from(value)
-        .map(|mode| mode.as_str_name())
-        .unwrap_or("?");
-    lower(name, "SSL_MODE_")
+    enum_json(value, proto::SslMode::as_str_name, "SSL_MODE_")
 }
 
 /// The JSON a Server read over gRPC must be written as over REST.
@@ -371,10 +367,7 @@ pub fn onboarding_json(status: &OnboardingStatus) -> Value {
 }
 
 fn stream_state_name(value: i32) -> Value {
-    let name = proto::StreamState::try_from(value)
-        .map(|state| state.as_str_name())
-        .unwrap_or("?");
-    lower(name, "STREAM_STATE_")
+    enum_json(value, proto::StreamState::as_str_name, "STREAM_STATE_")
 }
 
 /// The `@type`s of a Status body's details, in order.
