@@ -533,56 +533,8 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
         pending: Vec::new(),
     };
     status_schemas(&mut schemas);
-
-    // Templates of one shape are one OpenAPI path (the spec forbids two that differ only in
-    // variable names): the first route's names stand for all of them.
-    let mut path_names: HashMap<String, (String, Vec<String>)> = HashMap::new();
-    let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
-    let mut operation_ids: HashMap<String, usize> = HashMap::new();
-    for route in &routes.routes {
-        let shape = route
-            .template
-            .openapi_path()
-            .split('/')
-            .map(|segment| {
-                if segment.starts_with('{') {
-                    "{}"
-                } else {
-                    segment
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("/");
-        let (path, names) = path_names
-            .entry(shape)
-            .or_insert_with(|| {
-                (
-                    route.template.openapi_path(),
-                    route
-                        .template
-                        .variables
-                        .iter()
-                        .map(|variable| variable.name.clone())
-                        .collect(),
-                )
-            })
-            .clone();
-        let count = operation_ids
-            .entry(route.rpc.name().to_owned())
-            .or_insert(0);
-        *count += 1;
-        let operation_id = match *count {
-            1 => route.rpc.name().to_owned(),
-            n => format!("{}{n}", route.rpc.name()),
-        };
-        let operation = operation(&mut schemas, route, operation_id, &names);
-        paths
-            .entry(path)
-            .or_default()
-            .insert(route.method.as_str().to_ascii_lowercase(), operation);
-    }
+    let paths = paths(&mut schemas, routes);
     schemas.drain();
-
     let services: Vec<String> = descriptors
         .pool
         .services()
@@ -618,6 +570,56 @@ pub fn document(descriptors: &Descriptors, routes: &RouteTable) -> Json {
             },
         },
     })
+}
+
+/// Every route's operation under its path. Templates of one shape are one OpenAPI path (the
+/// spec forbids two that differ only in variable names): the first route's names stand for all
+/// of them. An RPC with several routes numbers its later operation ids.
+fn paths(schemas: &mut Schemas<'_>, routes: &RouteTable) -> BTreeMap<String, Map<String, Json>> {
+    let mut path_names: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+    let mut operation_ids: HashMap<String, usize> = HashMap::new();
+    for route in &routes.routes {
+        let (path, names) = path_names
+            .entry(path_shape(route))
+            .or_insert_with(|| {
+                let names = route.template.variables.iter();
+                let names = names.map(|variable| variable.name.clone()).collect();
+                (route.template.openapi_path(), names)
+            })
+            .clone();
+        let count = operation_ids
+            .entry(route.rpc.name().to_owned())
+            .or_insert(0);
+        *count += 1;
+        let operation_id = match *count {
+            1 => route.rpc.name().to_owned(),
+            n => format!("{}{n}", route.rpc.name()),
+        };
+        let operation = operation(schemas, route, operation_id, &names);
+        paths
+            .entry(path)
+            .or_default()
+            .insert(route.method.as_str().to_ascii_lowercase(), operation);
+    }
+    paths
+}
+
+/// A route's path with its variables unnamed: `/servers/{}`.
+fn path_shape(route: &Route) -> String {
+    route
+        .template
+        .openapi_path()
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                "{}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]

@@ -687,93 +687,101 @@ fn query_parameters(
     template: &PathTemplate,
     body: &BodyMapping,
 ) -> Result<Vec<FieldPath>, RouteError> {
-    let mut parameters = Vec::new();
-    let mut stack = vec![request.full_name().to_owned()];
-    collect_query_parameters(
+    let mut walk = QueryWalk {
         rpc,
-        request,
-        "",
-        &[],
         template,
         body,
-        &mut stack,
-        &mut parameters,
-    )?;
-    Ok(parameters)
+        stack: vec![request.full_name().to_owned()],
+        parameters: Vec::new(),
+    };
+    walk.message(request, "", &[])?;
+    Ok(walk.parameters)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn collect_query_parameters(
-    rpc: &MethodDescriptor,
-    message: &MessageDescriptor,
-    prefix: &str,
-    parents: &[FieldDescriptor],
-    template: &PathTemplate,
-    body: &BodyMapping,
-    stack: &mut Vec<String>,
-    parameters: &mut Vec<FieldPath>,
-) -> Result<(), RouteError> {
-    for field in message.fields() {
-        let name = format!("{prefix}{}", field.name());
-        if parents.is_empty()
-            && let BodyMapping::Field(body_field) = body
-            && *body_field == field
-        {
-            continue;
-        }
-        if template
-            .variables
-            .iter()
-            .any(|variable| variable.name == name)
-        {
-            continue;
-        }
-        let mut fields = parents.to_vec();
-        fields.push(field.clone());
-        match field.kind() {
-            Kind::Message(nested)
-                if !field.is_list() && !field.is_map() && !is_well_known(&nested) =>
-            {
-                if stack.iter().any(|seen| seen == nested.full_name()) {
+/// A walk through a request message for the fields a query string may set.
+struct QueryWalk<'a> {
+    rpc: &'a MethodDescriptor,
+    template: &'a PathTemplate,
+    body: &'a BodyMapping,
+    /// The messages being walked, outermost first: a field of one of them is recursive.
+    stack: Vec<String>,
+    parameters: Vec<FieldPath>,
+}
+
+impl QueryWalk<'_> {
+    /// The fields of `message` (reached through `parents`, named from `prefix`).
+    fn message(
+        &mut self,
+        message: &MessageDescriptor,
+        prefix: &str,
+        parents: &[FieldDescriptor],
+    ) -> Result<(), RouteError> {
+        for field in message.fields() {
+            let name = format!("{prefix}{}", field.name());
+            if self.set_elsewhere(&field, &name, parents) {
+                continue;
+            }
+            let mut fields = parents.to_vec();
+            fields.push(field.clone());
+            match field.kind() {
+                Kind::Message(nested)
+                    if !field.is_list() && !field.is_map() && !is_well_known(&nested) =>
+                {
+                    self.nested(&nested, &name, &fields)?;
+                }
+                Kind::Message(nested)
+                    if field.is_map()
+                        || field.is_list()
+                        || !STRING_WELL_KNOWN_TYPES.contains(&nested.full_name()) =>
+                {
                     return Err(unsupported(
-                        rpc,
+                        self.rpc,
                         format!(
-                            "field {name:?} is recursive and cannot be set from the query string; \
-                             map it into the body"
+                            "field {name:?} is set by neither the path nor the body and cannot be a \
+                             query parameter (maps, repeated messages and {} cannot); map it into the body",
+                            nested.full_name()
                         ),
                     ));
                 }
-                stack.push(nested.full_name().to_owned());
-                collect_query_parameters(
-                    rpc,
-                    &nested,
-                    &format!("{name}."),
-                    &fields,
-                    template,
-                    body,
-                    stack,
-                    parameters,
-                )?;
-                stack.pop();
+                _ => self.parameters.push(FieldPath { name, fields }),
             }
-            Kind::Message(nested)
-                if field.is_map()
-                    || field.is_list()
-                    || !STRING_WELL_KNOWN_TYPES.contains(&nested.full_name()) =>
-            {
-                return Err(unsupported(
-                    rpc,
-                    format!(
-                        "field {name:?} is set by neither the path nor the body and cannot be a \
-                         query parameter (maps, repeated messages and {} cannot); map it into the body",
-                        nested.full_name()
-                    ),
-                ));
-            }
-            _ => parameters.push(FieldPath { name, fields }),
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Whether the body or the path sets the field already.
+    fn set_elsewhere(&self, field: &FieldDescriptor, name: &str, parents: &[FieldDescriptor]) -> bool {
+        let is_body = parents.is_empty()
+            && matches!(self.body, BodyMapping::Field(body_field) if body_field == field);
+        is_body
+            || self
+                .template
+                .variables
+                .iter()
+                .any(|variable| variable.name == name)
+    }
+
+    /// A nested message's fields, as `name.field`; a message inside itself is refused.
+    fn nested(
+        &mut self,
+        nested: &MessageDescriptor,
+        name: &str,
+        fields: &[FieldDescriptor],
+    ) -> Result<(), RouteError> {
+        if self.stack.iter().any(|seen| seen == nested.full_name()) {
+            return Err(unsupported(
+                self.rpc,
+                format!(
+                    "field {name:?} is recursive and cannot be set from the query string; \
+                     map it into the body"
+                ),
+            ));
+        }
+        self.stack.push(nested.full_name().to_owned());
+        self.message(nested, &format!("{name}."), fields)?;
+        self.stack.pop();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
