@@ -7,8 +7,11 @@ use mysql_async::{Conn, prelude::Queryable};
 
 use super::{
     Step, StepContext,
+    connection::{
+        self, MysqlFailure,
+        mysql::{self, Endpoint},
+    },
     grants::{Grants, Needed},
-    mysql::{self, Endpoint, MysqlFailure},
 };
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome},
@@ -117,7 +120,7 @@ impl Step for Initializing {
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
         let address = mysql::address(context);
-        let mut link = match mysql::connect(context).await {
+        let mut link = match connection::connect(context).await {
             Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };

@@ -1,15 +1,15 @@
 //! The onboarding engine: claims runnable servers with leases (an epoch fences every write),
 //! wakes on NOTIFY, sweeps up expired leases, and runs each server's steps one at a time.
-//! Each step is one file behind the `Step` interface.
+//! Each step is one file behind the `Step` interface; `connection` is the path by which steps (and
+//! the live streams) reach a customer's MySQL.
 
 mod awaiting_firewall;
+pub mod connection;
 mod grants;
 mod initializing;
 pub mod interfaces;
-pub mod mysql;
 mod provisioning;
 mod snapshotting;
-mod ssh;
 mod streaming;
 mod waiting_for_agent;
 
@@ -30,8 +30,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 pub use awaiting_firewall::AwaitingFirewall;
+pub use connection::{MysqlFailure, mysql::classify as classify_mysql};
 pub use initializing::Initializing;
-pub use mysql::{MysqlFailure, classify as classify_mysql};
 pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
 pub use snapshotting::{SnapshotLimits, Table, read_tables, refresh_snapshot_table};

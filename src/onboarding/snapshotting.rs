@@ -13,9 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Step, StepContext,
+    connection::{
+        self, MysqlFailure,
+        mysql::{self, Endpoint},
+    },
     grants::Needed,
     initializing::{account, effective_grants},
-    mysql::{self, Endpoint, MysqlFailure},
 };
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome, server::StreamOptions},
@@ -438,7 +441,7 @@ impl Step for Snapshotting {
     }
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
-        let mut link = match mysql::connect(context).await {
+        let mut link = match connection::connect(context).await {
             Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };

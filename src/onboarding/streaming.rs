@@ -12,8 +12,11 @@ use mysql_async::{BinlogStreamRequest, Conn, Row, prelude::Queryable};
 
 use super::{
     Step, StepContext,
+    connection::{
+        self, Link, MysqlFailure,
+        mysql::{self, Endpoint},
+    },
     initializing::account,
-    mysql::{self, Endpoint, MysqlFailure},
 };
 use crate::{
     domain::{OnboardingStep, StreamState, onboarding::StepOutcome},
@@ -178,10 +181,10 @@ async fn open_stream(
     context: &StepContext,
 ) -> Result<Result<StreamCheckpoint, String>, StreamFault> {
     let address = mysql::address(context);
-    let mysql::Link {
+    let Link {
         mut connection,
         tunnel,
-    } = mysql::connect(context).await?;
+    } = connection::connect(context).await?;
     let (flavour, _) = mysql::version(&mut connection, &address).await?;
     let identity = source_identity(&mut connection, &address, flavour == "MariaDB").await?;
     let Some(coordinates) = coordinates(&mut connection, &address, &flavour).await? else {
@@ -252,7 +255,7 @@ async fn open_stream(
 /// Kills the binlog dump thread of a closed stream (best effort: a user may kill its own threads).
 pub async fn end_dump_thread(context: &StepContext, connection_id: u64) {
     let ended = async {
-        if let Ok(mut link) = mysql::connect(context).await {
+        if let Ok(mut link) = connection::connect(context).await {
             let _ = link
                 .connection
                 .query_drop(format!("KILL CONNECTION {connection_id}"))

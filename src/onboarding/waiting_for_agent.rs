@@ -3,7 +3,10 @@
 
 use async_trait::async_trait;
 
-use super::{Step, StepContext, mysql};
+use super::{
+    Step, StepContext,
+    connection::{self, mysql},
+};
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome},
     store::StoreError,
@@ -20,7 +23,7 @@ impl Step for WaitingForAgent {
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
         let address = mysql::address(context);
-        let mut link = match mysql::connect(context).await {
+        let mut link = match connection::connect(context).await {
             Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };

@@ -26,8 +26,9 @@ use super::{
 use crate::{
     domain::{ChangeOperation, change::RowChange},
     onboarding::{
-        MysqlFailure, StepContext, classify_mysql, end_dump_thread, is_replica_id_clash, mysql,
-        replication_refusal, source_identity,
+        MysqlFailure, StepContext, classify_mysql,
+        connection::{self, Link, mysql},
+        end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
     },
     store::{StoreError, StreamCheckpoint, StreamPosition},
     telemetry,
@@ -162,9 +163,9 @@ async fn open(
     context: &StepContext,
     position: &StreamPosition,
     heartbeat: Duration,
-) -> Result<(mysql::Link, Reader, Option<u64>, String), SessionEnd> {
+) -> Result<(Link, Reader, Option<u64>, String), SessionEnd> {
     let address = mysql::address(context);
-    let mut link = mysql::connect(context).await?;
+    let mut link = connection::connect(context).await?;
     let connection = &mut link.connection;
     let (flavour, _) = mysql::version(connection, &address).await?;
     let mariadb = flavour == "MariaDB";
@@ -287,7 +288,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
         Err(end) => return end,
     };
     holder.progress.source_server_uuid = identity.clone();
-    let mysql::Link { connection, tunnel } = link;
+    let Link { connection, tunnel } = link;
     let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
     // The login may have taken long (or the process been paused): a runner whose lease may have
     // lapsed must not register as a replica, since the source would end the new holder's dump
@@ -594,7 +595,7 @@ impl Reader {
         at: &BinlogPoint,
         context: &StepContext,
     ) -> Result<(), SessionEnd> {
-        let mut link = mysql::connect(context).await?;
+        let mut link = connection::connect(context).await?;
         let reloaded = self
             .tables
             .reload(

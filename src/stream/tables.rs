@@ -11,7 +11,7 @@ use mysql_async::Conn;
 use super::decode::{ColumnInfo, ColumnKind, TableColumns};
 use crate::{
     domain::server::StreamOptions,
-    onboarding::{MysqlFailure, SnapshotLimits, Table, mysql::Endpoint, read_tables},
+    onboarding::{MysqlFailure, SnapshotLimits, Table, connection::mysql::Endpoint, read_tables},
     store::SnapshotVersion,
 };
 

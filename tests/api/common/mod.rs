@@ -43,7 +43,7 @@ use base64::Engine as _;
 use dbtrail_servers::auth::admin::Admin;
 use dbtrail_servers::config::Config;
 pub use dbtrail_servers::domain::target::DENIED;
-pub use dbtrail_servers::onboarding::mysql::UNREACHABLE;
+pub use dbtrail_servers::onboarding::connection::UNREACHABLE;
 use dbtrail_servers::proto::servers_service_client::ServersServiceClient;
 use dbtrail_servers::proto::{
     self, ConnectionMethod, OnboardingStatus, OnboardingStep, StepProgress, StepStatus,

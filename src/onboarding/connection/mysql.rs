@@ -1,46 +1,14 @@
-//! How the embedded agent reaches a customer's MySQL: connection options from the server's
-//! settings and decrypted password, the TLS mode, and the sorting of failures into those worth
-//! retrying (unreachable, timeouts) and those that need the operator (access denied).
+//! The MySQL leaf of the connection path: logging in with the server's user and decrypted
+//! password over an address already resolved (or the tunnel's), the TLS mode, the per-query time
+//! limit, and the sorting of MySQL's errors into those worth retrying (unreachable, timeouts) and
+//! those that need the operator (access denied).
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use mysql_async::{Conn, OptsBuilder, SslOpts, prelude::Queryable};
 
-use super::{
-    StepContext,
-    ssh::{self, Tunnel},
-};
-use crate::domain::{
-    ConnectionMethod, SslMode,
-    onboarding::StepOutcome,
-    target::{DENIED, JUMPHOST},
-};
-
-/// Why connecting or querying failed, sorted by what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MysqlFailure {
-    /// Worth another attempt (network, timeouts, too many connections).
-    Transient(String),
-    /// Needs the operator (credentials, privileges, configuration).
-    Permanent(String),
-}
-
-impl MysqlFailure {
-    /// The step outcome: transient faults are retried until the budget is spent.
-    pub fn outcome(self, context: &StepContext) -> StepOutcome {
-        match self {
-            MysqlFailure::Permanent(error) => StepOutcome::Failed { error },
-            MysqlFailure::Transient(message) => StepOutcome::transient(
-                &message,
-                context.server.steps.get(context.step).attempts,
-                context.agent.connect_attempts,
-            ),
-        }
-    }
-}
+use super::failure::{MysqlFailure, unreachable};
+use crate::{domain::SslMode, onboarding::StepContext};
 
 /// The idle time before the kernel probes a customer connection.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -56,18 +24,6 @@ const TRANSIENT_SERVER_ERRORS: &[u16] = &[
 /// MariaDB's ER_SLAVE_SAME_ID, sent to the older reader when a second one registers the same
 /// replica server id.
 const REPLICA_ID_TAKEN_OVER: u16 = 4052;
-
-/// Why a customer's endpoint could not be reached, in one wording whatever happened (refused,
-/// silent, reset, or not speaking the protocol), so the messages do not make the agent a port
-/// scanner; what happened goes to the log.
-pub const UNREACHABLE: &str =
-    "it refused the connection, did not answer in time, or did not speak the expected protocol";
-
-/// What to say of an endpoint that could not be reached; `detail` is logged, not shown.
-pub fn unreachable(what: &str, detail: &dyn std::fmt::Display) -> String {
-    tracing::info!(%detail, "{what} unreachable");
-    format!("cannot reach {what}: {UNREACHABLE}")
-}
 
 /// Sorts a mysql_async error; `address` names the server in messages.
 pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
@@ -102,56 +58,6 @@ pub fn classify(error: &mysql_async::Error, address: &str) -> MysqlFailure {
         }
         other => MysqlFailure::Transient(unreachable(&format!("MySQL at {address}"), other)),
     }
-}
-
-/// What `resolve` calls a jumphost (judged as a direct target: the agent connects to it itself).
-pub const JUMPHOST_TARGET: &str = "SSH jumphost";
-
-/// Resolves a target once and checks every address; the caller connects to the address that
-/// was checked, so a second lookup cannot lead elsewhere.
-pub async fn resolve(
-    context: &StepContext,
-    host: &str,
-    port: u16,
-    what: &str,
-) -> Result<SocketAddr, MysqlFailure> {
-    let lookup = tokio::time::timeout(
-        context.agent.connect_timeout,
-        tokio::net::lookup_host((host, port)),
-    );
-    let addresses: Vec<SocketAddr> = match lookup.await {
-        Ok(Ok(addresses)) => addresses.collect(),
-        Ok(Err(error)) => {
-            return Err(MysqlFailure::Transient(format!(
-                "cannot resolve {what} {host}: {error}"
-            )));
-        }
-        Err(_) => {
-            return Err(MysqlFailure::Transient(format!(
-                "resolving {what} {host} timed out"
-            )));
-        }
-    };
-    let method = match what {
-        JUMPHOST_TARGET => JUMPHOST,
-        _ => context.server.spec.connection_method,
-    };
-    let refused = addresses.iter().find_map(|address| {
-        let range = context.agent.targets.refuses(address.ip(), method)?;
-        Some((address.ip(), range))
-    });
-    if let Some((address, range)) = refused {
-        tracing::info!(server_id = %context.server.id, %host, %address, %range, "target refused");
-        let error = match host.parse::<IpAddr>() {
-            Ok(_) => format!("{what} {host} is {DENIED}"),
-            Err(_) => format!("{what} {host} resolves to {address}, {DENIED}"),
-        };
-        return Err(MysqlFailure::Permanent(error));
-    }
-    addresses
-        .into_iter()
-        .next()
-        .ok_or_else(|| MysqlFailure::Transient(format!("{what} {host} resolves to no address")))
 }
 
 /// `host:port` of the server.
@@ -224,72 +130,35 @@ fn ssl_options(mode: SslMode) -> Option<SslOpts> {
     }
 }
 
-/// A logged-in connection and the SSH tunnel it runs through, if any; the tunnel closes when
-/// the link is dropped.
-pub struct Link {
-    pub connection: Conn,
-    pub tunnel: Option<Tunnel>,
-}
-
-impl Link {
-    /// Closes the connection, then the tunnel.
-    pub async fn close(self) {
-        close(self.connection).await;
-        drop(self.tunnel);
-    }
-}
-
-/// Logs in to the server with its stored credentials, through its SSH tunnel when it has one,
-/// honouring its ssl_mode.
-pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
+/// The server's stored MySQL password, decrypted (`None` when it has none).
+pub fn password(context: &StepContext) -> Result<Option<String>, MysqlFailure> {
     let server = &context.server;
-    let address = address(context);
-    let tunnel = match (&server.spec.connection_method, &server.spec.ssh_tunnel) {
-        (ConnectionMethod::SshTunnel, Some(tunnel)) => {
-            context.activity.set(format!(
-                "opening the SSH tunnel through {}:{}",
-                tunnel.host, tunnel.port
-            ));
-            Some(ssh::open(context, tunnel).await?)
-        }
-        (ConnectionMethod::SshTunnel, None) => {
-            return Err(MysqlFailure::Permanent(
-                "connection_method is ssh_tunnel but no ssh_tunnel is set".into(),
-            ));
-        }
-        _ => None,
+    let Some(sealed) = &server.secrets.mysql_password else {
+        return Ok(None);
     };
-    let password = match &server.secrets.mysql_password {
-        Some(sealed) => Some(
-            context
-                .secrets
-                .open(sealed, &format!("{}/mysql_password", server.id))
-                .map_err(|error| {
-                    MysqlFailure::Permanent(format!(
-                        "the stored MySQL password cannot be used ({error}); set it again with UpdateServer"
-                    ))
-                })?
-                .0,
-        ),
-        None => None,
-    };
-    let (host, port) = match &tunnel {
-        Some(tunnel) => (
-            tunnel.local_address.ip().to_string(),
-            tunnel.local_address.port(),
-        ),
-        None => {
-            let address =
-                resolve(context, &server.spec.host, server.spec.port, "MySQL host").await?;
-            (address.ip().to_string(), address.port())
-        }
-    };
-    context
-        .activity
-        .set(format!("logging in to MySQL at {address}"));
+    let password = context
+        .secrets
+        .open(sealed, &format!("{}/mysql_password", server.id))
+        .map_err(|error| {
+            MysqlFailure::Permanent(format!(
+                "the stored MySQL password cannot be used ({error}); set it again with UpdateServer"
+            ))
+        })?;
+    Ok(Some(password.0))
+}
+
+/// Logs in at `target` (an address resolved and checked, or the tunnel's) as the server's
+/// user, honouring its ssl_mode; `address` names the server in messages.
+pub async fn login(
+    context: &StepContext,
+    target: SocketAddr,
+    password: Option<String>,
+    address: &Endpoint,
+) -> Result<Conn, MysqlFailure> {
+    let server = &context.server;
     let base = OptsBuilder::default()
-        .ip_or_hostname(host)
-        .tcp_port(port)
+        .ip_or_hostname(target.ip().to_string())
+        .tcp_port(target.port())
         // A peer that vanishes without a FIN is noticed by the kernel, not only by a timeout.
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .user(Some(server.spec.mysql_user.clone()))
@@ -297,8 +166,7 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
         .prefer_socket(false)
         .stmt_cache_size(0);
     let mode = server.spec.stream_options.ssl_mode;
-    // Connecting to an address (resolved above, or the tunnel's), the certificate still names
-    // the host.
+    // Connecting to an address (resolved, or the tunnel's), the certificate still names the host.
     let tls = |mode| {
         ssl_options(mode).map(|options| {
             options.with_danger_tls_hostname_override(Some(server.spec.host.clone()))
@@ -324,24 +192,18 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
             }
         }
     };
-    let connection =
-        match attempt(tls(mode)).await {
-            Ok(connection) => connection,
-            // "preferred" falls back to plain text when the server offers no TLS.
-            Err(mysql_async::Error::Driver(
-                mysql_async::DriverError::NoClientSslFlagFromServer,
-            )) if mode == SslMode::Preferred => attempt(None)
+    match attempt(tls(mode)).await {
+        Ok(connection) => Ok(connection),
+        // "preferred" falls back to plain text when the server offers no TLS.
+        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+            if mode == SslMode::Preferred =>
+        {
+            attempt(None)
                 .await
-                .map_err(|error| classify(&error, &address))?,
-            Err(error) => return Err(classify(&error, &address)),
-        };
-    if let Some(tunnel) = &tunnel {
-        tunnel.stop_accepting();
+                .map_err(|error| classify(&error, address))
+        }
+        Err(error) => Err(classify(&error, address)),
     }
-    context
-        .activity
-        .set(format!("waiting for MySQL at {address} to answer a query"));
-    Ok(Link { connection, tunnel })
 }
 
 /// The server's version and flavour, e.g. ("MariaDB", "10.11.19-MariaDB-0+deb12u1").

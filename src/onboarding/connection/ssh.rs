@@ -1,6 +1,7 @@
-//! SSH tunnels through a customer's jumphost: log in with the stored key, verify (or record) the
-//! jumphost's host key, and forward a local loopback port to MySQL as the jumphost sees it. A
-//! tunnel lives as long as its `Tunnel` value: dropping it closes the session and every forward.
+//! The SSH leaf of the connection path: tunnels through a customer's jumphost (at an address
+//! already resolved and checked). Log in with the stored key, verify (or record) the jumphost's
+//! host key, and forward a local loopback port to MySQL as the jumphost sees it. A tunnel lives
+//! as long as its `Tunnel` value: dropping it closes the session and every forward.
 
 use std::{
     net::SocketAddr,
@@ -16,9 +17,10 @@ use russh::{
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::{StepContext, mysql::MysqlFailure};
+use super::failure::{MysqlFailure, unreachable};
 use crate::{
     domain::server::SshTunnel,
+    onboarding::StepContext,
     store::{Scope, StoreError},
 };
 
@@ -114,31 +116,30 @@ async fn connect_from(
     socket.connect(address).await
 }
 
-/// Opens the server's SSH tunnel, recording the jumphost's host key on first contact.
-pub async fn open(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, MysqlFailure> {
+/// Opens the server's SSH tunnel through the jumphost at `jumphost_address` (resolved and
+/// checked by the caller), logging in with `private_key` and recording the jumphost's host key
+/// on first contact.
+pub async fn open(
+    context: &StepContext,
+    tunnel: &SshTunnel,
+    private_key: russh::keys::PrivateKey,
+    jumphost_address: SocketAddr,
+) -> Result<Tunnel, MysqlFailure> {
     let server = &context.server;
     let jumphost = endpoint(&tunnel.host, tunnel.port);
     let target = endpoint(&server.spec.host, server.spec.port);
-    let private_key = load_private_key(context)?;
     let timeout = context.agent.connect_timeout;
     let outbound_ip = server
         .agent_outbound_ip
         .as_deref()
         .unwrap_or("the agent's outbound IP");
     let unreachable = |detail: String| {
-        let reason = super::mysql::unreachable(&format!("the SSH jumphost {jumphost}"), &detail);
+        let reason = unreachable(&format!("the SSH jumphost {jumphost}"), &detail);
         MysqlFailure::Transient(format!(
             "{reason}; allow {outbound_ip} on TCP port {} of the jumphost",
             tunnel.port
         ))
     };
-    let jumphost_address = super::mysql::resolve(
-        context,
-        &tunnel.host,
-        tunnel.port,
-        super::mysql::JUMPHOST_TARGET,
-    )
-    .await?;
     let socket = match tokio::time::timeout(timeout, connect_from(context, jumphost_address)).await
     {
         Ok(Ok(socket)) => socket,
@@ -262,7 +263,8 @@ fn describe(reason: ChannelOpenFailure) -> &'static str {
     }
 }
 
-fn load_private_key(context: &StepContext) -> Result<russh::keys::PrivateKey, MysqlFailure> {
+/// The server's stored SSH private key, decrypted and parsed.
+pub fn private_key(context: &StepContext) -> Result<russh::keys::PrivateKey, MysqlFailure> {
     let server = &context.server;
     let sealed = server.secrets.ssh_private_key.as_ref().ok_or_else(|| {
         MysqlFailure::Permanent("no SSH private key is stored: set ssh_tunnel.private_key".into())
