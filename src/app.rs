@@ -581,7 +581,10 @@ impl Housekeeping {
         let compaction_interval = (self.history_retention / 2).min(IDEMPOTENCY_CLEANUP_INTERVAL);
         if self.last_compaction.elapsed() >= compaction_interval {
             self.last_compaction = std::time::Instant::now();
-            match store.compact_onboarding_history(self.history_retention).await {
+            match store
+                .compact_onboarding_history(self.history_retention)
+                .await
+            {
                 Ok(0) => {}
                 Ok(forgotten) => tracing::info!(forgotten, "compacted onboarding history"),
                 Err(error) => tracing::warn!(%error, "could not compact onboarding history"),

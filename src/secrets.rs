@@ -143,7 +143,11 @@ impl SecretBox {
             None => stored.clone(),
         };
         StoredSecrets {
-            mysql_password: seal(&new.mysql_password, &current.mysql_password, "mysql_password"),
+            mysql_password: seal(
+                &new.mysql_password,
+                &current.mysql_password,
+                "mysql_password",
+            ),
             ssh_private_key: seal(
                 &new.ssh_private_key,
                 &current.ssh_private_key,

@@ -3,18 +3,14 @@
 //! escaping of wildcard values into SQL LIKE patterns; turning the resulting
 //! [`Filter`] into SQL belongs to the store.
 
+use std::fmt;
+
+use super::{ConnectionMethod, ServerStatus};
+
 /// Longest accepted filter, in characters; keeps parsing cheap for hostile input.
 const MAX_LENGTH: usize = 2_000;
 /// Deepest accepted parenthesis nesting; bounds the parser's recursion.
 const MAX_DEPTH: usize = 32;
-const STATUS_VALUES: &[&str] = &[
-    "pending",
-    "active",
-    "disconnected",
-    "error",
-    "decommissioned",
-];
-const CONNECTION_METHOD_VALUES: &[&str] = &["direct", "vpn", "ssh_tunnel"];
 const FILTERABLE_FIELDS: &str =
     "status, connection_method, name, host and labels.KEY (labels:KEY tests presence)";
 const LABELS: &str = "labels";
@@ -28,7 +24,11 @@ pub enum Filter {
     Or(Vec<Filter>),
     /// The filter does not hold.
     Not(Box<Filter>),
-    /// The field equals the value exactly (enum values already normalised to lowercase short form).
+    /// The server's status is this one.
+    StatusIs(ServerStatus),
+    /// The server is reached this way.
+    ConnectionMethodIs(ConnectionMethod),
+    /// The field equals the value exactly.
     Equals { field: FilterField, value: String },
     /// The field matches a SQL LIKE pattern: `*` became `%`; `%`, `_` and `\` in the client's text are escaped with `\`.
     Like { field: FilterField, pattern: String },
@@ -36,13 +36,9 @@ pub enum Filter {
     HasLabel(String),
 }
 
-/// A field of a server that a filter may test.
+/// A text field of a server that a filter may compare or match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterField {
-    /// The server's lifecycle status.
-    Status,
-    /// How the control plane reaches the server.
-    ConnectionMethod,
     /// The server's display name.
     Name,
     /// The server's host name or address.
@@ -92,6 +88,8 @@ enum Comparator {
 
 /// What the left-hand side of a restriction names; bare `labels` is only meaningful with `:`.
 enum Target {
+    Status,
+    ConnectionMethod,
     Field(FilterField),
     LabelPresence,
 }
@@ -386,8 +384,8 @@ fn invalid_label_key(key: &str, position: usize) -> FilterError {
 
 fn resolve_field(name: &str, position: usize) -> Result<Target, FilterError> {
     let field = match name {
-        "status" => FilterField::Status,
-        "connection_method" => FilterField::ConnectionMethod,
+        "status" => return Ok(Target::Status),
+        "connection_method" => return Ok(Target::ConnectionMethod),
         "name" => FilterField::Name,
         "host" => FilterField::Host,
         LABELS => return Ok(Target::LabelPresence),
@@ -414,12 +412,28 @@ fn build(
     let field = match target {
         Target::LabelPresence if is_label_key(&value) => return Ok(Filter::HasLabel(value)),
         Target::LabelPresence => return Err(invalid_label_key(&value, position)),
+        Target::Status => {
+            let status = normalise_enum(
+                "status",
+                "server_status_",
+                ServerStatus::ALL,
+                &value,
+                position,
+            );
+            return status.map(Filter::StatusIs);
+        }
+        Target::ConnectionMethod => {
+            let method = normalise_enum(
+                "connection_method",
+                "connection_method_",
+                ConnectionMethod::ALL,
+                &value,
+                position,
+            );
+            return method.map(Filter::ConnectionMethodIs);
+        }
         Target::Field(field) => field,
     };
-    if let Some((name, prefix, allowed)) = enum_values(&field) {
-        let value = normalise_enum(name, prefix, allowed, &value, position)?;
-        return Ok(Filter::Equals { field, value });
-    }
     Ok(match field {
         FilterField::Label(key) if comparator == Comparator::Has && value == "*" => {
             Filter::HasLabel(key)
@@ -432,29 +446,17 @@ fn build(
     })
 }
 
-/// The client-facing name, proto prefix and allowed short values of an enum field.
-fn enum_values(
-    field: &FilterField,
-) -> Option<(&'static str, &'static str, &'static [&'static str])> {
-    match field {
-        FilterField::Status => Some(("status", "server_status_", STATUS_VALUES)),
-        FilterField::ConnectionMethod => Some((
-            "connection_method",
-            "connection_method_",
-            CONNECTION_METHOD_VALUES,
-        )),
-        FilterField::Name | FilterField::Host | FilterField::Label(_) => None,
-    }
-}
-
-fn normalise_enum(
+/// The enum value a filter names: its short wire name or the proto's, in any case (`name` is
+/// the field, `prefix` the proto's prefix of its values).
+fn normalise_enum<E: Copy + fmt::Display>(
     name: &str,
     prefix: &str,
-    allowed: &[&str],
+    allowed: &[E],
     value: &str,
     position: usize,
-) -> Result<String, FilterError> {
-    let allowed_list = allowed.join(", ");
+) -> Result<E, FilterError> {
+    let names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+    let allowed_list = names.join(", ");
     if value.contains('*') {
         return Err(error(format!(
             "{name} does not accept wildcards: {value:?} at position {position}; allowed values are {allowed_list}"
@@ -462,8 +464,8 @@ fn normalise_enum(
     }
     let lowercase = value.to_ascii_lowercase();
     let short = lowercase.strip_prefix(prefix).unwrap_or(&lowercase);
-    match allowed.iter().find(|candidate| **candidate == short) {
-        Some(candidate) => Ok((*candidate).to_string()),
+    match allowed.iter().zip(&names).find(|(_, name)| *name == short) {
+        Some((candidate, _)) => Ok(*candidate),
         None => Err(error(format!(
             "unknown value {value:?} for {name} at position {position}; allowed values are {allowed_list}"
         ))),
@@ -552,7 +554,7 @@ mod tests {
     }
 
     fn status(value: &str) -> Filter {
-        equals(FilterField::Status, value)
+        Filter::StatusIs(ServerStatus::parse(value).unwrap())
     }
 
     #[test]
@@ -699,11 +701,11 @@ mod tests {
         );
         assert_eq!(
             ok("connection_method = CONNECTION_METHOD_SSH_TUNNEL"),
-            equals(FilterField::ConnectionMethod, "ssh_tunnel")
+            Filter::ConnectionMethodIs(ConnectionMethod::SshTunnel)
         );
         assert_eq!(
             ok("connection_method = \"Vpn\""),
-            equals(FilterField::ConnectionMethod, "vpn")
+            Filter::ConnectionMethodIs(ConnectionMethod::Vpn)
         );
     }
 

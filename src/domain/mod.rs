@@ -2,6 +2,7 @@
 //! machine and the ListServers filter. No I/O, no tonic, no diesel.
 
 pub mod change;
+pub mod fields;
 pub mod filter;
 pub mod onboarding;
 pub mod server;

@@ -1,7 +1,7 @@
 //! A monitored server: its validated settings, how a request's input becomes them, and the
 //! lifecycle transitions (register, update, confirm, retry, decommission, engine progress).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -9,6 +9,10 @@ use uuid::Uuid;
 use super::{
     ConnectionMethod, OnboardingStep, ServerId, ServerStatus, SslMode, StepStatus, StreamState,
     TenantId, Violations,
+    fields::{
+        Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
+        check_text,
+    },
     onboarding::{FIREWALL_AUTO_COMPLETED, OnboardingStatus, StepOutcome, Steps},
     stream::StreamHealth,
 };
@@ -17,7 +21,6 @@ use super::{
 pub const DEFAULT_MYSQL_PORT: u16 = 3306;
 /// Default SSH port.
 pub const DEFAULT_SSH_PORT: u16 = 22;
-const MAX_LABELS: usize = 64;
 
 /// A secret as stored: AEAD ciphertext and the id of the key that sealed it. Opaque here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,17 +42,17 @@ impl std::fmt::Debug for Secret {
 /// The SSH jumphost settings of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTunnel {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub host_key_fingerprint: Option<String>,
+    pub host: Host,
+    pub port: Port,
+    pub user: UserName,
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
 }
 
 /// What the binlog stream covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamOptions {
-    pub schemas: Vec<String>,
-    pub tables: Vec<String>,
+    pub schemas: Vec<Identifier>,
+    pub tables: Vec<QualifiedTable>,
     pub ssl_mode: SslMode,
 }
 
@@ -66,14 +69,14 @@ impl Default for StreamOptions {
 /// The validated, client-settable settings of a server (secrets apart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSpec {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub mysql_user: String,
+    pub name: ServerName,
+    pub host: Host,
+    pub port: Port,
+    pub mysql_user: UserName,
     pub connection_method: ConnectionMethod,
     pub ssh_tunnel: Option<SshTunnel>,
     pub stream_options: StreamOptions,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 /// Secrets a request sets; `None` keeps what is stored.
@@ -243,25 +246,28 @@ impl ServerInput {
     /// The input that would reproduce a stored spec (secrets left unset, meaning "keep").
     pub fn from_spec(spec: &ServerSpec) -> ServerInput {
         ServerInput {
-            name: spec.name.clone(),
-            host: spec.host.clone(),
+            name: spec.name.to_string(),
+            host: spec.host.to_string(),
             port: i32::from(spec.port),
-            mysql_user: spec.mysql_user.clone(),
+            mysql_user: spec.mysql_user.to_string(),
             mysql_password: None,
             connection_method: Some(spec.connection_method),
             ssh_tunnel: spec.ssh_tunnel.as_ref().map(|tunnel| SshTunnelInput {
-                host: tunnel.host.clone(),
+                host: tunnel.host.to_string(),
                 port: i32::from(tunnel.port),
-                user: tunnel.user.clone(),
+                user: tunnel.user.to_string(),
                 private_key: None,
-                host_key_fingerprint: tunnel.host_key_fingerprint.clone(),
+                host_key_fingerprint: tunnel
+                    .host_key_fingerprint
+                    .as_ref()
+                    .map(ToString::to_string),
             }),
             stream_options: Some(StreamOptionsInput {
-                schemas: spec.stream_options.schemas.clone(),
-                tables: spec.stream_options.tables.clone(),
+                schemas: texts(&spec.stream_options.schemas),
+                tables: texts(&spec.stream_options.tables),
                 ssl_mode: Some(spec.stream_options.ssl_mode),
             }),
-            labels: spec.labels.clone(),
+            labels: spec.labels.as_map().clone(),
         }
     }
 
@@ -298,18 +304,15 @@ impl ServerInput {
         violations: &mut Violations,
     ) -> Option<(ServerSpec, NewSecrets)> {
         let field = |name: &str| format!("{prefix}{name}");
-        let name = violations.check(&field("name"), validate_name(&self.name));
-        let host = violations.check(&field("host"), validate_host(&self.host));
-        let port = violations.check(&field("port"), validate_port(self.port, DEFAULT_MYSQL_PORT));
+        let name = violations.check(&field("name"), ServerName::parse(&self.name));
+        let host = violations.check(&field("host"), Host::parse(&self.host));
+        let port = violations.check(&field("port"), Port::parse(self.port, DEFAULT_MYSQL_PORT));
         let mysql_user = violations.check(
             &field("mysql_user"),
-            validate_text(&self.mysql_user, "mysql_user", 80, true),
+            UserName::parse(&self.mysql_user, "mysql_user", 80),
         );
         if let Some(password) = &self.mysql_password {
-            violations.check(
-                &field("mysql_password"),
-                validate_text(&password.0, "mysql_password", 1024, false).map(drop),
-            );
+            violations.check(&field("mysql_password"), check_text(&password.0, 1024));
         }
         if self.connection_method.is_none() {
             violations.add(
@@ -344,7 +347,7 @@ impl ServerInput {
             &field("stream_options."),
             violations,
         );
-        let labels = violations.check(&field("labels"), validate_labels(self.labels));
+        let labels = violations.check(&field("labels"), Labels::parse(self.labels));
         let spec = ServerSpec {
             name: name?,
             host: host?,
@@ -375,12 +378,9 @@ fn validate_ssh_tunnel(
     violations: &mut Violations,
 ) -> Option<SshTunnel> {
     let field = |name: &str| format!("{prefix}{name}");
-    let host = violations.check(&field("host"), validate_host(&tunnel.host));
-    let port = violations.check(&field("port"), validate_port(tunnel.port, DEFAULT_SSH_PORT));
-    let user = violations.check(
-        &field("user"),
-        validate_text(&tunnel.user, "user", 64, true),
-    );
+    let host = violations.check(&field("host"), Host::parse(&tunnel.host));
+    let port = violations.check(&field("port"), Port::parse(tunnel.port, DEFAULT_SSH_PORT));
+    let user = violations.check(&field("user"), UserName::parse(&tunnel.user, "user", 64));
     match &tunnel.private_key {
         Some(key) => {
             violations.check(&field("private_key"), validate_private_key(&key.0));
@@ -395,7 +395,10 @@ fn validate_ssh_tunnel(
     }
     let fingerprint = match tunnel.host_key_fingerprint {
         Some(text) if !text.is_empty() => violations
-            .check(&field("host_key_fingerprint"), validate_fingerprint(&text))
+            .check(
+                &field("host_key_fingerprint"),
+                HostKeyFingerprint::parse(&text),
+            )
             .map(Some),
         _ => Some(None),
     };
@@ -412,164 +415,49 @@ fn validate_stream_options(
     prefix: &str,
     violations: &mut Violations,
 ) -> Option<StreamOptions> {
-    let mut valid = true;
-    for (index, schema) in options.schemas.iter().enumerate() {
-        if let Err(problem) = validate_identifier(schema) {
-            violations.add(format!("{prefix}schemas[{index}]"), problem);
-            valid = false;
-        }
-    }
-    for (index, table) in options.tables.iter().enumerate() {
-        let problem = match table.split_once('.') {
-            Some((schema, name)) => validate_identifier(schema)
-                .and_then(|()| validate_identifier(name))
-                .err(),
-            None => Some(format!("\"{table}\" must be schema.table")),
-        };
-        if let Some(problem) = problem {
-            violations.add(format!("{prefix}tables[{index}]"), problem);
-            valid = false;
-        }
-    }
-    valid.then(|| StreamOptions {
-        schemas: options.schemas,
-        tables: options.tables,
+    let schemas = parse_each(
+        &options.schemas,
+        &format!("{prefix}schemas"),
+        Identifier::parse,
+        violations,
+    );
+    let tables = parse_each(
+        &options.tables,
+        &format!("{prefix}tables"),
+        QualifiedTable::parse,
+        violations,
+    );
+    Some(StreamOptions {
+        schemas: schemas?,
+        tables: tables?,
         ssl_mode: options.ssl_mode.unwrap_or(SslMode::Preferred),
     })
 }
 
-fn has_control_characters(text: &str) -> bool {
-    text.chars().any(char::is_control)
-}
-
-fn validate_name(name: &str) -> Result<String, String> {
-    let length = name.chars().count();
-    if length == 0 {
-        return Err("is required: 1 to 100 printable characters".into());
-    }
-    if length > 100 {
-        return Err(format!("is {length} characters long; at most 100 allowed"));
-    }
-    if has_control_characters(name) {
-        return Err("must contain only printable characters".into());
-    }
-    if name.trim() != name {
-        return Err("must not start or end with white space".into());
-    }
-    Ok(name.to_owned())
-}
-
-fn validate_text(text: &str, what: &str, max: usize, required: bool) -> Result<String, String> {
-    if required && text.is_empty() {
-        return Err(format!("{what} is required"));
-    }
-    let length = text.chars().count();
-    if length > max {
-        return Err(format!(
-            "is {length} characters long; at most {max} allowed"
-        ));
-    }
-    if has_control_characters(text) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(text.to_owned())
-}
-
-/// A DNS name (RFC 1123) or an IP literal.
-pub fn validate_host(host: &str) -> Result<String, String> {
-    if host.is_empty() {
-        return Err("is required: a DNS name or an IP address".into());
-    }
-    if host.parse::<IpAddr>().is_ok() {
-        return Ok(host.to_owned());
-    }
-    let shown: String = host.chars().take(64).collect();
-    let invalid = || format!("\"{shown}\" is neither a DNS name nor an IP address");
-    let name = host.strip_suffix('.').unwrap_or(host);
-    if name.len() > 253 || name.is_empty() {
-        return Err(invalid());
-    }
-    let labels_ok = name.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-    });
-    let all_numeric = name
-        .split('.')
-        .all(|label| label.bytes().all(|byte| byte.is_ascii_digit()));
-    if labels_ok && !all_numeric {
-        Ok(host.to_ascii_lowercase())
-    } else {
-        Err(invalid())
-    }
-}
-
-fn validate_port(port: i32, default: u16) -> Result<u16, String> {
-    match port {
-        0 => Ok(default),
-        1..=65535 => Ok(port as u16),
-        _ => Err(format!("{port} is out of range: 1 to 65535")),
-    }
-}
-
-fn validate_identifier(identifier: &str) -> Result<(), String> {
-    if identifier.is_empty() || identifier.chars().count() > 64 {
-        return Err(format!(
-            "\"{identifier}\" must be a MySQL identifier of 1 to 64 characters"
-        ));
-    }
-    if identifier.contains('\0') || has_control_characters(identifier) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(())
-}
-
-fn validate_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
-    if labels.len() > MAX_LABELS {
-        return Err(format!(
-            "has {} labels; at most {MAX_LABELS} allowed",
-            labels.len()
-        ));
-    }
-    for (key, value) in &labels {
-        let key_ok = (1..=63).contains(&key.len())
-            && key
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
-        if !key_ok {
-            return Err(format!(
-                "key \"{key}\" must be 1 to 63 characters of letters, digits, '_' and '-'"
-            ));
-        }
-        if value.chars().count() > 256 || has_control_characters(value) {
-            return Err(format!(
-                "value of \"{key}\" must be at most 256 printable characters"
-            ));
+/// Each text parsed, a violation for each that fails (`field[index]`); none if any failed.
+fn parse_each<T>(
+    texts: &[String],
+    field: &str,
+    parse: fn(&str) -> Result<T, String>,
+    violations: &mut Violations,
+) -> Option<Vec<T>> {
+    let mut parsed = Vec::new();
+    let mut valid = true;
+    for (index, text) in texts.iter().enumerate() {
+        match parse(text) {
+            Ok(value) => parsed.push(value),
+            Err(problem) => {
+                violations.add(format!("{field}[{index}]"), problem);
+                valid = false;
+            }
         }
     }
-    Ok(labels)
+    valid.then_some(parsed)
 }
 
-/// A `SHA256:` fingerprint in OpenSSH's unpadded base64 form.
-pub fn validate_fingerprint(text: &str) -> Result<String, String> {
-    let valid = text.strip_prefix("SHA256:").is_some_and(|digest| {
-        digest.len() == 43
-            && digest
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
-    });
-    if valid {
-        Ok(text.to_owned())
-    } else {
-        Err(
-            "must be an OpenSSH SHA256 fingerprint: SHA256: followed by 43 base64 characters"
-                .into(),
-        )
-    }
+/// The texts of validated values, as a request would send them.
+fn texts<T: ToString>(values: &[T]) -> Vec<String> {
+    values.iter().map(ToString::to_string).collect()
 }
 
 /// Parses a private key (OpenSSH or PEM: Ed25519, ECDSA, RSA); never echoes it.
@@ -998,7 +886,7 @@ impl Server {
                     self.spec
                         .ssh_tunnel
                         .as_ref()
-                        .map_or(DEFAULT_SSH_PORT, |tunnel| tunnel.port)
+                        .map_or(DEFAULT_SSH_PORT, |tunnel| tunnel.port.get())
                 ),
             }
         } else {
@@ -1036,7 +924,7 @@ mod tests {
     #[test]
     fn valid_input_gets_defaults() {
         let (spec, secrets) = validate(input()).unwrap();
-        assert_eq!(spec.port, 3306);
+        assert_eq!(spec.port.get(), 3306);
         assert_eq!(spec.stream_options.ssl_mode, SslMode::Preferred);
         assert_eq!(secrets.mysql_password, Some(Secret("pw".into())));
     }
@@ -1124,39 +1012,16 @@ mod tests {
     }
 
     #[test]
-    fn hosts() {
-        for good in [
-            "db.example.com",
-            "10.0.0.1",
-            "::1",
-            "localhost",
-            "db-1.internal.",
-        ] {
-            assert!(validate_host(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "-db.example.com",
-            "a..b",
-            "db_ex ample",
-            "300.1.1.1",
-            "1.2.3",
-        ] {
-            assert!(validate_host(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn restart_points_follow_the_spec() {
         let (old, _) = validate(input()).unwrap();
         let none = NewSecrets::default();
         let mut renamed = old.clone();
-        renamed.name = "other".into();
-        renamed.labels.insert("env".into(), "prod".into());
+        renamed.name = ServerName::parse("other").unwrap();
+        renamed.labels = Labels::parse([("env".into(), "prod".into())].into()).unwrap();
         assert_eq!(restart_point(&old, &renamed, &none), None);
 
         let mut moved = old.clone();
-        moved.port = 3307;
+        moved.port = Port::parse(3307, DEFAULT_MYSQL_PORT).unwrap();
         assert_eq!(
             restart_point(&old, &moved, &none),
             Some(OnboardingStep::WaitingForAgent)
@@ -1171,7 +1036,7 @@ mod tests {
         );
 
         let mut filtered = old.clone();
-        filtered.stream_options.schemas = vec!["shop".into()];
+        filtered.stream_options.schemas = vec![Identifier::parse("shop").unwrap()];
         assert_eq!(
             restart_point(&old, &filtered, &none),
             Some(OnboardingStep::Snapshotting)
@@ -1180,9 +1045,9 @@ mod tests {
         let mut tunnelled = old.clone();
         tunnelled.connection_method = ConnectionMethod::SshTunnel;
         tunnelled.ssh_tunnel = Some(SshTunnel {
-            host: "bastion".into(),
-            port: 22,
-            user: "ec2-user".into(),
+            host: Host::parse("bastion").unwrap(),
+            port: Port::parse(22, DEFAULT_SSH_PORT).unwrap(),
+            user: UserName::parse("ec2-user", "user", 64).unwrap(),
             host_key_fingerprint: None,
         });
         assert_eq!(

@@ -23,11 +23,6 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-
-
-
-
-
 /// Maps a domain enum to the proto enum of the same variants; with `<=>`, also back from a
 /// request's number, where the proto's Unspecified means "not set".
 macro_rules! proto_enum {
@@ -109,32 +104,41 @@ fn enum_from_proto<E: FromProtoNumber>(
     })
 }
 
+/// Validated values as the texts they are on the wire.
+fn texts<T: ToString>(values: &[T]) -> Vec<String> {
+    values.iter().map(ToString::to_string).collect()
+}
+
 /// A server as clients see it: no secret, only whether one is stored.
 pub fn server_to_proto(server: &Server) -> proto::Server {
     let spec = &server.spec;
     proto::Server {
         server_id: server.id.to_string(),
-        name: spec.name.clone(),
-        host: spec.host.clone(),
+        name: spec.name.to_string(),
+        host: spec.host.to_string(),
         port: i32::from(spec.port),
-        mysql_user: spec.mysql_user.clone(),
+        mysql_user: spec.mysql_user.to_string(),
         mysql_password: String::new(),
         has_mysql_password: server.secrets.mysql_password.is_some(),
         connection_method: number::<proto::ConnectionMethod>(spec.connection_method),
         ssh_tunnel: spec.ssh_tunnel.as_ref().map(|tunnel| proto::SshTunnel {
-            host: tunnel.host.clone(),
+            host: tunnel.host.to_string(),
             port: i32::from(tunnel.port),
-            user: tunnel.user.clone(),
+            user: tunnel.user.to_string(),
             private_key: String::new(),
             has_private_key: server.secrets.ssh_private_key.is_some(),
-            host_key_fingerprint: tunnel.host_key_fingerprint.clone().unwrap_or_default(),
+            host_key_fingerprint: tunnel
+                .host_key_fingerprint
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }),
         stream_options: Some(proto::StreamOptions {
-            schemas: spec.stream_options.schemas.clone(),
-            tables: spec.stream_options.tables.clone(),
+            schemas: texts(&spec.stream_options.schemas),
+            tables: texts(&spec.stream_options.tables),
             ssl_mode: number::<proto::SslMode>(spec.stream_options.ssl_mode),
         }),
-        labels: spec.labels.clone().into_iter().collect(),
+        labels: spec.labels.as_map().clone().into_iter().collect(),
         status: number::<proto::ServerStatus>(server.status),
         onboarding_step: server.current_step().map(number::<proto::OnboardingStep>),
         error: server.error(),
@@ -145,7 +149,6 @@ pub fn server_to_proto(server: &Server) -> proto::Server {
         stream: server.stream.as_ref().map(stream_to_proto),
     }
 }
-
 
 fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
     let progress = &stream.progress;
@@ -244,8 +247,6 @@ pub fn onboarding_status_to_proto(status: &OnboardingStatus) -> proto::Onboardin
         stream_state: status.stream_state.map(number::<proto::StreamState>),
     }
 }
-
-
 
 fn non_empty_secret(text: &str) -> Option<Secret> {
     (!text.is_empty()).then(|| Secret(text.to_owned()))

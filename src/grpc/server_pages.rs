@@ -64,7 +64,12 @@ impl ServersQuery {
     }
 
     /// The token of the page after `last`, when there is one.
-    pub fn next_page_token(&self, tokens: &PageTokens, more: bool, last: Option<&Server>) -> String {
+    pub fn next_page_token(
+        &self,
+        tokens: &PageTokens,
+        more: bool,
+        last: Option<&Server>,
+    ) -> String {
         match (more, last) {
             (true, Some(last)) => {
                 let cursor = ServersCursor {

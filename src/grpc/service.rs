@@ -9,8 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        onboarding_status_to_proto, populated_output_only, server_input_from_proto,
-        server_to_proto,
+        onboarding_status_to_proto, populated_output_only, server_input_from_proto, server_to_proto,
     },
     errors::ApiError,
     idempotency::idempotency_key,

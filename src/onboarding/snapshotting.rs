@@ -21,7 +21,9 @@ use super::{
     initializing::{account, effective_grants},
 };
 use crate::{
-    domain::{OnboardingStep, onboarding::StepOutcome, server::StreamOptions},
+    domain::{
+        OnboardingStep, fields::QualifiedTable, onboarding::StepOutcome, server::StreamOptions,
+    },
     store::{Claim, Lease, Store, StoreError},
 };
 
@@ -62,11 +64,14 @@ impl Table {
 /// Whether stream_options include a table: everything when empty, else listed schemas and tables.
 pub fn included(options: &StreamOptions, schema: &str, table: &str) -> bool {
     (options.schemas.is_empty() && options.tables.is_empty())
-        || options.schemas.iter().any(|listed| listed == schema)
+        || options
+            .schemas
+            .iter()
+            .any(|listed| listed.as_str() == schema)
         || options
             .tables
             .iter()
-            .any(|listed| listed.split_once('.') == Some((schema, table)))
+            .any(|listed| listed.parts() == (schema, table))
 }
 
 /// How much of information_schema one snapshot may read: more rows than these, or more than
@@ -101,13 +106,9 @@ fn table_condition(
     if !options.schemas.is_empty() {
         let marks = vec!["?"; options.schemas.len()].join(", ");
         chosen.push(format!("{schema_column} IN ({marks})"));
-        parameters.extend(options.schemas.iter().cloned());
+        parameters.extend(options.schemas.iter().map(ToString::to_string));
     }
-    for (schema, table) in options
-        .tables
-        .iter()
-        .filter_map(|name| name.split_once('.'))
-    {
+    for (schema, table) in options.tables.iter().map(QualifiedTable::parts) {
         chosen.push(format!("({schema_column} = ? AND TABLE_NAME = ?)"));
         parameters.extend([schema.to_owned(), table.to_owned()]);
     }
@@ -469,6 +470,7 @@ impl Step for Snapshotting {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::fields::Identifier;
 
     fn table(schema: &str, name: &str, engine: &str, key: bool) -> Table {
         Table {
@@ -507,8 +509,8 @@ mod tests {
     fn stream_filters_select_schemas_and_tables() {
         let mut options = StreamOptions::default();
         assert!(included(&options, "shop", "orders"));
-        options.schemas = vec!["shop".into()];
-        options.tables = vec!["audit.log".into()];
+        options.schemas = vec![Identifier::parse("shop").unwrap()];
+        options.tables = vec![QualifiedTable::parse("audit.log").unwrap()];
         assert!(included(&options, "shop", "orders"));
         assert!(included(&options, "audit", "log"));
         assert!(!included(&options, "audit", "other"));

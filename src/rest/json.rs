@@ -6,8 +6,8 @@
 
 use base64::{Engine, engine::general_purpose};
 use prost_reflect::{
-    DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage,
-    SerializeOptions, Value,
+    DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage, SerializeOptions, Value,
 };
 use serde_json::{Map, Number, Value as Json};
 

@@ -94,7 +94,11 @@ fn read_last_event_id(
     root: &mut Map<String, Json>,
     violations: &mut Violations,
 ) {
-    let Some(since) = route.resume.as_ref().and_then(|resume| resume.since.as_ref()) else {
+    let Some(since) = route
+        .resume
+        .as_ref()
+        .and_then(|resume| resume.since.as_ref())
+    else {
         return;
     };
     match last_event_id.trim().parse::<i64>() {
@@ -182,7 +186,8 @@ fn unknown_parameter(route: &Route, key: &str) -> String {
     {
         return "is set by the URL path".to_owned();
     }
-    if !matches!(route.body, BodyMapping::None) && route.rpc.input().get_field_by_name(key).is_some()
+    if !matches!(route.body, BodyMapping::None)
+        && route.rpc.input().get_field_by_name(key).is_some()
     {
         return "belongs in the request body".to_owned();
     }

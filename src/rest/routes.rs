@@ -750,7 +750,12 @@ impl QueryWalk<'_> {
     }
 
     /// Whether the body or the path sets the field already.
-    fn set_elsewhere(&self, field: &FieldDescriptor, name: &str, parents: &[FieldDescriptor]) -> bool {
+    fn set_elsewhere(
+        &self,
+        field: &FieldDescriptor,
+        name: &str,
+        parents: &[FieldDescriptor],
+    ) -> bool {
         let is_body = parents.is_empty()
             && matches!(self.body, BodyMapping::Field(body_field) if body_field == field);
         is_body

@@ -9,6 +9,9 @@ use uuid::Uuid;
 use super::{StoreError, jsonb::Json, schema::servers};
 use crate::domain::{
     ConnectionMethod, ServerId, ServerStatus, SslMode, StreamState, TenantId,
+    fields::{
+        Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
+    },
     onboarding::{StepProgress, Steps},
     server::{Sealed, Server, ServerSpec, SshTunnel, StoredSecrets, StreamOptions},
     stream::{StreamHealth, StreamProgress},
@@ -72,6 +75,36 @@ fn unsealed(secret: &Option<Sealed>) -> (Option<Vec<u8>>, Option<String>) {
     }
 }
 
+/// A stored text as its validated type; one that breaks the rule is corrupt data.
+fn stored<T>(
+    column: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, StoreError> {
+    parse(text).map_err(|_| corrupt(column, text))
+}
+
+fn stored_each<T>(
+    column: &str,
+    texts: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, StoreError> {
+    texts
+        .iter()
+        .map(|text| stored(column, text, &parse))
+        .collect()
+}
+
+/// A stored port (0 is not one: every stored port was chosen or defaulted).
+fn stored_port(column: &str, port: i32) -> Result<Port, StoreError> {
+    let parsed = Port::parse(port, 0).ok().filter(|_| port != 0);
+    parsed.ok_or_else(|| corrupt(column, &port.to_string()))
+}
+
+fn texts<T: ToString>(values: &[T]) -> Vec<String> {
+    values.iter().map(ToString::to_string).collect()
+}
+
 impl TryFrom<ServerRow> for Server {
     type Error = StoreError;
 
@@ -80,10 +113,15 @@ impl TryFrom<ServerRow> for Server {
             .ok_or_else(|| corrupt("connection_method", &row.connection_method))?;
         let ssh_tunnel = match (row.ssh_host, row.ssh_port, row.ssh_user) {
             (Some(host), Some(port), Some(user)) => Some(SshTunnel {
-                host,
-                port: u16::try_from(port).map_err(|_| corrupt("ssh_port", &port.to_string()))?,
-                user,
-                host_key_fingerprint: row.ssh_host_key_fingerprint,
+                host: stored("ssh_host", &host, Host::parse)?,
+                port: stored_port("ssh_port", port)?,
+                user: stored("ssh_user", &user, |text| UserName::parse(text, "user", 64))?,
+                host_key_fingerprint: row
+                    .ssh_host_key_fingerprint
+                    .map(|text| {
+                        stored("ssh_host_key_fingerprint", &text, HostKeyFingerprint::parse)
+                    })
+                    .transpose()?,
             }),
             _ => None,
         };
@@ -91,20 +129,26 @@ impl TryFrom<ServerRow> for Server {
             id: ServerId(row.id),
             tenant_id: TenantId(row.tenant_id),
             spec: ServerSpec {
-                name: row.name,
-                host: row.host,
-                port: u16::try_from(row.port)
-                    .map_err(|_| corrupt("port", &row.port.to_string()))?,
-                mysql_user: row.mysql_user,
+                name: stored("name", &row.name, ServerName::parse)?,
+                host: stored("host", &row.host, Host::parse)?,
+                port: stored_port("port", row.port)?,
+                mysql_user: stored("mysql_user", &row.mysql_user, |text| {
+                    UserName::parse(text, "mysql_user", 80)
+                })?,
                 connection_method,
                 ssh_tunnel,
                 stream_options: StreamOptions {
-                    schemas: row.stream_schemas,
-                    tables: row.stream_tables,
+                    schemas: stored_each("stream_schemas", &row.stream_schemas, Identifier::parse)?,
+                    tables: stored_each(
+                        "stream_tables",
+                        &row.stream_tables,
+                        QualifiedTable::parse,
+                    )?,
                     ssl_mode: SslMode::parse(&row.ssl_mode)
                         .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
                 },
-                labels: row.labels.0,
+                labels: Labels::parse(row.labels.0)
+                    .map_err(|problem| StoreError::Corrupt(format!("labels: {problem}")))?,
             },
             secrets: StoredSecrets {
                 mysql_password: sealed(row.mysql_password_sealed, row.mysql_password_key_id),
@@ -147,23 +191,25 @@ impl From<&Server> for ServerRow {
         ServerRow {
             id: server.id.0,
             tenant_id: server.tenant_id.0,
-            name: spec.name.clone(),
-            host: spec.host.clone(),
+            name: spec.name.to_string(),
+            host: spec.host.to_string(),
             port: i32::from(spec.port),
-            mysql_user: spec.mysql_user.clone(),
+            mysql_user: spec.mysql_user.to_string(),
             mysql_password_sealed,
             mysql_password_key_id,
             connection_method: spec.connection_method.as_str().to_owned(),
-            ssh_host: tunnel.map(|tunnel| tunnel.host.clone()),
+            ssh_host: tunnel.map(|tunnel| tunnel.host.to_string()),
             ssh_port: tunnel.map(|tunnel| i32::from(tunnel.port)),
-            ssh_user: tunnel.map(|tunnel| tunnel.user.clone()),
+            ssh_user: tunnel.map(|tunnel| tunnel.user.to_string()),
             ssh_private_key_sealed,
             ssh_private_key_key_id,
-            ssh_host_key_fingerprint: tunnel.and_then(|tunnel| tunnel.host_key_fingerprint.clone()),
-            stream_schemas: spec.stream_options.schemas.clone(),
-            stream_tables: spec.stream_options.tables.clone(),
+            ssh_host_key_fingerprint: tunnel
+                .and_then(|tunnel| tunnel.host_key_fingerprint.as_ref())
+                .map(ToString::to_string),
+            stream_schemas: texts(&spec.stream_options.schemas),
+            stream_tables: texts(&spec.stream_options.tables),
             ssl_mode: spec.stream_options.ssl_mode.as_str().to_owned(),
-            labels: Json(spec.labels.clone()),
+            labels: Json(spec.labels.as_map().clone()),
             status: server.status.as_str().to_owned(),
             steps: Json(server.steps.all().to_vec()),
             revision: server.revision,

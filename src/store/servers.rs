@@ -70,9 +70,11 @@ fn condition(filter: &Filter) -> BoxedCondition {
         Filter::Or(terms) => fold(terms, |left, right| Box::new(left.or(right))),
         Filter::Not(term) => Box::new(diesel::dsl::not(condition(term))),
         Filter::HasLabel(key) => Box::new(servers::labels.has_key(key.clone())),
+        Filter::StatusIs(status) => Box::new(servers::status.eq(status.as_str())),
+        Filter::ConnectionMethodIs(method) => {
+            Box::new(servers::connection_method.eq(method.as_str()))
+        }
         Filter::Equals { field, value } => match field {
-            FilterField::Status => Box::new(servers::status.eq(value.clone())),
-            FilterField::ConnectionMethod => Box::new(servers::connection_method.eq(value.clone())),
             FilterField::Name => Box::new(servers::name.eq(value.clone())),
             FilterField::Host => Box::new(servers::host.eq(value.clone())),
             FilterField::Label(key) => Box::new(
@@ -80,10 +82,6 @@ fn condition(filter: &Filter) -> BoxedCondition {
             ),
         },
         Filter::Like { field, pattern } => match field {
-            FilterField::Status => Box::new(servers::status.like(pattern.clone())),
-            FilterField::ConnectionMethod => {
-                Box::new(servers::connection_method.like(pattern.clone()))
-            }
             FilterField::Name => Box::new(servers::name.like(pattern.clone())),
             FilterField::Host => Box::new(servers::host.like(pattern.clone())),
             FilterField::Label(key) => Box::new(
@@ -304,7 +302,7 @@ async fn insert_server(connection: &mut Connection, server: &Server) -> Result<(
         .await
         .map_err(|error| {
             if is_unique_violation(&error, "servers_live_name") {
-                StoreError::NameTaken(server.spec.name.clone())
+                StoreError::NameTaken(server.spec.name.to_string())
             } else {
                 error.into()
             }
@@ -376,7 +374,7 @@ where
         .await
         .map_err(|error| {
             if is_unique_violation(&error, "servers_live_name") {
-                StoreError::NameTaken(server.spec.name.clone())
+                StoreError::NameTaken(server.spec.name.to_string())
             } else {
                 StoreError::from(error)
             }
@@ -455,7 +453,7 @@ impl Store {
         let mut connection = self.connection().await?;
         check_server_limit(&mut connection, server.tenant_id, false).await?;
         if live_name_taken(&mut connection, server.tenant_id, &server.spec.name).await? {
-            return Err(StoreError::NameTaken(server.spec.name.clone()));
+            return Err(StoreError::NameTaken(server.spec.name.to_string()));
         }
         Ok(())
     }
@@ -683,7 +681,8 @@ impl Store {
                 if !record_request_id(connection, tenant, key, id).await? {
                     return Ok(Once::Replay);
                 }
-                let (server, ()) = modify_locked(connection, Scope::Tenant(tenant), id, change).await?;
+                let (server, ()) =
+                    modify_locked(connection, Scope::Tenant(tenant), id, change).await?;
                 Ok(Once::Done(server))
             })
             .await?;

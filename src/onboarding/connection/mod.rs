@@ -63,7 +63,15 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
     let password = mysql::password(context)?;
     let target = match &tunnel {
         Some(tunnel) => tunnel.local_address,
-        None => resolve(context, &server.spec.host, server.spec.port, "MySQL host").await?,
+        None => {
+            resolve(
+                context,
+                &server.spec.host,
+                server.spec.port.get(),
+                "MySQL host",
+            )
+            .await?
+        }
     };
     context
         .activity
@@ -82,7 +90,8 @@ pub async fn connect(context: &StepContext) -> Result<Link, MysqlFailure> {
 /// and held to the target policy like any target the agent connects to itself.
 async fn open_tunnel(context: &StepContext, tunnel: &SshTunnel) -> Result<Tunnel, MysqlFailure> {
     let private_key = ssh::private_key(context)?;
-    let jumphost_address = resolve(context, &tunnel.host, tunnel.port, JUMPHOST_TARGET).await?;
+    let jumphost_address =
+        resolve(context, &tunnel.host, tunnel.port.get(), JUMPHOST_TARGET).await?;
     ssh::open(context, tunnel, private_key, jumphost_address).await
 }
 

@@ -169,7 +169,7 @@ pub async fn login(
     // Connecting to an address (resolved, or the tunnel's), the certificate still names the host.
     let tls = |mode| {
         ssl_options(mode).map(|options| {
-            options.with_danger_tls_hostname_override(Some(server.spec.host.clone()))
+            options.with_danger_tls_hostname_override(Some(server.spec.host.to_string()))
         })
     };
     let attempt = |ssl: Option<SslOpts>| {

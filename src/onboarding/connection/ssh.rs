@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::failure::{MysqlFailure, unreachable};
 use crate::{
-    domain::server::SshTunnel,
+    domain::{fields::HostKeyFingerprint, server::SshTunnel},
     onboarding::StepContext,
     store::{Scope, StoreError},
 };
@@ -126,8 +126,8 @@ pub async fn open(
     jumphost_address: SocketAddr,
 ) -> Result<Tunnel, MysqlFailure> {
     let server = &context.server;
-    let jumphost = endpoint(&tunnel.host, tunnel.port);
-    let target = endpoint(&server.spec.host, server.spec.port);
+    let jumphost = endpoint(&tunnel.host, tunnel.port.get());
+    let target = endpoint(&server.spec.host, server.spec.port.get());
     let timeout = context.agent.connect_timeout;
     let outbound_ip = server
         .agent_outbound_ip
@@ -153,7 +153,10 @@ pub async fn open(
     };
     let presented = Arc::new(Mutex::new(None));
     let check = HostKeyCheck {
-        expected: tunnel.host_key_fingerprint.clone(),
+        expected: tunnel
+            .host_key_fingerprint
+            .as_ref()
+            .map(ToString::to_string),
         presented: presented.clone(),
     };
     let config = Arc::new(client::Config {
@@ -171,7 +174,7 @@ pub async fn open(
         Ok(Ok(session)) => session,
         Ok(Err(error)) => {
             return Err(match (&tunnel.host_key_fingerprint, &seen) {
-                (Some(expected), Some(seen)) if expected != seen => {
+                (Some(expected), Some(seen)) if expected.as_str() != seen => {
                     MysqlFailure::Permanent(format!(
                         "the SSH jumphost {jumphost} presented host key {seen}, but {expected} is expected; \
                      if the jumphost's key really changed, set ssh_tunnel.host_key_fingerprint to the new one with UpdateServer"
@@ -225,7 +228,7 @@ pub async fn open(
     // Prove the jumphost can reach MySQL before handing the tunnel out.
     let channel = session.channel_open_direct_tcpip(
         server.spec.host.clone(),
-        u32::from(server.spec.port),
+        u32::from(server.spec.port.get()),
         "127.0.0.1",
         0,
     );
@@ -248,7 +251,12 @@ pub async fn open(
             )));
         }
     }
-    forward(session, server.spec.host.clone(), server.spec.port).await
+    forward(
+        session,
+        server.spec.host.to_string(),
+        server.spec.port.get(),
+    )
+    .await
 }
 
 fn describe(reason: ChannelOpenFailure) -> &'static str {
@@ -295,7 +303,8 @@ async fn record_host_key(context: &StepContext, fingerprint: &str) -> Result<(),
                 if let Some(tunnel) = server.spec.ssh_tunnel.as_mut()
                     && tunnel.host_key_fingerprint.is_none()
                 {
-                    tunnel.host_key_fingerprint = Some(fingerprint.to_owned());
+                    // russh writes SHA256 fingerprints in OpenSSH's form, which always parses.
+                    tunnel.host_key_fingerprint = HostKeyFingerprint::parse(fingerprint).ok();
                 }
                 Ok::<_, StoreError>(())
             },

@@ -1,0 +1,343 @@
+//! The validated fields of a server's settings: each type's constructor is its rule, so a
+//! value of the type is valid wherever it travels. A rule's error says what is wrong in words a
+//! client can act on; the field path is the caller's to add.
+
+use std::{borrow::Borrow, collections::BTreeMap, fmt, net::IpAddr, ops::Deref};
+
+/// Declares a text newtype that reads as the text it holds.
+macro_rules! text_field {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+    };
+}
+
+text_field!(
+    /// A server's name: 1 to 100 printable characters, no white space around it; unique among a
+    /// tenant's live servers.
+    ServerName
+);
+text_field!(
+    /// A DNS name (RFC 1123, lowercased) or an IP literal.
+    Host
+);
+text_field!(
+    /// A login name: up to a maximum length, without control characters.
+    UserName
+);
+text_field!(
+    /// An OpenSSH SHA256 host key fingerprint: `SHA256:` and 43 unpadded base64 characters.
+    HostKeyFingerprint
+);
+text_field!(
+    /// A MySQL identifier: 1 to 64 characters, no control characters.
+    Identifier
+);
+text_field!(
+    /// A table as `schema.table`, both MySQL identifiers.
+    QualifiedTable
+);
+
+fn has_control_characters(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+impl ServerName {
+    /// A name, or why it cannot be one.
+    pub fn parse(name: &str) -> Result<ServerName, String> {
+        let length = name.chars().count();
+        if length == 0 {
+            return Err("is required: 1 to 100 printable characters".into());
+        }
+        if length > 100 {
+            return Err(format!("is {length} characters long; at most 100 allowed"));
+        }
+        if has_control_characters(name) {
+            return Err("must contain only printable characters".into());
+        }
+        if name.trim() != name {
+            return Err("must not start or end with white space".into());
+        }
+        Ok(ServerName(name.to_owned()))
+    }
+}
+
+impl Host {
+    /// A DNS name (lowercased) or an IP literal, or why `host` is neither.
+    pub fn parse(host: &str) -> Result<Host, String> {
+        if host.is_empty() {
+            return Err("is required: a DNS name or an IP address".into());
+        }
+        if host.parse::<IpAddr>().is_ok() {
+            return Ok(Host(host.to_owned()));
+        }
+        let shown: String = host.chars().take(64).collect();
+        let invalid = || format!("\"{shown}\" is neither a DNS name nor an IP address");
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if name.len() > 253 || name.is_empty() {
+            return Err(invalid());
+        }
+        let labels_ok = name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        });
+        let all_numeric = name
+            .split('.')
+            .all(|label| label.bytes().all(|byte| byte.is_ascii_digit()));
+        if labels_ok && !all_numeric {
+            Ok(Host(host.to_ascii_lowercase()))
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+impl UserName {
+    /// A required login of at most `max` characters (`what` names it in the message).
+    pub fn parse(user: &str, what: &str, max: usize) -> Result<UserName, String> {
+        if user.is_empty() {
+            return Err(format!("{what} is required"));
+        }
+        check_text(user, max)?;
+        Ok(UserName(user.to_owned()))
+    }
+}
+
+/// A free text of at most `max` characters, without control characters.
+pub fn check_text(text: &str, max: usize) -> Result<(), String> {
+    let length = text.chars().count();
+    if length > max {
+        return Err(format!(
+            "is {length} characters long; at most {max} allowed"
+        ));
+    }
+    if has_control_characters(text) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+impl HostKeyFingerprint {
+    /// A fingerprint in OpenSSH's form, or what that form is.
+    pub fn parse(text: &str) -> Result<HostKeyFingerprint, String> {
+        let valid = text.strip_prefix("SHA256:").is_some_and(|digest| {
+            digest.len() == 43
+                && digest
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
+        });
+        if valid {
+            Ok(HostKeyFingerprint(text.to_owned()))
+        } else {
+            Err(
+                "must be an OpenSSH SHA256 fingerprint: SHA256: followed by 43 base64 characters"
+                    .into(),
+            )
+        }
+    }
+}
+
+impl Identifier {
+    /// A MySQL identifier, or why `identifier` is not one.
+    pub fn parse(identifier: &str) -> Result<Identifier, String> {
+        if identifier.is_empty() || identifier.chars().count() > 64 {
+            return Err(format!(
+                "\"{identifier}\" must be a MySQL identifier of 1 to 64 characters"
+            ));
+        }
+        if has_control_characters(identifier) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Identifier(identifier.to_owned()))
+    }
+}
+
+impl QualifiedTable {
+    /// `schema.table`, or what is wrong with it.
+    pub fn parse(table: &str) -> Result<QualifiedTable, String> {
+        let (schema, name) = table
+            .split_once('.')
+            .ok_or_else(|| format!("\"{table}\" must be schema.table"))?;
+        Identifier::parse(schema)?;
+        Identifier::parse(name)?;
+        Ok(QualifiedTable(table.to_owned()))
+    }
+
+    /// The schema and the table.
+    pub fn parts(&self) -> (&str, &str) {
+        self.0.split_once('.').unwrap_or((&self.0, ""))
+    }
+}
+
+/// A TCP port, 1 to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Port(u16);
+
+impl Port {
+    /// A request's port: 0 means `default`; anything outside 1 to 65535 is refused.
+    pub fn parse(port: i32, default: u16) -> Result<Port, String> {
+        match port {
+            0 => Ok(Port(default)),
+            1..=65535 => Ok(Port(port as u16)),
+            _ => Err(format!("{port} is out of range: 1 to 65535")),
+        }
+    }
+
+    /// The number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+impl From<Port> for i32 {
+    fn from(port: Port) -> i32 {
+        i32::from(port.0)
+    }
+}
+
+const MAX_LABELS: usize = 64;
+
+/// A server's labels: at most 64, keys of letters, digits, `_` and `-` (1 to 63), values of at
+/// most 256 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    /// The labels, or the first one that breaks the rule.
+    pub fn parse(labels: BTreeMap<String, String>) -> Result<Labels, String> {
+        if labels.len() > MAX_LABELS {
+            return Err(format!(
+                "has {} labels; at most {MAX_LABELS} allowed",
+                labels.len()
+            ));
+        }
+        for (key, value) in &labels {
+            let key_ok = (1..=63).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+            if !key_ok {
+                return Err(format!(
+                    "key \"{key}\" must be 1 to 63 characters of letters, digits, '_' and '-'"
+                ));
+            }
+            if value.chars().count() > 256 || has_control_characters(value) {
+                return Err(format!(
+                    "value of \"{key}\" must be at most 256 printable characters"
+                ));
+            }
+        }
+        Ok(Labels(labels))
+    }
+
+    /// The labels by key.
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        for good in [
+            "db.example.com",
+            "10.0.0.1",
+            "::1",
+            "localhost",
+            "db-1.internal.",
+        ] {
+            assert!(Host::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-db.example.com",
+            "a..b",
+            "db_ex ample",
+            "300.1.1.1",
+            "1.2.3",
+        ] {
+            assert!(Host::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Host::parse("DB.Example.com").unwrap().as_str(),
+            "db.example.com"
+        );
+    }
+
+    #[test]
+    fn ports_default_and_range() {
+        assert_eq!(Port::parse(0, 3306).unwrap().get(), 3306);
+        assert_eq!(Port::parse(22, 3306).unwrap().get(), 22);
+        assert_eq!(
+            Port::parse(70000, 22).unwrap_err(),
+            "70000 is out of range: 1 to 65535"
+        );
+    }
+
+    #[test]
+    fn tables_are_schema_dot_table() {
+        assert!(QualifiedTable::parse("shop.orders").is_ok());
+        assert_eq!(
+            QualifiedTable::parse("orders").unwrap_err(),
+            "\"orders\" must be schema.table"
+        );
+        assert!(QualifiedTable::parse("shop.").is_err());
+    }
+
+    #[test]
+    fn fingerprints_and_labels() {
+        let digest = "A".repeat(43);
+        assert!(HostKeyFingerprint::parse(&format!("SHA256:{digest}")).is_ok());
+        assert!(HostKeyFingerprint::parse("MD5:aa").is_err());
+        let bad = BTreeMap::from([("bad key".to_owned(), "v".to_owned())]);
+        assert!(Labels::parse(bad).is_err());
+    }
+}
