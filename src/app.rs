@@ -136,7 +136,9 @@ pub async fn start(config: Config) -> Result<RunningApp, AppError> {
 }
 
 /// Starts a replica running the given onboarding steps: its databases, secrets and agent, the
-/// background work (engine, streams, LISTEN hub, health), then the two listeners.
+/// background work (engine, streams, LISTEN hub, health), then the two listeners. It is a
+/// little over 60 lines because it is the start-up sequence, read top to bottom; each stage
+/// is a function of its own.
 pub async fn start_with_steps(
     config: Config,
     steps: Vec<Arc<dyn Step>>,
@@ -145,14 +147,7 @@ pub async fn start_with_steps(
     let stores = Stores::open(&config).await?;
     let secrets = open_secrets(&config, &stores.api).await?;
     bootstrap_first_key(&stores.api).await?;
-    let outbound_ip = config
-        .agent_outbound_ip
-        .clone()
-        .unwrap_or_else(primary_address);
-    let agent_id = stores
-        .api
-        .upsert_agent(&config.agent_name(), &outbound_ip, config.agent_capacity)
-        .await?;
+    let (agent_id, outbound_ip) = register_agent(&config, &stores.api).await?;
     let stopping = CancellationToken::new();
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(stores.api.clone());
@@ -200,13 +195,8 @@ pub async fn start_with_steps(
         store: stores.api,
     };
     let listening = serve(&config, grpc_stack, ops, &stopping).await?;
-    tracing::info!(
-        grpc_addr = %listening.grpc_addr,
-        http_addr = %listening.http_addr,
-        tls = listening.tls,
-        agent_outbound_ip = %outbound_ip,
-        "serving"
-    );
+    tracing::info!(grpc_addr = %listening.grpc_addr, http_addr = %listening.http_addr,
+        tls = listening.tls, agent_outbound_ip = %outbound_ip, "serving");
     Ok(RunningApp {
         grpc_addr: listening.grpc_addr,
         http_addr: listening.http_addr,
@@ -315,6 +305,19 @@ async fn bootstrap_first_key(store: &Store) -> Result<(), AppError> {
         );
     }
     Ok(())
+}
+
+/// Registers this replica's embedded agent (or finds it again after a restart): its id, and the
+/// outbound IP customers allow, configured or this host's primary address.
+async fn register_agent(config: &Config, store: &Store) -> Result<(uuid::Uuid, String), AppError> {
+    let outbound_ip = config
+        .agent_outbound_ip
+        .clone()
+        .unwrap_or_else(primary_address);
+    let agent_id = store
+        .upsert_agent(&config.agent_name(), &outbound_ip, config.agent_capacity)
+        .await?;
+    Ok((agent_id, outbound_ip))
 }
 
 /// What the embedded agent is and how it reaches customers' MySQL.
