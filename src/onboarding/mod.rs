@@ -648,7 +648,6 @@ impl Engine {
         lost: &CancellationToken,
         runner: &Runner,
     ) -> Result<(), StoreError> {
-        let id = claim.server_id;
         // Provisioning retries that found nothing new since the last recorded one.
         let mut quiet_retries = 0;
         loop {
@@ -683,25 +682,44 @@ impl Engine {
                 continue;
             }
             record_outcome(&span, step, &outcome, started);
-            let (server, next) = self
-                .store
-                .modify_server(Scope::Runner(claim.fence), id, |server| {
-                    Ok::<_, StoreError>(server.apply_outcome(step, &outcome, crate::domain::now()))
-                })
-                .await?;
-            runner.wrote(server.revision);
-            match (&outcome, next) {
-                (StepOutcome::Retry { .. }, _) => {
-                    pause(lost, runner, backoff(server.steps.get(step).attempts)).await?;
+            if self
+                .write_outcome(claim, step, &outcome, lost, runner)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes a run's outcome on the server and waits out a retry's backoff. True when no step
+    /// follows here: the server waits, failed, or completed (and is then told to the streams).
+    async fn write_outcome(
+        &self,
+        claim: Claim,
+        step: OnboardingStep,
+        outcome: &StepOutcome,
+        lost: &CancellationToken,
+        runner: &Runner,
+    ) -> Result<bool, StoreError> {
+        let (server, next) = self
+            .store
+            .modify_server(Scope::Runner(claim.fence), claim.server_id, |server| {
+                Ok::<_, StoreError>(server.apply_outcome(step, outcome, crate::domain::now()))
+            })
+            .await?;
+        runner.wrote(server.revision);
+        match (outcome, next) {
+            (StepOutcome::Retry { .. }, _) => {
+                pause(lost, runner, backoff(server.steps.get(step).attempts)).await?;
+                Ok(false)
+            }
+            (_, Some(_)) => Ok(false),
+            (_, None) => {
+                if server.status == ServerStatus::Active {
+                    // Onboarding completed: the stream supervisor claims it now.
+                    let _ = self.activated.try_send(claim.server_id);
                 }
-                (_, Some(_)) => {}
-                (_, None) => {
-                    if server.status == ServerStatus::Active {
-                        // Onboarding completed: the stream supervisor claims it now.
-                        let _ = self.activated.try_send(id);
-                    }
-                    return Ok(());
-                }
+                Ok(true)
             }
         }
     }
