@@ -301,6 +301,43 @@ fn outcome_label(outcome: &StepOutcome) -> &'static str {
     }
 }
 
+/// Provisioning without capacity retries without a budget: once its message is on record, a
+/// retry that says the same writes no revision (watchers would get the same message every 30 s,
+/// forever), and it backs off further each time.
+fn is_quiet_retry(step: OnboardingStep, outcome: &StepOutcome, reported: &str) -> bool {
+    matches!(outcome, StepOutcome::Retry { message }
+        if step == OnboardingStep::Provisioning && message == reported)
+}
+
+/// Puts a finished run of a step on its span and in the step metrics.
+fn record_outcome(
+    span: &tracing::Span,
+    step: OnboardingStep,
+    outcome: &StepOutcome,
+    started: Instant,
+) {
+    let label = outcome_label(outcome);
+    span.record("outcome", label);
+    metrics::histogram!("dbtrail_onboarding_step_seconds", "step" => step.as_str(), "outcome" => label)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("dbtrail_onboarding_steps_total", "step" => step.as_str(), "outcome" => label)
+        .increment(1);
+}
+
+/// Waits `delay` before a step's next attempt, or less when the runner is asked to yield; an
+/// error when the lease is lost meanwhile.
+async fn pause(
+    lost: &CancellationToken,
+    runner: &Runner,
+    delay: Duration,
+) -> Result<(), StoreError> {
+    tokio::select! {
+        () = lost.cancelled() => Err(StoreError::Fenced),
+        () = runner.yielded.cancelled() => Ok(()),
+        () = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
 impl Engine {
     /// An engine running `steps`; steps it lacks make a server wait with a message.
     pub fn new(
@@ -429,34 +466,41 @@ impl Engine {
             return;
         }
         for claim in claims {
-            let runner = Arc::new(Runner::new(
-                tenants[&claim.server_id],
-                asked,
-                asked + lease_safe_for(self.config.lease_ttl),
-            ));
-            let inserted = match self.running().entry(claim.server_id) {
-                std::collections::hash_map::Entry::Occupied(_) => false,
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    entry.insert(runner.clone());
-                    true
-                }
-            };
-            if !inserted {
-                // Its old runner is still finishing (fenced): give this claim back so that the
-                // runner's re-check can take the server at once.
-                let _ = self.store.release_lease(Lease::Onboarding, claim).await;
-                continue;
-            }
-            let engine = self.clone();
-            self.runners.spawn(async move {
-                engine.drive(claim, &runner).await;
-                engine.running().remove(&claim.server_id);
-                // The freed slot takes the next runnable server now, not at the next sweep
-                // (wake-ups that came while every slot was busy were skipped), and a wake-up of
-                // this server that came while its runner was finishing is honoured too.
-                let _ = engine.waker.try_send(None);
-            });
+            self.start_runner(claim, tenants[&claim.server_id], asked)
+                .await;
         }
+    }
+
+    /// Runs a fresh claim in a runner of its own, unless the server's old runner is still
+    /// finishing: then the claim is given back. `asked` is when the claim was asked for.
+    async fn start_runner(self: &Arc<Engine>, claim: Claim, tenant: TenantId, asked: Instant) {
+        let runner = Arc::new(Runner::new(
+            tenant,
+            asked,
+            asked + lease_safe_for(self.config.lease_ttl),
+        ));
+        let inserted = match self.running().entry(claim.server_id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(runner.clone());
+                true
+            }
+        };
+        if !inserted {
+            // Its old runner is still finishing (fenced): give this claim back so that the
+            // runner's re-check can take the server at once.
+            let _ = self.store.release_lease(Lease::Onboarding, claim).await;
+            return;
+        }
+        let engine = self.clone();
+        self.runners.spawn(async move {
+            engine.drive(claim, &runner).await;
+            engine.running().remove(&claim.server_id);
+            // The freed slot takes the next runnable server now, not at the next sweep
+            // (wake-ups that came while every slot was busy were skipped), and a wake-up of
+            // this server that came while its runner was finishing is honoured too.
+            let _ = engine.waker.try_send(None);
+        });
     }
 
     /// Up to `free` runnable servers to claim, taking the tenants in turn, with their tenants. A
@@ -596,14 +640,14 @@ impl Engine {
         Ok(server)
     }
 
+    /// Runs the server's steps one after another until it waits, fails, completes, is handed to
+    /// another agent, yields its slot, or the lease is lost.
     async fn drive_steps(
         &self,
         claim: Claim,
         lost: &CancellationToken,
         runner: &Runner,
     ) -> Result<(), StoreError> {
-        let id = claim.server_id;
-        let scope = Scope::Runner(claim.fence);
         // Provisioning retries that found nothing new since the last recorded one.
         let mut quiet_retries = 0;
         loop {
@@ -613,138 +657,206 @@ impl Engine {
             if runner.yielded.is_cancelled() {
                 return self.yield_server(claim).await;
             }
-            let mut server = self.store.server_by_id(id).await?;
-            if let Some(agent) = server
-                .agent_id
-                .filter(|agent| *agent != self.config.agent.id)
-            {
-                if self
-                    .store
-                    .agent_is_live(agent, self.config.agent.dead_after)
-                    .await?
-                {
-                    // Provisioning gave it to another agent: that agent's replica runs it.
-                    self.store.hand_over(claim).await?;
-                    return Ok(());
-                }
-                server = self.adopt(scope, id).await?;
-                runner.wrote(server.revision);
-            }
+            let Some(server) = self.server_to_run(claim, runner).await? else {
+                return Ok(());
+            };
             let Some(step) = server.runnable_step() else {
                 return Ok(());
             };
-            if server.steps.get(step).status != StepStatus::InProgress {
-                server = self
-                    .store
-                    .modify_server(scope, id, |server| {
-                        server.begin_step(step, crate::domain::now());
-                        Ok::<_, StoreError>(())
-                    })
-                    .await?
-                    .0;
-                runner.wrote(server.revision);
-            }
+            let server = self.mark_step_begun(claim, server, step, runner).await?;
             let started = Instant::now();
             let span = step_span(&server, step);
             let attempts = server.steps.get(step).attempts;
             let reported = server.steps.get(step).message.clone();
-            let budget = self.config.agent.connect_attempts;
-            let activity = Activity::default();
-            let run = tokio::time::timeout(
-                self.config.step_timeout,
-                self.run_step(step, server, claim, activity.clone()),
-            );
-            let mut active = ActiveSpan::default();
-            self.log_run(claim, step, &active, "begins");
-            let outcome = tokio::select! {
-                biased;
-                () = lost.cancelled() => Run::CutOff,
-                () = runner.yielded.cancelled() => Run::Yielded,
-                outcome = runner.within_lease(run.instrument(span.clone()), &mut active) => {
-                    outcome.map_or(Run::CutOff, Run::Ended)
-                }
-            };
-            let ran = |outcome: &str| self.log_run(claim, step, &active, outcome);
-            let outcome = match outcome {
-                Run::Ended(outcome) => outcome,
-                Run::Yielded => {
-                    ran("yielded: another tenant waits for a runner");
-                    return self.yield_server(claim).await;
-                }
-                Run::CutOff => {
-                    ran("cut off: the lease was lost or could not be renewed in time");
-                    return Err(StoreError::Fenced);
-                }
-            };
-            ran("finished");
-            let outcome = match outcome {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(StoreError::Fenced)) => return Err(StoreError::Fenced),
-                Ok(Err(error)) => {
-                    tracing::warn!(server_id = %id, %step, %error, "step hit a transient fault");
-                    StepOutcome::transient(
-                        "the service's database is unavailable",
-                        attempts,
-                        budget,
-                    )
-                }
-                Err(_) => {
-                    let stalled = format!(
-                        "{step} did not finish within {}: it stalled {}",
-                        humantime::format_duration(self.config.step_timeout),
-                        activity.describe()
-                    );
-                    tracing::warn!(server_id = %id, %step, %stalled, "step stalled");
-                    StepOutcome::transient(&stalled, attempts, budget)
-                }
-            };
-            // Provisioning without capacity retries without a budget: once its message is on
-            // record, a retry that says the same writes no revision (watchers would get the
-            // same message every 30 s, forever), and it backs off further each time.
-            if let StepOutcome::Retry { message } = &outcome
-                && step == OnboardingStep::Provisioning
-                && *message == reported
+            let outcome = match self
+                .attempt_step(claim, step, server, &span, lost, runner)
+                .await?
             {
+                Run::Ended(outcome) => outcome,
+                Run::Yielded => return self.yield_server(claim).await,
+                Run::CutOff => return Err(StoreError::Fenced),
+            };
+            if is_quiet_retry(step, &outcome, &reported) {
                 quiet_retries += 1;
-                tokio::select! {
-                    () = lost.cancelled() => return Err(StoreError::Fenced),
-                    () = runner.yielded.cancelled() => {}
-                    () = tokio::time::sleep(backoff(attempts + quiet_retries)) => {}
-                }
+                pause(lost, runner, backoff(attempts + quiet_retries)).await?;
                 continue;
             }
-            let label = outcome_label(&outcome);
-            span.record("outcome", label);
-            metrics::histogram!("dbtrail_onboarding_step_seconds", "step" => step.as_str(), "outcome" => label)
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("dbtrail_onboarding_steps_total", "step" => step.as_str(), "outcome" => label)
-                .increment(1);
-            let (server, next) = self
-                .store
-                .modify_server(scope, id, |server| {
-                    Ok::<_, StoreError>(server.apply_outcome(step, &outcome, crate::domain::now()))
-                })
-                .await?;
-            runner.wrote(server.revision);
-            match (&outcome, next) {
-                (StepOutcome::Retry { .. }, _) => {
-                    let attempts = server.steps.get(step).attempts;
-                    tokio::select! {
-                        () = lost.cancelled() => return Err(StoreError::Fenced),
-                        () = runner.yielded.cancelled() => {}
-                        () = tokio::time::sleep(backoff(attempts)) => {}
-                    }
-                }
-                (_, Some(_)) => {}
-                (_, None) => {
-                    if server.status == ServerStatus::Active {
-                        // Onboarding completed: the stream supervisor claims it now.
-                        let _ = self.activated.try_send(id);
-                    }
-                    return Ok(());
-                }
+            record_outcome(&span, step, &outcome, started);
+            if self
+                .write_outcome(claim, step, &outcome, lost, runner)
+                .await?
+            {
+                return Ok(());
             }
         }
+    }
+
+    /// Writes a run's outcome on the server and waits out a retry's backoff. True when no step
+    /// follows here: the server waits, failed, or completed (and is then told to the streams).
+    async fn write_outcome(
+        &self,
+        claim: Claim,
+        step: OnboardingStep,
+        outcome: &StepOutcome,
+        lost: &CancellationToken,
+        runner: &Runner,
+    ) -> Result<bool, StoreError> {
+        let (server, next) = self
+            .store
+            .modify_server(Scope::Runner(claim.fence), claim.server_id, |server| {
+                Ok::<_, StoreError>(server.apply_outcome(step, outcome, crate::domain::now()))
+            })
+            .await?;
+        runner.wrote(server.revision);
+        match (outcome, next) {
+            (StepOutcome::Retry { .. }, _) => {
+                pause(lost, runner, backoff(server.steps.get(step).attempts)).await?;
+                Ok(false)
+            }
+            (_, Some(_)) => Ok(false),
+            (_, None) => {
+                if server.status == ServerStatus::Active {
+                    // Onboarding completed: the stream supervisor claims it now.
+                    let _ = self.activated.try_send(claim.server_id);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// The claimed server as it is now, when this replica's agent is the one to run it: None once
+    /// it was handed over to the live agent that provisioning gave it to. A server of a dead agent
+    /// is adopted first.
+    async fn server_to_run(
+        &self,
+        claim: Claim,
+        runner: &Runner,
+    ) -> Result<Option<Server>, StoreError> {
+        let id = claim.server_id;
+        let server = self.store.server_by_id(id).await?;
+        let Some(agent) = server
+            .agent_id
+            .filter(|agent| *agent != self.config.agent.id)
+        else {
+            return Ok(Some(server));
+        };
+        if self
+            .store
+            .agent_is_live(agent, self.config.agent.dead_after)
+            .await?
+        {
+            // Provisioning gave it to another agent: that agent's replica runs it.
+            self.store.hand_over(claim).await?;
+            return Ok(None);
+        }
+        let server = self.adopt(Scope::Runner(claim.fence), id).await?;
+        runner.wrote(server.revision);
+        Ok(Some(server))
+    }
+
+    /// The server with `step` in progress: recorded as begun unless it already was.
+    async fn mark_step_begun(
+        &self,
+        claim: Claim,
+        server: Server,
+        step: OnboardingStep,
+        runner: &Runner,
+    ) -> Result<Server, StoreError> {
+        if server.steps.get(step).status == StepStatus::InProgress {
+            return Ok(server);
+        }
+        let (server, ()) = self
+            .store
+            .modify_server(Scope::Runner(claim.fence), claim.server_id, |server| {
+                server.begin_step(step, crate::domain::now());
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        runner.wrote(server.revision);
+        Ok(server)
+    }
+
+    /// One run of `step` under its deadline, while the lease holds and no other tenant claims the
+    /// slot, logged as it begins and ends. A step that met the lease being taken over is an error;
+    /// its other faults and a stall become the step's transient outcome.
+    async fn attempt_step(
+        &self,
+        claim: Claim,
+        step: OnboardingStep,
+        server: Server,
+        span: &tracing::Span,
+        lost: &CancellationToken,
+        runner: &Runner,
+    ) -> Result<Run<StepOutcome>, StoreError> {
+        let attempts = server.steps.get(step).attempts;
+        let activity = Activity::default();
+        let run = tokio::time::timeout(
+            self.config.step_timeout,
+            self.run_step(step, server, claim, activity.clone()),
+        );
+        let mut active = ActiveSpan::default();
+        self.log_run(claim, step, &active, "begins");
+        let outcome = tokio::select! {
+            biased;
+            () = lost.cancelled() => Run::CutOff,
+            () = runner.yielded.cancelled() => Run::Yielded,
+            outcome = runner.within_lease(run.instrument(span.clone()), &mut active) => {
+                outcome.map_or(Run::CutOff, Run::Ended)
+            }
+        };
+        let ran = |outcome: &str| self.log_run(claim, step, &active, outcome);
+        let ended = match outcome {
+            Run::Ended(ended) => ended,
+            Run::Yielded => {
+                ran("yielded: another tenant waits for a runner");
+                return Ok(Run::Yielded);
+            }
+            Run::CutOff => {
+                ran("cut off: the lease was lost or could not be renewed in time");
+                return Ok(Run::CutOff);
+            }
+        };
+        ran("finished");
+        let outcome = match ended {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(StoreError::Fenced)) => return Err(StoreError::Fenced),
+            Ok(Err(error)) => self.store_fault(claim.server_id, step, attempts, &error),
+            Err(_) => self.stall(claim.server_id, step, attempts, &activity),
+        };
+        Ok(Run::Ended(outcome))
+    }
+
+    /// The outcome of a step that met a fault of the service's own database: retried.
+    fn store_fault(
+        &self,
+        id: ServerId,
+        step: OnboardingStep,
+        attempts: i32,
+        error: &StoreError,
+    ) -> StepOutcome {
+        tracing::warn!(server_id = %id, %step, %error, "step hit a transient fault");
+        StepOutcome::transient(
+            "the service's database is unavailable",
+            attempts,
+            self.config.agent.connect_attempts,
+        )
+    }
+
+    /// The outcome of a step that did not finish within its deadline, naming what it was doing.
+    fn stall(
+        &self,
+        id: ServerId,
+        step: OnboardingStep,
+        attempts: i32,
+        activity: &Activity,
+    ) -> StepOutcome {
+        let stalled = format!(
+            "{step} did not finish within {}: it stalled {}",
+            humantime::format_duration(self.config.step_timeout),
+            activity.describe()
+        );
+        tracing::warn!(server_id = %id, %step, %stalled, "step stalled");
+        StepOutcome::transient(&stalled, attempts, self.config.agent.connect_attempts)
     }
 
     /// Gives a server back for another tenant's sake: its step runs again when a slot is free.

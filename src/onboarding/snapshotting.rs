@@ -172,6 +172,14 @@ async fn bounded<T: FromRow + Send + 'static>(
     Ok(rows)
 }
 
+/// A column as information_schema.COLUMNS lists it: schema, table, name, type, IS_NULLABLE,
+/// COLUMN_KEY.
+type ColumnRow = (String, String, String, String, String, String);
+
+/// A json_valid() check as MariaDB's information_schema.CHECK_CONSTRAINTS lists it: schema,
+/// table, clause.
+type JsonCheck = (String, String, String);
+
 /// The included tables with their columns and keys; only the one table `only` names when given
 /// (a stream re-reading a table after a DDL statement). `mariadb` also reads the json_valid()
 /// checks that mark MariaDB's JSON columns. Filtered in MySQL and bounded by `limits`.
@@ -183,7 +191,26 @@ pub async fn read_tables(
     mariadb: bool,
     only: Option<(&str, &str)>,
 ) -> Result<Vec<Table>, MysqlFailure> {
-    let (condition, parameters) = table_condition(options, only, "TABLE_SCHEMA");
+    let condition = table_condition(options, only, "TABLE_SCHEMA");
+    let mut tables = base_tables(connection, address, condition.clone(), options, limits).await?;
+    let columns = column_rows(connection, address, condition, limits).await?;
+    let json_checks = if mariadb {
+        json_checks(connection, address, options, only, limits).await?
+    } else {
+        Vec::new()
+    };
+    add_columns(&mut tables, columns, &json_checks);
+    Ok(tables.into_values().collect())
+}
+
+/// The included base tables that `condition` selects, by schema and name, still without columns.
+async fn base_tables(
+    connection: &mut Conn,
+    address: &Endpoint,
+    (condition, parameters): (String, Vec<String>),
+    options: &StreamOptions,
+    limits: SnapshotLimits,
+) -> Result<BTreeMap<(String, String), Table>, MysqlFailure> {
     let rows: Vec<(String, String, Option<String>)> = bounded(
         connection,
         address,
@@ -192,13 +219,13 @@ pub async fn read_tables(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES \
                  WHERE TABLE_TYPE = 'BASE TABLE' AND {condition} ORDER BY TABLE_SCHEMA, TABLE_NAME"
             ),
-            parameters.clone(),
+            parameters,
         ),
         limits.max_tables,
         "tables",
     )
     .await?;
-    let mut tables: BTreeMap<(String, String), Table> = rows
+    Ok(rows
         .into_iter()
         .filter(|(schema, name, _)| included(options, schema, name))
         .map(|(schema, name, engine)| {
@@ -211,8 +238,17 @@ pub async fn read_tables(
             };
             ((schema, name), table)
         })
-        .collect();
-    let columns: Vec<(String, String, String, String, String, String)> = bounded(
+        .collect())
+}
+
+/// The columns of the tables that `condition` selects, in each table's order.
+async fn column_rows(
+    connection: &mut Conn,
+    address: &Endpoint,
+    (condition, parameters): (String, Vec<String>),
+    limits: SnapshotLimits,
+) -> Result<Vec<ColumnRow>, MysqlFailure> {
+    bounded(
         connection,
         address,
         (
@@ -226,29 +262,42 @@ pub async fn read_tables(
         limits.max_columns,
         "columns",
     )
-    .await?;
-    let json_checks: Vec<(String, String, String)> = if mariadb {
-        bounded(
-            connection,
-            address,
-            {
-                let (condition, parameters) = table_condition(options, only, "CONSTRAINT_SCHEMA");
-                (
-                    format!(
-                        "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE \
-                         FROM information_schema.CHECK_CONSTRAINTS \
-                         WHERE CHECK_CLAUSE LIKE 'json_valid(%' AND {condition}"
-                    ),
-                    parameters,
-                )
-            },
-            limits.max_columns,
-            "JSON checks",
-        )
-        .await?
-    } else {
-        Vec::new()
-    };
+    .await
+}
+
+/// MariaDB's json_valid() checks on the included tables (or the one `only` names).
+async fn json_checks(
+    connection: &mut Conn,
+    address: &Endpoint,
+    options: &StreamOptions,
+    only: Option<(&str, &str)>,
+    limits: SnapshotLimits,
+) -> Result<Vec<JsonCheck>, MysqlFailure> {
+    let (condition, parameters) = table_condition(options, only, "CONSTRAINT_SCHEMA");
+    bounded(
+        connection,
+        address,
+        (
+            format!(
+                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE \
+                 FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CHECK_CLAUSE LIKE 'json_valid(%' AND {condition}"
+            ),
+            parameters,
+        ),
+        limits.max_columns,
+        "JSON checks",
+    )
+    .await
+}
+
+/// Puts each column into its table (columns of tables not included are dropped), marking the
+/// primary key's and those a json_valid() check names.
+fn add_columns(
+    tables: &mut BTreeMap<(String, String), Table>,
+    columns: Vec<ColumnRow>,
+    json_checks: &[JsonCheck],
+) {
     for (schema, table, name, column_type, nullable, key) in columns {
         let json = json_checks.iter().any(|(s, t, clause)| {
             *s == schema && *t == table && clause.contains(&format!("`{name}`"))
@@ -265,7 +314,6 @@ pub async fn read_tables(
             });
         }
     }
-    Ok(tables.into_values().collect())
 }
 
 /// Names up to ten tables and gives the exact total.

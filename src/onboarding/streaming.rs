@@ -177,9 +177,55 @@ pub fn replication_refusal(
     }
 }
 
-async fn open_stream(
-    context: &StepContext,
-) -> Result<Result<StreamCheckpoint, String>, StreamFault> {
+/// What the attempt ends with: the checkpoint the first event confirmed, a refusal the operator
+/// must fix, or a fault.
+type Attempt = Result<Result<StreamCheckpoint, String>, StreamFault>;
+
+/// Where and as whom the binlog is asked for.
+struct StreamRequest {
+    coordinates: Coordinates,
+    /// The source's identity, so the live stream notices a different server.
+    identity: String,
+    /// The MySQL account, for the GRANT a refusal asks for.
+    account: String,
+    /// This server's own replica server id.
+    replication_server_id: i64,
+}
+
+impl StreamRequest {
+    /// The replica server id as the binlog request carries it.
+    fn replica_id(&self) -> u32 {
+        u32::try_from(self.replication_server_id).unwrap_or(u32::MAX)
+    }
+
+    /// The checkpoint at the requested coordinates, once an event arrived from there.
+    fn checkpoint(self) -> StreamCheckpoint {
+        StreamCheckpoint {
+            position: StreamPosition {
+                binlog_file: self.coordinates.file,
+                binlog_position: i64::try_from(self.coordinates.position).unwrap_or(i64::MAX),
+                skip_rows: 0,
+                gtid_set: self.coordinates.gtid_set,
+                source_identity: Some(self.identity),
+                last_event_at: None,
+            },
+            replication_server_id: self.replication_server_id,
+            events_indexed: 0,
+        }
+    }
+
+    /// A replication error: a refusal the operator must fix, or a fault sorted like any MySQL
+    /// error.
+    fn refused(&self, error: &mysql_async::Error, address: &Endpoint) -> Attempt {
+        match replication_refusal(error, &self.account, self.replica_id()) {
+            Some(reason) => Ok(Err(reason)),
+            None => Err(mysql::classify(error, address).into()),
+        }
+    }
+}
+
+/// Connects, reads where the binlog is now, and asks for it from there as a replica.
+async fn open_stream(context: &StepContext) -> Attempt {
     let address = mysql::address(context);
     let Link {
         mut connection,
@@ -198,45 +244,39 @@ async fn open_stream(
         .store
         .replication_server_id(context.server.id)
         .await?;
-    let replica_id = u32::try_from(replication_server_id).unwrap_or(u32::MAX);
+    let request = StreamRequest {
+        coordinates,
+        identity,
+        account,
+        replication_server_id,
+    };
+    let result = first_event(connection, &address, request).await;
+    drop(tunnel);
+    result
+}
+
+/// Asks for the binlog from the request's coordinates and waits for its first event; the stream
+/// is closed again either way.
+async fn first_event(connection: Conn, address: &Endpoint, request: StreamRequest) -> Attempt {
     // Non-blocking: the source sends what is there and ends the dump itself, so no dump thread
     // lingers and none has to be killed. (A KILL wakes every dump thread waiting on the binlog,
     // and MariaDB starts each one's heartbeat period over: many of them postpone every
     // heartbeat of every stream on that source.)
-    let request = BinlogStreamRequest::new(replica_id)
-        .with_filename(coordinates.file.as_bytes())
-        .with_pos(coordinates.position)
+    let binlog = BinlogStreamRequest::new(request.replica_id())
+        .with_filename(request.coordinates.file.as_bytes())
+        .with_pos(request.coordinates.position)
         .with_non_blocking();
     let requested = address.ask("the binlog request", async {
-        Ok(connection.get_binlog_stream(request).await)
+        Ok(connection.get_binlog_stream(binlog).await)
     });
     let mut stream = match requested.await? {
         Ok(stream) => stream,
-        Err(error) => {
-            return match replication_refusal(&error, &account, replica_id) {
-                Some(reason) => Ok(Err(reason)),
-                None => Err(mysql::classify(&error, &address).into()),
-            };
-        }
+        Err(error) => return request.refused(&error, address),
     };
     let first = tokio::time::timeout(FIRST_EVENT_TIMEOUT, stream.next()).await;
     let result = match first {
-        Ok(Some(Ok(_event))) => Ok(Ok(StreamCheckpoint {
-            position: StreamPosition {
-                binlog_file: coordinates.file,
-                binlog_position: i64::try_from(coordinates.position).unwrap_or(i64::MAX),
-                skip_rows: 0,
-                gtid_set: coordinates.gtid_set,
-                source_identity: Some(identity),
-                last_event_at: None,
-            },
-            replication_server_id,
-            events_indexed: 0,
-        })),
-        Ok(Some(Err(error))) => match replication_refusal(&error, &account, replica_id) {
-            Some(reason) => Ok(Err(reason)),
-            None => Err(mysql::classify(&error, &address).into()),
-        },
+        Ok(Some(Ok(_event))) => Ok(Ok(request.checkpoint())),
+        Ok(Some(Err(error))) => request.refused(&error, address),
         Ok(None) => Err(MysqlFailure::Transient(format!(
             "the binlog stream from {address} ended before its first event"
         ))
@@ -248,7 +288,6 @@ async fn open_stream(
         .into()),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
-    drop(tunnel);
     result
 }
 

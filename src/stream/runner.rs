@@ -26,7 +26,7 @@ use crate::{
     },
     onboarding::{AgentSettings, StepContext, Table, refresh_snapshot_table},
     secrets::SecretBox,
-    store::{Claim, Scope, Store, StoreError, StreamPosition},
+    store::{Claim, Scope, Store, StoreError, StreamCheckpoint, StreamPosition},
 };
 
 /// How long index writes may keep failing before the stream is `stalled`.
@@ -362,27 +362,15 @@ pub async fn run_stream(holder: &mut Holder) {
         if holder.must_stop().await {
             return;
         }
-        let checkpoint = match holder
-            .index
-            .take_stream_checkpoint(holder.claim.server_id, holder.claim.fence.epoch)
-            .await
-        {
-            Ok(Some(checkpoint)) => checkpoint,
-            Ok(None) => {
-                let message =
-                    "the stream has no checkpoint to start from; RetryOnboarding records one"
-                        .to_owned();
-                let _ = holder.move_to(StreamState::Failed, Some(message)).await;
-                return;
-            }
-            Err(StoreError::Fenced) => return,
-            Err(error) => {
-                tracing::warn!(server_id = %holder.claim.server_id, %error, "reading the stream checkpoint failed");
+        let checkpoint = match take_checkpoint(holder).await {
+            Start::From(checkpoint) => checkpoint,
+            Start::Later => {
                 if !pause(holder, backoff).await {
                     return;
                 }
                 continue;
             }
+            Start::Never => return,
         };
         holder.progress.binlog_file = checkpoint.position.binlog_file.clone();
         holder.progress.binlog_position = checkpoint.position.binlog_position;
@@ -392,41 +380,79 @@ pub async fn run_stream(holder: &mut Holder) {
         if holder.ran {
             backoff = Duration::from_secs(1);
         }
-        match end {
-            SessionEnd::Stopped => {
-                holder.record_progress(true).await;
-                return;
-            }
-            SessionEnd::Disconnected(message) => {
-                tracing::info!(server_id = %holder.claim.server_id, %message, "binlog stream disconnected");
-                holder.progress.reconnects += 1;
-                metrics::counter!("dbtrail_stream_reconnects_total").increment(1);
-                holder
-                    .progress
-                    .disconnected_since
-                    .get_or_insert_with(crate::domain::now);
-                if holder.state != StreamState::Disconnected {
-                    let _ = holder
-                        .move_to(StreamState::Disconnected, Some(message))
-                        .await;
-                } else {
-                    holder.record_progress(true).await;
-                }
-                if !pause(holder, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            SessionEnd::LostPosition(message) => {
+        if !reconnects_after(holder, end, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Whether a connection can start, and from where.
+enum Start {
+    /// From the stream's checkpoint.
+    From(StreamCheckpoint),
+    /// The checkpoint could not be read now: after a backoff.
+    Later,
+    /// The stream has no checkpoint (it failed) or its lease is lost.
+    Never,
+}
+
+/// Takes the stream's checkpoint under this holder's epoch; a stream without one fails.
+async fn take_checkpoint(holder: &mut Holder) -> Start {
+    match holder
+        .index
+        .take_stream_checkpoint(holder.claim.server_id, holder.claim.fence.epoch)
+        .await
+    {
+        Ok(Some(checkpoint)) => Start::From(checkpoint),
+        Ok(None) => {
+            let message = "the stream has no checkpoint to start from; RetryOnboarding records one"
+                .to_owned();
+            let _ = holder.move_to(StreamState::Failed, Some(message)).await;
+            Start::Never
+        }
+        Err(StoreError::Fenced) => Start::Never,
+        Err(error) => {
+            tracing::warn!(server_id = %holder.claim.server_id, %error, "reading the stream checkpoint failed");
+            Start::Later
+        }
+    }
+}
+
+/// Records how a connection ended. True when another connection follows: it was disconnected,
+/// and the backoff has been waited out.
+async fn reconnects_after(holder: &mut Holder, end: SessionEnd, backoff: Duration) -> bool {
+    match end {
+        SessionEnd::Stopped => {
+            holder.record_progress(true).await;
+            false
+        }
+        SessionEnd::Disconnected(message) => {
+            tracing::info!(server_id = %holder.claim.server_id, %message, "binlog stream disconnected");
+            holder.progress.reconnects += 1;
+            metrics::counter!("dbtrail_stream_reconnects_total").increment(1);
+            holder
+                .progress
+                .disconnected_since
+                .get_or_insert_with(crate::domain::now);
+            if holder.state != StreamState::Disconnected {
                 let _ = holder
-                    .move_to(StreamState::LostPosition, Some(message))
+                    .move_to(StreamState::Disconnected, Some(message))
                     .await;
-                return;
+            } else {
+                holder.record_progress(true).await;
             }
-            SessionEnd::Failed(message) => {
-                let _ = holder.move_to(StreamState::Failed, Some(message)).await;
-                return;
-            }
+            pause(holder, backoff).await
+        }
+        SessionEnd::LostPosition(message) => {
+            let _ = holder
+                .move_to(StreamState::LostPosition, Some(message))
+                .await;
+            false
+        }
+        SessionEnd::Failed(message) => {
+            let _ = holder.move_to(StreamState::Failed, Some(message)).await;
+            false
         }
     }
 }

@@ -11,7 +11,7 @@ use mysql_async::{
     BinlogStream, BinlogStreamRequest, Conn,
     binlog::{
         EventFlags,
-        events::{Event, EventData, RowsEventData},
+        events::{Event, EventData, QueryEvent, RotateEvent, RowsEventData},
     },
     prelude::Queryable,
 };
@@ -158,48 +158,30 @@ fn purged_message(file: &str, address: &str) -> String {
     )
 }
 
+/// A connection ready for the binlog request, with the reader that continues the checkpoint.
+struct Opened {
+    link: Link,
+    reader: Reader,
+    /// The connection's id on the source, to end its dump thread after a stop.
+    dump_connection_id: Option<u64>,
+    /// The source's identity, carried into each checkpoint.
+    identity: String,
+}
+
 /// Connects and starts reading from the checkpoint: everything up to the first event.
 async fn open(
     context: &StepContext,
     position: &StreamPosition,
     heartbeat: Duration,
-) -> Result<(Link, Reader, Option<u64>, String), SessionEnd> {
+) -> Result<Opened, SessionEnd> {
     let address = mysql::address(context);
     let mut link = connection::connect(context).await?;
     let connection = &mut link.connection;
     let (flavour, _) = mysql::version(connection, &address).await?;
     let mariadb = flavour == "MariaDB";
-    let identity = source_identity(connection, &address, mariadb).await?;
-    if let Some(expected) = &position.source_identity
-        && *expected != identity
-    {
-        return Err(SessionEnd::LostPosition(format!(
-            "the source at {address} is a different server now ({identity}, was {expected}); \
-             its binlog positions do not continue the checkpoint's; {RETRY_FROM_HERE}"
-        )));
-    }
-    let files = binary_logs(connection, &address).await?;
-    if !files.contains(&position.binlog_file) {
-        return Err(SessionEnd::LostPosition(purged_message(
-            &position.binlog_file,
-            &address,
-        )));
-    }
-    let history = context.store.snapshot_history(context.server.id).await?;
-    let tables = Tables::from_history(history).map_err(|error| {
-        SessionEnd::Failed(format!(
-            "the stored schema snapshot cannot be read ({error}); RetryOnboarding takes a new one"
-        ))
-    })?;
-    let period = heartbeat.as_nanos().min(u128::from(u64::MAX));
-    let mut settings = vec![format!("SET @master_heartbeat_period = {period}")];
-    if mariadb {
-        // Sends MariaDB's GTID events, so the checkpoint's GTID set can advance.
-        settings.push("SET @mariadb_slave_capability = 4".to_owned());
-    }
-    for setting in settings {
-        address.ask("SET", connection.query_drop(setting)).await?;
-    }
+    let identity = check_source(connection, &address, position, mariadb).await?;
+    let tables = stored_tables(context).await?;
+    ask_for_heartbeats(connection, &address, heartbeat, mariadb).await?;
     let checksum: Option<String> = address
         .ask(
             "SELECT @@global.binlog_checksum",
@@ -212,28 +194,70 @@ async fn open(
             connection.query_first("SELECT CONNECTION_ID()"),
         )
         .await?;
-    let reader = Reader {
-        address: address.clone(),
-        mariadb,
-        tables,
-        file: position.binlog_file.clone(),
-        committed: Position {
-            file: position.binlog_file.clone(),
-            position: u64::try_from(position.binlog_position).unwrap_or(4),
-        },
-        committed_rows: 0,
-        skip_rows: position.skip_rows,
-        transaction_rows: 0,
-        in_transaction: false,
-        pending_gtid: None,
-        gtid_text: String::new(),
-        gtids: GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default()),
-        batch: Vec::new(),
-        last_event_at: position.last_event_at,
-        checksums: checksum.is_some_and(|algorithm| !algorithm.eq_ignore_ascii_case("NONE")),
-        described: false,
-    };
-    Ok((link, reader, dump_connection_id, identity))
+    let checksums = checksum.is_some_and(|algorithm| !algorithm.eq_ignore_ascii_case("NONE"));
+    let reader = Reader::new(address, mariadb, tables, position, checksums);
+    Ok(Opened {
+        link,
+        reader,
+        dump_connection_id,
+        identity,
+    })
+}
+
+/// The source's identity, once it is the server the checkpoint was read from and still has the
+/// checkpoint's binlog file; otherwise the position is lost.
+async fn check_source(
+    connection: &mut Conn,
+    address: &mysql::Endpoint,
+    position: &StreamPosition,
+    mariadb: bool,
+) -> Result<String, SessionEnd> {
+    let identity = source_identity(connection, address, mariadb).await?;
+    if let Some(expected) = &position.source_identity
+        && *expected != identity
+    {
+        return Err(SessionEnd::LostPosition(format!(
+            "the source at {address} is a different server now ({identity}, was {expected}); \
+             its binlog positions do not continue the checkpoint's; {RETRY_FROM_HERE}"
+        )));
+    }
+    let files = binary_logs(connection, address).await?;
+    if !files.contains(&position.binlog_file) {
+        return Err(SessionEnd::LostPosition(purged_message(
+            &position.binlog_file,
+            address,
+        )));
+    }
+    Ok(identity)
+}
+
+/// The tracked tables' columns, from the stored schema snapshots.
+async fn stored_tables(context: &StepContext) -> Result<Tables, SessionEnd> {
+    let history = context.store.snapshot_history(context.server.id).await?;
+    Tables::from_history(history).map_err(|error| {
+        SessionEnd::Failed(format!(
+            "the stored schema snapshot cannot be read ({error}); RetryOnboarding takes a new one"
+        ))
+    })
+}
+
+/// Asks the source for a heartbeat every `heartbeat` (and, on MariaDB, for its GTID events).
+async fn ask_for_heartbeats(
+    connection: &mut Conn,
+    address: &mysql::Endpoint,
+    heartbeat: Duration,
+    mariadb: bool,
+) -> Result<(), SessionEnd> {
+    let period = heartbeat.as_nanos().min(u128::from(u64::MAX));
+    let mut settings = vec![format!("SET @master_heartbeat_period = {period}")];
+    if mariadb {
+        // Sends MariaDB's GTID events, so the checkpoint's GTID set can advance.
+        settings.push("SET @mariadb_slave_capability = 4".to_owned());
+    }
+    for setting in settings {
+        address.ask("SET", connection.query_drop(setting)).await?;
+    }
+    Ok(())
 }
 
 /// How a refused binlog request or read ends the connection: error 1236 (the binlog cannot be
@@ -262,28 +286,12 @@ fn refusal(
 /// Runs one connection until it ends.
 pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEnd {
     let context = holder.step_context();
-    let heartbeat = holder.settings.heartbeat;
-    let span = tracing::info_span!(
-        "stream_connect",
-        otel.name = "binlog stream connect",
-        server_id = %context.server.id,
-        reconnects = holder.progress.reconnects,
-        outcome = tracing::field::Empty,
-    );
-    telemetry::continue_traceparent(&span, context.server.trace_parent.as_deref());
-    let opened = open(&context, &checkpoint.position, heartbeat)
-        .instrument(span.clone())
-        .await;
-    span.record(
-        "outcome",
-        if opened.is_ok() {
-            "connected"
-        } else {
-            "failed"
-        },
-    );
-    drop(span);
-    let (link, mut reader, dump_connection_id, identity) = match opened {
+    let Opened {
+        link,
+        mut reader,
+        dump_connection_id,
+        identity,
+    } = match open_traced(holder, &context, &checkpoint.position).await {
         Ok(opened) => opened,
         Err(end) => return end,
     };
@@ -298,16 +306,9 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
         drop(tunnel);
         return SessionEnd::Stopped;
     }
-    let request = BinlogStreamRequest::new(replica_id)
-        .with_filename(checkpoint.position.binlog_file.as_bytes())
-        .with_pos(u64::try_from(checkpoint.position.binlog_position).unwrap_or(4));
-    let requested = reader.address.ask("the binlog request", async {
-        Ok(connection.get_binlog_stream(request).await)
-    });
-    let mut stream = match requested.await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return refusal(&error, &context, replica_id, &reader.address),
-        Err(stalled) => return stalled.into(),
+    let mut stream = match request_binlog(connection, &reader, &checkpoint, &context).await {
+        Ok(stream) => stream,
+        Err(end) => return end,
     };
     let end = read(
         holder,
@@ -329,6 +330,56 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     end
 }
 
+/// `open` in a span of its own that continues the trace of the call that started onboarding,
+/// with whether it connected.
+async fn open_traced(
+    holder: &Holder,
+    context: &StepContext,
+    position: &StreamPosition,
+) -> Result<Opened, SessionEnd> {
+    let span = tracing::info_span!(
+        "stream_connect",
+        otel.name = "binlog stream connect",
+        server_id = %context.server.id,
+        reconnects = holder.progress.reconnects,
+        outcome = tracing::field::Empty,
+    );
+    telemetry::continue_traceparent(&span, context.server.trace_parent.as_deref());
+    let opened = open(context, position, holder.settings.heartbeat)
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "outcome",
+        if opened.is_ok() {
+            "connected"
+        } else {
+            "failed"
+        },
+    );
+    opened
+}
+
+/// Asks the source for its binlog from the checkpoint, as this server's replica.
+async fn request_binlog(
+    connection: Conn,
+    reader: &Reader,
+    checkpoint: &StreamCheckpoint,
+    context: &StepContext,
+) -> Result<BinlogStream, SessionEnd> {
+    let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
+    let request = BinlogStreamRequest::new(replica_id)
+        .with_filename(checkpoint.position.binlog_file.as_bytes())
+        .with_pos(u64::try_from(checkpoint.position.binlog_position).unwrap_or(4));
+    let requested = reader.address.ask("the binlog request", async {
+        Ok(connection.get_binlog_stream(request).await)
+    });
+    match requested.await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => Err(refusal(&error, context, replica_id, &reader.address)),
+        Err(stalled) => Err(stalled.into()),
+    }
+}
+
 /// What the event loop woke up for.
 enum Wake {
     Event(Option<Result<Event, mysql_async::Error>>),
@@ -337,6 +388,39 @@ enum Wake {
     Control,
 }
 
+/// When the reader last heard from the source and last wrote, and whether it runs yet.
+struct Pace {
+    /// How long the source may stay silent (3 heartbeat periods and a margin).
+    silence: Duration,
+    last_seen: Instant,
+    last_flush: Instant,
+    /// Whether the first write (or the first quiet flush) happened: the stream runs.
+    running: bool,
+}
+
+impl Pace {
+    /// The pace of a connection that starts now.
+    fn new(heartbeat: Duration) -> Pace {
+        Pace {
+            silence: heartbeat * 3 + Duration::from_millis(500),
+            last_seen: Instant::now(),
+            last_flush: Instant::now(),
+            running: false,
+        }
+    }
+
+    /// When the next write is due: soon while complete transactions wait (or the stream does not
+    /// run yet), else when the checkpoint is due.
+    fn flush_at(&self, reader: &Reader, checkpoint_interval: Duration) -> Instant {
+        if reader.committed_rows > 0 || !self.running {
+            self.last_flush + FLUSH_DELAY
+        } else {
+            self.last_flush + checkpoint_interval
+        }
+    }
+}
+
+/// Reads events until the connection ends, writing them in batches.
 async fn read(
     holder: &mut Holder,
     stream: &mut BinlogStream,
@@ -345,22 +429,15 @@ async fn read(
     context: &StepContext,
     replica_id: u32,
 ) -> SessionEnd {
-    let silence = holder.settings.heartbeat * 3 + Duration::from_millis(500);
-    let mut last_seen = Instant::now();
-    let mut last_flush = Instant::now();
-    let mut running = false;
+    let mut pace = Pace::new(holder.settings.heartbeat);
     loop {
-        let flush_at = if reader.committed_rows > 0 || !running {
-            last_flush + FLUSH_DELAY
-        } else {
-            last_flush + holder.settings.checkpoint_interval
-        };
+        let flush_at = pace.flush_at(reader, holder.settings.checkpoint_interval);
         let wake = tokio::select! {
             biased;
             () = holder.control.wait() => Wake::Control,
             event = stream.next() => Wake::Event(event),
             () = tokio::time::sleep_until(flush_at) => Wake::Flush,
-            () = tokio::time::sleep_until(last_seen + silence) => Wake::Silent,
+            () = tokio::time::sleep_until(pace.last_seen + pace.silence) => Wake::Silent,
         };
         match wake {
             Wake::Control => {
@@ -375,17 +452,12 @@ async fn read(
                 return SessionEnd::Disconnected(format!(
                     "no binlog event or heartbeat from {} for {}s (3 heartbeat periods): the connection is presumed dead",
                     reader.address,
-                    silence.as_secs()
+                    pace.silence.as_secs()
                 ));
             }
             Wake::Flush => {
-                if let Err(end) = flush(holder, reader, identity).await {
+                if let Err(end) = timely_flush(holder, reader, identity, &mut pace).await {
                     return end;
-                }
-                last_flush = Instant::now();
-                if !running {
-                    running = true;
-                    holder.running().await;
                 }
             }
             Wake::Event(None) => {
@@ -398,20 +470,50 @@ async fn read(
                 return refusal(&error, context, replica_id, &reader.address);
             }
             Wake::Event(Some(Ok(event))) => {
-                last_seen = Instant::now();
-                holder.progress.last_heartbeat_at = Some(crate::domain::now());
-                if let Err(end) = reader.handle(holder, stream, &event, context).await {
+                let taken =
+                    take_event(holder, stream, reader, &event, identity, context, &mut pace);
+                if let Err(end) = taken.await {
                     return end;
-                }
-                if reader.committed_rows >= BATCH_ROWS || reader.batch.len() >= BATCH_ROWS * 2 {
-                    if let Err(end) = flush(holder, reader, identity).await {
-                        return end;
-                    }
-                    last_flush = Instant::now();
                 }
             }
         }
     }
+}
+
+/// The write that is due by the clock; the first one marks the stream running.
+async fn timely_flush(
+    holder: &mut Holder,
+    reader: &mut Reader,
+    identity: &str,
+    pace: &mut Pace,
+) -> Result<(), SessionEnd> {
+    flush(holder, reader, identity).await?;
+    pace.last_flush = Instant::now();
+    if !pace.running {
+        pace.running = true;
+        holder.running().await;
+    }
+    Ok(())
+}
+
+/// Takes in one event, and writes the batch once it is full.
+async fn take_event(
+    holder: &mut Holder,
+    stream: &BinlogStream,
+    reader: &mut Reader,
+    event: &Event,
+    identity: &str,
+    context: &StepContext,
+    pace: &mut Pace,
+) -> Result<(), SessionEnd> {
+    pace.last_seen = Instant::now();
+    holder.progress.last_heartbeat_at = Some(crate::domain::now());
+    reader.handle(holder, stream, event, context).await?;
+    if reader.committed_rows >= BATCH_ROWS || reader.batch.len() >= BATCH_ROWS * 2 {
+        flush(holder, reader, identity).await?;
+        pace.last_flush = Instant::now();
+    }
+    Ok(())
 }
 
 /// Writes the complete transactions buffered (or, for one very large transaction, its rows so
@@ -435,6 +537,37 @@ async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Resu
 }
 
 impl Reader {
+    /// A reader that continues from `position`, before any event.
+    fn new(
+        address: mysql::Endpoint,
+        mariadb: bool,
+        tables: Tables,
+        position: &StreamPosition,
+        checksums: bool,
+    ) -> Reader {
+        Reader {
+            address,
+            mariadb,
+            tables,
+            file: position.binlog_file.clone(),
+            committed: Position {
+                file: position.binlog_file.clone(),
+                position: u64::try_from(position.binlog_position).unwrap_or(4),
+            },
+            committed_rows: 0,
+            skip_rows: position.skip_rows,
+            transaction_rows: 0,
+            in_transaction: false,
+            pending_gtid: None,
+            gtid_text: String::new(),
+            gtids: GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default()),
+            batch: Vec::new(),
+            last_event_at: position.last_event_at,
+            checksums,
+            described: false,
+        }
+    }
+
     fn position(&self, at: Position, skip_rows: i64, identity: &str) -> StreamPosition {
         StreamPosition {
             binlog_file: at.file,
@@ -477,6 +610,8 @@ impl Reader {
         self.pending_gtid = gtid;
     }
 
+    /// Takes in one event: moves the transaction, the binlog file and the resume point on,
+    /// buffers the rows of tracked tables, and re-reads the tables a DDL statement touched.
     async fn handle(
         &mut self,
         holder: &mut Holder,
@@ -490,18 +625,7 @@ impl Reader {
         metrics::counter!("dbtrail_stream_bytes_read_total")
             .increment(u64::from(header.event_size()));
         if header.event_type_raw() == MARIADB_GTID_EVENT {
-            let data = event.data();
-            if data.len() >= 13 {
-                let sequence = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
-                let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or_default());
-                // A standalone statement (DDL) has no BEGIN and commits at its QUERY event, so
-                // both kinds open the transaction here.
-                self.begin(Some(PendingGtid::Mariadb {
-                    domain,
-                    server: header.server_id(),
-                    sequence,
-                }));
-            }
+            self.mariadb_gtid(event);
             return Ok(());
         }
         let data = event.read_data().map_err(|error| {
@@ -509,21 +633,7 @@ impl Reader {
         })?;
         match data {
             Some(EventData::FormatDescriptionEvent(_)) => self.described = true,
-            Some(EventData::RotateEvent(rotate)) => {
-                let mut name = rotate.name_raw().to_vec();
-                // The dump's first rotate comes before the format description, so the event
-                // reader cannot know that its last four bytes are the checksum.
-                if !self.described && self.checksums && name.len() > 4 {
-                    name.truncate(name.len() - 4);
-                }
-                self.file = String::from_utf8_lossy(&name).into_owned();
-                if !artificial || self.committed.file != self.file {
-                    self.committed = Position {
-                        file: self.file.clone(),
-                        position: rotate.position(),
-                    };
-                }
-            }
+            Some(EventData::RotateEvent(rotate)) => self.rotate(&rotate, artificial),
             Some(EventData::GtidEvent(gtid)) => {
                 let uuid = uuid::Uuid::from_bytes(gtid.sid()).to_string();
                 self.begin(Some(PendingGtid::Mysql {
@@ -531,31 +641,7 @@ impl Reader {
                     number: gtid.gno(),
                 }));
             }
-            Some(EventData::QueryEvent(query)) => {
-                let statement = query.query();
-                let trimmed = statement.trim();
-                if trimmed.eq_ignore_ascii_case("BEGIN") {
-                    if !self.in_transaction {
-                        self.begin(None);
-                    }
-                } else if trimmed.eq_ignore_ascii_case("COMMIT") {
-                    self.commit(end);
-                } else {
-                    // A DDL statement: the columns of the tables it touches from here on, read
-                    // before the checkpoint can pass it (a replay finds them stored).
-                    let at = BinlogPoint {
-                        file: self.file.clone(),
-                        position: end,
-                    };
-                    let schema = query.schema().into_owned();
-                    for (schema, table) in ddl_tables(trimmed, &schema) {
-                        if !self.tables.has_version_at(&schema, &table, &at) {
-                            self.refresh(holder, &schema, &table, &at, context).await?;
-                        }
-                    }
-                    self.commit(end);
-                }
-            }
+            Some(EventData::QueryEvent(query)) => self.query(holder, &query, end, context).await?,
             Some(EventData::XidEvent(_)) => self.commit(end),
             Some(EventData::HeartbeatEvent) => {
                 // The source had nothing to send: the reader is caught up.
@@ -571,19 +657,89 @@ impl Reader {
                     self.commit(end);
                 }
             }
-            _ => {
-                // Between transactions, an event's end is a place to resume from; never go back
-                // (the dump's opening events may carry earlier positions of the file).
-                if !self.in_transaction
-                    && !artificial
-                    && self.committed.file == self.file
-                    && end > self.committed.position
-                {
-                    self.committed.position = end;
-                }
-            }
+            _ => self.pass(end, artificial),
         }
         Ok(())
+    }
+
+    /// MariaDB's GTID event opens a transaction with its GTID.
+    fn mariadb_gtid(&mut self, event: &Event) {
+        let data = event.data();
+        if data.len() >= 13 {
+            let sequence = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
+            let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or_default());
+            // A standalone statement (DDL) has no BEGIN and commits at its QUERY event, so
+            // both kinds open the transaction here.
+            self.begin(Some(PendingGtid::Mariadb {
+                domain,
+                server: event.header().server_id(),
+                sequence,
+            }));
+        }
+    }
+
+    /// A rotate names the binlog file read from now on (and, unless the dump made it up for a
+    /// file it already reads, the place to resume from).
+    fn rotate(&mut self, rotate: &RotateEvent<'_>, artificial: bool) {
+        let mut name = rotate.name_raw().to_vec();
+        // The dump's first rotate comes before the format description, so the event
+        // reader cannot know that its last four bytes are the checksum.
+        if !self.described && self.checksums && name.len() > 4 {
+            name.truncate(name.len() - 4);
+        }
+        self.file = String::from_utf8_lossy(&name).into_owned();
+        if !artificial || self.committed.file != self.file {
+            self.committed = Position {
+                file: self.file.clone(),
+                position: rotate.position(),
+            };
+        }
+    }
+
+    /// A statement ending at `end`: BEGIN, COMMIT, or a DDL statement, which commits alone.
+    async fn query(
+        &mut self,
+        holder: &mut Holder,
+        query: &QueryEvent<'_>,
+        end: u64,
+        context: &StepContext,
+    ) -> Result<(), SessionEnd> {
+        let statement = query.query();
+        let trimmed = statement.trim();
+        if trimmed.eq_ignore_ascii_case("BEGIN") {
+            if !self.in_transaction {
+                self.begin(None);
+            }
+        } else if trimmed.eq_ignore_ascii_case("COMMIT") {
+            self.commit(end);
+        } else {
+            // A DDL statement: the columns of the tables it touches from here on, read
+            // before the checkpoint can pass it (a replay finds them stored).
+            let at = BinlogPoint {
+                file: self.file.clone(),
+                position: end,
+            };
+            let schema = query.schema().into_owned();
+            for (schema, table) in ddl_tables(trimmed, &schema) {
+                if !self.tables.has_version_at(&schema, &table, &at) {
+                    self.refresh(holder, &schema, &table, &at, context).await?;
+                }
+            }
+            self.commit(end);
+        }
+        Ok(())
+    }
+
+    /// Any other event ending at `end`: between transactions, a place to resume from; never go
+    /// back (the dump's opening events may carry earlier positions of the file).
+    fn pass(&mut self, end: u64, artificial: bool) {
+        if !self.in_transaction
+            && !artificial
+            && self.committed.file == self.file
+            && end > self.committed.position
+        {
+            self.committed.position = end;
+        }
     }
 
     /// Reads a table's columns again after a DDL statement touched it.
@@ -614,6 +770,8 @@ impl Reader {
         Ok(())
     }
 
+    /// Buffers the row changes of a rows event of a tracked table, past the rows an earlier
+    /// connection stored already.
     async fn rows(
         &mut self,
         holder: &mut Holder,
@@ -637,15 +795,7 @@ impl Reader {
             // Not tracked (stream_options), or not a table of the snapshot.
             return Ok(());
         };
-        let operation = match rows {
-            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
-                ChangeOperation::Insert
-            }
-            RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
-                ChangeOperation::Delete
-            }
-            _ => ChangeOperation::Update,
-        };
+        let operation = operation(rows);
         let committed_at = DateTime::from_timestamp(i64::from(timestamp), 0).unwrap_or_default();
         self.last_event_at = Some(committed_at);
         holder.progress.lag_millis = (Utc::now() - committed_at).num_milliseconds().max(0);
@@ -677,6 +827,19 @@ impl Reader {
             ));
         }
         Ok(())
+    }
+}
+
+/// What the rows of a rows event did.
+fn operation(rows: &RowsEventData<'_>) -> ChangeOperation {
+    match rows {
+        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
+            ChangeOperation::Insert
+        }
+        RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+            ChangeOperation::Delete
+        }
+        _ => ChangeOperation::Update,
     }
 }
 

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::failure::{MysqlFailure, unreachable};
 use crate::{
-    domain::{fields::HostKeyFingerprint, server::SshTunnel},
+    domain::{
+        fields::HostKeyFingerprint,
+        server::{Server, SshTunnel},
+    },
     onboarding::StepContext,
     store::{Scope, StoreError},
 };
@@ -116,6 +119,54 @@ async fn connect_from(
     socket.connect(address).await
 }
 
+/// The jumphost as the tunnel's messages name it, with the time limits of talking to it.
+struct Jumphost<'a> {
+    tunnel: &'a SshTunnel,
+    /// `host:port` of the jumphost.
+    endpoint: String,
+    /// The address the customer must allow on the jumphost.
+    outbound_ip: &'a str,
+    /// Time limit of the TCP connection and of the SSH handshake.
+    connect_timeout: Duration,
+    /// Time limit of each request once connected.
+    query_timeout: Duration,
+}
+
+impl<'a> Jumphost<'a> {
+    /// The jumphost of `tunnel`, reached by the agent of `context`.
+    fn new(context: &'a StepContext, tunnel: &'a SshTunnel) -> Jumphost<'a> {
+        Jumphost {
+            tunnel,
+            endpoint: endpoint(&tunnel.host, tunnel.port.get()),
+            outbound_ip: context
+                .server
+                .agent_outbound_ip
+                .as_deref()
+                .unwrap_or("the agent's outbound IP"),
+            connect_timeout: context.agent.connect_timeout,
+            query_timeout: context.agent.query_timeout,
+        }
+    }
+
+    /// The jumphost cannot be reached: transient, saying which address to allow on which port.
+    fn unreachable(&self, detail: String) -> MysqlFailure {
+        let reason = unreachable(&format!("the SSH jumphost {}", self.endpoint), &detail);
+        MysqlFailure::Transient(format!(
+            "{reason}; allow {} on TCP port {} of the jumphost",
+            self.outbound_ip, self.tunnel.port
+        ))
+    }
+
+    /// The jumphost left `what` unanswered past the request time limit.
+    fn stalled(&self, what: &str) -> MysqlFailure {
+        MysqlFailure::Transient(format!(
+            "the SSH jumphost {} did not answer {what} within {}",
+            self.endpoint,
+            humantime::format_duration(self.query_timeout)
+        ))
+    }
+}
+
 /// Opens the server's SSH tunnel through the jumphost at `jumphost_address` (resolved and
 /// checked by the caller), logging in with `private_key` and recording the jumphost's host key
 /// on first contact.
@@ -125,32 +176,42 @@ pub async fn open(
     private_key: russh::keys::PrivateKey,
     jumphost_address: SocketAddr,
 ) -> Result<Tunnel, MysqlFailure> {
-    let server = &context.server;
-    let jumphost = endpoint(&tunnel.host, tunnel.port.get());
-    let target = endpoint(&server.spec.host, server.spec.port.get());
-    let timeout = context.agent.connect_timeout;
-    let outbound_ip = server
-        .agent_outbound_ip
-        .as_deref()
-        .unwrap_or("the agent's outbound IP");
-    let unreachable = |detail: String| {
-        let reason = unreachable(&format!("the SSH jumphost {jumphost}"), &detail);
-        MysqlFailure::Transient(format!(
-            "{reason}; allow {outbound_ip} on TCP port {} of the jumphost",
-            tunnel.port
-        ))
-    };
-    let socket = match tokio::time::timeout(timeout, connect_from(context, jumphost_address)).await
-    {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(error)) => return Err(unreachable(error.to_string())),
-        Err(_) => {
-            return Err(unreachable(format!(
-                "timed out after {}s",
-                timeout.as_secs()
-            )));
-        }
-    };
+    let jumphost = Jumphost::new(context, tunnel);
+    let socket = connect_to_jumphost(context, &jumphost, jumphost_address).await?;
+    let mut session = handshake(context, &jumphost, socket).await?;
+    log_in(&mut session, &jumphost, private_key).await?;
+    // Prove the jumphost can reach MySQL before handing the tunnel out.
+    reach_mysql(&session, &jumphost, &context.server).await?;
+    forward(
+        session,
+        context.server.spec.host.to_string(),
+        context.server.spec.port.get(),
+    )
+    .await
+}
+
+/// The TCP connection to the jumphost, within the connect time limit.
+async fn connect_to_jumphost(
+    context: &StepContext,
+    jumphost: &Jumphost<'_>,
+    address: SocketAddr,
+) -> Result<tokio::net::TcpStream, MysqlFailure> {
+    let timeout = jumphost.connect_timeout;
+    match tokio::time::timeout(timeout, connect_from(context, address)).await {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(error)) => Err(jumphost.unreachable(error.to_string())),
+        Err(_) => Err(jumphost.unreachable(format!("timed out after {}s", timeout.as_secs()))),
+    }
+}
+
+/// The SSH session over `socket`, once the jumphost's host key matched the expected one; a key
+/// seen on first contact is recorded, and later connections enforce it.
+async fn handshake(
+    context: &StepContext,
+    jumphost: &Jumphost<'_>,
+    socket: tokio::net::TcpStream,
+) -> Result<Handle<HostKeyCheck>, MysqlFailure> {
+    let tunnel = jumphost.tunnel;
     let presented = Arc::new(Mutex::new(None));
     let check = HostKeyCheck {
         expected: tunnel
@@ -164,27 +225,29 @@ pub async fn open(
         keepalive_interval: Some(Duration::from_secs(15)),
         ..Default::default()
     });
+    let timeout = jumphost.connect_timeout;
     let handshake =
         tokio::time::timeout(timeout, client::connect_stream(config, socket, check)).await;
     let seen = presented
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
-    let mut session = match handshake {
+    let session = match handshake {
         Ok(Ok(session)) => session,
         Ok(Err(error)) => {
             return Err(match (&tunnel.host_key_fingerprint, &seen) {
                 (Some(expected), Some(seen)) if expected.as_str() != seen => {
                     MysqlFailure::Permanent(format!(
-                        "the SSH jumphost {jumphost} presented host key {seen}, but {expected} is expected; \
-                     if the jumphost's key really changed, set ssh_tunnel.host_key_fingerprint to the new one with UpdateServer"
+                        "the SSH jumphost {} presented host key {seen}, but {expected} is expected; \
+                     if the jumphost's key really changed, set ssh_tunnel.host_key_fingerprint to the new one with UpdateServer",
+                        jumphost.endpoint
                     ))
                 }
-                _ => unreachable(format!("SSH handshake failed: {error}")),
+                _ => jumphost.unreachable(format!("SSH handshake failed: {error}")),
             });
         }
         Err(_) => {
-            return Err(unreachable(format!(
+            return Err(jumphost.unreachable(format!(
                 "SSH handshake timed out after {}s",
                 timeout.as_secs()
             )));
@@ -195,68 +258,76 @@ pub async fn open(
     {
         record_host_key(context, seen).await?;
     }
+    Ok(session)
+}
+
+/// Logs in to the jumphost as the tunnel's user with the stored private key.
+async fn log_in(
+    session: &mut Handle<HostKeyCheck>,
+    jumphost: &Jumphost<'_>,
+    private_key: russh::keys::PrivateKey,
+) -> Result<(), MysqlFailure> {
+    let tunnel = jumphost.tunnel;
     let rsa_hash = session
         .best_supported_rsa_hash()
         .await
         .ok()
         .flatten()
         .unwrap_or(Some(HashAlg::Sha256));
-    let operation = context.agent.query_timeout;
-    let stalled = |what: &str| {
-        MysqlFailure::Transient(format!(
-            "the SSH jumphost {jumphost} did not answer {what} within {}",
-            humantime::format_duration(operation)
-        ))
-    };
     let login = session.authenticate_publickey(
         tunnel.user.clone(),
         PrivateKeyWithHashAlg::new(Arc::new(private_key), rsa_hash),
     );
-    let authenticated = tokio::time::timeout(operation, login)
+    let authenticated = tokio::time::timeout(jumphost.query_timeout, login)
         .await
-        .map_err(|_| stalled("the login"))?
+        .map_err(|_| jumphost.stalled("the login"))?
         .map_err(|error| {
-            MysqlFailure::Transient(format!("SSH login at {jumphost} failed: {error}"))
+            MysqlFailure::Transient(format!(
+                "SSH login at {} failed: {error}",
+                jumphost.endpoint
+            ))
         })?;
     if !authenticated.success() {
         return Err(MysqlFailure::Permanent(format!(
-            "SSH authentication refused: the jumphost {jumphost} did not accept the stored private key for user {}; \
+            "SSH authentication refused: the jumphost {} did not accept the stored private key for user {}; \
              add its public key to ~{}/.ssh/authorized_keys",
-            tunnel.user, tunnel.user
+            jumphost.endpoint, tunnel.user, tunnel.user
         )));
     }
-    // Prove the jumphost can reach MySQL before handing the tunnel out.
+    Ok(())
+}
+
+/// Opens (and closes) one channel to MySQL as the jumphost sees it: the jumphost can reach it.
+async fn reach_mysql(
+    session: &Handle<HostKeyCheck>,
+    jumphost: &Jumphost<'_>,
+    server: &Server,
+) -> Result<(), MysqlFailure> {
+    let target = endpoint(&server.spec.host, server.spec.port.get());
     let channel = session.channel_open_direct_tcpip(
         server.spec.host.clone(),
         u32::from(server.spec.port.get()),
         "127.0.0.1",
         0,
     );
-    match tokio::time::timeout(operation, channel)
+    match tokio::time::timeout(jumphost.query_timeout, channel)
         .await
-        .map_err(|_| stalled("a channel to MySQL"))?
+        .map_err(|_| jumphost.stalled("a channel to MySQL"))?
     {
         Ok(channel) => {
             let _ = channel.close().await;
+            Ok(())
         }
-        Err(russh::Error::ChannelOpenFailure(reason)) => {
-            return Err(MysqlFailure::Transient(format!(
-                "the SSH jumphost {jumphost} could not reach MySQL at {target} ({})",
-                describe(reason)
-            )));
-        }
-        Err(error) => {
-            return Err(MysqlFailure::Transient(format!(
-                "the SSH jumphost {jumphost} could not open a channel to {target}: {error}"
-            )));
-        }
+        Err(russh::Error::ChannelOpenFailure(reason)) => Err(MysqlFailure::Transient(format!(
+            "the SSH jumphost {} could not reach MySQL at {target} ({})",
+            jumphost.endpoint,
+            describe(reason)
+        ))),
+        Err(error) => Err(MysqlFailure::Transient(format!(
+            "the SSH jumphost {} could not open a channel to {target}: {error}",
+            jumphost.endpoint
+        ))),
     }
-    forward(
-        session,
-        server.spec.host.to_string(),
-        server.spec.port.get(),
-    )
-    .await
 }
 
 fn describe(reason: ChannelOpenFailure) -> &'static str {
