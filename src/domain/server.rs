@@ -320,28 +320,17 @@ impl ServerInput {
                 "is required: one of direct, vpn, ssh_tunnel",
             );
         }
-        let mut ssh_private_key = None;
-        let ssh_tunnel = match (self.connection_method, self.ssh_tunnel) {
-            (Some(ConnectionMethod::SshTunnel), None) => {
-                violations.add(
-                    field("ssh_tunnel"),
-                    "is required when connection_method is ssh_tunnel",
-                );
-                None
-            }
-            (Some(ConnectionMethod::SshTunnel), Some(tunnel)) => {
-                ssh_private_key = tunnel.private_key.clone();
-                validate_ssh_tunnel(tunnel, &field("ssh_tunnel."), existing, violations)
-            }
-            (Some(method), Some(_)) => {
-                violations.add(
-                    field("ssh_tunnel"),
-                    format!("must not be set when connection_method is {method}"),
-                );
-                None
-            }
-            (_, _) => None,
-        };
+        let ssh_private_key = self
+            .ssh_tunnel
+            .as_ref()
+            .and_then(|tunnel| tunnel.private_key.clone());
+        let ssh_tunnel = tunnel_for(
+            self.connection_method,
+            self.ssh_tunnel,
+            &field("ssh_tunnel"),
+            existing,
+            violations,
+        );
         let stream_options = validate_stream_options(
             self.stream_options.unwrap_or_default(),
             &field("stream_options."),
@@ -368,6 +357,34 @@ impl ServerInput {
                 ssh_private_key,
             },
         ))
+    }
+}
+
+/// The tunnel of a server reached `method`: required for ssh_tunnel, refused for the others
+/// (`field` names it).
+fn tunnel_for(
+    method: Option<ConnectionMethod>,
+    tunnel: Option<SshTunnelInput>,
+    field: &str,
+    existing: Existing,
+    violations: &mut Violations,
+) -> Option<SshTunnel> {
+    match (method, tunnel) {
+        (Some(ConnectionMethod::SshTunnel), None) => {
+            violations.add(field, "is required when connection_method is ssh_tunnel");
+            None
+        }
+        (Some(ConnectionMethod::SshTunnel), Some(tunnel)) => {
+            validate_ssh_tunnel(tunnel, &format!("{field}."), existing, violations)
+        }
+        (Some(method), Some(_)) => {
+            violations.add(
+                field,
+                format!("must not be set when connection_method is {method}"),
+            );
+            None
+        }
+        (_, _) => None,
     }
 }
 

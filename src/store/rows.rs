@@ -109,47 +109,11 @@ impl TryFrom<ServerRow> for Server {
     type Error = StoreError;
 
     fn try_from(row: ServerRow) -> Result<Server, StoreError> {
-        let connection_method = ConnectionMethod::parse(&row.connection_method)
-            .ok_or_else(|| corrupt("connection_method", &row.connection_method))?;
-        let ssh_tunnel = match (row.ssh_host, row.ssh_port, row.ssh_user) {
-            (Some(host), Some(port), Some(user)) => Some(SshTunnel {
-                host: stored("ssh_host", &host, Host::parse)?,
-                port: stored_port("ssh_port", port)?,
-                user: stored("ssh_user", &user, |text| UserName::parse(text, "user", 64))?,
-                host_key_fingerprint: row
-                    .ssh_host_key_fingerprint
-                    .map(|text| {
-                        stored("ssh_host_key_fingerprint", &text, HostKeyFingerprint::parse)
-                    })
-                    .transpose()?,
-            }),
-            _ => None,
-        };
+        let spec = stored_spec(&row)?;
         Ok(Server {
             id: ServerId(row.id),
             tenant_id: TenantId(row.tenant_id),
-            spec: ServerSpec {
-                name: stored("name", &row.name, ServerName::parse)?,
-                host: stored("host", &row.host, Host::parse)?,
-                port: stored_port("port", row.port)?,
-                mysql_user: stored("mysql_user", &row.mysql_user, |text| {
-                    UserName::parse(text, "mysql_user", 80)
-                })?,
-                connection_method,
-                ssh_tunnel,
-                stream_options: StreamOptions {
-                    schemas: stored_each("stream_schemas", &row.stream_schemas, Identifier::parse)?,
-                    tables: stored_each(
-                        "stream_tables",
-                        &row.stream_tables,
-                        QualifiedTable::parse,
-                    )?,
-                    ssl_mode: SslMode::parse(&row.ssl_mode)
-                        .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
-                },
-                labels: Labels::parse(row.labels.0)
-                    .map_err(|problem| StoreError::Corrupt(format!("labels: {problem}")))?,
-            },
+            spec,
             secrets: StoredSecrets {
                 mysql_password: sealed(row.mysql_password_sealed, row.mysql_password_key_id),
                 ssh_private_key: sealed(row.ssh_private_key_sealed, row.ssh_private_key_key_id),
@@ -177,6 +141,45 @@ impl TryFrom<ServerRow> for Server {
             trace_parent: row.trace_parent,
         })
     }
+}
+
+/// A row's settings, each parsed by its type's rule.
+fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
+    Ok(ServerSpec {
+        name: stored("name", &row.name, ServerName::parse)?,
+        host: stored("host", &row.host, Host::parse)?,
+        port: stored_port("port", row.port)?,
+        mysql_user: stored("mysql_user", &row.mysql_user, |text| {
+            UserName::parse(text, "mysql_user", 80)
+        })?,
+        connection_method: ConnectionMethod::parse(&row.connection_method)
+            .ok_or_else(|| corrupt("connection_method", &row.connection_method))?,
+        ssh_tunnel: stored_tunnel(row)?,
+        stream_options: StreamOptions {
+            schemas: stored_each("stream_schemas", &row.stream_schemas, Identifier::parse)?,
+            tables: stored_each("stream_tables", &row.stream_tables, QualifiedTable::parse)?,
+            ssl_mode: SslMode::parse(&row.ssl_mode)
+                .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
+        },
+        labels: Labels::parse(row.labels.0.clone())
+            .map_err(|problem| StoreError::Corrupt(format!("labels: {problem}")))?,
+    })
+}
+
+/// A row's SSH tunnel, when it has one.
+fn stored_tunnel(row: &ServerRow) -> Result<Option<SshTunnel>, StoreError> {
+    let (Some(host), Some(port), Some(user)) = (&row.ssh_host, row.ssh_port, &row.ssh_user) else {
+        return Ok(None);
+    };
+    let fingerprint = row.ssh_host_key_fingerprint.as_deref();
+    Ok(Some(SshTunnel {
+        host: stored("ssh_host", host, Host::parse)?,
+        port: stored_port("ssh_port", port)?,
+        user: stored("ssh_user", user, |text| UserName::parse(text, "user", 64))?,
+        host_key_fingerprint: fingerprint
+            .map(|text| stored("ssh_host_key_fingerprint", text, HostKeyFingerprint::parse))
+            .transpose()?,
+    }))
 }
 
 impl From<&Server> for ServerRow {
