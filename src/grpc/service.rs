@@ -202,6 +202,32 @@ impl ServersApi {
         }
     }
 
+    /// A server to register: a new id, its secrets sealed to it, the call's trace to continue.
+    fn new_server(&self, tenant: TenantId, spec: ServerSpec, new_secrets: &NewSecrets) -> Server {
+        let id = ServerId::generate();
+        let sealed = self
+            .secrets
+            .seal_server_secrets(id, &StoredSecrets::default(), new_secrets);
+        let mut server = Server::register(id, tenant, spec, sealed, crate::domain::now());
+        server.trace_parent = telemetry::current_traceparent();
+        server
+    }
+
+    /// A watch resumes after `since`: a revision the server has had, whose successors are all
+    /// still in its history.
+    async fn check_resumable(
+        &self,
+        id: ServerId,
+        since: i64,
+        current: i64,
+    ) -> Result<(), ApiError> {
+        check_since_revision(since, current)?;
+        if since < current {
+            self.store.check_history_kept(id, since).await?;
+        }
+        Ok(())
+    }
+
     /// The update applied to the locked server: the masked fields merged over its settings,
     /// validated as a whole, new secrets sealed.
     fn apply_update(&self, server: &mut Server, update: &Update) -> Result<(), ApiError> {
@@ -278,13 +304,7 @@ impl ServersService for ServersApi {
             return Ok(Response::new(server_to_proto(&server)));
         }
         let (spec, new_secrets) = registration(request.server.as_ref(), &self.targets)?;
-        let id = ServerId::generate();
-        let sealed = self
-            .secrets
-            .seal_server_secrets(id, &StoredSecrets::default(), &new_secrets);
-        let mut server =
-            Server::register(id, principal.tenant_id, spec, sealed, crate::domain::now());
-        server.trace_parent = telemetry::current_traceparent();
+        let server = self.new_server(principal.tenant_id, spec, &new_secrets);
         let server = if request.validate_only {
             self.store.check_registration(&server).await?;
             server
@@ -368,11 +388,7 @@ impl ServersService for ServersApi {
         let id = parse_server_id(&request.server_id, "server_id")?;
         let opened = self.hub.open(principal.tenant_id, id).await?;
         if let Some(since) = request.since_revision {
-            let current = opened.1.revision;
-            check_since_revision(since, current)?;
-            if since < current {
-                self.store.check_history_kept(id, since).await?;
-            }
+            self.check_resumable(id, since, opened.1.revision).await?;
         }
         let watch_request = WatchRequest {
             since_revision: request.since_revision,
