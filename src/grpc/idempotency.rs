@@ -15,6 +15,7 @@ pub trait Idempotent: Message + Clone {
     /// The method the id belongs to: the same id on two methods is two keys.
     const METHOD: &'static str;
 
+    /// The client's request id; empty when it sent none.
     fn request_id(&self) -> &str;
 
     /// Clears the request id and every secret, leaving what identifies the request.
