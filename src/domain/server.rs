@@ -503,34 +503,32 @@ impl ServerSpec {
             new_tunnel.host_key_fingerprint = None;
         }
     }
-}
 
-/// Where a change of settings makes onboarding start again (onboarding.md §4).
-fn restart_point(
-    old: &ServerSpec,
-    new: &ServerSpec,
-    secrets: &NewSecrets,
-) -> Option<OnboardingStep> {
-    let jumphost = |spec: &ServerSpec| {
-        spec.ssh_tunnel
-            .as_ref()
-            .map(|tunnel| (tunnel.host.clone(), tunnel.port))
-    };
-    let connection_changed = old.host != new.host
-        || old.port != new.port
-        || old.mysql_user != new.mysql_user
-        || old.connection_method != new.connection_method
-        || old.ssh_tunnel != new.ssh_tunnel
-        || secrets.mysql_password.is_some()
-        || secrets.ssh_private_key.is_some();
-    if new.connection_method == ConnectionMethod::SshTunnel && jumphost(old) != jumphost(new) {
-        Some(OnboardingStep::AwaitingFirewall)
-    } else if connection_changed {
-        Some(OnboardingStep::WaitingForAgent)
-    } else if old.stream_options != new.stream_options {
-        Some(OnboardingStep::Snapshotting)
-    } else {
-        None
+    /// Where changing to `new` settings (and `secrets`) makes onboarding start again
+    /// (onboarding.md §4): a moved jumphost awaits the firewall again, another connection waits
+    /// for the agent, other stream options snapshot again; none when nothing it uses changed.
+    fn restart_point(&self, new: &ServerSpec, secrets: &NewSecrets) -> Option<OnboardingStep> {
+        let jumphost = |spec: &ServerSpec| {
+            spec.ssh_tunnel
+                .as_ref()
+                .map(|tunnel| (tunnel.host.clone(), tunnel.port))
+        };
+        let connection_changed = self.host != new.host
+            || self.port != new.port
+            || self.mysql_user != new.mysql_user
+            || self.connection_method != new.connection_method
+            || self.ssh_tunnel != new.ssh_tunnel
+            || secrets.mysql_password.is_some()
+            || secrets.ssh_private_key.is_some();
+        if new.connection_method == ConnectionMethod::SshTunnel && jumphost(self) != jumphost(new) {
+            Some(OnboardingStep::AwaitingFirewall)
+        } else if connection_changed {
+            Some(OnboardingStep::WaitingForAgent)
+        } else if self.stream_options != new.stream_options {
+            Some(OnboardingStep::Snapshotting)
+        } else {
+            None
+        }
     }
 }
 
@@ -660,7 +658,7 @@ impl Server {
     ) -> Result<Option<OnboardingStep>, Rejection> {
         self.ensure_live()?;
         spec.forget_fingerprint_of_moved_jumphost(&self.spec);
-        let restart = restart_point(&self.spec, &spec, new_secrets);
+        let restart = self.spec.restart_point(&spec, new_secrets);
         self.spec = spec;
         self.secrets = secrets;
         if let Some(restart) = restart {
@@ -1035,12 +1033,12 @@ mod tests {
         let mut renamed = old.clone();
         renamed.name = ServerName::parse("other").unwrap();
         renamed.labels = Labels::parse([("env".into(), "prod".into())].into()).unwrap();
-        assert_eq!(restart_point(&old, &renamed, &none), None);
+        assert_eq!(old.restart_point(&renamed, &none), None);
 
         let mut moved = old.clone();
         moved.port = Port::parse(3307, DEFAULT_MYSQL_PORT).unwrap();
         assert_eq!(
-            restart_point(&old, &moved, &none),
+            old.restart_point(&moved, &none),
             Some(OnboardingStep::WaitingForAgent)
         );
         let password = NewSecrets {
@@ -1048,14 +1046,14 @@ mod tests {
             ssh_private_key: None,
         };
         assert_eq!(
-            restart_point(&old, &old, &password),
+            old.restart_point(&old, &password),
             Some(OnboardingStep::WaitingForAgent)
         );
 
         let mut filtered = old.clone();
         filtered.stream_options.schemas = vec![Identifier::parse("shop").unwrap()];
         assert_eq!(
-            restart_point(&old, &filtered, &none),
+            old.restart_point(&filtered, &none),
             Some(OnboardingStep::Snapshotting)
         );
 
@@ -1068,7 +1066,7 @@ mod tests {
             host_key_fingerprint: None,
         });
         assert_eq!(
-            restart_point(&old, &tunnelled, &none),
+            old.restart_point(&tunnelled, &none),
             Some(OnboardingStep::AwaitingFirewall)
         );
     }
