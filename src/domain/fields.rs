@@ -72,6 +72,11 @@ text_field!(
     QualifiedTable
 );
 
+/// Validated values as the texts they are on the wire and in the database.
+pub fn texts<T: ToString>(values: &[T]) -> Vec<String> {
+    values.iter().map(ToString::to_string).collect()
+}
+
 fn has_control_characters(text: &str) -> bool {
     text.chars().any(char::is_control)
 }

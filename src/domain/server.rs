@@ -11,7 +11,7 @@ use super::{
     TenantId, Violations,
     fields::{
         Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
-        check_text,
+        check_text, texts,
     },
     onboarding::{FIREWALL_AUTO_COMPLETED, OnboardingStatus, StepOutcome, Steps},
     stream::StreamHealth,
@@ -470,11 +470,6 @@ fn parse_each<T>(
         }
     }
     valid.then_some(parsed)
-}
-
-/// The texts of validated values, as a request would send them.
-fn texts<T: ToString>(values: &[T]) -> Vec<String> {
-    values.iter().map(ToString::to_string).collect()
 }
 
 /// Parses a private key (OpenSSH or PEM: Ed25519, ECDSA, RSA); never echoes it.

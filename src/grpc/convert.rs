@@ -8,6 +8,7 @@ use crate::{
         ConnectionMethod, OnboardingStep, ServerStatus, SslMode, StepStatus, StreamState,
         Violations,
         change::ChangeEvent,
+        fields::texts,
         onboarding::{OnboardingStatus, StepProgress},
         server::{Secret, Server, ServerInput, SshTunnelInput, StreamOptionsInput},
         stream::StreamHealth,
@@ -102,11 +103,6 @@ fn enum_from_proto<E: FromProtoNumber>(
         );
         None
     })
-}
-
-/// Validated values as the texts they are on the wire.
-fn texts<T: ToString>(values: &[T]) -> Vec<String> {
-    values.iter().map(ToString::to_string).collect()
 }
 
 /// A server as clients see it: no secret, only whether one is stored.

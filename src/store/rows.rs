@@ -11,6 +11,7 @@ use crate::domain::{
     ConnectionMethod, ServerId, ServerStatus, SslMode, StreamState, TenantId,
     fields::{
         Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
+        texts,
     },
     onboarding::{StepProgress, Steps},
     server::{Sealed, Server, ServerSpec, SshTunnel, StoredSecrets, StreamOptions},
@@ -99,10 +100,6 @@ fn stored_each<T>(
 fn stored_port(column: &str, port: i32) -> Result<Port, StoreError> {
     let parsed = Port::parse(port, 0).ok().filter(|_| port != 0);
     parsed.ok_or_else(|| corrupt(column, &port.to_string()))
-}
-
-fn texts<T: ToString>(values: &[T]) -> Vec<String> {
-    values.iter().map(ToString::to_string).collect()
 }
 
 impl TryFrom<ServerRow> for Server {

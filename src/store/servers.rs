@@ -278,6 +278,15 @@ async fn check_server_limit(
     Ok(())
 }
 
+/// A write's error: `NameTaken` when the unique index on live names refused it.
+fn name_taken_or(error: diesel::result::Error, name: &str) -> StoreError {
+    if is_unique_violation(&error, "servers_live_name") {
+        StoreError::NameTaken(name.to_owned())
+    } else {
+        error.into()
+    }
+}
+
 /// Whether one of the tenant's live servers has this name.
 async fn live_name_taken(
     connection: &mut Connection,
@@ -300,13 +309,7 @@ async fn insert_server(connection: &mut Connection, server: &Server) -> Result<(
         .values(ServerRow::from(server))
         .execute(connection)
         .await
-        .map_err(|error| {
-            if is_unique_violation(&error, "servers_live_name") {
-                StoreError::NameTaken(server.spec.name.to_string())
-            } else {
-                error.into()
-            }
-        })?;
+        .map_err(|error| name_taken_or(error, &server.spec.name))?;
     Ok(())
 }
 
@@ -372,13 +375,7 @@ where
     let changes = ServerChanges::between(&row, ServerRow::from(&server));
     update_server(connection, id.0, &changes)
         .await
-        .map_err(|error| {
-            if is_unique_violation(&error, "servers_live_name") {
-                StoreError::NameTaken(server.spec.name.to_string())
-            } else {
-                StoreError::from(error)
-            }
-        })?;
+        .map_err(|error| name_taken_or(error, &server.spec.name))?;
     let fence_runner = matches!(scope, Scope::Tenant(_)) && onboarding_changed;
     if fence_runner {
         fence_off_runner(connection, id, lease_epoch).await?;
