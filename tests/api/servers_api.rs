@@ -188,6 +188,19 @@ fn validate_only_registers_nothing() {
         // The name is still free.
         register(&mut client, direct_server("dry-run")).await;
 
+        // Once taken, a dry run says so as a real registration would.
+        let status = expect_err(
+            client
+                .register_server(RegisterServerRequest {
+                    server: Some(direct_server("dry-run")),
+                    validate_only: true,
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_error(&status, Code::AlreadyExists, "SERVER_NAME_TAKEN");
+        assert_eq!(list_all(&mut client, true).await.len(), 1);
+
         // And an invalid one is still rejected.
         let mut bad = direct_server("");
         bad.port = 70000;
