@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod log_format;
 pub mod onboarding;
 pub mod rest;
 pub mod secrets;

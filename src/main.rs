@@ -7,6 +7,7 @@ use dbtrail_servers::{
     app::{self, AppError},
     auth::admin::{Admin, AdminError},
     config::{Config, LogFormat},
+    log_format,
     store::{self, StoreError, local},
     telemetry::{self, TelemetryError},
 };
@@ -153,11 +154,10 @@ fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Loggin
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match format {
-        // The current span carries the request id; the list of spans would repeat it.
+        // One object a line, with the current span (it carries the request id).
         LogFormat::Json => fmt
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(log_format::JsonMembers)
+            .event_format(log_format::JsonLines)
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };

@@ -6,6 +6,7 @@ pub mod fields;
 pub mod filter;
 pub mod onboarding;
 pub mod server;
+pub mod stored_time;
 pub mod stream;
 pub mod target;
 

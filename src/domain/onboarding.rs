@@ -14,7 +14,9 @@ pub const FIREWALL_AUTO_COMPLETED: &str = "auto-completed: only SSH tunnels need
 pub struct StepProgress {
     pub name: OnboardingStep,
     pub status: StepStatus,
+    #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub completed_at: Option<DateTime<Utc>>,
     pub message: String,
     pub error: Option<String>,

@@ -18,8 +18,11 @@ pub struct StreamProgress {
     pub binlog_position: i64,
     pub gtid_set: String,
     pub source_server_uuid: String,
+    #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub last_event_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub last_heartbeat_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub last_checkpoint_at: Option<DateTime<Utc>>,
     /// How far the index is behind the source, in milliseconds (0 when caught up).
     pub lag_millis: i64,
@@ -27,6 +30,7 @@ pub struct StreamProgress {
     pub reconnects: i32,
     pub holder_agent_id: Option<Uuid>,
     /// Since when the stream is disconnected, while it is.
+    #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub disconnected_since: Option<DateTime<Utc>>,
 }
 
