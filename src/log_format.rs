@@ -145,9 +145,12 @@ impl Visit for Members<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         // JSON has no NaN or infinity.
-        self.member(field, |out| match value.is_finite() {
-            true => write!(out, "{value}"),
-            false => out.write_str("null"),
+        self.member(field, |out| {
+            if value.is_finite() {
+                write!(out, "{value}")
+            } else {
+                out.write_str("null")
+            }
         });
     }
 
@@ -182,19 +185,19 @@ impl Write for Escaped<'_> {
         let mut start = 0;
         for (at, byte) in text.bytes().enumerate() {
             let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
+                b'"' => Some("\\\""),
+                b'\\' => Some("\\\\"),
+                b'\n' => Some("\\n"),
+                b'\r' => Some("\\r"),
+                b'\t' => Some("\\t"),
+                0..=0x1f => None,
                 _ => continue,
             };
             // Every byte escaped is ASCII, so `at` is a character boundary.
             self.0.write_str(&text[start..at])?;
             match escape {
-                "" => write!(self.0, "\\u{byte:04x}")?,
-                escape => self.0.write_str(escape)?,
+                Some(escape) => self.0.write_str(escape)?,
+                None => write!(self.0, "\\u{byte:04x}")?,
             }
             start = at + 1;
         }

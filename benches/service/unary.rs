@@ -116,6 +116,7 @@ pub async fn get_server(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         baseline.value_at_quantile(0.5),
     );
     let health = health_check(replica).await;
+    // Alternating with GetServer again, so that both see the same machine; only the floor is kept.
     let (floor, _) = load::compare_latency(&health, &grpc_one, 2, 1000).await;
     rows.push(Row {
         id: "B1",
