@@ -10,6 +10,7 @@ pub mod log_format;
 pub mod onboarding;
 pub mod rest;
 pub mod secrets;
+pub mod source;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `tenants`, `keys`.
+//! The command line: `serve`, `migrate`, `tenants`, `keys`, `binlog`.
 
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -7,7 +7,10 @@ use dbtrail_servers::{
     app::{self, AppError},
     auth::admin::{Admin, AdminError},
     config::{Config, LogFormat},
+    grpc::convert::change_event_to_proto,
     log_format,
+    rest::MessageJson,
+    source::file::{self, FileError, Found},
     store::{self, StoreError, local},
     telemetry::{self, TelemetryError},
 };
@@ -32,6 +35,11 @@ enum CliError {
     App(#[from] AppError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+    /// A binlog file that cannot be read: exit code 2.
+    #[error(transparent)]
+    BadBinlog(#[from] FileError),
+    #[error("{0}")]
+    Output(String),
 }
 
 #[derive(Parser)]
@@ -88,6 +96,28 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Read binlog files without their server.
+    #[command(subcommand)]
+    Binlog(BinlogCommand),
+}
+
+#[derive(Subcommand)]
+enum BinlogCommand {
+    /// Decodes binlog files into NDJSON change events on standard output, in the JSON form of
+    /// ListChangeEvents, through the stream's own decoder. Statement-format DML, which carries no
+    /// rows, is reported on standard error with its position. A file that cannot be read: one
+    /// line naming it and the offset, exit code 2.
+    Events {
+        /// Binlog files, read in the order given.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only changes of these schemas (repeatable).
+        #[arg(long = "schema")]
+        schemas: Vec<String>,
+        /// Only changes of these tables, as schema.table or table (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,7 +292,92 @@ async fn run(command: Command) -> Result<(), CliError> {
         }
         Command::Tenants(command) => tenants(command).await,
         Command::Keys(command) => keys(command).await,
+        Command::Binlog(BinlogCommand::Events {
+            files,
+            schemas,
+            tables,
+        }) => binlog_events(&files, &schemas, &tables),
     }
+}
+
+/// Whether `--schema`/`--table` want a table's changes (all when both are empty).
+fn wanted(schemas: &[String], tables: &[String], schema: &str, table: &str) -> bool {
+    let schema_listed = schemas.is_empty() || schemas.iter().any(|listed| listed == schema);
+    let table_listed = tables.is_empty()
+        || tables.iter().any(|listed| match listed.split_once('.') {
+            Some((listed_schema, listed_table)) => listed_schema == schema && listed_table == table,
+            None => listed == table,
+        });
+    schema_listed && table_listed
+}
+
+/// `binlog events`: every file in turn, each change a line as ListChangeEvents writes it.
+fn binlog_events(files: &[PathBuf], schemas: &[String], tables: &[String]) -> Result<(), CliError> {
+    use std::io::Write;
+    let writer = MessageJson::new("dbtrail.servers.v1.ChangeEvent").map_err(CliError::Output)?;
+    let wanted = |schema: &str, table: &str| wanted(schemas, tables, schema, table);
+    let stdout = std::io::stdout();
+    let mut output = std::io::BufWriter::new(stdout.lock());
+    let mut failure = None;
+    for path in files {
+        // Events are named by the file's name, as the server that wrote it names it.
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let input = std::fs::File::open(path).map_err(|error| FileError {
+            file: path.display().to_string(),
+            offset: 0,
+            message: format!("cannot be opened: {error}"),
+        })?;
+        let mut found = |found: Found| {
+            if failure.is_some() {
+                return;
+            }
+            if let Err(error) = write_found(&writer, &mut output, found) {
+                failure = Some(error);
+            }
+        };
+        let read = file::read(&name, std::io::BufReader::new(input), &wanted, &mut found).map_err(
+            |error| FileError {
+                file: path.display().to_string(),
+                ..error
+            },
+        );
+        if let Some(error) = failure.take() {
+            return Err(error);
+        }
+        output
+            .flush()
+            .map_err(|error| CliError::Output(format!("standard output: {error}")))?;
+        read?;
+    }
+    Ok(())
+}
+
+/// One change as a line of JSON; a statement-format DML statement as a line on standard error.
+fn write_found(
+    writer: &MessageJson,
+    output: &mut impl std::io::Write,
+    found: Found,
+) -> Result<(), CliError> {
+    let change = match found {
+        Found::Change(change) => change,
+        Found::StatementDml { at, statement } => {
+            let statement: String = statement.chars().take(200).collect();
+            eprintln!(
+                "{at}: statement-format DML, not captured as rows (binlog_format=STATEMENT or MIXED): {statement}"
+            );
+            return Ok(());
+        }
+    };
+    let event = change_event_to_proto(&dbtrail_servers::domain::change::ChangeEvent {
+        sequence: 0,
+        change,
+    });
+    let json = writer.write(&event).map_err(CliError::Output)?;
+    writeln!(output, "{json}")
+        .map_err(|error| CliError::Output(format!("standard output: {error}")))
 }
 
 async fn tenants(command: TenantsCommand) -> Result<(), CliError> {
@@ -356,6 +471,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::BadBinlog(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE

@@ -32,6 +32,40 @@ pub struct StreamProgress {
     /// Since when the stream is disconnected, while it is.
     #[serde(default, deserialize_with = "super::stored_time::optional")]
     pub disconnected_since: Option<DateTime<Utc>>,
+    /// Statement-format DML met since onboarding: rows the binlog does not carry as rows.
+    #[serde(default)]
+    pub statement_changes: StatementChanges,
+}
+
+/// Statement-format DML a stream met (a session with `binlog_format=STATEMENT` or MIXED): rows
+/// changed that cannot be captured, counted so that their absence is never silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementChanges {
+    /// How many statements.
+    pub skipped: i64,
+    /// When the first one was met.
+    pub since: Option<DateTime<Utc>>,
+    /// Where the last one is in the binlog (`file:position`).
+    pub last_position: String,
+}
+
+impl StatementChanges {
+    /// One more statement, at `position`.
+    pub fn record(&mut self, position: String) {
+        self.skipped += 1;
+        self.since.get_or_insert_with(super::now);
+        self.last_position = position;
+    }
+
+    /// Those of `later` after these.
+    pub fn add(&mut self, later: StatementChanges) {
+        if later.skipped == 0 {
+            return;
+        }
+        self.skipped += later.skipped;
+        self.since = self.since.or(later.since);
+        self.last_position = later.last_position;
+    }
 }
 
 /// A server's stream: null until onboarding reaches `streaming`.

@@ -165,6 +165,9 @@ fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
             .holder_agent_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
+        statement_changes_skipped: progress.statement_changes.skipped,
+        statement_changes_since: progress.statement_changes.since.map(timestamp),
+        last_statement_change_position: progress.statement_changes.last_position.clone(),
     }
 }
 

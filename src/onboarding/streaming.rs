@@ -208,6 +208,7 @@ impl StreamRequest {
                 gtid_set: self.coordinates.gtid_set,
                 source_identity: Some(self.identity),
                 last_event_at: None,
+                statement_changes: Default::default(),
             },
             replication_server_id: self.replication_server_id,
             events_indexed: 0,

@@ -14,6 +14,12 @@ use serde_json::{Map, Number, Value as Json};
 use super::descriptors::{Descriptors, is_nullable, is_well_known};
 use crate::domain::Violations;
 
+/// The types that carry arbitrary JSON (a row's images).
+const DYNAMIC_JSON: [&str; 3] = [
+    "google.protobuf.Struct",
+    "google.protobuf.ListValue",
+    "google.protobuf.Value",
+];
 const FIELD_MASK: &str = "google.protobuf.FieldMask";
 const ANY: &str = "google.protobuf.Any";
 
@@ -161,12 +167,16 @@ fn well_known_to_json(
                 .use_proto_field_name(true)
                 .skip_default_fields(false)
                 .stringify_64_bit_integers(false);
-            message
+            let mut json = message
                 .serialize_with_options(serde_json::value::Serializer, &options)
                 .map_err(|error| OutputError {
                     message: name.to_owned(),
                     cause: error.to_string(),
-                })
+                })?;
+            if DYNAMIC_JSON.contains(&name) {
+                whole_numbers(&mut json);
+            }
+            Ok(json)
         }
     }
 }
@@ -456,6 +466,53 @@ fn special_message_from_json(message: &MessageDescriptor, json: &Json) -> Result
     let mut mask = DynamicMessage::new(message.clone());
     mask.set_field_by_name("paths", Value::List(paths));
     Ok(Value::Message(mask))
+}
+
+/// Messages of one type written as response JSON outside a request, e.g. by the command line.
+pub struct MessageJson {
+    descriptors: Descriptors,
+    message: MessageDescriptor,
+}
+
+impl MessageJson {
+    /// The writer of the message type `name` (e.g. `dbtrail.servers.v1.ChangeEvent`).
+    pub fn new(name: &str) -> Result<MessageJson, String> {
+        let descriptors = Descriptors::load().map_err(|error| error.to_string())?;
+        let message = descriptors
+            .pool
+            .get_message_by_name(name)
+            .ok_or_else(|| format!("the message {name} is not in the descriptors"))?;
+        Ok(MessageJson {
+            descriptors,
+            message,
+        })
+    }
+
+    /// `message` as response JSON.
+    pub fn write(&self, message: &impl prost::Message) -> Result<Json, String> {
+        let dynamic =
+            DynamicMessage::decode(self.message.clone(), message.encode_to_vec().as_slice())
+                .map_err(|error| error.to_string())?;
+        message_to_json(&self.descriptors, &dynamic).map_err(|error| error.to_string())
+    }
+}
+
+/// google.protobuf.Value's numbers are doubles; a whole one is written as an integer (`1`, not
+/// `1.0`), as protojson does, so that a row's integers read back as integers.
+fn whole_numbers(json: &mut Json) {
+    match json {
+        Json::Number(number) => {
+            if let Some(value) = number.as_f64()
+                && value.fract() == 0.0
+                && value.abs() <= 9_007_199_254_740_991.0
+            {
+                *number = Number::from(value as i64);
+            }
+        }
+        Json::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Json::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

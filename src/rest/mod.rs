@@ -29,6 +29,7 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use gateway::Gateway;
+pub use json::MessageJson;
 pub use routes::RouteError;
 pub use serve::{HttpSettings, serve};
 

@@ -21,6 +21,7 @@ use crate::domain::{
         ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison,
         RowChange,
     },
+    stream::StatementChanges,
 };
 
 diesel::table! {
@@ -56,6 +57,11 @@ const TABLES: &[&str] = &[
          next_sequence bigint NOT NULL DEFAULT 1, \
          last_event_at timestamptz, \
          recorded_at timestamptz NOT NULL DEFAULT now())",
+    // Statement-format DML met up to the checkpoint (streaming.md §6).
+    "ALTER TABLE stream_checkpoints \
+         ADD COLUMN IF NOT EXISTS statement_changes bigint NOT NULL DEFAULT 0, \
+         ADD COLUMN IF NOT EXISTS statement_changes_since timestamptz, \
+         ADD COLUMN IF NOT EXISTS last_statement_change text NOT NULL DEFAULT ''",
     "CREATE TABLE IF NOT EXISTS stream_gaps (\
          id bigserial PRIMARY KEY, \
          server_id uuid NOT NULL, \
@@ -103,6 +109,9 @@ pub struct StreamPosition {
     pub source_identity: Option<String>,
     /// Source commit time of the newest stored event.
     pub last_event_at: Option<DateTime<Utc>>,
+    /// Statement-format DML met since the previous checkpoint (when writing), or in all (when
+    /// read).
+    pub statement_changes: StatementChanges,
 }
 
 /// A stream's checkpoint as stored: its position, the replica id it reads as, and how many
@@ -133,6 +142,12 @@ struct CheckpointRow {
     next_sequence: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     last_event_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = BigInt)]
+    statement_changes: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    statement_changes_since: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Text)]
+    last_statement_change: String,
 }
 
 impl From<CheckpointRow> for StreamCheckpoint {
@@ -145,6 +160,11 @@ impl From<CheckpointRow> for StreamCheckpoint {
                 gtid_set: row.gtid_set,
                 source_identity: row.source_identity,
                 last_event_at: row.last_event_at,
+                statement_changes: StatementChanges {
+                    skipped: row.statement_changes,
+                    since: row.statement_changes_since,
+                    last_position: row.last_statement_change,
+                },
             },
             replication_server_id: row.replication_server_id,
             events_indexed: row.next_sequence - 1,
@@ -153,7 +173,8 @@ impl From<CheckpointRow> for StreamCheckpoint {
 }
 
 const CHECKPOINT_COLUMNS: &str = "binlog_file, binlog_position, skip_rows, gtid_set, \
-     source_identity, replication_server_id, next_sequence, last_event_at";
+     source_identity, replication_server_id, next_sequence, last_event_at, statement_changes, \
+     statement_changes_since, last_statement_change";
 
 /// A stored event.
 #[derive(Queryable, Selectable)]
@@ -554,7 +575,15 @@ impl Store {
                 .bind::<Nullable<Text>, _>(checkpoint.source_identity.clone())
                 .sql(", last_event_at = COALESCE(")
                 .bind::<Nullable<Timestamptz>, _>(checkpoint.last_event_at)
-                .sql(", last_event_at), recorded_at = now() WHERE server_id = ")
+                .sql(", last_event_at), statement_changes = statement_changes + ")
+                .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
+                .sql(", statement_changes_since = COALESCE(statement_changes_since, ")
+                .bind::<Nullable<Timestamptz>, _>(checkpoint.statement_changes.since)
+                .sql("), last_statement_change = CASE WHEN ")
+                .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
+                .sql(" > 0 THEN ")
+                .bind::<Text, _>(checkpoint.statement_changes.last_position.clone())
+                .sql(" ELSE last_statement_change END, recorded_at = now() WHERE server_id = ")
                 .bind::<SqlUuid, _>(server_id.0)
                 .sql(" AND epoch = ")
                 .bind::<BigInt, _>(epoch)

@@ -31,6 +31,7 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
+pub use crate::domain::stream::StatementChanges;
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
 pub use change_index::{ChangePage, StreamCheckpoint, StreamGap, StreamPosition};
 pub use engine::{Affinity, Claim, Fence, Lease};

@@ -2,8 +2,6 @@
 //! stream leases (its fair share of them), runs one task per held stream, keeps their leases
 //! renewed, tells them about changes of their servers, and lets them go on shutdown.
 
-mod decode;
-mod gtid;
 mod progress;
 mod runner;
 mod session;

@@ -268,6 +268,9 @@ impl Holder {
         progress.last_checkpoint_at = Some(crate::domain::now());
         progress.last_event_at = checkpoint.last_event_at.or(progress.last_event_at);
         progress.events_indexed = total;
+        progress
+            .statement_changes
+            .add(checkpoint.statement_changes.clone());
         metrics::counter!("dbtrail_stream_events_indexed_total").increment(written as u64);
         metrics::histogram!("dbtrail_stream_lag_seconds")
             .record(progress.lag_millis as f64 / 1000.0);
@@ -375,6 +378,7 @@ pub async fn run_stream(holder: &mut Holder) {
         holder.progress.binlog_file = checkpoint.position.binlog_file.clone();
         holder.progress.binlog_position = checkpoint.position.binlog_position;
         holder.progress.events_indexed = checkpoint.events_indexed;
+        holder.progress.statement_changes = checkpoint.position.statement_changes.clone();
         holder.ran = false;
         let end = session::run(holder, checkpoint).await;
         if holder.ran {

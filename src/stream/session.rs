@@ -9,28 +9,28 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use mysql_async::{
     BinlogStream, BinlogStreamRequest, Conn,
-    binlog::{
-        EventFlags,
-        events::{Event, EventData, QueryEvent, RotateEvent, RowsEventData},
-    },
+    binlog::events::{Event, QueryEvent, RowsEventData},
     prelude::Queryable,
 };
 use tokio::time::Instant;
 
 use super::{
-    decode::{self, TableColumns},
-    gtid::GtidSet,
     runner::Holder,
     tables::{BinlogPoint, Tables, ddl_tables},
 };
 use crate::{
-    domain::{ChangeOperation, change::RowChange},
+    domain::change::RowChange,
     onboarding::{
         MysqlFailure, StepContext, classify_mysql,
         connection::{self, Link, mysql},
         end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
     },
-    store::{StoreError, StreamCheckpoint, StreamPosition},
+    source::{
+        decode::{self, ChangeRow},
+        events::{self, Meaning, Place, Position, Transactions},
+        gtid::GtidSet,
+    },
+    store::{StatementChanges, StoreError, StreamCheckpoint, StreamPosition},
     telemetry,
 };
 use tracing::Instrument;
@@ -42,8 +42,6 @@ const RETRY_FROM_HERE: &str =
 const BATCH_ROWS: usize = 5_000;
 /// How long complete transactions wait for more before they are written.
 const FLUSH_DELAY: Duration = Duration::from_millis(100);
-/// MariaDB's GTID event, which mysql_common does not parse.
-const MARIADB_GTID_EVENT: u8 = 0xa2;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -67,65 +65,24 @@ impl From<MysqlFailure> for SessionEnd {
     }
 }
 
-/// Where the reader is in the binlog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Position {
-    file: String,
-    position: u64,
-}
-
 /// The reading state between events.
 struct Reader {
     address: mysql::Endpoint,
     mariadb: bool,
     tables: Tables,
-    /// The binlog file being read.
-    file: String,
-    /// The end of the last complete transaction (where a restart may begin).
-    committed: Position,
+    /// Transactions, GTIDs and the resume point.
+    transactions: Transactions,
     /// Events of complete transactions not yet written.
     committed_rows: usize,
     /// Rows of the first transaction that an earlier connection stored already.
     skip_rows: i64,
     /// Rows of the current transaction seen (stored or skipped) so far.
     transaction_rows: i64,
-    in_transaction: bool,
-    /// The current transaction's GTID, added to the set at its commit.
-    pending_gtid: Option<PendingGtid>,
-    gtid_text: String,
-    gtids: GtidSet,
     batch: Vec<RowChange>,
     last_event_at: Option<DateTime<Utc>>,
-    /// Whether events carry a CRC32 footer (`binlog_checksum` is not NONE).
-    checksums: bool,
-    /// Whether the format description arrived: before it, a rotate's footer is read as its name.
-    described: bool,
-}
-
-#[derive(Debug, Clone)]
-enum PendingGtid {
-    Mariadb {
-        domain: u32,
-        server: u32,
-        sequence: u64,
-    },
-    Mysql {
-        uuid: String,
-        number: u64,
-    },
-}
-
-impl std::fmt::Display for PendingGtid {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PendingGtid::Mariadb {
-                domain,
-                server,
-                sequence,
-            } => write!(formatter, "{domain}-{server}-{sequence}"),
-            PendingGtid::Mysql { uuid, number } => write!(formatter, "{uuid}:{number}"),
-        }
-    }
+    /// Statement-format DML of the open transaction, and of complete ones not yet written.
+    open_statements: StatementChanges,
+    committed_statements: StatementChanges,
 }
 
 /// The binlog files the source still has.
@@ -519,18 +476,22 @@ async fn take_event(
 /// Writes the complete transactions buffered (or, for one very large transaction, its rows so
 /// far) with the checkpoint after them.
 async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Result<(), SessionEnd> {
-    let (rows, position) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2 {
+    let (rows, mut position) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2
+    {
         // One transaction larger than memory should hold: store its rows so far and resume
         // at its start, skipping them.
         let stored = reader.transaction_rows;
-        let start = reader.committed.clone();
+        let start = reader.transactions.committed.clone();
         (reader.batch.len(), reader.position(start, stored, identity))
     } else {
         (
             reader.committed_rows,
-            reader.position(reader.committed.clone(), 0, identity),
+            reader.position(reader.transactions.committed.clone(), 0, identity),
         )
     };
+    if rows == reader.committed_rows {
+        position.statement_changes = std::mem::take(&mut reader.committed_statements);
+    }
     let events: Vec<RowChange> = reader.batch.drain(..rows).collect();
     reader.committed_rows = 0;
     holder.write(events, position).await
@@ -545,26 +506,23 @@ impl Reader {
         position: &StreamPosition,
         checksums: bool,
     ) -> Reader {
+        let start = Position {
+            file: position.binlog_file.clone(),
+            position: u64::try_from(position.binlog_position).unwrap_or(4),
+        };
+        let gtids = GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default());
         Reader {
             address,
             mariadb,
             tables,
-            file: position.binlog_file.clone(),
-            committed: Position {
-                file: position.binlog_file.clone(),
-                position: u64::try_from(position.binlog_position).unwrap_or(4),
-            },
+            transactions: Transactions::new(start, gtids, checksums),
             committed_rows: 0,
             skip_rows: position.skip_rows,
             transaction_rows: 0,
-            in_transaction: false,
-            pending_gtid: None,
-            gtid_text: String::new(),
-            gtids: GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default()),
             batch: Vec::new(),
             last_event_at: position.last_event_at,
-            checksums,
-            described: false,
+            open_statements: StatementChanges::default(),
+            committed_statements: StatementChanges::default(),
         }
     }
 
@@ -573,45 +531,25 @@ impl Reader {
             binlog_file: at.file,
             binlog_position: i64::try_from(at.position).unwrap_or(i64::MAX),
             skip_rows,
-            gtid_set: self.gtids.render(),
+            gtid_set: self.transactions.gtids.render(),
             source_identity: Some(identity.to_owned()),
             last_event_at: self.last_event_at,
+            statement_changes: StatementChanges::default(),
         }
     }
 
     fn commit(&mut self, end: u64) {
-        match self.pending_gtid.take() {
-            Some(PendingGtid::Mariadb {
-                domain,
-                server,
-                sequence,
-            }) => self.gtids.add_mariadb(domain, server, sequence),
-            Some(PendingGtid::Mysql { uuid, number }) => self.gtids.add_mysql(&uuid, number),
-            None => {}
-        }
-        self.committed = Position {
-            file: self.file.clone(),
-            position: end,
-        };
+        self.transactions.commit(end);
         self.committed_rows = self.batch.len();
-        self.in_transaction = false;
         self.transaction_rows = 0;
         self.skip_rows = 0;
-        self.gtid_text.clear();
-    }
-
-    fn begin(&mut self, gtid: Option<PendingGtid>) {
-        self.in_transaction = true;
-        self.transaction_rows = 0;
-        self.gtid_text = gtid
-            .as_ref()
-            .map(PendingGtid::to_string)
-            .unwrap_or_default();
-        self.pending_gtid = gtid;
+        let open = std::mem::take(&mut self.open_statements);
+        self.committed_statements.add(open);
     }
 
     /// Takes in one event: moves the transaction, the binlog file and the resume point on,
-    /// buffers the rows of tracked tables, and re-reads the tables a DDL statement touched.
+    /// buffers the rows of tracked tables, and re-reads the tables a DDL statement touched. An
+    /// event that cannot be classified fails the stream, naming its type and place.
     async fn handle(
         &mut self,
         holder: &mut Holder,
@@ -620,126 +558,82 @@ impl Reader {
         context: &StepContext,
     ) -> Result<(), SessionEnd> {
         let header = event.header();
-        let end = u64::from(header.log_pos());
-        let artificial = header.flags().contains(EventFlags::LOG_EVENT_ARTIFICIAL_F);
         metrics::counter!("dbtrail_stream_bytes_read_total")
             .increment(u64::from(header.event_size()));
-        if header.event_type_raw() == MARIADB_GTID_EVENT {
-            self.mariadb_gtid(event);
-            return Ok(());
-        }
-        let data = event.read_data().map_err(|error| {
-            SessionEnd::Disconnected(format!("unreadable binlog event: {error}"))
+        let place = self.transactions.place(event).map_err(SessionEnd::Failed)?;
+        let meaning = events::classify(event).map_err(|reason| {
+            SessionEnd::Failed(format!(
+                "{reason}, at {}:{}; the stream stopped there so that nothing is skipped silently",
+                self.transactions.file, place.start
+            ))
         })?;
-        match data {
-            Some(EventData::FormatDescriptionEvent(_)) => self.described = true,
-            Some(EventData::RotateEvent(rotate)) => self.rotate(&rotate, artificial),
-            Some(EventData::GtidEvent(gtid)) => {
-                let uuid = uuid::Uuid::from_bytes(gtid.sid()).to_string();
-                self.begin(Some(PendingGtid::Mysql {
-                    uuid,
-                    number: gtid.gno(),
-                }));
+        match meaning {
+            Meaning::Described => self.transactions.described(),
+            Meaning::Rotate(rotate) => self.transactions.rotate(&rotate, event),
+            Meaning::Begin(gtid) => {
+                if gtid.is_some() || !self.transactions.in_transaction {
+                    self.transactions.begin(gtid);
+                    self.transaction_rows = 0;
+                }
             }
-            Some(EventData::QueryEvent(query)) => self.query(holder, &query, end, context).await?,
-            Some(EventData::XidEvent(_)) => self.commit(end),
-            Some(EventData::HeartbeatEvent) => {
+            Meaning::Commit => self.commit(place.end),
+            Meaning::Statement(query) => self.statement(holder, &query, place.end, context).await?,
+            Meaning::StatementDml(_) => {
+                self.statement_dml(place);
+                if !self.transactions.in_transaction {
+                    self.commit(place.end);
+                }
+            }
+            Meaning::Heartbeat => {
                 // The source had nothing to send: the reader is caught up.
                 holder.progress.lag_millis = 0;
                 holder.record_progress(false).await;
             }
-            Some(EventData::RowsEvent(rows)) => {
-                let start = end.saturating_sub(u64::from(header.event_size()));
-                self.rows(holder, stream, &rows, header.timestamp(), start)
-                    .await?;
-                if !self.in_transaction {
+            Meaning::Payload => self.transactions.enter_payload(place),
+            Meaning::Rows(rows) => {
+                self.rows(holder, stream, &rows, header.timestamp(), place)?;
+                if !self.transactions.in_transaction {
                     // Row events outside BEGIN ... COMMIT (non-transactional engines) commit alone.
-                    self.commit(end);
+                    self.commit(place.end);
                 }
             }
-            _ => self.pass(end, artificial),
+            Meaning::NoRows => self.transactions.pass(place.end, event),
         }
         Ok(())
     }
 
-    /// MariaDB's GTID event opens a transaction with its GTID.
-    fn mariadb_gtid(&mut self, event: &Event) {
-        let data = event.data();
-        if data.len() >= 13 {
-            let sequence = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
-            let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or_default());
-            // A standalone statement (DDL) has no BEGIN and commits at its QUERY event, so
-            // both kinds open the transaction here.
-            self.begin(Some(PendingGtid::Mariadb {
-                domain,
-                server: event.header().server_id(),
-                sequence,
-            }));
-        }
+    /// Statement-format DML: rows changed that the binlog does not carry as rows. Counted and
+    /// shown on the stream, with its place, never dropped in silence.
+    fn statement_dml(&mut self, place: Place) {
+        let at = format!("{}:{}", self.transactions.file, place.start);
+        tracing::warn!(position = %at, "statement-format DML in the binlog cannot be captured as rows");
+        metrics::counter!("dbtrail_stream_statement_changes_skipped_total").increment(1);
+        self.open_statements.record(at);
     }
 
-    /// A rotate names the binlog file read from now on (and, unless the dump made it up for a
-    /// file it already reads, the place to resume from).
-    fn rotate(&mut self, rotate: &RotateEvent<'_>, artificial: bool) {
-        let mut name = rotate.name_raw().to_vec();
-        // The dump's first rotate comes before the format description, so the event
-        // reader cannot know that its last four bytes are the checksum.
-        if !self.described && self.checksums && name.len() > 4 {
-            name.truncate(name.len() - 4);
-        }
-        self.file = String::from_utf8_lossy(&name).into_owned();
-        if !artificial || self.committed.file != self.file {
-            self.committed = Position {
-                file: self.file.clone(),
-                position: rotate.position(),
-            };
-        }
-    }
-
-    /// A statement ending at `end`: BEGIN, COMMIT, or a DDL statement, which commits alone.
-    async fn query(
+    /// A statement that commits alone (DDL), ending at `end`.
+    async fn statement(
         &mut self,
         holder: &mut Holder,
         query: &QueryEvent<'_>,
         end: u64,
         context: &StepContext,
     ) -> Result<(), SessionEnd> {
+        // The columns of the tables it touches from here on, read before the checkpoint can
+        // pass it (a replay finds them stored).
+        let at = BinlogPoint {
+            file: self.transactions.file.clone(),
+            position: end,
+        };
         let statement = query.query();
-        let trimmed = statement.trim();
-        if trimmed.eq_ignore_ascii_case("BEGIN") {
-            if !self.in_transaction {
-                self.begin(None);
+        let schema = query.schema().into_owned();
+        for (schema, table) in ddl_tables(statement.trim(), &schema) {
+            if !self.tables.has_version_at(&schema, &table, &at) {
+                self.refresh(holder, &schema, &table, &at, context).await?;
             }
-        } else if trimmed.eq_ignore_ascii_case("COMMIT") {
-            self.commit(end);
-        } else {
-            // A DDL statement: the columns of the tables it touches from here on, read
-            // before the checkpoint can pass it (a replay finds them stored).
-            let at = BinlogPoint {
-                file: self.file.clone(),
-                position: end,
-            };
-            let schema = query.schema().into_owned();
-            for (schema, table) in ddl_tables(trimmed, &schema) {
-                if !self.tables.has_version_at(&schema, &table, &at) {
-                    self.refresh(holder, &schema, &table, &at, context).await?;
-                }
-            }
-            self.commit(end);
         }
+        self.commit(end);
         Ok(())
-    }
-
-    /// Any other event ending at `end`: between transactions, a place to resume from; never go
-    /// back (the dump's opening events may carry earlier positions of the file).
-    fn pass(&mut self, end: u64, artificial: bool) {
-        if !self.in_transaction
-            && !artificial
-            && self.committed.file == self.file
-            && end > self.committed.position
-        {
-            self.committed.position = end;
-        }
     }
 
     /// Reads a table's columns again after a DDL statement touched it.
@@ -772,13 +666,13 @@ impl Reader {
 
     /// Buffers the row changes of a rows event of a tracked table, past the rows an earlier
     /// connection stored already.
-    async fn rows(
+    fn rows(
         &mut self,
         holder: &mut Holder,
         stream: &BinlogStream,
         rows: &RowsEventData<'_>,
         timestamp: u32,
-        position: u64,
+        place: Place,
     ) -> Result<(), SessionEnd> {
         let Some(table_map) = stream.get_tme(rows.table_id()) else {
             return Err(SessionEnd::Disconnected(
@@ -788,95 +682,48 @@ impl Reader {
         let schema = table_map.database_name().into_owned();
         let table = table_map.table_name().into_owned();
         let at = BinlogPoint {
-            file: self.file.clone(),
-            position,
+            file: self.transactions.file.clone(),
+            position: place.start,
         };
         let Some(columns) = self.tables.get(&schema, &table, &at).cloned() else {
             // Not tracked (stream_options), or not a table of the snapshot.
+            let count = rows.rows(table_map).count();
+            self.transactions.count_rows(count);
             return Ok(());
         };
-        let operation = operation(rows);
         let committed_at = DateTime::from_timestamp(i64::from(timestamp), 0).unwrap_or_default();
         self.last_event_at = Some(committed_at);
         holder.progress.lag_millis = (Utc::now() - committed_at).num_milliseconds().max(0);
-        for (row_index, row) in rows.rows(table_map).enumerate() {
-            let (before, after) = row.map_err(|error| {
-                SessionEnd::Disconnected(format!(
-                    "a row of {schema}.{table} cannot be decoded: {error}"
+        let mut count = 0;
+        for (index, row) in rows.rows(table_map).enumerate() {
+            count += 1;
+            let undecodable = |error: String| {
+                SessionEnd::Failed(format!(
+                    "a row of {schema}.{table} at {}:{} cannot be decoded: {error}",
+                    self.transactions.file, place.start
                 ))
-            })?;
+            };
+            let (before, after) = row.map_err(|error| undecodable(error.to_string()))?;
             self.transaction_rows += 1;
             if self.skip_rows > 0 {
                 self.skip_rows -= 1;
                 continue;
             }
-            self.batch.push(change(
-                &columns,
-                ChangeRow {
-                    file: &self.file,
-                    position,
-                    row_index,
-                    gtid: &self.gtid_text,
-                    committed_at,
-                    schema: &schema,
-                    table: &table,
-                    operation,
-                },
-                before,
-                after,
-            ));
+            let row = ChangeRow {
+                file: &self.transactions.file,
+                position: place.start,
+                row_index: place.first_row + index,
+                gtid: &self.transactions.gtid_text,
+                committed_at,
+                schema: &schema,
+                table: &table,
+                operation: events::operation(rows),
+            };
+            let change = decode::change(&columns, row, before, after).map_err(undecodable)?;
+            self.batch.push(change);
         }
+        self.transactions.count_rows(count);
         Ok(())
-    }
-}
-
-/// What the rows of a rows event did.
-fn operation(rows: &RowsEventData<'_>) -> ChangeOperation {
-    match rows {
-        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
-            ChangeOperation::Insert
-        }
-        RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
-            ChangeOperation::Delete
-        }
-        _ => ChangeOperation::Update,
-    }
-}
-
-/// Where a row change sits and what it did.
-struct ChangeRow<'a> {
-    file: &'a str,
-    position: u64,
-    row_index: usize,
-    gtid: &'a str,
-    committed_at: DateTime<Utc>,
-    schema: &'a str,
-    table: &'a str,
-    operation: ChangeOperation,
-}
-
-fn change(
-    columns: &TableColumns,
-    row: ChangeRow<'_>,
-    before: Option<mysql_async::binlog::row::BinlogRow>,
-    after: Option<mysql_async::binlog::row::BinlogRow>,
-) -> RowChange {
-    let before = before.map(|image| decode::row_json(image, columns));
-    let after = after.map(|image| decode::row_json(image, columns));
-    let key_image = after.as_ref().or(before.as_ref());
-    let primary_key = key_image.and_then(|image| decode::primary_key(image, columns));
-    RowChange {
-        binlog_file: row.file.to_owned(),
-        binlog_position: i64::try_from(row.position).unwrap_or(i64::MAX),
-        row_index: i32::try_from(row.row_index).unwrap_or(i32::MAX),
-        gtid: row.gtid.to_owned(),
-        committed_at: row.committed_at,
-        schema: row.schema.to_owned(),
-        table: row.table.to_owned(),
-        operation: row.operation,
-        primary_key,
-        before: before.map(serde_json::Value::Object),
-        after: after.map(serde_json::Value::Object),
     }
 }
 

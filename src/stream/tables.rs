@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use mysql_async::Conn;
 
-use super::decode::{ColumnInfo, ColumnKind, TableColumns};
 use crate::{
     domain::server::StreamOptions,
     onboarding::{MysqlFailure, SnapshotLimits, Table, connection::mysql::Endpoint, read_tables},
+    source::decode::{ColumnInfo, ColumnKind, TableColumns},
     store::SnapshotVersion,
 };
 

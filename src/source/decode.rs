@@ -1,13 +1,23 @@
 //! Row images to JSON (streaming.md §4): each binlog value by its column's declared type, named
 //! from the table's columns. Integers beyond 2^53 become strings, DECIMAL a string, temporal
-//! types ISO or RFC 3339 strings, binary base64, JSON columns JSON, NULL null.
+//! types ISO or RFC 3339 strings, binary base64, JSON columns JSON (MySQL's binary JSON and its
+//! partial updates included), ENUM and SET their members, NULL null.
 
 use base64::Engine;
-use mysql_async::{
-    Value,
-    binlog::{row::BinlogRow, value::BinlogValue},
+use chrono::{DateTime, Utc};
+use mysql_common::{
+    binlog::{
+        events::{OptionalMetaExtractor, TableMapEvent},
+        row::BinlogRow,
+        value::BinlogValue,
+    },
+    constants::ColumnType,
+    value::Value,
 };
 use serde_json::{Map, Value as Json};
+
+use super::jsondiff;
+use crate::domain::{ChangeOperation, change::RowChange};
 
 /// Largest integer a JSON number carries exactly.
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -18,6 +28,8 @@ pub enum ColumnKind {
     Signed,
     /// Unsigned integer of this many bits: the binlog carries it as a signed one.
     Unsigned(u32),
+    /// YEAR: a number, 0 for the year 0000.
+    Year,
     Decimal,
     Float,
     Date,
@@ -88,9 +100,10 @@ impl ColumnKind {
             "mediumint" if unsigned => ColumnKind::Unsigned(24),
             "int" | "integer" if unsigned => ColumnKind::Unsigned(32),
             "bigint" if unsigned => ColumnKind::Unsigned(64),
-            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year" => {
+            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => {
                 ColumnKind::Signed
             }
+            "year" => ColumnKind::Year,
             "decimal" | "numeric" => ColumnKind::Decimal,
             "float" | "double" | "real" => ColumnKind::Float,
             "date" => ColumnKind::Date,
@@ -133,27 +146,52 @@ fn from_int(value: i64, kind: &ColumnKind) -> Json {
             };
             integer(value as u64 & mask, false)
         }
+        // Without the members (a binlog without full metadata, read offline), the index.
+        ColumnKind::Enum(members) if members.is_empty() => Json::from(value),
         ColumnKind::Enum(members) => usize::try_from(value)
             .ok()
             .and_then(|index| members.get(index.checked_sub(1)?))
             .map_or(Json::String(String::new()), |member| {
                 Json::String(member.clone())
             }),
-        ColumnKind::Set(members) => Json::String(
-            members
-                .iter()
-                .enumerate()
-                .filter(|(bit, _)| *bit < 64 && value as u64 & (1 << bit) != 0)
-                .map(|(_, member)| member.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        ColumnKind::Set(members) => set_members(value as u64, members),
         _ => integer(value.unsigned_abs(), value < 0),
     }
 }
 
+/// A SET's bitmap as its members joined by commas (the bitmap itself without the members).
+fn set_members(bits: u64, members: &[String]) -> Json {
+    if members.is_empty() {
+        return Json::from(bits);
+    }
+    Json::String(
+        members
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| *bit < 64 && bits & (1 << bit) != 0)
+            .map(|(_, member)| member.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
 fn from_bytes(bytes: Vec<u8>, kind: &ColumnKind) -> Json {
     match kind {
+        // The binlog carries a SET as its bitmap, little-endian, 1 to 8 bytes.
+        ColumnKind::Set(members) => {
+            let bits = bytes
+                .iter()
+                .take(8)
+                .rev()
+                .fold(0u64, |bits, byte| bits << 8 | u64::from(*byte));
+            set_members(bits, members)
+        }
+        // mysql_common reads YEAR as 1900 + the stored byte, whose 0 means the year 0000.
+        ColumnKind::Year => match String::from_utf8_lossy(&bytes).parse::<u64>() {
+            Ok(1900) => Json::from(0),
+            Ok(year) => Json::from(year),
+            Err(_) => Json::String(String::from_utf8_lossy(&bytes).into_owned()),
+        },
         ColumnKind::Binary => Json::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
         ColumnKind::Json => serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned())),
@@ -212,36 +250,51 @@ pub fn value_json(value: Value, kind: &ColumnKind) -> Json {
 }
 
 /// The column index a binlog column stands for: `@3` names the fourth column when the binlog
-/// carries no names.
+/// carries no names (mysql_common counts from 0).
 fn column_index(name: &str) -> Option<usize> {
     name.strip_prefix('@')?.parse().ok()
 }
 
-/// A row image as a JSON object keyed by column name.
-pub fn row_json(row: BinlogRow, table: &TableColumns) -> Map<String, Json> {
+/// A row image as a JSON object keyed by column name. A JSON column's partial update is applied
+/// to the same column of `before`, the image already decoded.
+pub fn row_json(
+    row: BinlogRow,
+    table: &TableColumns,
+    before: Option<&Map<String, Json>>,
+) -> Result<Map<String, Json>, String> {
     let columns = row.columns();
     let values = row.unwrap();
     let mut object = Map::new();
     for (position, (column, value)) in columns.iter().zip(values).enumerate() {
         let binlog_name = column.name_str();
-        let index = column_index(&binlog_name).unwrap_or(position);
-        let info = table
-            .columns
-            .iter()
-            .find(|info| info.name == binlog_name)
-            .or_else(|| table.columns.get(index));
+        // A positional name stands for its column; a real one (full row metadata) is looked up.
+        let info = match column_index(&binlog_name) {
+            Some(index) => table.columns.get(index),
+            None => table
+                .columns
+                .iter()
+                .find(|info| info.name == binlog_name)
+                .or_else(|| table.columns.get(position)),
+        };
         let (name, kind) = match info {
             Some(info) => (info.name.clone(), &info.kind),
             None => (binlog_name.into_owned(), &ColumnKind::Text),
         };
         let json = match value {
             BinlogValue::Value(value) => value_json(value, kind),
-            other => Value::try_from(other)
-                .map_or(Json::Null, |value| value_json(value, &ColumnKind::Json)),
+            BinlogValue::Jsonb(value) => jsondiff::jsonb_to_json(&value)?,
+            BinlogValue::JsonDiff(diffs) => {
+                let Some(previous) = before.and_then(|image| image.get(&name)) else {
+                    return Err(format!(
+                        "a partial JSON update of column {name} came without its before image"
+                    ));
+                };
+                jsondiff::apply(previous, &diffs)?
+            }
         };
         object.insert(name, json);
     }
-    object
+    Ok(object)
 }
 
 /// The primary-key columns of a row image (empty when the table has none).
@@ -255,6 +308,145 @@ pub fn primary_key(row: &Map<String, Json>, table: &TableColumns) -> Option<Json
         .map(|name| (name.clone(), row.get(name).cloned().unwrap_or(Json::Null)))
         .collect();
     Some(Json::Object(key))
+}
+
+/// Where a row change sits and what it did.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeRow<'a> {
+    pub file: &'a str,
+    /// The rows event's place; for the events of a compressed transaction, the payload's.
+    pub position: u64,
+    /// The row's place among the rows of that event (or payload).
+    pub row_index: usize,
+    pub gtid: &'a str,
+    pub committed_at: DateTime<Utc>,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub operation: ChangeOperation,
+}
+
+/// One row change with its images decoded.
+pub fn change(
+    columns: &TableColumns,
+    row: ChangeRow<'_>,
+    before: Option<BinlogRow>,
+    after: Option<BinlogRow>,
+) -> Result<RowChange, String> {
+    let before = before
+        .map(|image| row_json(image, columns, None))
+        .transpose()?;
+    let after = after
+        .map(|image| row_json(image, columns, before.as_ref()))
+        .transpose()?;
+    let key_image = after.as_ref().or(before.as_ref());
+    let primary_key = key_image.and_then(|image| primary_key(image, columns));
+    Ok(RowChange {
+        binlog_file: row.file.to_owned(),
+        binlog_position: i64::try_from(row.position).unwrap_or(i64::MAX),
+        row_index: i32::try_from(row.row_index).unwrap_or(i32::MAX),
+        gtid: row.gtid.to_owned(),
+        committed_at: row.committed_at,
+        schema: row.schema.to_owned(),
+        table: row.table.to_owned(),
+        operation: row.operation,
+        primary_key,
+        before: before.map(Json::Object),
+        after: after.map(Json::Object),
+    })
+}
+
+/// The binary character set: a string column of it holds bytes.
+const BINARY_CHARSET: u16 = 63;
+
+/// A table's columns as its table map describes them, for reading a binlog without the source:
+/// names from the full row metadata (`binlog_row_metadata=FULL`), else `@1`, `@2`... as
+/// mysqlbinlog prints them; kinds from the column types and the metadata that is there.
+pub fn table_map_columns(table_map: &TableMapEvent<'_>) -> TableColumns {
+    let count = usize::try_from(table_map.columns_count()).unwrap_or_default();
+    let meta = OptionalMetaExtractor::new(table_map.iter_optional_meta()).ok();
+    let names: Vec<String> = meta
+        .as_ref()
+        .map(|meta| {
+            meta.iter_column_name()
+                .filter_map(|name| Some(name.ok()?.name().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut unsigned = meta
+        .as_ref()
+        .map(|meta| meta.iter_signedness().take(count).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter();
+    let mut charsets = meta
+        .as_ref()
+        // The default charset repeats for ever: at most one a column.
+        .map(|meta| {
+            meta.iter_charset()
+                .take(count)
+                .filter_map(Result::ok)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter();
+    let columns = (0..count)
+        .map(|index| {
+            let column_type = table_map.get_column_type(index).ok().flatten();
+            let numeric = column_type.is_some_and(|kind| kind.is_numeric_type());
+            let is_unsigned = numeric && unsigned.next().unwrap_or(false);
+            let character = column_type.is_some_and(|kind| kind.is_character_type());
+            let binary = character && charsets.next() == Some(BINARY_CHARSET);
+            ColumnInfo {
+                name: names
+                    .get(index)
+                    .cloned()
+                    .unwrap_or_else(|| format!("@{}", index + 1)),
+                kind: binlog_kind(column_type, is_unsigned, binary),
+            }
+        })
+        .collect::<Vec<_>>();
+    let primary_key = meta
+        .as_ref()
+        .map(|meta| {
+            meta.iter_primary_key()
+                .filter_map(|index| columns.get(usize::try_from(index.ok()?).ok()?))
+                .map(|column| column.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    TableColumns {
+        columns,
+        primary_key,
+    }
+}
+
+/// A column's kind from its binlog type.
+fn binlog_kind(column_type: Option<ColumnType>, unsigned: bool, binary: bool) -> ColumnKind {
+    use ColumnType::*;
+    let Some(column_type) = column_type else {
+        return ColumnKind::Text;
+    };
+    match column_type {
+        MYSQL_TYPE_TINY if unsigned => ColumnKind::Unsigned(8),
+        MYSQL_TYPE_SHORT if unsigned => ColumnKind::Unsigned(16),
+        MYSQL_TYPE_INT24 if unsigned => ColumnKind::Unsigned(24),
+        MYSQL_TYPE_LONG if unsigned => ColumnKind::Unsigned(32),
+        MYSQL_TYPE_LONGLONG if unsigned => ColumnKind::Unsigned(64),
+        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG
+        | MYSQL_TYPE_LONGLONG => ColumnKind::Signed,
+        MYSQL_TYPE_YEAR => ColumnKind::Year,
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => ColumnKind::Decimal,
+        MYSQL_TYPE_FLOAT | MYSQL_TYPE_DOUBLE => ColumnKind::Float,
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => ColumnKind::Date,
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => ColumnKind::DateTime,
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => ColumnKind::Timestamp,
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => ColumnKind::Time,
+        MYSQL_TYPE_JSON => ColumnKind::Json,
+        MYSQL_TYPE_ENUM => ColumnKind::Enum(Vec::new()),
+        MYSQL_TYPE_SET => ColumnKind::Set(Vec::new()),
+        MYSQL_TYPE_BIT | MYSQL_TYPE_GEOMETRY => ColumnKind::Binary,
+        _ if binary => ColumnKind::Binary,
+        _ => ColumnKind::Text,
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +468,32 @@ mod tests {
             ColumnKind::Enum(vec!["a".into(), "it's".into()])
         );
         assert_eq!(ColumnKind::of("varbinary(16)", false), ColumnKind::Binary);
+        assert_eq!(ColumnKind::of("year(4)", false), ColumnKind::Year);
+    }
+
+    #[test]
+    fn sets_years_and_bare_enums_map_as_the_binlog_carries_them() {
+        let set = ColumnKind::Set(vec!["a".into(), "b".into(), "c".into()]);
+        assert_eq!(
+            value_json(Value::Bytes(vec![0b101]), &set),
+            Json::String("a,c".into())
+        );
+        assert_eq!(
+            value_json(Value::Bytes(vec![0, 1]), &ColumnKind::Set(Vec::new())),
+            Json::from(256)
+        );
+        assert_eq!(
+            value_json(Value::Bytes(b"2024".to_vec()), &ColumnKind::Year),
+            Json::from(2024)
+        );
+        assert_eq!(
+            value_json(Value::Bytes(b"1900".to_vec()), &ColumnKind::Year),
+            Json::from(0)
+        );
+        assert_eq!(
+            value_json(Value::Int(2), &ColumnKind::Enum(Vec::new())),
+            Json::from(2)
+        );
     }
 
     #[test]

@@ -1,0 +1,419 @@
+//! What each binlog event means to a reader of row changes, for MySQL (5.7 to 9.x, Aurora) and
+//! MariaDB alike (streaming.md §6): where transactions begin and commit, their GTIDs, where a
+//! reader may resume, which events carry rows, and which carry none. An event this module cannot
+//! classify is an error naming its type and place, never a silent skip.
+//!
+//! MySQL 8's compressed transactions (TRANSACTION_PAYLOAD) hold a whole transaction's events,
+//! each with position 0: their rows are placed at the payload's start, numbered across the
+//! payload, and the transaction commits at the payload's end.
+
+use mysql_common::binlog::{
+    consts::EventFlags,
+    events::{Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData},
+};
+
+use super::gtid::{Gtid, GtidSet};
+use crate::domain::ChangeOperation;
+
+/// A place in a binlog: a file and a byte offset in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub file: String,
+    pub position: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}:{}", self.file, self.position)
+    }
+}
+
+/// MariaDB's GTID event, which mysql_common does not parse.
+const MARIADB_GTID_EVENT: u8 = 0xa2;
+/// MySQL 8.0.26+'s heartbeat, which mysql_common does not know.
+const HEARTBEAT_V2_EVENT: u8 = 0x29;
+
+/// Events that carry no row and change no transaction state, by type code and name.
+const WITHOUT_ROWS: &[(u8, &str)] = &[
+    (0x03, "STOP"),
+    (0x05, "INTVAR"),
+    (0x09, "APPEND_BLOCK"),
+    (0x0d, "RAND"),
+    (0x0e, "USER_VAR"),
+    (0x11, "BEGIN_LOAD_QUERY"),
+    (0x13, "TABLE_MAP"),
+    (0x1c, "IGNORABLE"),
+    (0x1d, "ROWS_QUERY"),
+    (0x23, "PREVIOUS_GTIDS"),
+    (0x24, "TRANSACTION_CONTEXT"),
+    (0x25, "VIEW_CHANGE"),
+    // Aurora MySQL pads its binlog with these.
+    (0x64, "AURORA_PADDING"),
+    (0xa0, "MARIADB_ANNOTATE_ROWS"),
+    (0xa1, "MARIADB_BINLOG_CHECKPOINT"),
+    (0xa3, "MARIADB_GTID_LIST"),
+    (0xa4, "MARIADB_START_ENCRYPTION"),
+];
+
+/// Events that carry rows in a form no reader here decodes, with the way out.
+const REFUSED: &[(u8, &str)] = &[
+    (
+        0xa5,
+        "MARIADB_QUERY_COMPRESSED: turn log_bin_compress off on the source",
+    ),
+    (
+        0xa6,
+        "MARIADB_WRITE_ROWS_COMPRESSED: turn log_bin_compress off on the source",
+    ),
+    (
+        0xa7,
+        "MARIADB_UPDATE_ROWS_COMPRESSED: turn log_bin_compress off on the source",
+    ),
+    (
+        0xa8,
+        "MARIADB_DELETE_ROWS_COMPRESSED: turn log_bin_compress off on the source",
+    ),
+    (
+        0xa9,
+        "MARIADB_WRITE_ROWS_COMPRESSED_V1: turn log_bin_compress off on the source",
+    ),
+    (
+        0xaa,
+        "MARIADB_UPDATE_ROWS_COMPRESSED_V1: turn log_bin_compress off on the source",
+    ),
+    (
+        0xab,
+        "MARIADB_DELETE_ROWS_COMPRESSED_V1: turn log_bin_compress off on the source",
+    ),
+    (
+        0x1a,
+        "INCIDENT: the source recorded that changes may be missing from its binlog \
+         (e.g. LOST_EVENTS); check the source and restart the stream past it once accounted for",
+    ),
+];
+
+/// What one event means.
+pub enum Meaning<'a> {
+    /// The binlog's format description.
+    Described,
+    /// A new binlog file (or, artificial, the file the dump starts in).
+    Rotate(RotateEvent<'a>),
+    /// A transaction opens, with its GTID when it has one.
+    Begin(Option<Gtid>),
+    /// The open transaction commits.
+    Commit,
+    /// Row changes.
+    Rows(RowsEventData<'a>),
+    /// A DDL statement (or another statement that commits alone).
+    Statement(QueryEvent<'a>),
+    /// Statement-format DML: rows changed that the binlog does not carry as rows.
+    StatementDml(String),
+    /// The source had nothing to send.
+    Heartbeat,
+    /// A compressed transaction: its events follow, each at position 0.
+    Payload,
+    /// An event that carries no rows.
+    NoRows,
+}
+
+/// What a statement does to a transaction.
+fn statement_meaning(query: QueryEvent<'_>) -> Meaning<'_> {
+    let text = query.query();
+    let words: Vec<String> = strip_comments(&text)
+        .split_whitespace()
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let first = words.first().map_or("", String::as_str);
+    let second = words.get(1).map_or("", String::as_str);
+    match (first, second) {
+        ("BEGIN", _) | ("XA", "START" | "BEGIN") | ("START", "TRANSACTION") => Meaning::Begin(None),
+        ("COMMIT", _) | ("XA", "COMMIT" | "ROLLBACK") => Meaning::Commit,
+        ("ROLLBACK", "TO") | ("SAVEPOINT", _) | ("XA", _) | ("RELEASE", _) => Meaning::NoRows,
+        // A transaction that touched a non-transactional table and rolled back: what the binlog
+        // holds of it up to here stays, and the group ends.
+        ("ROLLBACK", _) => Meaning::Commit,
+        ("INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD", _) => {
+            Meaning::StatementDml(text.into_owned())
+        }
+        _ => Meaning::Statement(query),
+    }
+}
+
+/// The statement without the comments before its first word.
+fn strip_comments(text: &str) -> &str {
+    let mut rest = text.trim_start();
+    while let Some(comment) = rest.strip_prefix("/*") {
+        rest = comment
+            .split_once("*/")
+            .map_or("", |(_, after)| after)
+            .trim_start();
+    }
+    rest
+}
+
+/// The GTID of MySQL's GTID event, tagged or not.
+fn mysql_gtid(event: &GtidEvent) -> Gtid {
+    Gtid::Mysql {
+        uuid: uuid::Uuid::from_bytes(event.sid()).to_string(),
+        tag: event.tag().map(ToString::to_string).unwrap_or_default(),
+        number: event.gno(),
+    }
+}
+
+/// MariaDB's GTID event: sequence (8 bytes), domain (4), flags; the server id is the header's.
+fn mariadb_gtid(event: &Event) -> Result<Gtid, String> {
+    let data = event.data();
+    let (Some(sequence), Some(domain)) = (data.get(0..8), data.get(8..12)) else {
+        return Err("a MariaDB GTID event is too short".into());
+    };
+    let mut sequence_bytes = [0; 8];
+    sequence_bytes.copy_from_slice(sequence);
+    let mut domain_bytes = [0; 4];
+    domain_bytes.copy_from_slice(domain);
+    Ok(Gtid::Mariadb {
+        domain: u32::from_le_bytes(domain_bytes),
+        server: event.header().server_id(),
+        sequence: u64::from_le_bytes(sequence_bytes),
+    })
+}
+
+/// What `event` means, or why it cannot be read (its type named).
+pub fn classify(event: &Event) -> Result<Meaning<'_>, String> {
+    let code = event.header().event_type_raw();
+    match code {
+        MARIADB_GTID_EVENT => return mariadb_gtid(event).map(|gtid| Meaning::Begin(Some(gtid))),
+        HEARTBEAT_V2_EVENT => return Ok(Meaning::Heartbeat),
+        _ => {}
+    }
+    if let Some((_, reason)) = REFUSED.iter().find(|(known, _)| *known == code) {
+        return Err(format!("the binlog holds a {reason}"));
+    }
+    if WITHOUT_ROWS.iter().any(|(known, _)| *known == code) {
+        return Ok(Meaning::NoRows);
+    }
+    let data = event
+        .read_data()
+        .map_err(|error| format!("a binlog event of type {code} cannot be read: {error}"))?;
+    let meaning = match data {
+        Some(EventData::FormatDescriptionEvent(_)) => Meaning::Described,
+        Some(EventData::RotateEvent(rotate)) => Meaning::Rotate(rotate),
+        Some(EventData::GtidEvent(gtid)) => Meaning::Begin(Some(mysql_gtid(&gtid))),
+        // gtid_mode OFF: the transaction has no GTID.
+        Some(EventData::AnonymousGtidEvent(_)) => Meaning::Begin(None),
+        Some(EventData::QueryEvent(query)) => statement_meaning(query),
+        // XA PREPARE ends the binlog's group of an XA transaction's events.
+        Some(EventData::XidEvent(_) | EventData::XaPrepareLogEvent(_)) => Meaning::Commit,
+        Some(EventData::RowsEvent(rows)) => Meaning::Rows(rows),
+        Some(EventData::HeartbeatEvent) => Meaning::Heartbeat,
+        Some(EventData::TransactionPayloadEvent(_)) => Meaning::Payload,
+        Some(EventData::ExecuteLoadQueryEvent(_)) => {
+            Meaning::StatementDml("LOAD DATA (statement format)".into())
+        }
+        _ => {
+            return Err(format!(
+                "the binlog holds an event of type {code} that dbtrail cannot classify"
+            ));
+        }
+    };
+    Ok(meaning)
+}
+
+/// What the rows of a rows event did.
+pub fn operation(rows: &RowsEventData<'_>) -> ChangeOperation {
+    match rows {
+        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => {
+            ChangeOperation::Insert
+        }
+        RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+            ChangeOperation::Delete
+        }
+        _ => ChangeOperation::Update,
+    }
+}
+
+/// A compressed transaction being read.
+#[derive(Debug, Clone, Copy)]
+struct Payload {
+    start: u64,
+    end: u64,
+    /// Rows read from it so far: the next row's index.
+    rows: usize,
+    committed: bool,
+}
+
+/// Where one event sits: its start (where its rows are placed), its end, and the index of its
+/// first row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub start: u64,
+    pub end: u64,
+    pub first_row: usize,
+}
+
+/// The transaction state of a reader between events: the binlog file, where a restart may
+/// begin, the open transaction and its GTID, the GTID set so far, and the compressed
+/// transaction being read.
+#[derive(Debug, Clone)]
+pub struct Transactions {
+    /// The binlog file being read.
+    pub file: String,
+    /// The end of the last complete transaction (where a restart may begin).
+    pub committed: Position,
+    pub in_transaction: bool,
+    /// The current transaction's GTID, added to the set at its commit.
+    gtid: Option<Gtid>,
+    /// The same, as text for the rows.
+    pub gtid_text: String,
+    pub gtids: GtidSet,
+    payload: Option<Payload>,
+    /// Whether the format description arrived: before it, a rotate's footer is read as its name.
+    described: bool,
+    /// Whether events carry a CRC32 footer (`binlog_checksum` is not NONE).
+    checksums: bool,
+}
+
+impl Transactions {
+    /// The state of a reader that starts at `start`, after the GTID set `gtids`.
+    pub fn new(start: Position, gtids: GtidSet, checksums: bool) -> Transactions {
+        Transactions {
+            file: start.file.clone(),
+            committed: start,
+            in_transaction: false,
+            gtid: None,
+            gtid_text: String::new(),
+            gtids,
+            payload: None,
+            described: false,
+            checksums,
+        }
+    }
+
+    /// Where `event` sits. The events of a compressed transaction carry position 0: they sit at
+    /// the payload. An event after the payload that is not part of it ends it; a payload
+    /// whose transaction did not commit inside it could not be read whole, and is an error.
+    pub fn place(&mut self, event: &Event) -> Result<Place, String> {
+        let header = event.header();
+        let end = u64::from(header.log_pos());
+        if let Some(payload) = self.payload {
+            if end == 0 {
+                return Ok(Place {
+                    start: payload.start,
+                    end: payload.end,
+                    first_row: payload.rows,
+                });
+            }
+            self.payload = None;
+            if !payload.committed {
+                return Err(format!(
+                    "the compressed transaction (TRANSACTION_PAYLOAD) at {}:{} could not be read \
+                     whole: its events end without a commit",
+                    self.file, payload.start
+                ));
+            }
+        }
+        Ok(Place {
+            start: end.saturating_sub(u64::from(header.event_size())),
+            end,
+            first_row: 0,
+        })
+    }
+
+    /// A compressed transaction at `place` begins.
+    pub fn enter_payload(&mut self, place: Place) {
+        self.payload = Some(Payload {
+            start: place.start,
+            end: place.end,
+            rows: 0,
+            committed: false,
+        });
+    }
+
+    /// `count` rows of a compressed transaction were read.
+    pub fn count_rows(&mut self, count: usize) {
+        if let Some(payload) = &mut self.payload {
+            payload.rows += count;
+        }
+    }
+
+    /// A transaction opens.
+    pub fn begin(&mut self, gtid: Option<Gtid>) {
+        self.in_transaction = true;
+        self.gtid_text = gtid.as_ref().map(Gtid::to_string).unwrap_or_default();
+        self.gtid = gtid;
+    }
+
+    /// The open transaction (or a statement alone) commits at `end`.
+    pub fn commit(&mut self, end: u64) {
+        if let Some(gtid) = self.gtid.take() {
+            self.gtids.add(&gtid);
+        }
+        if let Some(payload) = &mut self.payload {
+            payload.committed = true;
+        }
+        self.committed = Position {
+            file: self.file.clone(),
+            position: end,
+        };
+        self.in_transaction = false;
+        self.gtid_text.clear();
+    }
+
+    /// The format description arrived.
+    pub fn described(&mut self) {
+        self.described = true;
+    }
+
+    /// A rotate names the binlog file read from now on (and, unless the dump made it up for a
+    /// file it already reads, the place to resume from).
+    pub fn rotate(&mut self, rotate: &RotateEvent<'_>, event: &Event) {
+        let artificial = is_artificial(event);
+        let mut name = rotate.name_raw().to_vec();
+        // The dump's first rotate comes before the format description, so the event
+        // reader cannot know that its last four bytes are the checksum.
+        if !self.described && self.checksums && name.len() > 4 {
+            name.truncate(name.len() - 4);
+        }
+        self.file = String::from_utf8_lossy(&name).into_owned();
+        if !artificial || self.committed.file != self.file {
+            self.committed = Position {
+                file: self.file.clone(),
+                position: rotate.position(),
+            };
+        }
+    }
+
+    /// An event that changes nothing, ending at `end`: between transactions, a place to resume
+    /// from; never go back (the dump's opening events may carry earlier positions of the file).
+    pub fn pass(&mut self, end: u64, event: &Event) {
+        if !self.in_transaction
+            && self.payload.is_none()
+            && !is_artificial(event)
+            && self.committed.file == self.file
+            && end > self.committed.position
+        {
+            self.committed.position = end;
+        }
+    }
+}
+
+fn is_artificial(event: &Event) -> bool {
+    event
+        .header()
+        .flags()
+        .contains(EventFlags::LOG_EVENT_ARTIFICIAL_F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_before_a_statement_are_skipped() {
+        assert_eq!(
+            strip_comments("  /* app=shop */ /* x */INSERT INTO t VALUES (1)"),
+            "INSERT INTO t VALUES (1)"
+        );
+        assert_eq!(strip_comments("/* unterminated"), "");
+    }
+}
