@@ -48,11 +48,16 @@ pub struct SshTunnel {
     pub host_key_fingerprint: Option<HostKeyFingerprint>,
 }
 
-/// What the binlog stream covers.
+/// What the binlog stream covers (streaming.md §6): the rows of the tables that
+/// [`StreamOptions::includes`] admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamOptions {
+    /// The schemas to capture; every schema when empty.
     pub schemas: Vec<Identifier>,
+    /// The tables to capture; every table of those schemas when empty.
     pub tables: Vec<QualifiedTable>,
+    /// Tables never captured, whatever the two lists above say.
+    pub exclude_tables: Vec<QualifiedTable>,
     pub ssl_mode: SslMode,
 }
 
@@ -61,8 +66,26 @@ impl Default for StreamOptions {
         StreamOptions {
             schemas: Vec::new(),
             tables: Vec::new(),
+            exclude_tables: Vec::new(),
             ssl_mode: SslMode::Preferred,
         }
+    }
+}
+
+impl StreamOptions {
+    /// Whether the rows of `schema.table` are captured: its schema is listed (or none is), and
+    /// it is listed (or no table is), and it is not excluded. The one statement of the rule: the
+    /// snapshot and the live stream both ask it. Names compare exactly, as the binlog spells them.
+    pub fn includes(&self, schema: &str, table: &str) -> bool {
+        let is = |listed: &QualifiedTable| listed.parts() == (schema, table);
+        (self.schemas.is_empty() || self.schemas.iter().any(|listed| listed.as_str() == schema))
+            && (self.tables.is_empty() || self.tables.iter().any(is))
+            && !self.exclude_tables.iter().any(is)
+    }
+
+    /// Whether any list narrows the capture (else every user table is captured).
+    pub fn filters(&self) -> bool {
+        !(self.schemas.is_empty() && self.tables.is_empty() && self.exclude_tables.is_empty())
     }
 }
 
@@ -108,6 +131,7 @@ pub struct SshTunnelInput {
 pub struct StreamOptionsInput {
     pub schemas: Vec<String>,
     pub tables: Vec<String>,
+    pub exclude_tables: Vec<String>,
     pub ssl_mode: Option<SslMode>,
 }
 
@@ -143,6 +167,7 @@ pub enum UpdateField {
     StreamOptions,
     StreamOptionsSchemas,
     StreamOptionsTables,
+    StreamOptionsExcludeTables,
     StreamOptionsSslMode,
     Labels,
 }
@@ -196,6 +221,7 @@ impl UpdateField {
             "stream_options" => UpdateField::StreamOptions,
             "stream_options.schemas" => UpdateField::StreamOptionsSchemas,
             "stream_options.tables" => UpdateField::StreamOptionsTables,
+            "stream_options.exclude_tables" => UpdateField::StreamOptionsExcludeTables,
             "stream_options.ssl_mode" => UpdateField::StreamOptionsSslMode,
             "labels" => UpdateField::Labels,
             _ => return None,
@@ -230,6 +256,9 @@ impl UpdateField {
             UpdateField::StreamOptions => merged.stream_options = request.stream_options.clone(),
             UpdateField::StreamOptionsSchemas => stream(merged).schemas = request_stream.schemas,
             UpdateField::StreamOptionsTables => stream(merged).tables = request_stream.tables,
+            UpdateField::StreamOptionsExcludeTables => {
+                stream(merged).exclude_tables = request_stream.exclude_tables
+            }
             UpdateField::StreamOptionsSslMode => stream(merged).ssl_mode = request_stream.ssl_mode,
             UpdateField::Labels => merged.labels = request.labels.clone(),
         }
@@ -265,6 +294,7 @@ impl ServerInput {
             stream_options: Some(StreamOptionsInput {
                 schemas: texts(&spec.stream_options.schemas),
                 tables: texts(&spec.stream_options.tables),
+                exclude_tables: texts(&spec.stream_options.exclude_tables),
                 ssl_mode: Some(spec.stream_options.ssl_mode),
             }),
             labels: spec.labels.as_map().clone(),
@@ -444,9 +474,16 @@ fn validate_stream_options(
         QualifiedTable::parse,
         violations,
     );
+    let exclude_tables = parse_each(
+        &options.exclude_tables,
+        &format!("{prefix}exclude_tables"),
+        QualifiedTable::parse,
+        violations,
+    );
     Some(StreamOptions {
         schemas: schemas?,
         tables: tables?,
+        exclude_tables: exclude_tables?,
         ssl_mode: options.ssl_mode.unwrap_or(SslMode::Preferred),
     })
 }
@@ -1052,6 +1089,13 @@ mod tests {
             Some(OnboardingStep::Snapshotting)
         );
 
+        let mut excluding = old.clone();
+        excluding.stream_options.exclude_tables = vec![QualifiedTable::parse("shop.log").unwrap()];
+        assert_eq!(
+            old.restart_point(&excluding, &none),
+            Some(OnboardingStep::Snapshotting)
+        );
+
         let mut tunnelled = old.clone();
         tunnelled.connection_method = ConnectionMethod::SshTunnel;
         tunnelled.ssh_tunnel = Some(SshTunnel {
@@ -1078,6 +1122,143 @@ mod tests {
         assert_eq!(merged.name, "renamed");
         assert_eq!(merged.host, "10.0.3.17");
         assert_eq!(merged.mysql_password, None);
+    }
+
+    fn options(schemas: &[&str], tables: &[&str], exclude_tables: &[&str]) -> StreamOptions {
+        let qualified = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| QualifiedTable::parse(name).unwrap())
+                .collect()
+        };
+        StreamOptions {
+            schemas: schemas
+                .iter()
+                .map(|name| Identifier::parse(name).unwrap())
+                .collect(),
+            tables: qualified(tables),
+            exclude_tables: qualified(exclude_tables),
+            ssl_mode: SslMode::Preferred,
+        }
+    }
+
+    #[test]
+    fn empty_stream_options_include_every_table() {
+        let all = StreamOptions::default();
+        assert!(all.includes("shop", "orders"));
+        assert!(all.includes("audit", "log"));
+        assert!(!all.filters());
+    }
+
+    #[test]
+    fn schemas_and_tables_must_both_admit_a_table() {
+        let shop_orders = options(&["shop"], &["shop.orders"], &[]);
+        assert!(shop_orders.includes("shop", "orders"));
+        // Listed schema, unlisted table: the union rule let it in.
+        assert!(!shop_orders.includes("shop", "ignored"));
+        assert!(!shop_orders.includes("audit", "orders"));
+
+        // A listed table outside the listed schemas is not captured either.
+        let elsewhere = options(&["shop"], &["audit.log"], &[]);
+        assert!(!elsewhere.includes("audit", "log"));
+        assert!(!elsewhere.includes("shop", "orders"));
+
+        let schemas_only = options(&["shop", "crm"], &[], &[]);
+        assert!(schemas_only.includes("shop", "anything"));
+        assert!(schemas_only.includes("crm", "people"));
+        assert!(!schemas_only.includes("audit", "log"));
+
+        let tables_only = options(&[], &["shop.orders", "audit.log"], &[]);
+        assert!(tables_only.includes("audit", "log"));
+        assert!(!tables_only.includes("audit", "other"));
+        assert!(!tables_only.includes("shop", "log"));
+        assert!(tables_only.filters());
+    }
+
+    #[test]
+    fn excluded_tables_stay_out_whatever_else_lists_them() {
+        let whole_schema = options(&["shop"], &[], &["shop.sessions"]);
+        assert!(whole_schema.includes("shop", "orders"));
+        assert!(!whole_schema.includes("shop", "sessions"));
+
+        let everything_but = options(&[], &[], &["shop.sessions", "audit.log"]);
+        assert!(everything_but.filters());
+        assert!(everything_but.includes("crm", "sessions"));
+        assert!(!everything_but.includes("audit", "log"));
+
+        let listed_and_excluded = options(&[], &["shop.orders"], &["shop.orders"]);
+        assert!(!listed_and_excluded.includes("shop", "orders"));
+    }
+
+    #[test]
+    fn names_compare_exactly() {
+        let excluded = options(&["shop"], &[], &["shop.Orders"]);
+        assert!(excluded.includes("shop", "orders"));
+        assert!(!excluded.includes("shop", "Orders"));
+        assert!(!excluded.includes("Shop", "x"));
+        // A table name may contain a dot: schema.table splits at the first one.
+        let dotted = options(&[], &["shop.a.b"], &[]);
+        assert!(dotted.includes("shop", "a.b"));
+        assert!(!dotted.includes("shop.a", "b"));
+    }
+
+    #[test]
+    fn exclude_tables_are_validated_like_tables() {
+        let mut bad = input();
+        bad.stream_options = Some(StreamOptionsInput {
+            tables: vec!["shop.orders".into(), "orders".into()],
+            exclude_tables: vec!["shop.sessions".into(), "sessions".into(), "shop.".into()],
+            ..StreamOptionsInput::default()
+        });
+        let violations = validate(bad).unwrap_err();
+        assert_eq!(
+            fields(&violations),
+            [
+                "server.stream_options.tables[1]",
+                "server.stream_options.exclude_tables[1]",
+                "server.stream_options.exclude_tables[2]"
+            ]
+        );
+        assert_eq!(
+            violations.0[1].description,
+            "\"sessions\" must be schema.table"
+        );
+
+        let mut good = input();
+        good.stream_options = Some(StreamOptionsInput {
+            exclude_tables: vec!["shop.sessions".into()],
+            ..StreamOptionsInput::default()
+        });
+        let (spec, _) = validate(good).unwrap();
+        assert_eq!(
+            texts(&spec.stream_options.exclude_tables),
+            ["shop.sessions"]
+        );
+        let again = ServerInput::from_spec(&spec).stream_options.unwrap();
+        assert_eq!(again.exclude_tables, ["shop.sessions"]);
+    }
+
+    #[test]
+    fn an_update_mask_may_name_exclude_tables_alone() {
+        let mut current_input = input();
+        current_input.stream_options = Some(StreamOptionsInput {
+            schemas: vec!["shop".into()],
+            ..StreamOptionsInput::default()
+        });
+        let (current, _) = validate(current_input).unwrap();
+        let field = UpdateField::from_path("stream_options.exclude_tables").unwrap();
+        let request = ServerInput {
+            stream_options: Some(StreamOptionsInput {
+                schemas: vec!["ignored".into()],
+                exclude_tables: vec!["shop.sessions".into()],
+                ..StreamOptionsInput::default()
+            }),
+            ..ServerInput::default()
+        };
+        let merged = ServerInput::merge_update(&current, &request, &[field]);
+        let stream = merged.stream_options.unwrap();
+        assert_eq!(stream.schemas, ["shop"]);
+        assert_eq!(stream.exclude_tables, ["shop.sessions"]);
     }
 
     fn registered() -> Server {

@@ -132,6 +132,7 @@ pub fn server_to_proto(server: &Server) -> proto::Server {
         stream_options: Some(proto::StreamOptions {
             schemas: texts(&spec.stream_options.schemas),
             tables: texts(&spec.stream_options.tables),
+            exclude_tables: texts(&spec.stream_options.exclude_tables),
             ssl_mode: number::<proto::SslMode>(spec.stream_options.ssl_mode),
         }),
         labels: spec.labels.as_map().clone().into_iter().collect(),
@@ -282,6 +283,7 @@ pub fn server_input_from_proto(
             .map(|options| StreamOptionsInput {
                 schemas: options.schemas.clone(),
                 tables: options.tables.clone(),
+                exclude_tables: options.exclude_tables.clone(),
                 ssl_mode: enum_from_proto(
                     options.ssl_mode,
                     &format!("{prefix}stream_options.ssl_mode"),

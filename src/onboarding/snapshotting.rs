@@ -61,19 +61,6 @@ impl Table {
     }
 }
 
-/// Whether stream_options include a table: everything when empty, else listed schemas and tables.
-pub fn included(options: &StreamOptions, schema: &str, table: &str) -> bool {
-    (options.schemas.is_empty() && options.tables.is_empty())
-        || options
-            .schemas
-            .iter()
-            .any(|listed| listed.as_str() == schema)
-        || options
-            .tables
-            .iter()
-            .any(|listed| listed.parts() == (schema, table))
-}
-
 /// How much of information_schema one snapshot may read: more rows than these, or more than
 /// [`MAX_SNAPSHOT_BYTES`] of names and types in one query, fail the step with a message saying
 /// how to narrow it, instead of filling the replica's memory.
@@ -89,6 +76,11 @@ pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 /// The condition that selects, in an information_schema table whose schema column is
 /// `schema_column`, the one table `only` names or else the user tables stream_options include;
 /// with its parameters. The filters run in MySQL, so excluded tables are never sent.
+///
+/// It selects every table [`StreamOptions::includes`] admits and may select more: MySQL can
+/// compare names without regard to case, so the listed schemas and tables are a first cut that
+/// [`base_tables`] finishes with the rule itself. Exclusions compare the names' bytes, so that
+/// they never drop a table the rule keeps.
 fn table_condition(
     options: &StreamOptions,
     only: Option<(&str, &str)>,
@@ -100,22 +92,39 @@ fn table_condition(
             vec![schema.to_owned(), table.to_owned()],
         );
     }
-    let mut condition = format!("{schema_column} NOT IN ({SYSTEM_SCHEMAS})");
+    let mut conditions = vec![format!("{schema_column} NOT IN ({SYSTEM_SCHEMAS})")];
     let mut parameters = Vec::new();
-    let mut chosen = Vec::new();
     if !options.schemas.is_empty() {
         let marks = vec!["?"; options.schemas.len()].join(", ");
-        chosen.push(format!("{schema_column} IN ({marks})"));
+        conditions.push(format!("{schema_column} IN ({marks})"));
         parameters.extend(options.schemas.iter().map(ToString::to_string));
     }
-    for (schema, table) in options.tables.iter().map(QualifiedTable::parts) {
-        chosen.push(format!("({schema_column} = ? AND TABLE_NAME = ?)"));
+    if !options.tables.is_empty() {
+        let columns = (schema_column.to_owned(), "TABLE_NAME".to_owned());
+        let listed = any_table(&options.tables, &columns, &mut parameters);
+        conditions.push(format!("({listed})"));
+    }
+    if !options.exclude_tables.is_empty() {
+        let bytes = |column: &str| format!("CAST({column} AS BINARY)");
+        let columns = (bytes(schema_column), bytes("TABLE_NAME"));
+        let excluded = any_table(&options.exclude_tables, &columns, &mut parameters);
+        conditions.push(format!("NOT ({excluded})"));
+    }
+    (conditions.join(" AND "), parameters)
+}
+
+/// `(SCHEMA = ? AND TABLE = ?) OR ...`, one term per table, over the (schema, table) `columns`
+/// expressions; the tables' names go to `parameters`.
+fn any_table(
+    tables: &[QualifiedTable],
+    (schema_column, table_column): &(String, String),
+    parameters: &mut Vec<String>,
+) -> String {
+    let term = format!("({schema_column} = ? AND {table_column} = ?)");
+    for (schema, table) in tables.iter().map(QualifiedTable::parts) {
         parameters.extend([schema.to_owned(), table.to_owned()]);
     }
-    if !chosen.is_empty() {
-        condition.push_str(&format!(" AND ({})", chosen.join(" OR ")));
-    }
-    (condition, parameters)
+    vec![term; tables.len()].join(" OR ")
 }
 
 /// The bytes a row of information_schema holds.
@@ -159,7 +168,7 @@ async fn bounded<T: FromRow + Send + 'static>(
             return Err(MysqlFailure::Permanent(format!(
                 "the schema of {address} is too large to snapshot: {limit} match the stream \
                  filters; list the schemas or tables to stream in stream_options.schemas and \
-                 stream_options.tables"
+                 stream_options.tables, or leave tables out with stream_options.exclude_tables"
             )));
         }
         let row = mysql_async::from_row_opt(row).map_err(|error| {
@@ -227,7 +236,7 @@ async fn base_tables(
     .await?;
     Ok(rows
         .into_iter()
-        .filter(|(schema, name, _)| included(options, schema, name))
+        .filter(|(schema, name, _)| options.includes(schema, name))
         .map(|(schema, name, engine)| {
             let table = Table {
                 schema: schema.clone(),
@@ -403,18 +412,20 @@ async fn read_snapshot(
     )
     .await?;
     let Some(probe) = tables.first() else {
-        return Ok(Err(
-            if options.schemas.is_empty() && options.tables.is_empty() {
-                "no user tables are visible to the user: create tables or GRANT SELECT on them"
-                    .to_owned()
-            } else {
-                format!(
-                    "nothing matches the stream filters (schemas [{}], tables [{}]) among the tables the user can see",
-                    options.schemas.join(", "),
-                    options.tables.join(", ")
-                )
-            },
-        ));
+        return Ok(Err(if options.filters() {
+            format!(
+                "nothing matches the stream filters (schemas [{}], tables [{}], exclude_tables \
+                 [{}]) among the tables the user can see; a table is captured when its schema \
+                 and the table itself are both listed (an empty list lists all) and it is not \
+                 excluded",
+                options.schemas.join(", "),
+                options.tables.join(", "),
+                options.exclude_tables.join(", ")
+            )
+        } else {
+            "no user tables are visible to the user: create tables or GRANT SELECT on them"
+                .to_owned()
+        }));
     };
     // information_schema can list tables the user cannot read: prove SELECT on one.
     let readable = connection.query_drop(format!(
@@ -554,13 +565,41 @@ mod tests {
     }
 
     #[test]
-    fn stream_filters_select_schemas_and_tables() {
+    fn the_sql_condition_requires_schema_and_table_and_leaves_out_exclusions() {
         let mut options = StreamOptions::default();
-        assert!(included(&options, "shop", "orders"));
+        let system =
+            "TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')";
+        assert_eq!(
+            table_condition(&options, None, "TABLE_SCHEMA"),
+            (system.to_owned(), vec![])
+        );
         options.schemas = vec![Identifier::parse("shop").unwrap()];
-        options.tables = vec![QualifiedTable::parse("audit.log").unwrap()];
-        assert!(included(&options, "shop", "orders"));
-        assert!(included(&options, "audit", "log"));
-        assert!(!included(&options, "audit", "other"));
+        options.tables = vec![
+            QualifiedTable::parse("shop.orders").unwrap(),
+            QualifiedTable::parse("shop.items").unwrap(),
+        ];
+        options.exclude_tables = vec![QualifiedTable::parse("shop.items").unwrap()];
+        let (condition, parameters) = table_condition(&options, None, "TABLE_SCHEMA");
+        assert_eq!(
+            condition,
+            format!(
+                "{system} AND TABLE_SCHEMA IN (?) \
+                 AND ((TABLE_SCHEMA = ? AND TABLE_NAME = ?) OR (TABLE_SCHEMA = ? AND TABLE_NAME = ?)) \
+                 AND NOT ((CAST(TABLE_SCHEMA AS BINARY) = ? AND CAST(TABLE_NAME AS BINARY) = ?))"
+            )
+        );
+        assert_eq!(
+            parameters,
+            ["shop", "shop", "orders", "shop", "items", "shop", "items"]
+        );
+        // The one table a DDL statement names is read whatever the options say; the rule
+        // decides afterwards.
+        assert_eq!(
+            table_condition(&options, Some(("crm", "people")), "CONSTRAINT_SCHEMA"),
+            (
+                "CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?".to_owned(),
+                vec!["crm".to_owned(), "people".to_owned()]
+            )
+        );
     }
 }

@@ -39,6 +39,7 @@ pub struct ServerRow {
     pub ssh_host_key_fingerprint: Option<String>,
     pub stream_schemas: Vec<String>,
     pub stream_tables: Vec<String>,
+    pub stream_exclude_tables: Vec<String>,
     pub ssl_mode: String,
     pub labels: Json<BTreeMap<String, String>>,
     pub status: String,
@@ -155,6 +156,11 @@ fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
         stream_options: StreamOptions {
             schemas: stored_each("stream_schemas", &row.stream_schemas, Identifier::parse)?,
             tables: stored_each("stream_tables", &row.stream_tables, QualifiedTable::parse)?,
+            exclude_tables: stored_each(
+                "stream_exclude_tables",
+                &row.stream_exclude_tables,
+                QualifiedTable::parse,
+            )?,
             ssl_mode: SslMode::parse(&row.ssl_mode)
                 .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
         },
@@ -208,6 +214,7 @@ impl From<&Server> for ServerRow {
                 .map(ToString::to_string),
             stream_schemas: texts(&spec.stream_options.schemas),
             stream_tables: texts(&spec.stream_options.tables),
+            stream_exclude_tables: texts(&spec.stream_options.exclude_tables),
             ssl_mode: spec.stream_options.ssl_mode.as_str().to_owned(),
             labels: Json(spec.labels.as_map().clone()),
             status: server.status.as_str().to_owned(),
@@ -296,6 +303,7 @@ server_changes!(
     ssh_host_key_fingerprint: Option<String>,
     stream_schemas: Vec<String>,
     stream_tables: Vec<String>,
+    stream_exclude_tables: Vec<String>,
     ssl_mode: String,
     labels: Json<BTreeMap<String, String>>,
     status: String,

@@ -53,6 +53,7 @@ diesel::table! {
         ssh_host_key_fingerprint -> Nullable<Text>,
         stream_schemas -> Array<Text>,
         stream_tables -> Array<Text>,
+        stream_exclude_tables -> Array<Text>,
         ssl_mode -> Text,
         labels -> Jsonb,
         status -> Text,

@@ -191,7 +191,8 @@ async fn check_source(
 /// The tracked tables' columns, from the stored schema snapshots.
 async fn stored_tables(context: &StepContext) -> Result<Tables, SessionEnd> {
     let history = context.store.snapshot_history(context.server.id).await?;
-    Tables::from_history(history).map_err(|error| {
+    let options = &context.server.spec.stream_options;
+    Tables::from_history(history, options).map_err(|error| {
         SessionEnd::Failed(format!(
             "the stored schema snapshot cannot be read ({error}); RetryOnboarding takes a new one"
         ))

@@ -29,10 +29,14 @@ struct Version {
     columns: Option<TableColumns>,
 }
 
-/// The tracked tables' column versions by (schema, table).
+/// The tracked tables' column versions by (schema, table), and the stream options that decide,
+/// row by row, which of them are captured.
 #[derive(Debug, Default)]
 pub struct Tables {
     versions: HashMap<(String, String), Vec<Version>>,
+    /// The server's stream options as the connection began: a snapshot taken under other
+    /// options (or an older rule) may hold tables that they no longer include.
+    options: StreamOptions,
 }
 
 impl From<Table> for TableColumns {
@@ -56,10 +60,17 @@ fn key(schema: &str, table: &str) -> (String, String) {
 }
 
 impl Tables {
-    /// The versions of the stored snapshots. A snapshot of the snapshotting step (no place)
-    /// starts the history afresh; a later one adds a version of each table that it changes.
-    pub fn from_history(history: Vec<SnapshotVersion>) -> Result<Tables, serde_json::Error> {
-        let mut tables = Tables::default();
+    /// The versions of the stored snapshots, captured as `options` include them. A snapshot of
+    /// the snapshotting step (no place) starts the history afresh; a later one adds a version of
+    /// each table that it changes.
+    pub fn from_history(
+        history: Vec<SnapshotVersion>,
+        options: &StreamOptions,
+    ) -> Result<Tables, serde_json::Error> {
+        let mut tables = Tables {
+            options: options.clone(),
+            ..Tables::default()
+        };
         for version in history {
             let since = version.since.map(|(file, position)| BinlogPoint {
                 file,
@@ -98,8 +109,12 @@ impl Tables {
         }
     }
 
-    /// The columns a row of `schema.table` written at `at` is decoded with, if it is tracked.
+    /// The columns a row of `schema.table` written at `at` is decoded with, if it is tracked and
+    /// the stream options include it.
     pub fn get(&self, schema: &str, table: &str, at: &BinlogPoint) -> Option<&TableColumns> {
+        if !self.options.includes(schema, table) {
+            return None;
+        }
         self.versions
             .get(&key(schema, table))?
             .iter()
@@ -141,7 +156,8 @@ impl Tables {
         )
         .await?
         .into_iter()
-        .next();
+        // MySQL may match the names without regard to case: keep the very table.
+        .find(|read| (read.schema.as_str(), read.name.as_str()) == (schema, table));
         let columns = fresh.clone().map(TableColumns::from);
         self.versions
             .entry(key(schema, table))
@@ -208,6 +224,7 @@ fn qualified(name: &str, default_schema: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::fields::{Identifier, QualifiedTable};
 
     fn snapshot(columns: &[&str]) -> serde_json::Value {
         let columns: Vec<serde_json::Value> = columns
@@ -243,11 +260,14 @@ mod tests {
             since: since.map(|position| ("mysql-bin.000001".to_owned(), position as i64)),
             snapshot: snapshot(columns),
         };
-        let tables = Tables::from_history(vec![
-            version(None, &["id", "a", "b"]),
-            version(Some(500), &["id", "a"]),
-            version(Some(900), &["id", "a", "c"]),
-        ])
+        let tables = Tables::from_history(
+            vec![
+                version(None, &["id", "a", "b"]),
+                version(Some(500), &["id", "a"]),
+                version(Some(900), &["id", "a", "c"]),
+            ],
+            &StreamOptions::default(),
+        )
         .unwrap();
         assert_eq!(names(&tables, 100), ["id", "a", "b"]);
         assert_eq!(names(&tables, 600), ["id", "a"]);
@@ -259,13 +279,50 @@ mod tests {
         assert!(tables.has_version_at("shop", "w", &at(500)));
         assert!(!tables.has_version_at("shop", "w", &at(501)));
         // A new snapshot of the snapshotting step starts the history afresh.
-        let tables = Tables::from_history(vec![
-            version(None, &["id", "a", "b"]),
-            version(Some(500), &["id", "a"]),
-            version(None, &["id", "z"]),
-        ])
+        let tables = Tables::from_history(
+            vec![
+                version(None, &["id", "a", "b"]),
+                version(Some(500), &["id", "a"]),
+                version(None, &["id", "z"]),
+            ],
+            &StreamOptions::default(),
+        )
         .unwrap();
         assert_eq!(names(&tables, 100), ["id", "z"]);
+    }
+
+    #[test]
+    fn tables_the_options_leave_out_are_not_decoded_though_the_snapshot_has_them() {
+        // A snapshot taken under the old rule (schemas or tables) holds shop.w; the options now
+        // exclude it, so its rows are not captured.
+        let history = || {
+            vec![SnapshotVersion {
+                since: None,
+                snapshot: snapshot(&["id", "a"]),
+            }]
+        };
+        let at = BinlogPoint {
+            file: "mysql-bin.000001".into(),
+            position: 4,
+        };
+        let parse = |table: &str| QualifiedTable::parse(table).unwrap();
+        let kept = Tables::from_history(history(), &StreamOptions::default()).unwrap();
+        assert!(kept.get("shop", "w", &at).is_some());
+
+        let excluded = StreamOptions {
+            exclude_tables: vec![parse("shop.w")],
+            ..StreamOptions::default()
+        };
+        let tables = Tables::from_history(history(), &excluded).unwrap();
+        assert!(tables.get("shop", "w", &at).is_none());
+
+        let other_table_of_the_schema = StreamOptions {
+            schemas: vec![Identifier::parse("shop").unwrap()],
+            tables: vec![parse("shop.orders")],
+            ..StreamOptions::default()
+        };
+        let tables = Tables::from_history(history(), &other_table_of_the_schema).unwrap();
+        assert!(tables.get("shop", "w", &at).is_none());
     }
 
     #[test]

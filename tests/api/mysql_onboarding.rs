@@ -316,6 +316,13 @@ fn the_snapshot_counts_tables_warns_about_keys_and_engines_and_honours_filters()
             ("shop", "legacy"),
             ("shop", "orders"),
         ];
+        let everything_but: Vec<(&str, &str)> = bulk
+            .iter()
+            .copied()
+            .chain([("crm", "customers")])
+            .chain(shop.iter().copied())
+            .filter(|table| !matches!(table, ("bulk", "t01") | ("shop", "legacy")))
+            .collect();
         let everything: Vec<(&str, &str)> = bulk
             .iter()
             .copied()
@@ -361,11 +368,49 @@ fn the_snapshot_counts_tables_warns_about_keys_and_engines_and_honours_filters()
                 error: None,
             },
             Case {
+                // Both lists must admit a table: shop's unlisted tables stay out, and so does
+                // crm.customers, listed but outside the listed schemas.
                 name: "schema-and-table",
-                options: Some(stream_options(&["crm"], &["shop.orders"])),
-                message: Some("snapshot of 2 schemas and 2 tables"),
-                tables: vec![("crm", "customers"), ("shop", "orders")],
-                schema_count: 2,
+                options: Some(stream_options(&["shop"], &["shop.orders", "crm.customers"])),
+                message: Some("snapshot of 1 schema and 1 table"),
+                tables: vec![("shop", "orders")],
+                schema_count: 1,
+                error: None,
+            },
+            Case {
+                // Exclusions compare names exactly, though MariaDB's information_schema does
+                // not: excluding shop.ORDERS keeps shop.orders.
+                name: "schema-but-excluded",
+                options: Some(proto::StreamOptions {
+                    exclude_tables: vec![
+                        "shop.legacy".into(),
+                        "shop.events".into(),
+                        "shop.ORDERS".into(),
+                    ],
+                    ..stream_options(&["shop"], &[])
+                }),
+                message: Some(
+                    "snapshot of 1 schema and 2 tables; warning: 1 table without a primary key: \
+                     shop.audit_log",
+                ),
+                tables: vec![("shop", "audit_log"), ("shop", "orders")],
+                schema_count: 1,
+                error: None,
+            },
+            Case {
+                name: "everything-but",
+                options: Some(proto::StreamOptions {
+                    exclude_tables: vec!["bulk.t01".into(), "shop.legacy".into()],
+                    ..Default::default()
+                }),
+                message: Some(
+                    "snapshot of 3 schemas and 15 tables; warning: 13 tables without a primary \
+                     key: bulk.t02, bulk.t03, bulk.t04, bulk.t05, bulk.t06, bulk.t07, bulk.t08, \
+                     bulk.t09, bulk.t10, bulk.t11 and 3 more; warning: 1 table not InnoDB: \
+                     shop.events (MyISAM)",
+                ),
+                tables: everything_but,
+                schema_count: 3,
                 error: None,
             },
             Case {
@@ -380,7 +425,9 @@ fn the_snapshot_counts_tables_warns_about_keys_and_engines_and_honours_filters()
                 schema_count: 0,
                 error: Some(
                     "nothing matches the stream filters (schemas [nope], tables [shop.missing, \
-                     shop.big_orders]) among the tables the user can see",
+                     shop.big_orders], exclude_tables []) among the tables the user can see; a \
+                     table is captured when its schema and the table itself are both listed (an \
+                     empty list lists all) and it is not excluded",
                 ),
             },
         ];
@@ -480,7 +527,8 @@ fn the_snapshot_reads_only_the_filtered_tables_and_refuses_more_than_its_limit()
             format!(
                 "the schema of 127.0.0.1:{} is too large to snapshot: more than 5 tables match the \
                  stream filters; list the schemas or tables to stream in stream_options.schemas \
-                 and stream_options.tables",
+                 and stream_options.tables, or leave tables out with \
+                 stream_options.exclude_tables",
                 mariadb.port
             )
         );

@@ -61,7 +61,7 @@ fn assert_server_shape(server: &Value) {
     assert_timestamp(&server["updated_at"]);
     assert_eq!(
         keys(&server["stream_options"]),
-        ["schemas", "ssl_mode", "tables"]
+        ["exclude_tables", "schemas", "ssl_mode", "tables"]
     );
     if !server["ssh_tunnel"].is_null() {
         assert_eq!(
@@ -149,7 +149,7 @@ fn every_route_answers_the_exact_json_of_api_md() {
         );
         assert_eq!(
             registered["stream_options"],
-            json!({"schemas": [], "tables": [], "ssl_mode": "preferred"})
+            json!({"schemas": [], "tables": [], "exclude_tables": [], "ssl_mode": "preferred"})
         );
 
         // GetOnboardingStatus while the firewall is awaited: agent_outbound_ip set, error null.
@@ -674,7 +674,37 @@ fn patch_changes_only_what_it_names() {
         assert_eq!(narrowed.status, 200, "{}", narrowed.body);
         assert_eq!(
             narrowed.json["stream_options"],
-            json!({"schemas": ["shop"], "tables": ["shop.orders"], "ssl_mode": "required"})
+            json!({"schemas": ["shop"], "tables": ["shop.orders"], "exclude_tables": [],
+                   "ssl_mode": "required"})
+        );
+        let excluding = rest
+            .patch(
+                &path,
+                &json!({"stream_options": {"exclude_tables": ["shop.sessions"]}}),
+            )
+            .await;
+        assert_eq!(excluding.status, 200, "{}", excluding.body);
+        assert_eq!(
+            excluding.json["stream_options"],
+            json!({"schemas": ["shop"], "tables": ["shop.orders"],
+                   "exclude_tables": ["shop.sessions"], "ssl_mode": "required"})
+        );
+        let bad = rest
+            .patch(
+                &path,
+                &json!({"stream_options": {"exclude_tables": ["sessions"]}}),
+            )
+            .await;
+        assert_status(&bad, 400, 3, "INVALID_ARGUMENT");
+        let violations = &detail(&bad.json, "BadRequest")["field_violations"];
+        assert_eq!(violations.as_array().map(Vec::len), Some(1), "{violations}");
+        assert_eq!(
+            violations[0]["field"],
+            "server.stream_options.exclude_tables[0]"
+        );
+        assert_eq!(
+            violations[0]["description"],
+            "\"sessions\" must be schema.table"
         );
         assert_eq!(narrowed.json["labels"], body["labels"]);
         assert_eq!(narrowed.json["name"], "patched-2");

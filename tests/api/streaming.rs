@@ -1259,3 +1259,188 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
         app.shutdown().await;
     });
 }
+
+/// The `schema.table` names of the server's current snapshot.
+async fn snapshot_names(app: &TestApp, server_id: &str) -> Vec<String> {
+    let state = index_state(&app.db, server_id).await;
+    let snapshot = &state.current_snapshot().snapshot;
+    snapshot
+        .as_array()
+        .unwrap_or_else(|| panic!("a snapshot is a list of tables: {snapshot}"))
+        .iter()
+        .map(|table| format!("{}.{}", table["schema"], table["name"]).replace('"', ""))
+        .collect()
+}
+
+/// Waits until `events_indexed` reaches `count`, then checks that it is exactly that.
+async fn assert_events_indexed(client: &mut Client, server_id: &str, count: i64) {
+    wait_stream(
+        client,
+        server_id,
+        "events_indexed to count the events",
+        |server| {
+            server
+                .stream
+                .as_ref()
+                .is_some_and(|stream| stream.events_indexed >= count)
+        },
+    )
+    .await;
+    assert_eq!(stream_of(client, server_id).await.events_indexed, count);
+}
+
+/// The tables and `after.id` of the stored change events, in binlog order.
+fn tables_and_ids(events: &[proto::ChangeEvent]) -> Vec<(String, f64)> {
+    events
+        .iter()
+        .map(|event| {
+            (
+                format!("{}.{}", event.schema, event.table),
+                number(&event.after, "id"),
+            )
+        })
+        .collect()
+}
+
+/// streaming.md §6: `schemas` and `tables` both filter, so a table of a listed schema that
+/// `tables` does not list is in neither the snapshot nor the stream, and events_indexed counts
+/// only what is stored.
+#[test]
+fn a_listed_schema_s_unlisted_table_is_neither_snapshotted_nor_captured() {
+    block_on(async {
+        let mariadb = mariadb_with(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.orders (id INT PRIMARY KEY)",
+            "CREATE TABLE shop.ignored (id INT PRIMARY KEY)",
+        ])
+        .await;
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let mut input = mariadb.server("narrow", USER, PASSWORD);
+        input.stream_options = Some(proto::StreamOptions {
+            schemas: vec!["shop".into()],
+            tables: vec!["shop.orders".into()],
+            ..Default::default()
+        });
+        let id = register_streaming(&mut client, input).await;
+        assert_eq!(snapshot_names(&app, &id).await, ["shop.orders"]);
+
+        // Rows of the unlisted table alone, in a transaction with a listed one, and just before
+        // the last listed row: the listed rows arrive in order, the others never.
+        mariadb
+            .exec(&[
+                "INSERT INTO shop.ignored VALUES (1), (2), (3)",
+                "INSERT INTO shop.orders VALUES (1)",
+                "START TRANSACTION",
+                "INSERT INTO shop.ignored VALUES (4)",
+                "INSERT INTO shop.orders VALUES (2)",
+                "UPDATE shop.ignored SET id = 40 WHERE id = 4",
+                "COMMIT",
+                "INSERT INTO shop.ignored VALUES (5)",
+                "INSERT INTO shop.orders VALUES (3)",
+            ])
+            .await;
+        let events = wait_for_events(&mut client, &id, "", 3).await;
+        let orders = |id: f64| ("shop.orders".to_owned(), id);
+        assert_eq!(
+            tables_and_ids(&events),
+            [orders(1.0), orders(2.0), orders(3.0)]
+        );
+        assert_events_indexed(&mut client, &id, 3).await;
+        assert_eq!(index_state(&app.db, &id).await.change_events, 3);
+        app.shutdown().await;
+    });
+}
+
+/// streaming.md §6: `exclude_tables` keeps one table of a whole schema out of the snapshot and
+/// the stream; a DDL statement on it does not bring it in, and neither does a stored snapshot
+/// that still holds it (one taken under the old rule, where a listed schema let every table in).
+#[test]
+fn an_excluded_table_stays_out_of_the_snapshot_and_the_stream() {
+    block_on(async {
+        let mariadb = mariadb_with(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+            "CREATE TABLE shop.sessions (id INT PRIMARY KEY)",
+        ])
+        .await;
+        let proxy = TcpProxy::start(format!("127.0.0.1:{}", mariadb.port)).await;
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let mut input = mariadb.server("excluding", USER, PASSWORD);
+        input.port = i32::from(proxy.addr.port());
+        input.stream_options = Some(proto::StreamOptions {
+            schemas: vec!["shop".into()],
+            exclude_tables: vec!["shop.sessions".into()],
+            ..Default::default()
+        });
+        let id = register_streaming(&mut client, input).await;
+        assert_eq!(snapshot_names(&app, &id).await, ["shop.t"]);
+
+        mariadb
+            .exec(&[
+                "INSERT INTO shop.sessions VALUES (1)",
+                "INSERT INTO shop.t VALUES (1)",
+                "ALTER TABLE shop.sessions ADD COLUMN note TEXT",
+                "INSERT INTO shop.sessions VALUES (2, 'after the DDL')",
+                "INSERT INTO shop.t VALUES (2)",
+            ])
+            .await;
+        let events = wait_for_events(&mut client, &id, "", 2).await;
+        let t = |id: f64| ("shop.t".to_owned(), id);
+        assert_eq!(tables_and_ids(&events), [t(1.0), t(2.0)]);
+        assert_eq!(snapshot_names(&app, &id).await, ["shop.t"]);
+
+        // A snapshot holding shop.sessions, as one taken before the rule was would: the stream
+        // reads it when it reconnects, and still leaves the excluded table out.
+        let state = index_state(&app.db, &id).await;
+        let mut tables = state.current_snapshot().snapshot.clone();
+        let sessions = serde_json::json!({
+            "schema": "shop", "name": "sessions", "engine": "InnoDB", "primary_key": ["id"],
+            "columns": [
+                {"name": "id", "column_type": "int(11)", "nullable": false},
+                {"name": "note", "column_type": "text", "nullable": true},
+            ],
+        });
+        tables
+            .as_array_mut()
+            .expect("a list of tables")
+            .push(sessions);
+        app.db
+            .connect()
+            .await
+            .execute(
+                &format!(
+                    "UPDATE {}.schema_snapshots SET snapshot = $1::text::jsonb WHERE is_current",
+                    state.schema
+                ),
+                &[&tables.to_string()],
+            )
+            .await
+            .expect("plant an old-rule snapshot");
+        assert_eq!(snapshot_names(&app, &id).await, ["shop.t", "shop.sessions"]);
+        proxy.cut();
+        wait_stream(&mut client, &id, "the stream to disconnect", |server| {
+            stream_state(server) == Some(StreamState::Disconnected)
+        })
+        .await;
+        mariadb
+            .exec(&[
+                "INSERT INTO shop.sessions VALUES (3, 'while away')",
+                "INSERT INTO shop.t VALUES (3)",
+            ])
+            .await;
+        proxy.restore();
+        wait_stream(&mut client, &id, "the stream to run again", running).await;
+        mariadb
+            .exec(&[
+                "INSERT INTO shop.sessions VALUES (4, 'after')",
+                "INSERT INTO shop.t VALUES (4)",
+            ])
+            .await;
+        let events = wait_for_events(&mut client, &id, "", 4).await;
+        assert_eq!(tables_and_ids(&events), [t(1.0), t(2.0), t(3.0), t(4.0)]);
+        assert_events_indexed(&mut client, &id, 4).await;
+        app.shutdown().await;
+    });
+}

@@ -8,6 +8,7 @@ use dbtrail_servers::proto::{
 };
 use futures_util::future::join_all;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn tunnel() -> proto::SshTunnel {
     proto::SshTunnel {
@@ -218,6 +219,121 @@ fn each_rule_of_the_server_resource_is_enforced() {
                 .await
                 .unwrap_or_else(|status| panic!("{case} is valid: {status:?}"));
         }
+        app.shutdown().await;
+    });
+}
+
+/// Each violation of `status`'s BadRequest as (field, description), in order.
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .expect("a BadRequest detail")
+        .field_violations
+        .into_iter()
+        .map(|violation| (violation.field, violation.description))
+        .collect()
+}
+
+#[test]
+fn exclude_tables_are_validated_like_tables_on_register_and_update() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut client = app.client();
+        let long = format!("shop.{}", "t".repeat(65));
+        let mut bad = direct_server("excluding");
+        bad.stream_options = Some(proto::StreamOptions {
+            tables: vec!["orders".to_owned()],
+            exclude_tables: vec![
+                "shop.sessions".to_owned(),
+                "sessions".to_owned(),
+                long.clone(),
+            ],
+            ..Default::default()
+        });
+        let status = register_error(&mut client, bad).await;
+        assert_bad_request(
+            &status,
+            &[
+                "server.stream_options.tables",
+                "server.stream_options.exclude_tables",
+            ],
+        );
+        assert_eq!(
+            violations(&status),
+            [
+                (
+                    "server.stream_options.tables[0]".to_owned(),
+                    "\"orders\" must be schema.table".to_owned()
+                ),
+                (
+                    "server.stream_options.exclude_tables[1]".to_owned(),
+                    "\"sessions\" must be schema.table".to_owned()
+                ),
+                (
+                    "server.stream_options.exclude_tables[2]".to_owned(),
+                    format!(
+                        "\"{}\" must be a MySQL identifier of 1 to 64 characters",
+                        "t".repeat(65)
+                    )
+                ),
+            ]
+        );
+
+        let mut good = direct_server("excluding");
+        good.stream_options = Some(proto::StreamOptions {
+            schemas: vec!["shop".to_owned()],
+            exclude_tables: vec!["shop.sessions".to_owned()],
+            ..Default::default()
+        });
+        let registered = register(&mut client, good).await;
+        let options = registered.stream_options.clone().expect("stream options");
+        assert_eq!(options.exclude_tables, ["shop.sessions"]);
+        let id = registered.server_id;
+
+        // UpdateServer naming stream_options.exclude_tables: checked the same way, nothing
+        // changes on a bad name; a good list replaces that field only.
+        let change = |exclude_tables: &[&str]| proto::Server {
+            server_id: id.clone(),
+            stream_options: Some(proto::StreamOptions {
+                schemas: vec!["not-this".to_owned()],
+                exclude_tables: exclude_tables.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = expect_err(
+            client
+                .update_server(update_request(
+                    change(&["shop.ok", "shop."]),
+                    &["stream_options.exclude_tables"],
+                ))
+                .await,
+        );
+        assert_bad_request(&status, &["server.stream_options.exclude_tables"]);
+        assert_eq!(
+            violations(&status),
+            [(
+                "server.stream_options.exclude_tables[1]".to_owned(),
+                "\"\" must be a MySQL identifier of 1 to 64 characters".to_owned()
+            )]
+        );
+        let stored = get_server(&mut client, &id).await;
+        assert_eq!(
+            stored.stream_options.unwrap().exclude_tables,
+            ["shop.sessions"]
+        );
+
+        let updated = update_server(
+            &mut client,
+            change(&["shop.sessions", "shop.cache"]),
+            &["stream_options.exclude_tables"],
+        )
+        .await;
+        let options = updated.stream_options.expect("stream options");
+        assert_eq!(options.schemas, ["shop"]);
+        assert_eq!(options.exclude_tables, ["shop.sessions", "shop.cache"]);
+        let stored = get_server(&mut client, &id).await.stream_options.unwrap();
+        assert_eq!(stored, options, "stored as answered");
         app.shutdown().await;
     });
 }

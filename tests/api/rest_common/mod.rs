@@ -330,6 +330,7 @@ pub fn server_json(server: &proto::Server) -> Value {
         "stream_options": server.stream_options.as_ref().map(|options| json!({
             "schemas": options.schemas,
             "tables": options.tables,
+            "exclude_tables": options.exclude_tables,
             "ssl_mode": ssl_mode(options.ssl_mode),
         })),
         "labels": server.labels,
