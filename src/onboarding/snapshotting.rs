@@ -511,6 +511,7 @@ impl Step for Snapshotting {
         .await?;
         Ok(StepOutcome::Completed {
             message: summary(&tables),
+            warnings: Vec::new(),
         })
     }
 }
