@@ -150,6 +150,7 @@ async fn variables(connection: &mut Conn, address: &Endpoint) -> Result<Variable
     let pairs: Vec<(String, String)> = rows
         .into_iter()
         .filter_map(|row| {
+            // Row::unwrap hands the values over; it cannot fail.
             let mut values = row.unwrap();
             let value = text(values.pop()?);
             let name = text(values.pop()?);
@@ -195,7 +196,7 @@ async fn rds_configuration(
         Ok(rows) => Ok(RdsConfiguration::RetentionHours(
             rows.into_iter()
                 .next()
-                .and_then(|row| row.unwrap().into_iter().next())
+                .and_then(|row| row.unwrap().into_iter().next()) // the values, never a panic
                 .filter(|value| *value != Value::NULL)
                 .map(text),
         )),

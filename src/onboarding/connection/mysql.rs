@@ -174,30 +174,8 @@ pub async fn login(
             options.with_danger_tls_hostname_override(Some(server.spec.host.to_string()))
         })
     };
-    let attempt = |ssl: Option<SslOpts>| {
-        let options = base.clone().ssl_opts(ssl);
-        let timeout = context.agent.connect_timeout;
-        let address = address.clone();
-        async move {
-            // mysql_common panics in caching_sha2_password's RSA exchange on a server key it
-            // cannot parse or a password too long for the key: a refusal, not a dead runner.
-            let login = std::panic::AssertUnwindSafe(Conn::new(options)).catch_unwind();
-            match tokio::time::timeout(timeout, login).await {
-                Ok(Ok(Ok(connection))) => Ok(connection),
-                Ok(Ok(Err(error))) => Err(Refused::Mysql(error)),
-                Ok(Err(panic)) => Err(Refused::DriverPanicked(panic_message(&*panic))),
-                Err(_) => Err(Refused::Mysql(mysql_async::Error::Io(
-                    mysql_async::IoError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "timed out after {}s connecting to {address}",
-                            timeout.as_secs()
-                        ),
-                    )),
-                ))),
-            }
-        }
-    };
+    let timeout = context.agent.connect_timeout;
+    let attempt = |ssl: Option<SslOpts>| log_in_once(base.clone().ssl_opts(ssl), timeout, address);
     let refused = match attempt(tls(mode)).await {
         Ok(connection) => return Ok(connection),
         // "preferred" falls back to plain text when the server offers no TLS.
@@ -210,6 +188,31 @@ pub async fn login(
         Err(refused) => (refused, mode != SslMode::Disabled),
     };
     Err(refusal(refused, context, target, address).await)
+}
+
+/// One login with `options`, within `timeout`; `address` names the server in messages.
+async fn log_in_once(
+    options: OptsBuilder,
+    timeout: Duration,
+    address: &Endpoint,
+) -> Result<Conn, Refused> {
+    // mysql_common panics in caching_sha2_password's RSA exchange on a server key it cannot
+    // parse or a password too long for the key: a refusal, not a dead runner.
+    let login = std::panic::AssertUnwindSafe(Conn::new(options)).catch_unwind();
+    match tokio::time::timeout(timeout, login).await {
+        Ok(Ok(Ok(connection))) => Ok(connection),
+        Ok(Ok(Err(error))) => Err(Refused::Mysql(error)),
+        Ok(Err(panic)) => Err(Refused::DriverPanicked(panic_message(&*panic))),
+        Err(_) => Err(Refused::Mysql(mysql_async::Error::Io(
+            mysql_async::IoError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "timed out after {}s connecting to {address}",
+                    timeout.as_secs()
+                ),
+            )),
+        ))),
+    }
 }
 
 /// Why one login attempt failed.
