@@ -21,6 +21,10 @@ pub struct StepProgress {
     pub message: String,
     pub error: Option<String>,
     pub attempts: i32,
+    /// What a completed step found that works but deserves the operator's attention, each naming
+    /// its fix. Rows stored before warnings existed have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl StepProgress {
@@ -33,6 +37,7 @@ impl StepProgress {
             message: String::new(),
             error: None,
             attempts: 0,
+            warnings: Vec::new(),
         }
     }
 }
@@ -103,6 +108,7 @@ impl Steps {
         progress.status = StepStatus::InProgress;
         progress.completed_at = None;
         progress.error = None;
+        progress.warnings.clear();
         progress.attempts += 1;
         progress.message = message.to_owned();
     }
@@ -112,14 +118,21 @@ impl Steps {
         self.get_mut(step).message = message.to_owned();
     }
 
-    /// Completes a step.
-    pub fn complete(&mut self, step: OnboardingStep, message: &str, now: DateTime<Utc>) {
+    /// Completes a step, with what it found worth a warning.
+    pub fn complete(
+        &mut self,
+        step: OnboardingStep,
+        message: &str,
+        warnings: &[String],
+        now: DateTime<Utc>,
+    ) {
         let progress = self.get_mut(step);
         progress.status = StepStatus::Completed;
         progress.started_at.get_or_insert(now);
         progress.completed_at = Some(now);
         progress.message = message.to_owned();
         progress.error = None;
+        progress.warnings = warnings.to_vec();
     }
 
     /// Fails a step.
@@ -146,8 +159,12 @@ impl Steps {
 /// What a running step reports back to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepOutcome {
-    /// Done; the next step starts.
-    Completed { message: String },
+    /// Done; the next step starts. `warnings` name what works but needs the operator's
+    /// attention, each with its fix; they stay on the step until it runs again.
+    Completed {
+        message: String,
+        warnings: Vec<String>,
+    },
     /// Nothing more to do until something outside changes (a confirmation, an agent); the runner lets go.
     Waiting { message: String },
     /// A transient fault; the step runs again after a backoff, as a new attempt.
@@ -157,6 +174,14 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
+    /// Done, with nothing to warn about.
+    pub fn completed(message: impl Into<String>) -> StepOutcome {
+        StepOutcome::Completed {
+            message: message.into(),
+            warnings: Vec::new(),
+        }
+    }
+
     /// A transient fault in attempt `attempts` of a step: retried until the budget is spent,
     /// then failed.
     pub fn transient(message: &str, attempts: i32, budget: i32) -> StepOutcome {
@@ -222,7 +247,7 @@ mod tests {
         let now = Utc::now();
         let mut steps = Steps::default();
         steps.start(OnboardingStep::Provisioning, "", now);
-        steps.complete(OnboardingStep::Provisioning, "agent a", now);
+        steps.complete(OnboardingStep::Provisioning, "agent a", &[], now);
         assert_eq!(steps.current(), Some(OnboardingStep::AwaitingFirewall));
         steps.start(OnboardingStep::AwaitingFirewall, "", now);
         steps.fail(OnboardingStep::AwaitingFirewall, "boom", now);
@@ -251,9 +276,51 @@ mod tests {
     }
 
     #[test]
+    fn warnings_stay_with_a_completed_step_until_it_runs_again() {
+        let now = Utc::now();
+        let mut steps = Steps::default();
+        steps.start(OnboardingStep::Provisioning, "", now);
+        let warnings = vec!["sync_binlog is 0: SET GLOBAL sync_binlog = 1".to_owned()];
+        steps.complete(OnboardingStep::Provisioning, "done", &warnings, now);
+        assert_eq!(steps.get(OnboardingStep::Provisioning).warnings, warnings);
+        steps.start(OnboardingStep::Provisioning, "again", now);
+        assert_eq!(
+            steps.get(OnboardingStep::Provisioning).warnings,
+            Vec::<String>::new()
+        );
+        steps.complete(OnboardingStep::Provisioning, "done", &warnings, now);
+        steps.reset(OnboardingStep::Provisioning);
+        assert_eq!(
+            steps.get(OnboardingStep::Provisioning).warnings,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_step_stored_before_warnings_existed_reads_without_any() {
+        let stored = serde_json::json!({
+            "name": "initializing", "status": "completed",
+            "started_at": "2026-01-02T03:04:05Z", "completed_at": "2026-01-02T03:04:06Z",
+            "message": "ok", "error": null, "attempts": 1,
+        });
+        let progress: StepProgress = serde_json::from_value(stored).unwrap();
+        assert_eq!(progress.warnings, Vec::<String>::new());
+        assert_eq!(progress.message, "ok");
+        // And a step without warnings is stored as before: no new key.
+        let json = serde_json::to_value(&progress).unwrap();
+        assert_eq!(json.get("warnings"), None);
+    }
+
+    #[test]
     fn stored_steps_round_trip_through_json() {
         let mut steps = Steps::default();
         steps.start(OnboardingStep::Provisioning, "working", Utc::now());
+        steps.complete(
+            OnboardingStep::Provisioning,
+            "done",
+            &["a warning".to_owned()],
+            Utc::now(),
+        );
         let json = serde_json::to_value(&steps).unwrap();
         let back: Vec<StepProgress> = serde_json::from_value(json).unwrap();
         assert_eq!(Steps::from_stored(back), steps);

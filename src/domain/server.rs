@@ -737,6 +737,7 @@ impl Server {
         self.steps.complete(
             OnboardingStep::AwaitingFirewall,
             "firewall confirmed by the customer",
+            &[],
             now,
         );
         self.runnable = true;
@@ -885,8 +886,8 @@ impl Server {
         now: DateTime<Utc>,
     ) -> Option<OnboardingStep> {
         match outcome {
-            StepOutcome::Completed { message } => {
-                self.steps.complete(step, message, now);
+            StepOutcome::Completed { message, warnings } => {
+                self.steps.complete(step, message, warnings, now);
                 match self.steps.current() {
                     Some(next) => {
                         self.steps.start(next, "", now);
@@ -937,9 +938,7 @@ impl Server {
                 ),
             }
         } else {
-            StepOutcome::Completed {
-                message: FIREWALL_AUTO_COMPLETED.to_owned(),
-            }
+            StepOutcome::completed(FIREWALL_AUTO_COMPLETED)
         }
     }
 }
@@ -1280,19 +1279,12 @@ mod tests {
         server.begin_step(OnboardingStep::Provisioning, now);
         let next = server.apply_outcome(
             OnboardingStep::Provisioning,
-            &StepOutcome::Completed {
-                message: "ok".into(),
-            },
+            &StepOutcome::completed("ok"),
             now,
         );
         assert_eq!(next, Some(OnboardingStep::AwaitingFirewall));
         let outcome = server.firewall_outcome();
-        assert_eq!(
-            outcome,
-            StepOutcome::Completed {
-                message: FIREWALL_AUTO_COMPLETED.into()
-            }
-        );
+        assert_eq!(outcome, StepOutcome::completed(FIREWALL_AUTO_COMPLETED));
         server.apply_outcome(OnboardingStep::AwaitingFirewall, &outcome, now);
         server.apply_outcome(
             OnboardingStep::WaitingForAgent,
@@ -1332,9 +1324,7 @@ mod tests {
         ));
         ssh.apply_outcome(
             OnboardingStep::Provisioning,
-            &StepOutcome::Completed {
-                message: String::new(),
-            },
+            &StepOutcome::completed(""),
             now,
         );
         ssh.agent_outbound_ip = Some("203.0.113.7".into());
@@ -1353,9 +1343,7 @@ mod tests {
         let now = Utc::now();
         let mut ssh = registered();
         ssh.spec.connection_method = ConnectionMethod::SshTunnel;
-        let done = StepOutcome::Completed {
-            message: String::new(),
-        };
+        let done = StepOutcome::completed("");
         ssh.apply_outcome(OnboardingStep::Provisioning, &done, now);
         ssh.agent_id = Some(Uuid::now_v7());
         ssh.agent_outbound_ip = Some(ip.into());
@@ -1400,9 +1388,7 @@ mod tests {
     fn an_active_ssh_server_adopted_with_another_ip_onboards_again_from_the_firewall() {
         let now = Utc::now();
         let mut active = confirmed_ssh("203.0.113.7");
-        let done = StepOutcome::Completed {
-            message: String::new(),
-        };
+        let done = StepOutcome::completed("");
         while let Some(step) = active.current_step() {
             active.apply_outcome(step, &done, now);
         }

@@ -231,6 +231,7 @@ fn step_progress_to_proto(progress: &StepProgress) -> proto::StepProgress {
         message: progress.message.clone(),
         error: progress.error.clone(),
         attempts: progress.attempts,
+        warnings: progress.warnings.clone(),
     }
 }
 

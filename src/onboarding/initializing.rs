@@ -1,6 +1,7 @@
 //! Step 4, initializing: checks that the binlog can be streamed (log_bin, binlog_format,
-//! binlog_row_image, the replication grants, roles included), then creates the server's index
-//! schema in PostgreSQL.
+//! binlog_row_image, the replication grants, roles included), reads what else the source's
+//! settings warrant (`source_checks`: warnings and reported settings), then creates the server's
+//! index schema in PostgreSQL.
 
 use async_trait::async_trait;
 use mysql_async::{Conn, prelude::Queryable};
@@ -12,6 +13,7 @@ use super::{
         mysql::{self, Endpoint},
     },
     grants::{Grants, Needed},
+    source_checks::{self, Findings},
 };
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome},
@@ -112,6 +114,32 @@ async fn problems(connection: &mut Conn, address: &Endpoint) -> Result<Vec<Strin
     Ok(problems)
 }
 
+/// The unmet prerequisites (Err), or, when there are none, what the source's other settings
+/// warrant.
+async fn check(
+    connection: &mut Conn,
+    address: &Endpoint,
+) -> Result<Result<Findings, Vec<String>>, MysqlFailure> {
+    let problems = problems(connection, address).await?;
+    if !problems.is_empty() {
+        return Ok(Err(problems));
+    }
+    let source = source_checks::read(connection, address).await?;
+    Ok(Ok(source.findings()))
+}
+
+/// The message of a completed initializing: what passed, then the settings read.
+fn completed_message(findings: &Findings) -> String {
+    let mut message = "log_bin ON, binlog_format ROW, binlog_row_image FULL, replication grants \
+                       present; index tables ready"
+        .to_owned();
+    if !findings.reported.is_empty() {
+        message.push_str("; ");
+        message.push_str(&findings.reported.join(", "));
+    }
+    message
+}
+
 #[async_trait]
 impl Step for Initializing {
     fn name(&self) -> OnboardingStep {
@@ -124,19 +152,18 @@ impl Step for Initializing {
             Ok(link) => link,
             Err(failure) => return Ok(failure.outcome(context)),
         };
-        let checked = problems(&mut link.connection, &address).await;
+        let checked = check(&mut link.connection, &address).await;
         link.close().await;
         match checked {
             Err(failure) => Ok(failure.outcome(context)),
-            Ok(problems) if !problems.is_empty() => Ok(StepOutcome::Failed {
+            Ok(Err(problems)) => Ok(StepOutcome::Failed {
                 error: problems.join("; "),
             }),
-            Ok(_) => {
+            Ok(Ok(findings)) => {
                 context.store.create_index_schema(context.claim).await?;
                 Ok(StepOutcome::Completed {
-                    message: "log_bin ON, binlog_format ROW, binlog_row_image FULL, replication \
-                              grants present; index tables ready"
-                        .into(),
+                    message: completed_message(&findings),
+                    warnings: findings.warnings,
                 })
             }
         }

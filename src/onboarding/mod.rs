@@ -10,6 +10,7 @@ mod initializing;
 pub mod interfaces;
 mod provisioning;
 mod snapshotting;
+mod source_checks;
 mod streaming;
 mod waiting_for_agent;
 

@@ -26,6 +26,7 @@ impl Step for Provisioning {
             {
                 Some(outbound_ip) => StepOutcome::Completed {
                     message: format!("assigned to an agent with outbound IP {outbound_ip}"),
+                    warnings: Vec::new(),
                 },
                 None => StepOutcome::Retry {
                     message: "no agent has free capacity; waiting for a slot".into(),

@@ -522,6 +522,7 @@ impl Step for Snapshotting {
         .await?;
         Ok(StepOutcome::Completed {
             message: summary(&tables),
+            warnings: Vec::new(),
         })
     }
 }

@@ -348,6 +348,7 @@ impl Step for Streaming {
                 "streaming from {}:{}{gtid} as replica server id {}; first event received",
                 start.binlog_file, start.binlog_position, checkpoint.replication_server_id
             ),
+            warnings: Vec::new(),
         })
     }
 }

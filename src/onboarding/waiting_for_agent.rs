@@ -39,6 +39,7 @@ impl Step for WaitingForAgent {
                     "logged in to {flavour} {version} at {address} as {}{through}",
                     context.server.spec.mysql_user
                 ),
+                warnings: Vec::new(),
             },
             Err(failure) => failure.outcome(context),
         };

@@ -154,7 +154,14 @@ fn a_correctly_configured_server_goes_from_provisioning_to_active() {
         assert_eq!(
             step(&last, OnboardingStep::Initializing).message,
             "log_bin ON, binlog_format ROW, binlog_row_image FULL, replication grants present; \
-             index tables ready"
+             index tables ready; binlog retention unlimited (no expiry set), sync_binlog 0, \
+             binlog_row_metadata NO_LOG"
+        );
+        // MariaDB's default sync_binlog is 0 (tests/api/mysql_checks.rs has the warnings).
+        assert_eq!(
+            step(&last, OnboardingStep::Initializing).warnings.len(),
+            1,
+            "{last:#?}"
         );
         assert_eq!(
             step(&last, OnboardingStep::Snapshotting).message,

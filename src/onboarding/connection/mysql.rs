@@ -5,7 +5,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use futures_util::FutureExt;
 use mysql_async::{Conn, OptsBuilder, SslOpts, prelude::Queryable};
+use tokio::io::AsyncReadExt;
 
 use super::failure::{MysqlFailure, unreachable};
 use crate::{domain::SslMode, onboarding::StepContext};
@@ -172,38 +174,170 @@ pub async fn login(
             options.with_danger_tls_hostname_override(Some(server.spec.host.to_string()))
         })
     };
-    let attempt = |ssl: Option<SslOpts>| {
-        let options = base.clone().ssl_opts(ssl);
-        let timeout = context.agent.connect_timeout;
-        let address = address.clone();
-        async move {
-            match tokio::time::timeout(timeout, Conn::new(options)).await {
-                Ok(Ok(connection)) => Ok(connection),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "timed out after {}s connecting to {address}",
-                            timeout.as_secs()
-                        ),
-                    ),
-                ))),
-            }
-        }
-    };
-    match attempt(tls(mode)).await {
-        Ok(connection) => Ok(connection),
+    let timeout = context.agent.connect_timeout;
+    let attempt = |ssl: Option<SslOpts>| log_in_once(base.clone().ssl_opts(ssl), timeout, address);
+    let refused = match attempt(tls(mode)).await {
+        Ok(connection) => return Ok(connection),
         // "preferred" falls back to plain text when the server offers no TLS.
-        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
-            if mode == SslMode::Preferred =>
-        {
-            attempt(None)
-                .await
-                .map_err(|error| classify(&error, address))
-        }
-        Err(error) => Err(classify(&error, address)),
+        Err(Refused::Mysql(mysql_async::Error::Driver(
+            mysql_async::DriverError::NoClientSslFlagFromServer,
+        ))) if mode == SslMode::Preferred => match attempt(None).await {
+            Ok(connection) => return Ok(connection),
+            Err(refused) => (refused, false),
+        },
+        Err(refused) => (refused, mode != SslMode::Disabled),
+    };
+    Err(refusal(refused, context, target, address).await)
+}
+
+/// One login with `options`, within `timeout`; `address` names the server in messages.
+async fn log_in_once(
+    options: OptsBuilder,
+    timeout: Duration,
+    address: &Endpoint,
+) -> Result<Conn, Refused> {
+    // mysql_common panics in caching_sha2_password's RSA exchange on a server key it cannot
+    // parse or a password too long for the key: a refusal, not a dead runner.
+    let login = std::panic::AssertUnwindSafe(Conn::new(options)).catch_unwind();
+    match tokio::time::timeout(timeout, login).await {
+        Ok(Ok(Ok(connection))) => Ok(connection),
+        Ok(Ok(Err(error))) => Err(Refused::Mysql(error)),
+        Ok(Err(panic)) => Err(Refused::DriverPanicked(panic_message(&*panic))),
+        Err(_) => Err(Refused::Mysql(mysql_async::Error::Io(
+            mysql_async::IoError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "timed out after {}s connecting to {address}",
+                    timeout.as_secs()
+                ),
+            )),
+        ))),
     }
+}
+
+/// Why one login attempt failed.
+#[derive(Debug)]
+enum Refused {
+    Mysql(mysql_async::Error),
+    /// mysql_async panicked while logging in, saying this.
+    DriverPanicked(String),
+}
+
+/// MySQL's ER_ACCESS_DENIED_ERROR.
+const ACCESS_DENIED: u16 = 1045;
+
+/// The failure of a login over a connection that was encrypted or not. Access denied without
+/// TLS by MySQL 8 or later (its greeting says which server it is) may be caching_sha2_password
+/// refusing a password sent in plain text: the message then says what to change.
+async fn refusal(
+    (refused, encrypted): (Refused, bool),
+    context: &StepContext,
+    target: SocketAddr,
+    address: &Endpoint,
+) -> MysqlFailure {
+    let denied = matches!(&refused, Refused::Mysql(mysql_async::Error::Server(error))
+        if error.code == ACCESS_DENIED);
+    let caching_sha2 = !encrypted
+        && denied
+        && announced_version(target, context.agent.connect_timeout)
+            .await
+            .is_some_and(|version| defaults_to_caching_sha2(&version));
+    refused.failure(address, &context.server.spec.mysql_user, caching_sha2)
+}
+
+/// The version a server announces in its greeting, the packet it sends before any login (e.g.
+/// "8.4.3", "5.5.5-10.11.19-MariaDB-0+deb12u1-log"); None when none comes in time.
+pub async fn announced_version(target: SocketAddr, timeout: Duration) -> Option<String> {
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await.ok()?;
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).await.ok()?;
+        let length =
+            usize::from(header[0]) | (usize::from(header[1]) << 8) | (usize::from(header[2]) << 16);
+        // The protocol version and the version string come first; 256 bytes hold them.
+        let mut payload = vec![0u8; length.min(256)];
+        stream.read_exact(&mut payload).await.ok()?;
+        greeting_version(&payload).map(str::to_owned)
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+/// The server version in a greeting's payload (protocol 10: a version byte, then the version
+/// as a NUL-terminated string); None for anything else, such as an error packet.
+fn greeting_version(payload: &[u8]) -> Option<&str> {
+    let (&protocol, rest) = payload.split_first()?;
+    if protocol != 10 {
+        return None;
+    }
+    let end = rest.iter().position(|byte| *byte == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// Whether a server of `version` is MySQL 8.0 or later, whose default authentication is
+/// caching_sha2_password (MariaDB announces itself as MariaDB, after a "5.5.5-" prefix before
+/// 11.0).
+fn defaults_to_caching_sha2(version: &str) -> bool {
+    !version.to_ascii_lowercase().contains("mariadb")
+        && version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse::<u32>().ok())
+            .is_some_and(|major| major >= 8)
+}
+
+impl Refused {
+    /// The failure of a login as `user`, sorted by [`classify`]; `caching_sha2` when access was
+    /// denied without TLS by a MySQL that defaults to caching_sha2_password, which adds what to
+    /// change.
+    fn failure(self, address: &str, user: &str, caching_sha2: bool) -> MysqlFailure {
+        match self {
+            Refused::Mysql(mysql_async::Error::Server(error))
+                if error.code == ACCESS_DENIED && caching_sha2 =>
+            {
+                MysqlFailure::Permanent(format!(
+                    "MySQL at {address} refused: {} (error {ACCESS_DENIED}); {}",
+                    error.message,
+                    without_tls(user)
+                ))
+            }
+            Refused::Mysql(error) => classify(&error, address),
+            Refused::DriverPanicked(panic) => MysqlFailure::Permanent(format!(
+                "logging in to MySQL at {address} failed in the MySQL driver ({panic}); this \
+                 happens in caching_sha2_password's RSA password exchange over a connection \
+                 without TLS, when the server's RSA public key is unusable or the password is \
+                 longer than the key can encrypt (about 200 bytes for a 2048-bit key): {}",
+                TLS_FIX
+            )),
+        }
+    }
+}
+
+/// The first fix for a caching_sha2_password login without TLS.
+const TLS_FIX: &str = "use TLS: set stream_options.ssl_mode to required (or preferred, when the \
+                       server offers TLS)";
+
+/// What to change when `user` was refused over a connection without TLS: the password may be
+/// wrong, or caching_sha2_password (MySQL 8's default) may refuse to take it in plain text.
+fn without_tls(user: &str) -> String {
+    format!(
+        "if the password is right, the account probably uses caching_sha2_password (the \
+         default of MySQL 8), which without TLS accepts a password only through the server's \
+         RSA key pair, or from its cache of earlier logins (emptied by a restart or FLUSH \
+         PRIVILEGES, so such logins work for a while and then fail): {TLS_FIX}; or give the server an RSA key pair \
+         (caching_sha2_password_auto_generate_rsa_keys = ON, or \
+         caching_sha2_password_private_key_path and caching_sha2_password_public_key_path); \
+         or, where the server still offers it (MySQL 8.4 disables it by default), ALTER USER \
+         '{user}'@'%' IDENTIFIED WITH mysql_native_password BY '...' (with the account's host)"
+    )
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// The server's version and flavour, e.g. ("MariaDB", "10.11.19-MariaDB-0+deb12u1").
@@ -241,6 +375,99 @@ mod tests {
             message: message.to_owned(),
             state: "HY000".to_owned(),
         })
+    }
+
+    const DENIED: &str = "Access denied for user 'bintrail'@'10.0.0.9' (using password: YES)";
+
+    #[test]
+    fn access_denied_without_tls_says_what_to_change_for_caching_sha2_password() {
+        let refused = Refused::Mysql(server_error(1045, DENIED));
+        assert_eq!(
+            refused.failure("db:3306", "bintrail", true),
+            MysqlFailure::Permanent(format!(
+                "MySQL at db:3306 refused: {DENIED} (error 1045); if the password is right, the \
+                 account probably uses caching_sha2_password (the default of MySQL 8), which \
+                 without TLS accepts a password only through the server's RSA key pair, or from \
+                 its cache of earlier logins (emptied by a restart or FLUSH PRIVILEGES, so such \
+                 logins work for a while and then fail): use TLS: set stream_options.ssl_mode to \
+                 required (or preferred, when the server offers TLS); or give the server an RSA \
+                 key pair (caching_sha2_password_auto_generate_rsa_keys = ON, or \
+                 caching_sha2_password_private_key_path and \
+                 caching_sha2_password_public_key_path); or, where the server still offers it \
+                 (MySQL 8.4 disables it by default), ALTER USER 'bintrail'@'%' IDENTIFIED WITH \
+                 mysql_native_password BY '...' (with the account's host)"
+            ))
+        );
+    }
+
+    #[test]
+    fn access_denied_over_tls_or_by_another_server_and_other_refusals_are_classified_as_before() {
+        assert_eq!(
+            Refused::Mysql(server_error(1045, DENIED)).failure("db:3306", "bintrail", false),
+            MysqlFailure::Permanent(format!("MySQL at db:3306 refused: {DENIED} (error 1045)"))
+        );
+        assert_eq!(
+            Refused::Mysql(server_error(1040, "Too many connections"))
+                .failure("db:3306", "bintrail", false),
+            MysqlFailure::Transient("db:3306 answered: Too many connections".into())
+        );
+    }
+
+    /// A greeting's payload as servers send it: protocol 10, the version, then the rest.
+    fn greeting(version: &str) -> Vec<u8> {
+        let mut payload = vec![10];
+        payload.extend_from_slice(version.as_bytes());
+        payload.extend_from_slice(&[0, 8, 0, 0, 0, b'a', b'b']);
+        payload
+    }
+
+    #[test]
+    fn the_greeting_says_whether_the_server_defaults_to_caching_sha2() {
+        let version = |payload: &[u8]| greeting_version(payload).map(str::to_owned);
+        assert_eq!(version(&greeting("8.4.3")), Some("8.4.3".into()));
+        assert_eq!(version(&[0xff, 0x69, 0x04, b'H']), None, "an error packet");
+        assert_eq!(version(&[10, b'8', b'.']), None, "cut short");
+        assert_eq!(version(&[]), None);
+        assert!(defaults_to_caching_sha2("8.0.40"));
+        assert!(defaults_to_caching_sha2("8.4.3"));
+        assert!(defaults_to_caching_sha2("9.1.0-commercial"));
+        assert!(defaults_to_caching_sha2("8.0.mysql_aurora.3.05.2"));
+        assert!(!defaults_to_caching_sha2("5.7.44-log"));
+        assert!(!defaults_to_caching_sha2(
+            "5.5.5-10.11.19-MariaDB-0+deb12u1-log"
+        ));
+        assert!(!defaults_to_caching_sha2("11.4.2-MariaDB"));
+        assert!(!defaults_to_caching_sha2(""));
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_driver_during_login_is_a_refusal_naming_tls() {
+        // What mysql_common's RSA code does with a password too long for the server's key.
+        let login = std::panic::AssertUnwindSafe(async {
+            if DENIED.is_empty() {
+                return Ok::<(), ()>(());
+            }
+            panic!("message too long")
+        })
+        .catch_unwind()
+        .await;
+        let Err(panic) = login else {
+            panic!("the future panicked");
+        };
+        let failure =
+            Refused::DriverPanicked(panic_message(&*panic)).failure("db:3306", "bintrail", false);
+        assert_eq!(
+            failure,
+            MysqlFailure::Permanent(
+                "logging in to MySQL at db:3306 failed in the MySQL driver (message too long); \
+                 this happens in caching_sha2_password's RSA password exchange over a \
+                 connection without TLS, when the server's RSA public key is unusable or the \
+                 password is longer than the key can encrypt (about 200 bytes for a 2048-bit \
+                 key): use TLS: set stream_options.ssl_mode to required (or preferred, when the \
+                 server offers TLS)"
+                    .into()
+            )
+        );
     }
 
     #[test]

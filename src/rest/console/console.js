@@ -312,6 +312,8 @@ function renderStep(step, currentStep) {
     el("span", { class: "step-status" }, step.status.replace("_", " ")),
     meta ? el("span", { class: "step-meta" }, meta) : null,
     step.message ? el("span", { class: "step-message" }, step.message) : null,
+    ...(step.warnings ?? []).map((warning) =>
+      el("span", { class: "step-warning", "data-testid": "step-warning" }, warning)),
     step.error ? el("span", { class: "step-error" }, step.error) : null));
 }
 

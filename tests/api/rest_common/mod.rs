@@ -44,7 +44,7 @@ pub const ONBOARDING_KEYS: [&str; 8] = [
     "stream_state",
 ];
 /// The keys of a StepProgress.
-pub const STEP_KEYS: [&str; 7] = [
+pub const STEP_KEYS: [&str; 8] = [
     "attempts",
     "completed_at",
     "error",
@@ -52,6 +52,7 @@ pub const STEP_KEYS: [&str; 7] = [
     "name",
     "started_at",
     "status",
+    "warnings",
 ];
 /// The step names, in order.
 pub const STEP_NAMES: [&str; 6] = [
@@ -358,6 +359,7 @@ pub fn onboarding_json(status: &OnboardingStatus) -> Value {
             "message": step.message,
             "error": step.error,
             "attempts": step.attempts,
+            "warnings": step.warnings,
         })).collect::<Vec<_>>(),
         "error": status.error,
         "agent_outbound_ip": status.agent_outbound_ip,
