@@ -156,7 +156,7 @@ pub async fn start_with_steps(
     let targets = Arc::new(target_policy(&config));
     let agent = agent_settings(&config, agent_id, &outbound_ip, targets.clone());
     let notifications = listen(&config, listener_stop.clone());
-    let (engine, streams) = start_engine(&config, &stores, &secrets, agent, steps);
+    let (engine, streams) = start_engine(&config, &stores, &secrets, agent.clone(), steps);
     tokio::spawn(watch::dispatch(
         notifications,
         hub.clone(),
@@ -181,7 +181,7 @@ pub async fn start_with_steps(
         hub,
         authenticator.clone(),
         page_tokens,
-        targets,
+        agent,
     );
     let grpc_stack = grpc::GrpcStack::new(
         api,

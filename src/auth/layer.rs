@@ -22,9 +22,8 @@ const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
 pub fn required_permission(method: &str) -> Option<Permission> {
     Some(match method {
         "ListServers" | "GetServer" | "GetOnboardingStatus" | "WatchOnboarding" => Permission::Read,
-        "RegisterServer" | "UpdateServer" | "ConfirmFirewall" | "RetryOnboarding" => {
-            Permission::Write
-        }
+        "RegisterServer" | "UpdateServer" | "ConfirmFirewall" | "RetryOnboarding"
+        | "RestartStream" => Permission::Write,
         "DecommissionServer" => Permission::Delete,
         "ListChangeEvents" => Permission::ChangesRead,
         _ => return None,

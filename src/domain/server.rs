@@ -577,6 +577,14 @@ pub enum Rejection {
         "onboarding has not failed: server status is {0}; only a server in error can be retried"
     )]
     OnboardingNotFailed(ServerStatus),
+    #[error(
+        "the server has no binlog stream to restart (status {0}): a stream exists once onboarding \
+         completes its streaming step"
+    )]
+    NotStreaming(ServerStatus),
+    /// The source refused the requested start: the reason code and what to do.
+    #[error("{1}")]
+    RestartPointRefused(&'static str, String),
 }
 
 /// A server as stored.
@@ -764,6 +772,41 @@ impl Server {
         }
         self.status = ServerStatus::Pending;
         self.runnable = true;
+        Ok(())
+    }
+
+    /// Whether RestartStream may move this server's stream: it has one that runs, or one that
+    /// stopped on a lost position or a permanent fault.
+    pub fn check_restartable(&self) -> Result<(), Rejection> {
+        self.ensure_live()?;
+        let restartable = match (&self.stream, self.status) {
+            (Some(_), ServerStatus::Active | ServerStatus::Disconnected) => true,
+            (Some(stream), ServerStatus::Error) => !stream.state.wants_a_reader(),
+            _ => false,
+        };
+        if restartable {
+            Ok(())
+        } else {
+            Err(Rejection::NotStreaming(self.status))
+        }
+    }
+
+    /// RestartStream moved the stream's checkpoint: the stream starts again from there, and the
+    /// streaming step says from where and what was skipped or read again (a revision).
+    pub fn restart_stream(
+        &mut self,
+        description: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Rejection> {
+        self.check_restartable()?;
+        if let Some(stream) = &mut self.stream {
+            stream.state = StreamState::Starting;
+            stream.error = None;
+        }
+        self.steps
+            .complete(OnboardingStep::Streaming, description, &[], now);
+        self.status = ServerStatus::Active;
+        self.runnable = false;
         Ok(())
     }
 

@@ -96,3 +96,213 @@ impl StreamState {
         )
     }
 }
+
+/// A place in a source's binlog. The file names of one server sort in binlog order, so places
+/// compare as the binlog runs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BinlogPoint {
+    pub file: String,
+    pub position: u64,
+}
+
+impl std::fmt::Display for BinlogPoint {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}:{}", self.file, self.position)
+    }
+}
+
+/// The longest binlog file name accepted (MySQL's own limit is FN_REFLEN, 512).
+const MAX_BINLOG_FILE_LENGTH: usize = 255;
+
+/// Where RestartStream starts the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamStart {
+    /// A binlog file and a position in it.
+    Position(BinlogPoint),
+    /// The source's current position.
+    Current,
+}
+
+impl StreamStart {
+    /// The start a request names: exactly one of a file with its position, or the current
+    /// position. A GTID set is not supported yet, and says so.
+    pub fn parse(
+        binlog_file: &str,
+        binlog_position: i64,
+        gtid_set: &str,
+        current: bool,
+    ) -> Result<StreamStart, super::Violations> {
+        let mut violations = super::Violations::default();
+        if !gtid_set.is_empty() {
+            violations.add(
+                "gtid_set",
+                "restarting from a GTID set is not supported yet; give binlog_file and \
+                 binlog_position (SHOW BINLOG EVENTS shows the GTID event's position)",
+            );
+        }
+        let named = !binlog_file.is_empty() || binlog_position != 0;
+        match (named, current) {
+            (true, true) => violations.add(
+                "current_position",
+                "give either binlog_file and binlog_position or current_position, not both",
+            ),
+            (false, false) if gtid_set.is_empty() => violations.add(
+                "binlog_file",
+                "say where the stream starts: binlog_file and binlog_position, or \
+                 current_position: true",
+            ),
+            _ => {}
+        }
+        if named {
+            check_binlog_file(binlog_file, &mut violations);
+            if binlog_position < 4 {
+                violations.add(
+                    "binlog_position",
+                    "must be 4 (a file's first event) or more: the first 4 bytes of a binlog file \
+                     are its magic number",
+                );
+            }
+        }
+        violations.into_result()?;
+        Ok(if current {
+            StreamStart::Current
+        } else {
+            StreamStart::Position(BinlogPoint {
+                file: binlog_file.to_owned(),
+                position: u64::try_from(binlog_position).unwrap_or_default(),
+            })
+        })
+    }
+}
+
+fn check_binlog_file(name: &str, violations: &mut super::Violations) {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if name.is_empty() {
+        violations.add("binlog_file", "is required with binlog_position");
+    } else if name.len() > MAX_BINLOG_FILE_LENGTH {
+        violations.add(
+            "binlog_file",
+            format!("must be at most {MAX_BINLOG_FILE_LENGTH} characters"),
+        );
+    } else if !name.chars().all(fine) || name.starts_with('.') {
+        violations.add(
+            "binlog_file",
+            "must be a binlog file name as SHOW BINARY LOGS lists it (letters, digits, '.', '-' \
+             and '_'), without a directory",
+        );
+    }
+}
+
+/// What a restart does against the stream's checkpoint: positions skipped (a gap), read again
+/// (an overlap), or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPlan {
+    /// The restart as the server's history tells it.
+    pub description: String,
+    /// On an overlap, the old checkpoint: rows before it are stored already.
+    pub replay_until: Option<BinlogPoint>,
+    /// On a gap, the positions skipped (from, to).
+    pub gap: Option<(BinlogPoint, BinlogPoint)>,
+}
+
+impl RestartPlan {
+    /// The plan of a restart from `checkpoint` to `start`.
+    pub fn between(checkpoint: &BinlogPoint, start: &BinlogPoint) -> RestartPlan {
+        let (description, replay_until, gap) = match start.cmp(checkpoint) {
+            std::cmp::Ordering::Greater => (
+                format!(
+                    "stream restarted at {start} by RestartStream; gap: the changes from \
+                     {checkpoint} to {start} are not captured"
+                ),
+                None,
+                Some((checkpoint.clone(), start.clone())),
+            ),
+            std::cmp::Ordering::Less => (
+                format!(
+                    "stream restarted at {start} by RestartStream; overlap: {start} to \
+                     {checkpoint} is read again, and what was captured there is not stored twice"
+                ),
+                Some(checkpoint.clone()),
+                None,
+            ),
+            std::cmp::Ordering::Equal => (
+                format!("stream restarted at its checkpoint {start} by RestartStream"),
+                None,
+                None,
+            ),
+        };
+        RestartPlan {
+            description,
+            replay_until,
+            gap,
+        }
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    fn point(file: &str, position: u64) -> BinlogPoint {
+        BinlogPoint {
+            file: file.into(),
+            position,
+        }
+    }
+
+    #[test]
+    fn a_start_is_a_file_and_position_or_the_current_position() {
+        assert_eq!(
+            StreamStart::parse("mysql-bin.000001", 4, "", false).unwrap(),
+            StreamStart::Position(point("mysql-bin.000001", 4))
+        );
+        assert_eq!(
+            StreamStart::parse("", 0, "", true).unwrap(),
+            StreamStart::Current
+        );
+        let fields = |result: Result<StreamStart, crate::domain::Violations>| {
+            result
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|violation| violation.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fields(StreamStart::parse("", 0, "", false)),
+            ["binlog_file"]
+        );
+        assert_eq!(
+            fields(StreamStart::parse("mysql-bin.000001", 4, "", true)),
+            ["current_position"]
+        );
+        assert_eq!(
+            fields(StreamStart::parse("../etc/passwd", 2, "", false)),
+            ["binlog_file", "binlog_position"]
+        );
+        assert_eq!(
+            fields(StreamStart::parse("", 0, "x:1", false)),
+            ["gtid_set"]
+        );
+        assert_eq!(
+            fields(StreamStart::parse("", 120, "", false)),
+            ["binlog_file"]
+        );
+    }
+
+    #[test]
+    fn plans_name_gaps_and_overlaps() {
+        let checkpoint = point("mysql-bin.000002", 400);
+        let later = RestartPlan::between(&checkpoint, &point("mysql-bin.000003", 4));
+        assert_eq!(
+            later.gap,
+            Some((checkpoint.clone(), point("mysql-bin.000003", 4)))
+        );
+        assert!(later.description.contains("gap"));
+        let earlier = RestartPlan::between(&checkpoint, &point("mysql-bin.000002", 4));
+        assert_eq!(earlier.replay_until, Some(checkpoint.clone()));
+        assert!(earlier.description.contains("overlap"));
+        let same = RestartPlan::between(&checkpoint, &checkpoint);
+        assert_eq!((same.gap, same.replay_until), (None, None));
+    }
+}

@@ -342,6 +342,8 @@ fn rejection_status(rejection: Rejection) -> Status {
         Rejection::OnboardingNotFailed(_) => {
             precondition("ONBOARDING_NOT_FAILED", "server_status", message)
         }
+        Rejection::NotStreaming(_) => precondition("NOT_STREAMING", "server_status", message),
+        Rejection::RestartPointRefused(reason, _) => precondition(reason, "start", message),
     }
 }
 

@@ -16,7 +16,7 @@ use tonic::{Code, server::NamedService};
 use tower::{Layer, Service};
 
 /// Every method of ServersService: the metric labels are these names and nothing a client sent.
-const METHODS: [&str; 10] = [
+const METHODS: [&str; 11] = [
     "ListServers",
     "GetServer",
     "RegisterServer",
@@ -26,6 +26,7 @@ const METHODS: [&str; 10] = [
     "ConfirmFirewall",
     "WatchOnboarding",
     "RetryOnboarding",
+    "RestartStream",
     "ListChangeEvents",
 ];
 

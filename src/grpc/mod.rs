@@ -11,6 +11,7 @@ pub mod errors;
 mod idempotency;
 mod metrics;
 mod paging;
+mod restart;
 mod server_pages;
 mod service;
 mod update_mask;

@@ -24,6 +24,7 @@ use crate::{
         server::{Existing, NewSecrets, Server, ServerInput, ServerSpec, StoredSecrets},
         target::TargetPolicy,
     },
+    onboarding::AgentSettings,
     proto::{self, servers_service_server::ServersService},
     secrets::SecretBox,
     store::{IdempotencyKey, Scope, Store, StoreError},
@@ -40,7 +41,8 @@ pub struct ServersApi {
     hub: Arc<WatchHub>,
     authenticator: Arc<Authenticator>,
     tokens: PageTokens,
-    targets: Arc<TargetPolicy>,
+    /// This replica's agent: how RestartStream reaches a source, and the target policy.
+    agent: AgentSettings,
 }
 
 impl ServersApi {
@@ -52,7 +54,7 @@ impl ServersApi {
         hub: Arc<WatchHub>,
         authenticator: Arc<Authenticator>,
         tokens: PageTokens,
-        targets: Arc<TargetPolicy>,
+        agent: AgentSettings,
     ) -> ServersApi {
         ServersApi {
             store,
@@ -61,7 +63,7 @@ impl ServersApi {
             hub,
             authenticator,
             tokens,
-            targets,
+            agent,
         }
     }
 
@@ -76,6 +78,14 @@ impl ServersApi {
 
     pub(super) fn tokens(&self) -> &PageTokens {
         &self.tokens
+    }
+
+    pub(super) fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
+    pub(super) fn agent(&self) -> &AgentSettings {
+        &self.agent
     }
 }
 
@@ -238,7 +248,7 @@ impl ServersApi {
             has_ssh_private_key: server.secrets.ssh_private_key.is_some(),
         };
         let (spec, new_secrets) = merged.validate("server.", existing)?;
-        self.targets.check_literals(&spec, "server.")?;
+        self.agent.targets.check_literals(&spec, "server.")?;
         let sealed = self
             .secrets
             .seal_server_secrets(server.id, &server.secrets, &new_secrets);
@@ -303,7 +313,7 @@ impl ServersService for ServersApi {
         {
             return Ok(Response::new(server_to_proto(&server)));
         }
-        let (spec, new_secrets) = registration(request.server.as_ref(), &self.targets)?;
+        let (spec, new_secrets) = registration(request.server.as_ref(), &self.agent.targets)?;
         let server = self.new_server(principal.tenant_id, spec, &new_secrets);
         let server = if request.validate_only {
             self.store.check_registration(&server).await?;
@@ -425,6 +435,14 @@ impl ServersService for ServersApi {
         Ok(Response::new(onboarding_status_to_proto(
             &server.onboarding_status(),
         )))
+    }
+
+    async fn restart_stream(
+        &self,
+        request: Request<proto::RestartStreamRequest>,
+    ) -> Result<Response<proto::Server>, Status> {
+        let server = self.restart(request).await?;
+        Ok(Response::new(server_to_proto(&server)))
     }
 
     async fn list_change_events(

@@ -37,7 +37,8 @@ pub use provisioning::Provisioning;
 pub use snapshotting::Snapshotting;
 pub use snapshotting::{SnapshotLimits, Table, read_tables, refresh_snapshot_table};
 pub use streaming::{
-    Streaming, end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
+    Streaming, coordinates, end_dump_thread, is_replica_id_clash, replication_refusal,
+    source_identity,
 };
 pub use waiting_for_agent::WaitingForAgent;
 

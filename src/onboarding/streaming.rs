@@ -209,6 +209,7 @@ impl StreamRequest {
                 source_identity: Some(self.identity),
                 last_event_at: None,
                 statement_changes: Default::default(),
+                replay_until: None,
             },
             replication_server_id: self.replication_server_id,
             events_indexed: 0,

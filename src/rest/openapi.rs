@@ -611,12 +611,13 @@ fn path_shape(route: &Route) -> String {
         .template
         .openapi_path()
         .split('/')
-        .map(|segment| {
-            if segment.starts_with('{') {
-                "{}"
-            } else {
-                segment
-            }
+        .map(|segment| match segment.strip_prefix('{') {
+            // A custom verb after the last variable stays: `/servers/{}:restart-stream`.
+            Some(variable) => format!(
+                "{{}}{}",
+                variable.split_once('}').map_or("", |(_, verb)| verb)
+            ),
+            None => segment.to_owned(),
         })
         .collect::<Vec<_>>()
         .join("/")
@@ -636,8 +637,9 @@ mod tests {
             .values()
             .map(|methods| methods.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 10);
+        assert_eq!(operations, 11);
         assert!(paths.contains_key("/servers/{server_id}"));
+        assert!(paths["/servers/{server_id}:restart-stream"]["post"].is_object());
         assert!(!paths.contains_key("/servers/{server.server_id}"));
         assert!(paths["/servers/{server_id}"]["patch"].is_object());
 

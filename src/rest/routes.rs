@@ -1001,7 +1001,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(routes.len(), 10);
+        assert_eq!(routes.len(), 11);
         assert!(routes.contains(&(
             "PATCH".into(),
             "/servers/{server.server_id}".into(),

@@ -13,20 +13,7 @@ use mysql_common::binlog::{
 };
 
 use super::gtid::{Gtid, GtidSet};
-use crate::domain::ChangeOperation;
-
-/// A place in a binlog: a file and a byte offset in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    pub file: String,
-    pub position: u64,
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "{}:{}", self.file, self.position)
-    }
-}
+use crate::domain::{ChangeOperation, stream::BinlogPoint};
 
 /// MariaDB's GTID event, which mysql_common does not parse.
 const MARIADB_GTID_EVENT: u8 = 0xa2;
@@ -259,7 +246,7 @@ pub struct Transactions {
     /// The binlog file being read.
     pub file: String,
     /// The end of the last complete transaction (where a restart may begin).
-    pub committed: Position,
+    pub committed: BinlogPoint,
     pub in_transaction: bool,
     /// The current transaction's GTID, added to the set at its commit.
     gtid: Option<Gtid>,
@@ -275,7 +262,7 @@ pub struct Transactions {
 
 impl Transactions {
     /// The state of a reader that starts at `start`, after the GTID set `gtids`.
-    pub fn new(start: Position, gtids: GtidSet, checksums: bool) -> Transactions {
+    pub fn new(start: BinlogPoint, gtids: GtidSet, checksums: bool) -> Transactions {
         Transactions {
             file: start.file.clone(),
             committed: start,
@@ -351,7 +338,7 @@ impl Transactions {
         if let Some(payload) = &mut self.payload {
             payload.committed = true;
         }
-        self.committed = Position {
+        self.committed = BinlogPoint {
             file: self.file.clone(),
             position: end,
         };
@@ -376,7 +363,7 @@ impl Transactions {
         }
         self.file = String::from_utf8_lossy(&name).into_owned();
         if !artificial || self.committed.file != self.file {
-            self.committed = Position {
+            self.committed = BinlogPoint {
                 file: self.file.clone(),
                 position: rotate.position(),
             };

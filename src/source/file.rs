@@ -17,10 +17,10 @@ use mysql_common::binlog::{
 
 use super::{
     decode::{self, ChangeRow},
-    events::{self, Meaning, Place, Position, Transactions},
+    events::{self, Meaning, Place, Transactions},
     gtid::GtidSet,
 };
-use crate::domain::change::RowChange;
+use crate::domain::{change::RowChange, stream::BinlogPoint};
 
 /// The four bytes every binlog file starts with.
 const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
@@ -37,7 +37,7 @@ pub enum Found {
     /// A committed row change.
     Change(RowChange),
     /// A statement-format DML statement: rows changed that the binlog does not carry as rows.
-    StatementDml { at: Position, statement: String },
+    StatementDml { at: BinlogPoint, statement: String },
 }
 
 /// Why a file could not be read, and where.
@@ -66,7 +66,7 @@ pub fn read(
         offset: 0,
         events: EventStreamReader::new(BinlogVersion::Version4),
         transactions: Transactions::new(
-            Position {
+            BinlogPoint {
                 file: name.to_owned(),
                 position: 4,
             },
@@ -229,7 +229,7 @@ impl<R: Read> FileReader<R> {
             Meaning::Commit | Meaning::Statement(_) => self.commit(place.end, found),
             Meaning::StatementDml(statement) => {
                 found(Found::StatementDml {
-                    at: Position {
+                    at: BinlogPoint {
                         file: self.name.clone(),
                         position: place.start,
                     },

@@ -21,7 +21,7 @@ use crate::domain::{
         ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison,
         RowChange,
     },
-    stream::StatementChanges,
+    stream::{BinlogPoint, StatementChanges},
 };
 
 diesel::table! {
@@ -61,7 +61,9 @@ const TABLES: &[&str] = &[
     "ALTER TABLE stream_checkpoints \
          ADD COLUMN IF NOT EXISTS statement_changes bigint NOT NULL DEFAULT 0, \
          ADD COLUMN IF NOT EXISTS statement_changes_since timestamptz, \
-         ADD COLUMN IF NOT EXISTS last_statement_change text NOT NULL DEFAULT ''",
+         ADD COLUMN IF NOT EXISTS last_statement_change text NOT NULL DEFAULT '', \
+         ADD COLUMN IF NOT EXISTS replay_until_file text, \
+         ADD COLUMN IF NOT EXISTS replay_until_position bigint",
     "CREATE TABLE IF NOT EXISTS stream_gaps (\
          id bigserial PRIMARY KEY, \
          server_id uuid NOT NULL, \
@@ -112,6 +114,9 @@ pub struct StreamPosition {
     /// Statement-format DML met since the previous checkpoint (when writing), or in all (when
     /// read).
     pub statement_changes: StatementChanges,
+    /// After a restart that reads part of the binlog again: the old checkpoint, before which
+    /// every row is stored already (so none is stored twice). Kept by writes.
+    pub replay_until: Option<BinlogPoint>,
 }
 
 /// A stream's checkpoint as stored: its position, the replica id it reads as, and how many
@@ -148,6 +153,10 @@ struct CheckpointRow {
     statement_changes_since: Option<DateTime<Utc>>,
     #[diesel(sql_type = Text)]
     last_statement_change: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    replay_until_file: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    replay_until_position: Option<i64>,
 }
 
 impl From<CheckpointRow> for StreamCheckpoint {
@@ -165,6 +174,12 @@ impl From<CheckpointRow> for StreamCheckpoint {
                     since: row.statement_changes_since,
                     last_position: row.last_statement_change,
                 },
+                replay_until: row.replay_until_file.zip(row.replay_until_position).map(
+                    |(file, position)| BinlogPoint {
+                        file,
+                        position: u64::try_from(position).unwrap_or_default(),
+                    },
+                ),
             },
             replication_server_id: row.replication_server_id,
             events_indexed: row.next_sequence - 1,
@@ -174,7 +189,7 @@ impl From<CheckpointRow> for StreamCheckpoint {
 
 const CHECKPOINT_COLUMNS: &str = "binlog_file, binlog_position, skip_rows, gtid_set, \
      source_identity, replication_server_id, next_sequence, last_event_at, statement_changes, \
-     statement_changes_since, last_statement_change";
+     statement_changes_since, last_statement_change, replay_until_file, replay_until_position";
 
 /// A stored event.
 #[derive(Queryable, Selectable)]
@@ -234,6 +249,27 @@ pub struct StreamGap {
     pub to_file: String,
     pub to_position: i64,
     pub reason: String,
+}
+
+/// Records positions a stream skipped.
+async fn record_gap(
+    connection: &mut super::Connection,
+    server_id: ServerId,
+    gap: &StreamGap,
+) -> Result<(), StoreError> {
+    diesel::sql_query(
+        "INSERT INTO stream_gaps (server_id, from_file, from_position, to_file, to_position, \
+             reason) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind::<SqlUuid, _>(server_id.0)
+    .bind::<Text, _>(&gap.from_file)
+    .bind::<BigInt, _>(gap.from_position)
+    .bind::<Text, _>(&gap.to_file)
+    .bind::<BigInt, _>(gap.to_position)
+    .bind::<Text, _>(&gap.reason)
+    .execute(connection)
+    .await?;
+    Ok(())
 }
 
 fn partition_name(day: NaiveDate) -> String {
@@ -416,6 +452,72 @@ impl Store {
         Ok(inserted == 1)
     }
 
+    /// Fences the stream's holder off the checkpoint for RestartStream: writes with an epoch
+    /// below `epoch` are refused from now on. The checkpoint as it stands then; None when the
+    /// server has none.
+    pub async fn fence_stream_checkpoint(
+        &self,
+        server_id: ServerId,
+        epoch: i64,
+    ) -> Result<Option<StreamCheckpoint>, StoreError> {
+        let mut connection = self.connection().await?;
+        let row: Option<CheckpointRow> = diesel::sql_query(format!(
+            "UPDATE stream_checkpoints SET epoch = GREATEST(epoch, $2) WHERE server_id = $1 \
+             RETURNING {CHECKPOINT_COLUMNS}"
+        ))
+        .bind::<SqlUuid, _>(server_id.0)
+        .bind::<BigInt, _>(epoch)
+        .get_result(&mut connection)
+        .await
+        .optional()?;
+        Ok(row.map(StreamCheckpoint::from))
+    }
+
+    /// RestartStream moves a fenced checkpoint to `position` (keeping its epoch, so only a
+    /// newer holder writes after it) and records a gap in the stream's gaps, in one transaction.
+    /// Fenced when a newer holder took the checkpoint meanwhile.
+    pub async fn restart_stream_at(
+        &self,
+        server_id: ServerId,
+        epoch: i64,
+        position: &StreamPosition,
+        gap: Option<&StreamGap>,
+    ) -> Result<(), StoreError> {
+        let position = position.clone();
+        let gap = gap.cloned();
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                let replay = position.replay_until.as_ref();
+                let moved = diesel::sql_query(
+                    "UPDATE stream_checkpoints SET binlog_file = $3, binlog_position = $4, \
+                         skip_rows = 0, gtid_set = $5, source_identity = $6, \
+                         replay_until_file = $7, replay_until_position = $8, recorded_at = now() \
+                     WHERE server_id = $1 AND epoch = $2",
+                )
+                .bind::<SqlUuid, _>(server_id.0)
+                .bind::<BigInt, _>(epoch)
+                .bind::<Text, _>(&position.binlog_file)
+                .bind::<BigInt, _>(position.binlog_position)
+                .bind::<Nullable<Text>, _>(position.gtid_set.as_deref())
+                .bind::<Nullable<Text>, _>(position.source_identity.as_deref())
+                .bind::<Nullable<Text>, _>(replay.map(|point| point.file.as_str()))
+                .bind::<Nullable<BigInt>, _>(
+                    replay.map(|point| i64::try_from(point.position).unwrap_or(i64::MAX)),
+                )
+                .execute(connection)
+                .await?;
+                if moved == 0 {
+                    return Err(StoreError::Fenced);
+                }
+                if let Some(gap) = gap {
+                    record_gap(connection, server_id, &gap).await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     /// Moves a stream whose position was lost to `position` and records the gap, in one
     /// transaction.
     pub async fn restart_stream_after_gap(
@@ -431,7 +533,8 @@ impl Store {
             .transaction(async move |connection| -> Result<_, StoreError> {
                 diesel::sql_query(
                     "UPDATE stream_checkpoints SET binlog_file = $2, binlog_position = $3, \
-                         skip_rows = 0, gtid_set = $4, source_identity = $5, recorded_at = now() \
+                         skip_rows = 0, gtid_set = $4, source_identity = $5, replay_until_file = NULL, \
+                         replay_until_position = NULL, recorded_at = now() \
                      WHERE server_id = $1",
                 )
                 .bind::<SqlUuid, _>(server_id.0)
@@ -441,19 +544,7 @@ impl Store {
                 .bind::<Nullable<Text>, _>(position.source_identity.as_deref())
                 .execute(connection)
                 .await?;
-                diesel::sql_query(
-                    "INSERT INTO stream_gaps (server_id, from_file, from_position, to_file, \
-                         to_position, reason) VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind::<SqlUuid, _>(server_id.0)
-                .bind::<Text, _>(&gap.from_file)
-                .bind::<BigInt, _>(gap.from_position)
-                .bind::<Text, _>(&gap.to_file)
-                .bind::<BigInt, _>(gap.to_position)
-                .bind::<Text, _>(&gap.reason)
-                .execute(connection)
-                .await?;
-                Ok(())
+                record_gap(connection, server_id, &gap).await
             })
             .await
     }

@@ -658,6 +658,60 @@ impl Store {
             .await
     }
 
+    /// The epoch of the server's stream lease (of its holder, or its last one).
+    pub async fn stream_epoch(&self, tenant: TenantId, id: ServerId) -> Result<i64, StoreError> {
+        let mut connection = self.connection().await?;
+        servers::table
+            .find(id.0)
+            .filter(servers::tenant_id.eq(tenant.0))
+            .select(servers::stream_epoch)
+            .first(&mut connection)
+            .await
+            .optional()?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// RestartStream's change of the server, with its stream lease taken from the holder: the
+    /// lease ends and its epoch becomes `epoch`, the one the checkpoint was fenced with, so the
+    /// next holder starts from the moved checkpoint. Fenced when the lease's epoch reached
+    /// `epoch` meanwhile (a holder claimed it after the fence).
+    pub async fn restart_stream<E, F>(
+        &self,
+        tenant: TenantId,
+        id: ServerId,
+        epoch: i64,
+        change: F,
+    ) -> Result<Server, E>
+    where
+        F: FnOnce(&mut Server) -> Result<(), E> + Send,
+        E: From<StoreError> + From<diesel::result::Error> + Send,
+    {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<Server, E> {
+                let fenced = diesel::update(
+                    servers::table
+                        .find(id.0)
+                        .filter(servers::tenant_id.eq(tenant.0))
+                        .filter(servers::stream_epoch.lt(epoch)),
+                )
+                .set((
+                    servers::stream_owner.eq(None::<Uuid>),
+                    servers::stream_expires_at.eq(None::<DateTime<Utc>>),
+                    servers::stream_epoch.eq(epoch),
+                ))
+                .execute(connection)
+                .await?;
+                if fenced == 0 {
+                    return Err(StoreError::Fenced.into());
+                }
+                let (server, ()) =
+                    modify_locked(connection, Scope::Tenant(tenant), id, change).await?;
+                Ok(server)
+            })
+            .await
+    }
+
     /// `modify_server` for a tenant's call with a request id: the id is recorded in the same
     /// transaction, first, so a concurrent retry waits for this one and then finds it. A request
     /// id used before answers the server its first call produced.

@@ -3,6 +3,7 @@
 //! renewed, tells them about changes of their servers, and lets them go on shutdown.
 
 mod progress;
+pub mod restart;
 mod runner;
 mod session;
 mod tables;

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::{
     progress::ProgressBook,
     session::{self, SessionEnd},
-    tables::BinlogPoint,
 };
 use crate::{
+    domain::stream::BinlogPoint,
     domain::{
         OnboardingStep, StreamState,
         change::RowChange,

@@ -16,10 +16,10 @@ use tokio::time::Instant;
 
 use super::{
     runner::Holder,
-    tables::{BinlogPoint, Tables, ddl_tables},
+    tables::{Tables, ddl_tables},
 };
 use crate::{
-    domain::change::RowChange,
+    domain::{change::RowChange, stream::BinlogPoint},
     onboarding::{
         MysqlFailure, StepContext, classify_mysql,
         connection::{self, Link, mysql},
@@ -27,7 +27,7 @@ use crate::{
     },
     source::{
         decode::{self, ChangeRow},
-        events::{self, Meaning, Place, Position, Transactions},
+        events::{self, Meaning, Place, Transactions},
         gtid::GtidSet,
     },
     store::{StatementChanges, StoreError, StreamCheckpoint, StreamPosition},
@@ -83,6 +83,8 @@ struct Reader {
     /// Statement-format DML of the open transaction, and of complete ones not yet written.
     open_statements: StatementChanges,
     committed_statements: StatementChanges,
+    /// After a restart that reads part of the binlog again: rows before this place are stored.
+    replay_until: Option<BinlogPoint>,
 }
 
 /// The binlog files the source still has.
@@ -507,7 +509,7 @@ impl Reader {
         position: &StreamPosition,
         checksums: bool,
     ) -> Reader {
-        let start = Position {
+        let start = BinlogPoint {
             file: position.binlog_file.clone(),
             position: u64::try_from(position.binlog_position).unwrap_or(4),
         };
@@ -524,10 +526,11 @@ impl Reader {
             last_event_at: position.last_event_at,
             open_statements: StatementChanges::default(),
             committed_statements: StatementChanges::default(),
+            replay_until: position.replay_until.clone(),
         }
     }
 
-    fn position(&self, at: Position, skip_rows: i64, identity: &str) -> StreamPosition {
+    fn position(&self, at: BinlogPoint, skip_rows: i64, identity: &str) -> StreamPosition {
         StreamPosition {
             binlog_file: at.file,
             binlog_position: i64::try_from(at.position).unwrap_or(i64::MAX),
@@ -536,6 +539,7 @@ impl Reader {
             source_identity: Some(identity.to_owned()),
             last_event_at: self.last_event_at,
             statement_changes: StatementChanges::default(),
+            replay_until: None,
         }
     }
 
@@ -686,8 +690,11 @@ impl Reader {
             file: self.transactions.file.clone(),
             position: place.start,
         };
-        let Some(columns) = self.tables.get(&schema, &table, &at).cloned() else {
-            // Not tracked (stream_options), or not a table of the snapshot.
+        let stored_already = self.replay_until.as_ref().is_some_and(|until| at < *until);
+        let columns = self.tables.get(&schema, &table, &at).cloned();
+        let Some(columns) = columns.filter(|_| !stored_already) else {
+            // Not tracked (stream_options), not a table of the snapshot, or read again after a
+            // restart and stored already.
             let count = rows.rows(table_map).count();
             self.transactions.count_rows(count);
             return Ok(());

@@ -10,17 +10,11 @@ use mysql_async::Conn;
 
 use crate::{
     domain::server::StreamOptions,
+    domain::stream::BinlogPoint,
     onboarding::{MysqlFailure, SnapshotLimits, Table, connection::mysql::Endpoint, read_tables},
     source::decode::{ColumnInfo, ColumnKind, TableColumns},
     store::SnapshotVersion,
 };
-
-/// A place in the binlog: file names of one server sort in binlog order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct BinlogPoint {
-    pub file: String,
-    pub position: u64,
-}
 
 /// A table's columns from a binlog place on (from the start when `since` is none).
 #[derive(Debug, Clone, PartialEq, Eq)]

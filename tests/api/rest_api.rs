@@ -872,6 +872,11 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
                 "/servers/{server_id}/retry-onboarding",
                 "RetryOnboarding",
             ),
+            (
+                "post",
+                "/servers/{server_id}:restart-stream",
+                "RestartStream",
+            ),
         ]
         .iter()
         .map(|(method, path, id)| (method.to_string(), path.to_string(), id.to_string()))

@@ -1444,3 +1444,274 @@ fn an_excluded_table_stays_out_of_the_snapshot_and_the_stream() {
         app.shutdown().await;
     });
 }
+
+fn restart_at(server_id: &str, file: &str, position: i64) -> proto::RestartStreamRequest {
+    proto::RestartStreamRequest {
+        server_id: server_id.to_owned(),
+        binlog_file: file.to_owned(),
+        binlog_position: position,
+        ..Default::default()
+    }
+}
+
+/// Where the events of the source's binlog file start (SHOW BINLOG EVENTS), with their types.
+async fn binlog_events(mariadb: &MariaDb, file: &str) -> Vec<(u64, String)> {
+    mariadb
+        .query::<(String, u64, String, u32, u64, String)>(&format!(
+            "SHOW BINLOG EVENTS IN '{file}'"
+        ))
+        .await
+        .into_iter()
+        .map(|(_, position, kind, _, _, _)| (position, kind))
+        .collect()
+}
+
+#[test]
+fn restart_stream_refuses_what_the_source_cannot_serve() {
+    block_on(async {
+        let mariadb = mariadb_with(&SHOP_T).await;
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let id = register_streaming(
+            &mut client,
+            mariadb.server("restart-refused", USER, PASSWORD),
+        )
+        .await;
+        mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+        wait_for_events(&mut client, &id, "", 1).await;
+        let status = mariadb.master_status().await.expect("binlog on");
+        let events = binlog_events(&mariadb, &status.file).await;
+        let table_map = events
+            .iter()
+            .find(|(_, kind)| kind == "Table_map")
+            .expect("the insert's table map")
+            .0;
+
+        let refused = |request: proto::RestartStreamRequest| {
+            let mut client = app.client();
+            async move { expect_err(client.restart_stream(request).await) }
+        };
+        let cases = [
+            (
+                restart_at(&id, "mysql-bin.999999", 4),
+                "BINLOG_FILE_NOT_ON_SOURCE",
+            ),
+            (
+                restart_at(&id, &status.file, status.position as i64 + 1000),
+                "POSITION_PAST_END",
+            ),
+            (restart_at(&id, &status.file, 5), "POSITION_INSIDE_EVENT"),
+            (
+                restart_at(&id, &status.file, table_map as i64),
+                "POSITION_INSIDE_TRANSACTION",
+            ),
+        ];
+        for (request, reason) in cases {
+            let error = refused(request.clone()).await;
+            assert_error(&error, Code::FailedPrecondition, reason);
+            assert!(
+                error.message().contains(&request.binlog_file),
+                "the refusal names the file: {}",
+                error.message()
+            );
+        }
+        // Bad requests never reach the source.
+        let invalid = [
+            (restart_at(&id, "", 0), "binlog_file"),
+            (restart_at(&id, "../../etc/passwd", 4), "binlog_file"),
+            (restart_at(&id, &status.file, 3), "binlog_position"),
+            (
+                proto::RestartStreamRequest {
+                    current_position: true,
+                    ..restart_at(&id, &status.file, 4)
+                },
+                "current_position",
+            ),
+            (
+                proto::RestartStreamRequest {
+                    gtid_set: "0-1-5".into(),
+                    ..restart_at(&id, "", 0)
+                },
+                "gtid_set",
+            ),
+        ];
+        for (request, field) in invalid {
+            let error = refused(request).await;
+            assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+            assert_eq!(bad_request_fields(&error), [field.to_owned()], "{error:?}");
+        }
+        // A server whose onboarding never reached streaming has no stream to restart.
+        let pending = register(&mut client, direct_server("restart-pending")).await;
+        let error = refused(proto::RestartStreamRequest {
+            current_position: true,
+            ..restart_at(&pending.server_id, "", 0)
+        })
+        .await;
+        assert_error(&error, Code::FailedPrecondition, "NOT_STREAMING");
+        // The stream runs on, as before.
+        mariadb.exec(&["INSERT INTO shop.t VALUES (2)"]).await;
+        assert_eq!(wait_for_events(&mut client, &id, "", 2).await.len(), 2);
+        app.shutdown().await;
+    });
+}
+
+#[test]
+fn restart_stream_reads_again_without_storing_twice_and_records_gaps() {
+    block_on(async {
+        let mariadb = mariadb_with(&SHOP_T).await;
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let id = register_streaming(
+            &mut client,
+            mariadb.server("restart-overlap", USER, PASSWORD),
+        )
+        .await;
+        let file = mariadb.master_status().await.expect("binlog on").file;
+        mariadb
+            .exec(&[
+                "INSERT INTO shop.t VALUES (1)",
+                "INSERT INTO shop.t VALUES (2), (3)",
+            ])
+            .await;
+        let before = wait_for_events(&mut client, &id, "", 3).await;
+        assert_eq!(before.len(), 3);
+
+        // An overlap: the whole file again. What is stored keeps its ids and is not stored twice.
+        let restarted = client
+            .restart_stream(restart_at(&id, &file, 4))
+            .await
+            .expect("RestartStream")
+            .into_inner();
+        assert_eq!(
+            restarted.stream.as_ref().map(|s| s.state),
+            Some(StreamState::Starting as i32)
+        );
+        wait_stream(&mut client, &id, "the restarted stream to run", running).await;
+        mariadb.exec(&["INSERT INTO shop.t VALUES (4)"]).await;
+        let after = wait_for_events(&mut client, &id, "", 4).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after_settled = all_events(&mut client, &id, "").await;
+        assert_eq!(after_settled.len(), 4, "{after_settled:#?}");
+        assert_eq!(
+            after[..3],
+            before[..],
+            "stored events are neither repeated nor changed"
+        );
+        assert_eq!(number(&after[3].after, "id"), 4.0);
+        let server = get_server(&mut client, &id).await;
+        assert_eq!(server.stream.expect("stream").events_indexed, 4);
+
+        // The history says so: a revision whose streaming step names the overlap, which
+        // WatchOnboarding replays.
+        let revisions = app
+            .db
+            .connect()
+            .await
+            .query(
+                "SELECT revision FROM onboarding_history WHERE server_id::text = $1 \
+                 AND status::text LIKE '%overlap%'",
+                &[&id],
+            )
+            .await
+            .expect("read onboarding_history");
+        assert!(!revisions.is_empty(), "a revision tells of the overlap");
+
+        mariadb.exec(&["INSERT INTO shop.t VALUES (5)"]).await;
+        assert_eq!(wait_for_events(&mut client, &id, "", 5).await.len(), 5);
+        app.shutdown().await;
+    });
+}
+
+#[test]
+fn restart_stream_after_a_lost_position_records_the_gap_and_streams_again() {
+    block_on(async {
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let (mariadb, proxy, id) = streaming_through_proxy(&app, "restart-gap").await;
+        first_row_captured(&mariadb, &mut client, &id).await;
+        let checkpoint = stream_of(&mut client, &id).await;
+        proxy.cut();
+        wait_stream(&mut client, &id, "the stream to disconnect", |server| {
+            stream_state(server) == Some(StreamState::Disconnected)
+        })
+        .await;
+        mariadb
+            .exec(&["INSERT INTO shop.t VALUES (2)", "FLUSH BINARY LOGS"])
+            .await;
+        let current = mariadb.master_status().await.expect("binlog on");
+        // The cut path leaves the source's dump thread reading the old file, which MariaDB
+        // would not purge.
+        let started = Instant::now();
+        loop {
+            for thread in dump_threads(&mariadb).await {
+                mariadb.exec(&[&format!("KILL {thread}")]).await;
+            }
+            mariadb
+                .exec(&[&format!("PURGE BINARY LOGS TO '{}'", current.file)])
+                .await;
+            let files: Vec<(String, u64)> = mariadb.query("SHOW BINARY LOGS").await;
+            if files.len() == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < CAPTURE,
+                "the old file could not be purged: {files:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // MariaDB marks the purge in the binlog: the current position is read after it.
+        let current = mariadb.master_status().await.expect("binlog on");
+        proxy.restore();
+        wait_stream(&mut client, &id, "the lost position", |server| {
+            stream_state(server) == Some(StreamState::LostPosition)
+        })
+        .await;
+
+        // The purged file cannot be restarted from; the current position can, with the gap
+        // recorded.
+        let error = expect_err(
+            client
+                .restart_stream(restart_at(&id, &checkpoint.binlog_file, 4))
+                .await,
+        );
+        assert_error(
+            &error,
+            Code::FailedPrecondition,
+            "BINLOG_FILE_NOT_ON_SOURCE",
+        );
+        let server = client
+            .restart_stream(proto::RestartStreamRequest {
+                current_position: true,
+                ..restart_at(&id, "", 0)
+            })
+            .await
+            .expect("RestartStream to the current position")
+            .into_inner();
+        assert_eq!(server.status, ServerStatus::Active as i32);
+        assert_eq!(server.error, None);
+        wait_stream(&mut client, &id, "the stream to run again", running).await;
+        let gaps = app
+            .db
+            .connect()
+            .await
+            .query(
+                "SELECT from_file, from_position, to_file, to_position, reason FROM stream_gaps \
+                 WHERE server_id::text = $1",
+                &[&id],
+            )
+            .await
+            .expect("read stream_gaps");
+        assert_eq!(gaps.len(), 1, "the gap is recorded once");
+        assert_eq!(gaps[0].get::<_, String>(0), checkpoint.binlog_file);
+        // The checkpoint may have moved past what the progress showed (written once a second).
+        assert!(gaps[0].get::<_, i64>(1) >= checkpoint.binlog_position);
+        assert_eq!(gaps[0].get::<_, String>(2), current.file);
+        assert_eq!(gaps[0].get::<_, i64>(3), current.position as i64);
+        assert!(gaps[0].get::<_, String>(4).contains("gap"));
+        mariadb.exec(&["INSERT INTO shop.t VALUES (3)"]).await;
+        let events = wait_for_events(&mut client, &id, "", 2).await;
+        assert_eq!(events.len(), 2, "{events:#?}");
+        assert_eq!(number(&events[1].after, "id"), 3.0);
+        app.shutdown().await;
+    });
+}

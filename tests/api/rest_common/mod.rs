@@ -292,6 +292,9 @@ pub fn stream_json(stream: &proto::StreamStatus) -> Value {
         "reconnects": stream.reconnects,
         "error": stream.error,
         "holder_agent_id": stream.holder_agent_id,
+        "statement_changes_skipped": stream.statement_changes_skipped,
+        "statement_changes_since": timestamp_json(&stream.statement_changes_since),
+        "last_statement_change_position": stream.last_statement_change_position,
     })
 }
 

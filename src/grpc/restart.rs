@@ -1,0 +1,80 @@
+//! RestartStream: the start is checked on the source, the holder is fenced off the checkpoint,
+//! the checkpoint moves (with the gap recorded, or the overlap's end kept so that nothing is
+//! stored twice), and the server says so in a revision. The auth layer has already required
+//! `servers:write`.
+
+use tonic::Request;
+
+use super::{
+    errors::ApiError,
+    service::{ServersApi, parse_server_id, principal},
+};
+use crate::{
+    domain::{
+        server::Server,
+        stream::{BinlogPoint, RestartPlan, StreamStart},
+    },
+    proto,
+    store::{StoreError, StreamGap},
+    stream::restart,
+};
+
+/// Epochs between the stream lease's and the fenced checkpoint's: the holder's is below, and
+/// every later claim (which adds one) is above.
+const FENCE_STEP: i64 = 2;
+
+impl ServersApi {
+    /// Restarts the server's stream from the requested start.
+    pub(super) async fn restart(
+        &self,
+        request: Request<proto::RestartStreamRequest>,
+    ) -> Result<Server, ApiError> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let id = parse_server_id(&request.server_id, "server_id")?;
+        let start = StreamStart::parse(
+            &request.binlog_file,
+            request.binlog_position,
+            &request.gtid_set,
+            request.current_position,
+        )?;
+        let tenant = principal.tenant_id;
+        let server = self.store().get_server(tenant, id).await?;
+        server.check_restartable().map_err(StoreError::from)?;
+        let point = restart::resolve(&server, self.store(), self.secrets(), self.agent(), &start)
+            .await
+            .map_err(StoreError::from)?;
+        let epoch = self.store().stream_epoch(tenant, id).await? + FENCE_STEP;
+        let checkpoint = self
+            .index()
+            .fence_stream_checkpoint(id, epoch)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let old = BinlogPoint {
+            file: checkpoint.position.binlog_file,
+            position: u64::try_from(checkpoint.position.binlog_position).unwrap_or_default(),
+        };
+        let plan = RestartPlan::between(&old, &point.position);
+        let gap = plan.gap.as_ref().map(|(from, to)| StreamGap {
+            from_file: from.file.clone(),
+            from_position: i64::try_from(from.position).unwrap_or(i64::MAX),
+            to_file: to.file.clone(),
+            to_position: i64::try_from(to.position).unwrap_or(i64::MAX),
+            reason: plan.description.clone(),
+        });
+        let position = restart::new_position(&point, &plan);
+        self.index()
+            .restart_stream_at(id, epoch, &position, gap.as_ref())
+            .await?;
+        let now = crate::domain::now();
+        let server = self
+            .store()
+            .restart_stream(tenant, id, epoch, |server| {
+                server
+                    .restart_stream(&plan.description, now)
+                    .map_err(|rejection| ApiError::from(StoreError::from(rejection)))
+            })
+            .await?;
+        Ok(server)
+    }
+}
