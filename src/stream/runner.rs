@@ -380,7 +380,7 @@ pub async fn run_stream(holder: &mut Holder) {
         holder.progress.events_indexed = checkpoint.events_indexed;
         holder.progress.statement_changes = checkpoint.position.statement_changes.clone();
         holder.ran = false;
-        let end = session::run(holder, checkpoint).await;
+        let end = read_guarded(holder, checkpoint).await;
         if holder.ran {
             backoff = Duration::from_secs(1);
         }
@@ -388,6 +388,34 @@ pub async fn run_stream(holder: &mut Holder) {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection, with a panic of the binlog driver on bytes it cannot parse (mysql_common
+/// panics on some malformed events) turned into a failed stream that says so, instead of a
+/// stream task that ends while its lease is still renewed.
+async fn read_guarded(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEnd {
+    use futures_util::FutureExt;
+    let at = format!(
+        "{}:{}",
+        checkpoint.position.binlog_file, checkpoint.position.binlog_position
+    );
+    match std::panic::AssertUnwindSafe(session::run(holder, checkpoint))
+        .catch_unwind()
+        .await
+    {
+        Ok(end) => end,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            SessionEnd::Failed(format!(
+                "the binlog reader stopped on bytes it cannot parse ({what}), reading on from \
+                 {at}; the stream stopped there so that nothing is skipped silently"
+            ))
+        }
     }
 }
 
