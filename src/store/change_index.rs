@@ -483,38 +483,7 @@ impl Store {
         position: &StreamPosition,
         gap: Option<&StreamGap>,
     ) -> Result<(), StoreError> {
-        let position = position.clone();
-        let gap = gap.cloned();
-        let mut connection = self.connection().await?;
-        connection
-            .transaction(async move |connection| -> Result<_, StoreError> {
-                let replay = position.replay_until.as_ref();
-                let moved = diesel::sql_query(
-                    "UPDATE stream_checkpoints SET binlog_file = $3, binlog_position = $4, \
-                         skip_rows = 0, gtid_set = $5, source_identity = $6, \
-                         replay_until_file = $7, replay_until_position = $8, recorded_at = now() \
-                     WHERE server_id = $1 AND epoch = $2",
-                )
-                .bind::<SqlUuid, _>(server_id.0)
-                .bind::<BigInt, _>(epoch)
-                .bind::<Text, _>(&position.binlog_file)
-                .bind::<BigInt, _>(position.binlog_position)
-                .bind::<Nullable<Text>, _>(position.gtid_set.as_deref())
-                .bind::<Nullable<Text>, _>(position.source_identity.as_deref())
-                .bind::<Nullable<Text>, _>(replay.map(|point| point.file.as_str()))
-                .bind::<Nullable<BigInt>, _>(
-                    replay.map(|point| i64::try_from(point.position).unwrap_or(i64::MAX)),
-                )
-                .execute(connection)
-                .await?;
-                if moved == 0 {
-                    return Err(StoreError::Fenced);
-                }
-                if let Some(gap) = gap {
-                    record_gap(connection, server_id, &gap).await?;
-                }
-                Ok(())
-            })
+        self.move_checkpoint(server_id, Some(epoch), position, gap)
             .await
     }
 
@@ -526,25 +495,50 @@ impl Store {
         position: &StreamPosition,
         gap: &StreamGap,
     ) -> Result<(), StoreError> {
+        self.move_checkpoint(server_id, None, position, Some(gap))
+            .await
+    }
+
+    /// Moves the checkpoint to `position` (only under `epoch`, when one is given) and records
+    /// `gap`, in one transaction; Fenced when the epoch does not match.
+    async fn move_checkpoint(
+        &self,
+        server_id: ServerId,
+        epoch: Option<i64>,
+        position: &StreamPosition,
+        gap: Option<&StreamGap>,
+    ) -> Result<(), StoreError> {
         let position = position.clone();
-        let gap = gap.clone();
+        let gap = gap.cloned();
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                diesel::sql_query(
-                    "UPDATE stream_checkpoints SET binlog_file = $2, binlog_position = $3, \
-                         skip_rows = 0, gtid_set = $4, source_identity = $5, replay_until_file = NULL, \
-                         replay_until_position = NULL, recorded_at = now() \
-                     WHERE server_id = $1",
+                let replay = position.replay_until.as_ref();
+                let moved = diesel::sql_query(
+                    "UPDATE stream_checkpoints SET binlog_file = $3, binlog_position = $4, \
+                         skip_rows = 0, gtid_set = $5, source_identity = $6, \
+                         replay_until_file = $7, replay_until_position = $8, recorded_at = now() \
+                     WHERE server_id = $1 AND ($2::bigint IS NULL OR epoch = $2)",
                 )
                 .bind::<SqlUuid, _>(server_id.0)
+                .bind::<Nullable<BigInt>, _>(epoch)
                 .bind::<Text, _>(&position.binlog_file)
                 .bind::<BigInt, _>(position.binlog_position)
                 .bind::<Nullable<Text>, _>(position.gtid_set.as_deref())
                 .bind::<Nullable<Text>, _>(position.source_identity.as_deref())
+                .bind::<Nullable<Text>, _>(replay.map(|point| point.file.as_str()))
+                .bind::<Nullable<BigInt>, _>(
+                    replay.map(|point| i64::try_from(point.position).unwrap_or(i64::MAX)),
+                )
                 .execute(connection)
                 .await?;
-                record_gap(connection, server_id, &gap).await
+                if moved == 0 && epoch.is_some() {
+                    return Err(StoreError::Fenced);
+                }
+                if let Some(gap) = gap {
+                    record_gap(connection, server_id, &gap).await?;
+                }
+                Ok(())
             })
             .await
     }
