@@ -119,13 +119,87 @@ const MAX_BINLOG_FILE_LENGTH: usize = 255;
 pub enum StreamStart {
     /// A binlog file and a position in it.
     Position(BinlogPoint),
+    /// Just after the last transaction of each source (or MariaDB domain) in the set.
+    Gtids(Vec<GtidEnd>),
     /// The source's current position.
     Current,
 }
 
+/// The last transaction of one source (MySQL: uuid and tag) or MariaDB domain in a GTID set,
+/// as the binlog's GTID events name it (`uuid:n`, `uuid:tag:n`, `domain-server-sequence`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GtidEnd(pub String);
+
+/// The longest GTID set accepted.
+const MAX_GTID_SET_LENGTH: usize = 4096;
+
+/// The last GTID of each source or domain of a set, or what is wrong with it.
+fn gtid_ends(set: &str) -> Result<Vec<GtidEnd>, String> {
+    if set.len() > MAX_GTID_SET_LENGTH {
+        return Err(format!("must be at most {MAX_GTID_SET_LENGTH} characters"));
+    }
+    let mut ends = Vec::new();
+    for part in set
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        ends.extend(part_ends(part).ok_or_else(|| {
+            format!(
+                "{part:?} is not a GTID set member: MySQL's uuid:1-5 (uuid:tag:1-5 when tagged) or \
+                 MariaDB's domain-server-sequence"
+            )
+        })?);
+    }
+    if ends.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(ends)
+}
+
+/// One member's last GTIDs: per tag for MySQL, the one GTID for MariaDB.
+fn part_ends(part: &str) -> Option<Vec<GtidEnd>> {
+    let number = |text: &str| text.parse::<u64>().ok();
+    let Some((uuid, intervals)) = part.split_once(':') else {
+        let numbers: Vec<u64> = part.split('-').map(number).collect::<Option<_>>()?;
+        return (numbers.len() == 3).then(|| vec![GtidEnd(part.to_owned())]);
+    };
+    let uuid = uuid::Uuid::parse_str(uuid).ok()?.to_string();
+    let mut ends = Vec::new();
+    let mut tag = String::new();
+    let mut last: Option<u64> = None;
+    for token in intervals.split(':') {
+        if token.starts_with(|c: char| c.is_ascii_digit()) {
+            let (start, end) = token.split_once('-').unwrap_or((token, token));
+            let (start, end) = (number(start)?, number(end)?);
+            (start >= 1 && start <= end).then_some(())?;
+            last = Some(last.map_or(end, |last| last.max(end)));
+        } else {
+            let valid = token.len() <= 32
+                && token.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            valid.then_some(())?;
+            ends.extend(last.take().map(|n| mysql_end(&uuid, &tag, n)));
+            tag = token.to_owned();
+        }
+    }
+    ends.push(mysql_end(&uuid, &tag, last?));
+    Some(ends)
+}
+
+fn mysql_end(uuid: &str, tag: &str, number: u64) -> GtidEnd {
+    GtidEnd(if tag.is_empty() {
+        format!("{uuid}:{number}")
+    } else {
+        format!("{uuid}:{tag}:{number}")
+    })
+}
+
 impl StreamStart {
-    /// The start a request names: exactly one of a file with its position, or the current
-    /// position. A GTID set is not supported yet, and says so.
+    /// The start a request names: exactly one of a file with its position, a GTID set, or the
+    /// current position.
     pub fn parse(
         binlog_file: &str,
         binlog_position: i64,
@@ -133,25 +207,23 @@ impl StreamStart {
         current: bool,
     ) -> Result<StreamStart, super::Violations> {
         let mut violations = super::Violations::default();
-        if !gtid_set.is_empty() {
-            violations.add(
-                "gtid_set",
-                "restarting from a GTID set is not supported yet; give binlog_file and \
-                 binlog_position (SHOW BINLOG EVENTS shows the GTID event's position)",
-            );
-        }
         let named = !binlog_file.is_empty() || binlog_position != 0;
-        match (named, current) {
-            (true, true) => violations.add(
-                "current_position",
-                "give either binlog_file and binlog_position or current_position, not both",
-            ),
-            (false, false) if gtid_set.is_empty() => violations.add(
+        let gtids = !gtid_set.is_empty();
+        match usize::from(named) + usize::from(gtids) + usize::from(current) {
+            0 => violations.add(
                 "binlog_file",
-                "say where the stream starts: binlog_file and binlog_position, or \
+                "say where the stream starts: binlog_file and binlog_position, gtid_set, or \
                  current_position: true",
             ),
-            _ => {}
+            1 => {}
+            _ => violations.add(
+                if current {
+                    "current_position"
+                } else {
+                    "gtid_set"
+                },
+                "give one start: binlog_file and binlog_position, gtid_set, or current_position",
+            ),
         }
         if named {
             check_binlog_file(binlog_file, &mut violations);
@@ -163,14 +235,21 @@ impl StreamStart {
                 );
             }
         }
-        violations.into_result()?;
-        Ok(if current {
-            StreamStart::Current
+        let ends = if gtids {
+            gtid_ends(gtid_set)
+                .map_err(|problem| violations.add("gtid_set", problem))
+                .ok()
         } else {
-            StreamStart::Position(BinlogPoint {
+            None
+        };
+        violations.into_result()?;
+        Ok(match (current, ends) {
+            (true, _) => StreamStart::Current,
+            (false, Some(ends)) => StreamStart::Gtids(ends),
+            (false, None) => StreamStart::Position(BinlogPoint {
                 file: binlog_file.to_owned(),
                 position: u64::try_from(binlog_position).unwrap_or_default(),
-            })
+            }),
         })
     }
 }

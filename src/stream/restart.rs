@@ -10,7 +10,7 @@ use crate::{
     domain::{
         OnboardingStep,
         server::{Rejection, Server},
-        stream::{BinlogPoint, RestartPlan, StreamStart},
+        stream::{BinlogPoint, GtidEnd, RestartPlan, StreamStart},
     },
     onboarding::{
         Activity, AgentSettings, MysqlFailure, StepContext,
@@ -126,6 +126,7 @@ async fn ask(
             check_position(connection, address, position).await?;
             position.clone()
         }
+        StreamStart::Gtids(ends) => after_gtids(connection, address, ends).await?,
     };
     let gtid_set = if mariadb {
         gtid_position(connection, address, &position).await?
@@ -139,14 +140,164 @@ async fn ask(
     })
 }
 
-/// The file is on the source, the position within it, at an event that starts a transaction
-/// (or at the file's end).
-async fn check_position(
+/// Events read from the source per SHOW BINLOG EVENTS page while a GTID is looked for.
+const EVENTS_PAGE: u64 = 10_000;
+
+/// One row of SHOW BINLOG EVENTS: where an event starts, its type and its description.
+struct ListedEvent {
+    position: u64,
+    kind: String,
+    info: String,
+}
+
+/// The GTID a GTID event names: MariaDB's `BEGIN GTID 0-1-5` or `GTID 0-1-5`, MySQL's
+/// `SET @@SESSION.GTID_NEXT= 'uuid:n'`.
+fn listed_gtid(event: &ListedEvent) -> Option<&str> {
+    if event.kind != "Gtid" {
+        return None;
+    }
+    if let Some((_, quoted)) = event.info.split_once("GTID_NEXT=") {
+        return Some(quoted.trim().trim_matches('\''));
+    }
+    let (_, after) = event.info.split_once("GTID ")?;
+    after.split_whitespace().next()
+}
+
+/// Where the stream starts for a GTID set: just after the last transaction of each of its
+/// sources or domains, found in the binlog files the source still has (newest first), i.e. at
+/// the next transaction's first event or at its file's end.
+async fn after_gtids(
     connection: &mut Conn,
     address: &Endpoint,
-    position: &BinlogPoint,
-) -> Result<(), Rejection> {
-    let files: Vec<(String, u64)> = address
+    ends: &[GtidEnd],
+) -> Result<BinlogPoint, Rejection> {
+    let files = binary_logs(connection, address).await?;
+    let mut found: Vec<BinlogPoint> = Vec::new();
+    let mut missing: Vec<&str> = ends.iter().map(|end| end.0.as_str()).collect();
+    for (file, size) in files.iter().rev() {
+        let points = transaction_ends(connection, address, file, *size, &missing).await?;
+        missing.retain(|gtid| !points.iter().any(|(found, _)| found == gtid));
+        found.extend(points.into_iter().map(|(_, point)| point));
+        if missing.is_empty() {
+            break;
+        }
+    }
+    if !missing.is_empty() {
+        return Err(refused(
+            "GTID_NOT_ON_SOURCE",
+            format!(
+                "the transaction {} is not in the binlog files {address} still has (purged, or \
+                 never written there); SHOW BINARY LOGS lists them",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(found.into_iter().max().unwrap_or(BinlogPoint {
+        file: String::new(),
+        position: 4,
+    }))
+}
+
+/// In `file`, where the transactions of the GTIDs `wanted` end: the next GTID event's start, or
+/// the file's end.
+async fn transaction_ends(
+    connection: &mut Conn,
+    address: &Endpoint,
+    file: &str,
+    size: u64,
+    wanted: &[&str],
+) -> Result<Vec<(String, BinlogPoint)>, Rejection> {
+    let mut ends = Vec::new();
+    let mut open: Option<String> = None;
+    let mut from = 4;
+    loop {
+        let page = events_page(connection, address, file, from).await?;
+        for event in &page {
+            let Some(gtid) = listed_gtid(event) else {
+                continue;
+            };
+            let point = BinlogPoint {
+                file: file.to_owned(),
+                position: event.position,
+            };
+            ends.extend(open.take().map(|gtid| (gtid, point)));
+            open = wanted.contains(&gtid).then(|| gtid.to_owned());
+        }
+        match page.last() {
+            // The next page starts where the last event read ends.
+            Some(last) if page.len() as u64 == EVENTS_PAGE => {
+                let next = event_end(connection, address, file, last.position).await?;
+                if next <= last.position {
+                    break;
+                }
+                from = next;
+            }
+            _ => break,
+        }
+    }
+    ends.extend(open.map(|gtid| {
+        (
+            gtid,
+            BinlogPoint {
+                file: file.to_owned(),
+                position: size,
+            },
+        )
+    }));
+    Ok(ends)
+}
+
+async fn events_page(
+    connection: &mut Conn,
+    address: &Endpoint,
+    file: &str,
+    from: u64,
+) -> Result<Vec<ListedEvent>, Rejection> {
+    let statement = format!(
+        "SHOW BINLOG EVENTS IN '{}' FROM {from} LIMIT {EVENTS_PAGE}",
+        file.replace('\'', "''")
+    );
+    address
+        .ask(
+            "SHOW BINLOG EVENTS",
+            connection.query_map(statement, |row: Row| ListedEvent {
+                position: row.get("Pos").unwrap_or_default(),
+                kind: row.get("Event_type").unwrap_or_default(),
+                info: row.get("Info").unwrap_or_default(),
+            }),
+        )
+        .await
+        .map_err(unreachable)
+}
+
+/// Where the event at `position` ends (the next one starts).
+async fn event_end(
+    connection: &mut Conn,
+    address: &Endpoint,
+    file: &str,
+    position: u64,
+) -> Result<u64, Rejection> {
+    let statement = format!(
+        "SHOW BINLOG EVENTS IN '{}' FROM {position} LIMIT 1",
+        file.replace('\'', "''")
+    );
+    let end: Option<u64> = address
+        .ask(
+            "SHOW BINLOG EVENTS",
+            connection.query_first::<Row, _>(statement),
+        )
+        .await
+        .map_err(unreachable)?
+        .and_then(|row| row.get("End_log_pos"));
+    Ok(end.unwrap_or(position))
+}
+
+/// The binlog files the source has, with their sizes (SHOW BINARY LOGS).
+async fn binary_logs(
+    connection: &mut Conn,
+    address: &Endpoint,
+) -> Result<Vec<(String, u64)>, Rejection> {
+    address
         .ask(
             "SHOW BINARY LOGS",
             connection.query_map("SHOW BINARY LOGS", |row: Row| {
@@ -157,7 +308,17 @@ async fn check_position(
             }),
         )
         .await
-        .map_err(unreachable)?;
+        .map_err(unreachable)
+}
+
+/// The file is on the source, the position within it, at an event that starts a transaction
+/// (or at the file's end).
+async fn check_position(
+    connection: &mut Conn,
+    address: &Endpoint,
+    position: &BinlogPoint,
+) -> Result<(), Rejection> {
+    let files = binary_logs(connection, address).await?;
     let Some((_, size)) = files.iter().find(|(name, _)| *name == position.file) else {
         let kept = match (files.first(), files.last()) {
             (Some((first, _)), Some((last, _))) => format!("it has {first} to {last}"),

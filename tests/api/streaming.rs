@@ -1506,6 +1506,17 @@ fn restart_stream_refuses_what_the_source_cannot_serve() {
                 "POSITION_INSIDE_TRANSACTION",
             ),
         ];
+        let unknown_gtid = proto::RestartStreamRequest {
+            gtid_set: "0-1-999999".into(),
+            ..restart_at(&id, "", 0)
+        };
+        let error = refused(unknown_gtid).await;
+        assert_error(&error, Code::FailedPrecondition, "GTID_NOT_ON_SOURCE");
+        assert!(
+            error.message().contains("0-1-999999"),
+            "{}",
+            error.message()
+        );
         for (request, reason) in cases {
             let error = refused(request.clone()).await;
             assert_error(&error, Code::FailedPrecondition, reason);
@@ -1529,7 +1540,7 @@ fn restart_stream_refuses_what_the_source_cannot_serve() {
             ),
             (
                 proto::RestartStreamRequest {
-                    gtid_set: "0-1-5".into(),
+                    gtid_set: "0-1".into(),
                     ..restart_at(&id, "", 0)
                 },
                 "gtid_set",
@@ -1616,8 +1627,51 @@ fn restart_stream_reads_again_without_storing_twice_and_records_gaps() {
             .expect("read onboarding_history");
         assert!(!revisions.is_empty(), "a revision tells of the overlap");
 
+        // The end of a GTID set: just after the transaction of the first insert, so the rest is
+        // read again and nothing is stored twice.
+        let first_gtid = after[0].gtid.clone();
+        let restarted = client
+            .restart_stream(proto::RestartStreamRequest {
+                gtid_set: first_gtid.clone(),
+                ..restart_at(&id, "", 0)
+            })
+            .await
+            .expect("RestartStream after a GTID")
+            .into_inner();
+        assert_eq!(restarted.status, ServerStatus::Active as i32);
+        let events = binlog_events(&mariadb, &file).await;
+        let after_first = events
+            .iter()
+            .filter(|(_, kind)| kind == "Gtid")
+            .map(|(position, _)| *position)
+            .find(|position| *position > after[0].binlog_position as u64)
+            .expect("the second transaction's GTID event");
+        wait_stream(
+            &mut client,
+            &id,
+            "the stream to run after the GTID",
+            running,
+        )
+        .await;
         mariadb.exec(&["INSERT INTO shop.t VALUES (5)"]).await;
-        assert_eq!(wait_for_events(&mut client, &id, "", 5).await.len(), 5);
+        let settled = wait_for_events(&mut client, &id, "", 5).await;
+        assert_eq!(settled.len(), 5, "{settled:#?}");
+        assert_eq!(settled[..4], after_settled[..]);
+        let revisions = app
+            .db
+            .connect()
+            .await
+            .query(
+                "SELECT revision FROM onboarding_history WHERE server_id::text = $1 \
+                 AND status::text LIKE $2",
+                &[&id, &format!("%restarted at {file}:{after_first}%")],
+            )
+            .await
+            .expect("read onboarding_history");
+        assert!(
+            !revisions.is_empty(),
+            "the restart after {first_gtid} starts at the next transaction, {file}:{after_first}"
+        );
         app.shutdown().await;
     });
 }
