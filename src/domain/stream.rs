@@ -316,6 +316,28 @@ impl RestartPlan {
             gap,
         }
     }
+
+    /// The plan of a restart from a checkpoint read from the source `old` to `start` on the
+    /// source `new`, another server: positions of two servers do not compare, so nothing read
+    /// from `start` on is taken as stored already, and what `old` had past the checkpoint is a
+    /// gap.
+    pub fn onto_another_source(
+        checkpoint: &BinlogPoint,
+        old: &str,
+        start: &BinlogPoint,
+        new: &str,
+    ) -> RestartPlan {
+        RestartPlan {
+            description: format!(
+                "stream restarted at {start} by RestartStream on another source ({new}; the \
+                 checkpoint {checkpoint} was read from {old}); gap: the changes after \
+                 {checkpoint} on the old source are not captured, and every row from {start} on \
+                 is read as new"
+            ),
+            replay_until: None,
+            gap: Some((checkpoint.clone(), start.clone())),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -383,5 +405,25 @@ mod restart_tests {
         assert!(earlier.description.contains("overlap"));
         let same = RestartPlan::between(&checkpoint, &checkpoint);
         assert_eq!((same.gap, same.replay_until), (None, None));
+    }
+
+    #[test]
+    fn a_restart_onto_another_source_is_a_gap_and_never_an_overlap() {
+        // The same file names on another server: its rows at earlier positions were never read.
+        let checkpoint = point("mysql-bin.000001", 1_200);
+        let start = point("mysql-bin.000001", 4);
+        let plan = RestartPlan::onto_another_source(
+            &checkpoint,
+            "server_id 1, gtid domain 0",
+            &start,
+            "server_id 2, gtid domain 0",
+        );
+        assert_eq!(plan.replay_until, None);
+        assert_eq!(plan.gap, Some((checkpoint, start)));
+        assert!(
+            plan.description.contains("another source") && plan.description.contains("server_id 2"),
+            "{}",
+            plan.description
+        );
     }
 }

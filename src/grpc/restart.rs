@@ -54,7 +54,14 @@ impl ServersApi {
             file: checkpoint.position.binlog_file,
             position: u64::try_from(checkpoint.position.binlog_position).unwrap_or_default(),
         };
-        let plan = RestartPlan::between(&old, &point.position);
+        // The checkpoint's positions are the old source's: on another server they compare
+        // with nothing, and an earlier start there is no overlap.
+        let plan = match checkpoint.position.source_identity.as_deref() {
+            Some(identity) if identity != point.identity => {
+                RestartPlan::onto_another_source(&old, identity, &point.position, &point.identity)
+            }
+            _ => RestartPlan::between(&old, &point.position),
+        };
         let gap = plan.gap.as_ref().map(|(from, to)| StreamGap {
             from_file: from.file.clone(),
             from_position: i64::try_from(from.position).unwrap_or(i64::MAX),

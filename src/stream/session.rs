@@ -610,6 +610,19 @@ impl Reader {
     /// Statement-format DML: rows changed that the binlog does not carry as rows. Counted and
     /// shown on the stream, with its place, never dropped in silence.
     fn statement_dml(&mut self, place: Place) {
+        let read_before = BinlogPoint {
+            file: self.transactions.file.clone(),
+            position: place.start,
+        };
+        if self
+            .replay_until
+            .as_ref()
+            .is_some_and(|until| read_before < *until)
+        {
+            // Read again after a restart (an overlap): counted when it was first read, as its
+            // rows would have been stored.
+            return;
+        }
         let at = format!("{}:{}", self.transactions.file, place.start);
         tracing::warn!(position = %at, "statement-format DML in the binlog cannot be captured as rows");
         metrics::counter!("dbtrail_stream_statement_changes_skipped_total").increment(1);

@@ -11,6 +11,7 @@ mod cli;
 mod examples;
 mod fencing;
 mod listing;
+mod mysql_bytes;
 mod mysql_checks;
 mod mysql_failures;
 mod mysql_onboarding;

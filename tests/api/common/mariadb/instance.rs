@@ -47,6 +47,9 @@ pub struct MariaDbOptions {
     pub binlog_format: String,
     /// `--binlog-row-image`.
     pub binlog_row_image: String,
+    /// The binary log's base name in the data directory (`mysql-bin`, so files are
+    /// `mysql-bin.000001`, ...).
+    pub log_bin_basename: String,
     /// More `mariadbd` flags.
     pub extra_args: Vec<String>,
 }
@@ -57,6 +60,7 @@ impl Default for MariaDbOptions {
             log_bin: true,
             binlog_format: "ROW".to_owned(),
             binlog_row_image: "FULL".to_owned(),
+            log_bin_basename: "mysql-bin".to_owned(),
             extra_args: Vec::new(),
         }
     }
@@ -78,6 +82,12 @@ impl MariaDbOptions {
     /// With another binlog_row_image (MINIMAL, NOBLOB).
     pub fn binlog_row_image(mut self, image: &str) -> Self {
         self.binlog_row_image = image.to_owned();
+        self
+    }
+
+    /// With another binary log base name (`master-bin` gives `master-bin.000001`, ...).
+    pub fn log_bin_basename(mut self, basename: &str) -> Self {
+        self.log_bin_basename = basename.to_owned();
         self
     }
 
@@ -109,6 +119,8 @@ pub struct MariaDb {
     pub version: String,
     socket: PathBuf,
     error_log: PathBuf,
+    /// The data directory, which holds the binary log too.
+    datadir: PathBuf,
     child: Option<Child>,
     /// The command line, for a restart on the same data directory.
     args: Vec<String>,
@@ -332,7 +344,10 @@ impl MariaDb {
             format!("--binlog-row-image={}", options.binlog_row_image),
         ];
         if options.log_bin {
-            args.push(format!("--log-bin={}", datadir.join("mysql-bin").display()));
+            args.push(format!(
+                "--log-bin={}",
+                datadir.join(&options.log_bin_basename).display()
+            ));
         }
         args.extend(options.extra_args.iter().cloned());
 
@@ -342,6 +357,7 @@ impl MariaDb {
             version: String::new(),
             socket,
             error_log,
+            datadir,
             child: Some(child),
             args,
             dir: Some(dir),
@@ -362,12 +378,80 @@ impl MariaDb {
 
     /// Restarts the server, as [`MariaDb::restart`] does, as another server: `--server-id` changed.
     pub async fn restart_with_server_id(&mut self, server_id: u32, down: Duration) {
+        self.set_server_id(server_id);
+        self.restart(down).await;
+    }
+
+    /// The `--server-id` of the next start.
+    fn set_server_id(&mut self, server_id: u32) {
         for arg in &mut self.args {
             if arg.starts_with("--server-id=") {
                 *arg = format!("--server-id={server_id}");
             }
         }
-        self.restart(down).await;
+    }
+
+    /// Shuts the server down cleanly (SIGTERM, as `mariadb-admin shutdown` does: the binary log
+    /// is closed and its GTID state saved) and waits until it has exited.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on the server this harness spawned and has not reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "SIGTERM mariadbd"
+        );
+        let started = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if started.elapsed() < START_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "mariadbd did not shut down within {START_TIMEOUT:?}:\n{}",
+                        self.log()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Replaces the binary log file `name` (e.g. `mysql-bin.000001`) with `bytes`, as MariaDB's
+    /// own rpl_from_mysql80 test does with a binlog MySQL wrote. Only while stopped
+    /// ([`MariaDb::stop`]); the file stays listed in the binlog index.
+    pub fn replace_binlog_file(&self, name: &str, bytes: &[u8]) {
+        assert!(
+            self.child.is_none(),
+            "replace a binlog file only while the server is stopped"
+        );
+        let path = self.datadir.join(name);
+        assert!(
+            path.is_file(),
+            "{} is not a binlog file of this server",
+            path.display()
+        );
+        std::fs::write(&path, bytes)
+            .unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+        chown_to_mysql(&path);
+    }
+
+    /// Starts the stopped server again on the same data and port, as `server_id` when given.
+    pub async fn start_again(&mut self, server_id: Option<u32>) {
+        assert!(self.child.is_none(), "the server is running");
+        if let Some(server_id) = server_id {
+            self.set_server_id(server_id);
+        }
+        self.child = Some(spawn(&self.args, &self.error_log));
+        if let Err(log) = self.wait_accepting().await {
+            panic!("mariadbd did not start again:\n{log}");
+        }
     }
 
     async fn wait_accepting(&mut self) -> Result<(), String> {
