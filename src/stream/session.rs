@@ -433,11 +433,27 @@ async fn read(
                 let taken =
                     take_event(holder, stream, reader, &event, identity, context, &mut pace);
                 if let Err(end) = taken.await {
-                    return end;
+                    return store_before_failing(holder, reader, identity, end).await;
                 }
             }
         }
     }
+}
+
+/// A stream that fails on an event first stores the complete transactions read before it, so
+/// the checkpoint stands right before the event that stopped it.
+async fn store_before_failing(
+    holder: &mut Holder,
+    reader: &mut Reader,
+    identity: &str,
+    end: SessionEnd,
+) -> SessionEnd {
+    if matches!(end, SessionEnd::Failed(_)) && reader.committed_rows > 0 && !holder.lease_lost() {
+        if let Err(write) = flush(holder, reader, identity).await {
+            return write;
+        }
+    }
+    end
 }
 
 /// The write that is due by the clock; the first one marks the stream running.

@@ -585,47 +585,81 @@ fn with_event_type(bytes: &[u8], start: usize, kind: u8) -> Vec<u8> {
     edited
 }
 
+/// Serves the file with its `nth` ANONYMOUS_GTID (at `start`) turned into type 0x7e, which no
+/// MySQL or MariaDB assigns, restarts a stream on it and waits for the stream to fail there:
+/// the error names the type and the place. Returns the stream and the events stored.
+async fn failed_on_an_unknown_event(
+    nth: usize,
+    start: usize,
+) -> (proto::StreamStatus, Vec<proto::ChangeEvent>) {
+    let bytes = mysql_80_binlog();
+    let events = event_headers(&bytes);
+    let edited_event = events
+        .iter()
+        .filter(|event| event.kind == 34)
+        .nth(nth)
+        .expect("an ANONYMOUS_GTID");
+    assert_eq!(edited_event.start, start);
+    let edited = with_event_type(&bytes, start, 0x7e);
+
+    let mut mariadb = source().await;
+    let app = mysql_app().await;
+    let mut client = app.client();
+    let id = register_streaming(&mut client, &mariadb, &format!("mysql-80-unknown-{nth}")).await;
+    serve_file(&mut mariadb, &edited).await;
+    restart_on_the_file(&mut client, &id).await;
+
+    let server = wait_stream(&mut client, &id, "the stream to fail", |server| {
+        stream_state(server) == Some(StreamState::Failed)
+    })
+    .await;
+    assert_eq!(server.status, ServerStatus::Error as i32, "{server:#?}");
+    let error = server.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("type 126") && error.contains(&format!("{FILE}:{start}")),
+        "the error names the type and the place: {error}"
+    );
+    let stream = server.stream.expect("stream");
+    assert_eq!(stream.error.as_deref(), Some(error.as_str()), "{stream:#?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = all_events(&mut client, &id).await;
+    assert_eq!(
+        index_state(&app.db, &id).await.change_events,
+        stored.len() as i64
+    );
+    let stream = get_server(&mut client, &id).await.stream.expect("stream");
+    app.shutdown().await;
+    (stream, stored)
+}
+
 #[test]
 fn mysql_bytes_with_an_unknown_event_type_fail_the_stream_naming_type_and_place() {
     block_on(async {
-        let bytes = mysql_80_binlog();
-        // The first ANONYMOUS_GTID (157, between the PREVIOUS_GTIDS and CREATE TABLE t1, before
-        // any row) becomes type 0x7e, which no MySQL or MariaDB assigns.
-        let events = event_headers(&bytes);
-        let edited_event = events
-            .iter()
-            .find(|event| event.kind == 34)
-            .expect("an ANONYMOUS_GTID");
-        assert_eq!(edited_event.start, 157);
-        let edited = with_event_type(&bytes, 157, 0x7e);
-        assert_eq!(event_headers(&edited)[2].kind, 0x7e);
-
-        let mut mariadb = source().await;
-        let app = mysql_app().await;
-        let mut client = app.client();
-        let id = register_streaming(&mut client, &mariadb, "mysql-80-unknown-event").await;
-        serve_file(&mut mariadb, &edited).await;
-        restart_on_the_file(&mut client, &id).await;
-
-        let server = wait_stream(&mut client, &id, "the stream to fail", |server| {
-            stream_state(server) == Some(StreamState::Failed)
-        })
-        .await;
-        assert_eq!(server.status, ServerStatus::Error as i32, "{server:#?}");
-        let error = server.error.clone().unwrap_or_default();
-        assert!(
-            error.contains("type 126") && error.contains(&format!("{FILE}:157")),
-            "the error names the type and the place: {error}"
-        );
-        let stream = server.stream.expect("stream");
-        assert_eq!(stream.error.as_deref(), Some(error.as_str()), "{stream:#?}");
-        // Nothing past it was read into the index, and the checkpoint did not pass it.
+        // The first ANONYMOUS_GTID (157, before any row): nothing is stored, and the checkpoint
+        // does not pass it.
+        let (stream, stored) = failed_on_an_unknown_event(0, 157).await;
+        assert!(stored.is_empty(), "{stored:#?}");
         assert_eq!(stream.binlog_file, FILE, "{stream:#?}");
         assert!(stream.binlog_position <= 157, "{stream:#?}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(all_events(&mut client, &id).await.is_empty());
-        assert_eq!(index_state(&app.db, &id).await.change_events, 0);
-        app.shutdown().await;
+    });
+}
+
+#[test]
+fn mysql_bytes_an_unknown_event_after_a_commit_stores_what_came_before_it() {
+    block_on(async {
+        // The third ANONYMOUS_GTID (704), right after the commit of (1, 0, ''): that row is
+        // stored and the checkpoint stands exactly before the event that stopped the stream.
+        let (stream, stored) = failed_on_an_unknown_event(2, 704).await;
+        let expected = expected_changes();
+        assert_eq!(
+            stored.iter().map(change_of).collect::<Vec<_>>(),
+            expected[..1],
+            "{stored:#?}"
+        );
+        assert_eq!(
+            (stream.binlog_file.as_str(), stream.binlog_position),
+            (FILE, 704)
+        );
     });
 }
 
