@@ -448,10 +448,12 @@ async fn store_before_failing(
     identity: &str,
     end: SessionEnd,
 ) -> SessionEnd {
-    if matches!(end, SessionEnd::Failed(_)) && reader.committed_rows > 0 && !holder.lease_lost() {
-        if let Err(write) = flush(holder, reader, identity).await {
-            return write;
-        }
+    if matches!(end, SessionEnd::Failed(_))
+        && reader.committed_rows > 0
+        && !holder.lease_lost()
+        && let Err(write) = flush(holder, reader, identity).await
+    {
+        return write;
     }
     end
 }
