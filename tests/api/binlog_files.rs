@@ -706,11 +706,70 @@ fn a_flipped_byte_is_a_bad_checksum_at_its_event() {
     });
 }
 
+/// Sets byte `offset` of the event at `start` (`size` bytes) to `value`, and recomputes the
+/// event's CRC32 so that the checksum passes.
+fn edit_event(bytes: &mut [u8], start: usize, size: usize, offset: usize, value: u8) {
+    let end = start + size;
+    bytes[start + offset] = value;
+    let crc = crc32fast::hash(&bytes[start..end - 4]);
+    bytes[end - 4..end].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn a_malformed_event_with_a_valid_checksum_is_refused_not_a_panic() {
+    block_on(async {
+        let changes = mysql_80_40_changes();
+        // The payload's compression type (its header's third byte, ZSTD = 0) set to 7: mysql_common
+        // unwrapped it into its enum and panicked.
+        let (_dir, path) = edited_copy(|bytes| {
+            let start = PAYLOAD_POSITION as usize;
+            assert_eq!(
+                bytes[start + 19..start + 22],
+                [2, 1, 0],
+                "compression type ZSTD"
+            );
+            edit_event(bytes, start, PAYLOAD_SIZE, 19 + 2, 7);
+        });
+        let output = binlog_events(&[path_str(&path)]).await;
+        assert_refused(
+            &output,
+            &format!(
+                "error: {}: at offset {PAYLOAD_POSITION}: a TRANSACTION_PAYLOAD event is \
+                 malformed: compression type 7 is neither ZSTD nor NONE",
+                path.display()
+            ),
+        );
+        assert_eq!(event_ids(&output), expected_ids(&changes[..4]));
+
+        // The columns-present bitmap of (5, 0, 'after compressed') cleared: every row would be
+        // zero bytes wide, and the reader collected such rows until memory ran out.
+        let (_dir, path) = edited_copy(|bytes| {
+            let start = AFTER_COMPRESSED_POSITION as usize;
+            assert_eq!(
+                bytes[start + 29..start + 31],
+                [3, 0xff],
+                "3 columns, all present"
+            );
+            edit_event(bytes, start, AFTER_COMPRESSED_SIZE, 30, 0);
+        });
+        let output = binlog_events(&[path_str(&path)]).await;
+        assert_refused(
+            &output,
+            &format!(
+                "error: {}: at offset {AFTER_COMPRESSED_POSITION}: a rows event of type 30 is \
+                 malformed: it holds 27 bytes of rows, but its row images have none of its 3 \
+                 columns",
+                path.display()
+            ),
+        );
+        assert_eq!(event_ids(&output), expected_ids(&changes[..104]));
+    });
+}
+
 #[test]
 fn an_unknown_event_type_is_refused_naming_type_and_position() {
     block_on(async {
         let start = AFTER_COMPRESSED_POSITION as usize;
-        let end = start + AFTER_COMPRESSED_SIZE;
         let (_dir, path) = edited_copy(|bytes| {
             assert_eq!(bytes[start + 4], 30, "the event is a WRITE_ROWS (v2) event");
             assert_eq!(
@@ -718,9 +777,7 @@ fn an_unknown_event_type_is_refused_naming_type_and_position() {
                 AFTER_COMPRESSED_SIZE as u32
             );
             // Type 127, and the event's CRC32 recomputed so that the checksum passes.
-            bytes[start + 4] = 127;
-            let crc = crc32fast::hash(&bytes[start..end - 4]);
-            bytes[end - 4..end].copy_from_slice(&crc.to_le_bytes());
+            edit_event(bytes, start, AFTER_COMPRESSED_SIZE, 4, 127);
         });
         let output = binlog_events(&[path_str(&path)]).await;
         assert_refused(
