@@ -7,9 +7,14 @@
 //! each with position 0: their rows are placed at the payload's start, numbered across the
 //! payload, and the transaction commits at the payload's end.
 
-use mysql_common::binlog::{
-    consts::EventFlags,
-    events::{Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData},
+use mysql_common::{
+    binlog::{
+        consts::EventFlags,
+        events::{
+            Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
+        },
+    },
+    constants::ColumnType,
 };
 
 use super::gtid::{Gtid, GtidSet};
@@ -19,6 +24,10 @@ use crate::domain::{ChangeOperation, stream::BinlogPoint};
 const MARIADB_GTID_EVENT: u8 = 0xa2;
 /// MySQL 8.0.26+'s heartbeat, which mysql_common does not know.
 const HEARTBEAT_V2_EVENT: u8 = 0x29;
+/// MySQL 8.0.20+'s compressed transaction, whose header [`check_payload_header`] reads first.
+const TRANSACTION_PAYLOAD_EVENT: u8 = 0x28;
+/// The table map, whose column metadata [`check_table_map`] checks.
+const TABLE_MAP_EVENT: u8 = 0x13;
 
 /// Events that carry no row and change no transaction state, by type code and name.
 const WITHOUT_ROWS: &[(u8, &str)] = &[
@@ -176,8 +185,18 @@ pub fn classify(event: &Event) -> Result<Meaning<'_>, String> {
     if let Some((_, reason)) = REFUSED.iter().find(|(known, _)| *known == code) {
         return Err(format!("the binlog holds a {reason}"));
     }
+    if code == TABLE_MAP_EVENT {
+        let table_map = event
+            .read_event::<TableMapEvent<'_>>()
+            .map_err(|error| format!("a TABLE_MAP event cannot be read: {error}"))?;
+        check_table_map(&table_map)?;
+    }
     if WITHOUT_ROWS.iter().any(|(known, _)| *known == code) {
         return Ok(Meaning::NoRows);
+    }
+    if code == TRANSACTION_PAYLOAD_EVENT {
+        check_payload_header(event.data())
+            .map_err(|error| format!("a TRANSACTION_PAYLOAD event is malformed: {error}"))?;
     }
     let data = event
         .read_data()
@@ -191,7 +210,11 @@ pub fn classify(event: &Event) -> Result<Meaning<'_>, String> {
         Some(EventData::QueryEvent(query)) => statement_meaning(query),
         // XA PREPARE ends the binlog's group of an XA transaction's events.
         Some(EventData::XidEvent(_) | EventData::XaPrepareLogEvent(_)) => Meaning::Commit,
-        Some(EventData::RowsEvent(rows)) => Meaning::Rows(rows),
+        Some(EventData::RowsEvent(rows)) => {
+            check_rows(&rows)
+                .map_err(|error| format!("a rows event of type {code} is malformed: {error}"))?;
+            Meaning::Rows(rows)
+        }
         Some(EventData::HeartbeatEvent) => Meaning::Heartbeat,
         Some(EventData::TransactionPayloadEvent(_)) => Meaning::Payload,
         Some(EventData::ExecuteLoadQueryEvent(_)) => {
@@ -204,6 +227,122 @@ pub fn classify(event: &Event) -> Result<Meaning<'_>, String> {
         }
     };
     Ok(meaning)
+}
+
+/// Reads a length-encoded integer off the front of `rest`, as mysql_common's reader does.
+fn lenenc(rest: &mut &[u8]) -> Result<u64, String> {
+    let (&first, tail) = rest.split_first().ok_or("it ends inside a field")?;
+    let width = match first {
+        0..=0xfa => {
+            *rest = tail;
+            return Ok(u64::from(first));
+        }
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        0xfb | 0xff => return Err(format!("0x{first:02x} starts no length-encoded integer")),
+    };
+    let bytes = tail.get(..width).ok_or("it ends inside a field")?;
+    *rest = &tail[width..];
+    Ok(bytes
+        .iter()
+        .rev()
+        .fold(0, |value, &byte| (value << 8) | u64::from(byte)))
+}
+
+/// Checks the header fields (type, length, value) of a TRANSACTION_PAYLOAD event's body before
+/// mysql_common reads them: its reader panics on a field type above 255, on a compression type
+/// other than ZSTD (0) and NONE (255), and on an unknown field longer than the event.
+fn check_payload_header(data: &[u8]) -> Result<(), String> {
+    let mut rest = data;
+    let (mut size, mut compression) = (None, None);
+    while !rest.is_empty() {
+        let field = lenenc(&mut rest)?;
+        match field {
+            // The end of the header: the compressed bytes follow.
+            0 => {
+                let size = size.ok_or("its header gives no payload size")?;
+                compression.ok_or("its header gives no compression type")?;
+                if size > rest.len() as u64 {
+                    return Err(format!(
+                        "its header gives a payload of {size} bytes, and {} follow",
+                        rest.len()
+                    ));
+                }
+                return Ok(());
+            }
+            1..=3 => {
+                lenenc(&mut rest)?;
+                let value = lenenc(&mut rest)?;
+                match field {
+                    1 => size = Some(value),
+                    2 if value == 0 || value == 255 => compression = Some(value),
+                    2 => return Err(format!("compression type {value} is neither ZSTD nor NONE")),
+                    _ => {}
+                }
+            }
+            4..=255 => {
+                let length = lenenc(&mut rest)?;
+                let length = usize::try_from(length).unwrap_or(usize::MAX);
+                rest = rest
+                    .get(length..)
+                    .ok_or(format!("its header field {field} runs past the event"))?;
+            }
+            _ => return Err(format!("its header holds a field of type {field}")),
+        }
+    }
+    Err("its header has no end".into())
+}
+
+/// Checks that every column of a table map has a type mysql_common knows and the metadata its
+/// type needs: mysql_common's row decoder indexes a column's metadata without checking its length,
+/// and panics on a table map that lacks it.
+fn check_table_map(table_map: &TableMapEvent<'_>) -> Result<(), String> {
+    let columns = usize::try_from(table_map.columns_count()).unwrap_or(usize::MAX);
+    // The metadata of the last column is found by walking every column's type and metadata.
+    if columns > 0 && table_map.get_column_metadata(columns - 1).is_none() {
+        return Err(format!(
+            "the TABLE_MAP of {}.{} is malformed: its {columns} columns' types and metadata do not \
+             agree",
+            table_map.database_name(),
+            table_map.table_name()
+        ));
+    }
+    // DECIMAL(precision, scale): mysql_common subtracts scale from precision unchecked.
+    for column in 0..columns {
+        if let Ok(Some(ColumnType::MYSQL_TYPE_NEWDECIMAL)) = table_map.get_raw_column_type(column)
+            && let Some(&[precision, scale]) = table_map.get_column_metadata(column)
+            && scale > precision
+        {
+            return Err(format!(
+                "the TABLE_MAP of {}.{} is malformed: its column {} is a DECIMAL({precision}, \
+                 {scale})",
+                table_map.database_name(),
+                table_map.table_name(),
+                column + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a rows event's rows can be counted: a row is at least one byte unless no image
+/// has a column, and mysql_common's row iterator never ends on row bytes that are zero-width rows.
+fn check_rows(rows: &RowsEventData<'_>) -> Result<(), String> {
+    let before = rows
+        .columns_before_image()
+        .is_some_and(|columns| columns.any());
+    let after = rows
+        .columns_after_image()
+        .is_some_and(|columns| columns.any());
+    if !rows.rows_data().is_empty() && !before && !after {
+        return Err(format!(
+            "it holds {} bytes of rows, but its row images have none of its {} columns",
+            rows.rows_data().len(),
+            rows.num_columns()
+        ));
+    }
+    Ok(())
 }
 
 /// What the rows of a rows event did.
@@ -394,6 +533,56 @@ fn is_artificial(event: &Event) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header of the MySQL 8.0.40 corpus file's payload: compression ZSTD, 20,188 bytes
+    /// uncompressed, 792 bytes of payload, end mark.
+    const HEADER: [u8; 14] = [2, 1, 0, 3, 3, 0xfc, 0xdc, 0x4e, 1, 3, 0xfc, 0x18, 0x03, 0];
+
+    fn with_payload(header: &[u8], payload: usize) -> Vec<u8> {
+        let mut data = header.to_vec();
+        data.resize(header.len() + payload, 0);
+        data
+    }
+
+    #[test]
+    fn transaction_payload_headers_are_checked_before_mysql_common_reads_them() {
+        assert_eq!(check_payload_header(&with_payload(&HEADER, 792)), Ok(()));
+        // Each of these made mysql_common's TransactionPayloadEvent reader panic, or is cut.
+        let cases: &[(&[u8], usize, &str)] = &[
+            (
+                &HEADER,
+                791,
+                "its header gives a payload of 792 bytes, and 791 follow",
+            ),
+            (
+                &[2, 1, 0x18, 1, 1, 0, 0],
+                0,
+                "compression type 24 is neither ZSTD nor NONE",
+            ),
+            (
+                &[0xfd, 1, 0, 3, 1, 1, 0, 2, 1, 0, 0],
+                0,
+                "its header holds a field of type 196609",
+            ),
+            (
+                &[9, 0xfc, 0xff, 0x7f, 1, 1, 0, 2, 1, 0, 0],
+                0,
+                "its header field 9 runs past the event",
+            ),
+            (&[1, 1, 0, 0], 0, "its header gives no compression type"),
+            (&[2, 1, 0, 0], 0, "its header gives no payload size"),
+            (&[2, 1, 0, 1, 1, 0], 0, "its header has no end"),
+            (&[2, 1, 0, 1, 0xfc, 1], 0, "it ends inside a field"),
+            (&[0xfb], 0, "0xfb starts no length-encoded integer"),
+        ];
+        for (header, payload, error) in cases {
+            assert_eq!(
+                check_payload_header(&with_payload(header, *payload)),
+                Err((*error).to_owned()),
+                "{header:?}"
+            );
+        }
+    }
 
     #[test]
     fn comments_before_a_statement_are_skipped() {

@@ -271,14 +271,17 @@ impl<R: Read> FileReader<R> {
         let schema = table_map.database_name().into_owned();
         let table = table_map.table_name().into_owned();
         let mut count = 0;
-        if wanted(&schema, &table) {
-            let columns = decode::table_map_columns(table_map);
-            let committed_at = DateTime::from_timestamp(i64::from(event.header().timestamp()), 0)
-                .unwrap_or_default();
-            for (index, row) in rows.rows(table_map).enumerate() {
-                let (before, after) = row.map_err(|error| {
-                    format!("a row of {schema}.{table} cannot be decoded: {error}")
-                })?;
+        let wanted = wanted(&schema, &table);
+        let columns = decode::table_map_columns(table_map);
+        let committed_at =
+            DateTime::from_timestamp(i64::from(event.header().timestamp()), 0).unwrap_or_default();
+        // Every row is decoded, wanted or not: a row that cannot be is an error either way, and
+        // mysql_common's row iterator can yield errors without end on bytes it cannot read.
+        for (index, row) in rows.rows(table_map).enumerate() {
+            let (before, after) = row
+                .map_err(|error| format!("a row of {schema}.{table} cannot be decoded: {error}"))?;
+            count += 1;
+            if wanted {
                 let at = ChangeRow {
                     file: &self.name,
                     position: place.start,
@@ -292,10 +295,7 @@ impl<R: Read> FileReader<R> {
                 let change = decode::change(&columns, at, before, after)
                     .map_err(|error| format!("a row of {schema}.{table}: {error}"))?;
                 self.pending.push(change);
-                count += 1;
             }
-        } else {
-            count = rows.rows(table_map).count();
         }
         self.transactions.count_rows(count);
         Ok(())
@@ -348,4 +348,127 @@ fn read_full(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binlog file of `events` (type code, body), without a format description (mysql_common's
+    /// defaults: v4 post-header lengths, no checksums).
+    fn binlog(events: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut file = MAGIC.to_vec();
+        for (code, body) in events {
+            let size = (HEADER_LENGTH + body.len()) as u32;
+            let end = file.len() as u32 + size;
+            file.extend_from_slice(&1_734_117_024_u32.to_le_bytes()); // timestamp
+            file.push(*code);
+            file.extend_from_slice(&1_u32.to_le_bytes()); // server id
+            file.extend_from_slice(&size.to_le_bytes());
+            file.extend_from_slice(&end.to_le_bytes());
+            file.extend_from_slice(&0_u16.to_le_bytes()); // flags
+            file.extend_from_slice(body);
+        }
+        file
+    }
+
+    /// TABLE_MAP of table 1, `d`.`t`, one INT column.
+    fn table_map() -> (u8, Vec<u8>) {
+        let mut body = vec![1, 0, 0, 0, 0, 0, 0, 0]; // table id, flags
+        body.extend_from_slice(&[1, b'd', 0, 1, b't', 0]);
+        body.extend_from_slice(&[1, 0x03, 0, 0]); // 1 column: INT, no metadata, not nullable
+        (0x13, body)
+    }
+
+    /// WRITE_ROWS (v2) of table 1 with the columns-present bitmap `present` and `rows` bytes.
+    fn write_rows(present: u8, rows: &[u8]) -> (u8, Vec<u8>) {
+        let mut body = vec![1, 0, 0, 0, 0, 0, 1, 0]; // table id, STMT_END_F
+        body.extend_from_slice(&[2, 0, 1, present]); // no extra data, 1 column, bitmap
+        body.extend_from_slice(rows);
+        (0x1e, body)
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Found>, FileError> {
+        let mut found = Vec::new();
+        read("t.000001", bytes, &|_, _| true, &mut |one| found.push(one))?;
+        Ok(found)
+    }
+
+    #[test]
+    fn a_row_image_without_columns_is_an_error_not_endless_rows() {
+        // The well-formed event first: one row (null bitmap 0, INT 7).
+        let found = read_all(&binlog(&[table_map(), write_rows(0x01, &[0, 7, 0, 0, 0])]))
+            .expect("a well-formed rows event");
+        assert_eq!(found.len(), 1);
+        // No column present, so every row would be zero bytes wide: mysql_common's row iterator
+        // never ends on such an event, and the reader used to collect rows until memory ran out.
+        let error = read_all(&binlog(&[table_map(), write_rows(0x00, &[0, 7, 0, 0, 0])]))
+            .expect_err("rows without columns");
+        assert_eq!(
+            error.to_string(),
+            "t.000001: at offset 41: a rows event of type 30 is malformed: it holds 5 bytes of \
+             rows, but its row images have none of its 1 columns"
+        );
+    }
+
+    #[test]
+    fn a_table_map_without_the_metadata_its_types_need_is_an_error_not_a_panic() {
+        // One BLOB column (0xfc) and no metadata: BLOB needs one byte (its length's width), and
+        // mysql_common's row decoder indexed the missing byte and panicked. Whether the table is
+        // wanted or not, the table map is refused where it stands.
+        let mut body = vec![1, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&[1, b'd', 0, 1, b't', 0, 1, 0xfc, 0, 0]);
+        let file = binlog(&[(0x13, body), write_rows(0x01, &[0, 1, b'x'])]);
+        for wanted in [true, false] {
+            let error = read("t.000001", file.as_slice(), &|_, _| wanted, &mut |_| {})
+                .expect_err("a BLOB column without metadata");
+            assert_eq!(
+                error.to_string(),
+                "t.000001: at offset 4: the TABLE_MAP of d.t is malformed: its 1 columns' types \
+                 and metadata do not agree"
+            );
+        }
+    }
+
+    #[test]
+    fn a_decimal_with_more_scale_than_precision_is_an_error_not_a_panic() {
+        // DECIMAL(10, 250): mysql_common computed 10 - 250 and panicked.
+        let mut body = vec![1, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&[1, b'd', 0, 1, b't', 0, 1, 0xf6, 2, 10, 250, 0]);
+        let file = binlog(&[(0x13, body), write_rows(0x01, &[0, 0x80, 0, 0, 0, 1])]);
+        let error = read_all(&file).expect_err("DECIMAL(10, 250)");
+        assert_eq!(
+            error.to_string(),
+            "t.000001: at offset 4: the TABLE_MAP of d.t is malformed: its column 1 is a \
+             DECIMAL(10, 250)"
+        );
+    }
+
+    #[test]
+    fn rows_of_unwanted_tables_are_decoded_too_and_a_bad_one_is_an_error() {
+        // One INT column, but the row holds 2 of its 4 bytes.
+        let file = binlog(&[table_map(), write_rows(0x01, &[0, 7, 0])]);
+        for wanted in [true, false] {
+            let error = read("t.000001", file.as_slice(), &|_, _| wanted, &mut |_| {})
+                .expect_err("a cut row");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("t.000001: at offset 41: a row of d.t cannot be decoded: "),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_transaction_payload_is_an_error_not_a_panic() {
+        // Compression type 7 (mysql_common unwraps it into its enum and panics), payload size 0.
+        let error = read_all(&binlog(&[(0x28, vec![2, 1, 7, 1, 1, 0, 0])]))
+            .expect_err("an unknown compression type");
+        assert_eq!(
+            error.to_string(),
+            "t.000001: at offset 4: a TRANSACTION_PAYLOAD event is malformed: compression type 7 \
+             is neither ZSTD nor NONE"
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod common;
 mod rest_common;
 
 mod auth;
+mod binlog_files;
 mod chaos;
 mod cli;
 mod examples;
