@@ -296,7 +296,12 @@ async fn run(command: Command) -> Result<(), CliError> {
             files,
             schemas,
             tables,
-        }) => binlog_events(&files, &schemas, &tables),
+        }) => {
+            // A decoder panic is reported as the file's one error line (source::file), not as
+            // a panic message.
+            std::panic::set_hook(Box::new(|_| {}));
+            binlog_events(&files, &schemas, &tables)
+        }
     }
 }
 

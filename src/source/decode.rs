@@ -7,7 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use mysql_common::{
     binlog::{
-        events::{OptionalMetaExtractor, TableMapEvent},
+        events::{OptionalMetaExtractor, RowsEventData, TableMapEvent},
         row::BinlogRow,
         value::BinlogValue,
     },
@@ -353,6 +353,17 @@ pub fn change(
         before: before.map(Json::Object),
         after: after.map(Json::Object),
     })
+}
+
+/// How many rows a rows event holds, read to the end (a row that cannot be read is an error,
+/// not the end of the count).
+pub fn row_count(rows: &RowsEventData<'_>, table_map: &TableMapEvent<'_>) -> Result<usize, String> {
+    let mut count = 0;
+    for row in rows.rows(table_map) {
+        row.map_err(|error| format!("a row cannot be read: {error}"))?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// The binary character set: a string column of it holds bytes.

@@ -726,7 +726,12 @@ impl Reader {
         let Some(columns) = columns.filter(|_| !stored_already) else {
             // Not tracked (stream_options), not a table of the snapshot, or read again after a
             // restart and stored already.
-            let count = rows.rows(table_map).count();
+            let count = decode::row_count(rows, table_map).map_err(|error| {
+                SessionEnd::Failed(format!(
+                    "{error} ({schema}.{table} at {}:{})",
+                    self.transactions.file, place.start
+                ))
+            })?;
             self.transactions.count_rows(count);
             return Ok(());
         };

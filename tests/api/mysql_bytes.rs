@@ -21,19 +21,15 @@
 //! file's own (`mariadb-binlog` lists them up to the compressed transaction, a walk of the
 //! event headers gives the rest). Never the service's own output.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::corpus;
 use crate::common::mariadb::*;
 use crate::common::*;
 use dbtrail_servers::proto::{self, ListChangeEventsRequest, ServerStatus, StreamState};
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 
-/// The MySQL 8.0.40 binlog of rpl_from_mysql80, and its sha256.
-const MYSQL_80_FILE: &str = "mdev35643_mysql_80_binlog.000001";
-const MYSQL_80_SHA256: &str = "9bda05f6c5bd657adf69bda9bba112273fda070ed4af664c80b1e2ca2e66edae";
 /// The binlog file of the private MariaDB that the MySQL file replaces.
 const FILE: &str = "master-bin.000001";
 /// The source's commit time of every event in the file (SET TIMESTAMP=1734117024 in it).
@@ -48,31 +44,10 @@ const TABLES: [&str; 3] = [
     "CREATE TABLE test.t2 (a INT PRIMARY KEY, b JSON)",
 ];
 
-/// The MySQL 8.0.40 file's bytes, checked against their sha256. Missing is a failure: the
-/// tests never skip.
+/// The MySQL 8.0.40 file's bytes, checked against their sha256 (common::corpus).
 fn mysql_80_binlog() -> Vec<u8> {
-    let dir = std::env::var_os("DBTRAIL_CORPUS_DIR").unwrap_or_else(|| {
-        panic!(
-            "DBTRAIL_CORPUS_DIR is not set: run the tests through scripts/test, which fetches the \
-             MySQL-written binlogs (Debian's mariadb-test-data: {MYSQL_80_FILE}) into its cache \
-             and sets it"
-        )
-    });
-    let path = Path::new(&dir).join(MYSQL_80_FILE);
-    let bytes = std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}. scripts/test fetches it (Debian's mariadb-test-data, \
-             mysql-test/std_data/{MYSQL_80_FILE}) and sets DBTRAIL_CORPUS_DIR",
-            path.display()
-        )
-    });
-    assert_eq!(
-        hex::encode(Sha256::digest(&bytes)),
-        MYSQL_80_SHA256,
-        "{} is not the pinned MySQL 8.0.40 binlog; scripts/test fetches it again",
-        path.display()
-    );
-    bytes
+    let path = corpus::corpus(corpus::MYSQL_80_40);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
 // ------------------------------------------------------------------------------------------------

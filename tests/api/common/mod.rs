@@ -17,6 +17,7 @@
 
 mod app;
 mod assert;
+pub mod corpus;
 mod database;
 pub mod mariadb;
 mod onboarding;
