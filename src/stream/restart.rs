@@ -18,6 +18,7 @@ use crate::{
         coordinates, source_identity,
     },
     secrets::SecretBox,
+    source::gtid::{Gtid, GtidSet},
     store::{Claim, Fence, Store, StreamPosition},
 };
 
@@ -131,7 +132,7 @@ async fn ask(
     let gtid_set = if mariadb {
         gtid_position(connection, address, &position).await?
     } else {
-        None
+        mysql_gtids_at(connection, address, &position).await?
     };
     Ok(RestartPoint {
         position,
@@ -209,9 +210,8 @@ async fn transaction_ends(
 ) -> Result<Vec<(String, BinlogPoint)>, Rejection> {
     let mut ends = Vec::new();
     let mut open: Option<String> = None;
-    let mut from = 4;
-    loop {
-        let page = events_page(connection, address, file, from).await?;
+    let mut pages = EventPages::of(file);
+    while let Some(page) = pages.next(connection, address).await? {
         for event in &page {
             let Some(gtid) = listed_gtid(event) else {
                 continue;
@@ -222,17 +222,6 @@ async fn transaction_ends(
             };
             ends.extend(open.take().map(|gtid| (gtid, point)));
             open = wanted.contains(&gtid).then(|| gtid.to_owned());
-        }
-        match page.last() {
-            // The next page starts where the last event read ends.
-            Some(last) if page.len() as u64 == EVENTS_PAGE => {
-                let next = event_end(connection, address, file, last.position).await?;
-                if next <= last.position {
-                    break;
-                }
-                from = next;
-            }
-            _ => break,
         }
     }
     ends.extend(open.map(|gtid| {
@@ -245,6 +234,90 @@ async fn transaction_ends(
         )
     }));
     Ok(ends)
+}
+
+/// A binlog file's events, a page at a time (SHOW BINLOG EVENTS), from its first.
+struct EventPages<'a> {
+    file: &'a str,
+    from: Option<u64>,
+}
+
+impl<'a> EventPages<'a> {
+    fn of(file: &'a str) -> EventPages<'a> {
+        EventPages {
+            file,
+            from: Some(4),
+        }
+    }
+
+    /// The next page; None after the last.
+    async fn next(
+        &mut self,
+        connection: &mut Conn,
+        address: &Endpoint,
+    ) -> Result<Option<Vec<ListedEvent>>, Rejection> {
+        let Some(from) = self.from else {
+            return Ok(None);
+        };
+        let page = events_page(connection, address, self.file, from).await?;
+        self.from = match page.last() {
+            // The next page starts where the last event read ends.
+            Some(last) if page.len() as u64 == EVENTS_PAGE => {
+                let next = event_end(connection, address, self.file, last.position).await?;
+                (next > last.position).then_some(next)
+            }
+            _ => None,
+        };
+        Ok(Some(page))
+    }
+}
+
+/// MySQL's GTID set at `point`: the file's PREVIOUS_GTIDS and the GTIDs of its transactions
+/// before the point. None when the file has no GTIDs (gtid_mode OFF).
+async fn mysql_gtids_at(
+    connection: &mut Conn,
+    address: &Endpoint,
+    point: &BinlogPoint,
+) -> Result<Option<String>, Rejection> {
+    let mut set = None;
+    let mut pages = EventPages::of(&point.file);
+    while let Some(page) = pages.next(connection, address).await? {
+        if absorb_gtids(&mut set, &page, point.position) {
+            break;
+        }
+    }
+    Ok(set.and_then(|set: GtidSet| set.render()))
+}
+
+/// Adds to `set` what the events before `until` say of GTIDs; true once an event at or past
+/// `until` was met.
+fn absorb_gtids(set: &mut Option<GtidSet>, events: &[ListedEvent], until: u64) -> bool {
+    for event in events {
+        if event.position >= until {
+            return true;
+        }
+        if event.kind == "Previous_gtids" {
+            *set = Some(GtidSet::parse(&event.info.replace('\n', "")));
+        } else if let Some(gtid) = listed_gtid(event).and_then(mysql_gtid) {
+            set.get_or_insert_with(GtidSet::default).add(&gtid);
+        }
+    }
+    false
+}
+
+/// `uuid:n` or `uuid:tag:n`.
+fn mysql_gtid(text: &str) -> Option<Gtid> {
+    let mut parts = text.split(':');
+    let uuid = uuid::Uuid::parse_str(parts.next()?).ok()?.to_string();
+    let (tag, number) = match (parts.next()?, parts.next()) {
+        (number, None) => (String::new(), number),
+        (tag, Some(number)) => (tag.to_owned(), number),
+    };
+    Some(Gtid::Mysql {
+        uuid,
+        tag,
+        number: number.parse().ok()?,
+    })
 }
 
 async fn events_page(
@@ -427,5 +500,69 @@ pub fn new_position(point: &RestartPoint, plan: &RestartPlan) -> StreamPosition 
         last_event_at: None,
         statement_changes: Default::default(),
         replay_until: plan.replay_until.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: u64, kind: &str, info: &str) -> ListedEvent {
+        ListedEvent {
+            position,
+            kind: kind.into(),
+            info: info.into(),
+        }
+    }
+
+    #[test]
+    fn mysql_gtid_sets_at_a_point_add_the_file_s_transactions_before_it() {
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let events = [
+            event(4, "Format_desc", "Server ver: 8.0.40, Binlog ver: 4"),
+            event(126, "Previous_gtids", &format!("{uuid}:1-\n100")),
+            event(
+                197,
+                "Gtid",
+                &format!("SET @@SESSION.GTID_NEXT= '{uuid}:101'"),
+            ),
+            event(274, "Query", "BEGIN"),
+            event(
+                500,
+                "Gtid",
+                &format!("SET @@SESSION.GTID_NEXT= '{uuid}:audit:7'"),
+            ),
+            event(
+                900,
+                "Gtid",
+                &format!("SET @@SESSION.GTID_NEXT= '{uuid}:102'"),
+            ),
+        ];
+        let mut set = None;
+        assert!(absorb_gtids(&mut set, &events, 900));
+        assert_eq!(
+            set.and_then(|set| set.render()).as_deref(),
+            Some(format!("{uuid}:1-101:audit:7").as_str())
+        );
+        let mut none = None;
+        let anonymous = [
+            event(4, "Format_desc", ""),
+            event(126, "Anonymous_Gtid", ""),
+        ];
+        assert!(!absorb_gtids(&mut none, &anonymous, 900));
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn gtid_events_name_their_gtid_in_both_flavours() {
+        assert_eq!(
+            listed_gtid(&event(4, "Gtid", "BEGIN GTID 0-1-5")),
+            Some("0-1-5")
+        );
+        assert_eq!(
+            listed_gtid(&event(4, "Gtid", "GTID 0-1-6 cid=9")),
+            Some("0-1-6")
+        );
+        assert_eq!(listed_gtid(&event(4, "Query", "BEGIN")), None);
     }
 }
