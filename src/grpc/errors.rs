@@ -192,6 +192,42 @@ pub fn invalid_argument(violations: &Violations) -> Status {
     )
 }
 
+/// A message prost could not decode: INVALID_ARGUMENT naming the field it was reading (prost
+/// says where only in its error's text: `Inner.field: Outer.field: what`, innermost first).
+pub fn undecodable_message(error: &prost::DecodeError) -> Status {
+    let (field, problem) = decode_error_field(&error.to_string());
+    invalid_field(&field, format!("cannot be decoded: {problem}"))
+}
+
+/// The request's field path and the problem of a prost error text.
+fn decode_error_field(text: &str) -> (String, String) {
+    let text = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(text);
+    let mut fields = Vec::new();
+    let mut rest = text;
+    while let Some((step, after)) = rest.split_once(": ") {
+        let Some((message, field)) = step.split_once('.') else {
+            break;
+        };
+        let identifier = |part: &str| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !identifier(message) || !identifier(field) {
+            break;
+        }
+        fields.push(field);
+        rest = after;
+    }
+    fields.reverse();
+    let field = if fields.is_empty() {
+        "request".to_owned()
+    } else {
+        fields.join(".")
+    };
+    (field, rest.to_owned())
+}
+
 /// A single bad field.
 pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     invalid_argument(&Violations::one(field, description))
@@ -385,6 +421,24 @@ mod tests {
         let bad_request = status.get_details_bad_request().unwrap();
         assert_eq!(bad_request.field_violations.len(), 2);
         assert_eq!(reason(&status), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn undecodable_messages_name_the_field() {
+        assert_eq!(
+            decode_error_field(
+                "failed to decode Protobuf message: Server.name: RegisterServerRequest.server: \
+                 invalid string value: data is not UTF-8 encoded"
+            ),
+            (
+                "server.name".to_owned(),
+                "invalid string value: data is not UTF-8 encoded".to_owned()
+            )
+        );
+        assert_eq!(
+            decode_error_field("failed to decode Protobuf message: buffer underflow"),
+            ("request".to_owned(), "buffer underflow".to_owned())
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod rest_common;
 mod auth;
 mod chaos;
 mod cli;
+mod edge;
 mod examples;
 mod fencing;
 mod listing;

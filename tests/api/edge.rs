@@ -1,0 +1,183 @@
+//! The edge: every byte a client sends is checked before it reaches storage or the log, and
+//! bounded (issue 32). NUL and text that is not UTF-8, in fields and filters, on both surfaces;
+//! names and labels; request ids; counts of repeated fields; page tokens across tenants; a
+//! doubled authorization header.
+
+use crate::common::*;
+use crate::rest_common::*;
+use dbtrail_servers::proto::{ListChangeEventsRequest, ListServersRequest};
+
+/// A REST error reply's one violation, asserting 400 INVALID_ARGUMENT.
+#[track_caller]
+fn rest_violation(reply: &Reply) -> (String, String) {
+    assert_status(reply, 400, 3, "INVALID_ARGUMENT");
+    let violations = detail(&reply.json, "BadRequest")["field_violations"]
+        .as_array()
+        .expect("field_violations")
+        .clone();
+    assert_eq!(violations.len(), 1, "{}", reply.body);
+    (
+        violations[0]["field"].as_str().unwrap_or("").to_owned(),
+        violations[0]["description"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+    )
+}
+
+/// ListServersRequest and ListChangeEventsRequest with `filter` as raw bytes, to send text that
+/// is not UTF-8 (prost's generated types only hold valid strings).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawListServers {
+    #[prost(bytes = "vec", tag = "3")]
+    filter: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawListChangeEvents {
+    #[prost(string, tag = "1")]
+    server_id: String,
+    #[prost(bytes = "vec", tag = "4")]
+    filter: Vec<u8>,
+}
+
+/// Calls `method` of ServersService with a raw request message and the tenant's key.
+async fn raw_call<M: prost::Message + Send + Sync + 'static>(
+    app: &TestApp,
+    method: &str,
+    message: M,
+) -> tonic::Status {
+    let channel = channel(app.grpc_addr).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("the channel is ready");
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", app.tenant.key).parse().unwrap(),
+    );
+    let path = http::uri::PathAndQuery::from_maybe_shared(format!(
+        "/dbtrail.servers.v1.ServersService/{method}"
+    ))
+    .unwrap();
+    let codec = tonic_prost::ProstCodec::<M, ()>::default();
+    expect_err(grpc.unary(request, path, codec).await)
+}
+
+#[test]
+fn nul_and_invalid_text_are_invalid_argument_naming_the_field_on_both_surfaces() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut client = app.client();
+        let rest = Rest::new(&app);
+        let server = register(&mut client, direct_server("alpha")).await;
+
+        // ListServers' filter literals: name, host and a label, over REST and gRPC.
+        for (filter, position) in [
+            ("name = \"a\u{0}b\"", 10),
+            ("host = \"a\u{0}b\"", 10),
+            ("labels.k = \"a\u{0}b\"", 14),
+            ("name = \"\u{1b}[2J\"", 9),
+        ] {
+            let encoded: String = url_encode(filter);
+            let reply = rest.get(&format!("/servers?filter={encoded}")).await;
+            let (field, description) = rest_violation(&reply);
+            assert_eq!(field, "filter");
+            assert!(
+                description.contains(&format!("at position {position} ")),
+                "{filter:?}: {description}"
+            );
+            let status = expect_err(
+                client
+                    .list_servers(ListServersRequest {
+                        filter: filter.to_owned(),
+                        ..Default::default()
+                    })
+                    .await,
+            );
+            assert_bad_request(&status, &["filter"]);
+        }
+
+        // ListChangeEvents' filter.
+        let reply = rest
+            .get(&format!(
+                "/servers/{}/change-events?filter={}",
+                server.server_id,
+                url_encode("table = \"a\u{0}b\"")
+            ))
+            .await;
+        let (field, description) = rest_violation(&reply);
+        assert_eq!(field, "filter");
+        assert!(description.contains("at character 11"), "{description}");
+        let status = expect_err(
+            client
+                .list_change_events(ListChangeEventsRequest {
+                    server_id: server.server_id.clone(),
+                    filter: "schema = \"\u{0}\"".to_owned(),
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_bad_request(&status, &["filter"]);
+
+        // Bytes that are not UTF-8: a percent-encoded query value, and a gRPC string field.
+        let reply = rest.get("/servers?filter=name%20%3D%20%22a%FFb%22").await;
+        let (field, description) = rest_violation(&reply);
+        assert_eq!(field, "filter");
+        assert!(description.contains("UTF-8"), "{description}");
+        let status = raw_call(
+            &app,
+            "ListServers",
+            RawListServers {
+                filter: b"name = \"a\xffb\"".to_vec(),
+            },
+        )
+        .await;
+        assert_bad_request(&status, &["filter"]);
+        assert!(status.message().contains("UTF-8"), "{status:?}");
+        let status = raw_call(
+            &app,
+            "ListChangeEvents",
+            RawListChangeEvents {
+                server_id: server.server_id.clone(),
+                filter: b"table = \"\xc3\"".to_vec(),
+            },
+        )
+        .await;
+        assert_bad_request(&status, &["filter"]);
+
+        // Names: control, bidirectional-override and zero-width characters.
+        for name in ["a\u{0}b", "invoice\u{202E}fdp.exe", "ad\u{200B}min"] {
+            let status = register_error(&mut client, direct_server(name)).await;
+            assert_bad_request(&status, &["server.name"]);
+            let reply = rest.post("/servers", &direct_server_json(name)).await;
+            assert_eq!(rest_violation(&reply).0, "server.name");
+        }
+        // Labels: the Kubernetes rules, NUL included.
+        for (key, value) in [("env", "a\u{0}b"), ("env", "two words"), ("-env", "x")] {
+            let mut server = direct_server("labelled");
+            server.labels = [(key.to_owned(), value.to_owned())].into();
+            let status = register_error(&mut client, server).await;
+            assert_bad_request(&status, &["server.labels"]);
+            let mut body = direct_server_json("labelled");
+            body["labels"] = serde_json::json!({ key: value });
+            let reply = rest.post("/servers", &body).await;
+            assert_eq!(rest_violation(&reply).0, "server.labels");
+        }
+        // A page token with a NUL in it was never issued.
+        let reply = rest.get("/servers?page_token=a%00b").await;
+        assert_eq!(rest_violation(&reply).0, "page_token");
+
+        // Nothing above reached the database: the service still lists.
+        let listed = client
+            .list_servers(ListServersRequest::default())
+            .await
+            .expect("ListServers")
+            .into_inner();
+        assert_eq!(listed.servers.len(), 1);
+    });
+}
+
+/// `text` percent-encoded for a query string.
+fn url_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
