@@ -155,7 +155,7 @@ impl Host {
         if host.parse::<IpAddr>().is_ok() {
             return Ok(Host(host.to_owned()));
         }
-        let shown: String = host.chars().take(64).collect();
+        let shown = shown(host);
         let invalid = || format!("\"{shown}\" is neither a DNS name nor an IP address");
         let name = host.strip_suffix('.').unwrap_or(host);
         if name.len() > 253 || name.is_empty() {
@@ -236,7 +236,8 @@ impl Identifier {
     pub fn parse(identifier: &str) -> Result<Identifier, String> {
         if identifier.is_empty() || identifier.chars().count() > 64 {
             return Err(format!(
-                "\"{identifier}\" must be a MySQL identifier of 1 to 64 characters"
+                "\"{}\" must be a MySQL identifier of 1 to 64 characters",
+                shown(identifier)
             ));
         }
         if has_control_characters(identifier) {
@@ -251,7 +252,7 @@ impl QualifiedTable {
     pub fn parse(table: &str) -> Result<QualifiedTable, String> {
         let (schema, name) = table
             .split_once('.')
-            .ok_or_else(|| format!("\"{table}\" must be schema.table"))?;
+            .ok_or_else(|| format!("\"{}\" must be schema.table", shown(table)))?;
         Identifier::parse(schema)?;
         Identifier::parse(name)?;
         Ok(QualifiedTable(table.to_owned()))
@@ -349,9 +350,15 @@ impl Labels {
     }
 }
 
-/// At most 64 characters of `text`, so that a message quoting it stays short.
+/// `text` to quote in a message: whole up to 100 characters, else its first 99 and an ellipsis,
+/// so that a message stays short whatever was sent.
 fn shown(text: &str) -> String {
-    text.chars().take(64).collect()
+    if text.chars().count() <= 100 {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(99).collect();
+    cut.push('…');
+    cut
 }
 
 /// Whether `key` is a label key (see [`Labels`]).

@@ -258,3 +258,110 @@ fn an_oversized_request_id_is_replaced_and_not_logged() {
         );
     });
 }
+
+/// 100,000 table names are one violation of the list's count, and an error lists at most 20
+/// violations, saying how many more there were: no error passes 16 KB on either surface.
+#[test]
+fn repeated_fields_are_counted_first_and_errors_stay_small() {
+    use tonic_types::StatusExt;
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut client = app.client();
+        let rest = Rest::new(&app);
+        let names = |count: usize| vec!["x".to_owned(); count];
+
+        // REST: 100,000 tables in a body of about 400 KB.
+        let mut body = direct_server_json("many-tables");
+        body["stream_options"] = serde_json::json!({ "tables": names(100_000) });
+        let reply = rest.post("/servers", &body).await;
+        assert_eq!(
+            rest_violation(&reply).0,
+            "server.stream_options.tables",
+            "{}",
+            reply.body
+        );
+        assert!(
+            reply.body.len() < 16_384,
+            "a {} byte error",
+            reply.body.len()
+        );
+        assert!(reply.body.contains("at most 1000"), "{}", reply.body);
+
+        // gRPC: the same for schemas and exclude_tables, in trailers well under 16 KB.
+        for list in ["schemas", "tables", "exclude_tables"] {
+            let mut server = direct_server("many");
+            let mut options = dbtrail_servers::proto::StreamOptions::default();
+            match list {
+                "schemas" => options.schemas = names(100_000),
+                "tables" => options.tables = names(100_000),
+                _ => options.exclude_tables = names(100_000),
+            }
+            server.stream_options = Some(options);
+            let status = register_error(&mut client, server).await;
+            assert_bad_request(&status, &[&format!("server.stream_options.{list}")]);
+            assert!(
+                status.details().len() + status.message().len() < 16_384,
+                "{list}: {} bytes",
+                status.details().len() + status.message().len()
+            );
+        }
+
+        // 1,000 bad tables are allowed in count, and reported as 20 and a count of the rest.
+        let mut server = direct_server("bad-tables");
+        server.stream_options = Some(dbtrail_servers::proto::StreamOptions {
+            tables: vec!["no-dot".repeat(50); 1_000],
+            ..Default::default()
+        });
+        let status = register_error(&mut client, server).await;
+        let bad_request = status.get_details_bad_request().expect("a BadRequest");
+        assert_eq!(bad_request.field_violations.len(), 20);
+        assert!(
+            status.message().contains("and 980 more violations"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.details().len() < 16_384,
+            "{}",
+            status.details().len()
+        );
+
+        // update_mask: at most one path per field of Server.
+        let registered = register(&mut client, direct_server("masked")).await;
+        let mut change = direct_server("masked");
+        change.server_id = registered.server_id.clone();
+        let paths: Vec<&str> = std::iter::repeat_n("labels", 100_000).collect();
+        let status = expect_err(
+            client
+                .update_server(update_request(change.clone(), &paths))
+                .await,
+        );
+        assert_bad_request(&status, &["update_mask.paths"]);
+        assert!(
+            status.message().contains("at most 18"),
+            "{}",
+            status.message()
+        );
+        let reply = rest
+            .patch(
+                &format!(
+                    "/servers/{}?update_mask={}",
+                    registered.server_id,
+                    vec!["nope"; 5_000].join(",")
+                ),
+                &serde_json::json!({ "name": "renamed" }),
+            )
+            .await;
+        assert_eq!(
+            rest_violation(&reply).0,
+            "update_mask.paths",
+            "{}",
+            reply.body
+        );
+        assert!(
+            reply.body.len() < 16_384,
+            "a {} byte error",
+            reply.body.len()
+        );
+    });
+}
