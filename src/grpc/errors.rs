@@ -85,6 +85,12 @@ impl From<AuthError> for Status {
             AuthError::InvalidKey => {
                 status(Code::Unauthenticated, "INVALID_API_KEY", message, none)
             }
+            AuthError::DuplicateCredentials => status(
+                Code::Unauthenticated,
+                "DUPLICATE_CREDENTIALS",
+                message,
+                none,
+            ),
             AuthError::Revoked => status(Code::Unauthenticated, "API_KEY_REVOKED", message, none),
             AuthError::Expired => status(Code::Unauthenticated, "API_KEY_EXPIRED", message, none),
             AuthError::MissingPermission(permission) => status_with_metadata(

@@ -378,8 +378,9 @@ fn metadata(headers: &HeaderMap, request_id: &str) -> HeaderMap {
         header::AUTHORIZATION,
         HeaderName::from_static("grpc-timeout"),
     ] {
-        if let Some(value) = headers.get(&name) {
-            metadata.insert(name, value.clone());
+        // Every value: two authorization headers are refused by the stack, not narrowed to one.
+        for value in headers.get_all(&name) {
+            metadata.append(name.clone(), value.clone());
         }
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {

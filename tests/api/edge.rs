@@ -365,3 +365,88 @@ fn repeated_fields_are_counted_first_and_errors_stay_small() {
         );
     });
 }
+
+/// A page token is bound to the tenant it was issued to: another tenant's caller, with the same
+/// query, is refused (before, it read the other tenant's list from that cursor).
+#[test]
+fn a_page_token_used_by_another_tenant_is_invalid_argument() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let mut client = app.client();
+        for name in ["one", "two", "three"] {
+            register(&mut client, direct_server(name)).await;
+        }
+        let first = client
+            .list_servers(ListServersRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("the first page")
+            .into_inner();
+        assert!(!first.next_page_token.is_empty());
+        let other = app.other_tenant("tenant-b").await;
+        let mut foreign = app.client_with_key(&other.key);
+        let status = expect_err(
+            foreign
+                .list_servers(ListServersRequest {
+                    page_size: 1,
+                    page_token: first.next_page_token.clone(),
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_bad_request(&status, &["page_token"]);
+        let reply = Rest::new(&app)
+            .with_key(&other.key)
+            .get(&format!(
+                "/servers?page_size=1&page_token={}",
+                first.next_page_token
+            ))
+            .await;
+        assert_eq!(rest_violation(&reply).0, "page_token");
+        // Its own tenant still pages with it.
+        let second = client
+            .list_servers(ListServersRequest {
+                page_size: 1,
+                page_token: first.next_page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("the second page")
+            .into_inner();
+        assert_eq!(second.servers.len(), 1);
+    });
+}
+
+/// Two authorization headers are refused, even when both hold the same valid key.
+#[test]
+fn two_authorization_headers_are_unauthenticated() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let bearer = format!("Bearer {}", app.tenant.key);
+        let mut client = client_with_authorization(channel(app.grpc_addr).await, None);
+        let mut request = tonic::Request::new(ListServersRequest::default());
+        for _ in 0..2 {
+            request
+                .metadata_mut()
+                .append("authorization", bearer.parse().unwrap());
+        }
+        let status = expect_err(client.list_servers(request).await);
+        assert_error(
+            &status,
+            tonic::Code::Unauthenticated,
+            "DUPLICATE_CREDENTIALS",
+        );
+
+        let rest = Rest::new(&app).with_authorization(None);
+        let request = rest
+            .request(reqwest::Method::GET, "/servers")
+            .header("authorization", &bearer)
+            .header("authorization", &bearer);
+        let reply = rest.exchange(request).await;
+        assert_status(&reply, 401, 16, "DUPLICATE_CREDENTIALS");
+        // One header is fine.
+        assert_eq!(Rest::new(&app).get("/servers").await.status, 200);
+    });
+}
