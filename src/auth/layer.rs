@@ -114,15 +114,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = self.authenticator.clone();
         Box::pin(async move {
-            let header = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|value| value.to_str().unwrap_or(""));
-            let client = client_address(request.extensions());
-            let checked = authenticator
-                .authenticate(header, client)
-                .await
-                .and_then(|principal| principal.require(permission).map(|()| principal));
+            let checked = match one_authorization(request.headers()) {
+                Ok(header) => {
+                    let client = client_address(request.extensions());
+                    authenticator
+                        .authenticate(header, client)
+                        .await
+                        .and_then(|principal| principal.require(permission).map(|()| principal))
+                }
+                Err(error) => Err(error),
+            };
             match checked {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
@@ -134,6 +135,17 @@ where
                 }
             }
         })
+    }
+}
+
+/// The one authorization header of a call (none when absent); two or more are refused rather than
+/// one picked, so that a proxy that adds its own cannot decide who the caller is.
+fn one_authorization(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => Ok(Some(value.to_str().unwrap_or(""))),
+        (Some(_), Some(_)) => Err(AuthError::DuplicateCredentials),
     }
 }
 

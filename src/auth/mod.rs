@@ -54,6 +54,10 @@ pub enum AuthError {
     MissingCredentials,
     #[error("invalid API key")]
     InvalidKey,
+    #[error(
+        "more than one authorization header: send exactly one, authorization: Bearer <api key>"
+    )]
+    DuplicateCredentials,
     #[error("API key has been revoked")]
     Revoked,
     #[error("API key has expired")]

@@ -209,6 +209,13 @@ impl ChangeFilter {
                 "filter is {length} characters long; the limit is {MAX_LENGTH}"
             )));
         }
+        if let Some((index, character)) = super::filter::first_control_character(input) {
+            return Err(ChangeFilterError(format!(
+                "control character {} at character {} is not allowed in a filter",
+                super::fields::code_point(character),
+                index + 1
+            )));
+        }
         let mut lexer = Lexer {
             input,
             chars: input.char_indices().collect(),
@@ -330,5 +337,10 @@ mod tests {
         assert!(error.0.contains("expected a comparison"), "{error}");
         let error = ChangeFilter::parse(r#"table = "open"#).unwrap_err();
         assert!(error.0.contains("not closed"), "{error}");
+        let error = ChangeFilter::parse("table = \"a\u{0}b\"").unwrap_err();
+        assert_eq!(
+            error.0,
+            "control character U+0000 at character 11 is not allowed in a filter"
+        );
     }
 }

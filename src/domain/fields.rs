@@ -81,6 +81,22 @@ fn has_control_characters(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
+/// Characters that change how text around them is shown without showing themselves: the
+/// bidirectional embeddings, overrides, isolates and marks (the "Trojan Source" characters),
+/// zero-width spaces and joiners, the byte order mark, and the line and paragraph separators.
+/// A name holding one can look like another name.
+pub fn is_invisible_or_bidirectional(character: char) -> bool {
+    matches!(
+        character,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 impl ServerName {
     /// A name, or why it cannot be one.
     pub fn parse(name: &str) -> Result<ServerName, String> {
@@ -91,11 +107,40 @@ impl ServerName {
         if length > 100 {
             return Err(format!("is {length} characters long; at most 100 allowed"));
         }
-        if has_control_characters(name) {
-            return Err("must contain only printable characters".into());
+        if let Some((position, character)) = name
+            .chars()
+            .enumerate()
+            .find(|(_, character)| character.is_control())
+        {
+            return Err(format!(
+                "must contain only printable characters: {} at character {} is a control character",
+                code_point(character),
+                position + 1
+            ));
+        }
+        if let Some((position, character)) = name
+            .chars()
+            .enumerate()
+            .find(|(_, character)| is_invisible_or_bidirectional(*character))
+        {
+            return Err(format!(
+                "must not contain invisible or bidirectional formatting characters: {} at \
+                 character {}",
+                code_point(character),
+                position + 1
+            ));
         }
         if name.trim() != name {
             return Err("must not start or end with white space".into());
+        }
+        Ok(ServerName(name.to_owned()))
+    }
+
+    /// A name read back from storage, under the rule of the day it was written: invisible and
+    /// bidirectional characters were accepted before, so they do not make the row unreadable.
+    pub fn from_stored(name: &str) -> Result<ServerName, String> {
+        if name.is_empty() || has_control_characters(name) {
+            return Err("is not a name".into());
         }
         Ok(ServerName(name.to_owned()))
     }
@@ -110,7 +155,7 @@ impl Host {
         if host.parse::<IpAddr>().is_ok() {
             return Ok(Host(host.to_owned()));
         }
-        let shown: String = host.chars().take(64).collect();
+        let shown = shown(host);
         let invalid = || format!("\"{shown}\" is neither a DNS name nor an IP address");
         let name = host.strip_suffix('.').unwrap_or(host);
         if name.len() > 253 || name.is_empty() {
@@ -145,6 +190,11 @@ impl UserName {
         check_text(user, max)?;
         Ok(UserName(user.to_owned()))
     }
+}
+
+/// A character as `U+XXXX`, to name one that cannot be shown.
+pub fn code_point(character: char) -> String {
+    format!("U+{:04X}", u32::from(character))
 }
 
 /// A free text of at most `max` characters, without control characters.
@@ -186,7 +236,8 @@ impl Identifier {
     pub fn parse(identifier: &str) -> Result<Identifier, String> {
         if identifier.is_empty() || identifier.chars().count() > 64 {
             return Err(format!(
-                "\"{identifier}\" must be a MySQL identifier of 1 to 64 characters"
+                "\"{}\" must be a MySQL identifier of 1 to 64 characters",
+                shown(identifier)
             ));
         }
         if has_control_characters(identifier) {
@@ -201,7 +252,7 @@ impl QualifiedTable {
     pub fn parse(table: &str) -> Result<QualifiedTable, String> {
         let (schema, name) = table
             .split_once('.')
-            .ok_or_else(|| format!("\"{table}\" must be schema.table"))?;
+            .ok_or_else(|| format!("\"{}\" must be schema.table", shown(table)))?;
         Identifier::parse(schema)?;
         Identifier::parse(name)?;
         Ok(QualifiedTable(table.to_owned()))
@@ -245,10 +296,16 @@ impl From<Port> for i32 {
     }
 }
 
-const MAX_LABELS: usize = 64;
+/// Most labels on one server.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key and label value (Kubernetes' limit for a label's name and value).
+pub const MAX_LABEL_LENGTH: usize = 63;
 
-/// A server's labels: at most 64, keys of letters, digits, `_` and `-` (1 to 63), values of at
-/// most 256 printable characters.
+/// A server's labels, by the Kubernetes label rules: at most 64; a key is 1 to 63 characters of
+/// letters, digits, `_` and `-`, beginning and ending with a letter or digit (Kubernetes' name
+/// segment, without `.` and a prefix: a ListServers filter addresses a label as `labels.KEY`); a
+/// value is empty or 1 to 63 characters of letters, digits, `_`, `-` and `.`, beginning and ending
+/// with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Labels(BTreeMap<String, String>);
 
@@ -262,28 +319,70 @@ impl Labels {
             ));
         }
         for (key, value) in &labels {
-            let key_ok = (1..=63).contains(&key.len())
-                && key
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
-            if !key_ok {
+            if !is_label_key(key) {
                 return Err(format!(
-                    "key \"{key}\" must be 1 to 63 characters of letters, digits, '_' and '-'"
+                    "key {:?} must be 1 to {MAX_LABEL_LENGTH} letters, digits, '_' and '-', \
+                     beginning and ending with a letter or digit",
+                    shown(key)
                 ));
             }
-            if value.chars().count() > 256 || has_control_characters(value) {
+            if !is_label_value(value) {
                 return Err(format!(
-                    "value of \"{key}\" must be at most 256 printable characters"
+                    "value of {key:?} ({:?}) must be empty or 1 to {MAX_LABEL_LENGTH} letters, \
+                     digits, '_', '-' and '.', beginning and ending with a letter or digit",
+                    shown(value)
                 ));
             }
         }
         Ok(Labels(labels))
     }
 
+    /// Labels read back from storage: written under the rules of their day, which may have been
+    /// looser than today's (values of up to 256 printable characters), so they are kept as they
+    /// are; only a request's labels must follow [`Labels::parse`].
+    pub fn from_stored(labels: BTreeMap<String, String>) -> Labels {
+        Labels(labels)
+    }
+
     /// The labels by key.
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
+}
+
+/// `text` to quote in a message: whole up to 100 characters, else its first 99 and an ellipsis,
+/// so that a message stays short whatever was sent.
+fn shown(text: &str) -> String {
+    if text.chars().count() <= 100 {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(99).collect();
+    cut.push('…');
+    cut
+}
+
+/// Whether `key` is a label key (see [`Labels`]).
+pub fn is_label_key(key: &str) -> bool {
+    is_label_word(key, |byte| byte == b'_' || byte == b'-')
+}
+
+/// Whether `value` is a label value (see [`Labels`]).
+pub fn is_label_value(value: &str) -> bool {
+    value.is_empty() || is_label_word(value, |byte| matches!(byte, b'_' | b'-' | b'.'))
+}
+
+/// 1 to 63 ASCII letters, digits and `inner` punctuation, alphanumeric at both ends.
+fn is_label_word(text: &str, inner: fn(u8) -> bool) -> bool {
+    let bytes = text.as_bytes();
+    let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    bytes.len() <= MAX_LABEL_LENGTH
+        && first.is_ascii_alphanumeric()
+        && last.is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || inner(*byte))
 }
 
 #[cfg(test)]
@@ -344,5 +443,65 @@ mod tests {
         assert!(HostKeyFingerprint::parse("MD5:aa").is_err());
         let bad = BTreeMap::from([("bad key".to_owned(), "v".to_owned())]);
         assert!(Labels::parse(bad).is_err());
+    }
+
+    #[test]
+    fn names_refuse_control_invisible_and_bidirectional_characters() {
+        assert!(ServerName::parse("orders db (eu) — café").is_ok());
+        assert_eq!(
+            ServerName::parse("a\u{0}b").unwrap_err(),
+            "must contain only printable characters: U+0000 at character 2 is a control character"
+        );
+        for (bad, code) in [
+            ("admin\u{202E}gpj.exe", "U+202E"),
+            ("a\u{200B}b", "U+200B"),
+            ("\u{2066}x", "U+2066"),
+            ("x\u{FEFF}", "U+FEFF"),
+            ("x\u{200D}y", "U+200D"),
+        ] {
+            let problem = ServerName::parse(bad).unwrap_err();
+            assert!(problem.contains(code), "{bad:?}: {problem}");
+            assert!(problem.contains("bidirectional"), "{bad:?}: {problem}");
+        }
+        // Rows written under the older rule stay readable.
+        assert!(ServerName::from_stored("a\u{200B}b").is_ok());
+        assert!(ServerName::from_stored("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn labels_follow_the_kubernetes_rules() {
+        let labels = |pairs: &[(&str, &str)]| {
+            Labels::parse(
+                pairs
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+            )
+        };
+        assert!(labels(&[("env", "prod"), ("team-a_1", "v1.2-rc_3"), ("empty", "")]).is_ok());
+        assert!(labels(&[(&"k".repeat(63), &"v".repeat(63))]).is_ok());
+        for (key, value) in [
+            ("_env", "prod"),
+            ("env-", "prod"),
+            ("a.b", "prod"),
+            ("a/b", "prod"),
+            ("", "prod"),
+            (&"k".repeat(64), "v"),
+            ("env", "pro d"),
+            ("env", "-prod"),
+            ("env", "prod."),
+            ("env", "a\u{0}b"),
+            ("env", "café"),
+            ("env", &"v".repeat(64)),
+        ] {
+            assert!(labels(&[(key, value)]).is_err(), "{key:?}={value:?}");
+        }
+        let many: Vec<(String, String)> = (0..=MAX_LABELS)
+            .map(|index| (format!("k{index}"), String::new()))
+            .collect();
+        assert_eq!(
+            Labels::parse(many.into_iter().collect()).unwrap_err(),
+            "has 65 labels; at most 64 allowed"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::{ConnectionMethod, ServerStatus};
+use super::{ConnectionMethod, ServerStatus, fields::code_point};
 
 /// Longest accepted filter, in characters; keeps parsing cheap for hostile input.
 const MAX_LENGTH: usize = 2_000;
@@ -61,6 +61,13 @@ pub fn parse(input: &str) -> Result<Option<Filter>, FilterError> {
     if length > MAX_LENGTH {
         return Err(error(format!(
             "filter is {length} characters long; the limit is {MAX_LENGTH}"
+        )));
+    }
+    if let Some((index, character)) = first_control_character(input) {
+        return Err(error(format!(
+            "control character {} at position {} is not allowed in a filter",
+            code_point(character),
+            index + 1
         )));
     }
     let mut parser = Parser {
@@ -339,6 +346,15 @@ impl Parser {
             }
         }
     }
+}
+
+/// The first character no stored text holds (NUL among them, which PostgreSQL cannot store), with
+/// its 0-based index; white space is the grammar's separator and is left to it.
+pub fn first_control_character(input: &str) -> Option<(usize, char)> {
+    input
+        .chars()
+        .enumerate()
+        .find(|(_, character)| character.is_control() && !character.is_whitespace())
 }
 
 fn error(message: String) -> FilterError {
@@ -864,6 +880,23 @@ mod tests {
             fails(r#"name = "a\nb""#),
             r#"unsupported escape "\n" at position 10; only \" and \\ are allowed in strings"#
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_their_position() {
+        assert_eq!(
+            fails("name = \"a\u{0}b\""),
+            "control character U+0000 at position 10 is not allowed in a filter"
+        );
+        assert_eq!(
+            fails("labels.k = \"\u{1b}[31m\""),
+            "control character U+001B at position 13 is not allowed in a filter"
+        );
+        assert_eq!(
+            fails("host = \"é\u{7f}\""),
+            "control character U+007F at position 10 is not allowed in a filter"
+        );
+        assert_eq!(ok("name = \"a\tb\""), name("a\tb"));
     }
 
     #[test]

@@ -190,6 +190,28 @@ pub fn is_output_only_path(path: &str) -> bool {
 }
 
 impl UpdateField {
+    /// Every path an update mask may name, besides `*`; a mask names at most this many paths.
+    pub const PATHS: [&'static str; 18] = [
+        "name",
+        "host",
+        "port",
+        "mysql_user",
+        "mysql_password",
+        "connection_method",
+        "ssh_tunnel",
+        "ssh_tunnel.host",
+        "ssh_tunnel.port",
+        "ssh_tunnel.user",
+        "ssh_tunnel.private_key",
+        "ssh_tunnel.host_key_fingerprint",
+        "stream_options",
+        "stream_options.schemas",
+        "stream_options.tables",
+        "stream_options.exclude_tables",
+        "stream_options.ssl_mode",
+        "labels",
+    ];
+
     /// Every settable field: what `*` means.
     pub const ALL_TOP_LEVEL: &'static [UpdateField] = &[
         UpdateField::Name,
@@ -457,11 +479,42 @@ fn validate_ssh_tunnel(
     })
 }
 
+/// Most entries in each of `stream_options.schemas`, `.tables` and `.exclude_tables`.
+pub const MAX_STREAM_OPTION_ENTRIES: usize = 1_000;
+
+/// Whether a list is within [`MAX_STREAM_OPTION_ENTRIES`]; one violation, not one per entry, when
+/// it is not, so that a huge list costs no more than a short one.
+fn within_entry_limit(texts: &[String], field: &str, violations: &mut Violations) -> bool {
+    if texts.len() <= MAX_STREAM_OPTION_ENTRIES {
+        return true;
+    }
+    violations.add(
+        field,
+        format!(
+            "has {} entries; at most {MAX_STREAM_OPTION_ENTRIES} allowed",
+            texts.len()
+        ),
+    );
+    false
+}
+
 fn validate_stream_options(
     options: StreamOptionsInput,
     prefix: &str,
     violations: &mut Violations,
 ) -> Option<StreamOptions> {
+    let lists = [
+        (&options.schemas, "schemas"),
+        (&options.tables, "tables"),
+        (&options.exclude_tables, "exclude_tables"),
+    ];
+    let mut within = true;
+    for (texts, name) in lists {
+        within &= within_entry_limit(texts, &format!("{prefix}{name}"), violations);
+    }
+    if !within {
+        return None;
+    }
     let schemas = parse_each(
         &options.schemas,
         &format!("{prefix}schemas"),
@@ -1149,6 +1202,31 @@ mod tests {
         assert_eq!(
             old.restart_point(&tunnelled, &none),
             Some(OnboardingStep::AwaitingFirewall)
+        );
+    }
+
+    #[test]
+    fn every_mask_path_names_a_field() {
+        for path in UpdateField::PATHS {
+            assert!(UpdateField::from_path(path).is_some(), "{path}");
+        }
+    }
+
+    #[test]
+    fn stream_option_lists_are_counted_before_their_entries_are_checked() {
+        let mut input = input();
+        input.stream_options = Some(StreamOptionsInput {
+            tables: vec!["not a table".to_owned(); MAX_STREAM_OPTION_ENTRIES + 1],
+            schemas: vec!["shop".to_owned(); MAX_STREAM_OPTION_ENTRIES],
+            ..Default::default()
+        });
+        let violations = validate(input).unwrap_err();
+        assert_eq!(
+            violations.0,
+            vec![crate::domain::FieldViolation {
+                field: "server.stream_options.tables".into(),
+                description: "has 1001 entries; at most 1000 allowed".into(),
+            }]
         );
     }
 

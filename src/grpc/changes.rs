@@ -42,11 +42,12 @@ impl ServersApi {
             ChangeFilter::default()
         });
         violations.into_result().map_err(ApiError::Invalid)?;
-        let query = query_digest(&[&request.server_id, &request.filter]);
+        let tenant = principal.tenant_id.0.to_string();
+        let query = query_digest(&[&tenant, &request.server_id, &request.filter]);
         let after = match self.tokens().decode::<ChangesCursor>(
             &request.page_token,
             &query,
-            "a different server or filter",
+            "a different server or filter, or another tenant",
         )? {
             Some(cursor) if cursor.after < 0 => return Err(not_issued()),
             Some(cursor) => cursor.after,

@@ -2,12 +2,20 @@
 //! allocates the whole first buffer for every call and keeps it for a stream's lifetime; its
 //! 8 KiB default was most of the memory of an open WatchOnboarding stream. Messages larger
 //! than the buffer grow it as usual.
+//!
+//! A request prost cannot decode (a string that is not UTF-8, a truncated field) is the client's
+//! fault: INVALID_ARGUMENT naming the field, through the error table, not prost's INTERNAL.
 
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic::{
+    Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+};
+use tonic_prost::{ProstCodec, ProstEncoder};
+
+use super::errors::undecodable_message;
 
 /// The first buffer of a call: a whole Server or OnboardingStatus message fits in one
 /// growth step.
@@ -27,13 +35,32 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = LeanDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        LeanDecoder(PhantomData)
+    }
+}
+
+/// prost decoding with [`BUFFER_SIZE`] buffers, its errors the client's.
+#[derive(Debug)]
+pub struct LeanDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default> Decoder for LeanDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buffer: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buffer)
+            .map(Some)
+            .map_err(|error| undecodable_message(&error))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
     }
 }

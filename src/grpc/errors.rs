@@ -85,6 +85,12 @@ impl From<AuthError> for Status {
             AuthError::InvalidKey => {
                 status(Code::Unauthenticated, "INVALID_API_KEY", message, none)
             }
+            AuthError::DuplicateCredentials => status(
+                Code::Unauthenticated,
+                "DUPLICATE_CREDENTIALS",
+                message,
+                none,
+            ),
             AuthError::Revoked => status(Code::Unauthenticated, "API_KEY_REVOKED", message, none),
             AuthError::Expired => status(Code::Unauthenticated, "API_KEY_EXPIRED", message, none),
             AuthError::MissingPermission(permission) => status_with_metadata(
@@ -178,18 +184,86 @@ pub fn retry_after_seconds(delay: std::time::Duration) -> String {
     delay.as_secs_f64().ceil().max(1.0).to_string()
 }
 
-/// A BadRequest listing every violation.
+/// Most violations one error lists; the rest are counted, so that no error grows with the
+/// request (a REST body, or gRPC trailers that clients drop past a few KB).
+pub const MAX_REPORTED_VIOLATIONS: usize = 20;
+/// Longest field path and description reported, in characters.
+const MAX_VIOLATION_TEXT: usize = 120;
+
+/// A BadRequest listing the first [`MAX_REPORTED_VIOLATIONS`] violations, the message saying how
+/// many more there were (ErrorInfo metadata `omitted_violations` too).
 pub fn invalid_argument(violations: &Violations) -> Status {
+    let reported = violations.0.iter().take(MAX_REPORTED_VIOLATIONS);
+    let omitted = violations.0.len().saturating_sub(MAX_REPORTED_VIOLATIONS);
     let mut details = ErrorDetails::new();
-    for violation in &violations.0 {
-        details.add_bad_request_violation(&violation.field, &violation.description);
+    let mut lines = Vec::new();
+    for violation in reported {
+        let field = clipped(&violation.field);
+        let description = clipped(&violation.description);
+        lines.push(format!("{field}: {description}"));
+        details.add_bad_request_violation(field, description);
     }
-    status(
+    let mut message = format!("invalid request: {}", lines.join("; "));
+    let mut metadata = HashMap::new();
+    if omitted > 0 {
+        message.push_str(&format!(
+            "; and {omitted} more violations (the first {MAX_REPORTED_VIOLATIONS} are listed)"
+        ));
+        metadata.insert("omitted_violations".to_owned(), omitted.to_string());
+    }
+    status_with_metadata(
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
-        violations.to_string(),
+        message,
         details,
+        metadata,
     )
+}
+
+/// `text`, cut to [`MAX_VIOLATION_TEXT`] characters with an ellipsis.
+fn clipped(text: &str) -> String {
+    if text.chars().count() <= MAX_VIOLATION_TEXT {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_VIOLATION_TEXT - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// A message prost could not decode: INVALID_ARGUMENT naming the field it was reading (prost
+/// says where only in its error's text: `Inner.field: Outer.field: what`, innermost first).
+pub fn undecodable_message(error: &prost::DecodeError) -> Status {
+    let (field, problem) = decode_error_field(&error.to_string());
+    invalid_field(&field, format!("cannot be decoded: {problem}"))
+}
+
+/// The request's field path and the problem of a prost error text.
+fn decode_error_field(text: &str) -> (String, String) {
+    let text = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(text);
+    let mut fields = Vec::new();
+    let mut rest = text;
+    while let Some((step, after)) = rest.split_once(": ") {
+        let Some((message, field)) = step.split_once('.') else {
+            break;
+        };
+        let identifier = |part: &str| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !identifier(message) || !identifier(field) {
+            break;
+        }
+        fields.push(field);
+        rest = after;
+    }
+    fields.reverse();
+    let field = if fields.is_empty() {
+        "request".to_owned()
+    } else {
+        fields.join(".")
+    };
+    (field, rest.to_owned())
 }
 
 /// A single bad field.
@@ -385,6 +459,54 @@ mod tests {
         let bad_request = status.get_details_bad_request().unwrap();
         assert_eq!(bad_request.field_violations.len(), 2);
         assert_eq!(reason(&status), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn an_error_lists_at_most_twenty_violations_and_counts_the_rest() {
+        let mut violations = Violations::default();
+        for index in 0..25 {
+            violations.add(
+                format!("server.stream_options.tables[{index}]"),
+                "x".repeat(5_000),
+            );
+        }
+        let status = invalid_argument(&violations);
+        let bad_request = status.get_details_bad_request().unwrap();
+        assert_eq!(bad_request.field_violations.len(), MAX_REPORTED_VIOLATIONS);
+        assert!(
+            bad_request
+                .field_violations
+                .iter()
+                .all(|violation| violation.description.chars().count() == MAX_VIOLATION_TEXT)
+        );
+        assert!(
+            status
+                .message()
+                .ends_with("; and 5 more violations (the first 20 are listed)")
+        );
+        assert_eq!(
+            status.get_details_error_info().unwrap().metadata["omitted_violations"],
+            "5"
+        );
+        assert!(status.details().len() < 8_000, "{}", status.details().len());
+    }
+
+    #[test]
+    fn undecodable_messages_name_the_field() {
+        assert_eq!(
+            decode_error_field(
+                "failed to decode Protobuf message: Server.name: RegisterServerRequest.server: \
+                 invalid string value: data is not UTF-8 encoded"
+            ),
+            (
+                "server.name".to_owned(),
+                "invalid string value: data is not UTF-8 encoded".to_owned()
+            )
+        );
+        assert_eq!(
+            decode_error_field("failed to decode Protobuf message: buffer underflow"),
+            ("request".to_owned(), "buffer underflow".to_owned())
+        );
     }
 
     #[test]

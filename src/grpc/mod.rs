@@ -25,7 +25,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tower::{
     Layer, ServiceBuilder, ServiceExt,
     layer::util::{Identity, Stack},
-    util::BoxCloneSyncService,
+    util::{BoxCloneSyncService, MapRequestLayer},
 };
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},
@@ -50,6 +50,36 @@ use crate::{
 /// The request id header, read from clients and echoed back.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The longest client request id the service keeps.
+pub const MAX_REQUEST_ID_LENGTH: usize = 128;
+
+/// The client's `x-request-id` when the service keeps it: one header of 1 to 128 letters, digits,
+/// `.`, `_`, `:` and `-` (a UUID, a ULID, a trace id). Anything else is replaced by a fresh id and
+/// is never logged: the id is on every log line of the call, before authentication too.
+pub fn client_request_id(headers: &http::HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(REQUEST_ID_HEADER).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let bytes = value.as_bytes();
+    let safe = (1..=MAX_REQUEST_ID_LENGTH).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-'));
+    if safe { value.to_str().ok() } else { None }
+}
+
+/// Removes an `x-request-id` the service does not keep, so that the next layer makes a fresh one.
+fn drop_unsafe_request_id(mut request: Request<tonic::body::Body>) -> Request<tonic::body::Body> {
+    if client_request_id(request.headers()).is_none() {
+        request.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    request
+}
+
+/// Drops an unsafe request id.
+type DropUnsafeRequestId = fn(Request<tonic::body::Body>) -> Request<tonic::body::Body>;
+
 /// Gives each call without an x-request-id a fresh UUID.
 #[derive(Clone, Copy, Default)]
 pub struct UuidRequestId;
@@ -66,11 +96,7 @@ impl MakeRequestId for UuidRequestId {
 /// (with traces on) as a server span named after the method, continuing the caller's
 /// `traceparent`.
 pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
+    let request_id = client_request_id(request.headers()).unwrap_or("");
     let method = request.uri().path();
     let span = tracing::info_span!(
         "call",
@@ -86,8 +112,8 @@ pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
 /// Makes the span of one call.
 type MakeCallSpan = fn(&Request<tonic::body::Body>) -> tracing::Span;
 
-/// What every call passes through, outermost first: a request id, a span, the id echoed back,
-/// authentication, admission control.
+/// What every call passes through, outermost first: a request id (the client's when it is safe to
+/// keep, else a fresh one), a span, the id echoed back, authentication, admission control.
 type CallLayers = Stack<
     AdmissionLayer,
     Stack<
@@ -96,7 +122,10 @@ type CallLayers = Stack<
             PropagateRequestIdLayer,
             Stack<
                 TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
-                Stack<SetRequestIdLayer<UuidRequestId>, Identity>,
+                Stack<
+                    SetRequestIdLayer<UuidRequestId>,
+                    Stack<MapRequestLayer<DropUnsafeRequestId>, Identity>,
+                >,
             >,
         >,
     >,
@@ -139,6 +168,9 @@ impl GrpcStack {
             .add_service(reflection_v1alpha)
             .prepare();
         let layers = ServiceBuilder::new()
+            .layer(MapRequestLayer::new(
+                drop_unsafe_request_id as DropUnsafeRequestId,
+            ))
             .layer(SetRequestIdLayer::new(
                 http::HeaderName::from_static(REQUEST_ID_HEADER),
                 UuidRequestId,
@@ -211,5 +243,45 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for value in values {
+            headers.append(REQUEST_ID_HEADER, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_short_ids_of_a_safe_alphabet_are_kept() {
+        let uuid = "0192f0c4-7b5e-7c1a-9d2e-3f4a5b6c7d8e";
+        assert_eq!(client_request_id(&headers(&[uuid])), Some(uuid));
+        let longest = "a".repeat(MAX_REQUEST_ID_LENGTH);
+        assert_eq!(
+            client_request_id(&headers(&[&longest])),
+            Some(longest.as_str())
+        );
+        assert_eq!(
+            client_request_id(&headers(&["trace:1.2_3-x"])),
+            Some("trace:1.2_3-x")
+        );
+        for refused in [
+            &"a".repeat(MAX_REQUEST_ID_LENGTH + 1),
+            "",
+            "has space",
+            "quote\"",
+            "{\"json\":1}",
+            "new\tline",
+        ] {
+            assert_eq!(client_request_id(&headers(&[refused])), None, "{refused:?}");
+        }
+        assert_eq!(client_request_id(&headers(&[])), None);
+        assert_eq!(client_request_id(&headers(&["a", "b"])), None);
     }
 }

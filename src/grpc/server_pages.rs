@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     domain::{
-        Violations,
+        TenantId, Violations,
         filter::{self, Filter},
         server::Server,
     },
@@ -40,9 +40,11 @@ pub struct ServersQuery {
 }
 
 impl ServersQuery {
-    /// Checks the page size, the filter and the page token together.
+    /// Checks the page size, the filter and the page token together; a token is good only for
+    /// the tenant it was issued to.
     pub fn parse(
         request: &proto::ListServersRequest,
+        tenant: TenantId,
         tokens: &PageTokens,
     ) -> Result<ServersQuery, ApiError> {
         let mut violations = Violations::default();
@@ -52,7 +54,11 @@ impl ServersQuery {
             None
         });
         violations.into_result().map_err(ApiError::Invalid)?;
-        let digest = query_digest(&[&request.show_decommissioned.to_string(), &request.filter]);
+        let digest = query_digest(&[
+            &tenant.0.to_string(),
+            &request.show_decommissioned.to_string(),
+            &request.filter,
+        ]);
         let cursor = decode_cursor(tokens, &request.page_token, &digest)?;
         Ok(ServersQuery {
             filter,
@@ -91,7 +97,7 @@ fn decode_cursor(
     let Some(cursor) = tokens.decode::<ServersCursor>(
         token,
         digest,
-        "a different filter or show_decommissioned",
+        "a different filter or show_decommissioned, or another tenant",
     )?
     else {
         return Ok(None);

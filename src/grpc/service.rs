@@ -273,7 +273,7 @@ impl ServersService for ServersApi {
         request: Request<proto::ListServersRequest>,
     ) -> Result<Response<proto::ListServersResponse>, Status> {
         let principal = principal(&request)?;
-        let query = ServersQuery::parse(request.get_ref(), &self.tokens)?;
+        let query = ServersQuery::parse(request.get_ref(), principal.tenant_id, &self.tokens)?;
         let page = self
             .store
             .list_servers(

@@ -18,6 +18,17 @@ pub fn update_fields(
     violations: &mut Violations,
 ) -> Vec<UpdateField> {
     let paths: Vec<&str> = match &request.update_mask {
+        Some(mask) if mask.paths.len() > UpdateField::PATHS.len() => {
+            violations.add(
+                "update_mask.paths",
+                format!(
+                    "has {} paths; at most {}, one per field of Server",
+                    mask.paths.len(),
+                    UpdateField::PATHS.len()
+                ),
+            );
+            return Vec::new();
+        }
         Some(mask) => mask.paths.iter().map(String::as_str).collect(),
         None => {
             for path in populated_output_only(server) {

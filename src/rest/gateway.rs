@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     auth::ClientAddress,
-    grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER},
+    grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER, client_request_id},
     telemetry,
 };
 
@@ -49,12 +49,10 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
 const NDJSON: &str = "application/x-ndjson";
 const EVENT_STREAM: &str = "text/event-stream";
 
-/// The request id of a request: the client's `x-request-id`, or a fresh UUID.
+/// The request id of a request: the client's `x-request-id` when the service keeps it (see
+/// [`client_request_id`]), or a fresh UUID.
 fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| !value.is_empty())
+    client_request_id(headers)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -380,8 +378,9 @@ fn metadata(headers: &HeaderMap, request_id: &str) -> HeaderMap {
         header::AUTHORIZATION,
         HeaderName::from_static("grpc-timeout"),
     ] {
-        if let Some(value) = headers.get(&name) {
-            metadata.insert(name, value.clone());
+        // Every value: two authorization headers are refused by the stack, not narrowed to one.
+        for value in headers.get_all(&name) {
+            metadata.append(name.clone(), value.clone());
         }
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {

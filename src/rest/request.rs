@@ -211,17 +211,24 @@ fn read_query(
     violations: &mut Violations,
 ) {
     let mut values: Vec<(&FieldPath, Vec<String>)> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+    for (key, value) in query_pairs(query) {
+        let Ok(value) = value else {
+            violations.add(
+                key.as_str(),
+                "is not UTF-8 text: its percent-encoded bytes must be UTF-8",
+            );
+            continue;
+        };
         let Some(parameter) = route.query.iter().find(|parameter| parameter.name == key) else {
-            violations.add(key.as_ref(), unknown_parameter(route, &key));
+            violations.add(key.as_str(), unknown_parameter(route, &key));
             continue;
         };
         match values
             .iter_mut()
             .find(|(known, _)| known.name == parameter.name)
         {
-            Some((_, list)) => list.push(value.into_owned()),
-            None => values.push((parameter, vec![value.into_owned()])),
+            Some((_, list)) => list.push(value),
+            None => values.push((parameter, vec![value])),
         }
     }
     for (parameter, texts) in values {
@@ -229,6 +236,31 @@ fn read_query(
             insert(root, parameter, json);
         }
     }
+}
+
+/// The query string's pairs as `application/x-www-form-urlencoded` reads them, but strict: a
+/// value whose bytes are not UTF-8 is an error rather than text with U+FFFD in it (the key,
+/// which is only compared, is read leniently).
+fn query_pairs(query: &str) -> Vec<(String, Result<String, ()>)> {
+    let decode = |text: &str| {
+        let spaced = text.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode(key).unwrap_or_else(|_| {
+                percent_encoding::percent_decode_str(key)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+            (key, decode(value).map_err(|_| ()))
+        })
+        .collect()
 }
 
 /// One parameter's JSON: a list of its values, or its one value.

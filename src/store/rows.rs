@@ -144,7 +144,7 @@ impl TryFrom<ServerRow> for Server {
 /// A row's settings, each parsed by its type's rule.
 fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
     Ok(ServerSpec {
-        name: stored("name", &row.name, ServerName::parse)?,
+        name: stored("name", &row.name, ServerName::from_stored)?,
         host: stored("host", &row.host, Host::parse)?,
         port: stored_port("port", row.port)?,
         mysql_user: stored("mysql_user", &row.mysql_user, |text| {
@@ -164,8 +164,7 @@ fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
             ssl_mode: SslMode::parse(&row.ssl_mode)
                 .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
         },
-        labels: Labels::parse(row.labels.0.clone())
-            .map_err(|problem| StoreError::Corrupt(format!("labels: {problem}")))?,
+        labels: Labels::from_stored(row.labels.0.clone()),
     })
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod binlog_files;
 mod chaos;
 mod cli;
+mod edge;
 mod examples;
 mod fencing;
 mod listing;
