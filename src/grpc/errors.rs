@@ -188,7 +188,7 @@ pub fn retry_after_seconds(delay: std::time::Duration) -> String {
 /// request (a REST body, or gRPC trailers that clients drop past a few KB).
 pub const MAX_REPORTED_VIOLATIONS: usize = 20;
 /// Longest field path and description reported, in characters.
-const MAX_VIOLATION_TEXT: usize = 120;
+const MAX_VIOLATION_TEXT: usize = 200;
 
 /// A BadRequest listing the first [`MAX_REPORTED_VIOLATIONS`] violations, the message saying how
 /// many more there were (ErrorInfo metadata `omitted_violations` too).
@@ -488,7 +488,11 @@ mod tests {
             status.get_details_error_info().unwrap().metadata["omitted_violations"],
             "5"
         );
-        assert!(status.details().len() < 8_000, "{}", status.details().len());
+        assert!(
+            status.details().len() < 10_000,
+            "{}",
+            status.details().len()
+        );
     }
 
     #[test]
