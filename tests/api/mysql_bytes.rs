@@ -26,17 +26,15 @@ use std::time::{Duration, Instant};
 
 use crate::common::corpus;
 use crate::common::mariadb::*;
+use crate::common::stream::*;
 use crate::common::*;
-use dbtrail_servers::proto::{self, ListChangeEventsRequest, ServerStatus, StreamState};
+use dbtrail_servers::proto::{self, ServerStatus, StreamState};
 use serde_json::{Value as Json, json};
 
 /// The binlog file of the private MariaDB that the MySQL file replaces.
 const FILE: &str = "master-bin.000001";
 /// The source's commit time of every event in the file (SET TIMESTAMP=1734117024 in it).
 const COMMITTED_AT: i64 = 1_734_117_024;
-/// How long the stream may take to reach a state or store what it reads.
-const CAPTURE: Duration = Duration::from_secs(30);
-
 /// The tables of the SQL that wrote the file, so that the snapshot knows their columns.
 const TABLES: [&str; 3] = [
     "CREATE DATABASE test",
@@ -314,28 +312,6 @@ fn assert_exactly_the_file(events: &[proto::ChangeEvent]) {
 // The service and the source
 // ------------------------------------------------------------------------------------------------
 
-async fn all_events(client: &mut Client, server_id: &str) -> Vec<proto::ChangeEvent> {
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_change_events(ListChangeEventsRequest {
-                server_id: server_id.to_owned(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-                filter: String::new(),
-            })
-            .await
-            .expect("ListChangeEvents")
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// Waits until at least `count` events are stored, then a little longer, and returns them all.
 async fn settled_events(
     client: &mut Client,
@@ -344,7 +320,7 @@ async fn settled_events(
 ) -> Vec<proto::ChangeEvent> {
     let started = Instant::now();
     loop {
-        let events = all_events(client, server_id).await;
+        let events = all_events(client, server_id, "").await;
         if events.len() >= count {
             break;
         }
@@ -358,52 +334,11 @@ async fn settled_events(
     }
     // Anything stored twice would arrive after the count is reached.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    all_events(client, server_id).await
-}
-
-async fn wait_stream(
-    client: &mut Client,
-    server_id: &str,
-    what: &str,
-    condition: impl Fn(&proto::Server) -> bool,
-) -> proto::Server {
-    let started = Instant::now();
-    loop {
-        let server = get_server(client, server_id).await;
-        if condition(&server) {
-            return server;
-        }
-        assert!(
-            started.elapsed() < CAPTURE,
-            "timed out waiting for {what}: {server:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn stream_state(server: &proto::Server) -> Option<StreamState> {
-    server
-        .stream
-        .as_ref()
-        .and_then(|stream| StreamState::try_from(stream.state).ok())
-}
-
-fn running(server: &proto::Server) -> bool {
-    server.status == ServerStatus::Active as i32
-        && stream_state(server) == Some(StreamState::Running)
+    all_events(client, server_id, "").await
 }
 
 fn lost_position(server: &proto::Server) -> bool {
     stream_state(server) == Some(StreamState::LostPosition)
-}
-
-fn restart_at(server_id: &str, file: &str, position: i64) -> proto::RestartStreamRequest {
-    proto::RestartStreamRequest {
-        server_id: server_id.to_owned(),
-        binlog_file: file.to_owned(),
-        binlog_position: position,
-        ..Default::default()
-    }
 }
 
 /// A private MariaDB with the tables of the SQL that wrote the file, the replication user, and
@@ -516,7 +451,7 @@ fn mysql_bytes_served_by_mariadb_are_captured_exactly_after_restart_stream() {
         let app = mysql_app().await;
         let mut client = app.client();
         let id = register_streaming(&mut client, &mariadb, "mysql-80-bytes").await;
-        assert!(all_events(&mut client, &id).await.is_empty());
+        assert!(all_events(&mut client, &id, "").await.is_empty());
 
         serve_file(&mut mariadb, &bytes).await;
         restart_on_the_file(&mut client, &id).await;
@@ -597,7 +532,7 @@ async fn failed_on_an_unknown_event(
     let stream = server.stream.expect("stream");
     assert_eq!(stream.error.as_deref(), Some(error.as_str()), "{stream:#?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stored = all_events(&mut client, &id).await;
+    let stored = all_events(&mut client, &id, "").await;
     assert_eq!(
         index_state(&app.db, &id).await.change_events,
         stored.len() as i64

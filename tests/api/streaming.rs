@@ -7,13 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::mariadb::*;
+use crate::common::stream::*;
 use crate::common::*;
 use dbtrail_servers::proto::{
     self, DecommissionServerRequest, ListChangeEventsRequest, ServerStatus, StreamState,
 };
 use tonic::Code;
-
-const CAPTURE: Duration = Duration::from_secs(30);
 
 /// The source most tests stream from: one table, `shop.t`.
 const SHOP_T: [&str; 2] = [
@@ -25,28 +24,6 @@ fn stream_options(schemas: &[&str]) -> proto::StreamOptions {
     proto::StreamOptions {
         schemas: schemas.iter().map(|schema| schema.to_string()).collect(),
         ..Default::default()
-    }
-}
-
-async fn all_events(client: &mut Client, server_id: &str, filter: &str) -> Vec<proto::ChangeEvent> {
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_change_events(ListChangeEventsRequest {
-                server_id: server_id.to_owned(),
-                page_size: 400,
-                page_token: page_token.clone(),
-                filter: filter.to_owned(),
-            })
-            .await
-            .expect("ListChangeEvents")
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        page_token = page.next_page_token;
     }
 }
 
@@ -105,40 +82,12 @@ async fn stream_of(client: &mut Client, server_id: &str) -> proto::StreamStatus 
         .expect("an active server has a stream")
 }
 
-async fn wait_stream(
-    client: &mut Client,
-    server_id: &str,
-    what: &str,
-    condition: impl Fn(&proto::Server) -> bool,
-) -> proto::Server {
-    let started = Instant::now();
-    loop {
-        let server = get_server(client, server_id).await;
-        if condition(&server) {
-            return server;
-        }
-        assert!(
-            started.elapsed() < CAPTURE,
-            "timed out waiting for {what}: {server:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Registers `input`, waits until onboarding is active and its stream runs; returns its id.
 async fn register_streaming(client: &mut Client, input: proto::Server) -> String {
     let id = register(client, input).await.server_id;
     assert_active(&wait_settled(client, &id).await);
     wait_stream(client, &id, "the stream to run", running).await;
     id
-}
-
-fn running(server: &proto::Server) -> bool {
-    server.status == ServerStatus::Active as i32
-        && server
-            .stream
-            .as_ref()
-            .is_some_and(|stream| stream.state == StreamState::Running as i32)
 }
 
 #[test]
@@ -560,13 +509,6 @@ async fn streaming_through_proxy(app: &TestApp, name: &str) -> (MariaDb, TcpProx
 async fn first_row_captured(mariadb: &MariaDb, client: &mut Client, server_id: &str) {
     mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
     assert_eq!(wait_for_events(client, server_id, "", 1).await.len(), 1);
-}
-
-fn stream_state(server: &proto::Server) -> Option<StreamState> {
-    server
-        .stream
-        .as_ref()
-        .and_then(|stream| StreamState::try_from(stream.state).ok())
 }
 
 #[test]
@@ -1443,15 +1385,6 @@ fn an_excluded_table_stays_out_of_the_snapshot_and_the_stream() {
         assert_events_indexed(&mut client, &id, 4).await;
         app.shutdown().await;
     });
-}
-
-fn restart_at(server_id: &str, file: &str, position: i64) -> proto::RestartStreamRequest {
-    proto::RestartStreamRequest {
-        server_id: server_id.to_owned(),
-        binlog_file: file.to_owned(),
-        binlog_position: position,
-        ..Default::default()
-    }
 }
 
 /// Where the events of the source's binlog file start (SHOW BINLOG EVENTS), with their types.

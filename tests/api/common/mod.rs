@@ -24,6 +24,7 @@ mod onboarding;
 mod process;
 mod proxy;
 pub mod sshd;
+pub mod stream;
 
 pub use app::*;
 pub use assert::*;
