@@ -243,6 +243,7 @@ where
 /// Serves until SIGTERM or Ctrl-C, on a private PostgreSQL when no database is configured and
 /// none answers at the default address.
 async fn serve(mut config: Config) -> Result<(), CliError> {
+    raise_descriptor_limit();
     let (url, local) =
         local::resolve(config.database.database_url.as_deref(), &config.data_dir).await?;
     config.database.database_url = Some(url);
@@ -257,6 +258,36 @@ async fn serve(mut config: Config) -> Result<(), CliError> {
         local.stop().await;
     }
     served
+}
+
+/// Raises the open-file soft limit to the hard limit: every connection, binlog stream and
+/// database connection holds a descriptor, and a low default (often 1,024) would refuse clients
+/// long before memory runs short.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
+        return;
+    }
+    let before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::info!(
+            from = before,
+            to = limit.rlim_max,
+            "raised the open-file limit to its hard limit"
+        );
+    } else {
+        tracing::warn!(
+            limit = before,
+            "the open-file limit could not be raised to its hard limit"
+        );
+    }
 }
 
 async fn wait_for_signal() {

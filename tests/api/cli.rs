@@ -613,3 +613,56 @@ fn an_unreachable_database_is_named_with_what_to_do() {
         assert!(!said.contains("hunter2"), "the password leaked: {said}");
     });
 }
+
+/// The soft and hard open-file limits of a process, from /proc.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit_and_says_so() {
+    block_on(async {
+        // nextest runs each test in a process of its own: the lower soft limit is this test's,
+        // and the service inherits it.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write the one struct they are given.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert!(
+            limit.rlim_max > 512,
+            "the hard limit is too low to test: {}",
+            limit.rlim_max
+        );
+        limit.rlim_cur = 512;
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+
+        let db = TestDatabase::create().await;
+        let process = ServiceProcess::serve("fd-limit", &db.url, &ReplicaOptions::default()).await;
+        assert_eq!(
+            open_file_limits(process.pid()),
+            (limit.rlim_max, limit.rlim_max),
+            "the service's soft limit is its hard limit"
+        );
+        assert!(
+            process
+                .stderr()
+                .contains("raised the open-file limit to its hard limit"),
+            "{}",
+            process.stderr()
+        );
+    });
+}
