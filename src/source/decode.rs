@@ -310,6 +310,19 @@ pub fn primary_key(row: &Map<String, Json>, table: &TableColumns) -> Option<Json
     Some(Json::Object(key))
 }
 
+/// A binlog event's timestamp (whole seconds) as a time.
+pub fn event_time(timestamp: u32) -> DateTime<Utc> {
+    DateTime::from_timestamp(i64::from(timestamp), 0).unwrap_or_default()
+}
+
+/// A transaction's rows take the time of its commit event: a rows event carries its statement's
+/// start, which can be seconds before the commit.
+pub fn stamp_commit(changes: &mut [RowChange], at: DateTime<Utc>) {
+    for change in changes {
+        change.committed_at = at;
+    }
+}
+
 /// Where a row change sits and what it did.
 #[derive(Debug, Clone, Copy)]
 pub struct ChangeRow<'a> {

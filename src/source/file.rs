@@ -230,7 +230,7 @@ impl<R: Read> FileReader<R> {
                     self.transactions.begin(gtid);
                 }
             }
-            Meaning::Commit | Meaning::Statement(_) => self.commit(place.end, found),
+            Meaning::Commit | Meaning::Statement(_) => self.commit(place.end, event, found),
             Meaning::StatementDml(statement) => {
                 found(Found::StatementDml {
                     at: BinlogPoint {
@@ -240,21 +240,26 @@ impl<R: Read> FileReader<R> {
                     statement,
                 });
                 if !self.transactions.in_transaction {
-                    self.commit(place.end, found);
+                    self.commit(place.end, event, found);
                 }
             }
             Meaning::Rows(rows) => {
                 self.rows(event, &rows, place, wanted)?;
                 if !self.transactions.in_transaction {
-                    self.commit(place.end, found);
+                    self.commit(place.end, event, found);
                 }
             }
         }
         Ok(())
     }
 
-    fn commit(&mut self, end: u64, found: &mut dyn FnMut(Found)) {
+    /// The open transaction commits with `event`, which ends at `end`: its changes are found.
+    fn commit(&mut self, end: u64, event: &Event, found: &mut dyn FnMut(Found)) {
         self.transactions.commit(end);
+        decode::stamp_commit(
+            &mut self.pending,
+            decode::event_time(event.header().timestamp()),
+        );
         for change in self.pending.drain(..) {
             found(Found::Change(change));
         }

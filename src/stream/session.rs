@@ -561,8 +561,16 @@ impl Reader {
         }
     }
 
-    fn commit(&mut self, end: u64) {
+    /// The open transaction commits with an event of `timestamp`, ending at `end`.
+    fn commit(&mut self, end: u64, timestamp: u32) {
         self.transactions.commit(end);
+        if let Some(rows) = self.batch.get_mut(self.committed_rows..)
+            && !rows.is_empty()
+        {
+            let at = decode::event_time(timestamp);
+            decode::stamp_commit(rows, at);
+            self.last_event_at = Some(at);
+        }
         self.committed_rows = self.batch.len();
         self.transaction_rows = 0;
         self.skip_rows = 0;
@@ -599,12 +607,15 @@ impl Reader {
                     self.transaction_rows = 0;
                 }
             }
-            Meaning::Commit => self.commit(place.end),
-            Meaning::Statement(query) => self.statement(holder, &query, place.end, context).await?,
+            Meaning::Commit => self.commit(place.end, header.timestamp()),
+            Meaning::Statement(query) => {
+                let at = (place.end, header.timestamp());
+                self.statement(holder, &query, at, context).await?;
+            }
             Meaning::StatementDml(_) => {
                 self.statement_dml(place);
                 if !self.transactions.in_transaction {
-                    self.commit(place.end);
+                    self.commit(place.end, header.timestamp());
                 }
             }
             Meaning::Heartbeat => {
@@ -617,7 +628,7 @@ impl Reader {
                 self.rows(holder, stream, &rows, header.timestamp(), place)?;
                 if !self.transactions.in_transaction {
                     // Row events outside BEGIN ... COMMIT (non-transactional engines) commit alone.
-                    self.commit(place.end);
+                    self.commit(place.end, header.timestamp());
                 }
             }
             Meaning::NoRows => self.transactions.pass(place.end, event),
@@ -652,7 +663,7 @@ impl Reader {
         &mut self,
         holder: &mut Holder,
         query: &QueryEvent<'_>,
-        end: u64,
+        (end, timestamp): (u64, u32),
         context: &StepContext,
     ) -> Result<(), SessionEnd> {
         // The columns of the tables it touches from here on, read before the checkpoint can
@@ -668,7 +679,7 @@ impl Reader {
                 self.refresh(holder, &schema, &table, &at, context).await?;
             }
         }
-        self.commit(end);
+        self.commit(end, timestamp);
         Ok(())
     }
 

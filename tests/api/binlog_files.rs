@@ -267,11 +267,12 @@ fn mysql_8_0_31_compressed_transactions_with_gtids() {
             gtid: "76f3e7be-6720-11ed-9cad-0242ac110002:12",
             committed_at: "2022-11-20T13:52:38Z",
         };
-        // The rows event's timestamp: this transaction's XID event says 13:53:33.
+        // The commit's time: this transaction's rows events say 13:53:32 (the statement's
+        // start), its XID event (read from the decompressed payload) 13:53:33.
         let second = At {
             position: 730,
             gtid: "76f3e7be-6720-11ed-9cad-0242ac110002:13",
-            committed_at: "2022-11-20T13:53:32Z",
+            committed_at: "2022-11-20T13:53:33Z",
             ..first
         };
         let row = |id: u32, product_item_2: &str, set: u32, now: &str| {

@@ -1702,3 +1702,31 @@ fn restart_stream_after_a_lost_position_records_the_gap_and_streams_again() {
         app.shutdown().await;
     });
 }
+
+#[test]
+fn a_transaction_s_rows_carry_the_time_of_its_commit() {
+    block_on(async {
+        let mariadb = mariadb_with(&SHOP_T).await;
+        let app = mysql_app().await;
+        let mut client = app.client();
+        let id =
+            register_streaming(&mut client, mariadb.server("commit-time", USER, PASSWORD)).await;
+        // Each rows event carries its statement's start: 1.5 s apart, always another second.
+        mariadb
+            .exec(&[
+                "BEGIN",
+                "INSERT INTO shop.t VALUES (1)",
+                "DO SLEEP(1.5)",
+                "INSERT INTO shop.t VALUES (2)",
+                "COMMIT",
+            ])
+            .await;
+        let events = wait_for_events(&mut client, &id, "", 2).await;
+        assert_eq!(events.len(), 2, "{events:#?}");
+        assert_eq!(
+            events[0].committed_at, events[1].committed_at,
+            "{events:#?}"
+        );
+        app.shutdown().await;
+    });
+}
