@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // prost with small first buffers (src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::LeanCodec")
+        // CheckServer's target: a whole Server or an id; boxed, so the small case stays small.
+        .boxed(".dbtrail.servers.v1.CheckServerRequest.target.server")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

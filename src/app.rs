@@ -14,20 +14,26 @@ use std::{
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::{
+    agent::AgentSettings,
     auth::{Authenticator, admin::Admin},
     config::{Config, DatabaseConfig},
     domain::target::TargetPolicy,
+    gateway::{self, Gateway},
     grpc::{self, ServersApi},
-    onboarding::{self, AgentSettings, Engine, EngineConfig, SnapshotLimits, Step, default_steps},
+    housekeeping::{Housekeeping, HousekeepingSettings},
+    http::OpsState,
+    notify,
+    onboarding::{Engine, EngineConfig, Step, default_steps},
     proto::servers_service_server::ServersServiceServer,
-    rest::{self, OpsState},
     secrets::{SecretBox, SecretsError},
-    store::{self, Store, StoreError, listener},
+    source::schema::SnapshotLimits,
+    store::{self, ChangeIndex, Store, StoreError, listener},
     stream::{StreamSettings, Streams, StreamsConfig},
     tls,
-    watch::{self, WatchHub},
+    watch::Hubs,
 };
 
 /// Why a replica could not start.
@@ -55,7 +61,7 @@ pub enum AppError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("REST routes: {0}")]
-    Rest(#[from] rest::RouteError),
+    Rest(#[from] gateway::RouteError),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -136,9 +142,8 @@ pub async fn start(config: Config) -> Result<RunningApp, AppError> {
 }
 
 /// Starts a replica running the given onboarding steps: its databases, secrets and agent, the
-/// background work (engine, streams, LISTEN hub, health), then the two listeners. It is a
-/// little over 60 lines because it is the start-up sequence, read top to bottom; each stage
-/// is a function of its own.
+/// background work (engine, streams, LISTEN hub, health), then the two listeners. It is the
+/// start-up sequence, read top to bottom; each stage is a function of its own.
 pub async fn start_with_steps(
     config: Config,
     steps: Vec<Arc<dyn Step>>,
@@ -151,38 +156,25 @@ pub async fn start_with_steps(
     let stopping = CancellationToken::new();
     let listener_stop = CancellationToken::new();
     let authenticator = Authenticator::new(stores.api.clone());
-    let hub = WatchHub::new(stores.watch.clone(), stopping.clone());
-    tokio::spawn(hub.clone().recheck());
+    let hubs = Hubs::start(stores.watch.clone(), stopping.clone());
     let targets = Arc::new(target_policy(&config));
     let agent = agent_settings(&config, agent_id, &outbound_ip, targets.clone());
     let notifications = listen(&config, listener_stop.clone());
     let (engine, streams) = start_engine(&config, &stores, &secrets, agent.clone(), steps);
-    tokio::spawn(watch::dispatch(
-        notifications,
-        hub.clone(),
-        authenticator.clone(),
-        engine.clone(),
-        streams.clone(),
-    ));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let ready = Arc::new(AtomicBool::new(false));
-    tokio::spawn(health_loop(
-        stores.api.clone(),
-        health.clone(),
-        ready.clone(),
-        stopping.clone(),
-        config.history_retention,
-    ));
-    let page_tokens = grpc::PageTokens::new(&stores.api.deployment_key(PAGE_TOKEN_KEY).await?);
-    let api = ServersApi::new(
-        stores.api.clone(),
+    spawn_dispatch(notifications, &hubs, &authenticator, &engine, &streams);
+    let (health, health_service, ready) = start_health(&stores.api, &stopping);
+    let housekeeping = housekeeping(&config, &stores, &secrets, &agent);
+    tokio::spawn(housekeeping.run(stopping.clone()));
+    let api = servers_api(
+        &stores.api,
         stores.index_reader,
         secrets,
-        hub,
-        authenticator.clone(),
-        page_tokens,
+        hubs,
+        &authenticator,
         agent,
-    );
+        check_limits(&config),
+    )
+    .await?;
     let grpc_stack = grpc::GrpcStack::new(
         api,
         authenticator,
@@ -211,19 +203,87 @@ pub async fn start_with_steps(
     })
 }
 
+/// Hands the database's notifications to those they concern: the watch hubs, the
+/// authenticator's key cache, the engine and the streams.
+fn spawn_dispatch(
+    notifications: mpsc::Receiver<listener::Notification>,
+    hubs: &Hubs,
+    authenticator: &Arc<Authenticator>,
+    engine: &Arc<Engine>,
+    streams: &Arc<Streams>,
+) {
+    tokio::spawn(notify::dispatch(
+        notifications,
+        hubs.clone(),
+        authenticator.clone(),
+        engine.clone(),
+        streams.clone(),
+    ));
+}
+
+/// The gRPC health service, its reporter and the /readyz flag, kept up to date with the
+/// database's reachability by a loop of their own until `stopping`.
+fn start_health(
+    store: &Store,
+    stopping: &CancellationToken,
+) -> (
+    tonic_health::server::HealthReporter,
+    HealthServer<impl Health>,
+    Arc<AtomicBool>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(health_loop(
+        store.clone(),
+        health.clone(),
+        ready.clone(),
+        stopping.clone(),
+    ));
+    (health, health_service, ready)
+}
+
+/// The Servers API over the client pool, its page tokens signed with the deployment's key.
+async fn servers_api(
+    store: &Store,
+    index_reader: ChangeIndex,
+    secrets: SecretBox,
+    hubs: Hubs,
+    authenticator: &Arc<Authenticator>,
+    agent: AgentSettings,
+    check_limits: grpc::CheckLimits,
+) -> Result<ServersApi, AppError> {
+    let page_tokens = grpc::PageTokens::new(&store.deployment_key(PAGE_TOKEN_KEY).await?);
+    Ok(ServersApi::new(
+        store.clone(),
+        index_reader,
+        secrets,
+        hubs,
+        authenticator.clone(),
+        page_tokens,
+        agent,
+    )
+    .with_check_limits(check_limits))
+}
+
+/// CheckServer's rate per tenant and deadline (never past the calls' own).
+fn check_limits(config: &Config) -> grpc::CheckLimits {
+    let per_minute = (config.check_rate_limit > 0).then_some(config.check_rate_limit);
+    grpc::CheckLimits::new(per_minute, config.check_timeout.min(config.call_timeout))
+}
+
 /// The replica's connection pools, each sized for its work.
 struct Stores {
     /// Client calls: fail fast when the pool is exhausted.
     api: Store,
     /// The onboarding engine and the streams' leases: background work waits for a connection.
     engine: Store,
-    /// The watch hub's reads.
+    /// The watch hubs' reads.
     watch: Store,
     /// The streams' writes to the change index: its own pool, so event volume never starves
     /// the engine's lease renewals.
-    index: Store,
+    index: ChangeIndex,
     /// ListChangeEvents' reads of the change index.
-    index_reader: Store,
+    index_reader: ChangeIndex,
 }
 
 impl Stores {
@@ -252,16 +312,16 @@ impl Stores {
         if let Some(url) = index_url {
             store::create_database(url).await?;
         }
-        let index = Store::connect(&DatabaseConfig {
+        let index = ChangeIndex::connect(&DatabaseConfig {
             database_url: Some(index_url.map_or(url, String::as_str).to_owned()),
             ..background
         })?;
         let index_reader = match index_url {
-            Some(url) => Store::connect(&DatabaseConfig {
+            Some(url) => ChangeIndex::connect(&DatabaseConfig {
                 database_url: Some(url.clone()),
                 ..config.database.clone()
             })?,
-            None => api.clone(),
+            None => ChangeIndex::sharing(api.clone()),
         };
         index.prepare_change_index().await?;
         Ok(Stores {
@@ -345,6 +405,23 @@ fn agent_settings(
     }
 }
 
+/// The periodic jobs, with what they keep and for how long.
+fn housekeeping(
+    config: &Config,
+    stores: &Stores,
+    secrets: &SecretBox,
+    agent: &AgentSettings,
+) -> Housekeeping {
+    let settings = HousekeepingSettings {
+        history_retention: config.history_retention,
+        change_retention: config.change_retention,
+        // Twice the time after which a dead agent's servers move: by then they have.
+        dead_agents_after: agent.replaced_after * 2,
+        held_keys: secrets.key_ids(),
+    };
+    Housekeeping::new(stores.api.clone(), stores.index.clone(), settings)
+}
+
 /// Starts the onboarding engine and the live streams; the engine hands each server it
 /// activates to the streams.
 fn start_engine(
@@ -363,7 +440,6 @@ fn start_engine(
             lease_ttl: config.lease_ttl,
             sweep_interval: config.sweep_interval,
             max_streams: config.max_streams,
-            retention: config.change_retention,
             settings: StreamSettings {
                 heartbeat: config.stream_heartbeat,
                 checkpoint_interval: config.stream_checkpoint_interval,
@@ -413,6 +489,18 @@ struct Listening {
     servers: Vec<JoinHandle<()>>,
 }
 
+/// What the REST gateway is told of ServersService. The OpenAPI document states the domain's
+/// request rules, from the table the validators' constants build (domain::rules).
+fn rest_api() -> gateway::Api {
+    gateway::Api {
+        descriptor_set: crate::proto::FILE_DESCRIPTOR_SET,
+        title: "dbtrail-servers",
+        version: env!("CARGO_PKG_VERSION"),
+        bearer: "An API key (dbt_...), from `dbtrail-servers keys create`.",
+        constraints: crate::domain::rules::json_schemas(),
+    }
+}
+
 /// Binds both listeners (the real ports when 0 was asked for), loads TLS when configured, and
 /// serves gRPC and HTTP until `stopping`.
 async fn serve(
@@ -421,7 +509,7 @@ async fn serve(
     ops: OpsState,
     stopping: &CancellationToken,
 ) -> Result<Listening, AppError> {
-    let gateway = rest::Gateway::new(&grpc_stack)?;
+    let gateway = Gateway::new(&grpc_stack, &rest_api())?;
     let (grpc_listener, grpc_addr) = bind(config.grpc_addr).await?;
     let (http_listener, http_addr) = bind(config.http_addr).await?;
     let tls = config
@@ -432,23 +520,26 @@ async fn serve(
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(stopping.clone()));
     }
-    let grpc_stop = stopping.clone();
-    let grpc_tls = tls.clone();
-    let grpc_server = tokio::spawn(async move {
-        let shutdown = grpc_stop.cancelled_owned();
-        if let Err(error) = grpc::serve(grpc_stack, grpc_listener, grpc_tls, shutdown).await {
-            tracing::error!(%error, "gRPC server failed");
-        }
-    });
-    let http = rest::http_router(ops, gateway, &config.cors_allowed_origins);
-    let http_settings = rest::HttpSettings {
-        header_read_timeout: config.http_header_read_timeout,
+    let settings = crate::http::ListenerSettings {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+        max_connections_per_address: config.max_connections_per_address,
     };
-    let http_server = tokio::spawn(rest::serve(
-        http_listener,
-        http,
+    let grpc_server = tokio::spawn(grpc::serve(
+        grpc_stack,
+        grpc_listener,
         tls.clone(),
-        http_settings,
+        settings,
+        stopping.clone(),
+    ));
+    let http = crate::http::http_router(ops, gateway, &config.cors_allowed_origins);
+    let http_server = tokio::spawn(crate::http::serve(
+        http_listener,
+        tls::Listener::Http,
+        tls.clone(),
+        http,
+        settings,
         stopping.clone(),
     ));
     Ok(Listening {
@@ -462,9 +553,6 @@ async fn serve(
 /// How long the engine and the hub wait for a pooled connection.
 const ENGINE_POOL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a request_id is remembered: retries come within minutes, not days.
-const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-const IDEMPOTENCY_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
 /// The deployment key that signs page tokens (`deployment_keys.purpose`).
 const PAGE_TOKEN_KEY: &str = "page_tokens";
 
@@ -494,7 +582,7 @@ fn target_policy(config: &Config) -> TargetPolicy {
         return TargetPolicy::allow_all();
     }
     TargetPolicy::new(
-        onboarding::interfaces::own_networks(),
+        crate::source::connection::interfaces::own_networks(),
         config.deny_target_ranges.clone(),
         config.allow_private_direct_targets,
     )
@@ -510,17 +598,14 @@ async fn set_health(
     health.set_service_status(service, status).await;
 }
 
-/// Follows database reachability in gRPC health and /readyz, expires old request ids and
-/// compacts the onboarding history.
+/// Follows database reachability in gRPC health and /readyz.
 async fn health_loop(
     store: Store,
     health: tonic_health::server::HealthReporter,
     ready: Arc<AtomicBool>,
     stopping: CancellationToken,
-    history_retention: Duration,
 ) {
     let mut serving = None;
-    let mut housekeeping = Housekeeping::new(history_retention);
     loop {
         let ping = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
         let reachable = match ping {
@@ -544,54 +629,9 @@ async fn health_loop(
             };
             set_health(&health, status).await;
         }
-        if reachable {
-            housekeeping.run_due(&store).await;
-        }
         tokio::select! {
             () = stopping.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// The database's periodic cleanup: expired request ids, old onboarding history.
-struct Housekeeping {
-    history_retention: Duration,
-    last_cleanup: std::time::Instant,
-    last_compaction: std::time::Instant,
-}
-
-impl Housekeeping {
-    fn new(history_retention: Duration) -> Housekeeping {
-        Housekeeping {
-            history_retention,
-            last_cleanup: std::time::Instant::now(),
-            last_compaction: std::time::Instant::now(),
-        }
-    }
-
-    /// Runs what is due; failures are logged and retried at the next interval.
-    async fn run_due(&mut self, store: &Store) {
-        if self.last_cleanup.elapsed() >= IDEMPOTENCY_CLEANUP_INTERVAL {
-            self.last_cleanup = std::time::Instant::now();
-            match store.forget_request_ids(IDEMPOTENCY_RETENTION).await {
-                Ok(0) => {}
-                Ok(forgotten) => tracing::info!(forgotten, "forgot expired request ids"),
-                Err(error) => tracing::warn!(%error, "could not forget expired request ids"),
-            }
-        }
-        // At least twice per retention period, at most every cleanup interval.
-        let compaction_interval = (self.history_retention / 2).min(IDEMPOTENCY_CLEANUP_INTERVAL);
-        if self.last_compaction.elapsed() >= compaction_interval {
-            self.last_compaction = std::time::Instant::now();
-            match store
-                .compact_onboarding_history(self.history_retention)
-                .await
-            {
-                Ok(0) => {}
-                Ok(forgotten) => tracing::info!(forgotten, "compacted onboarding history"),
-                Err(error) => tracing::warn!(%error, "could not compact onboarding history"),
-            }
         }
     }
 }

@@ -39,11 +39,12 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     /// The URL to connect to: the configured one, else the default address's.
     pub fn url(&self) -> &str {
-        self.database_url
-            .as_deref()
-            .unwrap_or(crate::store::local::DEFAULT_URL)
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
     }
 }
+
+/// The URL used when none is configured and its login works (see `store::local`).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/dbtrail";
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone, Parser)]
@@ -114,8 +115,9 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_ENGINE_POOL_SIZE", default_value_t = 8)]
     pub engine_pool_size: usize,
 
-    /// Connections set apart for WatchOnboarding: opening streams, reading each change once for
-    /// all its watchers, replaying history. Opens of one server share their reads.
+    /// Connections set apart for the watches (WatchOnboarding, WatchServers): opening streams,
+    /// reading each change once for all its watchers, replaying history. Opens of one server
+    /// (or one tenant's fleet) share their reads.
     #[arg(long, env = "DBTRAIL_WATCH_POOL_SIZE", default_value_t = 4)]
     pub watch_pool_size: usize,
 
@@ -187,11 +189,22 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_KEY_RATE_LIMIT", default_value_t = 1000)]
     pub key_rate_limit: u32,
 
-    /// Open WatchOnboarding streams on this replica.
+    /// Preflight checks (CheckServer, RegisterServer with validate_only) a tenant may start per
+    /// minute on this replica, with bursts of ten seconds' worth (0: unlimited); each connects
+    /// to the customer's server.
+    #[arg(long, env = "DBTRAIL_CHECK_RATE_LIMIT", default_value_t = 60)]
+    pub check_rate_limit: u32,
+
+    /// The longest one run of the preflight checks may take (less when the call's deadline is
+    /// shorter): what did not finish by then is reported failed or skipped.
+    #[arg(long, env = "DBTRAIL_CHECK_TIMEOUT", default_value = "15s", value_parser = positive_duration)]
+    pub check_timeout: Duration,
+
+    /// Open watch streams (WatchOnboarding and WatchServers together) on this replica.
     #[arg(long, env = "DBTRAIL_MAX_WATCHES", default_value_t = 200_000)]
     pub max_watches: usize,
 
-    /// Open WatchOnboarding streams of one API key.
+    /// Open watch streams (WatchOnboarding and WatchServers together) of one API key.
     #[arg(long, env = "DBTRAIL_MAX_WATCHES_PER_KEY", default_value_t = 10_000)]
     pub max_watches_per_key: usize,
 
@@ -209,13 +222,26 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// How long an HTTP/1.1 client may take to send a request head before its connection is closed.
-    #[arg(long, env = "DBTRAIL_HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub http_header_read_timeout: Duration,
+    /// How long a new connection (on either listener) may take to finish its TLS handshake and
+    /// send a request head (HTTP/1.1) or the preface and SETTINGS (HTTP/2) before it is closed.
+    #[arg(long, alias = "http-header-read-timeout", env = "DBTRAIL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a connection may go without a request before it is ended (GOAWAY on HTTP/2).
+    #[arg(long, env = "DBTRAIL_IDLE_TIMEOUT", default_value = "5m", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Open connections per listener at most; more are closed at once.
+    #[arg(long, env = "DBTRAIL_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+
+    /// Open connections per listener from one client address at most; more are closed at once.
+    #[arg(long, env = "DBTRAIL_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections_per_address: usize,
 
     /// Origins (comma-separated, like https://console.example.com, or *) whose pages may call
     /// the HTTP API from a browser (CORS); none by default.
-    #[arg(long, env = "DBTRAIL_CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::rest::cors::parse_origin)]
+    #[arg(long, env = "DBTRAIL_CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_allowed_origins: Vec<String>,
 
     /// The deadline of a unary call that sends no shorter grpc-timeout.
@@ -305,4 +331,49 @@ fn positive_duration(value: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".to_owned());
     }
     Ok(duration)
+}
+
+/// Reads one origin as browsers send it (`https://console.example.com`, a port when not the
+/// scheme's), or `*` for any origin.
+fn parse_origin(text: &str) -> Result<String, String> {
+    if text == "*" {
+        return Ok(text.to_owned());
+    }
+    let url =
+        url::Url::parse(text).map_err(|error| format!("{text:?} is not an origin: {error}"))?;
+    let origin = url.origin().ascii_serialization();
+    let is_web = matches!(url.scheme(), "http" | "https");
+    if !is_web || origin != text.trim_end_matches('/') {
+        return Err(format!(
+            "{text:?} is not an origin: give scheme, host and port only, like https://console.example.com"
+        ));
+    }
+    Ok(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        assert_eq!(
+            parse_origin("https://console.example.com"),
+            Ok("https://console.example.com".to_owned())
+        );
+        assert_eq!(
+            parse_origin("http://localhost:3000/"),
+            Ok("http://localhost:3000".to_owned())
+        );
+        assert_eq!(parse_origin("*"), Ok("*".to_owned()));
+        for bad in [
+            "console.example.com",
+            "https://console.example.com/app",
+            "ftp://example.com",
+            "https://user@example.com",
+            "https://example.com:443",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad} was taken");
+        }
+    }
 }

@@ -7,9 +7,9 @@ use dbtrail_servers::{
     app::{self, AppError},
     auth::admin::{Admin, AdminError},
     config::{Config, LogFormat},
+    gateway::MessageJson,
     grpc::convert::change_event_to_proto,
     log_format,
-    rest::MessageJson,
     source::file::{self, FileError, Found},
     store::{self, StoreError, local},
     telemetry::{self, TelemetryError},
@@ -40,6 +40,11 @@ enum CliError {
     BadBinlog(#[from] FileError),
     #[error("{0}")]
     Output(String),
+    #[error(
+        "database {0:?} does not exist: check --database-url (DATABASE_URL) for a typo, \
+         or create and migrate it with `dbtrail-servers migrate`"
+    )]
+    NoDatabase(String),
 }
 
 #[derive(Parser)]
@@ -183,7 +188,13 @@ fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Loggin
         .lossy(false)
         .thread_name("dbtrail-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colour only for a person at a terminal: a file or a pipe gets plain text (and NO_COLOR
+    // turns it off everywhere).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let fmt = match format {
         // One object a line, with the current span (it carries the request id).
         LogFormat::Json => fmt
@@ -225,7 +236,8 @@ impl Logging {
     }
 }
 
-/// The admin API on the database `database` names or finds, migrated first.
+/// The admin API on the database `database` names or finds, migrated first. A database that
+/// does not exist is not created: a mistyped URL must not get a fresh, empty deployment.
 async fn with_admin<T, F, Fut>(database: &DatabaseArgs, work: F) -> Result<T, CliError>
 where
     F: FnOnce(Admin) -> Fut,
@@ -233,7 +245,11 @@ where
 {
     database
         .with_url(|url| async move {
-            store::create_database_and_migrate(&url).await?;
+            let (exists, name) = store::database_exists(&url).await?;
+            if !exists {
+                return Err(CliError::NoDatabase(name));
+            }
+            store::migrate(&url).await?;
             let admin = Admin::connect(&url).await?;
             Ok(work(admin).await?)
         })
@@ -247,8 +263,14 @@ async fn serve(mut config: Config) -> Result<(), CliError> {
     let (url, local) =
         local::resolve(config.database.database_url.as_deref(), &config.data_dir).await?;
     config.database.database_url = Some(url);
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let served = async {
         let running = app::start(config).await?;
+        println!("Console: {}", console_url(scheme, running.http_addr));
         wait_for_signal().await;
         running.shutdown().await;
         Ok(())
@@ -258,6 +280,20 @@ async fn serve(mut config: Config) -> Result<(), CliError> {
         local.stop().await;
     }
     served
+}
+
+/// Where a browser on this host opens the console: a wildcard listen address is reached at
+/// localhost.
+fn console_url(scheme: &str, http_addr: std::net::SocketAddr) -> String {
+    let host = if http_addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        match http_addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("{scheme}://{host}:{}/console", http_addr.port())
 }
 
 /// Raises the open-file soft limit to the hard limit: every connection, binlog stream and
@@ -350,7 +386,11 @@ fn wanted(schemas: &[String], tables: &[String], schema: &str, table: &str) -> b
 /// `binlog events`: every file in turn, each change a line as ListChangeEvents writes it.
 fn binlog_events(files: &[PathBuf], schemas: &[String], tables: &[String]) -> Result<(), CliError> {
     use std::io::Write;
-    let writer = MessageJson::new("dbtrail.servers.v1.ChangeEvent").map_err(CliError::Output)?;
+    let writer = MessageJson::new(
+        dbtrail_servers::proto::FILE_DESCRIPTOR_SET,
+        "dbtrail.servers.v1.ChangeEvent",
+    )
+    .map_err(CliError::Output)?;
     let wanted = |schema: &str, table: &str| wanted(schemas, tables, schema, table);
     let stdout = std::io::stdout();
     let mut output = std::io::BufWriter::new(stdout.lock());

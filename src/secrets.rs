@@ -161,6 +161,11 @@ impl SecretBox {
         &self.primary_id
     }
 
+    /// The ids of every key this box opens with: the primary and the older ones.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.ciphers.keys().cloned().collect()
+    }
+
     /// A known constant sealed under the primary key: stored by the first replica, it tells a
     /// later replica whether it holds the deployment's key.
     pub fn key_check(&self) -> Sealed {

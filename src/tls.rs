@@ -99,6 +99,16 @@ pub enum Listener {
     Http,
 }
 
+impl Listener {
+    /// Its name in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Grpc => "grpc",
+            Listener::Http => "http",
+        }
+    }
+}
+
 /// The configurations of both listeners, built from one reading of the files.
 struct Configs {
     grpc: Arc<ServerConfig>,
@@ -244,23 +254,8 @@ impl ServerTls {
     }
 }
 
-/// An accepted TLS connection; to tonic it is the TCP connection under it.
+/// An accepted TLS connection.
 pub struct TlsConnection(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl TlsConnection {
-    /// The TCP connection the session runs over.
-    pub fn tcp(&self) -> &TcpStream {
-        self.0.get_ref().0
-    }
-}
-
-impl tonic::transport::server::Connected for TlsConnection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp().connect_info()
-    }
-}
 
 impl AsyncRead for TlsConnection {
     fn poll_read(
@@ -302,10 +297,6 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// At most this many handshakes run at once on one listener; more connections wait in the
-/// kernel's backlog.
-const MAX_HANDSHAKES: usize = 512;
-
 /// Sets what every accepted connection needs: TCP_NODELAY (a response's last frames must not wait
 /// for the client's delayed ACK) and keepalive (a silently dead client is noticed).
 pub fn tune(stream: &TcpStream) {
@@ -315,54 +306,5 @@ pub fn tune(stream: &TcpStream) {
     let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
     if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(%error, "could not set TCP keepalive");
-    }
-}
-
-impl ServerTls {
-    /// The TLS connections of `listener`, handshaken in the background (a slow client holds only
-    /// its own handshake, never the accept loop). Ends when the stream is dropped.
-    pub fn incoming(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        which: Listener,
-    ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConnection>> {
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                    return;
-                };
-                let accepted = tokio::select! {
-                    () = sender.closed() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of descriptors, or a connection reset before it was taken.
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                tune(&stream);
-                let tls = self.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    match tls.accept(stream, which).await {
-                        Ok(connection) => {
-                            let _ = sender.send(Ok(connection)).await;
-                        }
-                        Err(error) => {
-                            metrics::counter!("dbtrail_tls_handshake_failures_total").increment(1);
-                            tracing::debug!(%error, "TLS handshake failed");
-                        }
-                    }
-                    drop(permit);
-                });
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(receiver)
     }
 }

@@ -1,12 +1,13 @@
 //! The service's benchmark: the release binary on a fresh database, each measurement beside a
-//! baseline measured in the same run, printed as one table (README "Performance").
+//! baseline measured in the same run, printed as one table (docs/performance.md).
 //!
 //! `cargo bench --bench service` runs all of it; `cargo bench --bench service -- B1 B6` runs
 //! only the named measurements; `-- callgrind` counts the instructions of GetServer and UpdateServer calls. PostgreSQL comes from DBTRAIL_BENCH_DATABASE_URL (default
-//! postgres://postgres@127.0.0.1:5432/postgres); B8 and B10 start a private MariaDB from the
+//! postgres://postgres@127.0.0.1:5432/postgres); B8, B10 and B13 start a private MariaDB from the
 //! installed binaries. `scripts/bench` starts and installs what is missing, then runs this.
 
 mod client;
+mod fleet;
 mod load;
 #[path = "../../tests/api/common/mariadb/instance.rs"]
 #[allow(dead_code)]
@@ -18,6 +19,7 @@ mod replica;
 mod report;
 mod stream;
 mod unary;
+mod undo;
 mod watch;
 
 use std::time::Duration;
@@ -130,8 +132,14 @@ async fn main() {
     if wanted("B6") {
         watch::fan_out_rows(&url, &key, &mut rows).await;
     }
+    if wanted("B12") {
+        fleet::fleet_rows(&url, &key, &mut rows).await;
+    }
     if wanted("B10") {
         stream::stream(&database_url(&fresh_database_name()), &mut rows).await;
+    }
+    if wanted("B13") {
+        undo::undo(&database_url(&fresh_database_name()), &mut rows).await;
     }
     report::print(&rows);
     drop_bench_databases().await;

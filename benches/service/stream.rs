@@ -47,9 +47,13 @@ async fn user_connection(mariadb: &MariaDb) -> Conn {
 
 /// Writes the burst: BURST_ROWS rows in multi-row INSERTs, one transaction each.
 async fn burst(mariadb: &MariaDb, first_id: u64) {
-    let mut connection = mariadb.root().await;
+    insert_rows(&mut mariadb.root().await, first_id, BURST_ROWS).await;
+}
+
+/// Inserts `count` rows of `shop.events` from id `first_id`, ROWS_PER_INSERT to a statement.
+async fn insert_rows(connection: &mut Conn, first_id: u64, count: u64) {
     let mut id = first_id;
-    while id < first_id + BURST_ROWS {
+    while id < first_id + count {
         let values: Vec<String> = (id..id + ROWS_PER_INSERT)
             .map(|id| format!("({id}, {}, 'note {id}', {id}.25)", id % 1000))
             .collect();
@@ -59,12 +63,11 @@ async fn burst(mariadb: &MariaDb, first_id: u64) {
                 values.join(",")
             ))
             .await
-            .expect("burst INSERT");
+            .expect("INSERT");
         id += ROWS_PER_INSERT;
     }
 }
 
-/// (a): a bare reader of `rows` rows from `from`; its rows per second.
 async fn bare_reader(mariadb: &MariaDb, from: &MasterStatus, rows: u64) -> f64 {
     let connection = user_connection(mariadb).await;
     let started = Instant::now();
@@ -197,8 +200,9 @@ async fn sustained(
     )
 }
 
-/// B10 on a database of its own.
-pub async fn stream(database_url: &str, rows: &mut Vec<Row>) {
+/// A private MariaDB with `shop.events`, onboarded by a fresh replica until its stream runs:
+/// the MariaDB, the replica, its key and the server's id.
+pub async fn onboarded(database_url: &str, label: &str) -> (MariaDb, Replica, String, String) {
     let mariadb = MariaDb::start().await;
     mariadb
         .create_user(
@@ -214,15 +218,13 @@ pub async fn stream(database_url: &str, rows: &mut Vec<Row>) {
              amount DECIMAL(10,2)) ENGINE=InnoDB",
         ])
         .await;
-    // Onboard the server, then stop the replica so the burst waits in the binlog.
-    let replica = Replica::start("bench-stream", database_url, &[]).await;
-    let postgres = postgres(database_url).await;
+    let replica = Replica::start(label, database_url, &[]).await;
     let key = replica
         .bootstrap_key
         .clone()
         .expect("the first start prints its key");
     let mut api = client::client(replica.channel().await, &key);
-    let server_id = client::register(&mut api, mariadb.server("bench-stream", USER, PASSWORD))
+    let server_id = client::register(&mut api, mariadb.server(label, USER, PASSWORD))
         .await
         .server_id;
     loop {
@@ -241,6 +243,26 @@ pub async fn stream(database_url: &str, rows: &mut Vec<Row>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (mariadb, replica, key, server_id)
+}
+
+/// Writes `count` rows (ids from `first_id`) in multi-row INSERTs and waits until the service
+/// has indexed `total` events of the server.
+pub async fn write_and_index(
+    mariadb: &MariaDb,
+    database_url: &str,
+    server_id: &str,
+    (first_id, count, total): (u64, u64, u64),
+) {
+    insert_rows(&mut mariadb.root().await, first_id, count).await;
+    wait_indexed(&postgres(database_url).await, server_id, total).await;
+}
+
+/// B10 on a database of its own.
+pub async fn stream(database_url: &str, rows: &mut Vec<Row>) {
+    // Onboard the server, then stop the replica so the burst waits in the binlog.
+    let (mariadb, replica, _key, server_id) = onboarded(database_url, "bench-stream").await;
+    let postgres = postgres(database_url).await;
     replica.stop().await;
     let before = mariadb.master_status().await.expect("the binlog is on");
     let written = Instant::now();

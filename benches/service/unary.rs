@@ -471,7 +471,7 @@ pub async fn list_servers(replica: &Replica, rows: &mut Vec<Row>) {
 }
 
 /// Copies a registered server `count` times, older than it by a millisecond each, parked.
-async fn seed_copies(replica: &Replica, template_id: &str, count: i64) {
+pub async fn seed_copies(replica: &Replica, template_id: &str, count: i64) {
     let copy_columns = SERVER_COLUMNS
         .split(", ")
         .map(|column| match column {

@@ -139,7 +139,7 @@ async fn confirm(client: &mut Client, server_id: &str) {
 
 /// B6 at one scale: a fresh replica, `count` streams of one server, one change; the RSS per
 /// stream, the latencies, and the CPU per stream the fan-out cost the service and the client.
-async fn fan_out(database_url: &str, key: &str, count: usize) -> (f64, Histogram<u64>, Cpu) {
+pub async fn fan_out(database_url: &str, key: &str, count: usize) -> (f64, Histogram<u64>, Cpu) {
     let replica = Replica::start(&format!("bench-watch-{count}"), database_url, &[]).await;
     let mut client = client::client(replica.channel().await, key);
     let server =

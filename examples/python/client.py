@@ -8,7 +8,7 @@ The stubs are generated from proto/ (never committed):
     python3 -m grpc_tools.protoc -I proto --python_out=examples/python/gen \\
         --grpc_python_out=examples/python/gen proto/dbtrail/servers/v1/servers.proto \\
         proto/google/api/annotations.proto proto/google/api/http.proto \\
-        proto/google/api/field_behavior.proto
+        proto/google/api/field_behavior.proto proto/google/api/httpbody.proto
     PYTHONPATH=examples/python/gen DBTRAIL_KEY=dbt_... DBTRAIL_SSH_KEY_FILE=~/.ssh/bastion \\
         python3 examples/python/client.py orders-db db.internal.example bastion.example.com
 

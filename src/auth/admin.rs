@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::keys;
 use crate::{
     config::DatabaseConfig,
-    domain::Permission,
-    store::{KeySummary, NewApiKey, Store, StoreError, TenantSummary},
+    domain::{Permission, Refused},
+    store::{KeySummary, NewApiKey, Store, StoreError, TenantSummary, WriteError},
 };
 
 /// Why an administrative command failed.
@@ -18,7 +18,18 @@ pub enum AdminError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<WriteError> for AdminError {
+    fn from(error: WriteError) -> AdminError {
+        match error {
+            WriteError::Refused(refused) => AdminError::Refused(refused),
+            WriteError::Store(error) => AdminError::Store(error),
+        }
+    }
 }
 
 /// A key just created: its id and the secret, shown once.

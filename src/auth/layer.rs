@@ -1,19 +1,16 @@
 //! The tower layer in front of ServersService: authenticates every call, checks the method's
 //! permission, and hands the Principal to the handlers through the request extensions.
 
-use std::{
-    future::Future,
-    net::IpAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{net::IpAddr, sync::Arc};
 
 use tonic::Status;
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::{AuthError, Authenticator};
-use crate::domain::Permission;
+use crate::{
+    call_layer::{CallFuture, Movable, Wrap, Wrapped, take_ready},
+    domain::Permission,
+};
 
 /// gRPC path prefix of the calls that need a key.
 const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
@@ -21,11 +18,17 @@ const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
 /// The permission each RPC needs.
 pub fn required_permission(method: &str) -> Option<Permission> {
     Some(match method {
-        "ListServers" | "GetServer" | "GetOnboardingStatus" | "WatchOnboarding" => Permission::Read,
+        "ListServers"
+        | "GetServer"
+        | "GetOnboardingStatus"
+        | "WatchOnboarding"
+        | "WatchServers" => Permission::Read,
         "RegisterServer" | "UpdateServer" | "ConfirmFirewall" | "RetryOnboarding"
-        | "RestartStream" => Permission::Write,
+        | "RestartStream" | "PauseStream" | "ResumeStream" | "CheckServer" => Permission::Write,
         "DecommissionServer" => Permission::Delete,
-        "ListChangeEvents" => Permission::ChangesRead,
+        "ListChangeEvents" | "ListSchemaChanges" | "RevertChanges" | "GetRowHistory" => {
+            Permission::ChangesRead
+        }
         _ => return None,
     })
 }
@@ -62,43 +65,27 @@ impl AuthLayer {
 }
 
 impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+    type Service = Wrapped<S, AuthLayer>;
 
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
+    fn layer(&self, inner: S) -> Wrapped<S, AuthLayer> {
+        Wrapped::new(inner, self.clone())
     }
 }
 
-/// The service AuthLayer wraps around each route.
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S, B> Service<http::Request<B>> for AuthService<S>
+impl<S, B> Wrap<S, B> for AuthLayer
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Movable<B>,
     B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn wrap(
+        &self,
+        inner: &mut S,
+        mut request: http::Request<B>,
+    ) -> CallFuture<Self::Response, S::Error> {
         let Some(method) = request.uri().path().strip_prefix(SERVICE_PREFIX) else {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         };
         // Fail closed: a method without a permission in the table never reaches a handler, and a
         // made-up name does not become a metric series.
@@ -109,9 +96,7 @@ where
             return Box::pin(async move { Ok(refused) });
         };
         let method = method.to_owned();
-        // The clone that was polled ready serves this call; the fresh one waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(inner);
         let authenticator = self.authenticator.clone();
         Box::pin(async move {
             let checked = match one_authorization(request.headers()) {

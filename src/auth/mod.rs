@@ -187,7 +187,7 @@ impl Authenticator {
         }
         Ok(Principal {
             key_id: record.id,
-            tenant_id: TenantId(record.tenant_id),
+            tenant_id: TenantId::from_uuid(record.tenant_id),
             permissions: record
                 .permissions
                 .iter()

@@ -4,10 +4,16 @@
 use chrono::{DateTime, Utc};
 
 /// Longest accepted filter, in characters.
-const MAX_LENGTH: usize = 2_000;
+pub const MAX_LENGTH: usize = 2_000;
+/// Most event ids one RevertChanges call may list: as many as the longest ids make a URL that
+/// HTTP servers accept (under 64 KiB over REST: `event_ids=` and 286 characters each).
+pub const MAX_EVENT_IDS: usize = 200;
+/// An event id's form: a binlog file name as MySQL makes them, a position, a row index.
+pub const EVENT_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,255}:[0-9]{1,19}:[0-9]{1,10}$";
+/// Longest GetRowHistory key (a JSON object), in characters.
+pub const MAX_ROW_KEY_LENGTH: usize = 4096;
 /// Most comparisons in one filter.
 const MAX_CONDITIONS: usize = 16;
-const FIELDS: &str = "schema, table, type, committed_at and gtid";
 
 pub use super::ChangeOperation;
 
@@ -35,6 +41,49 @@ impl RowChange {
             "{}:{}:{}",
             self.binlog_file, self.binlog_position, self.row_index
         )
+    }
+}
+
+/// A change's id as `RowChange::event_id` writes it: `binlog file:position:row index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId {
+    pub binlog_file: String,
+    pub binlog_position: i64,
+    pub row_index: i32,
+}
+
+impl EventId {
+    /// Parses `mysql-bin.000003:4711:0`; the problem otherwise, said so the client can fix it.
+    pub fn parse(text: &str) -> Result<EventId, String> {
+        let malformed = || {
+            format!(
+                "{:?} is not an event id (binlog file:position:row index, as ListChangeEvents \
+                 returns it, e.g. \"mysql-bin.000003:4711:0\")",
+                text.chars().take(100).collect::<String>()
+            )
+        };
+        let mut parts = text.splitn(3, ':');
+        let (Some(file), Some(position), Some(row_index)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let number = |part: &str| {
+            !part.is_empty() && part.len() <= 19 && part.bytes().all(|byte| byte.is_ascii_digit())
+        };
+        let valid_file = !file.is_empty()
+            && file.len() <= super::stream::MAX_BINLOG_FILE_LENGTH
+            && file
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
+        if !(valid_file && number(position) && number(row_index)) {
+            return Err(malformed());
+        }
+        Ok(EventId {
+            binlog_file: file.to_owned(),
+            binlog_position: position.parse().map_err(|_| malformed())?,
+            row_index: row_index.parse().map_err(|_| malformed())?,
+        })
     }
 }
 
@@ -83,6 +132,36 @@ pub enum ChangeCondition {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeFilter {
     pub conditions: Vec<ChangeCondition>,
+}
+
+/// Which fields a filter of one call may compare.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterGrammar {
+    /// The text fields by name; `committed_at` is always allowed.
+    fields: &'static [(&'static str, ChangeField)],
+    /// The fields as an error message lists them.
+    listed: &'static str,
+}
+
+impl FilterGrammar {
+    /// ListChangeEvents' filter.
+    pub const CHANGE_EVENTS: FilterGrammar = FilterGrammar {
+        fields: &[
+            ("schema", ChangeField::Schema),
+            ("table", ChangeField::Table),
+            ("type", ChangeField::Type),
+            ("gtid", ChangeField::Gtid),
+        ],
+        listed: "schema, table, type, committed_at and gtid",
+    };
+    /// ListSchemaChanges' filter.
+    pub const SCHEMA_CHANGES: FilterGrammar = FilterGrammar {
+        fields: &[
+            ("schema", ChangeField::Schema),
+            ("table", ChangeField::Table),
+        ],
+        listed: "schema, table and committed_at",
+    };
 }
 
 /// Why a filter was rejected, said so that the client can fix it.
@@ -203,6 +282,14 @@ impl<'a> Lexer<'a> {
 impl ChangeFilter {
     /// Parses `table = "orders" AND committed_at >= "2026-12-01T10:00:00Z"`; empty is no filter.
     pub fn parse(input: &str) -> Result<ChangeFilter, ChangeFilterError> {
+        ChangeFilter::parse_with(input, FilterGrammar::CHANGE_EVENTS)
+    }
+
+    /// Parses a filter over the fields of `grammar`.
+    pub fn parse_with(
+        input: &str,
+        grammar: FilterGrammar,
+    ) -> Result<ChangeFilter, ChangeFilterError> {
         let length = input.chars().count();
         if length > MAX_LENGTH {
             return Err(ChangeFilterError(format!(
@@ -226,7 +313,7 @@ impl ChangeFilter {
             return Ok(filter);
         }
         loop {
-            filter.conditions.push(condition(&mut lexer)?);
+            filter.conditions.push(condition(&mut lexer, grammar)?);
             if filter.conditions.len() > MAX_CONDITIONS {
                 return Err(ChangeFilterError(format!(
                     "filter has more than {MAX_CONDITIONS} comparisons"
@@ -246,26 +333,29 @@ impl ChangeFilter {
     }
 }
 
-fn condition(lexer: &mut Lexer<'_>) -> Result<ChangeCondition, ChangeFilterError> {
+fn condition(
+    lexer: &mut Lexer<'_>,
+    grammar: FilterGrammar,
+) -> Result<ChangeCondition, ChangeFilterError> {
     lexer.skip_whitespace();
     let position = lexer.position();
     let name = lexer.word();
+    let listed = grammar.listed;
     let field = match name {
-        "schema" => Some(ChangeField::Schema),
-        "table" => Some(ChangeField::Table),
-        "type" => Some(ChangeField::Type),
-        "gtid" => Some(ChangeField::Gtid),
         "committed_at" => None,
         "" => {
             return Err(ChangeFilterError(format!(
-                "expected a field ({FIELDS}) at character {position}"
+                "expected a field ({listed}) at character {position}"
             )));
         }
-        other => {
-            return Err(ChangeFilterError(format!(
-                "unknown field {other:?} at character {position}; filterable fields are {FIELDS}"
-            )));
-        }
+        other => match grammar.fields.iter().find(|(named, _)| *named == other) {
+            Some((_, field)) => Some(*field),
+            None => {
+                return Err(ChangeFilterError(format!(
+                    "unknown field {other:?} at character {position}; filterable fields are {listed}"
+                )));
+            }
+        },
     };
     let comparison = lexer.comparison()?;
     let value_position = lexer.position();
@@ -321,6 +411,31 @@ mod tests {
             }
         ));
         assert!(ChangeFilter::parse("  ").unwrap().conditions.is_empty());
+    }
+
+    #[test]
+    fn event_ids_parse_as_they_are_written() {
+        assert_eq!(
+            EventId::parse("mysql-bin.000003:4711:2").unwrap(),
+            EventId {
+                binlog_file: "mysql-bin.000003".into(),
+                binlog_position: 4711,
+                row_index: 2
+            }
+        );
+        for bad in [
+            "",
+            "a:1",
+            "a:b:1",
+            ":1:2",
+            "f:1:-2",
+            "f:99999999999999999999:0",
+            "f\n:1:0",
+            "a:b:1:2",
+            "f x:1:0",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

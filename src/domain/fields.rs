@@ -86,15 +86,9 @@ fn has_control_characters(text: &str) -> bool {
 /// zero-width spaces and joiners, the byte order mark, and the line and paragraph separators.
 /// A name holding one can look like another name.
 pub fn is_invisible_or_bidirectional(character: char) -> bool {
-    matches!(
-        character,
-        '\u{061C}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-    )
+    INVISIBLE_OR_BIDIRECTIONAL
+        .iter()
+        .any(|(first, last)| (*first..=*last).contains(&character))
 }
 
 impl ServerName {
@@ -102,10 +96,14 @@ impl ServerName {
     pub fn parse(name: &str) -> Result<ServerName, String> {
         let length = name.chars().count();
         if length == 0 {
-            return Err("is required: 1 to 100 printable characters".into());
+            return Err(format!(
+                "is required: 1 to {MAX_NAME_LENGTH} printable characters"
+            ));
         }
-        if length > 100 {
-            return Err(format!("is {length} characters long; at most 100 allowed"));
+        if length > MAX_NAME_LENGTH {
+            return Err(format!(
+                "is {length} characters long; at most {MAX_NAME_LENGTH} allowed"
+            ));
         }
         if let Some((position, character)) = name
             .chars()
@@ -158,12 +156,12 @@ impl Host {
         let shown = shown(host);
         let invalid = || format!("\"{shown}\" is neither a DNS name nor an IP address");
         let name = host.strip_suffix('.').unwrap_or(host);
-        if name.len() > 253 || name.is_empty() {
+        if name.len() > MAX_HOST_LENGTH || name.is_empty() {
             return Err(invalid());
         }
         let labels_ok = name.split('.').all(|label| {
             !label.is_empty()
-                && label.len() <= 63
+                && label.len() <= MAX_HOST_LABEL_LENGTH
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label
@@ -192,6 +190,31 @@ impl UserName {
     }
 }
 
+/// Longest server name, in characters.
+pub const MAX_NAME_LENGTH: usize = 100;
+/// Longest DNS name (RFC 1035), without a trailing dot.
+pub const MAX_HOST_LENGTH: usize = 253;
+/// Longest DNS label.
+pub const MAX_HOST_LABEL_LENGTH: usize = 63;
+/// Longest MySQL identifier, in characters.
+pub const MAX_IDENTIFIER_LENGTH: usize = 64;
+/// Longest request id (`request_id`), in characters.
+pub const MAX_REQUEST_ID_LENGTH: usize = 128;
+/// The base64 characters of an OpenSSH SHA256 fingerprint after `SHA256:`.
+pub const FINGERPRINT_DIGEST_LENGTH: usize = 43;
+/// The control characters (Unicode category Cc, what `char::is_control` tests), as ranges.
+pub const CONTROL_CHARACTERS: [(char, char); 2] = [('\u{0}', '\u{1F}'), ('\u{7F}', '\u{9F}')];
+/// The invisible and bidirectional formatting characters a name refuses, as ranges (see
+/// [`is_invisible_or_bidirectional`]).
+pub const INVISIBLE_OR_BIDIRECTIONAL: [(char, char); 6] = [
+    ('\u{061C}', '\u{061C}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{2028}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{2069}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+];
+
 /// A character as `U+XXXX`, to name one that cannot be shown.
 pub fn code_point(character: char) -> String {
     format!("U+{:04X}", u32::from(character))
@@ -215,7 +238,7 @@ impl HostKeyFingerprint {
     /// A fingerprint in OpenSSH's form, or what that form is.
     pub fn parse(text: &str) -> Result<HostKeyFingerprint, String> {
         let valid = text.strip_prefix("SHA256:").is_some_and(|digest| {
-            digest.len() == 43
+            digest.len() == FINGERPRINT_DIGEST_LENGTH
                 && digest
                     .bytes()
                     .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
@@ -234,9 +257,9 @@ impl HostKeyFingerprint {
 impl Identifier {
     /// A MySQL identifier, or why `identifier` is not one.
     pub fn parse(identifier: &str) -> Result<Identifier, String> {
-        if identifier.is_empty() || identifier.chars().count() > 64 {
+        if identifier.is_empty() || identifier.chars().count() > MAX_IDENTIFIER_LENGTH {
             return Err(format!(
-                "\"{}\" must be a MySQL identifier of 1 to 64 characters",
+                "\"{}\" must be a MySQL identifier of 1 to {MAX_IDENTIFIER_LENGTH} characters",
                 shown(identifier)
             ));
         }

@@ -5,6 +5,8 @@ pub mod change;
 pub mod fields;
 pub mod filter;
 pub mod onboarding;
+pub mod rules;
+pub mod schema_change;
 pub mod server;
 pub mod stored_time;
 pub mod stream;
@@ -53,6 +55,8 @@ macro_rules! wire_enum {
     };
 }
 
+pub mod check;
+
 wire_enum!(
     /// How the agent reaches a server.
     ConnectionMethod { Direct = "direct", Vpn = "vpn", SshTunnel = "ssh_tunnel" }
@@ -63,6 +67,7 @@ wire_enum!(
         Pending = "pending",
         Active = "active",
         Disconnected = "disconnected",
+        Paused = "paused",
         Error = "error",
         Decommissioned = "decommissioned",
     }
@@ -130,9 +135,19 @@ impl OnboardingStep {
 
 /// A server's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ServerId(pub Uuid);
+pub struct ServerId(Uuid);
 
 impl ServerId {
+    /// The id a stored row carries.
+    pub fn from_uuid(uuid: Uuid) -> ServerId {
+        ServerId(uuid)
+    }
+
+    /// The UUID inside, for the store and the wire.
+    pub fn uuid(self) -> Uuid {
+        self.0
+    }
+
     /// A new, time-ordered id.
     pub fn generate() -> ServerId {
         ServerId(Uuid::now_v7())
@@ -152,7 +167,19 @@ impl fmt::Display for ServerId {
 
 /// A tenant's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TenantId(pub Uuid);
+pub struct TenantId(Uuid);
+
+impl TenantId {
+    /// The id a stored row or a key carries.
+    pub fn from_uuid(uuid: Uuid) -> TenantId {
+        TenantId(uuid)
+    }
+
+    /// The UUID inside, for the store.
+    pub fn uuid(self) -> Uuid {
+        self.0
+    }
+}
 
 /// One bad field of a request: its path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,4 +247,27 @@ impl fmt::Display for Violations {
             .collect();
         write!(formatter, "invalid request: {}", fields.join("; "))
     }
+}
+
+/// A business rule's refusal of a write: the service and the store are fine, the request is not
+/// (as opposed to the store's faults, `StoreError`). The store's writes return it apart from
+/// their faults; the API's one error table maps each to its code and reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("a server named {0:?} already exists")]
+    NameTaken(String),
+    #[error("server limit reached ({count} of {limit})")]
+    LimitReached { limit: i32, count: i64 },
+    #[error("etag does not match the current version")]
+    EtagMismatch,
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+    #[error("{0}")]
+    Rejected(#[from] server::Rejection),
+    /// A tenant of this name exists (the tenant's name).
+    #[error("tenant {0:?} already exists")]
+    TenantNameTaken(String),
+    /// A dry run's preflight checks failed (the failed checks, never empty).
+    #[error("{} preflight check(s) failed", .0.len())]
+    ChecksFailed(Vec<check::Check>),
 }

@@ -143,6 +143,19 @@ impl Steps {
         progress.error = Some(error.to_owned());
     }
 
+    /// A step in progress whose runner gave its slot to another tenant: pending again with
+    /// `message`, until a runner takes it. The interrupted attempt is not spent (starting again
+    /// counts it once more); a step not in progress is left as it is.
+    pub fn requeue(&mut self, step: OnboardingStep, message: &str) {
+        let progress = self.get_mut(step);
+        if progress.status != StepStatus::InProgress {
+            return;
+        }
+        progress.status = StepStatus::Pending;
+        progress.attempts = (progress.attempts - 1).max(0);
+        progress.message = message.to_owned();
+    }
+
     /// Puts a step back to pending with its attempts reset, to run again.
     pub fn reset(&mut self, step: OnboardingStep) {
         *self.get_mut(step) = StepProgress::pending(step);
@@ -260,6 +273,23 @@ mod tests {
             steps.get(OnboardingStep::Provisioning).status,
             StepStatus::Completed
         );
+    }
+
+    #[test]
+    fn a_requeued_step_is_pending_and_its_interrupted_attempt_is_not_spent() {
+        let now = Utc::now();
+        let mut steps = Steps::default();
+        steps.requeue(OnboardingStep::Provisioning, "waits");
+        assert_eq!(steps.get(OnboardingStep::Provisioning).message, "");
+        steps.start(OnboardingStep::Provisioning, "", now);
+        steps.requeue(OnboardingStep::Provisioning, "waits");
+        let progress = steps.get(OnboardingStep::Provisioning);
+        assert_eq!(progress.status, StepStatus::Pending);
+        assert_eq!(progress.attempts, 0);
+        assert_eq!(progress.message, "waits");
+        assert_eq!(steps.current(), Some(OnboardingStep::Provisioning));
+        steps.start(OnboardingStep::Provisioning, "", now);
+        assert_eq!(steps.get(OnboardingStep::Provisioning).attempts, 1);
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub fn optional<'de, D: Deserializer<'de>>(
         .ok_or_else(|| D::Error::custom(format!("not an RFC 3339 timestamp: {text:?}")))
 }
 
+/// For `#[serde(deserialize_with = "stored_time::required")]` on a `DateTime<Utc>`.
+pub fn required<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse(&text).ok_or_else(|| D::Error::custom(format!("not an RFC 3339 timestamp: {text:?}")))
+}
+
 /// An RFC 3339 timestamp in UTC.
 pub fn parse(text: &str) -> Option<DateTime<Utc>> {
     utc_fast_path(text).or_else(|| {

@@ -35,6 +35,47 @@ pub struct StreamProgress {
     /// Statement-format DML met since onboarding: rows the binlog does not carry as rows.
     #[serde(default)]
     pub statement_changes: StatementChanges,
+    /// The recent lag and event count, one sample per [`SAMPLE_INTERVAL`] at most, the newest
+    /// [`SAMPLES_KEPT`] (the console draws them as sparklines).
+    #[serde(default)]
+    pub samples: Vec<StreamSample>,
+}
+
+/// At most one sample per this interval.
+pub const SAMPLE_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// How many samples a stream keeps: five minutes' worth.
+pub const SAMPLES_KEPT: usize = 30;
+
+/// A stream's lag and event count at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSample {
+    #[serde(deserialize_with = "super::stored_time::required")]
+    pub at: DateTime<Utc>,
+    pub lag_millis: i64,
+    pub events_indexed: i64,
+}
+
+impl StreamProgress {
+    /// Appends the progress as it is at `now` to the samples when the newest is at least
+    /// [`SAMPLE_INTERVAL`] old (or there is none, or the clock went back), keeping the newest
+    /// [`SAMPLES_KEPT`].
+    pub fn sample(&mut self, now: DateTime<Utc>) {
+        if let Some(newest) = self.samples.last() {
+            let age = now - newest.at;
+            if age < SAMPLE_INTERVAL && age >= chrono::TimeDelta::zero() {
+                return;
+            }
+        }
+        self.samples.push(StreamSample {
+            at: now,
+            lag_millis: self.lag_millis,
+            events_indexed: self.events_indexed,
+        });
+        if self.samples.len() > SAMPLES_KEPT {
+            let excess = self.samples.len() - SAMPLES_KEPT;
+            self.samples.drain(..excess);
+        }
+    }
 }
 
 /// Statement-format DML a stream met (a session with `binlog_format=STATEMENT` or MIXED): rows
@@ -112,7 +153,7 @@ impl std::fmt::Display for BinlogPoint {
 }
 
 /// The longest binlog file name accepted (MySQL's own limit is FN_REFLEN, 512).
-const MAX_BINLOG_FILE_LENGTH: usize = 255;
+pub const MAX_BINLOG_FILE_LENGTH: usize = 255;
 
 /// Where RestartStream starts the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +172,7 @@ pub enum StreamStart {
 pub struct GtidEnd(pub String);
 
 /// The longest GTID set accepted.
-const MAX_GTID_SET_LENGTH: usize = 4096;
+pub const MAX_GTID_SET_LENGTH: usize = 4096;
 
 /// The last GTID of each source or domain of a set, or what is wrong with it.
 fn gtid_ends(set: &str) -> Result<Vec<GtidEnd>, String> {
@@ -425,5 +466,51 @@ mod restart_tests {
             "{}",
             plan.description
         );
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a time")
+    }
+
+    #[test]
+    fn samples_are_spaced_by_the_interval_and_bounded() {
+        let mut progress = StreamProgress::default();
+        for second in 0..1000 {
+            progress.events_indexed = second;
+            progress.lag_millis = second * 10;
+            progress.sample(at(second));
+        }
+        assert_eq!(progress.samples.len(), SAMPLES_KEPT);
+        let newest = progress.samples.last().expect("a sample");
+        assert_eq!(newest.at, at(990));
+        assert_eq!((newest.events_indexed, newest.lag_millis), (990, 9900));
+        assert!(
+            progress
+                .samples
+                .windows(2)
+                .all(|pair| pair[1].at - pair[0].at == SAMPLE_INTERVAL)
+        );
+    }
+
+    #[test]
+    fn a_clock_that_went_back_samples_again_and_samples_survive_a_json_round_trip() {
+        let mut progress = StreamProgress::default();
+        progress.sample(at(100));
+        progress.sample(at(105));
+        assert_eq!(progress.samples.len(), 1);
+        progress.sample(at(50));
+        assert_eq!(progress.samples.len(), 2);
+        let stored = serde_json::to_string(&progress).expect("JSON");
+        let read: StreamProgress = serde_json::from_str(&stored).expect("read back");
+        assert_eq!(read, progress);
+        let older: StreamProgress =
+            serde_json::from_str(r#"{"binlog_file":"b.1","binlog_position":4,"gtid_set":"","source_server_uuid":"","lag_millis":0,"events_indexed":0,"reconnects":0,"holder_agent_id":null}"#)
+                .expect("progress stored before samples");
+        assert!(older.samples.is_empty());
     }
 }

@@ -131,8 +131,14 @@ pub const PRIVATE: &[IpRange] = &[
     IpRange::v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),
 ];
 
-/// The one reason every refused target gives, whatever range it fell in (the range is logged).
-pub const DENIED: &str = "an address the agent does not connect to (this service's own hosts and networks, link-local, cloud metadata, or a private range for a direct connection)";
+/// The one reason every refused target gives, whatever range it fell in (the range is logged),
+/// with the way out for development against a database on the service's own host. Short enough
+/// that, after the longest IP literal, it fits a field violation (200 characters).
+pub const DENIED: &str = "an address the agent does not connect to (own networks, link-local, cloud metadata; private ones for direct); in development: --allow-loopback-targets";
+
+/// Why a direct server's private address is refused, with the two ways to reach it. Fits a
+/// field violation after the longest IP literal, as [`DENIED`] does.
+pub const PRIVATE_FOR_DIRECT: &str = "a private address, which a direct server cannot use: set connection_method to vpn or ssh_tunnel, or start with --allow-private-direct-targets";
 
 /// How a jumphost is judged: the agent connects to it directly, from the service's network, so
 /// it must be where a direct server could be (a tunnel's private ranges lie beyond it).
@@ -168,6 +174,17 @@ impl TargetPolicy {
         TargetPolicy::default()
     }
 
+    /// Why `address` is refused for a server of `method` ([`DENIED`] or [`PRIVATE_FOR_DIRECT`]),
+    /// if it is.
+    pub fn refusal(&self, address: IpAddr, method: ConnectionMethod) -> Option<&'static str> {
+        let range = self.refuses(address, method)?;
+        Some(if self.denied.contains(&range) {
+            DENIED
+        } else {
+            PRIVATE_FOR_DIRECT
+        })
+    }
+
     /// The range that refuses `address` for a server of `method`, if one does.
     pub fn refuses(&self, address: IpAddr, method: ConnectionMethod) -> Option<IpRange> {
         let address = canonical(address);
@@ -183,26 +200,55 @@ impl TargetPolicy {
     }
 }
 
-impl TargetPolicy {
-    /// A violation under `prefix` when the address the agent would connect to is an IP literal
-    /// the policy refuses: the jumphost of a tunnelled server (its MySQL host is the jumphost's
-    /// to reach), the MySQL host of any other.
-    pub fn check_literals(&self, spec: &ServerSpec, prefix: &str) -> Result<(), Violations> {
-        let (field, host, method) = match (&spec.ssh_tunnel, spec.connection_method) {
-            (Some(tunnel), ConnectionMethod::SshTunnel) => {
-                ("ssh_tunnel.host", &tunnel.host, JUMPHOST)
-            }
-            _ => ("host", &spec.host, spec.connection_method),
-        };
-        if let Ok(address) = host.parse::<IpAddr>()
-            && self.refuses(address, method).is_some()
-        {
-            return Err(Violations::one(
-                format!("{prefix}{field}"),
-                format!("{host} is {DENIED}"),
-            ));
+/// The host the agent connects to first for a server, and how that host is judged: the
+/// jumphost of a tunnelled server (its MySQL host is the jumphost's to reach), the MySQL host of
+/// any other. With the field that names it.
+pub fn first_hop(spec: &ServerSpec) -> (&'static str, &str, ConnectionMethod) {
+    match (&spec.ssh_tunnel, spec.connection_method) {
+        (Some(tunnel), ConnectionMethod::SshTunnel) => {
+            ("ssh_tunnel.host", tunnel.host.as_str(), JUMPHOST)
         }
-        Ok(())
+        _ => ("host", spec.host.as_str(), spec.connection_method),
+    }
+}
+
+impl TargetPolicy {
+    /// A violation under `prefix` when the server's first hop ([`first_hop`]) is an IP literal
+    /// the policy refuses.
+    pub fn check_literals(&self, spec: &ServerSpec, prefix: &str) -> Result<(), Violations> {
+        let (field, host, method) = first_hop(spec);
+        let refusal = host
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|address| self.refusal(address, method));
+        match refusal {
+            Some(reason) => Err(Violations::one(
+                format!("{prefix}{field}"),
+                format!("{host} is {reason}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A violation under `prefix` when the server's first hop is a name that resolved
+    /// (`addresses`) to an address the policy refuses, naming the address.
+    pub fn check_resolved(
+        &self,
+        spec: &ServerSpec,
+        addresses: &[IpAddr],
+        prefix: &str,
+    ) -> Result<(), Violations> {
+        let (field, host, method) = first_hop(spec);
+        let refused = addresses
+            .iter()
+            .find_map(|address| Some((address, self.refusal(*address, method)?)));
+        match refused {
+            Some((address, reason)) => Err(Violations::one(
+                format!("{prefix}{field}"),
+                format!("{host} resolves to {address}, {reason}"),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -232,6 +278,59 @@ fn canonical(address: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refusal_fits_a_field_violation_after_the_longest_address() {
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        let reason = format!("{longest} is {DENIED}");
+        assert!(
+            reason.chars().count() <= 200,
+            "{} characters",
+            reason.chars().count()
+        );
+        assert!(DENIED.ends_with("--allow-loopback-targets"));
+        let private = format!("{longest} is {PRIVATE_FOR_DIRECT}");
+        assert!(private.chars().count() <= 200, "{private}");
+    }
+
+    #[test]
+    fn a_name_is_refused_naming_the_address_it_resolved_to() {
+        let policy = policy();
+        let spec = |host: &str, method| {
+            let input = crate::domain::server::ServerInput {
+                name: "named".into(),
+                host: host.into(),
+                port: 3306,
+                mysql_user: "bintrail".into(),
+                connection_method: Some(method),
+                ..Default::default()
+            };
+            input.validate("", Default::default()).unwrap().0
+        };
+        let loopback = ["127.0.0.1".parse().unwrap()];
+        let error = policy
+            .check_resolved(
+                &spec("localhost", ConnectionMethod::Vpn),
+                &loopback,
+                "server.",
+            )
+            .unwrap_err();
+        assert_eq!(error.0[0].field, "server.host");
+        assert_eq!(
+            error.0[0].description,
+            format!("localhost resolves to 127.0.0.1, {DENIED}")
+        );
+        let private = ["10.9.8.7".parse().unwrap()];
+        let error = policy
+            .check_resolved(&spec("db.internal", ConnectionMethod::Direct), &private, "")
+            .unwrap_err();
+        assert!(error.0[0].description.ends_with(PRIVATE_FOR_DIRECT));
+        assert!(
+            policy
+                .check_resolved(&spec("db.internal", ConnectionMethod::Vpn), &private, "")
+                .is_ok()
+        );
+    }
 
     fn policy() -> TargetPolicy {
         TargetPolicy::new(

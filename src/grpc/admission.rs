@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -18,13 +17,16 @@ use std::{
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
-use tower::{Layer, Service};
+use tower::Layer;
 use uuid::Uuid;
 
 use super::errors::Refusal;
-use crate::auth::{
-    Principal,
-    throttle::{Buckets, Rate},
+use crate::{
+    auth::{
+        Principal,
+        throttle::{Buckets, Rate},
+    },
+    call_layer::{CallFuture, Movable, Wrap, Wrapped, take_ready},
 };
 
 /// How much earlier than the caller's deadline a call is given up.
@@ -44,7 +46,8 @@ pub struct AdmissionSettings {
     pub tenant_rate: Option<Rate>,
     /// Per API key; none is unlimited.
     pub key_rate: Option<Rate>,
-    /// Open WatchOnboarding streams on this replica, and per key.
+    /// Open watch streams (WatchOnboarding and WatchServers together) on this replica, and per
+    /// key.
     pub max_watches: usize,
     pub max_watches_per_key: usize,
     /// The deadline of a unary call that names none (or a longer one).
@@ -100,7 +103,7 @@ impl Admission {
                 .map_err(|retry_after| Refusal::RateLimited { scope, retry_after }),
             None => Ok(()),
         };
-        limited("tenant", &self.tenants, principal.tenant_id.0)?;
+        limited("tenant", &self.tenants, principal.tenant_id.uuid())?;
         limited("API key", &self.keys, principal.key_id)
     }
 
@@ -164,7 +167,11 @@ impl Drop for Queued<'_> {
 
 /// The `grpc-timeout` header: an integer of at most 8 digits and a unit (H M S m u n).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: an integer of at most 8 digits and a unit (H M S m u n).
+pub(super) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -192,7 +199,7 @@ const REFUSAL_REASONS: [&str; 4] = [
 
 fn refused(refusal: Refusal) -> http::Response<tonic::body::Body> {
     let reason = match &refusal {
-        Refusal::RateLimited { .. } => REFUSAL_REASONS[0],
+        Refusal::RateLimited { .. } | Refusal::ChecksRateLimited { .. } => REFUSAL_REASONS[0],
         Refusal::Overloaded => REFUSAL_REASONS[1],
         Refusal::TooManyWatches { .. } => REFUSAL_REASONS[2],
         Refusal::DeadlineExceeded { .. } => REFUSAL_REASONS[3],
@@ -228,53 +235,36 @@ impl AdmissionLayer {
 }
 
 impl<S> Layer<S> for AdmissionLayer {
-    type Service = AdmissionService<S>;
+    type Service = Wrapped<S, AdmissionLayer>;
 
-    fn layer(&self, inner: S) -> AdmissionService<S> {
-        AdmissionService {
-            inner,
-            admission: self.admission.clone(),
-        }
+    fn layer(&self, inner: S) -> Wrapped<S, AdmissionLayer> {
+        Wrapped::new(inner, self.clone())
     }
 }
 
-/// The service AdmissionLayer wraps around each route.
-#[derive(Clone)]
-pub struct AdmissionService<S> {
-    inner: S,
-    admission: Arc<Admission>,
-}
-
-impl<S, B> Service<http::Request<B>> for AdmissionService<S>
+impl<S, B> Wrap<S, B> for AdmissionLayer
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Movable<B>,
     B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn wrap(
+        &self,
+        inner: &mut S,
+        request: http::Request<B>,
+    ) -> CallFuture<Self::Response, S::Error> {
         // Only authenticated ServersService calls carry a principal; health and reflection pass.
         let Some(principal) = request.extensions().get::<Principal>().cloned() else {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(inner);
         let admission = self.admission.clone();
         Box::pin(async move {
             if let Err(refusal) = admission.check_rates(&principal) {
                 return Ok(refused(refusal));
             }
-            if request.uri().path().ends_with("/WatchOnboarding") {
+            if is_watch(request.uri().path()) {
                 let guard = match admission.open_watch(principal.key_id) {
                     Ok(guard) => guard,
                     Err(refusal) => return Ok(refused(refusal)),
@@ -314,6 +304,12 @@ where
             }
         })
     }
+}
+
+/// Whether a call opens a watch stream, which holds a place among the watches instead of a
+/// call slot.
+fn is_watch(path: &str) -> bool {
+    path.ends_with("/WatchOnboarding") || path.ends_with("/WatchServers")
 }
 
 /// A response body that holds its watch's place until it is dropped.

@@ -5,6 +5,9 @@
 //!
 //! A request prost cannot decode (a string that is not UTF-8, a truncated field) is the client's
 //! fault: INVALID_ARGUMENT naming the field, through the error table, not prost's INTERNAL.
+//!
+//! It also owns the message limit, [`MAX_MESSAGE_BYTES`], that both ends keep: the server for
+//! what it accepts and sends, the REST gateway's in-process client for what it reads back.
 
 use std::marker::PhantomData;
 
@@ -15,7 +18,22 @@ use tonic::{
 };
 use tonic_prost::{ProstCodec, ProstEncoder};
 
-use super::errors::undecodable_message;
+use super::errors::{response_too_large, undecodable_message};
+
+/// The largest message the service accepts or sends, as its protobuf encoding: tonic's default
+/// decoding limit, which gRPC clients keep too, so a larger response would fail in the client.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// `message`, when its encoding is within [`MAX_MESSAGE_BYTES`]: a handler's last check, so that
+/// a response too large for any client is INTERNAL with an ErrorInfo (`RESPONSE_TOO_LARGE`, the
+/// cause logged), not a transport error the client reports without one.
+pub fn within_message_limit<M: Message>(message: M) -> Result<M, Status> {
+    let bytes = message.encoded_len();
+    if bytes > MAX_MESSAGE_BYTES {
+        return Err(response_too_large(bytes, MAX_MESSAGE_BYTES));
+    }
+    Ok(message)
+}
 
 /// The first buffer of a call: a whole Server or OnboardingStatus message fits in one
 /// growth step.

@@ -8,8 +8,10 @@ use crate::{
         ConnectionMethod, OnboardingStep, ServerStatus, SslMode, StepStatus, StreamState,
         Violations,
         change::ChangeEvent,
+        check::{CheckResult, Report},
         fields::texts,
         onboarding::{OnboardingStatus, StepProgress},
+        schema_change::SchemaChange,
         server::{Secret, Server, ServerInput, SshTunnelInput, StreamOptionsInput},
         stream::StreamHealth,
     },
@@ -63,7 +65,7 @@ trait FromProtoNumber: Sized + Copy + std::fmt::Display + 'static {
 
 proto_enum!(ConnectionMethod <=> ConnectionMethod { Direct, Vpn, SshTunnel });
 proto_enum!(SslMode <=> SslMode { Disabled, Preferred, Required, VerifyCa, VerifyFull });
-proto_enum!(ServerStatus => ServerStatus { Pending, Active, Disconnected, Error, Decommissioned });
+proto_enum!(ServerStatus => ServerStatus { Pending, Active, Disconnected, Paused, Error, Decommissioned });
 proto_enum!(OnboardingStep => OnboardingStep {
     Provisioning,
     AwaitingFirewall,
@@ -82,6 +84,8 @@ proto_enum!(StreamState => StreamState {
     Failed,
     Stopped,
 });
+
+proto_enum!(CheckResult => CheckResult { Pass, Warn, Fail, Skipped });
 
 /// A proto enum's number as wire-encoded.
 fn number<P: Into<i32>>(value: impl Into<P>) -> i32 {
@@ -103,6 +107,24 @@ fn enum_from_proto<E: FromProtoNumber>(
         );
         None
     })
+}
+
+/// A preflight's report as CheckServer answers it.
+pub fn report_to_proto(report: &Report) -> proto::CheckServerResponse {
+    proto::CheckServerResponse {
+        checks: report
+            .checks
+            .iter()
+            .map(|check| proto::Check {
+                name: check.name.to_owned(),
+                result: number::<proto::CheckResult>(check.result),
+                message: check.message.clone(),
+                remedy: check.remedy.clone(),
+            })
+            .collect(),
+        ok: report.ok(),
+        host_key_fingerprint: report.host_key_fingerprint.clone().unwrap_or_default(),
+    }
 }
 
 /// A server as clients see it: no secret, only whether one is stored.
@@ -169,11 +191,20 @@ fn stream_to_proto(stream: &StreamHealth) -> proto::StreamStatus {
         statement_changes_skipped: progress.statement_changes.skipped,
         statement_changes_since: progress.statement_changes.since.map(timestamp),
         last_statement_change_position: progress.statement_changes.last_position.clone(),
+        samples: progress
+            .samples
+            .iter()
+            .map(|sample| proto::StreamSample {
+                at: Some(timestamp(sample.at)),
+                lag_millis: sample.lag_millis,
+                events_indexed: sample.events_indexed,
+            })
+            .collect(),
     }
 }
 
 /// A JSON object as a protobuf Struct (null and non-objects as none).
-fn json_struct(value: &Option<serde_json::Value>) -> Option<prost_types::Struct> {
+pub(super) fn json_struct(value: &Option<serde_json::Value>) -> Option<prost_types::Struct> {
     match value {
         Some(serde_json::Value::Object(object)) => Some(object_struct(object)),
         _ => None,
@@ -219,6 +250,22 @@ pub fn change_event_to_proto(event: &ChangeEvent) -> proto::ChangeEvent {
         primary_key: json_struct(&event.primary_key),
         before: json_struct(&event.before),
         after: json_struct(&event.after),
+    }
+}
+
+pub fn schema_change_to_proto(change: &SchemaChange) -> proto::SchemaChange {
+    let ddl = &change.ddl;
+    proto::SchemaChange {
+        change_id: change.id,
+        statement: ddl.statement.text.clone(),
+        statement_truncated: ddl.statement.truncated,
+        schema: ddl.schema.clone(),
+        table: ddl.table.clone(),
+        binlog_file: ddl.binlog_file.clone(),
+        binlog_position: ddl.binlog_position,
+        gtid: ddl.gtid.clone(),
+        committed_at: Some(timestamp(ddl.committed_at)),
+        snapshot_version: change.snapshot_version,
     }
 }
 

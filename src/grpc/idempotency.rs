@@ -6,9 +6,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::errors::ApiError;
-use crate::{proto, store::IdempotencyKey};
-
-const MAX_REQUEST_ID_LENGTH: usize = 128;
+use crate::{domain::fields::MAX_REQUEST_ID_LENGTH, proto, store::IdempotencyKey};
 
 /// A request that may carry a request id.
 pub trait Idempotent: Message + Clone {
@@ -28,7 +26,9 @@ pub fn idempotency_key<M: Idempotent>(request: &M) -> Result<Option<IdempotencyK
     if request_id.is_empty() {
         return Ok(None);
     }
-    if request_id.len() > MAX_REQUEST_ID_LENGTH || request_id.chars().any(char::is_control) {
+    if request_id.chars().count() > MAX_REQUEST_ID_LENGTH
+        || request_id.chars().any(char::is_control)
+    {
         return Err(ApiError::invalid(
             "request_id",
             format!("must be 1 to {MAX_REQUEST_ID_LENGTH} printable characters (a UUID is best)"),

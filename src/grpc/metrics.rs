@@ -3,20 +3,16 @@
 //! no handler repeats it. REST calls take the same stack in process and are counted the same.
 //! Calls the auth layer refuses never reach this layer; it counts them itself.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::OnceLock,
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::{sync::OnceLock, time::Instant};
 
 use metrics::{Counter, Histogram};
-use tonic::{Code, server::NamedService};
+use tonic::Code;
 use tower::{Layer, Service};
 
+use crate::call_layer::{CallFuture, Wrap, Wrapped};
+
 /// Every method of ServersService: the metric labels are these names and nothing a client sent.
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 18] = [
     "ListServers",
     "GetServer",
     "RegisterServer",
@@ -27,7 +23,14 @@ const METHODS: [&str; 11] = [
     "WatchOnboarding",
     "RetryOnboarding",
     "RestartStream",
+    "PauseStream",
+    "ResumeStream",
     "ListChangeEvents",
+    "ListSchemaChanges",
+    "WatchServers",
+    "CheckServer",
+    "RevertChanges",
+    "GetRowHistory",
 ];
 
 /// gRPC's codes, 0 to 16.
@@ -74,49 +77,33 @@ fn response_code<B>(response: &http::Response<B>) -> Code {
         .map_or(Code::Ok, |value| Code::from_bytes(value.as_bytes()))
 }
 
-/// Wraps ServersService in [`Metered`].
+/// Counts and times each call of ServersService.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsLayer;
 
 impl<S> Layer<S> for MetricsLayer {
-    type Service = Metered<S>;
+    type Service = Wrapped<S, MetricsLayer>;
 
-    fn layer(&self, inner: S) -> Metered<S> {
-        Metered { inner }
+    fn layer(&self, inner: S) -> Wrapped<S, MetricsLayer> {
+        Wrapped::new(inner, *self)
     }
 }
 
-/// ServersService with its calls counted and timed.
-#[derive(Debug, Clone)]
-pub struct Metered<S> {
-    inner: S,
-}
-
-impl<S: NamedService> NamedService for Metered<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B, R> Service<http::Request<B>> for Metered<S>
+impl<S, B, R> Wrap<S, B> for MetricsLayer
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn wrap(&self, inner: &mut S, request: http::Request<B>) -> CallFuture<S::Response, S::Error> {
         let method = request
             .uri()
             .path()
             .rsplit_once('/')
             .and_then(|(_, name)| METHODS.iter().position(|known| *known == name));
         let started = Instant::now();
-        let call = self.inner.call(request);
+        let call = inner.call(request);
         Box::pin(async move {
             let result = call.await;
             if let (Some(method), Ok(response)) = (method, &result) {

@@ -1,26 +1,35 @@
 //! The gRPC surface: ServersService with its conversions and error table, registered in one
-//! place with health, reflection (v1 and v1alpha), request ids, tracing and authentication.
+//! place with health, reflection (v1 and v1alpha), request ids, tracing, caught panics and
+//! authentication.
 //! The layered stack is built once: the tonic server serves it, and the REST translation calls
 //! the very same stack in process (`GrpcStack::in_process`).
 
 mod admission;
 mod changes;
+mod check;
 pub mod codec;
 pub mod convert;
 pub mod errors;
+mod fleet_watch;
 mod idempotency;
 mod metrics;
 mod paging;
+mod panics;
 mod restart;
+mod revert;
+mod row_history;
+mod schema_changes;
 mod server_pages;
 mod service;
+mod size_faults;
 mod update_mask;
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc};
 
 use http::{HeaderValue, Request};
 use tokio::net::TcpListener;
-use tonic::{service::Routes, transport::server::TcpIncoming};
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tower::{
     Layer, ServiceBuilder, ServiceExt,
@@ -34,11 +43,14 @@ use tower_http::{
 };
 
 pub use admission::AdmissionSettings;
+pub use check::CheckLimits;
 pub use paging::PageTokens;
 pub use service::ServersApi;
 
 use admission::AdmissionLayer;
 use metrics::MetricsLayer;
+use panics::CatchPanicLayer;
+use size_faults::SizeFaultsLayer;
 
 use crate::{
     auth::{AuthLayer, Authenticator},
@@ -112,24 +124,48 @@ pub fn call_span<B>(request: &Request<B>) -> tracing::Span {
 /// Makes the span of one call.
 type MakeCallSpan = fn(&Request<tonic::body::Body>) -> tracing::Span;
 
-/// What every call passes through, outermost first: a request id (the client's when it is safe to
-/// keep, else a fresh one), a span, the id echoed back, authentication, admission control.
-type CallLayers = Stack<
-    AdmissionLayer,
+/// What every call passes through first, outermost first: a request id (the client's when it is
+/// safe to keep, else a fresh one), a span, the id echoed back, a panic answered as INTERNAL.
+type FrontLayers = Stack<
+    CatchPanicLayer,
     Stack<
-        AuthLayer,
+        PropagateRequestIdLayer,
         Stack<
-            PropagateRequestIdLayer,
+            TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
             Stack<
-                TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
-                Stack<
-                    SetRequestIdLayer<UuidRequestId>,
-                    Stack<MapRequestLayer<DropUnsafeRequestId>, Identity>,
-                >,
+                SetRequestIdLayer<UuidRequestId>,
+                Stack<MapRequestLayer<DropUnsafeRequestId>, Identity>,
             >,
         >,
     >,
 >;
+
+/// Every layer of a call: the front layers, then authentication and admission control.
+type CallLayers = Stack<AdmissionLayer, Stack<AuthLayer, FrontLayers>>;
+
+/// Builds the front layers.
+fn front_layers() -> ServiceBuilder<FrontLayers> {
+    ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            drop_unsafe_request_id as DropUnsafeRequestId,
+        ))
+        .layer(SetRequestIdLayer::new(
+            http::HeaderName::from_static(REQUEST_ID_HEADER),
+            UuidRequestId,
+        ))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(call_span as MakeCallSpan)
+                // One line per call, inside its span (so it carries the request id).
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                // Client errors are answers, not faults; the error table logs real faults.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(http::HeaderName::from_static(
+            REQUEST_ID_HEADER,
+        )))
+        .layer(CatchPanicLayer)
+}
 
 /// The layered stack as one cloneable service, for callers in this process (the REST layer).
 pub type InProcessService =
@@ -162,30 +198,17 @@ impl GrpcStack {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let routes = Routes::new(MetricsLayer.layer(ServersServiceServer::new(api)))
+        // The message limit on both directions, set rather than left to tonic's defaults
+        // (which send without one); a refused request is mapped into the error table.
+        let servers = ServersServiceServer::new(api)
+            .max_decoding_message_size(codec::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(codec::MAX_MESSAGE_BYTES);
+        let routes = Routes::new(MetricsLayer.layer(SizeFaultsLayer.layer(servers)))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .prepare();
-        let layers = ServiceBuilder::new()
-            .layer(MapRequestLayer::new(
-                drop_unsafe_request_id as DropUnsafeRequestId,
-            ))
-            .layer(SetRequestIdLayer::new(
-                http::HeaderName::from_static(REQUEST_ID_HEADER),
-                UuidRequestId,
-            ))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(call_span as MakeCallSpan)
-                    // One line per call, inside its span (so it carries the request id).
-                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                    // Client errors are answers, not faults; the error table logs real faults.
-                    .on_failure(DefaultOnFailure::new().level(tracing::Level::INFO)),
-            )
-            .layer(PropagateRequestIdLayer::new(http::HeaderName::from_static(
-                REQUEST_ID_HEADER,
-            )))
+        let layers = front_layers()
             .layer(AuthLayer::new(authenticator))
             .layer(AdmissionLayer::new(admission))
             .into_inner();
@@ -214,36 +237,19 @@ impl GrpcStack {
     }
 }
 
-/// Serves the stack on `listener` until `shutdown` completes, over TLS when `tls` is set.
-/// Accepted sockets get TCP_NODELAY: with Nagle's algorithm a response's last small frames wait
-/// for the client's delayed ACK, about 40 ms a call.
+/// Serves the stack on `listener` until `stop`, over TLS when `tls` is set, with the front
+/// door's connection rules.
 pub async fn serve(
     stack: GrpcStack,
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(stack.layers)
-        .add_routes(stack.routes);
-    match tls {
-        Some(tls) => {
-            let incoming = tls.incoming(listener, tls::Listener::Grpc);
-            server
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-        None => {
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60)));
-            server
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-    }
+    settings: crate::http::ListenerSettings,
+    stop: CancellationToken,
+) {
+    let service = stack
+        .in_process()
+        .map_request(|request: Request<hyper::body::Incoming>| request.map(tonic::body::Body::new));
+    crate::http::serve(listener, tls::Listener::Grpc, tls, service, settings, stop).await;
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Keyset pagination shared by the list calls: page sizes, and opaque page tokens that carry a
+//! Keyset pagination shared by the list calls: page sizes, the byte budget of a page, and opaque
+//! page tokens that carry a
 //! cursor with a digest of the query they belong to, so a token is only good for its own query,
 //! and an HMAC under the deployment's key, so a token nobody issued is refused before any of it
 //! is read.
@@ -37,6 +38,26 @@ impl PageSizes {
             size => (size as usize).min(self.max),
         }
     }
+}
+
+/// The encoded bytes a page's items may take together, well under the message limit
+/// ([`super::codec::MAX_MESSAGE_BYTES`], 4 MiB): a page whose next item would pass it ends
+/// early, with a next_page_token that continues with that item. The first item of a page always
+/// fits, so a page holds at most `max(PAGE_BYTES, one item)` plus its token.
+///
+/// The largest Server: `stream_options` holds at most 1,000 schemas of 64 characters and 2 × 1,000
+/// tables of 64 + 1 + 64 characters, at most 4 bytes each in UTF-8, with 3 bytes of framing an
+/// entry: 1,000 × 259 + 2,000 × 519 = 1.30 MB; 64 labels of 63 + 63 ASCII characters, with
+/// framing, 8.6 KB; name, host, user, tunnel, error texts and stream status a few KB more. So a
+/// ListServers page is at most about 1.4 MB, a third of the limit, whatever is stored. A change
+/// event has no such bound (a row can hold a LONGBLOB): one event past the limit is
+/// RESPONSE_TOO_LARGE.
+pub const PAGE_BYTES: usize = 1024 * 1024;
+
+/// The bytes `item` adds to a response as one entry of a repeated message field (its encoding
+/// and the field's tag and length).
+pub fn item_bytes<M: prost::Message>(item: &M) -> usize {
+    prost::encoding::message::encoded_len(1, item)
 }
 
 /// A short digest of the parts of a query that a token must not outlive.

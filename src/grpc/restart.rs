@@ -40,10 +40,8 @@ impl ServersApi {
         )?;
         let tenant = principal.tenant_id;
         let server = self.store().get_server(tenant, id).await?;
-        server.check_restartable().map_err(StoreError::from)?;
-        let point = restart::resolve(&server, self.store(), self.secrets(), self.agent(), &start)
-            .await
-            .map_err(StoreError::from)?;
+        server.check_restartable()?;
+        let point = restart::resolve(&server, self.secrets(), self.agent(), &start).await?;
         let epoch = self.store().stream_epoch(tenant, id).await? + FENCE_STEP;
         let checkpoint = self
             .index()
@@ -79,7 +77,7 @@ impl ServersApi {
             .restart_stream(tenant, id, epoch, |server| {
                 server
                     .restart_stream(&plan.description, now)
-                    .map_err(|rejection| ApiError::from(StoreError::from(rejection)))
+                    .map_err(ApiError::from)
             })
             .await?;
         Ok(server)

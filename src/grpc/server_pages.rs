@@ -1,11 +1,12 @@
-//! ListServers' pages: the page size, the parsed filter and the cursor a page token carries,
-//! checked against the query the token was issued for.
+//! ListServers' pages: the page size and byte budget, the parsed filter and the cursor a page
+//! token carries, checked against the query the token was issued for.
 
 use chrono::{DateTime, Datelike, Utc};
 
 use super::{
+    convert::server_to_proto,
     errors::ApiError,
-    paging::{PageSizes, PageTokens, not_issued, query_digest},
+    paging::{PAGE_BYTES, PageSizes, PageTokens, item_bytes, not_issued, query_digest},
 };
 use crate::{
     domain::{
@@ -14,7 +15,7 @@ use crate::{
         server::Server,
     },
     proto,
-    store::PageCursor,
+    store::{PageBound, PageCursor},
 };
 
 const SERVER_PAGES: PageSizes = PageSizes {
@@ -55,7 +56,7 @@ impl ServersQuery {
         });
         violations.into_result().map_err(ApiError::Invalid)?;
         let digest = query_digest(&[
-            &tenant.0.to_string(),
+            &tenant.uuid().to_string(),
             &request.show_decommissioned.to_string(),
             &request.filter,
         ]);
@@ -69,6 +70,16 @@ impl ServersQuery {
         })
     }
 
+    /// How much the page may hold: `page_size` servers within [`PAGE_BYTES`] as the response
+    /// encodes them.
+    pub fn bound(&self) -> PageBound<Server> {
+        PageBound {
+            rows: self.page_size,
+            bytes: PAGE_BYTES,
+            size: |server| item_bytes(&server_to_proto(server)),
+        }
+    }
+
     /// The token of the page after `last`, when there is one.
     pub fn next_page_token(
         &self,
@@ -80,7 +91,7 @@ impl ServersQuery {
             (true, Some(last)) => {
                 let cursor = ServersCursor {
                     created_at_micros: last.created_at.timestamp_micros(),
-                    id: last.id.0,
+                    id: last.id.uuid(),
                 };
                 tokens.encode(cursor, &self.digest)
             }

@@ -2,14 +2,17 @@
 //! domain values, calls the store and converts the result. Errors take `?` through the one
 //! table (`errors.rs`); the metrics layer (`metrics.rs`) counts and times every call.
 
-use std::sync::Arc;
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use futures_util::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::{
+    check::CheckLimits,
+    codec::within_message_limit,
     convert::{
-        onboarding_status_to_proto, populated_output_only, server_input_from_proto, server_to_proto,
+        onboarding_status_to_proto, populated_output_only, report_to_proto,
+        server_input_from_proto, server_to_proto,
     },
     errors::ApiError,
     idempotency::idempotency_key,
@@ -18,40 +21,44 @@ use super::{
     update_mask::update_fields,
 };
 use crate::{
+    agent::AgentSettings,
     auth::{Authenticator, Principal},
     domain::{
-        ServerId, TenantId, Violations,
-        server::{Existing, NewSecrets, Server, ServerInput, ServerSpec, StoredSecrets},
-        target::TargetPolicy,
+        Refused, ServerId, TenantId, Violations,
+        server::{Existing, NewSecrets, Rejection, Server, ServerInput, ServerSpec, StoredSecrets},
+        target::{TargetPolicy, first_hop},
     },
-    onboarding::AgentSettings,
     proto::{self, servers_service_server::ServersService},
     secrets::SecretBox,
-    store::{IdempotencyKey, Scope, Store, StoreError},
+    source::connection,
+    store::{ChangeIndex, IdempotencyKey, Store},
     telemetry,
-    watch::{self, WatchHub, WatchRequest},
+    watch::{self, Hubs, WatchRequest},
 };
 
 /// The gRPC service over the store.
 #[derive(Clone)]
 pub struct ServersApi {
     store: Store,
-    index: Store,
+    index: ChangeIndex,
     secrets: SecretBox,
-    hub: Arc<WatchHub>,
+    hubs: Hubs,
     authenticator: Arc<Authenticator>,
     tokens: PageTokens,
-    /// This replica's agent: how RestartStream reaches a source, and the target policy.
+    /// This replica's agent: how RestartStream and CheckServer reach a source, and the target
+    /// policy.
     agent: AgentSettings,
+    /// CheckServer's rate per tenant and deadline.
+    check_limits: Arc<CheckLimits>,
 }
 
 impl ServersApi {
     /// The service.
     pub fn new(
         store: Store,
-        index: Store,
+        index: ChangeIndex,
         secrets: SecretBox,
-        hub: Arc<WatchHub>,
+        hubs: Hubs,
         authenticator: Arc<Authenticator>,
         tokens: PageTokens,
         agent: AgentSettings,
@@ -60,19 +67,34 @@ impl ServersApi {
             store,
             index,
             secrets,
-            hub,
+            hubs,
             authenticator,
             tokens,
             agent,
+            check_limits: Arc::new(CheckLimits::default()),
         }
+    }
+
+    /// The service with CheckServer's rate per tenant and deadline (the defaults otherwise).
+    pub fn with_check_limits(mut self, check_limits: CheckLimits) -> ServersApi {
+        self.check_limits = Arc::new(check_limits);
+        self
     }
 
     pub(super) fn store(&self) -> &Store {
         &self.store
     }
 
+    pub(super) fn hubs(&self) -> &Hubs {
+        &self.hubs
+    }
+
+    pub(super) fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authenticator
+    }
+
     /// The change index's database.
-    pub(super) fn index(&self) -> &Store {
+    pub(super) fn index(&self) -> &ChangeIndex {
         &self.index
     }
 
@@ -86,6 +108,10 @@ impl ServersApi {
 
     pub(super) fn agent(&self) -> &AgentSettings {
         &self.agent
+    }
+
+    pub(super) fn check_limits(&self) -> &CheckLimits {
+        &self.check_limits
     }
 }
 
@@ -109,15 +135,15 @@ pub(super) fn parse_server_id(text: &str, field: &str) -> Result<ServerId, ApiEr
     })
 }
 
-fn check_etag(server: &Server, etag: &str) -> Result<(), StoreError> {
+fn check_etag(server: &Server, etag: &str) -> Result<(), Refused> {
     if !etag.is_empty() && etag != server.etag() {
-        return Err(StoreError::EtagMismatch);
+        return Err(Refused::EtagMismatch);
     }
     Ok(())
 }
 
 /// A WatchOnboarding `since_revision` must be a revision the server has had.
-fn check_since_revision(since: i64, current: i64) -> Result<(), ApiError> {
+pub(super) fn check_since_revision(since: i64, current: i64) -> Result<(), ApiError> {
     if since < 0 {
         return Err(ApiError::invalid(
             "since_revision",
@@ -134,7 +160,7 @@ fn check_since_revision(since: i64, current: i64) -> Result<(), ApiError> {
 }
 
 /// The settings of a server to register, with every problem of the request at once.
-fn registration(
+pub(super) fn registration(
     input: Option<&proto::Server>,
     targets: &TargetPolicy,
 ) -> Result<(ServerSpec, NewSecrets), ApiError> {
@@ -166,6 +192,9 @@ struct Update {
     input: ServerInput,
     fields: Vec<crate::domain::server::UpdateField>,
     idempotency: Option<IdempotencyKey>,
+    /// What the host names the update sets resolve to now, for the target policy's check of
+    /// the merged settings under the row lock (where no lookup may run).
+    resolved: HashMap<String, Vec<IpAddr>>,
 }
 
 impl Update {
@@ -186,11 +215,40 @@ impl Update {
             input,
             fields,
             idempotency,
+            resolved: HashMap::new(),
         })
+    }
+
+    /// Resolves the host names the update sets (MySQL host, jumphost).
+    async fn look_up_names(&mut self) {
+        let jumphost = self.input.ssh_tunnel.as_ref().map(|tunnel| &tunnel.host);
+        for host in std::iter::once(&self.input.host).chain(jumphost) {
+            let addresses = connection::lookup(host).await;
+            if !addresses.is_empty() {
+                self.resolved.insert(host.clone(), addresses);
+            }
+        }
     }
 }
 
 impl ServersApi {
+    /// PauseStream's or ResumeStream's `change` of the caller's server `server_id`.
+    async fn change_stream(
+        &self,
+        principal: &Principal,
+        server_id: &str,
+        change: fn(&mut Server) -> Result<(), Rejection>,
+    ) -> Result<Server, ApiError> {
+        let id = parse_server_id(server_id, "server_id")?;
+        let (server, ()) = self
+            .store
+            .change_server(principal.tenant_id, id, |server| {
+                change(server).map_err(ApiError::from)
+            })
+            .await?;
+        Ok(server)
+    }
+
     /// A tenant's change, once per request id: a retry gets the server the first one produced.
     async fn modify_once<F>(
         &self,
@@ -205,21 +263,35 @@ impl ServersApi {
         match idempotency {
             Some(key) => self.store.modify_server_once(tenant, id, key, change).await,
             None => {
-                let scope = Scope::Tenant(tenant);
-                let (server, ()) = self.store.modify_server(scope, id, change).await?;
+                let (server, ()) = self.store.change_server(tenant, id, change).await?;
                 Ok(server)
             }
         }
     }
 
+    /// The target policy's check of the address a server's first hop (its host, or its
+    /// jumphost) resolves to now, when it is a name.
+    pub(super) async fn check_resolved_target(&self, spec: &ServerSpec) -> Result<(), ApiError> {
+        let addresses = connection::lookup(first_hop(spec).1).await;
+        self.agent
+            .targets
+            .check_resolved(spec, &addresses, "server.")
+            .map_err(ApiError::Invalid)
+    }
+
     /// A server to register: a new id, its secrets sealed to it, the call's trace to continue.
-    fn new_server(&self, tenant: TenantId, spec: ServerSpec, new_secrets: &NewSecrets) -> Server {
+    pub(super) fn new_server(
+        &self,
+        tenant: TenantId,
+        spec: ServerSpec,
+        new_secrets: &NewSecrets,
+    ) -> Server {
         let id = ServerId::generate();
         let sealed = self
             .secrets
             .seal_server_secrets(id, &StoredSecrets::default(), new_secrets);
         let mut server = Server::register(id, tenant, spec, sealed, crate::domain::now());
-        server.trace_parent = telemetry::current_traceparent();
+        stamp_trace(&mut server);
         server
     }
 
@@ -247,16 +319,38 @@ impl ServersApi {
         let existing = Existing {
             has_ssh_private_key: server.secrets.ssh_private_key.is_some(),
         };
-        let (spec, new_secrets) = merged.validate("server.", existing)?;
+        let unmasked =
+            ServerInput::check_unmasked(&server.spec, &update.input, &update.fields, existing);
+        let (spec, new_secrets) = unmasked
+            .err()
+            .unwrap_or_default()
+            .and(merged.validate("server.", existing))?;
         self.agent.targets.check_literals(&spec, "server.")?;
+        if let Some(addresses) = update.resolved.get(first_hop(&spec).1) {
+            self.agent
+                .targets
+                .check_resolved(&spec, addresses, "server.")?;
+        }
         let sealed = self
             .secrets
             .seal_server_secrets(server.id, &server.secrets, &new_secrets);
         if server.update(spec, &new_secrets, sealed)?.is_some() {
-            server.trace_parent = telemetry::current_traceparent();
+            stamp_trace(server);
         }
         Ok(())
     }
+}
+
+/// Stamps the call's trace on a server whose onboarding the call starts or restarts, for the
+/// onboarding steps' spans to continue (none while traces are off): the one place that writes
+/// `trace_parent`.
+fn stamp_trace(server: &mut Server) {
+    server.trace_parent = telemetry::current_traceparent();
+}
+
+/// A unary call's answer, within the message limit (an over-limit one is RESPONSE_TOO_LARGE).
+fn reply<M: prost::Message>(message: M) -> Result<Response<M>, Status> {
+    within_message_limit(message).map(Response::new)
 }
 
 /// The stream type of WatchOnboarding.
@@ -267,6 +361,8 @@ pub type WatchResponseStream = std::pin::Pin<
 #[tonic::async_trait]
 impl ServersService for ServersApi {
     type WatchOnboardingStream = WatchResponseStream;
+    type WatchServersStream = super::fleet_watch::FleetResponseStream;
+    type RevertChangesStream = super::revert::RevertStream;
 
     async fn list_servers(
         &self,
@@ -281,14 +377,23 @@ impl ServersService for ServersApi {
                 query.filter.as_ref(),
                 query.show_decommissioned,
                 query.cursor,
-                query.page_size,
+                &query.bound(),
             )
             .await?;
         let next_page_token = query.next_page_token(&self.tokens, page.more, page.servers.last());
-        Ok(Response::new(proto::ListServersResponse {
+        reply(proto::ListServersResponse {
             servers: page.servers.iter().map(server_to_proto).collect(),
             next_page_token,
-        }))
+        })
+    }
+
+    async fn watch_servers(
+        &self,
+        request: Request<proto::WatchServersRequest>,
+    ) -> Result<Response<Self::WatchServersStream>, Status> {
+        let principal = principal(&request)?;
+        let stream = self.fleet_watch(principal, request.get_ref()).await?;
+        Ok(Response::new(stream))
     }
 
     async fn get_server(
@@ -298,7 +403,7 @@ impl ServersService for ServersApi {
         let principal = principal(&request)?;
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         let server = self.store.get_server(principal.tenant_id, id).await?;
-        Ok(Response::new(server_to_proto(&server)))
+        reply(server_to_proto(&server))
     }
 
     async fn register_server(
@@ -306,22 +411,24 @@ impl ServersService for ServersApi {
         request: Request<proto::RegisterServerRequest>,
     ) -> Result<Response<proto::Server>, Status> {
         let principal = principal(&request)?;
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let idempotency = idempotency_key(&request)?;
         if let Some(key) = &idempotency
             && let Some(server) = self.store.find_replay(principal.tenant_id, key).await?
         {
-            return Ok(Response::new(server_to_proto(&server)));
+            return reply(server_to_proto(&server));
         }
         let (spec, new_secrets) = registration(request.server.as_ref(), &self.agent.targets)?;
+        self.check_resolved_target(&spec).await?;
         let server = self.new_server(principal.tenant_id, spec, &new_secrets);
         let server = if request.validate_only {
             self.store.check_registration(&server).await?;
+            self.dry_run(&principal, server.clone(), &metadata).await?;
             server
         } else {
             self.store.register_server(server, idempotency).await?
         };
-        Ok(Response::new(server_to_proto(&server)))
+        reply(server_to_proto(&server))
     }
 
     async fn update_server(
@@ -329,14 +436,15 @@ impl ServersService for ServersApi {
         request: Request<proto::UpdateServerRequest>,
     ) -> Result<Response<proto::Server>, Status> {
         let principal = principal(&request)?;
-        let update = Update::parse(request.get_ref())?;
+        let mut update = Update::parse(request.get_ref())?;
+        update.look_up_names().await;
         let key = update.idempotency.as_ref();
         let server = self
             .modify_once(principal.tenant_id, update.id, key, |server| {
                 self.apply_update(server, &update)
             })
             .await?;
-        Ok(Response::new(server_to_proto(&server)))
+        reply(server_to_proto(&server))
     }
 
     async fn decommission_server(
@@ -356,7 +464,7 @@ impl ServersService for ServersApi {
                 Ok(())
             })
             .await?;
-        Ok(Response::new(server_to_proto(&server)))
+        reply(server_to_proto(&server))
     }
 
     async fn get_onboarding_status(
@@ -366,9 +474,7 @@ impl ServersService for ServersApi {
         let principal = principal(&request)?;
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         let server = self.store.get_server(principal.tenant_id, id).await?;
-        Ok(Response::new(onboarding_status_to_proto(
-            &server.onboarding_status(),
-        )))
+        reply(onboarding_status_to_proto(&server.onboarding_status()))
     }
 
     async fn confirm_firewall(
@@ -378,15 +484,15 @@ impl ServersService for ServersApi {
         let principal = principal(&request)?;
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         self.store
-            .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
+            .change_server(principal.tenant_id, id, |server| {
                 server.confirm_firewall(crate::domain::now())?;
-                server.trace_parent = telemetry::current_traceparent();
+                stamp_trace(server);
                 Ok::<_, ApiError>(())
             })
             .await?;
-        Ok(Response::new(proto::ConfirmFirewallResponse {
+        reply(proto::ConfirmFirewallResponse {
             status: "confirmed".into(),
-        }))
+        })
     }
 
     async fn watch_onboarding(
@@ -396,7 +502,7 @@ impl ServersService for ServersApi {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let id = parse_server_id(&request.server_id, "server_id")?;
-        let opened = self.hub.open(principal.tenant_id, id).await?;
+        let opened = self.hubs.onboarding.open(principal.tenant_id, id).await?;
         if let Some(since) = request.since_revision {
             self.check_resumable(id, since, opened.1.revision).await?;
         }
@@ -405,15 +511,15 @@ impl ServersService for ServersApi {
             follow: request.follow,
         };
         let stream = watch::watch(
-            self.hub.clone(),
+            self.hubs.onboarding.clone(),
             self.authenticator.clone(),
             principal,
             opened,
             watch_request,
         );
         let stream = stream.map(|item| {
-            item.map(|status| onboarding_status_to_proto(&status))
-                .map_err(Status::from)
+            item.map_err(Status::from)
+                .and_then(|status| within_message_limit(onboarding_status_to_proto(&status)))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -426,15 +532,43 @@ impl ServersService for ServersApi {
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         let (server, ()) = self
             .store
-            .modify_server(Scope::Tenant(principal.tenant_id), id, |server| {
+            .change_server(principal.tenant_id, id, |server| {
                 server.retry()?;
-                server.trace_parent = telemetry::current_traceparent();
+                stamp_trace(server);
                 Ok::<_, ApiError>(())
             })
             .await?;
-        Ok(Response::new(onboarding_status_to_proto(
-            &server.onboarding_status(),
-        )))
+        reply(onboarding_status_to_proto(&server.onboarding_status()))
+    }
+
+    async fn pause_stream(
+        &self,
+        request: Request<proto::PauseStreamRequest>,
+    ) -> Result<Response<proto::Server>, Status> {
+        let principal = principal(&request)?;
+        let server = self
+            .change_stream(
+                &principal,
+                &request.get_ref().server_id,
+                Server::pause_stream,
+            )
+            .await?;
+        reply(server_to_proto(&server))
+    }
+
+    async fn resume_stream(
+        &self,
+        request: Request<proto::ResumeStreamRequest>,
+    ) -> Result<Response<proto::Server>, Status> {
+        let principal = principal(&request)?;
+        let server = self
+            .change_stream(
+                &principal,
+                &request.get_ref().server_id,
+                Server::resume_stream,
+            )
+            .await?;
+        reply(server_to_proto(&server))
     }
 
     async fn restart_stream(
@@ -442,13 +576,42 @@ impl ServersService for ServersApi {
         request: Request<proto::RestartStreamRequest>,
     ) -> Result<Response<proto::Server>, Status> {
         let server = self.restart(request).await?;
-        Ok(Response::new(server_to_proto(&server)))
+        reply(server_to_proto(&server))
     }
 
     async fn list_change_events(
         &self,
         request: Request<proto::ListChangeEventsRequest>,
     ) -> Result<Response<proto::ListChangeEventsResponse>, Status> {
-        Ok(Response::new(self.change_events(request).await?))
+        reply(self.change_events(request).await?)
+    }
+
+    async fn list_schema_changes(
+        &self,
+        request: Request<proto::ListSchemaChangesRequest>,
+    ) -> Result<Response<proto::ListSchemaChangesResponse>, Status> {
+        reply(self.schema_changes(request).await?)
+    }
+
+    async fn revert_changes(
+        &self,
+        request: Request<proto::RevertChangesRequest>,
+    ) -> Result<Response<Self::RevertChangesStream>, Status> {
+        Ok(self.revert_changes(request).await?)
+    }
+
+    async fn get_row_history(
+        &self,
+        request: Request<proto::GetRowHistoryRequest>,
+    ) -> Result<Response<proto::GetRowHistoryResponse>, Status> {
+        reply(self.row_history(request).await?)
+    }
+
+    async fn check_server(
+        &self,
+        request: Request<proto::CheckServerRequest>,
+    ) -> Result<Response<proto::CheckServerResponse>, Status> {
+        let report = ServersApi::check_server(self, request).await?;
+        reply(report_to_proto(&report))
     }
 }

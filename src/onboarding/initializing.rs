@@ -8,16 +8,20 @@ use mysql_async::{Conn, prelude::Queryable};
 
 use super::{
     Step, StepContext,
-    connection::{
-        self, MysqlFailure,
-        mysql::{self, Endpoint},
-    },
     grants::{Grants, Needed},
     source_checks::{self, Findings},
 };
 use crate::{
-    domain::{OnboardingStep, onboarding::StepOutcome},
-    store::StoreError,
+    domain::{
+        OnboardingStep,
+        check::{Check, CheckResult},
+        onboarding::StepOutcome,
+    },
+    source::connection::{
+        self, MysqlFailure,
+        mysql::{self, Endpoint},
+    },
+    store::{Lease, StoreError},
 };
 
 /// Checks prerequisites and creates the index tables.
@@ -70,8 +74,48 @@ pub async fn account(connection: &mut Conn, address: &Endpoint) -> Result<String
     Ok(format!("'{user}'@'{host}'"))
 }
 
-/// Every unmet prerequisite, each with its current value and the statement that fixes it.
-async fn problems(connection: &mut Conn, address: &Endpoint) -> Result<Vec<String>, MysqlFailure> {
+/// The binlog settings a stream needs, each a check naming its current value and, when it
+/// fails, the statement that fixes it.
+fn binlog_settings(log_bin: &str, format: &str, row_image: &str) -> [Check; 3] {
+    let off = !matches!(log_bin.to_ascii_uppercase().as_str(), "1" | "ON");
+    let log_bin = Check::judge(
+        "log_bin",
+        CheckResult::Fail,
+        "log_bin is ON",
+        off.then(|| {
+            (
+                "log_bin is OFF; dbtrail needs the binary log".to_owned(),
+                "start the server with --log-bin (log_bin in my.cnf) and restart it".to_owned(),
+            )
+        }),
+    );
+    let setting = |name: &'static str, value: &str, needed: &str| {
+        let problem = (!value.eq_ignore_ascii_case(needed)).then(|| {
+            (
+                format!("{name} is {value}; dbtrail needs {needed}"),
+                format!("SET GLOBAL {name} = '{needed}' and persist it in my.cnf"),
+            )
+        });
+        Check::judge(
+            name,
+            CheckResult::Fail,
+            format!("{name} is {value}"),
+            problem,
+        )
+    };
+    [
+        log_bin,
+        setting("binlog_format", format, "ROW"),
+        setting("binlog_row_image", row_image, "FULL"),
+    ]
+}
+
+/// Initializing's prerequisites, each a check: log_bin, binlog_format, binlog_row_image, and the
+/// replication grants (roles included). CheckServer runs the same.
+pub async fn prerequisites(
+    connection: &mut Conn,
+    address: &Endpoint,
+) -> Result<Vec<Check>, MysqlFailure> {
     let variables: Option<(String, String, String)> = address
         .ask(
             "the binlog settings",
@@ -81,46 +125,38 @@ async fn problems(connection: &mut Conn, address: &Endpoint) -> Result<Vec<Strin
         )
         .await?;
     let (log_bin, format, row_image) = variables.unwrap_or_default();
-    let mut problems = Vec::new();
-    if !matches!(log_bin.to_ascii_uppercase().as_str(), "1" | "ON") {
-        problems.push(
-            "log_bin is OFF; dbtrail needs the binary log: start the server with --log-bin \
-             (log_bin in my.cnf) and restart it"
-                .to_owned(),
-        );
-    }
-    if !format.eq_ignore_ascii_case("ROW") {
-        problems.push(format!(
-            "binlog_format is {format}; dbtrail needs ROW: SET GLOBAL binlog_format = 'ROW' \
-             and persist it in my.cnf"
-        ));
-    }
-    if !row_image.eq_ignore_ascii_case("FULL") {
-        problems.push(format!(
-            "binlog_row_image is {row_image}; dbtrail needs FULL: SET GLOBAL binlog_row_image = 'FULL' \
-             and persist it in my.cnf"
-        ));
-    }
+    let mut checks = binlog_settings(&log_bin, &format, &row_image).to_vec();
     let grants = effective_grants(connection, address).await?;
     let account = account(connection, address).await?;
-    for needed in [Needed::ReplicationSlave, Needed::ReplicationClient] {
-        if !grants.has_global(needed) {
-            problems.push(format!(
-                "the user lacks {name} (SHOW GRANTS shows none on *.*): GRANT {name} ON *.* TO {account}",
-                name = needed.grant_name()
-            ));
-        }
+    for (check, needed) in [
+        ("replication_slave_grant", Needed::ReplicationSlave),
+        ("replication_client_grant", Needed::ReplicationClient),
+    ] {
+        let name = needed.grant_name();
+        let lacking = (!grants.has_global(needed)).then(|| {
+            (
+                format!("the user lacks {name} (SHOW GRANTS shows none on *.*)"),
+                format!("GRANT {name} ON *.* TO {account}"),
+            )
+        });
+        let holds = format!("the user holds {name} on *.*");
+        checks.push(Check::judge(check, CheckResult::Fail, holds, lacking));
     }
-    Ok(problems)
+    Ok(checks)
 }
 
-/// The unmet prerequisites (Err), or, when there are none, what the source's other settings
-/// warrant.
+/// The unmet prerequisites (Err, each a sentence naming its fix), or, when there are none, what
+/// the source's other settings warrant.
 async fn check(
     connection: &mut Conn,
     address: &Endpoint,
 ) -> Result<Result<Findings, Vec<String>>, MysqlFailure> {
-    let problems = problems(connection, address).await?;
+    let problems: Vec<String> = prerequisites(connection, address)
+        .await?
+        .iter()
+        .filter(|check| check.failed())
+        .map(Check::sentence)
+        .collect();
     if !problems.is_empty() {
         return Ok(Err(problems));
     }
@@ -147,23 +183,26 @@ impl Step for Initializing {
     }
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
-        let address = mysql::address(context);
-        let mut link = match connection::connect(context).await {
+        let address = mysql::address(&context.source());
+        let mut link = match connection::connect(&context.source()).await {
             Ok(link) => link,
-            Err(failure) => return Ok(failure.outcome(context)),
+            Err(failure) => return Ok(context.outcome_of(failure)),
         };
         let checked = check(&mut link.connection, &address).await;
         link.close().await;
         match checked {
-            Err(failure) => Ok(failure.outcome(context)),
+            Err(failure) => Ok(context.outcome_of(failure)),
             Ok(Err(problems)) => Ok(StepOutcome::Failed {
                 error: problems.join("; "),
             }),
             Ok(Ok(findings)) => {
-                context.store.create_index_schema(context.claim).await?;
+                context
+                    .store
+                    .prepare_index_tables(Lease::Onboarding, context.claim)
+                    .await?;
                 Ok(StepOutcome::Completed {
                     message: completed_message(&findings),
-                    warnings: findings.warnings,
+                    warnings: findings.warnings(),
                 })
             }
         }

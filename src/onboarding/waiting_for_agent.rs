@@ -3,12 +3,10 @@
 
 use async_trait::async_trait;
 
-use super::{
-    Step, StepContext,
-    connection::{self, mysql},
-};
+use super::{Step, StepContext};
 use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome},
+    source::connection::{self, mysql},
     store::StoreError,
 };
 
@@ -22,10 +20,10 @@ impl Step for WaitingForAgent {
     }
 
     async fn run(&self, context: &StepContext) -> Result<StepOutcome, StoreError> {
-        let address = mysql::address(context);
-        let mut link = match connection::connect(context).await {
+        let address = mysql::address(&context.source());
+        let mut link = match connection::connect(&context.source()).await {
             Ok(link) => link,
-            Err(failure) => return Ok(failure.outcome(context)),
+            Err(failure) => return Ok(context.outcome_of(failure)),
         };
         let through = match &context.server.spec.ssh_tunnel {
             Some(tunnel) if link.tunnel.is_some() => {
@@ -41,7 +39,7 @@ impl Step for WaitingForAgent {
                 ),
                 warnings: Vec::new(),
             },
-            Err(failure) => failure.outcome(context),
+            Err(failure) => context.outcome_of(failure),
         };
         link.close().await;
         Ok(outcome)

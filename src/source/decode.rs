@@ -38,6 +38,8 @@ pub enum ColumnKind {
     Time,
     Text,
     Binary,
+    /// BIT(n): carried as its bytes, big-endian (base64 in JSON, like binary).
+    Bit,
     Json,
     Enum(Vec<String>),
     Set(Vec<String>),
@@ -48,6 +50,8 @@ pub enum ColumnKind {
 pub struct ColumnInfo {
     pub name: String,
     pub kind: ColumnKind,
+    /// A generated column (virtual or stored): computed by the server, never written.
+    pub generated: bool,
 }
 
 /// A tracked table's columns, in ordinal order, and its primary key.
@@ -55,6 +59,8 @@ pub struct ColumnInfo {
 pub struct TableColumns {
     pub columns: Vec<ColumnInfo>,
     pub primary_key: Vec<String>,
+    /// Its foreign keys that cascade on delete (from the snapshot; none from a table map).
+    pub cascades: Vec<crate::source::schema::CascadeKey>,
 }
 
 /// The quoted members of `enum('a','b')` or `set(...)`.
@@ -110,7 +116,8 @@ impl ColumnKind {
             "datetime" => ColumnKind::DateTime,
             "timestamp" => ColumnKind::Timestamp,
             "time" => ColumnKind::Time,
-            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "bit"
+            "bit" => ColumnKind::Bit,
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
             | "geometry" | "point" | "linestring" | "polygon" => ColumnKind::Binary,
             "enum" => ColumnKind::Enum(members(column_type)),
             "set" => ColumnKind::Set(members(column_type)),
@@ -192,7 +199,9 @@ fn from_bytes(bytes: Vec<u8>, kind: &ColumnKind) -> Json {
             Ok(year) => Json::from(year),
             Err(_) => Json::String(String::from_utf8_lossy(&bytes).into_owned()),
         },
-        ColumnKind::Binary => Json::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ColumnKind::Binary | ColumnKind::Bit => {
+            Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
         ColumnKind::Json => serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned())),
         ColumnKind::Timestamp => {
@@ -425,6 +434,7 @@ pub fn table_map_columns(table_map: &TableMapEvent<'_>) -> TableColumns {
                     .cloned()
                     .unwrap_or_else(|| format!("@{}", index + 1)),
                 kind: binlog_kind(column_type, is_unsigned, binary),
+                generated: false,
             }
         })
         .collect::<Vec<_>>();
@@ -440,6 +450,7 @@ pub fn table_map_columns(table_map: &TableMapEvent<'_>) -> TableColumns {
     TableColumns {
         columns,
         primary_key,
+        cascades: Vec::new(),
     }
 }
 
@@ -467,7 +478,8 @@ fn binlog_kind(column_type: Option<ColumnType>, unsigned: bool, binary: bool) ->
         MYSQL_TYPE_JSON => ColumnKind::Json,
         MYSQL_TYPE_ENUM => ColumnKind::Enum(Vec::new()),
         MYSQL_TYPE_SET => ColumnKind::Set(Vec::new()),
-        MYSQL_TYPE_BIT | MYSQL_TYPE_GEOMETRY => ColumnKind::Binary,
+        MYSQL_TYPE_BIT => ColumnKind::Bit,
+        MYSQL_TYPE_GEOMETRY => ColumnKind::Binary,
         _ if binary => ColumnKind::Binary,
         _ => ColumnKind::Text,
     }

@@ -180,41 +180,37 @@ mod tests {
     fn operations_replace_insert_and_remove() {
         let mut document = json!({"a": "hulu", "b": [1, 2], "c": {"d": 1}});
         let member = |name: &str| Leg::Member(name.into());
-        apply_one(
-            &mut document,
-            &[member("a")],
-            JsonDiffOperation::REPLACE,
-            Some(json!("x")),
-        )
-        .unwrap();
-        apply_one(
-            &mut document,
-            &[member("b"), Leg::Index(1)],
-            JsonDiffOperation::INSERT,
-            Some(json!(9)),
-        )
-        .unwrap();
-        apply_one(
-            &mut document,
-            &[member("b"), Leg::Index(7)],
-            JsonDiffOperation::INSERT,
-            Some(json!(3)),
-        )
-        .unwrap();
-        apply_one(
-            &mut document,
-            &[member("c"), member("d")],
-            JsonDiffOperation::REMOVE,
-            None,
-        )
-        .unwrap();
-        apply_one(
-            &mut document,
-            &[member("c"), member("e")],
-            JsonDiffOperation::INSERT,
-            Some(json!(true)),
-        )
-        .unwrap();
+        // Applied in order: each step's path, operation and value.
+        let steps = [
+            (
+                vec![member("a")],
+                JsonDiffOperation::REPLACE,
+                Some(json!("x")),
+            ),
+            (
+                vec![member("b"), Leg::Index(1)],
+                JsonDiffOperation::INSERT,
+                Some(json!(9)),
+            ),
+            (
+                vec![member("b"), Leg::Index(7)],
+                JsonDiffOperation::INSERT,
+                Some(json!(3)),
+            ),
+            (
+                vec![member("c"), member("d")],
+                JsonDiffOperation::REMOVE,
+                None,
+            ),
+            (
+                vec![member("c"), member("e")],
+                JsonDiffOperation::INSERT,
+                Some(json!(true)),
+            ),
+        ];
+        for (path, operation, value) in steps {
+            apply_one(&mut document, &path, operation, value).unwrap();
+        }
         assert_eq!(
             document,
             json!({"a": "x", "b": [1, 9, 2, 3], "c": {"e": true}})

@@ -7,10 +7,10 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    API_KEYS_CHANNEL, Store, StoreError,
+    API_KEYS_CHANNEL, Store, StoreError, WriteError,
     schema::{api_keys, tenants},
 };
-use crate::domain::server::Sealed;
+use crate::domain::{Refused, server::Sealed};
 
 /// A key to store: everything but the secret itself.
 #[derive(Debug, Clone, Insertable)]
@@ -60,12 +60,12 @@ pub struct TenantSummary {
 }
 
 impl Store {
-    /// Creates a tenant; Conflict when the name is taken.
+    /// Creates a tenant; refused when the name is taken.
     pub async fn create_tenant(
         &self,
         name: &str,
         server_limit: Option<i32>,
-    ) -> Result<Uuid, StoreError> {
+    ) -> Result<Uuid, WriteError> {
         let mut connection = self.connection().await?;
         let id = Uuid::now_v7();
         diesel::insert_into(tenants::table)
@@ -78,7 +78,7 @@ impl Store {
             .await
             .map_err(|error| match error {
                 diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                    StoreError::Conflict(format!("tenant {name:?} already exists"))
+                    WriteError::Refused(Refused::TenantNameTaken(name.to_owned()))
                 }
                 other => other.into(),
             })?;
@@ -264,6 +264,45 @@ impl Store {
                 .execute(connection)
                 .await?;
                 Ok(Ok(()))
+            })
+            .await
+    }
+
+    /// Removes the key checks of secrets keys that are retired: not among `held` (this replica's
+    /// keys), and sealing no stored secret any more. Only while a check of `held` is stored, so
+    /// the deployment's key is always on record; under the lock `check_secrets_key` takes.
+    /// Returns the key ids removed. (A replica still on an older key during a rolling rotation
+    /// may remove the new key's check while nothing is sealed with it yet; the new replicas'
+    /// next `check_secrets_key` puts it back.)
+    pub async fn forget_retired_key_checks(
+        &self,
+        held: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Removed {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            key_id: String,
+        }
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('secrets_key_checks'))")
+                    .execute(connection)
+                    .await?;
+                let removed: Vec<Removed> = diesel::sql_query(
+                    "DELETE FROM secrets_key_checks retired \
+                     WHERE NOT (retired.key_id = ANY($1)) \
+                       AND EXISTS (SELECT 1 FROM secrets_key_checks ours \
+                                   WHERE ours.key_id = ANY($1)) \
+                       AND NOT EXISTS (SELECT 1 FROM servers \
+                                       WHERE servers.mysql_password_key_id = retired.key_id \
+                                          OR servers.ssh_private_key_key_id = retired.key_id) \
+                     RETURNING retired.key_id",
+                )
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(held)
+                .load(connection)
+                .await?;
+                Ok(removed.into_iter().map(|row| row.key_id).collect())
             })
             .await
     }

@@ -6,13 +6,18 @@ use std::time::Duration;
 
 use diesel::{
     prelude::*,
-    sql_types::{Int4, Int8, Interval, Text, Uuid as SqlUuid},
+    sql_types::{Array, Int4, Int8, Interval, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{RUNNABLE_CHANNEL, Store, StoreError, interval, prepared::notify, schema::servers};
-use crate::domain::{ServerId, TenantId};
+use super::{
+    RUNNABLE_CHANNEL, Scope, Store, StoreError, interval,
+    prepared::notify,
+    schema::servers,
+    servers::{Changing, modify_locked},
+};
+use crate::domain::{ServerId, TenantId, server::Server};
 
 /// A runner's right to write: its owner id and the epoch of its claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +104,7 @@ async fn release(
         "UPDATE servers SET {owner} = NULL, {expires} = NULL \
          WHERE id = $1 AND {owner} = $2 AND {epoch} = $3"
     ))
-    .bind::<SqlUuid, _>(claim.server_id.0)
+    .bind::<SqlUuid, _>(claim.server_id.uuid())
     .bind::<SqlUuid, _>(claim.fence.owner)
     .bind::<Int8, _>(claim.fence.epoch)
     .execute(connection)
@@ -150,6 +155,26 @@ impl Store {
         Ok(row.id)
     }
 
+    /// Forgets agents silent for longer than `dead_for` that no server names any more (their
+    /// servers moved to live agents); returns their names.
+    pub async fn prune_dead_agents(&self, dead_for: Duration) -> Result<Vec<String>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Pruned {
+            #[diesel(sql_type = Text)]
+            name: String,
+        }
+        let mut connection = self.connection().await?;
+        let pruned: Vec<Pruned> = diesel::sql_query(
+            "DELETE FROM agents WHERE heartbeat_at < now() - $1::interval \
+             AND NOT EXISTS (SELECT 1 FROM servers WHERE servers.agent_id = agents.id) \
+             RETURNING name",
+        )
+        .bind::<Interval, _>(interval(dead_for))
+        .load(&mut connection)
+        .await?;
+        Ok(pruned.into_iter().map(|agent| agent.name).collect())
+    }
+
     /// Servers this replica's engine may claim (see [`claimable`]), with their tenants: at most
     /// `per_tenant` of each tenant and `limit` in all, the tenants in turn (each one's oldest
     /// lease first, then each one's second, ...).
@@ -177,7 +202,7 @@ impl Store {
              WHERE nth <= $2 ORDER BY nth, lease_expires_at NULLS FIRST LIMIT $3",
             claimable("$4", "$5", "$6")
         ))
-        .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.0))
+        .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(only.map(|id| id.uuid()))
         .bind::<Int8, _>(per_tenant)
         .bind::<Int8, _>(limit)
         .bind::<SqlUuid, _>(affinity.agent_id)
@@ -187,7 +212,12 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|row| (ServerId(row.id), TenantId(row.tenant_id)))
+            .map(|row| {
+                (
+                    ServerId::from_uuid(row.id),
+                    TenantId::from_uuid(row.tenant_id),
+                )
+            })
             .collect())
     }
 
@@ -200,7 +230,7 @@ impl Store {
         affinity: Affinity,
         ids: &[ServerId],
     ) -> Result<Vec<Claim>, StoreError> {
-        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.uuid()).collect();
         let mut connection = self.connection().await?;
         let rows: Vec<ClaimedRow> = diesel::sql_query(format!(
             "UPDATE servers SET lease_owner = $1, lease_expires_at = now() + $2::interval, \
@@ -212,7 +242,7 @@ impl Store {
         ))
         .bind::<SqlUuid, _>(owner)
         .bind::<Interval, _>(interval(ttl))
-        .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
+        .bind::<Array<SqlUuid>, _>(ids)
         .bind::<SqlUuid, _>(affinity.agent_id)
         .bind::<Interval, _>(interval(affinity.dead_after))
         .bind::<Interval, _>(interval(affinity.replaced_after))
@@ -221,7 +251,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|row| Claim {
-                server_id: ServerId(row.id),
+                server_id: ServerId::from_uuid(row.id),
                 fence: Fence {
                     owner,
                     epoch: row.lease_epoch,
@@ -230,32 +260,44 @@ impl Store {
             .collect())
     }
 
-    /// Extends a lease; Fenced when it was taken over (or, for a stream lease, when the server
-    /// no longer wants its stream: decommissioned, re-onboarding, in error).
-    pub async fn renew_lease(
+    /// Renews the `lease` of every one of `claims` in one statement (locking their rows in id
+    /// order, as every batch does, so that batches never deadlock); the servers whose lease was
+    /// renewed. A claim missing from the answer was taken over, or its server no longer wants
+    /// the lease.
+    pub async fn renew_leases(
         &self,
         lease: Lease,
-        claim: Claim,
+        claims: &[Claim],
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<ServerId>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Renewed {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+        }
         let (owner, expires, epoch) = lease.columns();
+        let (ids, owners, epochs) = super::streams::fences(claims);
         let mut connection = self.connection().await?;
-        let updated = diesel::sql_query(format!(
-            "UPDATE servers SET {expires} = now() + $3::interval \
-             WHERE id = $1 AND {owner} = $2 AND {epoch} = $4 AND {}",
+        let rows: Vec<Renewed> = diesel::sql_query(format!(
+            "WITH held AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[]) \
+                 AS held(id, owner, epoch)), \
+             locked AS (SELECT servers.id FROM servers JOIN held ON servers.id = held.id \
+                 AND {owner} = held.owner AND {epoch} = held.epoch \
+                 WHERE {} ORDER BY servers.id FOR UPDATE OF servers) \
+             UPDATE servers SET {expires} = now() + $4::interval FROM locked \
+             WHERE servers.id = locked.id RETURNING servers.id",
             lease.still_wanted()
         ))
-        .bind::<SqlUuid, _>(claim.server_id.0)
-        .bind::<SqlUuid, _>(claim.fence.owner)
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<SqlUuid>, _>(owners)
+        .bind::<Array<Int8>, _>(epochs)
         .bind::<Interval, _>(interval(ttl))
-        .bind::<Int8, _>(claim.fence.epoch)
-        .execute(&mut connection)
+        .load(&mut connection)
         .await?;
-        if updated == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced)
-        }
+        Ok(rows
+            .into_iter()
+            .map(|row| ServerId::from_uuid(row.id))
+            .collect())
     }
 
     /// Lets go of a lease (no-op when it was taken over already).
@@ -319,6 +361,57 @@ impl Store {
         .await?)
     }
 
+    /// Adopts a claimed server of a dead agent for `agent_id`: `change` moves it to that agent
+    /// if the agent still has a free slot, checked on the agent's locked row (the server's row
+    /// locked first, as everywhere), so two claims of orphans, on this replica or another, never
+    /// take more slots than the agent has. None, and nothing written, when no slot is free.
+    pub async fn adopt_orphan<T, F>(
+        &self,
+        claim: Claim,
+        agent_id: Uuid,
+        change: F,
+    ) -> Result<Option<(Server, T)>, StoreError>
+    where
+        F: FnOnce(&mut Server) -> T + Send,
+        T: Send,
+    {
+        #[derive(QueryableByName)]
+        struct Slot {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            free: bool,
+        }
+        let scope = Scope::Runner(claim.fence);
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                servers::table
+                    .find(claim.server_id.uuid())
+                    .select(servers::id)
+                    .for_update()
+                    .first::<Uuid>(connection)
+                    .await
+                    .optional()?
+                    .ok_or(StoreError::NotFound)?;
+                let slot: Option<Slot> = diesel::sql_query(
+                    "SELECT capacity > assigned AS free FROM agents WHERE id = $1 FOR UPDATE",
+                )
+                .bind::<SqlUuid, _>(agent_id)
+                .get_result(connection)
+                .await
+                .optional()?;
+                if !slot.is_some_and(|slot| slot.free) {
+                    return Ok(None);
+                }
+                let adopted = modify_locked(connection, scope, claim.server_id, |server| {
+                    Ok::<_, StoreError>(change(server))
+                })
+                .await
+                .map_err(Changing::into_error)?;
+                Ok(Some(adopted))
+            })
+            .await
+    }
+
     /// Takes an agent slot for a server (idempotent: keeps one already taken). Returns the
     /// agent's outbound IP, or None when no agent has free capacity.
     pub async fn assign_agent(
@@ -331,7 +424,7 @@ impl Store {
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
                 let current: Option<AssignmentRow> = servers::table
-                    .find(claim.server_id.0)
+                    .find(claim.server_id.uuid())
                     .select((
                         servers::agent_id,
                         servers::agent_outbound_ip,
@@ -364,7 +457,7 @@ impl Store {
                 let Some(agent) = agent else {
                     return Ok(None);
                 };
-                diesel::update(servers::table.find(claim.server_id.0))
+                diesel::update(servers::table.find(claim.server_id.uuid()))
                     .set((
                         servers::agent_id.eq(agent.id),
                         servers::agent_outbound_ip.eq(&agent.outbound_ip),

@@ -16,9 +16,10 @@ use serde::{Serialize, de::DeserializeOwned};
 /// The version byte of PostgreSQL's binary jsonb format, followed by the JSON text.
 const JSONB_VERSION: u8 = 1;
 
-/// A value stored as jsonb.
-#[derive(Debug, Clone, PartialEq, Eq, FromSqlRow, AsExpression)]
+/// A value stored as jsonb (read as the value itself inside a row kept as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, FromSqlRow, AsExpression, serde::Deserialize)]
 #[diesel(sql_type = Jsonb)]
+#[serde(transparent)]
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned + std::fmt::Debug> FromSql<Jsonb, Pg> for Json<T> {

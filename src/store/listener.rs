@@ -9,14 +9,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{API_KEYS_CHANNEL, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL};
-use crate::domain::ServerId;
+use super::{API_KEYS_CHANNEL, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, SERVERS_CHANNEL};
+use crate::domain::{ServerId, TenantId};
 
 /// What happened, as told by a NOTIFY.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {
     /// A server's onboarding status reached this revision.
     Onboarding { server_id: ServerId, revision: i64 },
+    /// A tenant's servers reached this revision (WatchServers).
+    Servers { tenant: TenantId, revision: i64 },
     /// A server needs a runner.
     Runnable(ServerId),
     /// An API key was revoked.
@@ -31,6 +33,13 @@ fn parse(channel: &str, payload: &str) -> Option<Notification> {
             let (id, revision) = payload.split_once(':')?;
             Some(Notification::Onboarding {
                 server_id: ServerId::parse(id)?,
+                revision: revision.parse().ok()?,
+            })
+        }
+        SERVERS_CHANNEL => {
+            let (tenant, revision) = payload.split_once(':')?;
+            Some(Notification::Servers {
+                tenant: TenantId::from_uuid(Uuid::try_parse(tenant).ok()?),
                 revision: revision.parse().ok()?,
             })
         }
@@ -85,7 +94,12 @@ async fn connect(database_url: &str) -> Result<AsyncPgConnection, diesel::result
     .await
     .map_err(|_| diesel::result::Error::BrokenTransactionManager)?
     .map_err(|error| diesel::result::Error::QueryBuilderError(Box::new(error)))?;
-    for channel in [ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, API_KEYS_CHANNEL] {
+    for channel in [
+        ONBOARDING_CHANNEL,
+        SERVERS_CHANNEL,
+        RUNNABLE_CHANNEL,
+        API_KEYS_CHANNEL,
+    ] {
         diesel::sql_query(format!("LISTEN {channel}"))
             .execute(&mut connection)
             .await?;
@@ -142,18 +156,26 @@ mod tests {
         assert_eq!(
             parse(ONBOARDING_CHANNEL, &format!("{id}:7")),
             Some(Notification::Onboarding {
-                server_id: ServerId(id),
+                server_id: ServerId::from_uuid(id),
                 revision: 7
             })
         );
         assert_eq!(
             parse(RUNNABLE_CHANNEL, &id.to_string()),
-            Some(Notification::Runnable(ServerId(id)))
+            Some(Notification::Runnable(ServerId::from_uuid(id)))
         );
         assert_eq!(
             parse(API_KEYS_CHANNEL, &id.to_string()),
             Some(Notification::KeyRevoked(id))
         );
+        assert_eq!(
+            parse(SERVERS_CHANNEL, &format!("{id}:12")),
+            Some(Notification::Servers {
+                tenant: TenantId::from_uuid(id),
+                revision: 12
+            })
+        );
         assert_eq!(parse(ONBOARDING_CHANNEL, "garbage"), None);
+        assert_eq!(parse(SERVERS_CHANNEL, &format!("{id}:x")), None);
     }
 }

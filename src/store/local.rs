@@ -12,7 +12,7 @@ use std::{
 use tokio::process::{Child, Command};
 
 /// The URL used when none is configured and its login works.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/dbtrail";
+pub use crate::config::DEFAULT_DATABASE_URL as DEFAULT_URL;
 /// The database URL that asks for the private cluster whether or not another answers.
 pub const LOCAL: &str = "local";
 /// Where a PostgreSQL is looked for first.

@@ -3,14 +3,14 @@
 
 mod auth;
 mod by_id;
-mod change_index;
 pub mod connect;
 mod engine;
 mod explain;
-mod index;
+pub mod index;
 mod jsonb;
 pub mod listener;
 pub mod local;
+mod pages;
 mod prepared;
 mod rows;
 pub mod schema;
@@ -33,13 +33,16 @@ use futures_util::FutureExt;
 
 pub use crate::domain::stream::StatementChanges;
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
-pub use change_index::{ChangePage, StreamCheckpoint, StreamGap, StreamPosition};
 pub use engine::{Affinity, Claim, Fence, Lease};
-pub use index::{SnapshotVersion, index_schema_name};
+pub use index::{
+    ChangeIndex, ChangePage, ChangeSelection, SelectionSummary, SnapshotVersion, StreamCheckpoint,
+    StreamGap, StreamPosition, TEMPLATE, index_schema_name, template_version,
+};
+pub use pages::PageBound;
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
 pub use streams::{StreamCensus, StreamSpread};
 
-use crate::{config::DatabaseConfig, domain::server::Rejection};
+use crate::{config::DatabaseConfig, domain::Refused};
 
 /// The migrations in `migrations/`, compiled in.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -48,39 +51,46 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 pub const ONBOARDING_CHANNEL: &str = "dbtrail_onboarding";
 /// NOTIFY channel: a server became runnable (payload `server_id`).
 pub const RUNNABLE_CHANNEL: &str = "dbtrail_runnable";
+/// NOTIFY channel: a tenant's servers changed (payload `tenant_id:revision`); sent by the
+/// database's trigger on `servers` (migration 000011), which names it too.
+pub const SERVERS_CHANNEL: &str = "dbtrail_servers";
 /// NOTIFY channel: an API key was revoked (payload `key_id`).
 pub const API_KEYS_CHANNEL: &str = "dbtrail_api_keys";
 
-/// Why a store call failed.
+/// Why a store call failed: the store's faults only. What a business rule refuses is a
+/// [`Refused`], which writes return beside these ([`WriteError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("server not found")]
     NotFound,
-    #[error("a server named {0:?} already exists")]
-    NameTaken(String),
-    #[error("server limit reached ({count} of {limit})")]
-    LimitReached { limit: i32, count: i64 },
-    #[error("etag does not match the current version")]
-    EtagMismatch,
-    #[error("request_id was already used for a different request")]
-    RequestIdReused,
     #[error("the runner's lease was taken over")]
     Fenced,
-    #[error("{0}")]
-    Rejected(#[from] Rejection),
     #[error("{0} not found")]
     Missing(String),
     /// The history a watch asked for was compacted; it can resume after this revision.
     #[error("revisions up to {0} were compacted")]
     Compacted(i64),
-    #[error("{0}")]
-    Conflict(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
     Database(diesel::result::Error),
+}
+
+/// Why a write that a business rule may refuse did not happen: refused, or the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<diesel::result::Error> for WriteError {
+    fn from(error: diesel::result::Error) -> WriteError {
+        WriteError::Store(error.into())
+    }
 }
 
 impl From<diesel::result::Error> for StoreError {
@@ -231,8 +241,9 @@ pub async fn create_database_and_migrate(database_url: &str) -> Result<(), Store
     migrate(database_url).await
 }
 
-/// Creates the database when it does not exist (the change index's needs no migrations).
-pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
+/// Whether the database `database_url` names exists (asked of the server's `postgres`
+/// database), and its name.
+pub async fn database_exists(database_url: &str) -> Result<(bool, String), StoreError> {
     let (maintenance, name) = maintenance_url(database_url)?;
     let mut connection = connect::establish(&maintenance).await?;
     #[derive(diesel::QueryableByName)]
@@ -245,7 +256,15 @@ pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
             .bind::<diesel::sql_types::Text, _>(&name)
             .get_result(&mut connection)
             .await?;
-    if !exists.exists {
+    Ok((exists.exists, name))
+}
+
+/// Creates the database when it does not exist (the change index's needs no migrations).
+pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
+    let (exists, name) = database_exists(database_url).await?;
+    let (maintenance, _) = maintenance_url(database_url)?;
+    let mut connection = connect::establish(&maintenance).await?;
+    if !exists {
         let quoted = name.replace('"', "\"\"");
         match diesel::sql_query(format!("CREATE DATABASE \"{quoted}\""))
             .execute(&mut connection)

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{StoreError, jsonb::Json, schema::servers};
@@ -18,8 +19,10 @@ use crate::domain::{
     stream::{StreamHealth, StreamProgress},
 };
 
-/// Every column of a server that the domain sees (the lease columns are the engine's).
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+/// Every column of a server that the domain sees (the lease columns are the engine's). Read from
+/// JSON too: a WatchServers history row (migration 000011's `server_snapshot`), where a secret's
+/// ciphertext is only whether there is one.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Deserialize)]
 #[diesel(table_name = servers, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
 pub struct ServerRow {
     pub id: Uuid,
@@ -28,12 +31,14 @@ pub struct ServerRow {
     pub host: String,
     pub port: i32,
     pub mysql_user: String,
+    #[serde(deserialize_with = "presence::deserialize")]
     pub mysql_password_sealed: Option<Vec<u8>>,
     pub mysql_password_key_id: Option<String>,
     pub connection_method: String,
     pub ssh_host: Option<String>,
     pub ssh_port: Option<i32>,
     pub ssh_user: Option<String>,
+    #[serde(deserialize_with = "presence::deserialize")]
     pub ssh_private_key_sealed: Option<Vec<u8>>,
     pub ssh_private_key_key_id: Option<String>,
     pub ssh_host_key_fingerprint: Option<String>,
@@ -57,6 +62,20 @@ pub struct ServerRow {
     /// Written by the stream's holder only (`Store::record_streams_progress`), never by a change.
     pub stream_progress: Option<Json<StreamProgress>>,
     pub trace_parent: Option<String>,
+    pub stream_paused: bool,
+}
+
+/// A secret's ciphertext as a history row keeps it: only whether there is one, so that the row
+/// shows `has_mysql_password` and the like and never holds a secret, sealed or not. A server read
+/// back from it carries an empty ciphertext: it is for showing, never for unsealing.
+mod presence {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(bool::deserialize(deserializer)?.then(Vec::new))
+    }
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -109,8 +128,8 @@ impl TryFrom<ServerRow> for Server {
     fn try_from(row: ServerRow) -> Result<Server, StoreError> {
         let spec = stored_spec(&row)?;
         Ok(Server {
-            id: ServerId(row.id),
-            tenant_id: TenantId(row.tenant_id),
+            id: ServerId::from_uuid(row.id),
+            tenant_id: TenantId::from_uuid(row.tenant_id),
             spec,
             secrets: StoredSecrets {
                 mysql_password: sealed(row.mysql_password_sealed, row.mysql_password_key_id),
@@ -137,6 +156,7 @@ impl TryFrom<ServerRow> for Server {
                 None => None,
             },
             trace_parent: row.trace_parent,
+            paused: row.stream_paused,
         })
     }
 }
@@ -194,8 +214,8 @@ impl From<&Server> for ServerRow {
         let (ssh_private_key_sealed, ssh_private_key_key_id) =
             unsealed(&server.secrets.ssh_private_key);
         ServerRow {
-            id: server.id.0,
-            tenant_id: server.tenant_id.0,
+            id: server.id.uuid(),
+            tenant_id: server.tenant_id.uuid(),
             name: spec.name.to_string(),
             host: spec.host.to_string(),
             port: i32::from(spec.port),
@@ -230,6 +250,7 @@ impl From<&Server> for ServerRow {
             stream_error: stream.and_then(|stream| stream.error.clone()),
             stream_progress: stream.map(|stream| Json(stream.progress.clone())),
             trace_parent: server.trace_parent.clone(),
+            stream_paused: server.paused,
         }
     }
 }
@@ -317,4 +338,5 @@ server_changes!(
     stream_state: Option<String>,
     stream_error: Option<String>,
     trace_parent: Option<String>,
+    stream_paused: bool,
 );

@@ -76,6 +76,7 @@ diesel::table! {
         stream_expires_at -> Nullable<Timestamptz>,
         stream_epoch -> Int8,
         trace_parent -> Nullable<Text>,
+        stream_paused -> Bool,
     }
 }
 
@@ -99,6 +100,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    server_revisions (tenant_id) {
+        tenant_id -> Uuid,
+        revision -> Int8,
+    }
+}
+
+diesel::table! {
+    server_history (tenant_id, revision) {
+        tenant_id -> Uuid,
+        revision -> Int8,
+        server_id -> Uuid,
+        server -> Jsonb,
+        previous -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(servers -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -107,5 +126,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     agents,
     servers,
     onboarding_history,
-    idempotency_keys
+    idempotency_keys,
+    server_revisions,
+    server_history
 );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use diesel::{
     prelude::*,
-    sql_types::{Array, Int8, Interval, Jsonb, Nullable, Text, Uuid as SqlUuid},
+    sql_types::{Int8, Interval, Jsonb, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
@@ -20,8 +20,8 @@ pub(super) const STREAMABLE: &str = "status IN ('active', 'disconnected') \
      AND stream_state IN ('starting', 'running', 'stalled', 'disconnected')";
 
 /// The columns of `claims`, as arrays.
-fn fences(claims: &[Claim]) -> (Vec<Uuid>, Vec<Uuid>, Vec<i64>) {
-    let ids = claims.iter().map(|claim| claim.server_id.0).collect();
+pub(super) fn fences(claims: &[Claim]) -> (Vec<Uuid>, Vec<Uuid>, Vec<i64>) {
+    let ids = claims.iter().map(|claim| claim.server_id.uuid()).collect();
     let owners = claims.iter().map(|claim| claim.fence.owner).collect();
     let epochs = claims.iter().map(|claim| claim.fence.epoch).collect();
     (ids, owners, epochs)
@@ -88,7 +88,7 @@ impl Store {
         .bind::<SqlUuid, _>(owner)
         .bind::<Interval, _>(interval(ttl))
         .bind::<Int8, _>(limit)
-        .bind::<Nullable<SqlUuid>, _>(only.map(|id| id.0))
+        .bind::<Nullable<SqlUuid>, _>(only.map(|id| id.uuid()))
         .bind::<SqlUuid, _>(agent_id)
         .bind::<Text, _>(outbound_ip)
         .load(&mut connection)
@@ -96,46 +96,13 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|row| Claim {
-                server_id: ServerId(row.id),
+                server_id: ServerId::from_uuid(row.id),
                 fence: Fence {
                     owner,
                     epoch: row.stream_epoch,
                 },
             })
             .collect())
-    }
-
-    /// Renews the stream leases of `claims` in one statement (locking their rows in id order, as
-    /// every batch does, so that batches never deadlock); the servers whose lease was renewed. A claim missing from the answer was taken over, or its server no longer wants a
-    /// stream.
-    pub async fn renew_stream_leases(
-        &self,
-        claims: &[Claim],
-        ttl: Duration,
-    ) -> Result<Vec<ServerId>, StoreError> {
-        #[derive(QueryableByName)]
-        struct Renewed {
-            #[diesel(sql_type = SqlUuid)]
-            id: Uuid,
-        }
-        let (ids, owners, epochs) = fences(claims);
-        let mut connection = self.connection().await?;
-        let rows: Vec<Renewed> = diesel::sql_query(format!(
-            "WITH held AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[]) \
-                 AS held(id, owner, epoch)), \
-             locked AS (SELECT servers.id FROM servers JOIN held ON servers.id = held.id \
-                 AND stream_owner = held.owner AND stream_epoch = held.epoch \
-                 WHERE {STREAMABLE} ORDER BY servers.id FOR UPDATE OF servers) \
-             UPDATE servers SET stream_expires_at = now() + $4::interval FROM locked \
-             WHERE servers.id = locked.id RETURNING servers.id"
-        ))
-        .bind::<Array<SqlUuid>, _>(ids)
-        .bind::<Array<SqlUuid>, _>(owners)
-        .bind::<Array<Int8>, _>(epochs)
-        .bind::<Interval, _>(interval(ttl))
-        .load(&mut connection)
-        .await?;
-        Ok(rows.into_iter().map(|row| ServerId(row.id)).collect())
     }
 
     /// Writes the latest progress of many streams (not revisions) in one statement, each fenced
@@ -160,7 +127,7 @@ impl Store {
         let entries: Vec<Entry> = entries
             .iter()
             .map(|(claim, progress)| Entry {
-                id: claim.server_id.0,
+                id: claim.server_id.uuid(),
                 owner: claim.fence.owner,
                 epoch: claim.fence.epoch,
                 progress,
@@ -179,7 +146,10 @@ impl Store {
         .bind::<Jsonb, _>(Json(entries))
         .load(&mut connection)
         .await?;
-        Ok(rows.into_iter().map(|row| ServerId(row.id)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|row| ServerId::from_uuid(row.id))
+            .collect())
     }
 
     /// Marks `agent_id` alive now.
@@ -266,5 +236,27 @@ mod tests {
         assert_eq!(spread(41, 2).fair_share(), 22);
         assert_eq!(spread(0, 3).fair_share(), 1);
         assert_eq!(spread(5, 0).fair_share(), 6);
+    }
+}
+
+#[derive(QueryableByName)]
+struct ReplicationId {
+    #[diesel(sql_type = Int8)]
+    replication_server_id: i64,
+}
+
+impl Store {
+    /// The server's replication server id, allocated once from a sequence.
+    pub async fn replication_server_id(&self, server_id: ServerId) -> Result<i64, StoreError> {
+        let mut connection = self.connection().await?;
+        let row: ReplicationId = diesel::sql_query(
+            "UPDATE servers SET replication_server_id = \
+                 COALESCE(replication_server_id, nextval('replication_server_ids')) \
+             WHERE id = $1 RETURNING replication_server_id",
+        )
+        .bind::<SqlUuid, _>(server_id.uuid())
+        .get_result(&mut connection)
+        .await?;
+        Ok(row.replication_server_id)
     }
 }

@@ -2,14 +2,18 @@
 //! stream leases (its fair share of them), runs one task per held stream, keeps their leases
 //! renewed, tells them about changes of their servers, and lets them go on shutdown.
 
+mod context;
+mod control;
+mod ending;
+mod holder;
 mod progress;
+mod reader;
 pub mod restart;
 mod runner;
 mod session;
-mod tables;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -21,15 +25,17 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
+use control::Control;
+pub use holder::StreamSettings;
+use holder::{Holder, HolderParts};
 use progress::ProgressBook;
-pub use runner::StreamSettings;
-use runner::{Control, Holder, HolderParts};
 
 use crate::{
+    agent::AgentSettings,
     domain::{ServerId, StreamState},
-    onboarding::AgentSettings,
+    lease::{LeaseTerms, Leases},
     secrets::SecretBox,
-    store::{Claim, Lease, Store, StoreError},
+    store::{ChangeIndex, Claim, Lease, Store, StoreError},
 };
 
 /// Supervisor settings.
@@ -39,8 +45,6 @@ pub struct StreamsConfig {
     pub sweep_interval: Duration,
     /// Most streams this replica holds, whatever its fair share.
     pub max_streams: usize,
-    /// Partitions older than this are dropped.
-    pub retention: Duration,
     pub settings: StreamSettings,
     /// This replica's agent, and how its connections are made.
     pub agent: AgentSettings,
@@ -49,10 +53,11 @@ pub struct StreamsConfig {
 /// Runs this replica's share of the streams.
 pub struct Streams {
     store: Store,
-    index: Store,
+    index: ChangeIndex,
     secrets: SecretBox,
     config: StreamsConfig,
-    owner: Uuid,
+    /// The stream leases this replica holds, renewed together.
+    leases: Arc<Leases>,
     running: Mutex<HashMap<ServerId, Held>>,
     /// Progress waiting for its batch.
     book: Arc<ProgressBook>,
@@ -73,14 +78,11 @@ struct Held {
     control: Arc<Control>,
 }
 
-/// How often expired partitions are looked for.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
-
 impl Streams {
     /// A supervisor; `index` is the change index's database (the control plane's by default).
     pub fn new(
         store: Store,
-        index: Store,
+        index: ChangeIndex,
         secrets: SecretBox,
         config: StreamsConfig,
         activations: mpsc::Receiver<ServerId>,
@@ -88,13 +90,27 @@ impl Streams {
         // Counters that alerts and dashboards read exist from the start (0, not absent).
         metrics::counter!("dbtrail_stream_reconnects_total").increment(0);
         metrics::gauge!("dbtrail_streams_held").increment(0.0);
+        let terms = LeaseTerms {
+            kind: Lease::Stream,
+            ttl: config.lease_ttl,
+            // The connection closes a third of the TTL before the lease could expire.
+            safe_for: config.lease_ttl * 2 / 3,
+        };
+        // A stream's lease is lost only when taken over or not renewed in time; at shutdown it
+        // is released at a checkpoint instead.
+        let leases = Leases::new(
+            store.clone(),
+            terms,
+            Uuid::now_v7(),
+            CancellationToken::new(),
+        );
         Arc::new(Streams {
             store: store.clone(),
             index,
             secrets,
             limit: AtomicUsize::new(config.max_streams),
             config,
-            owner: Uuid::now_v7(),
+            leases,
             running: Mutex::new(HashMap::new()),
             book: Arc::new(ProgressBook::new(store.clone())),
             after_streams: CancellationToken::new(),
@@ -119,7 +135,7 @@ impl Streams {
         }
     }
 
-    /// Sweeps on every interval and wake-up until shutdown; keeps the index's partitions.
+    /// Sweeps on every interval and wake-up until shutdown.
     pub async fn run(self: Arc<Streams>) {
         let Some(mut activations) = self
             .activations
@@ -130,11 +146,10 @@ impl Streams {
             return;
         };
         tokio::spawn(self.book.clone().run(self.after_streams.clone()));
-        tokio::spawn(self.clone().renewals());
+        tokio::spawn(self.leases.clone().run(self.after_streams.clone()));
         tokio::spawn(self.clone().heartbeats());
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut maintained: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -144,20 +159,6 @@ impl Streams {
                         self.claim_one(server_id).await;
                     }
                     continue;
-                }
-            }
-            if maintained.is_none_or(|at| at.elapsed() >= MAINTENANCE_INTERVAL) {
-                maintained = Some(Instant::now());
-                match self
-                    .index
-                    .maintain_change_index(Some(self.config.retention))
-                    .await
-                {
-                    Ok(dropped) if !dropped.is_empty() => {
-                        tracing::info!(?dropped, "dropped change-event partitions past retention");
-                    }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "change index maintenance failed"),
                 }
             }
             if let Err(error) = self.sweep().await {
@@ -185,10 +186,11 @@ impl Streams {
         if free == 0 || self.shutdown.is_cancelled() {
             return Ok(());
         }
+        let asked = Instant::now();
         let claims = self
             .store
             .claim_streams(
-                self.owner,
+                self.leases.owner(),
                 self.config.agent.id,
                 &self.config.agent.outbound_ip,
                 self.config.lease_ttl,
@@ -197,7 +199,7 @@ impl Streams {
             )
             .await?;
         for claim in claims {
-            self.start(claim);
+            self.start(claim, asked);
         }
         Ok(())
     }
@@ -230,10 +232,11 @@ impl Streams {
         if held >= self.limit.load(Ordering::Acquire) || self.shutdown.is_cancelled() {
             return;
         }
+        let asked = Instant::now();
         let claimed = self
             .store
             .claim_streams(
-                self.owner,
+                self.leases.owner(),
                 self.config.agent.id,
                 &self.config.agent.outbound_ip,
                 self.config.lease_ttl,
@@ -242,28 +245,38 @@ impl Streams {
             )
             .await;
         match claimed {
-            Ok(claims) => claims.into_iter().for_each(|claim| self.start(claim)),
+            Ok(claims) => claims
+                .into_iter()
+                .for_each(|claim| self.start(claim, asked)),
             Err(error) => tracing::warn!(%server_id, %error, "claiming a new stream failed"),
         }
     }
 
-    fn start(self: &Arc<Streams>, claim: Claim) {
-        // The connection closes a third of the TTL before the lease could expire.
-        let valid = self.config.lease_ttl * 2 / 3;
-        let control = Arc::new(Control::new(valid));
+    /// Runs a fresh `claim`, asked for at `asked`, in a task of its own.
+    fn start(self: &Arc<Streams>, claim: Claim, asked: Instant) {
+        let control = Arc::new(Control::new(self.leases.hold(claim, asked)));
         let held = Held {
             claim,
             control: control.clone(),
         };
-        if self.running().insert(claim.server_id, held).is_some() {
-            tracing::warn!(server_id = %claim.server_id, "a stream was claimed twice by one replica");
-        }
+        self.running().insert(claim.server_id, held);
         let streams = self.clone();
         self.tasks.spawn(async move {
             streams.hold(claim, control).await;
-            streams.running().remove(&claim.server_id);
-            let _ = streams.store.release_lease(Lease::Stream, claim).await;
+            streams.forget(claim);
+            streams.leases.let_go(claim).await;
         });
+    }
+
+    /// A stream of `claim` stopped (not one claimed since for the same server).
+    fn forget(&self, claim: Claim) {
+        let mut running = self.running();
+        if running
+            .get(&claim.server_id)
+            .is_some_and(|held| held.claim == claim)
+        {
+            running.remove(&claim.server_id);
+        }
     }
 
     async fn hold(&self, claim: Claim, control: Arc<Control>) {
@@ -301,19 +314,7 @@ impl Streams {
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         self.after_streams.cancel();
         let _ = tokio::time::timeout(grace, self.book.flush()).await;
-        match tokio::time::timeout(
-            grace,
-            self.store.release_all_leases(Lease::Stream, self.owner),
-        )
-        .await
-        {
-            Ok(Ok(released)) if released > 0 => tracing::info!(released, "released stream leases"),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "could not release stream leases; they will expire")
-            }
-            Err(_) => tracing::warn!("releasing stream leases timed out; they will expire"),
-        }
+        self.leases.release_all(grace).await;
     }
 
     /// Marks this replica's agent alive every sweep interval, on a timer of its own: a slow
@@ -330,47 +331,6 @@ impl Streams {
                         tracing::warn!(%error, "the agent's heartbeat failed");
                     }
                 }
-            }
-        }
-    }
-
-    /// Renews every held stream's lease in one statement, a third of the TTL apart, until the
-    /// streams have stopped; tells a stream whose lease was taken over (or whose server no
-    /// longer wants it).
-    async fn renewals(self: Arc<Streams>) {
-        let ttl = self.config.lease_ttl;
-        let mut tick = tokio::time::interval(ttl / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                () = self.after_streams.cancelled() => return,
-                _ = tick.tick() => self.renew_all(ttl).await,
-            }
-        }
-    }
-
-    async fn renew_all(&self, ttl: Duration) {
-        let held: Vec<Held> = self.running().values().cloned().collect();
-        if held.is_empty() {
-            return;
-        }
-        let claims: Vec<Claim> = held.iter().map(|held| held.claim).collect();
-        let sent = Instant::now();
-        match self.store.renew_stream_leases(&claims, ttl).await {
-            Ok(renewed) => {
-                let renewed: HashSet<ServerId> = renewed.into_iter().collect();
-                for held in held {
-                    if renewed.contains(&held.claim.server_id) {
-                        held.control.extend(sent, ttl * 2 / 3);
-                    } else {
-                        held.control.lose();
-                        held.control.notify();
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, streams = held.len(), "stream lease renewal failed");
             }
         }
     }

@@ -11,7 +11,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use super::runner::Control;
+use super::control::Control;
 use crate::{
     domain::{ServerId, stream::StreamProgress},
     store::{Claim, Store},

@@ -3,23 +3,22 @@
 //! source cannot serve (a purged or unknown file, a position past the file's end, inside an
 //! event or inside a transaction) is refused, naming what to give instead.
 
+use async_trait::async_trait;
 use mysql_async::{Conn, Row, prelude::Queryable};
-use uuid::Uuid;
 
 use crate::{
+    agent::AgentSettings,
     domain::{
-        OnboardingStep,
         server::{Rejection, Server},
         stream::{BinlogPoint, GtidEnd, RestartPlan, StreamStart},
     },
-    onboarding::{
-        Activity, AgentSettings, MysqlFailure, StepContext,
-        connection::{self, mysql::Endpoint},
-        coordinates, source_identity,
-    },
     secrets::SecretBox,
     source::gtid::{Gtid, GtidSet},
-    store::{Claim, Fence, Store, StreamPosition},
+    source::{
+        connection::{self, ConnectContext, LeaseHolder, MysqlFailure, mysql::Endpoint},
+        replication::{coordinates, source_identity},
+    },
+    store::{StoreError, StreamPosition},
 };
 
 /// Events a transaction does not begin with: a start there would read rows without their table
@@ -63,30 +62,29 @@ fn unreachable(failure: MysqlFailure) -> Rejection {
     )
 }
 
+/// The restart check holds no lease: it only reads the source, and records no host key (the
+/// write is refused as fenced, the connection fails transiently, and onboarding records the key).
+struct Unleased;
+
+#[async_trait]
+impl LeaseHolder for Unleased {
+    async fn record_host_key(&self, _: &Server, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::Fenced)
+    }
+}
+
 /// Asks the source where `start` is, and whether the stream can start there.
 pub async fn resolve(
     server: &Server,
-    store: &Store,
     secrets: &SecretBox,
     agent: &AgentSettings,
     start: &StreamStart,
 ) -> Result<RestartPoint, Rejection> {
-    let context = StepContext {
-        step: OnboardingStep::Streaming,
-        server: server.clone(),
-        // Nothing is written under this claim: the check only reads the source.
-        claim: Claim {
-            server_id: server.id,
-            fence: Fence {
-                owner: Uuid::nil(),
-                epoch: 0,
-            },
-        },
-        store: store.clone(),
-        index: store.clone(),
-        secrets: secrets.clone(),
-        agent: agent.clone(),
-        activity: Activity::default(),
+    let context = ConnectContext {
+        server,
+        secrets,
+        reach: agent.reach(),
+        holder: &Unleased,
     };
     let address = connection::mysql::address(&context);
     let mut link = connection::connect(&context).await.map_err(unreachable)?;

@@ -5,32 +5,21 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use mysql_async::{
-    BinlogStream, BinlogStreamRequest, Conn,
-    binlog::events::{Event, QueryEvent, RowsEventData},
-    prelude::Queryable,
+    BinlogStream, BinlogStreamRequest, Conn, binlog::events::Event, prelude::Queryable,
 };
 use tokio::time::Instant;
 
-use super::{
-    runner::Holder,
-    tables::{Tables, ddl_tables},
-};
+use super::{context::StreamContext, ending::SessionEnd, holder::Holder, reader::Reader};
 use crate::{
-    domain::{change::RowChange, stream::BinlogPoint},
-    onboarding::{
-        MysqlFailure, StepContext, classify_mysql,
-        connection::{self, Link, mysql},
-        end_dump_thread, is_replica_id_clash, replication_refusal, source_identity,
-    },
+    domain::change::RowChange,
     source::{
-        decode::{self, ChangeRow},
-        events::{self, Meaning, Place, Transactions},
-        gtid::GtidSet,
+        connection::{self, Link, mysql, mysql::classify as classify_mysql},
+        replication::{end_dump_thread, is_replica_id_clash, replication_refusal, source_identity},
+        tables::Tables,
     },
-    store::{StatementChanges, StoreError, StreamCheckpoint, StreamPosition},
+    store::{Lease, StreamCheckpoint, StreamPosition},
     telemetry,
 };
 use tracing::Instrument;
@@ -42,50 +31,6 @@ const RETRY_FROM_HERE: &str =
 const BATCH_ROWS: usize = 5_000;
 /// How long complete transactions wait for more before they are written.
 const FLUSH_DELAY: Duration = Duration::from_millis(100);
-
-/// Why a connection ended.
-#[derive(Debug)]
-pub enum SessionEnd {
-    /// Told to stop (after writing what was complete): lease lost, server changed, shutdown.
-    Stopped,
-    /// The connection is down; retry with backoff.
-    Disconnected(String),
-    /// The checkpoint cannot be resumed from.
-    LostPosition(String),
-    /// A permanent refusal.
-    Failed(String),
-}
-
-impl From<MysqlFailure> for SessionEnd {
-    fn from(failure: MysqlFailure) -> SessionEnd {
-        match failure {
-            MysqlFailure::Transient(message) => SessionEnd::Disconnected(message),
-            MysqlFailure::Permanent(message) => SessionEnd::Failed(message),
-        }
-    }
-}
-
-/// The reading state between events.
-struct Reader {
-    address: mysql::Endpoint,
-    mariadb: bool,
-    tables: Tables,
-    /// Transactions, GTIDs and the resume point.
-    transactions: Transactions,
-    /// Events of complete transactions not yet written.
-    committed_rows: usize,
-    /// Rows of the first transaction that an earlier connection stored already.
-    skip_rows: i64,
-    /// Rows of the current transaction seen (stored or skipped) so far.
-    transaction_rows: i64,
-    batch: Vec<RowChange>,
-    last_event_at: Option<DateTime<Utc>>,
-    /// Statement-format DML of the open transaction, and of complete ones not yet written.
-    open_statements: StatementChanges,
-    committed_statements: StatementChanges,
-    /// After a restart that reads part of the binlog again: rows before this place are stored.
-    replay_until: Option<BinlogPoint>,
-}
 
 /// The binlog files the source still has.
 async fn binary_logs(
@@ -129,12 +74,12 @@ struct Opened {
 
 /// Connects and starts reading from the checkpoint: everything up to the first event.
 async fn open(
-    context: &StepContext,
+    context: &StreamContext,
     position: &StreamPosition,
     heartbeat: Duration,
 ) -> Result<Opened, SessionEnd> {
-    let address = mysql::address(context);
-    let mut link = connection::connect(context).await?;
+    let address = mysql::address(&context.source());
+    let mut link = connection::connect(&context.source()).await?;
     let connection = &mut link.connection;
     let (flavour, _) = mysql::version(connection, &address).await?;
     let mariadb = flavour == "MariaDB";
@@ -190,8 +135,13 @@ async fn check_source(
     Ok(identity)
 }
 
-/// The tracked tables' columns, from the stored schema snapshots.
-async fn stored_tables(context: &StepContext) -> Result<Tables, SessionEnd> {
+/// The tracked tables' columns, from the stored schema snapshots (their tables first brought to
+/// the template's version, for a server an older template made).
+async fn stored_tables(context: &StreamContext) -> Result<Tables, SessionEnd> {
+    context
+        .store
+        .prepare_index_tables(Lease::Stream, context.claim)
+        .await?;
     let history = context.store.snapshot_history(context.server.id).await?;
     let options = &context.server.spec.stream_options;
     Tables::from_history(history, options).map_err(|error| {
@@ -225,7 +175,7 @@ async fn ask_for_heartbeats(
 /// permanent; anything else is sorted like any MySQL error.
 fn refusal(
     error: &mysql_async::Error,
-    context: &StepContext,
+    context: &StreamContext,
     replica_id: u32,
     address: &str,
 ) -> SessionEnd {
@@ -245,7 +195,7 @@ fn refusal(
 
 /// Runs one connection until it ends.
 pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEnd {
-    let context = holder.step_context();
+    let context = holder.context();
     let Opened {
         link,
         mut reader,
@@ -284,7 +234,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     // thread ends at its next heartbeat; a second login through the jumphost would be one the
     // customer did not expect (the jumphost may be moving).
     if let (Some(id), SessionEnd::Stopped, None) = (dump_connection_id, &end, &tunnel) {
-        end_dump_thread(&context, id).await;
+        end_dump_thread(&context.source(), id).await;
     }
     drop(tunnel);
     end
@@ -294,7 +244,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
 /// with whether it connected.
 async fn open_traced(
     holder: &Holder,
-    context: &StepContext,
+    context: &StreamContext,
     position: &StreamPosition,
 ) -> Result<Opened, SessionEnd> {
     let span = tracing::info_span!(
@@ -324,7 +274,7 @@ async fn request_binlog(
     connection: Conn,
     reader: &Reader,
     checkpoint: &StreamCheckpoint,
-    context: &StepContext,
+    context: &StreamContext,
 ) -> Result<BinlogStream, SessionEnd> {
     let replica_id = u32::try_from(checkpoint.replication_server_id).unwrap_or(u32::MAX);
     let request = BinlogStreamRequest::new(replica_id)
@@ -386,7 +336,7 @@ async fn read(
     stream: &mut BinlogStream,
     reader: &mut Reader,
     identity: &str,
-    context: &StepContext,
+    context: &StreamContext,
     replica_id: u32,
 ) -> SessionEnd {
     let mut pace = Pace::new(holder.settings.heartbeat);
@@ -481,7 +431,7 @@ async fn take_event(
     reader: &mut Reader,
     event: &Event,
     identity: &str,
-    context: &StepContext,
+    context: &StreamContext,
     pace: &mut Pace,
 ) -> Result<(), SessionEnd> {
     pace.last_seen = Instant::now();
@@ -516,279 +466,4 @@ async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Resu
     let events: Vec<RowChange> = reader.batch.drain(..rows).collect();
     reader.committed_rows = 0;
     holder.write(events, position).await
-}
-
-impl Reader {
-    /// A reader that continues from `position`, before any event.
-    fn new(
-        address: mysql::Endpoint,
-        mariadb: bool,
-        tables: Tables,
-        position: &StreamPosition,
-        checksums: bool,
-    ) -> Reader {
-        let start = BinlogPoint {
-            file: position.binlog_file.clone(),
-            position: u64::try_from(position.binlog_position).unwrap_or(4),
-        };
-        let gtids = GtidSet::parse(position.gtid_set.as_deref().unwrap_or_default());
-        Reader {
-            address,
-            mariadb,
-            tables,
-            transactions: Transactions::new(start, gtids, checksums),
-            committed_rows: 0,
-            skip_rows: position.skip_rows,
-            transaction_rows: 0,
-            batch: Vec::new(),
-            last_event_at: position.last_event_at,
-            open_statements: StatementChanges::default(),
-            committed_statements: StatementChanges::default(),
-            replay_until: position.replay_until.clone(),
-        }
-    }
-
-    fn position(&self, at: BinlogPoint, skip_rows: i64, identity: &str) -> StreamPosition {
-        StreamPosition {
-            binlog_file: at.file,
-            binlog_position: i64::try_from(at.position).unwrap_or(i64::MAX),
-            skip_rows,
-            gtid_set: self.transactions.gtids.render(),
-            source_identity: Some(identity.to_owned()),
-            last_event_at: self.last_event_at,
-            statement_changes: StatementChanges::default(),
-            replay_until: None,
-        }
-    }
-
-    /// The open transaction commits with an event of `timestamp`, ending at `end`.
-    fn commit(&mut self, end: u64, timestamp: u32) {
-        self.transactions.commit(end);
-        if let Some(rows) = self.batch.get_mut(self.committed_rows..)
-            && !rows.is_empty()
-        {
-            let at = decode::event_time(timestamp);
-            decode::stamp_commit(rows, at);
-            self.last_event_at = Some(at);
-        }
-        self.committed_rows = self.batch.len();
-        self.transaction_rows = 0;
-        self.skip_rows = 0;
-        let open = std::mem::take(&mut self.open_statements);
-        self.committed_statements.add(open);
-    }
-
-    /// Takes in one event: moves the transaction, the binlog file and the resume point on,
-    /// buffers the rows of tracked tables, and re-reads the tables a DDL statement touched. An
-    /// event that cannot be classified fails the stream, naming its type and place.
-    async fn handle(
-        &mut self,
-        holder: &mut Holder,
-        stream: &BinlogStream,
-        event: &Event,
-        context: &StepContext,
-    ) -> Result<(), SessionEnd> {
-        let header = event.header();
-        metrics::counter!("dbtrail_stream_bytes_read_total")
-            .increment(u64::from(header.event_size()));
-        let place = self.transactions.place(event).map_err(SessionEnd::Failed)?;
-        let meaning = events::classify(event).map_err(|reason| {
-            SessionEnd::Failed(format!(
-                "{reason}, at {}:{}; the stream stopped there so that nothing is skipped silently",
-                self.transactions.file, place.start
-            ))
-        })?;
-        match meaning {
-            Meaning::Described => self.transactions.described(),
-            Meaning::Rotate(rotate) => self.transactions.rotate(&rotate, event),
-            Meaning::Begin(gtid) => {
-                if gtid.is_some() || !self.transactions.in_transaction {
-                    self.transactions.begin(gtid);
-                    self.transaction_rows = 0;
-                }
-            }
-            Meaning::Commit => self.commit(place.end, header.timestamp()),
-            Meaning::Statement(query) => {
-                let at = (place.end, header.timestamp());
-                self.statement(holder, &query, at, context).await?;
-            }
-            Meaning::StatementDml(_) => {
-                self.statement_dml(place);
-                if !self.transactions.in_transaction {
-                    self.commit(place.end, header.timestamp());
-                }
-            }
-            Meaning::Heartbeat => {
-                // The source had nothing to send: the reader is caught up.
-                holder.progress.lag_millis = 0;
-                holder.record_progress(false).await;
-            }
-            Meaning::Payload => self.transactions.enter_payload(place),
-            Meaning::Rows(rows) => {
-                self.rows(holder, stream, &rows, header.timestamp(), place)?;
-                if !self.transactions.in_transaction {
-                    // Row events outside BEGIN ... COMMIT (non-transactional engines) commit alone.
-                    self.commit(place.end, header.timestamp());
-                }
-            }
-            Meaning::NoRows => self.transactions.pass(place.end, event),
-        }
-        Ok(())
-    }
-
-    /// Statement-format DML: rows changed that the binlog does not carry as rows. Counted and
-    /// shown on the stream, with its place, never dropped in silence.
-    fn statement_dml(&mut self, place: Place) {
-        let read_before = BinlogPoint {
-            file: self.transactions.file.clone(),
-            position: place.start,
-        };
-        if self
-            .replay_until
-            .as_ref()
-            .is_some_and(|until| read_before < *until)
-        {
-            // Read again after a restart (an overlap): counted when it was first read, as its
-            // rows would have been stored.
-            return;
-        }
-        let at = format!("{}:{}", self.transactions.file, place.start);
-        tracing::warn!(position = %at, "statement-format DML in the binlog cannot be captured as rows");
-        metrics::counter!("dbtrail_stream_statement_changes_skipped_total").increment(1);
-        self.open_statements.record(at);
-    }
-
-    /// A statement that commits alone (DDL), ending at `end`.
-    async fn statement(
-        &mut self,
-        holder: &mut Holder,
-        query: &QueryEvent<'_>,
-        (end, timestamp): (u64, u32),
-        context: &StepContext,
-    ) -> Result<(), SessionEnd> {
-        // The columns of the tables it touches from here on, read before the checkpoint can
-        // pass it (a replay finds them stored).
-        let at = BinlogPoint {
-            file: self.transactions.file.clone(),
-            position: end,
-        };
-        let statement = query.query();
-        let schema = query.schema().into_owned();
-        for (schema, table) in ddl_tables(statement.trim(), &schema) {
-            if !self.tables.has_version_at(&schema, &table, &at) {
-                self.refresh(holder, &schema, &table, &at, context).await?;
-            }
-        }
-        self.commit(end, timestamp);
-        Ok(())
-    }
-
-    /// Reads a table's columns again after a DDL statement touched it.
-    async fn refresh(
-        &mut self,
-        holder: &mut Holder,
-        schema: &str,
-        table: &str,
-        at: &BinlogPoint,
-        context: &StepContext,
-    ) -> Result<(), SessionEnd> {
-        let mut link = connection::connect(context).await?;
-        let reloaded = self
-            .tables
-            .reload(
-                &mut link.connection,
-                &self.address,
-                (&context.server.spec.stream_options, context.agent.snapshot),
-                self.mariadb,
-                (schema, table),
-                at,
-            )
-            .await;
-        link.close().await;
-        holder
-            .snapshot_refreshed((schema, table), reloaded?, at)
-            .await;
-        Ok(())
-    }
-
-    /// Buffers the row changes of a rows event of a tracked table, past the rows an earlier
-    /// connection stored already.
-    fn rows(
-        &mut self,
-        holder: &mut Holder,
-        stream: &BinlogStream,
-        rows: &RowsEventData<'_>,
-        timestamp: u32,
-        place: Place,
-    ) -> Result<(), SessionEnd> {
-        let Some(table_map) = stream.get_tme(rows.table_id()) else {
-            return Err(SessionEnd::Disconnected(
-                "a rows event came without its table map; reconnecting".into(),
-            ));
-        };
-        let schema = table_map.database_name().into_owned();
-        let table = table_map.table_name().into_owned();
-        let at = BinlogPoint {
-            file: self.transactions.file.clone(),
-            position: place.start,
-        };
-        let stored_already = self.replay_until.as_ref().is_some_and(|until| at < *until);
-        let columns = self.tables.get(&schema, &table, &at).cloned();
-        let Some(columns) = columns.filter(|_| !stored_already) else {
-            // Not tracked (stream_options), not a table of the snapshot, or read again after a
-            // restart and stored already.
-            let count = decode::row_count(rows, table_map).map_err(|error| {
-                SessionEnd::Failed(format!(
-                    "{error} ({schema}.{table} at {}:{})",
-                    self.transactions.file, place.start
-                ))
-            })?;
-            self.transactions.count_rows(count);
-            return Ok(());
-        };
-        let committed_at = DateTime::from_timestamp(i64::from(timestamp), 0).unwrap_or_default();
-        self.last_event_at = Some(committed_at);
-        holder.progress.lag_millis = (Utc::now() - committed_at).num_milliseconds().max(0);
-        let mut count = 0;
-        for (index, row) in rows.rows(table_map).enumerate() {
-            count += 1;
-            let undecodable = |error: String| {
-                SessionEnd::Failed(format!(
-                    "a row of {schema}.{table} at {}:{} cannot be decoded: {error}",
-                    self.transactions.file, place.start
-                ))
-            };
-            let (before, after) = row.map_err(|error| undecodable(error.to_string()))?;
-            self.transaction_rows += 1;
-            if self.skip_rows > 0 {
-                self.skip_rows -= 1;
-                continue;
-            }
-            let row = ChangeRow {
-                file: &self.transactions.file,
-                position: place.start,
-                row_index: place.first_row + index,
-                gtid: &self.transactions.gtid_text,
-                committed_at,
-                schema: &schema,
-                table: &table,
-                operation: events::operation(rows),
-            };
-            let change = decode::change(&columns, row, before, after).map_err(undecodable)?;
-            self.batch.push(change);
-        }
-        self.transactions.count_rows(count);
-        Ok(())
-    }
-}
-
-impl From<StoreError> for SessionEnd {
-    fn from(error: StoreError) -> SessionEnd {
-        match error {
-            StoreError::Fenced => SessionEnd::Stopped,
-            other => {
-                SessionEnd::Disconnected(format!("the change index cannot be written: {other}"))
-            }
-        }
-    }
 }

@@ -1,14 +1,20 @@
-//! The LISTEN/NOTIFY hub: one dedicated connection per replica (store::listener) feeds the
-//! dispatcher, which fans onboarding changes out to WatchOnboarding streams (one read per
-//! changed server, whatever the number of watchers), wakes the engine and revokes keys.
+//! The watch room. This file is the onboarding hub: it fans onboarding changes out to
+//! WatchOnboarding streams (one read per changed server, whatever the number of watchers);
+//! `stream` is one such stream. `fleet` is WatchServers' hub and stream; `lifeline` what ends
+//! any watch stream (shutdown, key expiry, revocation); `queue` the hub-to-stream queue and the
+//! outbox both kinds of stream use. The router in `notify.rs` tells the hubs
+//! what changed.
 
+pub mod fleet;
+mod lifeline;
+mod queue;
 mod stream;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -17,16 +23,15 @@ use futures_util::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use stream::{WatchError, WatchRequest, WatchStream, watch};
 
+use queue::{QueueReceiver, QueueSender};
+
 use crate::{
-    auth::Authenticator,
     domain::{ServerId, TenantId, onboarding::OnboardingStatus},
-    onboarding::Engine,
-    store::{Store, StoreError, listener::Notification},
+    store::{Store, StoreError},
 };
 
 /// How many changes a watcher may have queued before it is cut off as too slow.
@@ -35,12 +40,6 @@ const WATCHER_BUFFER: usize = 64;
 const READ_RETRIES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 /// How often the servers whose change could not be read are read again.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
-
-struct Watcher {
-    id: u64,
-    sender: mpsc::Sender<Arc<OnboardingStatus>>,
-    overflowed: Arc<AtomicBool>,
-}
 
 /// Where a watch of a server starts: its tenant and status, read after the watch subscribed.
 /// None when the read failed; each open then reads again by itself, to report its own error.
@@ -51,7 +50,7 @@ type SharedRead = Shared<BoxFuture<'static, Start>>;
 
 /// A server with watchers on this replica.
 struct Watched {
-    watchers: Vec<Watcher>,
+    watchers: Vec<QueueSender<OnboardingStatus>>,
     /// The read that opens join until it starts. It starts once the read before it has
     /// finished, so a burst of opens of one server costs two reads, not one each, and every open
     /// that joined it had subscribed before it started: no change can fall between.
@@ -70,6 +69,24 @@ impl Default for Watched {
     }
 }
 
+/// This replica's two hubs: WatchOnboarding's and WatchServers'.
+#[derive(Clone)]
+pub struct Hubs {
+    pub onboarding: Arc<WatchHub>,
+    pub fleet: Arc<fleet::FleetHub>,
+}
+
+impl Hubs {
+    /// Both hubs over the watch pool, with their recheck loops running until `shutdown`.
+    pub fn start(store: Store, shutdown: CancellationToken) -> Hubs {
+        let onboarding = WatchHub::new(store.clone(), shutdown.clone());
+        let fleet = fleet::FleetHub::new(store, shutdown);
+        tokio::spawn(onboarding.clone().recheck());
+        tokio::spawn(fleet.clone().recheck());
+        Hubs { onboarding, fleet }
+    }
+}
+
 /// Fans committed onboarding changes out to this replica's watch streams.
 pub struct WatchHub {
     store: Store,
@@ -85,20 +102,7 @@ pub struct Subscription {
     hub: Arc<WatchHub>,
     server_id: ServerId,
     id: u64,
-    receiver: mpsc::Receiver<Arc<OnboardingStatus>>,
-    overflowed: Arc<AtomicBool>,
-}
-
-impl Subscription {
-    /// The next change; None when the hub cut this watcher off or is shutting down.
-    pub async fn next(&mut self) -> Option<Arc<OnboardingStatus>> {
-        self.receiver.recv().await
-    }
-
-    /// Whether the hub cut this watcher off for falling behind.
-    pub fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::Acquire)
-    }
+    pub queue: QueueReceiver<OnboardingStatus>,
 }
 
 impl Drop for Subscription {
@@ -148,17 +152,12 @@ impl WatchHub {
 
     /// Registers a watcher and joins the next read of its server.
     fn subscribe(self: &Arc<WatchHub>, server_id: ServerId) -> (Subscription, SharedRead) {
-        let (sender, receiver) = mpsc::channel(WATCHER_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let overflowed = Arc::new(AtomicBool::new(false));
+        let (sender, queue) = queue::queue(id, WATCHER_BUFFER);
         let read = {
             let mut watched = self.watched();
             let entry = watched.entry(server_id).or_default();
-            entry.watchers.push(Watcher {
-                id,
-                sender,
-                overflowed: overflowed.clone(),
-            });
+            entry.watchers.push(sender);
             let reading = entry.reading.clone();
             entry
                 .next_read
@@ -170,8 +169,7 @@ impl WatchHub {
             hub: self.clone(),
             server_id,
             id,
-            receiver,
-            overflowed,
+            queue,
         };
         (subscription, read)
     }
@@ -206,25 +204,15 @@ impl WatchHub {
         metrics::gauge!("dbtrail_watch_streams_open").decrement(1.0);
     }
 
-    fn is_watched(&self, server_id: ServerId) -> bool {
+    pub fn is_watched(&self, server_id: ServerId) -> bool {
         self.watched().contains_key(&server_id)
     }
 
     /// Hands a status to every watcher of its server; a full queue cuts that watcher off.
     fn fan_out(&self, status: OnboardingStatus) {
-        let status = Arc::new(status);
         let mut watched = self.watched();
         if let Some(entry) = watched.get_mut(&status.server_id) {
-            entry
-                .watchers
-                .retain(|watcher| match watcher.sender.try_send(status.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        watcher.overflowed.store(true, Ordering::Release);
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
+            queue::fan_out(&mut entry.watchers, status);
         }
     }
 
@@ -237,7 +225,7 @@ impl WatchHub {
     /// A server's onboarding reached `revision`: one read (retried twice), then fan-out. A
     /// change that cannot be read is read again by [`WatchHub::recheck`], so no watcher waits
     /// for it forever.
-    async fn changed(&self, server_id: ServerId, revision: i64) {
+    pub async fn changed(&self, server_id: ServerId, revision: i64) {
         let mut pauses = READ_RETRIES.iter();
         loop {
             if !self.is_watched(server_id) {
@@ -288,54 +276,12 @@ impl WatchHub {
 
     /// After the LISTEN connection came back: send every watched server's latest status, from
     /// which each stream fills any gap out of the history.
-    async fn catch_up(&self) {
+    pub async fn catch_up(&self) {
         let watched: Vec<ServerId> = self.watched().keys().copied().collect();
         for server_id in watched {
             match self.store.server_by_id(server_id).await {
                 Ok(server) => self.fan_out(server.onboarding_status()),
                 Err(error) => tracing::warn!(%error, %server_id, "could not catch a watcher up"),
-            }
-        }
-    }
-}
-
-/// Routes notifications from the LISTEN connection until it closes.
-pub async fn dispatch(
-    mut notifications: mpsc::Receiver<Notification>,
-    hub: Arc<WatchHub>,
-    authenticator: Arc<Authenticator>,
-    engine: Arc<Engine>,
-    streams: Arc<crate::stream::Streams>,
-) {
-    let wake_engine = engine.waker();
-    let mut connected_before = false;
-    while let Some(notification) = notifications.recv().await {
-        match notification {
-            // The read runs beside the loop, so revocations and wake-ups never wait behind it;
-            // streams put out-of-order changes back in order themselves.
-            Notification::Onboarding {
-                server_id,
-                revision,
-            } => {
-                engine.changed(server_id, revision);
-                streams.changed(server_id);
-                if hub.is_watched(server_id) {
-                    let hub = hub.clone();
-                    tokio::spawn(async move { hub.changed(server_id, revision).await });
-                }
-            }
-            Notification::Runnable(server_id) => {
-                let _ = wake_engine.try_send(Some(server_id));
-            }
-            Notification::KeyRevoked(key_id) => authenticator.key_revoked(key_id),
-            Notification::Connected => {
-                if connected_before {
-                    authenticator.revocations_missed();
-                    let hub = hub.clone();
-                    tokio::spawn(async move { hub.catch_up().await });
-                    let _ = wake_engine.try_send(None);
-                }
-                connected_before = true;
             }
         }
     }

@@ -6,15 +6,17 @@
 //! channel of its own, so a change fanned out to 100,000 streams wakes each once, and a client
 //! that leaves simply drops it.
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc};
 
 use futures_util::Stream;
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
-use super::{Subscription, WatchHub};
+use super::{
+    Subscription, WatchHub,
+    lifeline::Lifeline,
+    queue::{self, Outbox},
+};
 use crate::{
-    auth::{AuthError, Authenticator, Principal, Revocation},
+    auth::{AuthError, Authenticator, Principal},
     domain::{ServerId, onboarding::OnboardingStatus},
     store::{Store, StoreError},
 };
@@ -57,71 +59,42 @@ pub fn watch(
     (subscription, current): (Subscription, Arc<OnboardingStatus>),
     request: WatchRequest,
 ) -> WatchStream {
-    let expiry = principal.expires_at.map(|at| {
-        let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
-        Box::pin(tokio::time::sleep(wait))
-    });
     let watcher = Watcher {
         server_id: current.server_id,
         store: hub.store.clone(),
-        shutdown: hub.shutdown.clone(),
-        revocations: authenticator.subscribe(),
-        authenticator,
-        principal,
+        lifeline: Lifeline::new(hub.shutdown.clone(), authenticator, principal),
         request,
         subscription,
-        expiry,
         start: Some(current),
         replay_through: None,
-        pending: VecDeque::new(),
-        finished: false,
+        outbox: Outbox::default(),
         last_sent: 0,
     };
-    Box::pin(futures_util::stream::unfold(
-        watcher,
-        |mut watcher| async move {
-            let item = watcher.next_item().await?;
-            Some((item, watcher))
-        },
-    ))
+    queue::into_stream(watcher)
 }
 
 struct Watcher {
     server_id: ServerId,
     store: Store,
-    shutdown: CancellationToken,
-    authenticator: Arc<Authenticator>,
-    revocations: broadcast::Receiver<Revocation>,
-    principal: Principal,
+    lifeline: Lifeline,
     request: WatchRequest,
     subscription: Subscription,
-    /// When the key expires, if it does.
-    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Where the stream starts, until it has.
     start: Option<Arc<OnboardingStatus>>,
     /// A replay from the history still to send, up to this revision.
     replay_through: Option<i64>,
-    /// What is ready for the client.
-    pending: VecDeque<Item>,
-    /// Nothing comes after `pending`.
-    finished: bool,
+    outbox: Outbox<Arc<OnboardingStatus>>,
     last_sent: i64,
 }
 
-impl Watcher {
+impl queue::Watcher for Watcher {
+    type Item = Item;
+
     /// The next item for the client; None when the stream is over.
     async fn next_item(&mut self) -> Option<Item> {
         loop {
-            // A replica that stops ends its streams at once, also mid-replay.
-            if self.shutdown.is_cancelled() && !self.finished {
-                self.pending.clear();
-                self.fail(WatchError::ShuttingDown);
-            }
-            if let Some(item) = self.pending.pop_front() {
-                return Some(item);
-            }
-            if self.finished {
-                return None;
+            if let Some(item) = self.outbox.ready(self.lifeline.is_shutting_down()) {
+                return item;
             }
             if let Some(current) = self.start.take() {
                 self.begin(current);
@@ -132,7 +105,9 @@ impl Watcher {
             }
         }
     }
+}
 
+impl Watcher {
     /// The first status, or the replay after since_revision.
     fn begin(&mut self, current: Arc<OnboardingStatus>) {
         match self.request.since_revision {
@@ -140,7 +115,7 @@ impl Watcher {
             Some(since)
                 if since >= current.revision && current.is_final() && !self.request.follow =>
             {
-                self.finished = true;
+                self.outbox.finish(true);
             }
             Some(since) => {
                 self.last_sent = since;
@@ -151,39 +126,13 @@ impl Watcher {
     }
 
     async fn wait_for_event(&mut self) {
-        let expired = async {
-            match self.expiry.as_mut() {
-                Some(sleep) => sleep.as_mut().await,
-                None => std::future::pending().await,
-            }
-        };
+        let queue = &mut self.subscription.queue;
         tokio::select! {
-            () = self.shutdown.cancelled() => self.fail(WatchError::ShuttingDown),
-            () = expired => self.fail(AuthError::Expired.into()),
-            revocation = self.revocations.recv() => self.revocation(revocation).await,
-            change = self.subscription.next() => match change {
+            ending = self.lifeline.ended() => self.outbox.end(ending),
+            change = queue.next() => match change {
                 Some(status) => self.deliver(status),
-                None if self.subscription.overflowed() => {
-                    self.fail(WatchError::Lagged(self.last_sent))
-                }
-                None => self.fail(WatchError::ShuttingDown),
+                None => self.outbox.queue_ended(queue, self.last_sent),
             },
-        }
-    }
-
-    async fn revocation(&mut self, revocation: Result<Revocation, broadcast::error::RecvError>) {
-        match revocation {
-            Ok(Revocation::Key(key_id)) if key_id == self.principal.key_id => {
-                self.fail(AuthError::Revoked.into())
-            }
-            Ok(Revocation::Key(_)) => {}
-            Ok(Revocation::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                match self.authenticator.recheck(&self.principal).await {
-                    Ok(()) | Err(AuthError::Unavailable) => {}
-                    Err(error) => self.fail(error.into()),
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => self.finished = true,
         }
     }
 
@@ -209,16 +158,18 @@ impl Watcher {
             .await
         {
             Ok(page) => page,
-            Err(error) => return self.fail(error.into()),
+            Err(error) => return self.outbox.fail(error.into()),
         };
         let exhausted = page.len() < REPLAY_PAGE as usize;
         for status in page {
-            if status.revision > through || self.finished {
+            if status.revision > through || self.outbox.is_finished() {
                 break;
             }
             // The history was compacted under this replay: say where to resume, skip nothing.
             if status.revision != self.last_sent + 1 {
-                return self.fail(StoreError::Compacted(status.revision - 1).into());
+                return self
+                    .outbox
+                    .fail(StoreError::Compacted(status.revision - 1).into());
             }
             // Only the newest known status may end the stream; older finals were superseded.
             let newest = status.revision == through;
@@ -232,12 +183,7 @@ impl Watcher {
     fn send(&mut self, status: Arc<OnboardingStatus>, may_end: bool) {
         let ends = may_end && status.is_final() && !self.request.follow;
         self.last_sent = status.revision;
-        self.pending.push_back(Ok(status));
-        self.finished = ends;
-    }
-
-    fn fail(&mut self, error: WatchError) {
-        self.pending.push_back(Err(error));
-        self.finished = true;
+        self.outbox.push(status);
+        self.outbox.finish(ends);
     }
 }

@@ -25,9 +25,16 @@ enum Rpc {
     ConfirmFirewall,
     WatchOnboarding,
     RetryOnboarding,
+    PauseStream,
+    ResumeStream,
+    ListSchemaChanges,
+    WatchServers,
+    CheckServer,
+    RevertChanges,
+    GetRowHistory,
 }
 
-const RPCS: [Rpc; 9] = [
+const RPCS: [Rpc; 16] = [
     Rpc::ListServers,
     Rpc::GetServer,
     Rpc::RegisterServer,
@@ -37,26 +44,42 @@ const RPCS: [Rpc; 9] = [
     Rpc::ConfirmFirewall,
     Rpc::WatchOnboarding,
     Rpc::RetryOnboarding,
+    Rpc::PauseStream,
+    Rpc::ResumeStream,
+    Rpc::ListSchemaChanges,
+    Rpc::WatchServers,
+    Rpc::CheckServer,
+    Rpc::RevertChanges,
+    Rpc::GetRowHistory,
 ];
 
 impl Rpc {
     /// The permission api.md §2 requires.
     fn permission(self) -> &'static str {
         match self {
-            Rpc::ListServers | Rpc::GetServer | Rpc::GetOnboardingStatus | Rpc::WatchOnboarding => {
-                "servers:read"
-            }
+            Rpc::ListServers
+            | Rpc::GetServer
+            | Rpc::GetOnboardingStatus
+            | Rpc::WatchOnboarding
+            | Rpc::WatchServers => "servers:read",
             Rpc::RegisterServer
             | Rpc::UpdateServer
             | Rpc::ConfirmFirewall
-            | Rpc::RetryOnboarding => "servers:write",
+            | Rpc::RetryOnboarding
+            | Rpc::PauseStream
+            | Rpc::ResumeStream
+            | Rpc::CheckServer => "servers:write",
             Rpc::DecommissionServer => "servers:delete",
+            Rpc::ListSchemaChanges | Rpc::RevertChanges | Rpc::GetRowHistory => "changes:read",
         }
     }
 
     /// Whether the call addresses one existing server.
     fn targets_a_server(self) -> bool {
-        !matches!(self, Rpc::ListServers | Rpc::RegisterServer)
+        !matches!(
+            self,
+            Rpc::ListServers | Rpc::RegisterServer | Rpc::WatchServers
+        )
     }
 
     /// Calls the RPC with valid arguments against `server_id`; the watch's first message counts.
@@ -128,6 +151,68 @@ impl Rpc {
             }
             Rpc::RetryOnboarding => client
                 .retry_onboarding(RetryOnboardingRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::PauseStream => client
+                .pause_stream(proto::PauseStreamRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::ResumeStream => client
+                .resume_stream(proto::ResumeStreamRequest { server_id: id })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::ListSchemaChanges => client
+                .list_schema_changes(proto::ListSchemaChangesRequest {
+                    server_id: id,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::WatchServers => {
+                let mut stream = client
+                    .watch_servers(proto::WatchServersRequest::default())
+                    .await?
+                    .into_inner();
+                match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+                    Ok(Ok(Some(list))) => Ok(CallOutcome::Listed(
+                        list.servers
+                            .into_iter()
+                            .map(|server| server.server_id)
+                            .collect(),
+                    )),
+                    Ok(Err(status)) => Err(status),
+                    other => panic!("WatchServers gave neither a list nor an error: {other:?}"),
+                }
+            }
+            Rpc::CheckServer => client
+                .check_server(proto::CheckServerRequest {
+                    target: Some(proto::check_server_request::Target::ServerId(id)),
+                })
+                .await
+                .map(|_| CallOutcome::Done),
+            Rpc::RevertChanges => {
+                let mut stream = client
+                    .revert_changes(proto::RevertChangesRequest {
+                        server_id: id,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                // The script's first chunk (its header) or the stream's error.
+                match stream.message().await {
+                    Ok(Some(_)) => Ok(CallOutcome::Done),
+                    Ok(None) => panic!("RevertChanges sent no script"),
+                    Err(status) => Err(status),
+                }
+            }
+            Rpc::GetRowHistory => client
+                .get_row_history(proto::GetRowHistoryRequest {
+                    server_id: id,
+                    schema: "shop".into(),
+                    table: "items".into(),
+                    key: r#"{"id":1}"#.into(),
+                    as_of: None,
+                })
                 .await
                 .map(|_| CallOutcome::Done),
         }
@@ -337,6 +422,13 @@ fn a_key_with_exactly_the_permission_is_enough() {
             Rpc::RegisterServer,
             Rpc::UpdateServer,
             Rpc::ConfirmFirewall,
+            Rpc::PauseStream,
+            Rpc::ResumeStream,
+            Rpc::ListSchemaChanges,
+            Rpc::RevertChanges,
+            Rpc::GetRowHistory,
+            Rpc::WatchServers,
+            Rpc::CheckServer,
             Rpc::DecommissionServer,
         ] {
             let key = app.key_with(&[rpc.permission()]).await;

@@ -40,6 +40,13 @@ fn tenants_and_keys_are_managed_from_the_command_line() {
             .assert_success();
         let duplicate = run_cli(&["tenants", "create", "acme"], &env).await;
         assert!(!duplicate.status.success(), "a duplicate tenant is refused");
+        assert!(
+            duplicate
+                .stderr
+                .contains("error: tenant \"acme\" already exists\n"),
+            "the refusal names the tenant: {}",
+            duplicate.stderr
+        );
         let tenants = run_cli(&["tenants", "list"], &env).await;
         tenants.assert_success();
         assert!(
@@ -304,7 +311,10 @@ fn serve_takes_every_setting_from_the_environment() {
         );
         process.wait_serving(Duration::from_secs(60)).await;
         let mut client = process.client(&tenant.key).await;
-        let server = register(&mut client, ssh_server("env-configured")).await;
+        // The target policy holds (no --allow-loopback-targets): a jumphost at a public address.
+        let mut input = ssh_server("env-configured");
+        input.ssh_tunnel.as_mut().expect("a tunnel").host = "203.0.113.10".to_owned();
+        let server = register(&mut client, input).await;
         let status = wait_for_onboarding(
             &client,
             &server.server_id,
@@ -664,5 +674,80 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit_and_says_so() {
             "{}",
             process.stderr()
         );
+    });
+}
+
+/// `serve` says where its console is, and text logs written to a pipe (a file, a collector)
+/// carry no colour codes.
+#[test]
+fn serve_prints_its_console_url_and_pipes_plain_text_logs() {
+    block_on(async {
+        let db = TestDatabase::create().await;
+        let options = ReplicaOptions {
+            extra_args: vec!["--log-format".into(), "text".into()],
+            ..ReplicaOptions::default()
+        };
+        let process = ServiceProcess::serve("console-url", &db.url, &options).await;
+        let expected = format!("Console: http://{}/console", process.http_addr);
+        wait_until(
+            "the console URL on stdout",
+            Duration::from_secs(10),
+            || async { process.stdout().contains(&expected) },
+        )
+        .await;
+        let (status, _) = http_get(process.http_addr, "/console").await;
+        assert_eq!(status, 200, "the printed URL serves the console");
+        let logs = process.stderr();
+        assert!(logs.contains("serving"), "text logs: {logs}");
+        assert!(
+            !logs.contains('\u{1b}'),
+            "no escape codes in piped logs: {logs:?}"
+        );
+    });
+}
+
+/// `keys create` and `tenants create` against a database that does not exist (a typo in the URL)
+/// name the problem and the fix, and create nothing: no database appears.
+#[test]
+fn admin_commands_never_create_a_mistyped_database() {
+    block_on(async {
+        let name = format!(
+            "dbtrail_typo_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let url = database_url(&name);
+        let env = [("DATABASE_URL", url.as_str())];
+        for args in [
+            &[
+                "keys",
+                "create",
+                "--tenant",
+                "default",
+                "--permissions",
+                "servers:read",
+            ][..],
+            &["tenants", "create", "acme"][..],
+        ] {
+            let output = run_cli(args, &env).await;
+            assert!(!output.status.success(), "{args:?} succeeded: {output:?}");
+            assert!(
+                output
+                    .stderr
+                    .contains(&format!("database \"{name}\" does not exist"))
+                    && output.stderr.contains("dbtrail-servers migrate"),
+                "{args:?}: {}",
+                output.stderr
+            );
+        }
+        let admin = pg_connect(&admin_database_url()).await;
+        let found = admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .expect("pg_database")
+            .get::<_, i64>(0);
+        assert_eq!(found, 0, "no database was created");
     });
 }

@@ -97,6 +97,7 @@ fn the_python_example_registers_watches_and_confirms() {
                 "proto/google/api/annotations.proto",
                 "proto/google/api/http.proto",
                 "proto/google/api/field_behavior.proto",
+                "proto/google/api/httpbody.proto",
             ])
             .output()
             .await

@@ -159,7 +159,7 @@ fn a_stale_runners_fenced_write_changes_nothing() {
             statement_timeout: Duration::from_secs(5),
         })
         .expect("Store::connect");
-        let id = ServerId(uuid::Uuid::parse_str(&server.server_id).expect("a UUID"));
+        let id = ServerId::from_uuid(uuid::Uuid::parse_str(&server.server_id).expect("a UUID"));
 
         // Runner 1 claims with a short lease, which expires; runner 2 takes over. (The server has
         // no agent yet: any agent's engine may claim it.)
@@ -193,7 +193,7 @@ fn a_stale_runners_fenced_write_changes_nothing() {
         );
 
         let sql = db.connect().await;
-        let id_text = id.0.to_string();
+        let id_text = id.uuid().to_string();
         let snapshot = || async {
             let row: String = sql
                 .query_one(
@@ -231,12 +231,14 @@ fn a_stale_runners_fenced_write_changes_nothing() {
             "a stale runner's write must be fenced, got {:?}",
             write.map(|(server, _)| server.revision)
         );
-        assert!(matches!(
+        assert_eq!(
             store
-                .renew_lease(Lease::Onboarding, stale, Duration::from_secs(60))
-                .await,
-            Err(StoreError::Fenced)
-        ));
+                .renew_leases(Lease::Onboarding, &[stale], Duration::from_secs(60))
+                .await
+                .expect("a renewal"),
+            Vec::new(),
+            "a stale runner's lease must not be renewed"
+        );
         assert!(matches!(
             store.assign_agent(stale, affinity.dead_after).await,
             Err(StoreError::Fenced)

@@ -20,10 +20,10 @@ const PASSED: &str = "log_bin ON, binlog_format ROW, binlog_row_image FULL, repl
 /// The sync_binlog warning, up to its fix.
 const SYNC_BINLOG_0: &str = "sync_binlog is 0: the binlog is not flushed to disk at every \
                              commit, so a crash of the source's host can lose the binlog's \
-                             tail, and changes committed there are never captured; ";
+                             tail, and changes committed there are never captured: ";
 
 /// A private MariaDB started with `args`, with a table to snapshot and the replication user.
-async fn mariadb_started_with(args: &[&str]) -> MariaDb {
+pub(crate) async fn mariadb_started_with(args: &[&str]) -> MariaDb {
     let mariadb = args
         .iter()
         .fold(MariaDb::options(), |options, arg| options.arg(arg))
@@ -224,7 +224,7 @@ fn a_real_servers_greeting_names_it_before_any_login() {
         // caching_sha2_password: MariaDB before 11.0 announces itself behind a 5.5.5- prefix.
         let mariadb = MariaDb::start().await;
         let target = std::net::SocketAddr::from(([127, 0, 0, 1], mariadb.port));
-        let announced = dbtrail_servers::onboarding::connection::mysql::announced_version(
+        let announced = dbtrail_servers::source::connection::mysql::announced_version(
             target,
             std::time::Duration::from_secs(5),
         )
@@ -232,7 +232,7 @@ fn a_real_servers_greeting_names_it_before_any_login() {
         assert_eq!(announced, Some(format!("5.5.5-{}", mariadb.version)));
         let nothing = free_port();
         let closed = std::net::SocketAddr::from(([127, 0, 0, 1], nothing));
-        let none = dbtrail_servers::onboarding::connection::mysql::announced_version(
+        let none = dbtrail_servers::source::connection::mysql::announced_version(
             closed,
             std::time::Duration::from_secs(5),
         )

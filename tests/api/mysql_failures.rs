@@ -90,6 +90,39 @@ fn a_wrong_password_fails_waiting_for_agent_at_once() {
     });
 }
 
+/// docs/mysql.md's user on a fresh MariaDB: mariadb-install-db's anonymous account for a more
+/// specific host shadows 'bintrail'@'%', so the right password is refused. The step says so,
+/// with both fixes; after the anonymous account is dropped, a retry reaches active.
+#[test]
+fn an_anonymous_account_shadowing_the_user_is_named_with_its_fix() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        mariadb.exec(&["CREATE USER ''@'127.0.0.1'"]).await;
+        let onboarded = onboard(&mariadb, &REPLICATION_GRANTS, PASSWORD).await;
+        let error = assert_failed_at(&onboarded.status, OnboardingStep::WaitingForAgent);
+        assert!(
+            error.starts_with(&format!(
+                "MySQL at 127.0.0.1:{} refused: Access denied for user '{USER}'@'127.0.0.1'",
+                mariadb.port
+            )),
+            "{error}"
+        );
+        for part in [
+            "an anonymous account lets anyone log in from here without a password",
+            "''@'127.0.0.1' comes before 'bintrail'@'%'",
+            "DROP USER IF EXISTS ''@'127.0.0.1'",
+            "CREATE USER 'bintrail'@'127.0.0.1' IDENTIFIED BY '...'",
+        ] {
+            assert!(error.contains(part), "{part:?} not in {error}");
+        }
+        mariadb.exec(&["DROP USER ''@'127.0.0.1'"]).await;
+        let mut client = onboarded.client.clone();
+        retry_onboarding(&mut client, &onboarded.id).await;
+        let status = wait_settled(&client, &onboarded.id).await;
+        assert_active(&status);
+    });
+}
+
 #[test]
 fn an_unreachable_port_fails_waiting_for_agent_after_the_retry_budget() {
     block_on(async {
@@ -360,9 +393,10 @@ fn after_update_server_with_the_right_password_onboarding_reaches_active() {
 }
 
 /// Without --allow-loopback-targets, a tenant cannot point the agent at instance metadata, the
-/// replica itself or its networks, however the address is spelt: an IP literal is refused by
-/// RegisterServer and UpdateServer, a DNS name at waiting_for_agent once resolved, each with the
-/// same reason, before any connection.
+/// replica itself or its networks, however the address is spelt: an IP literal, or a name that
+/// resolves to such an address, is refused by RegisterServer and UpdateServer (naming the address
+/// and the way out), and a name is checked again at waiting_for_agent once resolved, before any
+/// connection. A direct server's private address is refused naming vpn and ssh_tunnel.
 #[test]
 fn denied_targets_are_refused_at_registration_or_after_resolution() {
     block_on(async {
@@ -373,7 +407,7 @@ fn denied_targets_are_refused_at_registration_or_after_resolution() {
         })
         .await;
         let mut client = app.client();
-        let own = dbtrail_servers::onboarding::interfaces::own_networks()
+        let own = dbtrail_servers::source::connection::interfaces::own_networks()
             .into_iter()
             .map(|range| range.address())
             .find(|address| !address.is_loopback())
@@ -407,27 +441,65 @@ fn denied_targets_are_refused_at_registration_or_after_resolution() {
             let status = register_error(&mut client, tunnelled).await;
             refused(&status, "server.ssh_tunnel.host", host);
         }
-        // A private address is for VPN and SSH tunnel servers only.
+        // A private address is for VPN and SSH tunnel servers only, and the refusal says so.
+        let private_refused = |status: &tonic::Status, field: &str, host: &str| {
+            assert_bad_request(status, &[field]);
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("{host} is {PRIVATE_FOR_DIRECT}")),
+                "{host}: {status:?}"
+            );
+        };
         let mut private = direct_server("private-direct");
         private.host = "10.20.30.40".to_owned();
         let status = register_error(&mut client, private).await;
-        refused(&status, "server.host", "10.20.30.40");
+        private_refused(&status, "server.host", "10.20.30.40");
         // The agent connects to a jumphost itself: it must be where a direct server could be, while
         // the MySQL host behind it may be private.
         let mut private_jumphost = ssh_server("private-jumphost");
         private_jumphost.ssh_tunnel.as_mut().expect("a tunnel").host = "10.20.30.41".to_owned();
         let status = register_error(&mut client, private_jumphost).await;
-        refused(&status, "server.ssh_tunnel.host", "10.20.30.41");
+        private_refused(&status, "server.ssh_tunnel.host", "10.20.30.41");
         let mut behind = ssh_server("private-behind-public-jumphost");
         behind.host = "10.20.30.42".to_owned();
         behind.ssh_tunnel.as_mut().expect("a tunnel").host = "203.0.113.10".to_owned();
         register(&mut client, behind).await;
 
-        // A DNS name is checked where it resolves.
+        // A name that resolves to a refused address is refused at registration, naming the
+        // address, and so is an update to it.
+        let named_refusal = |status: &tonic::Status, field: &str, host: &str| {
+            assert_bad_request(status, &[field]);
+            let message = status.message();
+            assert!(
+                message.contains(&format!("{host} resolves to ")) && message.ends_with(DENIED),
+                "{host}: {status:?}"
+            );
+        };
         let mut input = direct_server("named-loopback");
         input.host = "localhost".to_owned();
         input.port = i32::from(mariadb.port);
-        let server = register(&mut client, input).await;
+        let status = register_error(&mut client, input.clone()).await;
+        named_refusal(&status, "server.host", "localhost");
+        let mut tunnelled = ssh_server("named-loopback-jumphost");
+        tunnelled.ssh_tunnel.as_mut().expect("a tunnel").host = "localhost".to_owned();
+        let status = register_error(&mut client, tunnelled).await;
+        named_refusal(&status, "server.ssh_tunnel.host", "localhost");
+
+        // A name is checked again where it is resolved to connect (it may resolve elsewhere by
+        // then): a tunnelled server whose MySQL host is `localhost` behind the jumphost, moved
+        // to direct without naming the host again, fails at waiting_for_agent.
+        let mut behind_loopback = ssh_server("loopback-behind-jumphost");
+        behind_loopback.host = "localhost".to_owned();
+        behind_loopback.port = i32::from(mariadb.port);
+        behind_loopback.ssh_tunnel.as_mut().expect("a tunnel").host = "203.0.113.11".to_owned();
+        let server = register(&mut client, behind_loopback).await;
+        let direct = proto::Server {
+            server_id: server.server_id.clone(),
+            connection_method: proto::ConnectionMethod::Direct as i32,
+            ..Default::default()
+        };
+        update_server(&mut client, direct, &["connection_method", "ssh_tunnel"]).await;
         let status = wait_settled(&client, &server.server_id).await;
         let error = assert_failed_at(&status, OnboardingStep::WaitingForAgent);
         assert!(
@@ -436,12 +508,19 @@ fn denied_targets_are_refused_at_registration_or_after_resolution() {
         );
         assert_eq!(step(&status, OnboardingStep::WaitingForAgent).attempts, 1);
 
-        // UpdateServer applies the same rule.
+        // UpdateServer applies the same rules.
         let mut moved = server.clone();
         moved.host = "169.254.169.254".to_owned();
         moved.etag = String::new();
-        let status = expect_err(client.update_server(update_request(moved, &["host"])).await);
+        let status = expect_err(
+            client
+                .update_server(update_request(moved.clone(), &["host"]))
+                .await,
+        );
         refused(&status, "server.host", "169.254.169.254");
+        moved.host = "localhost".to_owned();
+        let status = expect_err(client.update_server(update_request(moved, &["host"])).await);
+        named_refusal(&status, "server.host", "localhost");
     });
 }
 
@@ -716,6 +795,31 @@ async fn wait_runners(db: &TestDatabase, prefix: &str, count: i64) {
     .await;
 }
 
+/// Of `ids`, how many servers show a step in progress, and how many a step that waits for a
+/// runner (pending, saying so: its runner yielded the slot to another tenant).
+async fn steps_waiting_for_a_runner(client: &mut Client, ids: &[String]) -> (usize, usize) {
+    let (mut running, mut waiting) = (0, 0);
+    for id in ids {
+        let status = client
+            .get_onboarding_status(proto::GetOnboardingStatusRequest {
+                server_id: id.clone(),
+            })
+            .await
+            .expect("GetOnboardingStatus")
+            .into_inner();
+        for step in &status.steps {
+            if step.status == StepStatus::InProgress as i32 {
+                running += 1;
+            } else if step.status == StepStatus::Pending as i32
+                && step.message.starts_with("waiting for a runner")
+            {
+                waiting += 1;
+            }
+        }
+    }
+    (running, waiting)
+}
+
 /// Runner slots are shared: a tenant whose 70 servers all stall after login leaves a quarter of
 /// a replica's 64 runner slots (its share, by default) to the others, and another tenant's server
 /// onboards at once; once every slot is taken, a tenant below its share makes one above it yield.
@@ -730,9 +834,10 @@ fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
             .extend(["--step-timeout".to_owned(), "5m".to_owned()]);
         let app = TestApp::start_with(options).await;
         let mut hostile = app.client();
+        let mut hostile_ids = Vec::new();
         for index in 0..70 {
             let server = proxy.server(&mariadb, &format!("stalls-{index}"));
-            register(&mut hostile, server).await;
+            hostile_ids.push(register(&mut hostile, server).await.server_id);
         }
         // The hostile tenant takes all but a share's worth (16) of the 64 slots, and stalls there.
         wait_runners(&app.db, "stalls-", 48).await;
@@ -767,6 +872,12 @@ fn one_tenants_stalling_servers_do_not_delay_another_tenants_onboarding() {
             runners_of(&app.db, "stalls-").await,
             47,
             "one hostile runner yielded its slot"
+        );
+        let waiting = steps_waiting_for_a_runner(&mut hostile, &hostile_ids).await;
+        assert_eq!(
+            waiting,
+            (47, 1),
+            "(steps in progress, steps waiting for a runner)"
         );
         assert_eq!(
             runners_of(&app.db, "crowded-").await,

@@ -171,7 +171,7 @@ fn a_correctly_configured_server_goes_from_provisioning_to_active() {
         // The index schema, the snapshot and the checkpoint in PostgreSQL.
         let state = index_state(&app.db, &id).await;
         assert_eq!(state.all_index_schemas, vec![state.schema.clone()]);
-        assert_eq!(state.tables, ["schema_snapshots"]);
+        assert_eq!(state.tables, ["schema_changes", "schema_snapshots"]);
         assert_eq!(state.snapshots.len(), 1, "{state:#?}");
         let snapshot = state.current_snapshot();
         assert_eq!((snapshot.schema_count, snapshot.table_count), (2, 3));
@@ -432,7 +432,7 @@ fn the_snapshot_counts_tables_warns_about_keys_and_engines_and_honours_filters()
                 schema_count: 0,
                 error: Some(
                     "nothing matches the stream filters (schemas [nope], tables [shop.missing, \
-                     shop.big_orders], exclude_tables []) among the tables the user can see; a \
+                     shop.big_orders], exclude_tables []) among the tables the user can see: a \
                      table is captured when its schema and the table itself are both listed (an \
                      empty list lists all) and it is not excluded",
                 ),
@@ -651,7 +651,7 @@ fn running_initializing_and_snapshotting_again_leaves_one_schema_and_one_current
             vec![state.schema.clone()],
             "exactly one index schema"
         );
-        assert_eq!(state.tables, ["schema_snapshots"]);
+        assert_eq!(state.tables, ["schema_changes", "schema_snapshots"]);
         assert_eq!(state.snapshots.len(), 3, "{state:#?}");
         assert_eq!(
             state.snapshots.iter().filter(|row| row.is_current).count(),

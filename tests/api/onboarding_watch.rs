@@ -488,14 +488,6 @@ fn a_watch_from_a_compacted_revision_is_out_of_range_with_where_to_resume() {
         assert!(current >= 3, "a few revisions to compact: {current}");
         // Revisions go as they age past the retention; the newest always stays. Once all but the
         // newest are old, a watch from 0 is told to resume from current - 1.
-        let resume_from = |status: &tonic::Status| -> Option<i64> {
-            status
-                .get_details_error_info()?
-                .metadata
-                .get("since_revision")?
-                .parse()
-                .ok()
-        };
         wait_until(
             "the history to be compacted to its newest revision",
             Duration::from_secs(15),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use dbtrail_servers::proto::ListServersRequest;
+use dbtrail_servers::proto::{self, ListServersRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -509,12 +509,21 @@ fn open_watches_are_capped_per_key_and_per_replica_and_a_closed_one_frees_its_pl
         let first = open_watch(&mut client, &server.server_id, Some(0), true)
             .await
             .expect("the first watch");
-        let _second = open_watch(&mut client, &server.server_id, Some(0), true)
+        // WatchServers and WatchOnboarding count against the same caps.
+        let _second = client
+            .watch_servers(proto::WatchServersRequest::default())
             .await
-            .expect("the second watch");
+            .expect("the second watch, of the fleet");
         let Err(status) = open_watch(&mut client, &server.server_id, Some(0), true).await else {
             panic!("a third watch of the key was opened");
         };
+        assert_error(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES");
+        let status = expect_err(
+            client
+                .watch_servers(proto::WatchServersRequest::default())
+                .await
+                .map(|_| ()),
+        );
         assert_error(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES");
         let other = app.key_with(&ALL_PERMISSIONS).await;
         let mut other_client = app.client_with_key(&other.secret);

@@ -175,7 +175,7 @@ fn list_servers_cursor_is_an_index_condition() {
             statement_timeout: Duration::from_secs(5),
         })
         .expect("a store");
-        let tenant = TenantId(app.tenant.id);
+        let tenant = TenantId::from_uuid(app.tenant.id);
         let middle = app
             .db
             .connect()

@@ -860,6 +860,18 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
                 "/servers/{server_id}/onboarding-status/watch",
                 "WatchOnboarding",
             ),
+            ("get", "/servers/{server_id}/revert-sql", "RevertChanges"),
+            (
+                "get",
+                "/servers/{server_id}/rows/{schema}/{table}/history",
+                "GetRowHistory",
+            ),
+            (
+                "get",
+                "/servers/{server_id}/schema-changes",
+                "ListSchemaChanges",
+            ),
+            ("get", "/servers:watch", "WatchServers"),
             ("patch", "/servers/{server_id}", "UpdateServer"),
             ("post", "/servers", "RegisterServer"),
             (
@@ -872,11 +884,14 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
                 "/servers/{server_id}/retry-onboarding",
                 "RetryOnboarding",
             ),
+            ("post", "/servers/{server_id}:pause-stream", "PauseStream"),
             (
                 "post",
                 "/servers/{server_id}:restart-stream",
                 "RestartStream",
             ),
+            ("post", "/servers/{server_id}:resume-stream", "ResumeStream"),
+            ("post", "/servers:check", "CheckServer"),
         ]
         .iter()
         .map(|(method, path, id)| (method.to_string(), path.to_string(), id.to_string()))
@@ -1100,15 +1115,17 @@ fn a_request_head_that_never_ends_is_dropped_after_the_header_read_timeout() {
     block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let options = ReplicaOptions {
-            extra_args: vec!["--http-header-read-timeout".into(), "2s".into()],
+            extra_args: vec!["--header-read-timeout".into(), "2s".into()],
             ..Default::default()
         };
         let app = TestApp::start_with(options).await;
+        // Taken before connecting: the service's clock starts when it accepts, which may be
+        // before connect() returns here.
+        let started = std::time::Instant::now();
         let slow = tokio::net::TcpStream::connect(app.http_addr)
             .await
             .expect("connect");
         let (mut reader, mut writer) = slow.into_split();
-        let started = std::time::Instant::now();
         // A header line every half second, never the blank line that ends the head.
         let trickle = tokio::spawn(async move {
             writer.write_all(b"GET /healthz HTTP/1.1\r\n").await?;

@@ -437,3 +437,127 @@ fn a_stream_that_fails_midway_ends_with_an_error_line_or_event() {
         app.shutdown().await;
     });
 }
+
+/// WatchServers over HTTP: NDJSON lines and SSE give the list, then ADDED, MODIFIED and DELETED
+/// with the tenant's revisions; SSE ids are revisions, and an EventSource reconnecting with
+/// Last-Event-ID gets exactly what came after it (no list, no gap, no duplicate); the filter is a
+/// query parameter, and a bad one is a 400 naming it.
+#[test]
+fn ndjson_and_sse_watch_the_fleet_and_sse_resumes_from_last_event_id() {
+    block_on(async {
+        let app = TestApp::start().await;
+        let rest = Rest::new(&app);
+        let first = rest.register(&direct_server_json("rest-first")).await;
+        let first_id = first["server_id"].as_str().unwrap().to_owned();
+
+        let mut lines = open(&rest, "/servers:watch", None, None).await;
+        let list = lines.json().await.expect("the list")["result"].clone();
+        assert_eq!(list["type"], "list", "{list}");
+        assert_eq!(list["servers"][0]["server_id"], first_id.as_str());
+        let listed_at = list["revision"].as_i64().expect("the list's revision");
+
+        let mut events = open(&rest, "/servers:watch", Some("text/event-stream"), None).await;
+        let listed = events.event().await.expect("the list event");
+        assert_eq!(listed.json()["type"], "list");
+        assert_eq!(
+            listed.id.as_deref(),
+            Some(listed.json()["revision"].to_string().as_str()),
+            "an SSE id is the revision"
+        );
+
+        let second = rest.register(&direct_server_json("rest-second")).await;
+        let second_id = second["server_id"].as_str().unwrap().to_owned();
+        // The first server's onboarding may still be moving: events until the ADDED one, each
+        // the next revision.
+        let mut last = listed_at;
+        let added = loop {
+            let event = lines.json().await.expect("an event")["result"].clone();
+            assert_eq!(event["revision"].as_i64(), Some(last + 1), "{event}");
+            last += 1;
+            if event["type"] == "added" {
+                break event;
+            }
+            assert_eq!(event["type"], "modified", "{event}");
+        };
+        assert_eq!(added["server"]["server_id"], second_id.as_str());
+        let sse_added = loop {
+            let event = events.event().await.expect("an SSE event");
+            if event.json()["type"] == "added" {
+                break event;
+            }
+        };
+        assert_eq!(sse_added.id.as_deref(), Some(last.to_string().as_str()));
+        drop(events);
+
+        // Meanwhile (the EventSource is away): a change and a decommission.
+        let reply = rest
+            .patch(
+                &format!("/servers/{first_id}?update_mask=labels"),
+                &json!({"labels": {"tier": "gold"}}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let reply = rest.delete(&format!("/servers/{second_id}")).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+
+        let resumed_from = sse_added.id.clone().expect("an id");
+        let mut resumed = open(
+            &rest,
+            "/servers:watch",
+            Some("text/event-stream"),
+            Some(&resumed_from),
+        )
+        .await;
+        let mut kinds = Vec::new();
+        let mut last = resumed_from.parse::<i64>().unwrap();
+        while !kinds.iter().any(|(kind, _)| kind == "deleted") {
+            let event = resumed.event().await.expect("an event after Last-Event-ID");
+            let body = event.json();
+            let id: i64 = event.id.as_deref().expect("an id").parse().unwrap();
+            assert_eq!(id, last + 1, "no gap, no duplicate: {body}");
+            assert_eq!(body["revision"].as_i64(), Some(id));
+            last = id;
+            kinds.push((
+                body["type"].as_str().unwrap().to_owned(),
+                body["server"]["name"].as_str().unwrap().to_owned(),
+            ));
+        }
+        assert_eq!(
+            kinds.first().map(|(kind, _)| kind.as_str()),
+            Some("modified")
+        );
+        assert!(
+            kinds.contains(&("modified".to_owned(), "rest-first".to_owned())),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.last(),
+            Some(&("deleted".to_owned(), "rest-second".to_owned()))
+        );
+
+        // A filter narrows the list; a bad one is named.
+        let mut gold = open(
+            &rest,
+            "/servers:watch?filter=labels.tier%3D%22gold%22",
+            None,
+            None,
+        )
+        .await;
+        let list = gold.json().await.expect("the filtered list")["result"].clone();
+        let names: Vec<&str> = list["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|server| server["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["rest-first"]);
+        let reply = rest.get("/servers:watch?filter=colour%3Dred").await;
+        assert_eq!(reply.status, 400, "{:?}", reply.body);
+        assert!(
+            reply.body.to_string().contains("filter"),
+            "{:?}",
+            reply.body
+        );
+        app.shutdown().await;
+    });
+}

@@ -167,11 +167,17 @@ fn vpn_server_auto_completes_the_firewall_step() {
 #[test]
 fn validate_only_registers_nothing() {
     block_on(async {
+        // A dry run runs CheckServer's checks (tests/api/check.rs): against a real server.
+        let mariadb = crate::common::mariadb::onboardable_mariadb().await;
         let app = TestApp::start().await;
         let mut client = app.client();
         let response = client
             .register_server(RegisterServerRequest {
-                server: Some(direct_server("dry-run")),
+                server: Some(mariadb.server(
+                    "dry-run",
+                    crate::common::mariadb::USER,
+                    crate::common::mariadb::PASSWORD,
+                )),
                 validate_only: true,
                 ..Default::default()
             })

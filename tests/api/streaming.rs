@@ -143,6 +143,23 @@ fn row_changes_after_active_are_captured_once_in_order_with_names_and_values() {
 
         let events = wait_for_events(&mut client, &id, "", 1015).await;
         assert_eq!(events.len(), 1015, "every change once, nothing else");
+        // The recent series the console draws: oldest first, 10 s apart or more, at most 30,
+        // counts that only grow, the newest no ahead of the stream's own.
+        let stream = stream_of(&mut client, &id).await;
+        let samples = &stream.samples;
+        assert!(!samples.is_empty() && samples.len() <= 30, "{samples:?}");
+        assert!(samples.windows(2).all(|pair| {
+            let (Some(older), Some(newer)) = (&pair[0].at, &pair[1].at) else {
+                return false;
+            };
+            newer.seconds - older.seconds >= 10 && pair[0].events_indexed <= pair[1].events_indexed
+        }));
+        let newest = samples.last().expect("a sample");
+        assert!(newest.at.is_some() && newest.lag_millis >= 0);
+        assert!(
+            newest.events_indexed <= stream.events_indexed,
+            "{samples:?}"
+        );
         let ids: std::collections::HashSet<&str> =
             events.iter().map(|event| event.event_id.as_str()).collect();
         assert_eq!(ids.len(), 1015, "event ids are unique");
@@ -471,14 +488,7 @@ fn change_events_need_changes_read_and_stay_within_the_tenant() {
 fn the_change_index_query_walks_its_index() {
     block_on(async {
         let app = TestApp::start().await;
-        let store =
-            dbtrail_servers::store::Store::connect(&dbtrail_servers::config::DatabaseConfig {
-                database_url: Some(app.db.url.clone()),
-                pool_size: 1,
-                pool_timeout: Duration::from_secs(5),
-                statement_timeout: Duration::from_secs(5),
-            })
-            .expect("store");
+        let store = change_index(&app.db.url);
         let server = dbtrail_servers::domain::ServerId::generate();
         let filter = dbtrail_servers::domain::change::ChangeFilter::default();
         let plan = store
@@ -793,14 +803,7 @@ fn a_killed_replica_s_stream_resumes_elsewhere_with_every_event_once() {
 fn retention_drops_whole_partitions_past_it_and_keeps_the_rest() {
     block_on(async {
         let app = TestApp::start().await;
-        let store =
-            dbtrail_servers::store::Store::connect(&dbtrail_servers::config::DatabaseConfig {
-                database_url: Some(app.db.url.clone()),
-                pool_size: 1,
-                pool_timeout: Duration::from_secs(5),
-                statement_timeout: Duration::from_secs(5),
-            })
-            .expect("store");
+        let store = change_index(&app.db.url);
         let database = app.db.connect().await;
         let old_day = chrono::Utc::now().date_naive() - chrono::Days::new(20);
         let old = format!("change_events_{}", old_day.format("%Y%m%d"));

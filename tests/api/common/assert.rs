@@ -150,3 +150,15 @@ pub fn assert_bad_request(status: &Status, expected: &[&str]) {
         );
     }
 }
+
+/// The `since_revision` a watch's OUT_OF_RANGE / REVISION_COMPACTED (or WATCH_LAGGED) says to
+/// resume from, from its ErrorInfo.
+pub fn resume_from(status: &Status) -> Option<i64> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()?
+        .metadata
+        .get("since_revision")?
+        .parse()
+        .ok()
+}

@@ -368,3 +368,15 @@ pub async fn assigned_agents(sql: &tokio_postgres::Client) -> Vec<String> {
     .map(|row| row.get(0))
     .collect()
 }
+
+/// A change-index client of its own on `url` (one connection), for tests that read the index
+/// directly (EXPLAIN of its queries, its migrations).
+pub fn change_index(url: &str) -> dbtrail_servers::store::ChangeIndex {
+    dbtrail_servers::store::ChangeIndex::connect(&dbtrail_servers::config::DatabaseConfig {
+        database_url: Some(url.to_owned()),
+        pool_size: 1,
+        pool_timeout: std::time::Duration::from_secs(5),
+        statement_timeout: std::time::Duration::from_secs(5),
+    })
+    .expect("the change index")
+}

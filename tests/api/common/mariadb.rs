@@ -199,7 +199,7 @@ impl IndexState {
 /// The index schema name of `server_id` (a UUID string).
 pub fn index_schema(server_id: &str) -> String {
     let id = uuid::Uuid::parse_str(server_id).expect("a server id is a UUID");
-    dbtrail_servers::store::index_schema_name(dbtrail_servers::domain::ServerId(id))
+    dbtrail_servers::store::index_schema_name(dbtrail_servers::domain::ServerId::from_uuid(id))
 }
 
 /// Reads the index state of `server_id` from the test database.

@@ -44,13 +44,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use dbtrail_servers::auth::admin::Admin;
 use dbtrail_servers::config::Config;
-pub use dbtrail_servers::domain::target::DENIED;
-pub use dbtrail_servers::onboarding::connection::UNREACHABLE;
+pub use dbtrail_servers::domain::target::{DENIED, PRIVATE_FOR_DIRECT};
 use dbtrail_servers::proto::servers_service_client::ServersServiceClient;
 use dbtrail_servers::proto::{
     self, ConnectionMethod, OnboardingStatus, OnboardingStep, StepProgress, StepStatus,
     WatchOnboardingRequest,
 };
+pub use dbtrail_servers::source::connection::UNREACHABLE;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};

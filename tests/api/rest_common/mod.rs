@@ -295,6 +295,11 @@ pub fn stream_json(stream: &proto::StreamStatus) -> Value {
         "statement_changes_skipped": stream.statement_changes_skipped,
         "statement_changes_since": timestamp_json(&stream.statement_changes_since),
         "last_statement_change_position": stream.last_statement_change_position,
+        "samples": stream.samples.iter().map(|sample| json!({
+            "at": timestamp_json(&sample.at),
+            "lag_millis": sample.lag_millis,
+            "events_indexed": sample.events_indexed,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -508,6 +508,27 @@ impl MariaDb {
         let _ = connection.disconnect().await;
     }
 
+    /// Runs `script` through the `mariadb` command-line client as root (`mariadb < script`, in
+    /// batch mode), as a person applying a file would; its exit status and output.
+    pub async fn apply_sql(&self, script: &[u8]) -> std::process::Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["--user=root", "--batch"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the mariadb client (Debian's mariadb-client) runs");
+        let mut stdin = child.stdin.take().expect("the client's standard input");
+        // A client that stopped at an error stops reading: its output says why.
+        let _ = stdin.write_all(script).await;
+        drop(stdin);
+        child.wait_with_output().await.expect("the client's output")
+    }
+
     /// The rows of one query, as root.
     pub async fn query<T: FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
         let mut connection = self.root().await;

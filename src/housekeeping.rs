@@ -1,0 +1,198 @@
+//! Every periodic job of a replica, on one schedule: expired request ids, onboarding history
+//! past retention, the change index's daily partitions (made ahead, dropped past retention),
+//! dead agents no server names any more, and the key checks of retired secrets keys.
+//!
+//! Every replica runs them; each is safe to run on several at once. A job that fails is logged,
+//! counted in `dbtrail_housekeeping_failures_total{job}` and tried again within a minute.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{ChangeIndex, Store, StoreError};
+
+/// How long a request id is remembered: retries come within minutes, not days.
+const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The longest wait between two runs of a job (partitions excepted: days change slowly).
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
+/// How often the change index's partitions are looked at.
+const PARTITIONS_INTERVAL: Duration = Duration::from_secs(3600);
+/// A failed job is tried again after at most this.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How often the schedule is looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the jobs keep and for how long.
+#[derive(Debug, Clone)]
+pub struct HousekeepingSettings {
+    /// Onboarding revisions older than this are forgotten (each server's newest stays).
+    pub history_retention: Duration,
+    /// Change events older than this are dropped, a day's partition at a time.
+    pub change_retention: Duration,
+    /// An agent silent this long, whose servers all moved, is forgotten.
+    pub dead_agents_after: Duration,
+    /// The ids of this replica's secrets keys; other keys' checks may be retired.
+    pub held_keys: Vec<String>,
+}
+
+/// The jobs, in the order they run when several are due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Partitions,
+    RetiredKeyChecks,
+    DeadAgents,
+    RequestIds,
+    History,
+}
+
+const JOBS: [Job; 5] = [
+    Job::Partitions,
+    Job::RetiredKeyChecks,
+    Job::DeadAgents,
+    Job::RequestIds,
+    Job::History,
+];
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Job::Partitions => "change_index_partitions",
+            Job::RetiredKeyChecks => "retired_key_checks",
+            Job::DeadAgents => "dead_agents",
+            Job::RequestIds => "request_ids",
+            Job::History => "onboarding_history",
+        }
+    }
+
+    fn interval(self, settings: &HousekeepingSettings) -> Duration {
+        match self {
+            Job::Partitions => PARTITIONS_INTERVAL,
+            // At least twice per retention period.
+            Job::History => (settings.history_retention / 2).min(CLEANUP_INTERVAL),
+            Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds => CLEANUP_INTERVAL,
+        }
+    }
+
+    /// The first run: at start for the jobs a new replica may find work for at once (the
+    /// partitions it writes into, what replicas before it left), after an interval otherwise.
+    fn first_run(self, settings: &HousekeepingSettings, start: Instant) -> Instant {
+        match self {
+            Job::Partitions | Job::RetiredKeyChecks | Job::DeadAgents => start,
+            Job::RequestIds | Job::History => start + self.interval(settings),
+        }
+    }
+}
+
+/// The replica's periodic jobs.
+pub struct Housekeeping {
+    /// The control plane's database.
+    store: Store,
+    /// The change index's database (the control plane's by default).
+    index: ChangeIndex,
+    settings: HousekeepingSettings,
+}
+
+impl Housekeeping {
+    pub fn new(store: Store, index: ChangeIndex, settings: HousekeepingSettings) -> Housekeeping {
+        for job in JOBS {
+            metrics::counter!("dbtrail_housekeeping_failures_total", "job" => job.name())
+                .increment(0);
+        }
+        Housekeeping {
+            store,
+            index,
+            settings,
+        }
+    }
+
+    /// Runs each job when it is due, until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let start = Instant::now();
+        let mut due: Vec<(Job, Instant)> = JOBS
+            .iter()
+            .map(|job| (*job, job.first_run(&self.settings, start)))
+            .collect();
+        loop {
+            for (job, at) in &mut due {
+                if stop.is_cancelled() {
+                    return;
+                }
+                if Instant::now() < *at {
+                    continue;
+                }
+                let wait = match self.run_job(*job).await {
+                    Ok(()) => job.interval(&self.settings),
+                    Err(error) => {
+                        metrics::counter!("dbtrail_housekeeping_failures_total", "job" => job.name())
+                            .increment(1);
+                        tracing::warn!(%error, job = job.name(), "housekeeping failed; trying again later");
+                        job.interval(&self.settings).min(RETRY_AFTER)
+                    }
+                };
+                *at = Instant::now() + wait;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// One run of `job`; what it removed is logged.
+    async fn run_job(&self, job: Job) -> Result<(), StoreError> {
+        let settings = &self.settings;
+        match job {
+            Job::Partitions => {
+                let dropped = self
+                    .index
+                    .maintain_change_index(Some(settings.change_retention))
+                    .await?;
+                if !dropped.is_empty() {
+                    tracing::info!(?dropped, "dropped change-event partitions past retention");
+                }
+            }
+            Job::RetiredKeyChecks => {
+                let removed = self
+                    .store
+                    .forget_retired_key_checks(&settings.held_keys)
+                    .await?;
+                if !removed.is_empty() {
+                    tracing::info!(?removed, "removed the key checks of retired secrets keys");
+                }
+            }
+            Job::DeadAgents => {
+                let pruned = self
+                    .store
+                    .prune_dead_agents(settings.dead_agents_after)
+                    .await?;
+                if !pruned.is_empty() {
+                    tracing::info!(?pruned, "forgot dead agents that no server names");
+                }
+            }
+            Job::RequestIds => {
+                let forgotten = self.store.forget_request_ids(REQUEST_ID_RETENTION).await?;
+                if forgotten > 0 {
+                    tracing::info!(forgotten, "forgot expired request ids");
+                }
+            }
+            Job::History => {
+                let forgotten = self
+                    .store
+                    .compact_onboarding_history(settings.history_retention)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::info!(forgotten, "compacted onboarding history");
+                }
+                let forgotten = self
+                    .store
+                    .compact_fleet_history(settings.history_retention)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::info!(forgotten, "compacted fleet history");
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,632 @@
+//! The captured row changes: written in batches with the checkpoint after them, read in pages in
+//! binlog order.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    pg::Pg,
+    prelude::*,
+    sql_types::{
+        Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    },
+};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::{ChangeIndex, StreamPosition};
+use crate::{
+    domain::{
+        ServerId,
+        change::{
+            ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison,
+            EventId, RowChange,
+        },
+    },
+    store::{
+        Connection, StoreError,
+        pages::{PageBound, collect_page},
+    },
+};
+
+diesel::table! {
+    change_events (server_id, sequence, indexed_at) {
+        server_id -> Uuid,
+        sequence -> Int8,
+        binlog_file -> Text,
+        binlog_position -> Int8,
+        row_index -> Int4,
+        gtid -> Text,
+        committed_at -> Timestamptz,
+        schema_name -> Text,
+        table_name -> Text,
+        operation -> Text,
+        primary_key -> Nullable<Jsonb>,
+        row_before -> Nullable<Jsonb>,
+        row_after -> Nullable<Jsonb>,
+        indexed_at -> Timestamptz,
+    }
+}
+
+/// A stored event.
+#[derive(Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = change_events, check_for_backend(Pg))]
+struct EventRow {
+    sequence: i64,
+    binlog_file: String,
+    binlog_position: i64,
+    row_index: i32,
+    gtid: String,
+    committed_at: DateTime<Utc>,
+    schema_name: String,
+    table_name: String,
+    operation: String,
+    primary_key: Option<serde_json::Value>,
+    row_before: Option<serde_json::Value>,
+    row_after: Option<serde_json::Value>,
+}
+
+impl TryFrom<EventRow> for ChangeEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<ChangeEvent, StoreError> {
+        let operation = ChangeOperation::parse(&row.operation)
+            .ok_or_else(|| StoreError::Corrupt(format!("operation {:?}", row.operation)))?;
+        Ok(ChangeEvent {
+            sequence: row.sequence,
+            change: RowChange {
+                binlog_file: row.binlog_file,
+                binlog_position: row.binlog_position,
+                row_index: row.row_index,
+                gtid: row.gtid,
+                committed_at: row.committed_at,
+                schema: row.schema_name,
+                table: row.table_name,
+                operation,
+                primary_key: row.primary_key,
+                before: row.row_before,
+                after: row.row_after,
+            },
+        })
+    }
+}
+
+/// The first `limit` of `rows` (read with one more) as events, and whether more follow.
+fn at_most(mut rows: Vec<EventRow>, limit: usize) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let events = rows
+        .into_iter()
+        .map(ChangeEvent::try_from)
+        .collect::<Result<_, _>>()?;
+    Ok((events, more))
+}
+
+/// A page of events and whether more follow.
+#[derive(Debug)]
+pub struct ChangePage {
+    pub events: Vec<ChangeEvent>,
+    pub more: bool,
+}
+
+type EventQuery<'a> =
+    change_events::BoxedQuery<'a, Pg, diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<EventRow, Pg>>>;
+type EventCondition = Box<dyn BoxableExpression<change_events::table, Pg, SqlType = Bool>>;
+
+/// `column <comparison> value` as a boxed condition.
+macro_rules! compare {
+    ($column:expr, $comparison:expr, $value:expr) => {{
+        let (column, value) = ($column, $value);
+        let condition: EventCondition = match $comparison {
+            Comparison::Equals => Box::new(column.eq(value)),
+            Comparison::NotEquals => Box::new(column.ne(value)),
+            Comparison::Less => Box::new(column.lt(value)),
+            Comparison::LessOrEqual => Box::new(column.le(value)),
+            Comparison::Greater => Box::new(column.gt(value)),
+            Comparison::GreaterOrEqual => Box::new(column.ge(value)),
+        };
+        condition
+    }};
+}
+
+fn event_condition(condition: &ChangeCondition) -> EventCondition {
+    match condition {
+        ChangeCondition::Text {
+            field,
+            comparison,
+            value,
+        } => {
+            let value = value.clone();
+            match field {
+                ChangeField::Schema => compare!(change_events::schema_name, comparison, value),
+                ChangeField::Table => compare!(change_events::table_name, comparison, value),
+                ChangeField::Type => compare!(change_events::operation, comparison, value),
+                ChangeField::Gtid => compare!(change_events::gtid, comparison, value),
+            }
+        }
+        ChangeCondition::CommittedAt { comparison, value } => {
+            compare!(change_events::committed_at, comparison, *value)
+        }
+    }
+}
+
+/// The changes of one row, oldest first, one more than `limit`: the index by table narrows them
+/// to the table's, in sequence order, and the key is compared on those.
+fn row_history_query<'a>(
+    server_id: ServerId,
+    (schema, table): (&str, &str),
+    key: &serde_json::Value,
+    limit: usize,
+) -> EventQuery<'a> {
+    change_events::table
+        .filter(change_events::server_id.eq(server_id.uuid()))
+        .filter(change_events::schema_name.eq(schema.to_owned()))
+        .filter(change_events::table_name.eq(table.to_owned()))
+        .filter(change_events::primary_key.eq(key.clone()))
+        .select(EventRow::as_select())
+        .order(change_events::sequence.asc())
+        .limit(limit as i64 + 1)
+        .into_boxed()
+}
+
+/// The rows of one table whose latest change before the sequence `before` (and after `after`)
+/// left them holding `values` (a JSON object of some of their columns): the latest change of
+/// each, oldest first, one more than `limit`. Walks the table's events before `before` by `change_events_by_table`:
+/// once for the keys of rows an image of which held `values`, once for their latest changes.
+fn rows_holding_query(
+    server_id: ServerId,
+    (schema, table): (&str, &str),
+    values: &serde_json::Value,
+    (after, before): (i64, i64),
+    limit: usize,
+) -> diesel::query_builder::BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
+    diesel::sql_query(
+        "SELECT sequence, binlog_file, binlog_position, row_index, gtid, committed_at, \
+             schema_name, table_name, operation, primary_key, row_before, row_after \
+         FROM (SELECT DISTINCT ON (primary_key) * FROM change_events \
+             WHERE server_id = $1 AND schema_name = $2 AND table_name = $3 AND sequence < $4 \
+             AND primary_key IN (SELECT primary_key FROM change_events \
+                 WHERE server_id = $1 AND schema_name = $2 AND table_name = $3 \
+                 AND sequence < $4 AND row_after @> $5) \
+             ORDER BY primary_key, sequence DESC) AS latest \
+         WHERE operation <> 'delete' AND row_after @> $5 AND sequence > $7 \
+         ORDER BY sequence LIMIT $6",
+    )
+    .into_boxed()
+    .bind::<SqlUuid, _>(server_id.uuid())
+    .bind::<Text, _>(schema.to_owned())
+    .bind::<Text, _>(table.to_owned())
+    .bind::<BigInt, _>(before)
+    .bind::<Jsonb, _>(values.clone())
+    .bind::<BigInt, _>(limit as i64 + 1)
+    .bind::<BigInt, _>(after)
+}
+
+/// A page of a server's events after `after` (a sequence), oldest first, one more than asked to
+/// tell whether more follow.
+fn events_query<'a>(
+    server_id: ServerId,
+    filter: &ChangeFilter,
+    after: i64,
+    page_size: usize,
+) -> EventQuery<'a> {
+    let mut query = change_events::table
+        .filter(change_events::server_id.eq(server_id.uuid()))
+        .filter(change_events::sequence.gt(after))
+        .select(EventRow::as_select())
+        .order(change_events::sequence.asc())
+        .limit(page_size as i64 + 1)
+        .into_boxed();
+    for condition in &filter.conditions {
+        query = query.filter(event_condition(condition));
+    }
+    query
+}
+
+/// The changes a RevertChanges call selects: a filter, a list of ids (when given, both hold),
+/// and the newest sequence taken (so that changes captured while the script is written are not
+/// part of it).
+#[derive(Debug, Clone)]
+pub struct ChangeSelection {
+    pub filter: ChangeFilter,
+    pub event_ids: Option<Vec<EventId>>,
+    pub through: i64,
+}
+
+/// What a selection holds, read before its script is written.
+#[derive(Debug)]
+pub struct SelectionSummary {
+    pub count: i64,
+    /// The newest sequence selected, the bound of the pages that follow.
+    pub through: Option<i64>,
+    /// The oldest change selected.
+    pub oldest: Option<ChangeEvent>,
+    /// Tables of the selection whose changes carry no primary key (the table had none then).
+    pub keyless_tables: Vec<(String, String)>,
+}
+
+/// The selected events of `server_id` on a boxed query of any selection.
+fn selected<'a, ST: 'a>(
+    query: change_events::BoxedQuery<'a, Pg, ST>,
+    server_id: ServerId,
+    selection: &ChangeSelection,
+) -> change_events::BoxedQuery<'a, Pg, ST> {
+    let mut query = query
+        .filter(change_events::server_id.eq(server_id.uuid()))
+        .filter(change_events::sequence.le(selection.through));
+    for condition in &selection.filter.conditions {
+        query = query.filter(event_condition(condition));
+    }
+    if let Some(ids) = &selection.event_ids {
+        query = query.filter(ids_condition(ids));
+    }
+    query
+}
+
+/// `(binlog_file, binlog_position, row_index)` is one of `ids`: three array parameters however
+/// many ids.
+fn ids_condition(ids: &[EventId]) -> EventCondition {
+    let files: Vec<String> = ids.iter().map(|id| id.binlog_file.clone()).collect();
+    let positions: Vec<i64> = ids.iter().map(|id| id.binlog_position).collect();
+    let rows: Vec<i32> = ids.iter().map(|id| id.row_index).collect();
+    Box::new(
+        diesel::dsl::sql::<Bool>(
+            "(binlog_file, binlog_position, row_index) IN (SELECT * FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(files)
+        .sql("::text[], ")
+        .bind::<Array<BigInt>, _>(positions)
+        .sql("::bigint[], ")
+        .bind::<Array<Integer>, _>(rows)
+        .sql("::integer[]))"),
+    )
+}
+
+impl ChangeIndex {
+    /// What `selection` holds: how many changes, the newest sequence, the oldest change, and
+    /// the tables whose changes carry no primary key.
+    pub async fn summarize_selection(
+        &self,
+        server_id: ServerId,
+        selection: &ChangeSelection,
+    ) -> Result<SelectionSummary, StoreError> {
+        let mut connection = self.connection().await?;
+        let (count, through): (i64, Option<i64>) = selected(
+            change_events::table
+                .select((
+                    diesel::dsl::count_star(),
+                    diesel::dsl::max(change_events::sequence),
+                ))
+                .into_boxed(),
+            server_id,
+            selection,
+        )
+        .get_result(&mut connection)
+        .await?;
+        let Some(through) = through else {
+            return Ok(SelectionSummary {
+                count: 0,
+                through: None,
+                oldest: None,
+                keyless_tables: Vec::new(),
+            });
+        };
+        let bounded = ChangeSelection {
+            through,
+            ..selection.clone()
+        };
+        let oldest: Option<EventRow> = selected(
+            change_events::table
+                .select(EventRow::as_select())
+                .order(change_events::sequence.asc())
+                .limit(1)
+                .into_boxed(),
+            server_id,
+            &bounded,
+        )
+        .get_result(&mut connection)
+        .await
+        .optional()?;
+        let keyless_tables: Vec<(String, String)> = selected(
+            change_events::table
+                .select((change_events::schema_name, change_events::table_name))
+                .distinct()
+                .limit(10)
+                .into_boxed(),
+            server_id,
+            &bounded,
+        )
+        .filter(change_events::primary_key.is_null())
+        .load(&mut connection)
+        .await?;
+        Ok(SelectionSummary {
+            count,
+            through: Some(through),
+            oldest: oldest.map(ChangeEvent::try_from).transpose()?,
+            keyless_tables,
+        })
+    }
+
+    /// Up to `page_size` selected events before the sequence `before`, newest first.
+    pub async fn selected_events_descending(
+        &self,
+        server_id: ServerId,
+        selection: &ChangeSelection,
+        before: i64,
+        page_size: usize,
+    ) -> Result<Vec<ChangeEvent>, StoreError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<EventRow> = selected(
+            change_events::table
+                .select(EventRow::as_select())
+                .order(change_events::sequence.desc())
+                .limit(page_size as i64)
+                .into_boxed(),
+            server_id,
+            selection,
+        )
+        .filter(change_events::sequence.lt(before))
+        .load(&mut connection)
+        .await?;
+        rows.into_iter().map(ChangeEvent::try_from).collect()
+    }
+
+    /// The changes of one row of `schema.table` (its primary key `key`, as events carry it),
+    /// oldest first: at most `limit`, and whether more follow.
+    pub async fn row_history(
+        &self,
+        server_id: ServerId,
+        (schema, table): (&str, &str),
+        key: &serde_json::Value,
+        limit: usize,
+    ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<EventRow> = row_history_query(server_id, (schema, table), key, limit)
+            .load(&mut connection)
+            .await?;
+        at_most(rows, limit)
+    }
+
+    /// The rows of `schema.table` whose latest captured change before the sequence `before`
+    /// left them holding `values` (a JSON object of some of their columns), when that change
+    /// came after the sequence `after`, as that change, oldest first: at most `limit`, and
+    /// whether more follow. The children of a parent row deleted at `before`, by their
+    /// foreign-key columns (`after`: the parent's previous delete, which deleted the older ones).
+    pub async fn rows_holding(
+        &self,
+        server_id: ServerId,
+        (schema, table): (&str, &str),
+        values: &serde_json::Value,
+        (after, before): (i64, i64),
+        limit: usize,
+    ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<EventRow> =
+            rows_holding_query(server_id, (schema, table), values, (after, before), limit)
+                .load(&mut connection)
+                .await?;
+        at_most(rows, limit)
+    }
+
+    /// The sequence of the latest delete of the row `key` of `schema.table` before the sequence
+    /// `before`, if one was captured.
+    pub async fn last_delete_before(
+        &self,
+        server_id: ServerId,
+        (schema, table): (&str, &str),
+        key: &serde_json::Value,
+        before: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut connection = self.connection().await?;
+        Ok(change_events::table
+            .filter(change_events::server_id.eq(server_id.uuid()))
+            .filter(change_events::schema_name.eq(schema.to_owned()))
+            .filter(change_events::table_name.eq(table.to_owned()))
+            .filter(change_events::sequence.lt(before))
+            .filter(change_events::primary_key.eq(key.clone()))
+            .filter(change_events::operation.eq("delete"))
+            .select(diesel::dsl::max(change_events::sequence))
+            .get_result(&mut connection)
+            .await?)
+    }
+
+    /// PostgreSQL's plan for the query of `rows_holding`.
+    pub async fn explain_rows_holding(
+        &self,
+        server_id: ServerId,
+        (schema, table): (&str, &str),
+        values: &serde_json::Value,
+        before: i64,
+    ) -> Result<String, StoreError> {
+        let mut connection = self.connection().await?;
+        let query = rows_holding_query(server_id, (schema, table), values, (0, before), 100);
+        let lines: Vec<String> = crate::store::explain::Explain(query)
+            .load(&mut connection)
+            .await?;
+        Ok(lines.join("\n"))
+    }
+
+    /// PostgreSQL's plan for the query of `row_history`.
+    pub async fn explain_row_history(
+        &self,
+        server_id: ServerId,
+        (schema, table): (&str, &str),
+        key: &serde_json::Value,
+    ) -> Result<String, StoreError> {
+        let mut connection = self.connection().await?;
+        let query = row_history_query(server_id, (schema, table), key, 100);
+        let lines: Vec<String> = crate::store::explain::Explain(query)
+            .load(&mut connection)
+            .await?;
+        Ok(lines.join("\n"))
+    }
+
+    /// Stores a batch of events, in order, and the checkpoint after them, in one transaction
+    /// fenced by the stream lease's epoch. Returns the events stored so far in total.
+    pub async fn write_change_batch(
+        &self,
+        server_id: ServerId,
+        epoch: i64,
+        events: &[RowChange],
+        position: &StreamPosition,
+    ) -> Result<i64, StoreError> {
+        let checkpoint = position.clone();
+        let count = events.len() as i64;
+        let columns = EventColumns::from(events);
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async move |connection| -> Result<_, StoreError> {
+                // The checkpoint row's lock orders concurrent writers; a stale epoch matches
+                // nothing and writes nothing.
+                let first: Option<i64> = diesel::dsl::sql::<BigInt>(
+                    "UPDATE stream_checkpoints SET next_sequence = next_sequence + ",
+                )
+                .bind::<BigInt, _>(count)
+                .sql(", binlog_file = ")
+                .bind::<Text, _>(checkpoint.binlog_file.clone())
+                .sql(", binlog_position = ")
+                .bind::<BigInt, _>(checkpoint.binlog_position)
+                .sql(", skip_rows = ")
+                .bind::<BigInt, _>(checkpoint.skip_rows)
+                .sql(", gtid_set = ")
+                .bind::<Nullable<Text>, _>(checkpoint.gtid_set.clone())
+                .sql(", source_identity = ")
+                .bind::<Nullable<Text>, _>(checkpoint.source_identity.clone())
+                .sql(", last_event_at = COALESCE(")
+                .bind::<Nullable<Timestamptz>, _>(checkpoint.last_event_at)
+                .sql(", last_event_at), statement_changes = statement_changes + ")
+                .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
+                .sql(", statement_changes_since = COALESCE(statement_changes_since, ")
+                .bind::<Nullable<Timestamptz>, _>(checkpoint.statement_changes.since)
+                .sql("), last_statement_change = CASE WHEN ")
+                .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
+                .sql(" > 0 THEN ")
+                .bind::<Text, _>(checkpoint.statement_changes.last_position.clone())
+                .sql(" ELSE last_statement_change END, recorded_at = now() WHERE server_id = ")
+                .bind::<SqlUuid, _>(server_id.uuid())
+                .sql(" AND epoch = ")
+                .bind::<BigInt, _>(epoch)
+                .sql(" RETURNING next_sequence - ")
+                .bind::<BigInt, _>(count)
+                .get_result(connection)
+                .await
+                .optional()?;
+                let first = first.ok_or(StoreError::Fenced)?;
+                if count > 0 {
+                    columns.insert(connection, server_id, first).await?;
+                }
+                Ok(first - 1 + count)
+            })
+            .await
+    }
+
+    /// A page of a server's events after the sequence `after`, oldest first, within `bound`.
+    pub async fn list_change_events(
+        &self,
+        server_id: ServerId,
+        filter: &ChangeFilter,
+        after: i64,
+        bound: &PageBound<ChangeEvent>,
+    ) -> Result<ChangePage, StoreError> {
+        let mut connection = self.connection().await?;
+        let rows = events_query(server_id, filter, after, bound.rows)
+            .load_stream::<EventRow>(&mut connection)
+            .await?;
+        let (events, more) = collect_page(rows, bound, ChangeEvent::try_from).await?;
+        Ok(ChangePage { events, more })
+    }
+
+    /// PostgreSQL's plan for the query of `list_change_events`.
+    pub async fn explain_list_change_events(
+        &self,
+        server_id: ServerId,
+        filter: &ChangeFilter,
+        after: i64,
+        page_size: usize,
+    ) -> Result<String, StoreError> {
+        let mut connection = self.connection().await?;
+        let query = events_query(server_id, filter, after, page_size);
+        let lines: Vec<String> = crate::store::explain::Explain(query)
+            .load(&mut connection)
+            .await?;
+        Ok(lines.join("\n"))
+    }
+}
+
+/// A batch as column arrays, inserted with one `INSERT ... SELECT FROM unnest(...)`: one
+/// statement and thirteen parameters however many rows.
+struct EventColumns {
+    files: Vec<String>,
+    positions: Vec<i64>,
+    row_indexes: Vec<i32>,
+    gtids: Vec<String>,
+    committed: Vec<DateTime<Utc>>,
+    schemas: Vec<String>,
+    tables: Vec<String>,
+    operations: Vec<String>,
+    keys: Vec<Option<serde_json::Value>>,
+    befores: Vec<Option<serde_json::Value>>,
+    afters: Vec<Option<serde_json::Value>>,
+}
+
+impl From<&[RowChange]> for EventColumns {
+    fn from(events: &[RowChange]) -> EventColumns {
+        EventColumns {
+            files: events
+                .iter()
+                .map(|event| event.binlog_file.clone())
+                .collect(),
+            positions: events.iter().map(|event| event.binlog_position).collect(),
+            row_indexes: events.iter().map(|event| event.row_index).collect(),
+            gtids: events.iter().map(|event| event.gtid.clone()).collect(),
+            committed: events.iter().map(|event| event.committed_at).collect(),
+            schemas: events.iter().map(|event| event.schema.clone()).collect(),
+            tables: events.iter().map(|event| event.table.clone()).collect(),
+            operations: events
+                .iter()
+                .map(|event| event.operation.as_str().to_owned())
+                .collect(),
+            keys: events
+                .iter()
+                .map(|event| event.primary_key.clone())
+                .collect(),
+            befores: events.iter().map(|event| event.before.clone()).collect(),
+            afters: events.iter().map(|event| event.after.clone()).collect(),
+        }
+    }
+}
+
+impl EventColumns {
+    async fn insert(
+        self,
+        connection: &mut Connection,
+        server_id: ServerId,
+        first_sequence: i64,
+    ) -> Result<(), StoreError> {
+        diesel::sql_query(
+            "INSERT INTO change_events (server_id, sequence, binlog_file, binlog_position, \
+                 row_index, gtid, committed_at, schema_name, table_name, operation, primary_key, \
+                 row_before, row_after) \
+             SELECT $1, $2 + ordinality - 1, file, position, row_index, gtid, committed_at, \
+                 schema_name, table_name, operation, primary_key, row_before, row_after \
+             FROM unnest($3::text[], $4::bigint[], $5::integer[], $6::text[], \
+                 $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::jsonb[], \
+                 $12::jsonb[], $13::jsonb[]) WITH ORDINALITY AS batch(file, position, row_index, \
+                 gtid, committed_at, schema_name, table_name, operation, primary_key, row_before, \
+                 row_after, ordinality)",
+        )
+        .bind::<SqlUuid, _>(server_id.uuid())
+        .bind::<BigInt, _>(first_sequence)
+        .bind::<Array<Text>, _>(self.files)
+        .bind::<Array<BigInt>, _>(self.positions)
+        .bind::<Array<Integer>, _>(self.row_indexes)
+        .bind::<Array<Text>, _>(self.gtids)
+        .bind::<Array<Timestamptz>, _>(self.committed)
+        .bind::<Array<Text>, _>(self.schemas)
+        .bind::<Array<Text>, _>(self.tables)
+        .bind::<Array<Text>, _>(self.operations)
+        .bind::<Array<Nullable<Jsonb>>, _>(self.keys)
+        .bind::<Array<Nullable<Jsonb>>, _>(self.befores)
+        .bind::<Array<Nullable<Jsonb>>, _>(self.afters)
+        .execute(connection)
+        .await?;
+        Ok(())
+    }
+}
