@@ -1,6 +1,7 @@
 //! Every periodic job of a replica, on one schedule: expired request ids, onboarding history
 //! past retention, the change index's daily partitions (made ahead, dropped past retention),
-//! dead agents no server names any more, and the key checks of retired secrets keys.
+//! dead agents no server names any more, the key checks of retired secrets keys, and finished
+//! webhook deliveries past retention.
 //!
 //! Every replica runs them; each is safe to run on several at once. A job that fails is logged,
 //! counted in `dbtrail_housekeeping_failures_total{job}` and tried again within a minute.
@@ -34,6 +35,8 @@ pub struct HousekeepingSettings {
     pub dead_agents_after: Duration,
     /// The ids of this replica's secrets keys; other keys' checks may be retired.
     pub held_keys: Vec<String>,
+    /// Delivered and dead webhook deliveries older than this are forgotten.
+    pub webhook_retention: Duration,
 }
 
 /// The jobs, in the order they run when several are due.
@@ -44,14 +47,16 @@ enum Job {
     DeadAgents,
     RequestIds,
     History,
+    WebhookDeliveries,
 }
 
-const JOBS: [Job; 5] = [
+const JOBS: [Job; 6] = [
     Job::Partitions,
     Job::RetiredKeyChecks,
     Job::DeadAgents,
     Job::RequestIds,
     Job::History,
+    Job::WebhookDeliveries,
 ];
 
 impl Job {
@@ -62,6 +67,7 @@ impl Job {
             Job::DeadAgents => "dead_agents",
             Job::RequestIds => "request_ids",
             Job::History => "onboarding_history",
+            Job::WebhookDeliveries => "webhook_deliveries",
         }
     }
 
@@ -70,7 +76,9 @@ impl Job {
             Job::Partitions => PARTITIONS_INTERVAL,
             // At least twice per retention period.
             Job::History => (settings.history_retention / 2).min(CLEANUP_INTERVAL),
-            Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds => CLEANUP_INTERVAL,
+            Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds | Job::WebhookDeliveries => {
+                CLEANUP_INTERVAL
+            }
         }
     }
 
@@ -79,7 +87,9 @@ impl Job {
     fn first_run(self, settings: &HousekeepingSettings, start: Instant) -> Instant {
         match self {
             Job::Partitions | Job::RetiredKeyChecks | Job::DeadAgents => start,
-            Job::RequestIds | Job::History => start + self.interval(settings),
+            Job::RequestIds | Job::History | Job::WebhookDeliveries => {
+                start + self.interval(settings)
+            }
         }
     }
 }
@@ -190,6 +200,15 @@ impl Housekeeping {
                     .await?;
                 if forgotten > 0 {
                     tracing::info!(forgotten, "compacted fleet history");
+                }
+            }
+            Job::WebhookDeliveries => {
+                let forgotten = self
+                    .store
+                    .prune_webhook_deliveries(settings.webhook_retention)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::info!(forgotten, "forgot webhook deliveries past retention");
                 }
             }
         }

@@ -29,6 +29,8 @@ pub fn required_permission(method: &str) -> Option<Permission> {
         "ListChangeEvents" | "ListSchemaChanges" | "RevertChanges" | "GetRowHistory" => {
             Permission::ChangesRead
         }
+        "GetWebhook" | "ListWebhooks" | "ListWebhookDeliveries" => Permission::WebhooksRead,
+        "CreateWebhook" | "DeleteWebhook" | "RedeliverWebhook" => Permission::WebhooksWrite,
         _ => return None,
     })
 }

@@ -56,6 +56,7 @@ macro_rules! wire_enum {
 }
 
 pub mod check;
+pub mod webhook;
 
 wire_enum!(
     /// How the agent reaches a server.
@@ -104,6 +105,8 @@ wire_enum!(
         Write = "servers:write",
         Delete = "servers:delete",
         ChangesRead = "changes:read",
+        WebhooksRead = "webhooks:read",
+        WebhooksWrite = "webhooks:write",
     }
 );
 wire_enum!(
@@ -267,6 +270,9 @@ pub enum Refused {
     /// A tenant of this name exists (the tenant's name).
     #[error("tenant {0:?} already exists")]
     TenantNameTaken(String),
+    /// The tenant has as many webhooks as it may have.
+    #[error("webhook limit reached ({0} of {0})")]
+    WebhookLimitReached(usize),
     /// A dry run's preflight checks failed (the failed checks, never empty).
     #[error("{} preflight check(s) failed", .0.len())]
     ChecksFailed(Vec<check::Check>),
