@@ -42,3 +42,4 @@ mod streaming;
 mod tls;
 mod undo;
 mod validation;
+mod webhooks;
