@@ -134,7 +134,7 @@ impl Deliveries {
         let busy: Vec<WebhookId> = self.busy().iter().copied().collect();
         let claims = match self
             .store
-            .claim_deliveries(self.owner, self.settings.lease_ttl(), free, &busy, None)
+            .claim_deliveries(self.owner, self.settings.lease_ttl(), free, &busy)
             .await
         {
             Ok(claims) => claims,
@@ -167,58 +167,51 @@ impl Deliveries {
         stop: CancellationToken,
     ) {
         let webhook = claim.webhook_id();
-        for _ in 0..FAIR_SHARE {
-            match self.deliver(&claim).await {
-                Finished::Retrying(at) => {
-                    self.wake_at(at);
-                    break;
-                }
-                Finished::Fenced => break,
-                Finished::Delivered | Finished::Dead => {}
+        for sent in 1..=FAIR_SHARE {
+            // A claim is taken only to be sent: none after the share, none once stopping.
+            let more = sent < FAIR_SHARE && !stop.is_cancelled();
+            let (finished, next) = self.deliver(&claim, more).await;
+            if let Finished::Retrying(at) = finished {
+                self.wake_at(at);
             }
-            if stop.is_cancelled() {
-                break;
-            }
-            let next = self
-                .store
-                .claim_deliveries(self.owner, self.settings.lease_ttl(), 1, &[], Some(webhook))
-                .await;
-            match next.map(|mut claims| claims.pop()) {
-                Ok(Some(next)) => claim = next,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::warn!(%error, %webhook, "claiming the next delivery failed");
-                    break;
-                }
+            match next {
+                Some(next) => claim = next,
+                None => break,
             }
         }
         self.busy().remove(&webhook);
         self.wake();
     }
 
-    /// One attempt of a claimed delivery, its outcome written and counted.
-    async fn deliver(&self, claim: &DeliveryClaim) -> Finished {
+    /// One attempt of a claimed delivery, its outcome written and counted; with `more`, the
+    /// webhook's next delivery claimed in the same write, when it may go now.
+    async fn deliver(
+        &self,
+        claim: &DeliveryClaim,
+        more: bool,
+    ) -> (Finished, Option<DeliveryClaim>) {
         let attempt = self.attempt(claim).await;
-        let finished = match self.store.finish_delivery(claim, &attempt).await {
-            Ok(finished) => finished,
+        let next = more.then(|| self.settings.lease_ttl());
+        let (finished, next) = match self.store.finish_delivery(claim, &attempt, next).await {
+            Ok(written) => written,
             Err(error) => {
                 // The lease expires and the delivery is tried again, by whichever replica.
                 tracing::warn!(%error, delivery_id = %claim.id(), "recording a webhook delivery failed");
-                return Finished::Fenced;
+                return (Finished::Fenced, None);
             }
         };
         let outcome = match finished {
             Finished::Delivered => "delivered",
             Finished::Retrying(_) => "retried",
             Finished::Dead => "dead",
-            Finished::Fenced => return finished,
+            Finished::Fenced => return (finished, None),
         };
         metrics::counter!("dbtrail_webhook_deliveries_total", "outcome" => outcome).increment(1);
         if let Attempt::Failed { error, code, .. } = &attempt {
             tracing::info!(delivery_id = %claim.id(), webhook_id = %claim.webhook_id(),
                 attempts = claim.attempts, ?code, %error, outcome, "webhook delivery failed");
         }
-        finished
+        (finished, next)
     }
 
     /// Signs and sends a claimed delivery: what the receiver's answer (or its absence) means.

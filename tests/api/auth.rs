@@ -326,7 +326,9 @@ impl Rpc {
                     .await
                     .map(|response| {
                         let webhooks = response.into_inner().webhooks;
-                        CallOutcome::Listed(webhooks.into_iter().map(|hook| hook.webhook_id).collect())
+                        CallOutcome::Listed(
+                            webhooks.into_iter().map(|hook| hook.webhook_id).collect(),
+                        )
                     }),
             ),
             Rpc::DeleteWebhook => done(
@@ -582,9 +584,11 @@ fn a_key_with_exactly_the_permission_is_enough() {
         ] {
             let key = app.key_with(&[rpc.permission()]).await;
             let mut client = app.client_with_key(&key.secret);
-            rpc.call(&mut client, &target).await.unwrap_or_else(|status| {
-                panic!("{rpc:?} with only {}: {status:?}", rpc.permission())
-            });
+            rpc.call(&mut client, &target)
+                .await
+                .unwrap_or_else(|status| {
+                    panic!("{rpc:?} with only {}: {status:?}", rpc.permission())
+                });
         }
         app.shutdown().await;
     });
@@ -638,7 +642,11 @@ fn another_tenants_server_does_not_exist_for_every_rpc() {
             .expect("ListWebhooks")
             .into_inner()
             .webhooks;
-        assert_eq!(webhooks.len(), 1, "the owner's webhook is untouched, and only its own");
+        assert_eq!(
+            webhooks.len(),
+            1,
+            "the owner's webhook is untouched, and only its own"
+        );
         app.shutdown().await;
     });
 }

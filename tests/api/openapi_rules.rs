@@ -433,7 +433,10 @@ fn every_limit_in_the_document_is_the_limit_the_server_enforces() {
         let ids = Ids {
             kept: ids[0].clone(),
             deleted: ids[1].clone(),
-            webhook: webhook.json["webhook_id"].as_str().expect("a webhook").to_owned(),
+            webhook: webhook.json["webhook_id"]
+                .as_str()
+                .expect("a webhook")
+                .to_owned(),
         };
         let mut checked = BTreeSet::new();
         let mut failures = Vec::new();

@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
     sql_types::{
-        Array, Bytea, Double, Int4, Int8, Interval, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+        Array, Bool, Bytea, Double, Int4, Int8, Interval, Nullable, Text, Timestamptz,
+        Uuid as SqlUuid,
     },
 };
 use diesel_async::RunQueryDsl;
@@ -110,119 +111,194 @@ pub struct OutboxCensus {
     pub oldest_seconds: f64,
 }
 
-/// Claims the heads of webhook queues: due, not leased (or the lease expired), skipping the
-/// webhooks in `$4` (those this replica works on) and, when `$5` is set, any other webhook.
-/// Oldest due first; rows another replica is claiming at the same moment are skipped. The
-/// update re-checks the lease on the row it locked, so a head claimed meanwhile is left alone.
-const CLAIM: &str = "WITH heads AS ( \
-         SELECT head.id FROM webhooks w CROSS JOIN LATERAL ( \
-             SELECT d.id, d.next_attempt_at, d.lease_expires_at FROM webhook_deliveries d \
-             WHERE d.webhook_id = w.id AND d.status = 'pending' \
-             ORDER BY d.position, d.seq LIMIT 1) head \
-         WHERE head.next_attempt_at <= now() \
-           AND (head.lease_expires_at IS NULL OR head.lease_expires_at < now()) \
-           AND NOT (w.id = ANY ($4)) AND ($5::uuid IS NULL OR w.id = $5) \
-         ORDER BY head.next_attempt_at LIMIT $3), \
-     locked AS ( \
-         SELECT d.id FROM webhook_deliveries d WHERE d.id IN (SELECT id FROM heads) \
-         FOR UPDATE SKIP LOCKED), \
-     claimed AS ( \
+/// The columns of a claim, from `claimed c` (the claimed rows' id, webhook_id, event_id,
+/// lease_owner, lease_epoch and attempts) joined to its webhook `w` and event `e`.
+const CLAIM_COLUMNS: &str = "c.id, c.webhook_id, c.lease_owner AS owner, c.lease_epoch AS epoch, \
+     c.attempts, w.url, w.secret_sealed, w.secret_key_id, e.type AS event_type, \
+     e.payload::text AS payload";
+
+/// Takes the rows of `locked` (re-checked after the lock: still pending, the lease free or
+/// expired) for owner `$1` for `$2`, one attempt more each.
+const TAKE_LOCKED: &str = "claimed AS ( \
          UPDATE webhook_deliveries d SET lease_owner = $1, \
              lease_expires_at = now() + $2::interval, lease_epoch = d.lease_epoch + 1, \
              attempts = d.attempts + 1, last_attempt_at = now() \
          FROM locked WHERE d.id = locked.id AND d.status = 'pending' \
            AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()) \
-         RETURNING d.id, d.webhook_id, d.event_id, d.lease_owner, d.lease_epoch, d.attempts) \
-     SELECT c.id, c.webhook_id, c.lease_owner AS owner, c.lease_epoch AS epoch, c.attempts, \
-         w.url, w.secret_sealed, w.secret_key_id, e.type AS event_type, \
-         e.payload::text AS payload \
-     FROM claimed c JOIN webhooks w ON w.id = c.webhook_id \
-         JOIN webhook_events e ON e.id = c.event_id";
+         RETURNING d.id, d.webhook_id, d.event_id, d.lease_owner, d.lease_epoch, d.attempts)";
+
+/// The heads of webhook queues that are due and not leased (or the lease expired), but for the
+/// webhooks in `$4` (those this replica works on), oldest due first, up to `$3`; the rows
+/// another replica is claiming at the same moment are skipped.
+fn claim_heads() -> String {
+    format!(
+        "WITH heads AS ( \
+             SELECT head.id FROM webhooks w CROSS JOIN LATERAL ( \
+                 SELECT d.id, d.next_attempt_at, d.lease_expires_at FROM webhook_deliveries d \
+                 WHERE d.webhook_id = w.id AND d.status = 'pending' \
+                 ORDER BY d.position, d.seq LIMIT 1) head \
+             WHERE head.next_attempt_at <= now() \
+               AND (head.lease_expires_at IS NULL OR head.lease_expires_at < now()) \
+               AND NOT (w.id = ANY ($4)) \
+             ORDER BY head.next_attempt_at LIMIT $3), \
+         locked AS ( \
+             SELECT d.id FROM webhook_deliveries d WHERE d.id IN (SELECT id FROM heads) \
+             FOR UPDATE SKIP LOCKED), \
+         {TAKE_LOCKED} \
+         SELECT {CLAIM_COLUMNS} FROM claimed c JOIN webhooks w ON w.id = c.webhook_id \
+             JOIN webhook_events e ON e.id = c.event_id"
+    )
+}
+
+/// An attempt's outcome written, fenced by the lease (`$3`, `$4`, `$5`), and, when `$11` asks and
+/// the delivery is done with (delivered or dead), the next delivery of its webhook claimed in
+/// the same statement: the first pending one after it, if it is due and free. One commit per
+/// delivery, and the order kept: a later delivery is never taken while an earlier one waits.
+fn finish_and_claim_next() -> String {
+    format!(
+        "WITH done AS ( \
+             UPDATE webhook_deliveries SET \
+                 status = CASE WHEN $6 THEN 'delivered' \
+                     WHEN now() + $7::interval > retrying_since + $8::interval THEN 'dead' \
+                     ELSE 'pending' END, \
+                 delivered_at = CASE WHEN $6 THEN now() ELSE delivered_at END, \
+                 next_attempt_at = CASE WHEN $6 THEN next_attempt_at \
+                     ELSE now() + $7::interval END, \
+                 last_response_code = $9, last_error = $10, lease_owner = NULL, \
+                 lease_expires_at = NULL \
+             WHERE id = $3 AND lease_owner = $4 AND lease_epoch = $5 \
+             RETURNING webhook_id, status, next_attempt_at), \
+         head AS ( \
+             SELECT d.id, d.next_attempt_at, d.lease_expires_at \
+             FROM webhook_deliveries d JOIN done ON d.webhook_id = done.webhook_id \
+             WHERE $11 AND done.status <> 'pending' AND d.status = 'pending' AND d.id <> $3 \
+             ORDER BY d.position, d.seq LIMIT 1), \
+         locked AS ( \
+             SELECT d.id FROM webhook_deliveries d JOIN head ON d.id = head.id \
+             WHERE head.next_attempt_at <= now() \
+               AND (head.lease_expires_at IS NULL OR head.lease_expires_at < now()) \
+             FOR UPDATE OF d SKIP LOCKED), \
+         {TAKE_LOCKED} \
+         SELECT done.status AS finished, done.next_attempt_at AS due, next.* FROM done \
+         LEFT JOIN (SELECT {CLAIM_COLUMNS} FROM claimed c \
+             JOIN webhooks w ON w.id = c.webhook_id \
+             JOIN webhook_events e ON e.id = c.event_id) next ON true"
+    )
+}
+
+/// What [`finish_and_claim_next`] answers: the delivery's new status, and the next claim.
+#[derive(QueryableByName)]
+struct FinishedRow {
+    #[diesel(sql_type = Text)]
+    finished: String,
+    #[diesel(sql_type = Timestamptz)]
+    due: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    webhook_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    owner: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    epoch: Option<i64>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    attempts: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    url: Option<String>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    secret_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    secret_key_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    event_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    payload: Option<String>,
+}
+
+impl FinishedRow {
+    /// The next claim, when one was taken.
+    fn next(self) -> Option<DeliveryClaim> {
+        Some(DeliveryClaim {
+            id: self.id?,
+            webhook_id: self.webhook_id?,
+            owner: self.owner?,
+            epoch: self.epoch?,
+            attempts: self.attempts?,
+            url: self.url?,
+            secret_sealed: self.secret_sealed?,
+            secret_key_id: self.secret_key_id?,
+            event_type: self.event_type?,
+            payload: self.payload?,
+        })
+    }
+}
 
 impl Store {
     /// Claims up to `limit` deliveries for `owner`, each the head of its webhook's queue, for
-    /// `ttl`: of every webhook but those in `busy`, or of `only`.
+    /// `ttl`, of every webhook but those in `busy`.
     pub async fn claim_deliveries(
         &self,
         owner: Uuid,
         ttl: Duration,
         limit: usize,
         busy: &[WebhookId],
-        only: Option<WebhookId>,
     ) -> Result<Vec<DeliveryClaim>, StoreError> {
         let busy: Vec<Uuid> = busy.iter().map(|id| id.uuid()).collect();
         let mut connection = self.connection().await?;
-        Ok(diesel::sql_query(CLAIM)
+        Ok(diesel::sql_query(claim_heads())
             .bind::<SqlUuid, _>(owner)
             .bind::<Interval, _>(interval(ttl))
             .bind::<Int8, _>(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind::<Array<SqlUuid>, _>(busy)
-            .bind::<Nullable<SqlUuid>, _>(only.map(|id| id.uuid()))
             .load(&mut connection)
             .await?)
     }
 
-    /// Writes what an attempt came to, fenced by its claim's lease, and lets go of the lease.
+    /// Writes what an attempt came to, fenced by its claim's lease, and lets go of the lease;
+    /// with `next` (the next claim's lease), claims the webhook's next delivery when this one is
+    /// done with and that one is due.
     pub async fn finish_delivery(
         &self,
         claim: &DeliveryClaim,
         attempt: &Attempt,
-    ) -> Result<Finished, StoreError> {
-        #[derive(QueryableByName)]
-        struct Written {
-            #[diesel(sql_type = Text)]
-            status: String,
-            #[diesel(sql_type = Timestamptz)]
-            next_attempt_at: DateTime<Utc>,
-        }
-        let mut connection = self.connection().await?;
-        let fenced = "id = $1 AND lease_owner = $2 AND lease_epoch = $3";
-        let written: Option<Written> = match attempt {
-            Attempt::Delivered { code } => diesel::sql_query(format!(
-                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(), \
-                     last_response_code = $4, last_error = NULL, lease_owner = NULL, \
-                     lease_expires_at = NULL \
-                 WHERE {fenced} RETURNING status, next_attempt_at"
-            ))
-            .bind::<SqlUuid, _>(claim.id)
-            .bind::<SqlUuid, _>(claim.owner)
-            .bind::<Int8, _>(claim.epoch)
-            .bind::<Int4, _>(*code)
-            .get_result(&mut connection)
-            .await
-            .optional()?,
+        next: Option<Duration>,
+    ) -> Result<(Finished, Option<DeliveryClaim>), StoreError> {
+        let (delivered, code, error, retry_in, window) = match attempt {
+            Attempt::Delivered { code } => {
+                (true, Some(*code), None, Duration::ZERO, Duration::ZERO)
+            }
             Attempt::Failed {
                 code,
                 error,
                 retry_in,
                 window,
-            } => diesel::sql_query(format!(
-                "UPDATE webhook_deliveries SET \
-                     status = CASE WHEN now() + $4::interval > retrying_since + $5::interval \
-                         THEN 'dead' ELSE 'pending' END, \
-                     next_attempt_at = now() + $4::interval, last_response_code = $6, \
-                     last_error = $7, lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE {fenced} RETURNING status, next_attempt_at"
-            ))
+            } => (false, *code, Some(error.as_str()), *retry_in, *window),
+        };
+        let mut connection = self.connection().await?;
+        let row: Option<FinishedRow> = diesel::sql_query(finish_and_claim_next())
+            .bind::<SqlUuid, _>(claim.owner)
+            .bind::<Interval, _>(interval(next.unwrap_or_default()))
             .bind::<SqlUuid, _>(claim.id)
             .bind::<SqlUuid, _>(claim.owner)
             .bind::<Int8, _>(claim.epoch)
-            .bind::<Interval, _>(interval(*retry_in))
-            .bind::<Interval, _>(interval(*window))
-            .bind::<Nullable<Int4>, _>(*code)
-            .bind::<Text, _>(error)
+            .bind::<Bool, _>(delivered)
+            .bind::<Interval, _>(interval(retry_in))
+            .bind::<Interval, _>(interval(window))
+            .bind::<Nullable<Int4>, _>(code)
+            .bind::<Nullable<Text>, _>(error)
+            .bind::<Bool, _>(next.is_some())
             .get_result(&mut connection)
             .await
-            .optional()?,
+            .optional()?;
+        let Some(row) = row else {
+            return Ok((Finished::Fenced, None));
         };
-        Ok(match written {
-            None => Finished::Fenced,
-            Some(row) => match row.status.as_str() {
-                "delivered" => Finished::Delivered,
-                "dead" => Finished::Dead,
-                _ => Finished::Retrying(row.next_attempt_at),
-            },
-        })
+        let finished = match row.finished.as_str() {
+            "delivered" => Finished::Delivered,
+            "dead" => Finished::Dead,
+            _ => Finished::Retrying(row.due),
+        };
+        Ok((finished, row.next()))
     }
 
     /// How many deliveries are pending, and how old the oldest one's event is.
