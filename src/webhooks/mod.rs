@@ -3,8 +3,8 @@
 //!
 //! A dispatcher claims the heads of webhook queues (NOTIFY, a lane finishing, or the sweep wakes
 //! it), as many as it has free lanes (`--max-webhook-deliveries`). A lane sends its webhook's
-//! deliveries one after the other, in order, each attempt signed and bounded by
-//! `--webhook-timeout`, until the queue is empty or waits for a retry, or it has sent its fair
+//! deliveries one after the other, in order, over one connection while it stays usable, each
+//! attempt signed and bounded by `--webhook-timeout`, until the queue is empty or waits for a retry, or it has sent its fair
 //! share and lets the oldest waiting webhook have the lane. So a slow, failing or hanging
 //! receiver holds one lane at a time, never a call, a stream or another webhook's queue. A claim
 //! is a lease: a killed replica's claims are taken over once they expire, and a receiver then
@@ -25,7 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use client::{Exchange, Sender};
+pub use client::{Exchange, Kept, Sender};
 
 use crate::{
     domain::{
@@ -167,10 +167,11 @@ impl Deliveries {
         stop: CancellationToken,
     ) {
         let webhook = claim.webhook_id();
+        let mut kept = None;
         for sent in 1..=FAIR_SHARE {
             // A claim is taken only to be sent: none after the share, none once stopping.
             let more = sent < FAIR_SHARE && !stop.is_cancelled();
-            let (finished, next) = self.deliver(&claim, more).await;
+            let (finished, next) = self.deliver(&claim, more, &mut kept).await;
             if let Finished::Retrying(at) = finished {
                 self.wake_at(at);
             }
@@ -189,8 +190,9 @@ impl Deliveries {
         &self,
         claim: &DeliveryClaim,
         more: bool,
+        kept: &mut Option<Kept>,
     ) -> (Finished, Option<DeliveryClaim>) {
-        let attempt = self.attempt(claim).await;
+        let attempt = self.attempt(claim, kept).await;
         let next = more.then(|| self.settings.lease_ttl());
         let (finished, next) = match self.store.finish_delivery(claim, &attempt, next).await {
             Ok(written) => written,
@@ -215,7 +217,7 @@ impl Deliveries {
     }
 
     /// Signs and sends a claimed delivery: what the receiver's answer (or its absence) means.
-    async fn attempt(&self, claim: &DeliveryClaim) -> Attempt {
+    async fn attempt(&self, claim: &DeliveryClaim, kept: &mut Option<Kept>) -> Attempt {
         let failed = |code: Option<i32>, error: String| Attempt::Failed {
             code,
             error: webhook::short_error(&error),
@@ -254,7 +256,7 @@ impl Deliveries {
                 webhook::signature(&secret.0, timestamp, &body),
             ),
         ];
-        match self.sender.send(&url, &signed, body).await {
+        match self.sender.send(&url, &signed, body, kept).await {
             Exchange::Answered { code, .. } if (200..300).contains(&code) => Attempt::Delivered {
                 code: i32::from(code),
             },
