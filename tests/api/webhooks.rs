@@ -745,3 +745,110 @@ fn dead_deliveries_are_shown_and_redelivered_by_hand_over_rest() {
         app.shutdown().await;
     });
 }
+
+/// The README's receiver, as written: the Python block of its "Webhooks" section.
+fn readme_receiver() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("the README");
+    let section = readme
+        .split("\n## Webhooks\n")
+        .nth(1)
+        .expect("a Webhooks section");
+    section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|block| block.split("\n```").next())
+        .expect("a Python block in it")
+        .to_owned()
+}
+
+/// `body` as a receiver would get it at `timestamp`, signed with `secret`.
+fn signed_post(url: &str, secret: &str, timestamp: i64, body: &str) -> reqwest::RequestBuilder {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("a key");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    reqwest::Client::new()
+        .post(url)
+        .header("dbtrail-timestamp", timestamp.to_string())
+        .header(
+            "dbtrail-signature",
+            format!("v1={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body.to_owned())
+}
+
+#[test]
+fn the_readme_receiver_takes_a_real_delivery_and_refuses_forged_and_old_ones() {
+    block_on(async {
+        let app = TestApp::start_with(webhook_options(&[])).await;
+        let mut client = app.client();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}/");
+        let hook = create(&mut client, &url, &[WebhookEvent::ServerStatusChanged]).await;
+        let secret = hook.signing_secret.expect("the secret");
+        let code = readme_receiver().replace("((\"\", 9000)", &format!("((\"127.0.0.1\", {port})"));
+        assert!(
+            code.contains(&port.to_string()),
+            "the receiver listens on 9000: {code}"
+        );
+        let mut receiver = tokio::process::Command::new("python3")
+            .args(["-u", "-c", &code])
+            .env("DBTRAIL_WEBHOOK_SECRET", &secret)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the README's receiver");
+        wait_until("the receiver to listen", DELIVERY, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+
+        register_and_decommission(&mut client, "readme-told").await;
+        let delivered = settled(&client, &hook.webhook_id, 1, DeliveryStatus::Delivered).await;
+        assert_eq!(delivered[0].last_response_code, Some(204));
+
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs() as i64;
+        let body = r#"{"type": "server_status_changed", "server": {"name": "forged", "stream_state": null}}"#;
+        let tampered = signed_post(&url, &secret, now, body)
+            .body(body.replace("forged", "tampered"))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(tampered.status(), 401, "a body that is not the signed one");
+        let replayed = signed_post(&url, &secret, now - 3600, body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(replayed.status(), 401, "an hour-old timestamp");
+        let genuine = signed_post(&url, &secret, now, body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(genuine.status(), 204);
+
+        receiver.kill().await.expect("stop the receiver");
+        let mut printed = String::new();
+        use tokio::io::AsyncReadExt;
+        receiver
+            .stdout
+            .take()
+            .expect("its output")
+            .read_to_string(&mut printed)
+            .await
+            .expect("what it printed");
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            [
+                "server_status_changed readme-told None",
+                "server_status_changed forged None"
+            ],
+            "{printed}"
+        );
+        app.shutdown().await;
+    });
+}
