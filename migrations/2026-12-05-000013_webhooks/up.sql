@@ -103,7 +103,8 @@ DECLARE
     kind text;
     event uuid;
     change_position bigint;
-    body jsonb;
+    server_state jsonb;
+    previous jsonb;
 BEGIN
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         kinds := kinds || 'server_status_changed'::text;
@@ -125,18 +126,19 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT revision INTO change_position FROM server_revisions WHERE tenant_id = NEW.tenant_id;
+    server_state := webhook_server(NEW);
+    previous := jsonb_build_object('status', OLD.status, 'stream_state', OLD.stream_state);
     FOREACH kind IN ARRAY kinds LOOP
         CONTINUE WHEN NOT EXISTS (
             SELECT 1 FROM webhooks WHERE tenant_id = NEW.tenant_id AND kind = ANY (events));
         event := gen_random_uuid();
-        body := jsonb_build_object(
+        INSERT INTO webhook_events (id, tenant_id, server_id, type, payload)
+        VALUES (event, NEW.tenant_id, NEW.id, kind, jsonb_build_object(
             'event_id', event,
             'type', kind,
             'occurred_at', webhook_time(now()),
-            'server', webhook_server(NEW),
-            'previous', jsonb_build_object('status', OLD.status, 'stream_state', OLD.stream_state));
-        INSERT INTO webhook_events (id, tenant_id, server_id, type, payload)
-        VALUES (event, NEW.tenant_id, NEW.id, kind, body);
+            'server', server_state,
+            'previous', previous));
         INSERT INTO webhook_deliveries (id, webhook_id, event_id, position)
         SELECT gen_random_uuid(), webhooks.id, event, COALESCE(change_position, 0)
         FROM webhooks WHERE tenant_id = NEW.tenant_id AND kind = ANY (events)

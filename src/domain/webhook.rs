@@ -438,7 +438,7 @@ mod tests {
 
     #[test]
     fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
-        // RFC 4231 test case 2's key and message, split at its one space.
+        // The HMAC itself is RFC 4231's (its test case 2).
         let signed = signature("Jefe", 0, b"");
         assert!(signed.starts_with("v1=") && signed.len() == 3 + 64);
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").unwrap();
@@ -447,14 +447,12 @@ mod tests {
             hex::encode(mac.finalize().into_bytes()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        assert_eq!(
-            signature("k", 1700000000, b"{}"),
-            signature("k", 1700000000, b"{}")
-        );
-        assert_ne!(
-            signature("k", 1700000000, b"{}"),
-            signature("k", 1700000001, b"{}")
-        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec_k").unwrap();
+        mac.update(b"1700000000.{\"a\":1}");
+        let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(signature("whsec_k", 1700000000, br#"{"a":1}"#), expected);
+        assert_ne!(signature("whsec_k", 1700000001, br#"{"a":1}"#), expected);
+        assert_ne!(signature("whsec_l", 1700000000, br#"{"a":1}"#), expected);
         assert!(generate_secret().starts_with(SECRET_PREFIX));
         assert_eq!(generate_secret().len(), SECRET_PREFIX.len() + 43);
     }

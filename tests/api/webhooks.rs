@@ -852,3 +852,119 @@ fn the_readme_receiver_takes_a_real_delivery_and_refuses_forged_and_old_ones() {
         app.shutdown().await;
     });
 }
+
+#[test]
+fn a_failed_onboarding_and_a_decommission_reach_the_webhooks_that_want_them_and_no_other_tenant() {
+    block_on(async {
+        let mariadb = MariaDb::start().await;
+        let mut options = mysql_replica_options();
+        options.extra_args.push("--allow-http-webhooks".into());
+        let app = TestApp::start_with(options).await;
+        let mut client = app.client();
+        let receiver = Receiver::start().await;
+        let failures = create(
+            &mut client,
+            &receiver.url("/failures"),
+            &[WebhookEvent::OnboardingFailed, WebhookEvent::Decommissioned],
+        )
+        .await;
+        create(
+            &mut client,
+            &receiver.url("/statuses"),
+            &[WebhookEvent::ServerStatusChanged],
+        )
+        .await;
+        let stranger = app.other_tenant("tenant-b").await;
+        create(
+            &mut app.client_with_key(&stranger.key),
+            &receiver.url("/stranger"),
+            &EVERY_EVENT,
+        )
+        .await;
+
+        let id = register(
+            &mut client,
+            mariadb.server("refused", USER, "not-the-password"),
+        )
+        .await
+        .server_id;
+        let settled_status = wait_settled(&client, &id).await;
+        assert_eq!(settled_status.server_status, ServerStatus::Error as i32);
+        client
+            .decommission_server(proto::DecommissionServerRequest {
+                server_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("DecommissionServer");
+
+        let told = receiver.wait_for("/failures", 2, DELIVERY).await;
+        let bodies: Vec<serde_json::Value> = told.iter().map(Received::json).collect();
+        assert_eq!(bodies[0]["type"], "onboarding_failed");
+        assert_eq!(bodies[0]["server"]["status"], "error");
+        assert_eq!(bodies[0]["server"]["onboarding_step"], "waiting_for_agent");
+        let error = bodies[0]["server"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("Access denied"), "{error}");
+        assert!(
+            !told[0]
+                .body
+                .windows(16)
+                .any(|window| window == b"not-the-password")
+        );
+        assert_eq!(bodies[0]["previous"]["status"], "pending");
+        assert_eq!(bodies[1]["type"], "decommissioned");
+        assert_eq!(bodies[1]["server"]["status"], "decommissioned");
+        assert_eq!(bodies[1]["previous"]["status"], "error");
+        assert!(bodies[1]["server"]["decommissioned_at"].is_string());
+        assert!(
+            bodies
+                .iter()
+                .all(|body| body["server"]["server_id"] == id.as_str())
+        );
+        assert_ne!(bodies[0]["event_id"], bodies[1]["event_id"]);
+        assert!(
+            told.iter()
+                .all(|request| request.json()["webhook_id"] == failures.webhook_id.as_str())
+        );
+
+        let statuses = receiver.wait_for("/statuses", 2, DELIVERY).await;
+        let changes: Vec<(String, String)> = statuses
+            .iter()
+            .map(|request| {
+                let body = request.json();
+                (
+                    body["previous"]["status"].as_str().unwrap_or("").to_owned(),
+                    body["server"]["status"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("pending".to_owned(), "error".to_owned()),
+                ("error".to_owned(), "decommissioned".to_owned())
+            ]
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let paths: Vec<String> = receiver
+            .received()
+            .into_iter()
+            .map(|request| request.path)
+            .collect();
+        assert_eq!(
+            paths.len(),
+            4,
+            "each once, and nothing to another tenant: {paths:?}"
+        );
+        app.shutdown().await;
+    });
+}
+
+/// Every event type.
+const EVERY_EVENT: [WebhookEvent; 5] = [
+    WebhookEvent::ServerStatusChanged,
+    WebhookEvent::StreamStateChanged,
+    WebhookEvent::OnboardingFailed,
+    WebhookEvent::LostPosition,
+    WebhookEvent::Decommissioned,
+];
