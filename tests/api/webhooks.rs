@@ -505,6 +505,43 @@ fn a_receiver_answering_500_three_times_gets_the_delivery_once_after_four_attemp
         assert_eq!(retried.last_error, None);
         assert!(retried.delivered_at.is_some() && retried.next_attempt_at.is_none());
 
+        // A page at a time, newest first; a token is its webhook's only.
+        let page = |page_token: String| proto::ListWebhookDeliveriesRequest {
+            webhook_id: hook.webhook_id.clone(),
+            page_size: 1,
+            page_token,
+        };
+        let first_page = client
+            .list_webhook_deliveries(page(String::new()))
+            .await
+            .expect("a first page")
+            .into_inner();
+        assert_eq!(first_page.deliveries.len(), 1);
+        assert_eq!(first_page.deliveries[0].server_id, second);
+        let second_page = client
+            .list_webhook_deliveries(page(first_page.next_page_token.clone()))
+            .await
+            .expect("a second page")
+            .into_inner();
+        assert_eq!(second_page.deliveries[0].server_id, first);
+        assert!(second_page.next_page_token.is_empty());
+        let other = create(
+            &mut client,
+            &receiver.url("/other"),
+            &[WebhookEvent::LostPosition],
+        )
+        .await;
+        let status = expect_err(
+            client
+                .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
+                    webhook_id: other.webhook_id,
+                    page_size: 1,
+                    page_token: first_page.next_page_token,
+                })
+                .await,
+        );
+        assert_bad_request(&status, &["page_token"]);
+
         let (status, metrics) = http_get(app.http_addr, "/metrics").await;
         assert_eq!(status, 200);
         for series in [
