@@ -231,7 +231,7 @@ pub struct ChangeSelection {
 }
 
 /// What a selection holds, read before its script is written.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SelectionSummary {
     pub count: i64,
     /// The newest sequence selected, the bound of the pages that follow.
@@ -301,12 +301,7 @@ impl ChangeIndex {
         .get_result(&mut connection)
         .await?;
         let Some(through) = through else {
-            return Ok(SelectionSummary {
-                count: 0,
-                through: None,
-                oldest: None,
-                keyless_tables: Vec::new(),
-            });
+            return Ok(SelectionSummary::default());
         };
         let bounded = ChangeSelection {
             through,
