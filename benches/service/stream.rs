@@ -20,11 +20,11 @@ use mysql_async::{
 
 use crate::{
     client,
-    stream_baseline::reader_and_copy,
     load::histogram,
     mariadb::{MariaDb, MasterStatus},
     replica::Replica,
     report::Row,
+    stream_baseline::reader_and_copy,
 };
 
 const USER: &str = "bintrail";

@@ -81,7 +81,11 @@ async fn read(
         .expect("a binlog stream");
     let (mut read, mut batch) = (0u64, Vec::with_capacity(BATCH));
     while read < rows {
-        let event = stream.next().await.expect("the stream goes on").expect("an event");
+        let event = stream
+            .next()
+            .await
+            .expect("the stream goes on")
+            .expect("an event");
         let position = i64::from(event.header().log_pos());
         let Ok(Some(EventData::RowsEvent(data))) = event.read_data() else {
             continue;
@@ -175,7 +179,7 @@ async fn write(
         writer.finish().await.expect("the COPY ends");
         transaction.commit().await.expect("COMMIT");
     }
-    let _ = postgres.close().await;
+    drop(postgres);
 }
 
 /// JSON text sent as a jsonb value as it is: jsonb's binary form is a version byte and the text.
