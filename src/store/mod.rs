@@ -140,6 +140,8 @@ impl From<ConnectionError> for StoreError {
 pub struct Store {
     pool: Pool<AsyncPgConnection>,
     database_url: String,
+    /// statement_timeout of every connection (the pool's, and the change index's COPY ones).
+    statement_timeout: Duration,
 }
 
 type Connection = Object<AsyncPgConnection>;
@@ -188,6 +190,7 @@ impl Store {
         Ok(Store {
             pool,
             database_url: config.url().to_owned(),
+            statement_timeout: config.statement_timeout,
         })
     }
 

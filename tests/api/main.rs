@@ -28,6 +28,7 @@ mod operations;
 mod outage;
 mod pause;
 mod performance;
+mod pipeline;
 mod readme;
 mod replicas;
 mod rest_api;
