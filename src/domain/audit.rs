@@ -233,7 +233,7 @@ impl Changes {
 
 /// What a call changed of a server: every settable field (UpdateServer's paths, a label per
 /// key), the secrets as set, changed or removed, and the lifecycle (status, onboarding step,
-/// whether its stream is paused). `before` is none for a registration.
+/// whether its stream is paused, the stream's state). `before` is none for a registration.
 pub fn server_changes(before: Option<&Server>, after: &Server) -> Vec<FieldChange> {
     let mut changes = Changes::default();
     let old = |read: fn(&Server) -> Value| before.map_or(Value::Null, read);
@@ -308,6 +308,8 @@ pub fn server_changes(before: Option<&Server>, after: &Server) -> Vec<FieldChang
         old(|s| json!(s.paused)),
         json!(after.paused),
     );
+    let stream_state = |s: &Server| json!(s.stream.as_ref().map(|stream| stream.state.as_str()));
+    changes.compare("stream.state", old(stream_state), stream_state(after));
     changes.0
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use chrono::Datelike;
 
+use crate::common::mariadb::*;
+use crate::common::stream::{restart_at, running, wait_stream};
 use crate::common::*;
 use crate::rest_common::Rest;
 use dbtrail_servers::{
@@ -1103,5 +1105,66 @@ fn trusted_proxies_decide_the_recorded_client_address() {
                 output.stderr
             );
         }
+    });
+}
+
+#[test]
+fn a_retry_and_a_stream_restart_are_recorded_with_what_they_moved() {
+    block_on(async {
+        let mariadb = onboardable_mariadb().await;
+        let app = mysql_app().await;
+        let mut client = app.client();
+
+        // Nothing listens on this port: onboarding fails, and the retry puts it back to work.
+        let mut unreachable = direct_server("unreachable");
+        unreachable.port = i32::from(free_port());
+        let failing = register(&mut client, unreachable).await.server_id;
+        let status = wait_settled(&client, &failing).await;
+        assert_eq!(status.server_status, proto::ServerStatus::Error as i32);
+        client
+            .retry_onboarding(with_request_id(
+                proto::RetryOnboardingRequest {
+                    server_id: failing.clone(),
+                },
+                "audit-retry",
+            ))
+            .await
+            .expect("RetryOnboarding");
+
+        // An active server's stream, restarted from the start of its binlog file.
+        let id = register(&mut client, mariadb.server("streamed", USER, PASSWORD))
+            .await
+            .server_id;
+        assert_active(&wait_settled(&client, &id).await);
+        let running_server = wait_stream(&mut client, &id, "the stream to run", running).await;
+        let checkpoint = running_server.stream.expect("a stream");
+        let file = mariadb.master_status().await.expect("binlog on").file;
+        client
+            .restart_stream(with_request_id(restart_at(&id, &file, 4), "audit-restart"))
+            .await
+            .expect("RestartStream");
+
+        let events = audit_events(&mut client, "outcome = OK").await;
+        let retry = the_event(&events, "audit-retry");
+        assert_eq!(retry.method, "RetryOnboarding");
+        assert_eq!(retry.server_id, failing);
+        assert_eq!(
+            change(retry, "status"),
+            (json!("error"), json!("pending"), String::new())
+        );
+        let restart = the_event(&events, "audit-restart");
+        assert_eq!(restart.method, "RestartStream");
+        assert_eq!(restart.server_id, id);
+        assert_eq!(
+            change(restart, "stream.state"),
+            (json!("running"), json!("starting"), String::new())
+        );
+        let (old, new, _) = change(restart, "stream.binlog_position");
+        assert_eq!(new, json!(4.0));
+        assert!(
+            old.as_f64().is_some_and(|position| position > 4.0),
+            "the checkpoint it moved from ({checkpoint:?}): {old}"
+        );
+        app.shutdown().await;
     });
 }
