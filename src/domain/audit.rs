@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::{
     ServerId, TenantId,
     comparisons::{self, Comparison, Fields, Written},
-    server::{Server, SshTunnel, StreamOptions},
+    fields::texts,
+    server::{Sealed, Server, ServerSpec, SshTunnel, StreamOptions},
 };
 
 /// What the command line records as its key name, when it knows no OS user.
@@ -231,128 +232,105 @@ impl Changes {
     }
 }
 
+/// A field of a `T` as the audit log names it, and how to read its value as JSON.
+type Reader<T> = (&'static str, fn(&T) -> Value);
+
+/// A server's settings, by UpdateServer's paths.
+const SPEC_FIELDS: [Reader<ServerSpec>; 5] = [
+    ("name", |spec| json!(spec.name.as_str())),
+    ("host", |spec| json!(spec.host.as_str())),
+    ("port", |spec| json!(spec.port.get())),
+    ("mysql_user", |spec| json!(spec.mysql_user.as_str())),
+    ("connection_method", |spec| {
+        json!(spec.connection_method.as_str())
+    }),
+];
+
+const TUNNEL_FIELDS: [Reader<SshTunnel>; 4] = [
+    ("ssh_tunnel.host", |tunnel| json!(tunnel.host.as_str())),
+    ("ssh_tunnel.port", |tunnel| json!(tunnel.port.get())),
+    ("ssh_tunnel.user", |tunnel| json!(tunnel.user.as_str())),
+    ("ssh_tunnel.host_key_fingerprint", |tunnel| {
+        json!(
+            tunnel
+                .host_key_fingerprint
+                .as_ref()
+                .map(|print| print.as_str())
+        )
+    }),
+];
+
+const STREAM_OPTION_FIELDS: [Reader<StreamOptions>; 4] = [
+    ("stream_options.schemas", |options| {
+        json!(texts(&options.schemas))
+    }),
+    ("stream_options.tables", |options| {
+        json!(texts(&options.tables))
+    }),
+    ("stream_options.exclude_tables", |options| {
+        json!(texts(&options.exclude_tables))
+    }),
+    ("stream_options.ssl_mode", |options| {
+        json!(options.ssl_mode.as_str())
+    }),
+];
+
+/// Where a server is in its life: what the lifecycle calls change.
+const LIFECYCLE_FIELDS: [Reader<Server>; 4] = [
+    ("status", |server| json!(server.status.as_str())),
+    ("onboarding_step", |server| {
+        json!(server.current_step().map(|step| step.as_str()))
+    }),
+    ("stream_paused", |server| json!(server.paused)),
+    ("stream.state", |server| {
+        json!(server.stream.as_ref().map(|stream| stream.state.as_str()))
+    }),
+];
+
+impl Changes {
+    /// Compares the `readers`' fields of `before` and `after` (a missing one's fields are null).
+    fn fields<T>(&mut self, before: Option<&T>, after: Option<&T>, readers: &[Reader<T>]) {
+        for (field, read) in readers {
+            let old = before.map_or(Value::Null, read);
+            let new = after.map_or(Value::Null, read);
+            self.compare(field, old, new);
+        }
+    }
+}
+
+/// The bytes of a stored secret, only to see whether it moved.
+fn ciphertext(secret: Option<&Sealed>) -> Option<&[u8]> {
+    secret.map(|sealed| sealed.ciphertext.as_slice())
+}
+
 /// What a call changed of a server: every settable field (UpdateServer's paths, a label per
 /// key), the secrets as set, changed or removed, and the lifecycle (status, onboarding step,
 /// whether its stream is paused, the stream's state). `before` is none for a registration.
 pub fn server_changes(before: Option<&Server>, after: &Server) -> Vec<FieldChange> {
     let mut changes = Changes::default();
-    let old = |read: fn(&Server) -> Value| before.map_or(Value::Null, read);
-    changes.compare(
-        "name",
-        old(|s| json!(s.spec.name.as_str())),
-        json!(after.spec.name.as_str()),
-    );
-    changes.compare(
-        "host",
-        old(|s| json!(s.spec.host.as_str())),
-        json!(after.spec.host.as_str()),
-    );
-    changes.compare(
-        "port",
-        old(|s| json!(s.spec.port.get())),
-        json!(after.spec.port.get()),
-    );
-    changes.compare(
-        "mysql_user",
-        old(|s| json!(s.spec.mysql_user.as_str())),
-        json!(after.spec.mysql_user.as_str()),
-    );
-    changes.compare(
-        "connection_method",
-        old(|s| json!(s.spec.connection_method.as_str())),
-        json!(after.spec.connection_method.as_str()),
-    );
-    tunnel_changes(
-        &mut changes,
-        before.and_then(|s| s.spec.ssh_tunnel.as_ref()),
-        after.spec.ssh_tunnel.as_ref(),
-    );
-    stream_option_changes(
-        &mut changes,
-        before.map(|s| &s.spec.stream_options),
-        &after.spec.stream_options,
+    let spec = &after.spec;
+    changes.fields(before.map(|s| &s.spec), Some(spec), &SPEC_FIELDS);
+    let old_tunnel = before.and_then(|s| s.spec.ssh_tunnel.as_ref());
+    changes.fields(old_tunnel, spec.ssh_tunnel.as_ref(), &TUNNEL_FIELDS);
+    let old_options = before.map(|s| &s.spec.stream_options);
+    changes.fields(
+        old_options,
+        Some(&spec.stream_options),
+        &STREAM_OPTION_FIELDS,
     );
     label_changes(&mut changes, before, after);
-    let sealed = |server: Option<&Server>, password: bool| {
-        server.and_then(|server| {
-            let secret = if password {
-                &server.secrets.mysql_password
-            } else {
-                &server.secrets.ssh_private_key
-            };
-            secret.as_ref().map(|sealed| sealed.ciphertext.clone())
-        })
-    };
     changes.secret(
         "mysql_password",
-        sealed(before, true).as_deref(),
-        sealed(Some(after), true).as_deref(),
+        ciphertext(before.and_then(|s| s.secrets.mysql_password.as_ref())),
+        ciphertext(after.secrets.mysql_password.as_ref()),
     );
     changes.secret(
         "ssh_tunnel.private_key",
-        sealed(before, false).as_deref(),
-        sealed(Some(after), false).as_deref(),
+        ciphertext(before.and_then(|s| s.secrets.ssh_private_key.as_ref())),
+        ciphertext(after.secrets.ssh_private_key.as_ref()),
     );
-    changes.compare(
-        "status",
-        old(|s| json!(s.status.as_str())),
-        json!(after.status.as_str()),
-    );
-    changes.compare(
-        "onboarding_step",
-        old(|s| json!(s.current_step().map(|step| step.as_str()))),
-        json!(after.current_step().map(|step| step.as_str())),
-    );
-    changes.compare(
-        "stream_paused",
-        old(|s| json!(s.paused)),
-        json!(after.paused),
-    );
-    let stream_state = |s: &Server| json!(s.stream.as_ref().map(|stream| stream.state.as_str()));
-    changes.compare("stream.state", old(stream_state), stream_state(after));
+    changes.fields(before, Some(after), &LIFECYCLE_FIELDS);
     changes.0
-}
-
-fn tunnel_changes(changes: &mut Changes, before: Option<&SshTunnel>, after: Option<&SshTunnel>) {
-    let value = |tunnel: Option<&SshTunnel>, read: fn(&SshTunnel) -> Value| {
-        tunnel.map_or(Value::Null, read)
-    };
-    let fields: [(&str, fn(&SshTunnel) -> Value); 4] = [
-        ("ssh_tunnel.host", |t| json!(t.host.as_str())),
-        ("ssh_tunnel.port", |t| json!(t.port.get())),
-        ("ssh_tunnel.user", |t| json!(t.user.as_str())),
-        ("ssh_tunnel.host_key_fingerprint", |t| {
-            json!(t.host_key_fingerprint.as_ref().map(|print| print.as_str()))
-        }),
-    ];
-    for (field, read) in fields {
-        changes.compare(field, value(before, read), value(after, read));
-    }
-}
-
-fn stream_option_changes(
-    changes: &mut Changes,
-    before: Option<&StreamOptions>,
-    after: &StreamOptions,
-) {
-    let value = |options: Option<&StreamOptions>, read: fn(&StreamOptions) -> Value| {
-        options.map_or(Value::Null, read)
-    };
-    let fields: [(&str, fn(&StreamOptions) -> Value); 4] = [
-        ("stream_options.schemas", |o| {
-            json!(super::fields::texts(&o.schemas))
-        }),
-        ("stream_options.tables", |o| {
-            json!(super::fields::texts(&o.tables))
-        }),
-        ("stream_options.exclude_tables", |o| {
-            json!(super::fields::texts(&o.exclude_tables))
-        }),
-        ("stream_options.ssl_mode", |o| json!(o.ssl_mode.as_str())),
-    ];
-    for (field, read) in fields {
-        changes.compare(field, value(before, read), value(Some(after), read));
-    }
 }
 
 /// One change per label key that was added, removed or given another value.
