@@ -149,7 +149,7 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        /// Comma-separated: servers:read,servers:write,servers:delete,changes:read.
+        /// Comma-separated: servers:read,servers:write,servers:delete,changes:read,audit:read.
         #[arg(long, value_delimiter = ',', required = true)]
         permissions: Vec<String>,
         /// A label for the key.

@@ -5,6 +5,8 @@
 //! the very same stack in process (`GrpcStack::in_process`).
 
 mod admission;
+mod audit;
+mod audit_events;
 mod changes;
 mod check;
 pub mod codec;
@@ -43,17 +45,19 @@ use tower_http::{
 };
 
 pub use admission::AdmissionSettings;
+pub use audit::{AUDITED, AuditedCall, Untranslated};
 pub use check::CheckLimits;
 pub use paging::PageTokens;
 pub use service::ServersApi;
 
 use admission::AdmissionLayer;
+use audit::AuditLayer;
 use metrics::MetricsLayer;
 use panics::CatchPanicLayer;
 use size_faults::SizeFaultsLayer;
 
 use crate::{
-    auth::{AuthLayer, Authenticator},
+    auth::{AuthLayer, Authenticator, TrustedProxies},
     proto::{FILE_DESCRIPTOR_SET, servers_service_server::ServersServiceServer},
     telemetry,
     tls::{self, ServerTls},
@@ -140,8 +144,9 @@ type FrontLayers = Stack<
     >,
 >;
 
-/// Every layer of a call: the front layers, then authentication and admission control.
-type CallLayers = Stack<AdmissionLayer, Stack<AuthLayer, FrontLayers>>;
+/// Every layer of a call: the front layers, then authentication, admission control and the
+/// audit log's record of a refused change.
+type CallLayers = Stack<AuditLayer, Stack<AdmissionLayer, Stack<AuthLayer, FrontLayers>>>;
 
 /// Builds the front layers.
 fn front_layers() -> ServiceBuilder<FrontLayers> {
@@ -179,13 +184,16 @@ pub struct GrpcStack {
 }
 
 impl GrpcStack {
-    /// Registers the services and builds the layers.
+    /// Registers the services and builds the layers; `X-Forwarded-For` is believed from
+    /// `trusted_proxies` only.
     pub fn new(
         api: ServersApi,
         authenticator: Arc<Authenticator>,
         admission: AdmissionSettings,
+        trusted_proxies: TrustedProxies,
         health: HealthServer<impl Health>,
     ) -> Result<GrpcStack, tonic_reflection::server::Error> {
+        let store = api.store().clone();
         // The google.rpc error details too: grpcurl decodes an error's ErrorInfo, BadRequest
         // and PreconditionFailure only when reflection can describe them.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -209,8 +217,13 @@ impl GrpcStack {
             .add_service(reflection_v1alpha)
             .prepare();
         let layers = front_layers()
-            .layer(AuthLayer::new(authenticator))
+            .layer(AuthLayer::new(
+                authenticator,
+                trusted_proxies,
+                store.clone(),
+            ))
             .layer(AdmissionLayer::new(admission))
+            .layer(AuditLayer::new(store))
             .into_inner();
         Ok(GrpcStack { routes, layers })
     }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool, migrations, and every SQL statement of the service. Nothing
 //! outside this module talks to the database.
 
+pub mod audit;
 mod auth;
 mod by_id;
 pub mod connect;
@@ -32,6 +33,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
 pub use crate::domain::stream::StatementChanges;
+pub use audit::AuditCursor;
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
 pub use engine::{Affinity, Claim, Fence, Lease};
 pub use index::{

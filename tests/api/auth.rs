@@ -32,9 +32,10 @@ enum Rpc {
     CheckServer,
     RevertChanges,
     GetRowHistory,
+    ListAuditEvents,
 }
 
-const RPCS: [Rpc; 16] = [
+const RPCS: [Rpc; 17] = [
     Rpc::ListServers,
     Rpc::GetServer,
     Rpc::RegisterServer,
@@ -51,6 +52,7 @@ const RPCS: [Rpc; 16] = [
     Rpc::CheckServer,
     Rpc::RevertChanges,
     Rpc::GetRowHistory,
+    Rpc::ListAuditEvents,
 ];
 
 impl Rpc {
@@ -71,6 +73,7 @@ impl Rpc {
             | Rpc::CheckServer => "servers:write",
             Rpc::DecommissionServer => "servers:delete",
             Rpc::ListSchemaChanges | Rpc::RevertChanges | Rpc::GetRowHistory => "changes:read",
+            Rpc::ListAuditEvents => "audit:read",
         }
     }
 
@@ -78,7 +81,7 @@ impl Rpc {
     fn targets_a_server(self) -> bool {
         !matches!(
             self,
-            Rpc::ListServers | Rpc::RegisterServer | Rpc::WatchServers
+            Rpc::ListServers | Rpc::RegisterServer | Rpc::WatchServers | Rpc::ListAuditEvents
         )
     }
 
@@ -215,6 +218,22 @@ impl Rpc {
                 })
                 .await
                 .map(|_| CallOutcome::Done),
+            Rpc::ListAuditEvents => {
+                let events = client
+                    .list_audit_events(proto::ListAuditEventsRequest::default())
+                    .await?
+                    .into_inner()
+                    .audit_events;
+                // What another tenant's log shows of the server: no change (its own refused
+                // attempts at the id are its own records, NOT_FOUND like any unknown id).
+                Ok(CallOutcome::Listed(
+                    events
+                        .into_iter()
+                        .filter(|event| event.outcome == "OK")
+                        .map(|event| event.server_id)
+                        .collect(),
+                ))
+            }
         }
     }
 }
@@ -429,6 +448,7 @@ fn a_key_with_exactly_the_permission_is_enough() {
             Rpc::GetRowHistory,
             Rpc::WatchServers,
             Rpc::CheckServer,
+            Rpc::ListAuditEvents,
             Rpc::DecommissionServer,
         ] {
             let key = app.key_with(&[rpc.permission()]).await;

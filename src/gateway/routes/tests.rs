@@ -239,7 +239,7 @@ fn every_annotated_rpc_has_its_route() {
             )
         })
         .collect();
-    assert_eq!(routes.len(), 18);
+    assert_eq!(routes.len(), 19);
     assert!(routes.contains(&(
         "GET".into(),
         "/servers/{server_id}/revert-sql".into(),

@@ -88,11 +88,12 @@ pub const ERROR_DOMAIN: &str = "servers.dbtrail";
 /// The gRPC health service name of ServersService.
 pub const SERVERS_SERVICE: &str = "dbtrail.servers.v1.ServersService";
 /// Every permission a key can carry.
-pub const ALL_PERMISSIONS: [&str; 4] = [
+pub const ALL_PERMISSIONS: [&str; 5] = [
     "servers:read",
     "servers:write",
     "servers:delete",
     "changes:read",
+    "audit:read",
 ];
 
 /// A real, throwaway Ed25519 key made for these tests only; it opens nothing anywhere.
