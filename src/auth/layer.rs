@@ -23,8 +23,8 @@ use crate::{
     store::Store,
 };
 
-/// gRPC path prefix of the calls that need a key.
-const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
+/// gRPC path prefix of the calls that need a key (ServersService's).
+pub const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
 
 /// The permission each RPC needs.
 pub fn required_permission(method: &str) -> Option<Permission> {

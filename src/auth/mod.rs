@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, broadcast};
 use uuid::Uuid;
 
 pub use client::{ClientAddress, PeerAddress, TrustedProxies};
-pub use layer::{AuthLayer, required_permission};
+pub use layer::{AuthLayer, SERVICE_PREFIX, required_permission};
 use throttle::{Buckets, Rate, client_key};
 
 use crate::{

@@ -288,8 +288,17 @@ const LIFECYCLE_FIELDS: [Reader<Server>; 4] = [
 ];
 
 impl Changes {
-    /// Compares the `readers`' fields of `before` and `after` (a missing one's fields are null).
-    fn fields<T>(&mut self, before: Option<&T>, after: Option<&T>, readers: &[Reader<T>]) {
+    /// Compares the `readers`' fields of `before` and `after` (a missing one's fields are null);
+    /// nothing is read when the two are equal.
+    fn fields<T: PartialEq>(
+        &mut self,
+        before: Option<&T>,
+        after: Option<&T>,
+        readers: &[Reader<T>],
+    ) {
+        if before == after {
+            return;
+        }
         for (field, read) in readers {
             let old = before.map_or(Value::Null, read);
             let new = after.map_or(Value::Null, read);
@@ -338,6 +347,9 @@ fn label_changes(changes: &mut Changes, before: Option<&Server>, after: &Server)
     let empty = Default::default();
     let old = before.map_or(&empty, |server| server.spec.labels.as_map());
     let new = after.spec.labels.as_map();
+    if old == new {
+        return;
+    }
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for key in keys {
         changes.compare(

@@ -14,7 +14,7 @@ use tower::Service;
 
 use super::{client_request_id, errors::ApiError};
 use crate::{
-    auth::{ClientAddress, Principal},
+    auth::{ClientAddress, Principal, SERVICE_PREFIX},
     call_layer::{CallFuture, Wrap, Wrapped},
     domain::{
         ServerId,
@@ -22,9 +22,6 @@ use crate::{
     },
     store::{Store, StoreError},
 };
-
-/// gRPC path prefix of ServersService's calls.
-const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
 
 /// The methods that change something: each call is in the audit log once.
 pub const AUDITED: [&str; 8] = [

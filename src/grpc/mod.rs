@@ -1,6 +1,6 @@
 //! The gRPC surface: ServersService with its conversions and error table, registered in one
-//! place with health, reflection (v1 and v1alpha), request ids, tracing, caught panics and
-//! authentication.
+//! place with health, reflection (v1 and v1alpha), request ids, tracing, caught panics,
+//! authentication, admission control and the audit log's record of refused changes.
 //! The layered stack is built once: the tonic server serves it, and the REST translation calls
 //! the very same stack in process (`GrpcStack::in_process`).
 

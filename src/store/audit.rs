@@ -49,7 +49,8 @@ struct InsertEvent<'a> {
     event: &'a AuditEvent,
     tenant_id: Uuid,
     server_id: Option<Uuid>,
-    changes: serde_json::Value,
+    /// The changes as JSON text, cast to jsonb by the statement (serialized once).
+    changes: String,
     client_address: Option<String>,
 }
 
@@ -84,8 +85,8 @@ impl QueryFragment<Pg> for InsertEvent<'_> {
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(&event.resource)?;
         out.push_sql(", ");
-        out.push_bind_param::<sql_types::Jsonb, _>(&self.changes)?;
-        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.changes)?;
+        out.push_sql("::jsonb, ");
         out.push_bind_param::<Text, _>(&event.outcome.code)?;
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(&event.outcome.reason)?;
@@ -99,7 +100,7 @@ impl QueryFragment<Pg> for InsertEvent<'_> {
 /// Appends `event` to the audit log inside the caller's transaction: the one way a record is
 /// written. A month without its partition (none is made this far ahead) fails the transaction.
 pub async fn record(connection: &mut Connection, event: &AuditEvent) -> Result<(), StoreError> {
-    let changes = serde_json::to_value(&event.changes)
+    let changes = serde_json::to_string(&event.changes)
         .map_err(|error| StoreError::Corrupt(format!("audit changes: {error}")))?;
     InsertEvent {
         event,

@@ -460,7 +460,7 @@ mod tests {
             .values()
             .map(|methods| methods.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 18);
+        assert_eq!(operations, 19);
         let revert = &paths["/servers/{server_id}/revert-sql"]["get"]["responses"]["200"];
         assert!(revert["content"]["text/plain"].is_object(), "{revert}");
         assert!(paths.contains_key("/servers/{server_id}"));

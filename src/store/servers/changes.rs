@@ -1,7 +1,8 @@
 //! The locked read-modify-write of a server: the row locked and its scope checked (tenant, or
 //! the onboarding or stream lease's fence), the caller's change applied, and what changed
-//! written with its revision, runner fence and wake-up; RestartStream's lease hand-over and the
-//! request-id-guarded variant build on it.
+//! written with its revision, runner fence and wake-up; a tenant's change also with its audit
+//! record (the fields it changed, from the server before and after). RestartStream's lease
+//! hand-over and the request-id-guarded variant build on it.
 
 use std::convert::Infallible;
 
