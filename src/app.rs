@@ -18,7 +18,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::{
     agent::AgentSettings,
-    auth::{Authenticator, admin::Admin},
+    auth::{Authenticator, TrustedProxies, admin::Admin},
     config::{Config, DatabaseConfig},
     domain::target::TargetPolicy,
     gateway::{self, Gateway},
@@ -185,6 +185,7 @@ pub async fn start_with_steps(
         api,
         authenticator,
         admission_settings(&config),
+        TrustedProxies::new(config.trusted_proxies.clone()),
         health_service,
     )?;
     let ops = OpsState {
@@ -365,6 +366,8 @@ impl Stores {
             None => ChangeIndex::sharing(api.clone()),
         };
         index.prepare_change_index().await?;
+        // The audit log's partitions, before the first call or bootstrap writes into them.
+        api.prepare_audit_log().await?;
         Ok(Stores {
             api,
             engine,
@@ -457,6 +460,7 @@ fn housekeeping(
     let settings = HousekeepingSettings {
         history_retention: config.history_retention,
         change_retention: config.change_retention,
+        audit_retention: config.audit_retention,
         // Twice the time after which a dead agent's servers move: by then they have.
         dead_agents_after: agent.replaced_after * 2,
         held_keys: secrets.key_ids(),

@@ -275,6 +275,18 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_CHANGE_RETENTION", default_value = "14days", value_parser = humantime::parse_duration)]
     pub change_retention: Duration,
 
+    /// Audit events older than this are dropped, a month's partition at a time once all of it
+    /// is older (so an event is kept at least this long). At least a day.
+    #[arg(long, env = "DBTRAIL_AUDIT_RETENTION", default_value = "400days", value_parser = at_least_a_day)]
+    pub audit_retention: Duration,
+
+    /// The proxies in front of the service (comma-separated CIDRs or addresses, e.g. the load
+    /// balancers' 10.0.0.0/8): from a peer in one of them, a call's client is the right-most
+    /// X-Forwarded-For address that is not (for the audit log and the unknown-key limit). None
+    /// by default: the connection's peer is the client.
+    #[arg(long, env = "DBTRAIL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<IpRange>,
+
     /// The PostgreSQL of the change-event index; the control plane's database when unset.
     #[arg(long, env = "DBTRAIL_INDEX_DATABASE_URL", hide_env_values = true)]
     pub index_database_url: Option<String>,
@@ -365,6 +377,28 @@ fn positive_duration(value: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A duration of at least a day ("400days", "90d").
+fn at_least_a_day(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    if duration < Duration::from_secs(24 * 3600) {
+        return Err("must be at least 1day: the audit log answers who changed what".to_owned());
+    }
+    Ok(duration)
+}
+
+/// Reads one `--trusted-proxies` range: a CIDR (or a single address) of a proxy in front of the
+/// service. A range of every address is refused: every client could then name its own address.
+fn parse_trusted_proxy(text: &str) -> Result<IpRange, String> {
+    let range: IpRange = text.parse()?;
+    if range.prefix() == 0 {
+        return Err(format!(
+            "{text:?} trusts every address, so any client could choose the address recorded for \
+             it; name the proxies' own ranges, like 10.0.0.0/8"
+        ));
+    }
+    Ok(range)
+}
+
 /// Reads one origin as browsers send it (`https://console.example.com`, a port when not the
 /// scheme's), or `*` for any origin.
 fn parse_origin(text: &str) -> Result<String, String> {
@@ -386,6 +420,25 @@ fn parse_origin(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxies_are_ranges_or_addresses_but_not_everything() {
+        assert!(parse_trusted_proxy("10.0.0.0/8").is_ok());
+        assert!(parse_trusted_proxy("192.0.2.10").is_ok());
+        assert!(
+            parse_trusted_proxy("::/0")
+                .unwrap_err()
+                .contains("trusts every address")
+        );
+        assert!(parse_trusted_proxy("0.0.0.0/0").is_err());
+        assert!(parse_trusted_proxy("10.0.0.0/33").is_err());
+        assert!(parse_trusted_proxy("proxy.local").is_err());
+        assert!(at_least_a_day("12h").is_err());
+        assert_eq!(
+            at_least_a_day("400days"),
+            Ok(Duration::from_secs(400 * 24 * 3600))
+        );
+    }
 
     #[test]
     fn origins_are_scheme_host_and_port_only() {

@@ -1,7 +1,7 @@
 //! Every periodic job of a replica, on one schedule: expired request ids, onboarding history
-//! past retention, the change index's daily partitions (made ahead, dropped past retention),
-//! dead agents no server names any more, the key checks of retired secrets keys, and finished
-//! webhook deliveries past retention.
+//! past retention, the change index's daily partitions and the audit log's monthly ones (made
+//! ahead, dropped whole past retention), dead agents no server names any more, the key checks of
+//! retired secrets keys, and finished webhook deliveries past retention.
 //!
 //! Every replica runs them; each is safe to run on several at once. A job that fails is logged,
 //! counted in `dbtrail_housekeeping_failures_total{job}` and tried again within a minute.
@@ -31,6 +31,8 @@ pub struct HousekeepingSettings {
     pub history_retention: Duration,
     /// Change events older than this are dropped, a day's partition at a time.
     pub change_retention: Duration,
+    /// Audit events older than this are dropped, a month's partition at a time.
+    pub audit_retention: Duration,
     /// An agent silent this long, whose servers all moved, is forgotten.
     pub dead_agents_after: Duration,
     /// The ids of this replica's secrets keys; other keys' checks may be retired.
@@ -43,6 +45,7 @@ pub struct HousekeepingSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Job {
     Partitions,
+    AuditLog,
     RetiredKeyChecks,
     DeadAgents,
     RequestIds,
@@ -50,8 +53,9 @@ enum Job {
     WebhookDeliveries,
 }
 
-const JOBS: [Job; 6] = [
+const JOBS: [Job; 7] = [
     Job::Partitions,
+    Job::AuditLog,
     Job::RetiredKeyChecks,
     Job::DeadAgents,
     Job::RequestIds,
@@ -63,6 +67,7 @@ impl Job {
     fn name(self) -> &'static str {
         match self {
             Job::Partitions => "change_index_partitions",
+            Job::AuditLog => "audit_log_partitions",
             Job::RetiredKeyChecks => "retired_key_checks",
             Job::DeadAgents => "dead_agents",
             Job::RequestIds => "request_ids",
@@ -73,7 +78,7 @@ impl Job {
 
     fn interval(self, settings: &HousekeepingSettings) -> Duration {
         match self {
-            Job::Partitions => PARTITIONS_INTERVAL,
+            Job::Partitions | Job::AuditLog => PARTITIONS_INTERVAL,
             // At least twice per retention period.
             Job::History => (settings.history_retention / 2).min(CLEANUP_INTERVAL),
             Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds | Job::WebhookDeliveries => {
@@ -86,7 +91,7 @@ impl Job {
     /// partitions it writes into, what replicas before it left), after an interval otherwise.
     fn first_run(self, settings: &HousekeepingSettings, start: Instant) -> Instant {
         match self {
-            Job::Partitions | Job::RetiredKeyChecks | Job::DeadAgents => start,
+            Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => start,
             Job::RequestIds | Job::History | Job::WebhookDeliveries => {
                 start + self.interval(settings)
             }
@@ -160,6 +165,15 @@ impl Housekeeping {
                     .await?;
                 if !dropped.is_empty() {
                     tracing::info!(?dropped, "dropped change-event partitions past retention");
+                }
+            }
+            Job::AuditLog => {
+                let dropped = self
+                    .store
+                    .maintain_audit_log(settings.audit_retention)
+                    .await?;
+                if !dropped.is_empty() {
+                    tracing::info!(?dropped, "dropped audit-log partitions past retention");
                 }
             }
             Job::RetiredKeyChecks => {

@@ -18,6 +18,7 @@ mod profile;
 mod replica;
 mod report;
 mod stream;
+mod stream_baseline;
 mod unary;
 mod undo;
 mod watch;

@@ -1,5 +1,6 @@
 //! Tenant and key management for the command line (and tests): create, list, revoke, and the
-//! first-start bootstrap key.
+//! first-start bootstrap key. Every change is in the audit log as the command line's
+//! (`cli:USER`, the OS user who ran it), or the first start's (`bootstrap`).
 
 use std::time::Duration;
 
@@ -8,9 +9,15 @@ use uuid::Uuid;
 use super::keys;
 use crate::{
     config::DatabaseConfig,
-    domain::{Permission, Refused},
+    domain::{
+        Permission, Refused,
+        audit::{CLI_KEY_NAME, Operator},
+    },
     store::{KeySummary, NewApiKey, Store, StoreError, TenantSummary, WriteError},
 };
+
+/// The audit log's name for the first start's bootstrap of the default tenant and its key.
+const BOOTSTRAP: &str = "bootstrap";
 
 /// Why an administrative command failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,43 @@ pub struct CreatedKey {
 #[derive(Clone)]
 pub struct Admin {
     store: Store,
+    /// Who the audit log says made the changes.
+    operator: Operator,
+}
+
+/// The command line as the audit log names it: `cli:USER`, with the OS user running it (its
+/// uid when it has no name).
+fn command_line() -> Operator {
+    Operator {
+        name: format!("{CLI_KEY_NAME}:{}", os_user()),
+    }
+}
+
+/// The name of the OS user running this process, or `uid=N` when it has none.
+fn os_user() -> String {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    // SAFETY: a passwd of zeroes is a valid value (null pointers) for getpwuid_r to fill.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into `entry`, `buffer` (of the length given) and `found`.
+    let status = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if status != 0 || found.is_null() || entry.pw_name.is_null() {
+        return format!("uid={uid}");
+    }
+    // SAFETY: on success pw_name points at a NUL-terminated string inside `buffer`.
+    unsafe { std::ffi::CStr::from_ptr(entry.pw_name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Every permission, as the command line writes them.
@@ -111,7 +155,10 @@ fn new_key(
 impl Admin {
     /// Administration over an existing store handle.
     pub fn new(store: Store) -> Admin {
-        Admin { store }
+        Admin {
+            store,
+            operator: command_line(),
+        }
     }
 
     /// Connects to the database at `database_url` (which must be migrated).
@@ -122,7 +169,7 @@ impl Admin {
             pool_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
         })?;
-        Ok(Admin { store })
+        Ok(Admin::new(store))
     }
 
     /// Creates a tenant.
@@ -146,7 +193,11 @@ impl Admin {
                 "server limit must not be negative".into(),
             ));
         }
-        Ok(self.store.create_tenant(name, server_limit).await?)
+        self.store.prepare_audit_log().await?;
+        Ok(self
+            .store
+            .create_tenant(name, server_limit, &self.operator)
+            .await?)
     }
 
     /// Every tenant.
@@ -165,7 +216,8 @@ impl Admin {
         let permissions = parse_permissions(permissions)?;
         let tenant_id = self.store.tenant_id(tenant_name).await?;
         let (record, created) = new_key(tenant_id, name.unwrap_or(""), &permissions, expires_in)?;
-        self.store.insert_api_key(record).await?;
+        self.store.prepare_audit_log().await?;
+        self.store.insert_api_key(record, &self.operator).await?;
         Ok(created)
     }
 
@@ -177,16 +229,21 @@ impl Admin {
 
     /// Revokes a key on every replica.
     pub async fn revoke_key(&self, key_id: Uuid) -> Result<(), AdminError> {
-        Ok(self.store.revoke_api_key(key_id).await?)
+        self.store.prepare_audit_log().await?;
+        Ok(self.store.revoke_api_key(key_id, &self.operator).await?)
     }
 
     /// On an empty database: tenant `default` and one key with every permission.
     pub async fn bootstrap(&self) -> Result<Option<CreatedKey>, AdminError> {
         let tenant_id = Uuid::now_v7();
         let (record, created) = new_key(tenant_id, "bootstrap", Permission::ALL, None)?;
+        let operator = Operator {
+            name: BOOTSTRAP.to_owned(),
+        };
+        self.store.prepare_audit_log().await?;
         let made = self
             .store
-            .bootstrap_if_empty(tenant_id, "default", record)
+            .bootstrap_if_empty(tenant_id, "default", record, &operator)
             .await?;
         Ok(made.then_some(created))
     }

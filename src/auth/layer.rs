@@ -1,19 +1,30 @@
-//! The tower layer in front of ServersService: authenticates every call, checks the method's
-//! permission, and hands the Principal to the handlers through the request extensions.
+//! The tower layer in front of ServersService: resolves where each call comes from,
+//! authenticates it, checks the method's permission, and hands the Principal and the client's
+//! address to the handlers through the request extensions. A call refused for a missing
+//! permission is recorded in the audit log (the key is known); an unauthenticated one is only
+//! counted (`dbtrail_grpc_calls_total{code="Unauthenticated"}`), so a flood of bad keys cannot
+//! fill the log.
 
 use std::{net::IpAddr, sync::Arc};
 
 use tonic::Status;
 use tower::Layer;
 
-use super::{AuthError, Authenticator};
+use super::{
+    AuthError, Authenticator, Principal,
+    client::{ClientAddress, PeerAddress, TrustedProxies},
+};
 use crate::{
     call_layer::{CallFuture, Movable, Wrap, Wrapped, take_ready},
-    domain::Permission,
+    domain::{
+        Permission,
+        audit::{AuditEvent, OUTCOMES, Outcome},
+    },
+    store::Store,
 };
 
-/// gRPC path prefix of the calls that need a key.
-const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
+/// gRPC path prefix of the calls that need a key (ServersService's).
+pub const SERVICE_PREFIX: &str = "/dbtrail.servers.v1.ServersService/";
 
 /// The permission each RPC needs.
 pub fn required_permission(method: &str) -> Option<Permission> {
@@ -29,21 +40,17 @@ pub fn required_permission(method: &str) -> Option<Permission> {
         "ListChangeEvents" | "ListSchemaChanges" | "RevertChanges" | "GetRowHistory" => {
             Permission::ChangesRead
         }
+        "ListAuditEvents" => Permission::AuditRead,
         "GetWebhook" | "ListWebhooks" | "ListWebhookDeliveries" => Permission::WebhooksRead,
         "CreateWebhook" | "DeleteWebhook" | "RedeliverWebhook" => Permission::WebhooksWrite,
         _ => return None,
     })
 }
 
-/// The address a call came from, for calls that do not arrive on the gRPC listener's own
-/// connections (the REST layer inserts it into the call's extensions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddress(pub IpAddr);
-
-/// Where a call came from: the REST layer's ClientAddress, or the gRPC connection's peer.
-fn client_address(extensions: &http::Extensions) -> Option<IpAddr> {
+/// The peer of a call's connection: the REST layer's PeerAddress, or the gRPC connection's.
+fn peer_address(extensions: &http::Extensions) -> Option<IpAddr> {
     extensions
-        .get::<ClientAddress>()
+        .get::<PeerAddress>()
         .map(|address| address.0)
         .or_else(|| {
             extensions
@@ -56,13 +63,32 @@ fn client_address(extensions: &http::Extensions) -> Option<IpAddr> {
 /// Authenticates ServersService calls; other services (health, reflection) pass untouched.
 #[derive(Clone)]
 pub struct AuthLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every call of the layer uses, shared (one clone per call).
+struct Shared {
     authenticator: Arc<Authenticator>,
+    trusted_proxies: TrustedProxies,
+    /// Where a refused call's audit record goes.
+    audit: Store,
 }
 
 impl AuthLayer {
-    /// A layer over this authenticator.
-    pub fn new(authenticator: Arc<Authenticator>) -> AuthLayer {
-        AuthLayer { authenticator }
+    /// A layer over this authenticator, believing `X-Forwarded-For` from `trusted_proxies`,
+    /// recording permission refusals in `audit`'s log.
+    pub fn new(
+        authenticator: Arc<Authenticator>,
+        trusted_proxies: TrustedProxies,
+        audit: Store,
+    ) -> AuthLayer {
+        AuthLayer {
+            shared: Arc::new(Shared {
+                authenticator,
+                trusted_proxies,
+                audit,
+            }),
+        }
     }
 }
 
@@ -99,29 +125,57 @@ where
         };
         let method = method.to_owned();
         let mut inner = take_ready(inner);
-        let authenticator = self.authenticator.clone();
+        let layer = self.shared.clone();
         Box::pin(async move {
-            let checked = match one_authorization(request.headers()) {
-                Ok(header) => {
-                    let client = client_address(request.extensions());
-                    authenticator
-                        .authenticate(header, client)
-                        .await
-                        .and_then(|principal| principal.require(permission).map(|()| principal))
-                }
+            let client = peer_address(request.extensions())
+                .map(|peer| layer.trusted_proxies.client(peer, request.headers()));
+            if let Some(client) = client {
+                request.extensions_mut().insert(ClientAddress(client));
+            }
+            let authenticated = match one_authorization(request.headers()) {
+                Ok(header) => layer.authenticator.authenticate(header, client).await,
                 Err(error) => Err(error),
             };
-            match checked {
-                Ok(principal) => {
-                    request.extensions_mut().insert(principal);
-                    inner.call(request).await
-                }
+            let principal = match authenticated {
+                Ok(principal) => principal,
                 Err(error) => {
                     record_rejection(&method, &error);
-                    Ok(Status::from(error).into_http())
+                    return Ok(Status::from(error).into_http());
                 }
+            };
+            if let Err(error) = principal.require(permission) {
+                record_rejection(&method, &error);
+                let status = Status::from(error);
+                layer
+                    .record_denial(&principal, &method, request.headers(), client, &status)
+                    .await;
+                return Ok(status.into_http());
             }
+            request.extensions_mut().insert(principal);
+            inner.call(request).await
         })
+    }
+}
+
+impl Shared {
+    /// Records a call refused for a missing permission: who tried which method (the request is
+    /// not read, so no server is named).
+    async fn record_denial(
+        &self,
+        principal: &Principal,
+        method: &str,
+        headers: &http::HeaderMap,
+        client: Option<IpAddr>,
+        status: &Status,
+    ) {
+        let request_id = crate::grpc::client_request_id(headers).unwrap_or_default();
+        let outcome = Outcome {
+            code: OUTCOMES[status.code() as usize].to_owned(),
+            reason: "MISSING_PERMISSION".to_owned(),
+        };
+        let actor = principal.actor(method, request_id, client);
+        let event = AuditEvent::new(actor, None, Vec::new(), outcome);
+        self.audit.record_refusal(&event).await;
     }
 }
 

@@ -5,6 +5,7 @@
 //! a while, and only a few lookups run at once, so a flood of made-up keys cannot drain the pool.
 
 pub mod admin;
+pub mod client;
 pub mod keys;
 mod layer;
 pub mod throttle;
@@ -23,11 +24,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, broadcast};
 use uuid::Uuid;
 
-pub use layer::{AuthLayer, ClientAddress, required_permission};
+pub use client::{ClientAddress, PeerAddress, TrustedProxies};
+pub use layer::{AuthLayer, SERVICE_PREFIX, required_permission};
 use throttle::{Buckets, Rate, client_key};
 
 use crate::{
-    domain::{Permission, TenantId},
+    domain::{Permission, TenantId, audit::Actor},
     store::{ApiKeyRecord, Store, StoreError},
 };
 
@@ -79,6 +81,8 @@ pub enum AuthError {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_id: Uuid,
+    /// The key's name (its label, `keys create --name`), for the audit log.
+    pub key_name: Arc<str>,
     pub tenant_id: TenantId,
     pub permissions: Vec<Permission>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -86,6 +90,18 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The caller of `method` as the audit log names it.
+    pub fn actor(&self, method: &str, request_id: &str, client: Option<IpAddr>) -> Actor {
+        Actor {
+            tenant_id: self.tenant_id,
+            key_id: Some(self.key_id),
+            key_name: self.key_name.to_string(),
+            request_id: request_id.to_owned(),
+            method: method.to_owned(),
+            client_address: client,
+        }
+    }
+
     /// Ok when the key carries the permission.
     pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
         if self.permissions.contains(&permission) {
@@ -105,8 +121,15 @@ pub enum Revocation {
     Unknown,
 }
 
-struct CachedKey {
+/// A key as the cache keeps it, shared by the calls that present it.
+struct KnownKey {
     record: ApiKeyRecord,
+    /// The key's name, shared by every Principal of the key.
+    name: Arc<str>,
+}
+
+struct CachedKey {
+    key: Arc<KnownKey>,
     fetched: Instant,
 }
 
@@ -172,10 +195,11 @@ impl Authenticator {
         key_hash: Vec<u8>,
         client: Option<IpAddr>,
     ) -> Result<Principal, AuthError> {
-        let record = match self.cached(&key_hash) {
-            Some(record) => record,
+        let known = match self.cached(&key_hash) {
+            Some(known) => known,
             None => self.look_up(&key_hash, client).await?,
         };
+        let record = &known.record;
         if record.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
@@ -187,6 +211,7 @@ impl Authenticator {
         }
         Ok(Principal {
             key_id: record.id,
+            key_name: known.name.clone(),
             tenant_id: TenantId::from_uuid(record.tenant_id),
             permissions: record
                 .permissions
@@ -204,7 +229,7 @@ impl Authenticator {
         &self,
         key_hash: &[u8],
         client: Option<IpAddr>,
-    ) -> Result<ApiKeyRecord, AuthError> {
+    ) -> Result<Arc<KnownKey>, AuthError> {
         if self.known_miss(key_hash) {
             return Err(AuthError::InvalidKey);
         }
@@ -214,8 +239,8 @@ impl Authenticator {
             .map_err(|_| AuthError::Unavailable)?
             .map_err(|_| AuthError::Unavailable)?;
         // Another lookup of the same key may have finished while this one waited.
-        if let Some(record) = self.cached(key_hash) {
-            return Ok(record);
+        if let Some(known) = self.cached(key_hash) {
+            return Ok(known);
         }
         if self.known_miss(key_hash) {
             return Err(AuthError::InvalidKey);
@@ -250,8 +275,12 @@ impl Authenticator {
         if let Some(client) = throttled {
             self.failures.refund(&client);
         }
-        self.remember(key_hash.to_vec(), record.clone(), generation);
-        Ok(record)
+        let known = Arc::new(KnownKey {
+            name: Arc::from(record.name.as_str()),
+            record,
+        });
+        self.remember(key_hash.to_vec(), known.clone(), generation);
+        Ok(known)
     }
 
     /// Whether the cache holds the key, expired or not.
@@ -289,13 +318,13 @@ impl Authenticator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn cached(&self, key_hash: &[u8]) -> Option<ApiKeyRecord> {
+    fn cached(&self, key_hash: &[u8]) -> Option<Arc<KnownKey>> {
         let cache = self.cache();
         let entry = cache.get(key_hash)?;
-        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.record.clone())
+        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.key.clone())
     }
 
-    fn remember(&self, key_hash: Vec<u8>, record: ApiKeyRecord, generation: u64) {
+    fn remember(&self, key_hash: Vec<u8>, key: Arc<KnownKey>, generation: u64) {
         let mut cache = self.cache();
         // Checked under the cache lock, which revocations also take.
         if self.generation.load(Ordering::Acquire) != generation {
@@ -307,7 +336,7 @@ impl Authenticator {
         cache.insert(
             key_hash,
             CachedKey {
-                record,
+                key,
                 fetched: Instant::now(),
             },
         );
@@ -318,7 +347,7 @@ impl Authenticator {
         {
             let mut cache = self.cache();
             self.generation.fetch_add(1, Ordering::AcqRel);
-            cache.retain(|_, entry| entry.record.id != key_id);
+            cache.retain(|_, entry| entry.key.record.id != key_id);
         }
         let _ = self.revocations.send(Revocation::Key(key_id));
     }

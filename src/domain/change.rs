@@ -3,8 +3,11 @@
 
 use chrono::{DateTime, Utc};
 
-/// Longest accepted filter, in characters.
-pub const MAX_LENGTH: usize = 2_000;
+use super::comparisons::{self, Fields, Written};
+
+pub use super::ChangeOperation;
+pub use super::comparisons::{Comparison, MAX_LENGTH};
+
 /// Most event ids one RevertChanges call may list: as many as the longest ids make a URL that
 /// HTTP servers accept (under 64 KiB over REST: `event_ids=` and 286 characters each).
 pub const MAX_EVENT_IDS: usize = 200;
@@ -12,10 +15,6 @@ pub const MAX_EVENT_IDS: usize = 200;
 pub const EVENT_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,255}:[0-9]{1,19}:[0-9]{1,10}$";
 /// Longest GetRowHistory key (a JSON object), in characters.
 pub const MAX_ROW_KEY_LENGTH: usize = 4096;
-/// Most comparisons in one filter.
-const MAX_CONDITIONS: usize = 16;
-
-pub use super::ChangeOperation;
 
 /// One captured row change: where it sits in the binlog, what it did, and the row images.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,17 +102,6 @@ pub enum ChangeField {
     Gtid,
 }
 
-/// A comparison operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Comparison {
-    Equals,
-    NotEquals,
-    Less,
-    LessOrEqual,
-    Greater,
-    GreaterOrEqual,
-}
-
 /// One comparison of a filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeCondition {
@@ -134,33 +122,36 @@ pub struct ChangeFilter {
     pub conditions: Vec<ChangeCondition>,
 }
 
-/// Which fields a filter of one call may compare.
+/// Which fields a filter of one call may compare: its text fields, and `committed_at` (None).
 #[derive(Debug, Clone, Copy)]
 pub struct FilterGrammar {
-    /// The text fields by name; `committed_at` is always allowed.
-    fields: &'static [(&'static str, ChangeField)],
-    /// The fields as an error message lists them.
-    listed: &'static str,
+    fields: Fields<Option<ChangeField>>,
 }
 
 impl FilterGrammar {
     /// ListChangeEvents' filter.
     pub const CHANGE_EVENTS: FilterGrammar = FilterGrammar {
-        fields: &[
-            ("schema", ChangeField::Schema),
-            ("table", ChangeField::Table),
-            ("type", ChangeField::Type),
-            ("gtid", ChangeField::Gtid),
-        ],
-        listed: "schema, table, type, committed_at and gtid",
+        fields: Fields {
+            names: &[
+                ("schema", Some(ChangeField::Schema)),
+                ("table", Some(ChangeField::Table)),
+                ("type", Some(ChangeField::Type)),
+                ("committed_at", None),
+                ("gtid", Some(ChangeField::Gtid)),
+            ],
+            listed: "schema, table, type, committed_at and gtid",
+        },
     };
     /// ListSchemaChanges' filter.
     pub const SCHEMA_CHANGES: FilterGrammar = FilterGrammar {
-        fields: &[
-            ("schema", ChangeField::Schema),
-            ("table", ChangeField::Table),
-        ],
-        listed: "schema, table and committed_at",
+        fields: Fields {
+            names: &[
+                ("schema", Some(ChangeField::Schema)),
+                ("table", Some(ChangeField::Table)),
+                ("committed_at", None),
+            ],
+            listed: "schema, table and committed_at",
+        },
     };
 }
 
@@ -168,116 +159,6 @@ impl FilterGrammar {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ChangeFilterError(pub String);
-
-struct Lexer<'a> {
-    input: &'a str,
-    chars: Vec<(usize, char)>,
-    index: usize,
-}
-
-impl<'a> Lexer<'a> {
-    fn skip_whitespace(&mut self) {
-        while self
-            .chars
-            .get(self.index)
-            .is_some_and(|(_, c)| c.is_whitespace())
-        {
-            self.index += 1;
-        }
-    }
-
-    fn at_end(&mut self) -> bool {
-        self.skip_whitespace();
-        self.index >= self.chars.len()
-    }
-
-    fn position(&self) -> usize {
-        self.index + 1
-    }
-
-    fn word(&mut self) -> &'a str {
-        self.skip_whitespace();
-        let start = self.offset();
-        while self
-            .chars
-            .get(self.index)
-            .is_some_and(|(_, c)| c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'))
-        {
-            self.index += 1;
-        }
-        &self.input[start..self.offset()]
-    }
-
-    fn offset(&self) -> usize {
-        self.chars
-            .get(self.index)
-            .map_or(self.input.len(), |(offset, _)| *offset)
-    }
-
-    fn comparison(&mut self) -> Result<Comparison, ChangeFilterError> {
-        self.skip_whitespace();
-        let position = self.position();
-        let rest = &self.input[self.offset()..];
-        let (comparison, length) = [
-            ("<=", Comparison::LessOrEqual),
-            (">=", Comparison::GreaterOrEqual),
-            ("!=", Comparison::NotEquals),
-            ("<", Comparison::Less),
-            (">", Comparison::Greater),
-            ("=", Comparison::Equals),
-        ]
-        .into_iter()
-        .find(|(text, _)| rest.starts_with(text))
-        .map(|(text, comparison)| (comparison, text.len()))
-        .ok_or_else(|| {
-            ChangeFilterError(format!(
-                "expected a comparison (=, !=, <, <=, >, >=) at character {position}"
-            ))
-        })?;
-        self.index += length;
-        Ok(comparison)
-    }
-
-    fn value(&mut self) -> Result<String, ChangeFilterError> {
-        self.skip_whitespace();
-        let position = self.position();
-        if self.chars.get(self.index).map(|(_, c)| *c) != Some('"') {
-            let word = self.word();
-            if word.is_empty() {
-                return Err(ChangeFilterError(format!(
-                    "expected a value at character {position}"
-                )));
-            }
-            return Ok(word.to_owned());
-        }
-        self.index += 1;
-        let mut value = String::new();
-        loop {
-            match self.chars.get(self.index).map(|(_, c)| *c) {
-                None => {
-                    return Err(ChangeFilterError(format!(
-                        "the string starting at character {position} is not closed"
-                    )));
-                }
-                Some('"') => {
-                    self.index += 1;
-                    return Ok(value);
-                }
-                Some('\\') => {
-                    self.index += 1;
-                    if let Some((_, escaped)) = self.chars.get(self.index) {
-                        value.push(*escaped);
-                        self.index += 1;
-                    }
-                }
-                Some(other) => {
-                    value.push(other);
-                    self.index += 1;
-                }
-            }
-        }
-    }
-}
 
 impl ChangeFilter {
     /// Parses `table = "orders" AND committed_at >= "2026-12-01T10:00:00Z"`; empty is no filter.
@@ -290,76 +171,23 @@ impl ChangeFilter {
         input: &str,
         grammar: FilterGrammar,
     ) -> Result<ChangeFilter, ChangeFilterError> {
-        let length = input.chars().count();
-        if length > MAX_LENGTH {
-            return Err(ChangeFilterError(format!(
-                "filter is {length} characters long; the limit is {MAX_LENGTH}"
-            )));
-        }
-        if let Some((index, character)) = super::filter::first_control_character(input) {
-            return Err(ChangeFilterError(format!(
-                "control character {} at character {} is not allowed in a filter",
-                super::fields::code_point(character),
-                index + 1
-            )));
-        }
-        let mut lexer = Lexer {
-            input,
-            chars: input.char_indices().collect(),
-            index: 0,
-        };
-        let mut filter = ChangeFilter::default();
-        if lexer.at_end() {
-            return Ok(filter);
-        }
-        loop {
-            filter.conditions.push(condition(&mut lexer, grammar)?);
-            if filter.conditions.len() > MAX_CONDITIONS {
-                return Err(ChangeFilterError(format!(
-                    "filter has more than {MAX_CONDITIONS} comparisons"
-                )));
-            }
-            if lexer.at_end() {
-                return Ok(filter);
-            }
-            let position = lexer.position();
-            let joiner = lexer.word();
-            if joiner != "AND" {
-                return Err(ChangeFilterError(format!(
-                    "expected AND at character {position}, found {joiner:?}; comparisons are joined by AND"
-                )));
-            }
-        }
+        let conditions = comparisons::parse(input, &grammar.fields)
+            .map_err(ChangeFilterError)?
+            .into_iter()
+            .map(condition)
+            .collect::<Result<_, _>>()?;
+        Ok(ChangeFilter { conditions })
     }
 }
 
-fn condition(
-    lexer: &mut Lexer<'_>,
-    grammar: FilterGrammar,
-) -> Result<ChangeCondition, ChangeFilterError> {
-    lexer.skip_whitespace();
-    let position = lexer.position();
-    let name = lexer.word();
-    let listed = grammar.listed;
-    let field = match name {
-        "committed_at" => None,
-        "" => {
-            return Err(ChangeFilterError(format!(
-                "expected a field ({listed}) at character {position}"
-            )));
-        }
-        other => match grammar.fields.iter().find(|(named, _)| *named == other) {
-            Some((_, field)) => Some(*field),
-            None => {
-                return Err(ChangeFilterError(format!(
-                    "unknown field {other:?} at character {position}; filterable fields are {listed}"
-                )));
-            }
-        },
-    };
-    let comparison = lexer.comparison()?;
-    let value_position = lexer.position();
-    let value = lexer.value()?;
+/// What one written comparison means: a text field's value, or a commit time.
+fn condition(written: Written<Option<ChangeField>>) -> Result<ChangeCondition, ChangeFilterError> {
+    let Written {
+        field,
+        comparison,
+        value,
+        value_position,
+    } = written;
     match field {
         Some(ChangeField::Type) if ChangeOperation::parse(&value).is_none() => {
             Err(ChangeFilterError(format!(

@@ -1,7 +1,9 @@
 //! Pure types and rules of the service: servers, their validated fields, the onboarding state
 //! machine and the ListServers filter. No I/O, no tonic, no diesel.
 
+pub mod audit;
 pub mod change;
+pub mod comparisons;
 pub mod fields;
 pub mod filter;
 pub mod onboarding;
@@ -105,6 +107,7 @@ wire_enum!(
         Write = "servers:write",
         Delete = "servers:delete",
         ChangesRead = "changes:read",
+        AuditRead = "audit:read",
         WebhooksRead = "webhooks:read",
         WebhooksWrite = "webhooks:write",
     }

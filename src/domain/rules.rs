@@ -544,7 +544,11 @@ pub fn requests() -> Vec<FieldRules> {
             Rule::Pattern(printable_pattern()),
         ],
     ));
-    for request in ["ListChangeEventsRequest", "ListSchemaChangesRequest"] {
+    for request in [
+        "ListChangeEventsRequest",
+        "ListSchemaChangesRequest",
+        "ListAuditEventsRequest",
+    ] {
         rules.push(field(
             &format!("{request}.filter"),
             vec![

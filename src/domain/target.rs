@@ -47,6 +47,11 @@ impl IpRange {
         self.network
     }
 
+    /// The prefix length: how many leading bits an address shares with the range.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `address` lies in the range (both of one family).
     pub fn contains(&self, address: IpAddr) -> bool {
         match (self.network, address) {

@@ -19,7 +19,7 @@ use tonic::{
 };
 
 use crate::{
-    auth::ClientAddress,
+    auth::PeerAddress,
     grpc::{
         InProcessService,
         codec::MAX_MESSAGE_BYTES,
@@ -92,7 +92,7 @@ pub struct Call<'a> {
     /// The HTTP headers that travel as gRPC metadata.
     pub headers: HeaderMap,
     /// Where the HTTP request came from.
-    pub client: Option<ClientAddress>,
+    pub client: Option<PeerAddress>,
 }
 
 impl Call<'_> {

@@ -73,6 +73,29 @@ fn status_with_reason(code: Code, reason: &str, message: String) -> Status {
 }
 
 impl RestError {
+    /// The gRPC code and ErrorInfo reason this error is reported with (for the audit log's
+    /// record of a request that could not be translated).
+    pub fn code_and_reason(&self) -> (Code, String) {
+        let (code, reason) = match self {
+            RestError::RouteNotFound { .. } => (Code::NotFound, "ROUTE_NOT_FOUND"),
+            RestError::MethodNotAllowed { .. } => (Code::Unimplemented, "METHOD_NOT_ALLOWED"),
+            RestError::UnsupportedMediaType(_) => (Code::InvalidArgument, "UNSUPPORTED_MEDIA_TYPE"),
+            RestError::BodyTooLarge => (Code::InvalidArgument, "REQUEST_BODY_TOO_LARGE"),
+            RestError::MalformedBody(_) => (Code::InvalidArgument, "MALFORMED_BODY"),
+            RestError::BodyTimeout => (Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
+            RestError::Invalid(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            RestError::Rpc(status) => {
+                let reason = status
+                    .get_details_error_info()
+                    .map(|info| info.reason)
+                    .unwrap_or_default();
+                return (status.code(), reason);
+            }
+            RestError::Output(_) => (Code::Internal, "INTERNAL"),
+        };
+        (code, reason.to_owned())
+    }
+
     /// The HTTP status and the gRPC Status this error is reported as.
     fn into_parts(self) -> (StatusCode, Status) {
         let message = self.to_string();

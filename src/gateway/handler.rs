@@ -33,9 +33,9 @@ use super::{
     routes::{BodyMapping, Route, RouteError, RouteMatch, RouteTable},
 };
 use crate::{
-    auth::ClientAddress,
+    auth::PeerAddress,
     domain::Violations,
-    grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER, client_request_id},
+    grpc::{GrpcStack, InProcessService, REQUEST_ID_HEADER, Untranslated, client_request_id},
     telemetry,
 };
 
@@ -199,7 +199,7 @@ impl Gateway {
             request: message,
             response: route.rpc.output(),
             headers: metadata(headers, request_id),
-            client: client_address(parts),
+            client: peer_address(parts),
         };
         if route.rpc.is_server_streaming() && openapi::is_http_body(&route.rpc.output()) {
             let response = call.server_streaming().await.map_err(RestError::Rpc)?;
@@ -303,7 +303,8 @@ impl Gateway {
 
     /// A request that cannot be translated is answered as the stack answers any call first:
     /// a caller without a valid key or the permission learns that (401, 403), exactly as over
-    /// gRPC, and only an admitted caller learns what is wrong with the request.
+    /// gRPC, and only an admitted caller learns what is wrong with the request (which the
+    /// audit log records, for a method that changes something).
     async fn refusal(
         &self,
         route: &Route,
@@ -315,9 +316,12 @@ impl Gateway {
         *probe.uri_mut() = http::Uri::from(route.grpc_path.clone());
         *probe.method_mut() = http::Method::POST;
         *probe.headers_mut() = metadata(&parts.headers, request_id);
-        if let Some(client) = client_address(parts) {
+        if let Some(client) = peer_address(parts) {
             probe.extensions_mut().insert(client);
         }
+        // An admitted caller is refused with the error: the audit log records it as such.
+        let (code, reason) = error.code_and_reason();
+        probe.extensions_mut().insert(Untranslated { code, reason });
         probe.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -521,13 +525,15 @@ fn items(
 }
 
 /// The headers that travel as gRPC metadata: the caller's key, its deadline (`grpc-timeout`, as
-/// grpc-gateway forwards it) and the request id. (The trace context is not: the call's span is a
+/// grpc-gateway forwards it), the proxies' `X-Forwarded-For` (the auth layer believes it only
+/// from --trusted-proxies) and the request id. (The trace context is not: the call's span is a
 /// child of the REST span, which continued the caller's.)
 fn metadata(headers: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut metadata = HeaderMap::new();
     for name in [
         header::AUTHORIZATION,
         HeaderName::from_static("grpc-timeout"),
+        HeaderName::from_static("x-forwarded-for"),
     ] {
         // Every value: two authorization headers are refused by the stack, not narrowed to one.
         for value in headers.get_all(&name) {
@@ -658,9 +664,9 @@ fn body_error(route: &Route, error: BodyError) -> RestError {
 }
 
 /// The peer of the HTTP connection a request came on.
-fn client_address(parts: &http::request::Parts) -> Option<ClientAddress> {
+fn peer_address(parts: &http::request::Parts) -> Option<PeerAddress> {
     parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| ClientAddress(info.0.ip()))
+        .map(|info| PeerAddress(info.0.ip()))
 }

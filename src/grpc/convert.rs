@@ -7,6 +7,7 @@ use crate::{
     domain::{
         ConnectionMethod, OnboardingStep, ServerStatus, SslMode, StepStatus, StreamState,
         Violations,
+        audit::AuditEvent,
         change::ChangeEvent,
         check::{CheckResult, Report},
         fields::texts,
@@ -318,6 +319,41 @@ pub fn schema_change_to_proto(change: &SchemaChange) -> proto::SchemaChange {
         gtid: ddl.gtid.clone(),
         committed_at: Some(timestamp(ddl.committed_at)),
         snapshot_version: change.snapshot_version,
+    }
+}
+
+/// An audit event as clients see it: a secret field's change as what became of it, never a
+/// value (the record holds none).
+pub fn audit_event_to_proto(event: &AuditEvent) -> proto::AuditEvent {
+    let actor = &event.actor;
+    proto::AuditEvent {
+        event_id: event.id.to_string(),
+        time: Some(timestamp(event.time)),
+        key_id: actor.key_id.map(|id| id.to_string()).unwrap_or_default(),
+        key_name: actor.key_name.clone(),
+        request_id: actor.request_id.clone(),
+        method: actor.method.clone(),
+        server_id: event.server_id.map(|id| id.to_string()).unwrap_or_default(),
+        changes: event
+            .changes
+            .iter()
+            .map(|change| proto::AuditFieldChange {
+                field: change.field.clone(),
+                old_value: change.old.as_ref().map(json_value),
+                new_value: change.new.as_ref().map(json_value),
+                secret: change
+                    .secret
+                    .map(|secret| secret.as_str().to_owned())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        outcome: event.outcome.code.clone(),
+        reason: event.outcome.reason.clone(),
+        client_address: actor
+            .client_address
+            .map(|address| address.to_string())
+            .unwrap_or_default(),
+        resource: event.resource.clone(),
     }
 }
 

@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 use crate::call_layer::{CallFuture, Wrap, Wrapped};
 
 /// Every method of ServersService: the metric labels are these names and nothing a client sent.
-const METHODS: [&str; 24] = [
+const METHODS: [&str; 25] = [
     "ListServers",
     "GetServer",
     "RegisterServer",
@@ -31,6 +31,7 @@ const METHODS: [&str; 24] = [
     "CheckServer",
     "RevertChanges",
     "GetRowHistory",
+    "ListAuditEvents",
     "CreateWebhook",
     "GetWebhook",
     "ListWebhooks",

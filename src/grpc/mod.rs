@@ -1,10 +1,12 @@
 //! The gRPC surface: ServersService with its conversions and error table, registered in one
-//! place with health, reflection (v1 and v1alpha), request ids, tracing, caught panics and
-//! authentication.
+//! place with health, reflection (v1 and v1alpha), request ids, tracing, caught panics,
+//! authentication, admission control and the audit log's record of refused changes.
 //! The layered stack is built once: the tonic server serves it, and the REST translation calls
 //! the very same stack in process (`GrpcStack::in_process`).
 
 mod admission;
+mod audit;
+mod audit_events;
 mod changes;
 mod check;
 pub mod codec;
@@ -44,17 +46,19 @@ use tower_http::{
 };
 
 pub use admission::AdmissionSettings;
+pub use audit::{AUDITED, AuditedCall, Untranslated};
 pub use check::CheckLimits;
 pub use paging::PageTokens;
 pub use service::ServersApi;
 
 use admission::AdmissionLayer;
+use audit::AuditLayer;
 use metrics::MetricsLayer;
 use panics::CatchPanicLayer;
 use size_faults::SizeFaultsLayer;
 
 use crate::{
-    auth::{AuthLayer, Authenticator},
+    auth::{AuthLayer, Authenticator, TrustedProxies},
     proto::{FILE_DESCRIPTOR_SET, servers_service_server::ServersServiceServer},
     telemetry,
     tls::{self, ServerTls},
@@ -141,8 +145,9 @@ type FrontLayers = Stack<
     >,
 >;
 
-/// Every layer of a call: the front layers, then authentication and admission control.
-type CallLayers = Stack<AdmissionLayer, Stack<AuthLayer, FrontLayers>>;
+/// Every layer of a call: the front layers, then authentication, admission control and the
+/// audit log's record of a refused change.
+type CallLayers = Stack<AuditLayer, Stack<AdmissionLayer, Stack<AuthLayer, FrontLayers>>>;
 
 /// Builds the front layers.
 fn front_layers() -> ServiceBuilder<FrontLayers> {
@@ -180,13 +185,16 @@ pub struct GrpcStack {
 }
 
 impl GrpcStack {
-    /// Registers the services and builds the layers.
+    /// Registers the services and builds the layers; `X-Forwarded-For` is believed from
+    /// `trusted_proxies` only.
     pub fn new(
         api: ServersApi,
         authenticator: Arc<Authenticator>,
         admission: AdmissionSettings,
+        trusted_proxies: TrustedProxies,
         health: HealthServer<impl Health>,
     ) -> Result<GrpcStack, tonic_reflection::server::Error> {
+        let store = api.store().clone();
         // The google.rpc error details too: grpcurl decodes an error's ErrorInfo, BadRequest
         // and PreconditionFailure only when reflection can describe them.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -210,8 +218,13 @@ impl GrpcStack {
             .add_service(reflection_v1alpha)
             .prepare();
         let layers = front_layers()
-            .layer(AuthLayer::new(authenticator))
+            .layer(AuthLayer::new(
+                authenticator,
+                trusted_proxies,
+                store.clone(),
+            ))
             .layer(AdmissionLayer::new(admission))
+            .layer(AuditLayer::new(store))
             .into_inner();
         Ok(GrpcStack { routes, layers })
     }

@@ -1,21 +1,23 @@
 //! RestartStream: the start is checked on the source, the holder is fenced off the checkpoint,
 //! the checkpoint moves (with the gap recorded, or the overlap's end kept so that nothing is
-//! stored twice), and the server says so in a revision. The auth layer has already required
+//! stored twice), and the server says so in a revision and the audit log (with the move). The auth layer has already required
 //! `servers:write`.
 
+use serde_json::json;
 use tonic::Request;
 
 use super::{
     errors::ApiError,
-    service::{ServersApi, parse_server_id, principal},
+    service::{ServersApi, audited_for, parse_server_id},
 };
 use crate::{
     domain::{
+        audit::FieldChange,
         server::Server,
         stream::{BinlogPoint, RestartPlan, StreamStart},
     },
     proto,
-    store::{StoreError, StreamGap},
+    store::{StoreError, StreamGap, StreamPosition},
     stream::restart,
 };
 
@@ -29,7 +31,7 @@ impl ServersApi {
         &self,
         request: Request<proto::RestartStreamRequest>,
     ) -> Result<Server, ApiError> {
-        let principal = principal(&request)?;
+        let call = audited_for(&request, &request.get_ref().server_id)?;
         let request = request.into_inner();
         let id = parse_server_id(&request.server_id, "server_id")?;
         let start = StreamStart::parse(
@@ -38,7 +40,7 @@ impl ServersApi {
             &request.gtid_set,
             request.current_position,
         )?;
-        let tenant = principal.tenant_id;
+        let tenant = call.actor().tenant_id;
         let server = self.store().get_server(tenant, id).await?;
         server.check_restartable()?;
         let point = restart::resolve(&server, self.secrets(), self.agent(), &start).await?;
@@ -71,10 +73,11 @@ impl ServersApi {
         self.index()
             .restart_stream_at(id, epoch, &position, gap.as_ref())
             .await?;
+        let moved = checkpoint_moved(&old, &position);
         let now = crate::domain::now();
         let server = self
             .store()
-            .restart_stream(tenant, id, epoch, |server| {
+            .restart_stream(call.actor(), id, epoch, moved, |server| {
                 server
                     .restart_stream(&plan.description, now)
                     .map_err(ApiError::from)
@@ -82,4 +85,24 @@ impl ServersApi {
             .await?;
         Ok(server)
     }
+}
+
+/// What the audit log records of the checkpoint's move, beside the server's own changes.
+fn checkpoint_moved(old: &BinlogPoint, new: &StreamPosition) -> Vec<FieldChange> {
+    let mut moved = Vec::new();
+    if old.file != new.binlog_file {
+        moved.push(FieldChange::value(
+            "stream.binlog_file",
+            json!(old.file),
+            json!(new.binlog_file),
+        ));
+    }
+    if i64::try_from(old.position).ok() != Some(new.binlog_position) {
+        moved.push(FieldChange::value(
+            "stream.binlog_position",
+            json!(old.position),
+            json!(new.binlog_position),
+        ));
+    }
+    moved
 }

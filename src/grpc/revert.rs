@@ -26,16 +26,18 @@ use crate::{
         change::{
             ChangeEvent, ChangeFilter, ChangeOperation, EventId, FilterGrammar, MAX_EVENT_IDS,
         },
+        server::Server,
         server::StreamOptions,
         stream::BinlogPoint,
     },
     proto::{self, RevertMode as ProtoMode},
     source::{
         decode::TableColumns,
+        schema::CascadeKey,
         tables::Tables,
         undo::{self, RevertMode, ScriptHeader, UndoError},
     },
-    store::{ChangeIndex, ChangeSelection, StoreError},
+    store::{ChangeIndex, ChangeSelection, SelectionSummary, StoreError},
 };
 
 /// Changes read (and written) at a time.
@@ -174,6 +176,47 @@ struct Cascade<'a> {
     at: &'a BinlogPoint,
 }
 
+/// A deleted row whose captured children are still to be re-inserted.
+struct Parent {
+    schema: String,
+    table: String,
+    columns: TableColumns,
+    image: Map<String, Json>,
+    key: Option<Json>,
+    /// Only images newer than this sequence count.
+    after: i64,
+    depth: usize,
+}
+
+/// A table whose rows reference a deleted parent through an `ON DELETE CASCADE` key.
+struct Child<'a> {
+    schema: &'a str,
+    table: &'a str,
+    columns: &'a TableColumns,
+    name: String,
+}
+
+/// A cascade walk's state: the text so far, the child rows already re-inserted, the parents
+/// still to visit.
+#[derive(Default)]
+struct Walk {
+    text: String,
+    seen: HashSet<(String, String, Option<Json>)>,
+    stack: Vec<Parent>,
+}
+
+/// The child's key values that reference `image`, or `None` when one of them is NULL (or not
+/// captured): such a row has no children.
+fn referenced_values(key: &CascadeKey, image: &Map<String, Json>) -> Option<Map<String, Json>> {
+    key.columns
+        .iter()
+        .map(|(child_column, parent_column)| {
+            let value = image.get(parent_column).filter(|value| !value.is_null())?;
+            Some((child_column.clone(), value.clone()))
+        })
+        .collect()
+}
+
 impl Cascade<'_> {
     /// The statements re-inserting the captured children of the deleted row `image` of
     /// `parent`, their children, and so on (depth-first, at most [`MAX_CASCADE_DEPTH`] levels),
@@ -185,118 +228,133 @@ impl Cascade<'_> {
         image: &Map<String, Json>,
         key: Option<Json>,
     ) -> Result<String, ApiError> {
-        let event_id = self.event.change.event_id();
-        let mut text = String::new();
-        let mut seen = HashSet::new();
-        let mut stack = vec![(
-            parent.0.to_owned(),
-            parent.1.to_owned(),
-            columns.clone(),
-            image.clone(),
+        let mut walk = Walk::default();
+        walk.stack.push(Parent {
+            schema: parent.0.to_owned(),
+            table: parent.1.to_owned(),
+            columns: columns.clone(),
+            image: image.clone(),
             key,
-            0,
-            0,
-        )];
-        while let Some((schema, table, columns, image, key, after, depth)) = stack.pop() {
-            let children = self.tables.cascading_children((&schema, &table), self.at);
-            if children.is_empty() {
-                continue;
-            }
-            let parent_row = undo::row_text(&schema, &table, &columns, &image);
-            if depth == MAX_CASCADE_DEPTH {
-                text.push_str(&format!(
-                    "-- not restored: cascades more than {MAX_CASCADE_DEPTH} levels below {} \
-                     are not followed.\n",
-                    undo::literal::comment_text(&parent_row)
-                ));
-                continue;
-            }
-            let uncaptured = self
-                .may_have_uncaptured_children((&schema, &table), key.as_ref())
-                .await?;
-            // Rows whose latest image is older than this row's previous delete went with it.
-            let after = match &key {
-                Some(key) => self
-                    .index
-                    .last_delete_before(self.id, (&schema, &table), key, self.event.sequence)
-                    .await?
-                    .map_or(after, |deleted| deleted.max(after)),
-                None => after,
+            after: 0,
+            depth: 0,
+        });
+        while let Some(parent) = walk.stack.pop() {
+            self.restore_children_of(parent, &mut walk).await?;
+        }
+        Ok(walk.text)
+    }
+
+    /// Re-inserts the captured children of one deleted row, in every table that references it,
+    /// and queues their own children.
+    async fn restore_children_of(&self, parent: Parent, walk: &mut Walk) -> Result<(), ApiError> {
+        let table = (parent.schema.as_str(), parent.table.as_str());
+        let children = self.tables.cascading_children(table, self.at);
+        if children.is_empty() {
+            return Ok(());
+        }
+        let parent_row = undo::row_text(table.0, table.1, &parent.columns, &parent.image);
+        if parent.depth == MAX_CASCADE_DEPTH {
+            walk.text.push_str(&format!(
+                "-- not restored: cascades more than {MAX_CASCADE_DEPTH} levels below {} \
+                 are not followed.\n",
+                undo::literal::comment_text(&parent_row)
+            ));
+            return Ok(());
+        }
+        let uncaptured = self
+            .may_have_uncaptured_children(table, parent.key.as_ref())
+            .await?;
+        // Rows whose latest image is older than this row's previous delete went with it.
+        let after = match &parent.key {
+            Some(key) => self
+                .index
+                .last_delete_before(self.id, table, key, self.event.sequence)
+                .await?
+                .map_or(parent.after, |deleted| deleted.max(parent.after)),
+            None => parent.after,
+        };
+        for (child_schema, child_table, child_columns, key) in children {
+            let child = Child {
+                schema: child_schema,
+                table: child_table,
+                columns: child_columns,
+                name: format!("{child_schema}.{child_table}"),
             };
-            for (child_schema, child_table, child_columns, key) in children {
-                let child_name = format!("{child_schema}.{child_table}");
-                let mut values = Map::new();
-                for (child_column, parent_column) in &key.columns {
-                    match image.get(parent_column) {
-                        Some(value) if !value.is_null() => {
-                            values.insert(child_column.clone(), value.clone());
-                        }
-                        _ => break,
-                    }
-                }
-                // A NULL (or uncaptured) referenced value has no children.
-                if values.len() < key.columns.len() {
-                    continue;
-                }
-                if child_columns.primary_key.is_empty() {
-                    text.push_str(&undo::uncaptured_children(&child_name, &parent_row, true));
-                    continue;
-                }
-                let (rows, more) = self
-                    .index
-                    .rows_holding(
-                        self.id,
-                        (child_schema, child_table),
-                        &Json::Object(values),
-                        (after, self.event.sequence),
-                        MAX_CASCADED_ROWS,
-                    )
-                    .await?;
-                if more {
-                    return Err(ApiError::Undo(UndoError::TooManyCascaded {
-                        table: child_name,
-                        event_id,
-                        parent: parent_row,
-                        limit: MAX_CASCADED_ROWS,
-                    }));
-                }
-                for row in rows {
-                    let identity = (
-                        child_schema.to_owned(),
-                        child_table.to_owned(),
-                        row.change.primary_key.clone(),
-                    );
-                    if !seen.insert(identity) {
-                        continue;
-                    }
-                    text.push_str(
-                        &undo::cascaded_insert(
-                            &row,
-                            child_columns,
-                            self.mode,
-                            &parent_row,
-                            &event_id,
-                        )
-                        .map_err(ApiError::Undo)?,
-                    );
-                    if let Some(Json::Object(row_image)) = row.change.after {
-                        stack.push((
-                            child_schema.to_owned(),
-                            child_table.to_owned(),
-                            child_columns.clone(),
-                            row_image,
-                            row.change.primary_key,
-                            after,
-                            depth + 1,
-                        ));
-                    }
-                }
-                if uncaptured {
-                    text.push_str(&undo::uncaptured_children(&child_name, &parent_row, false));
-                }
+            // A NULL (or uncaptured) referenced value has no children.
+            let Some(values) = referenced_values(key, &parent.image) else {
+                continue;
+            };
+            if child.columns.primary_key.is_empty() {
+                walk.text
+                    .push_str(&undo::uncaptured_children(&child.name, &parent_row, true));
+                continue;
+            }
+            let reach = (after, parent.depth + 1);
+            self.restore_rows(&child, values, &parent_row, reach, walk)
+                .await?;
+            if uncaptured {
+                walk.text
+                    .push_str(&undo::uncaptured_children(&child.name, &parent_row, false));
             }
         }
-        Ok(text)
+        Ok(())
+    }
+
+    /// Re-inserts the captured rows of `child` that held `values` when the parent `parent_row`
+    /// was deleted (images newer than `after`), each once, and queues them as parents at `depth`.
+    async fn restore_rows(
+        &self,
+        child: &Child<'_>,
+        values: Map<String, Json>,
+        parent_row: &str,
+        (after, depth): (i64, usize),
+        walk: &mut Walk,
+    ) -> Result<(), ApiError> {
+        let event_id = self.event.change.event_id();
+        let (rows, more) = self
+            .index
+            .rows_holding(
+                self.id,
+                (child.schema, child.table),
+                &Json::Object(values),
+                (after, self.event.sequence),
+                MAX_CASCADED_ROWS,
+            )
+            .await?;
+        if more {
+            return Err(ApiError::Undo(UndoError::TooManyCascaded {
+                table: child.name.clone(),
+                event_id,
+                parent: parent_row.to_owned(),
+                limit: MAX_CASCADED_ROWS,
+            }));
+        }
+        for row in rows {
+            let identity = (
+                child.schema.to_owned(),
+                child.table.to_owned(),
+                row.change.primary_key.clone(),
+            );
+            if !walk.seen.insert(identity) {
+                continue;
+            }
+            walk.text.push_str(
+                &undo::cascaded_insert(&row, child.columns, self.mode, parent_row, &event_id)
+                    .map_err(ApiError::Undo)?,
+            );
+            if let Some(Json::Object(image)) = row.change.after {
+                walk.stack.push(Parent {
+                    schema: child.schema.to_owned(),
+                    table: child.table.to_owned(),
+                    columns: child.columns.clone(),
+                    image,
+                    key: row.change.primary_key,
+                    after,
+                    depth,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the row `key` of `table` may have had children the capture never saw: unless its
@@ -393,7 +451,7 @@ impl ServersApi {
         request: Request<proto::RevertChangesRequest>,
     ) -> Result<Response<RevertStream>, ApiError> {
         let principal = principal(&request)?;
-        let query = parse(request.get_ref())?;
+        let mut query = parse(request.get_ref())?;
         let server = self
             .store()
             .get_server(principal.tenant_id, query.id)
@@ -402,48 +460,26 @@ impl ServersApi {
             .index()
             .summarize_selection(query.id, &query.selection)
             .await?;
-        if !summary.keyless_tables.is_empty() {
-            let names: Vec<String> = summary
-                .keyless_tables
-                .iter()
-                .map(|(schema, table)| format!("{schema}.{table}"))
-                .collect();
-            return Err(ApiError::Undo(UndoError::NoPrimaryKey {
-                table: names.join(", "),
-            }));
-        }
+        refuse_keyless_tables(&summary)?;
         let tables = server_tables(self, query.id).await?;
-        let selection = ChangeSelection {
-            through: summary.through.unwrap_or(0),
-            ..query.selection
-        };
+        query.selection.through = summary.through.unwrap_or(0);
         // The newest page is read and written now, so that what stops its first statements is
         // the call's status rather than an error after the header.
         let first = match summary.through {
             Some(through) => {
                 self.index()
-                    .selected_events_descending(query.id, &selection, through + 1, PAGE_EVENTS)
+                    .selected_events_descending(
+                        query.id,
+                        &query.selection,
+                        through + 1,
+                        PAGE_EVENTS,
+                    )
                     .await?
             }
             None => Vec::new(),
         };
         let first_text = page_text(self.index(), query.id, &first, &tables, query.mode).await?;
-        let header = undo::header(&ScriptHeader {
-            server_id: query.id.uuid().to_string(),
-            server_name: server.spec.name.to_string(),
-            filter: query.filter_text.clone(),
-            event_ids: selection.event_ids.as_ref().map_or(0, Vec::len),
-            mode: query.mode,
-            changes: u64::try_from(summary.count).unwrap_or_default(),
-            oldest: summary
-                .oldest
-                .as_ref()
-                .map(|event| (event.change.event_id(), event.change.committed_at)),
-            newest: first
-                .first()
-                .map(|event| (event.change.event_id(), event.change.committed_at)),
-            generated_at: crate::domain::now(),
-        });
+        let header = undo::header(&script_header(&query, &server, &summary, &first));
         let mut queue = VecDeque::new();
         chunks(header, &mut queue);
         chunks(first_text, &mut queue);
@@ -451,10 +487,11 @@ impl ServersApi {
             Some(last) if first.len() == PAGE_EVENTS => Some(last.sequence),
             _ => None,
         };
+        let id = query.id;
         let writer = Writer {
             index: self.index().clone(),
-            id: query.id,
-            selection,
+            id,
+            selection: query.selection,
             tables,
             mode: query.mode,
             changes: u64::try_from(summary.count).unwrap_or_default(),
@@ -462,17 +499,58 @@ impl ServersApi {
             queue,
             done: false,
         };
-        let stream = futures_util::stream::unfold(writer, |mut writer| async move {
-            let item = writer.next().await?;
-            Some((item, writer))
-        });
-        let mut response = Response::new(Box::pin(stream) as RevertStream);
-        let disposition = format!("attachment; filename=\"revert-{}.sql\"", query.id.uuid());
-        if let Ok(value) = MetadataValue::try_from(disposition) {
-            response.metadata_mut().insert("content-disposition", value);
-        }
-        Ok(response)
+        Ok(download(writer, id))
     }
+}
+
+/// Refuses a selection with changes of a table that has no primary key, naming the tables.
+fn refuse_keyless_tables(summary: &SelectionSummary) -> Result<(), ApiError> {
+    if summary.keyless_tables.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = summary
+        .keyless_tables
+        .iter()
+        .map(|(schema, table)| format!("{schema}.{table}"))
+        .collect();
+    Err(ApiError::Undo(UndoError::NoPrimaryKey {
+        table: names.join(", "),
+    }))
+}
+
+/// What the script's first lines say of the selection; `first` is its newest page.
+fn script_header(
+    query: &RevertQuery,
+    server: &Server,
+    summary: &SelectionSummary,
+    first: &[ChangeEvent],
+) -> ScriptHeader {
+    let identity = |event: &ChangeEvent| (event.change.event_id(), event.change.committed_at);
+    ScriptHeader {
+        server_id: query.id.uuid().to_string(),
+        server_name: server.spec.name.to_string(),
+        filter: query.filter_text.clone(),
+        event_ids: query.selection.event_ids.as_ref().map_or(0, Vec::len),
+        mode: query.mode,
+        changes: u64::try_from(summary.count).unwrap_or_default(),
+        oldest: summary.oldest.as_ref().map(identity),
+        newest: first.first().map(identity),
+        generated_at: crate::domain::now(),
+    }
+}
+
+/// The script as a response: `writer`'s chunks, named as a download.
+fn download(writer: Writer, id: ServerId) -> Response<RevertStream> {
+    let stream = futures_util::stream::unfold(writer, |mut writer| async move {
+        let item = writer.next().await?;
+        Some((item, writer))
+    });
+    let mut response = Response::new(Box::pin(stream) as RevertStream);
+    let disposition = format!("attachment; filename=\"revert-{}.sql\"", id.uuid());
+    if let Ok(value) = MetadataValue::try_from(disposition) {
+        response.metadata_mut().insert("content-disposition", value);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -94,61 +94,62 @@ fn state_at(
         .rev()
         .find(|event| event.change.committed_at <= at);
     if let Some(event) = last_before {
-        let after = row_after(event);
         let is_last_listed = versions.last().map(|last| last.sequence) == Some(event.sequence);
         if truncated && is_last_listed {
             state.message = format!(
                 "the row has more than {MAX_VERSIONS} captured versions and the time is after \
                  the last one listed; ask with an earlier as_of"
             );
-            return state;
+        } else {
+            left_by(&mut state, event);
         }
-        state.captured = true;
-        state.exists = after.is_some();
-        state.row = json_struct(&after);
-        state.event_id = event.change.event_id();
-        state.message = format!(
-            "as change {} ({}) left it",
-            event.change.event_id(),
-            event.change.operation.as_str()
-        );
-        return state;
-    }
-    if started.is_none_or(|started| started > at) {
+    } else if started.is_none_or(|started| started > at) {
         state.message = "not captured: the time is before the capture of this server's changes \
                          began, and no change of the row was captured before it"
             .to_owned();
-        return state;
-    }
-    match versions.first() {
-        None => {
-            state.message = "not captured: no change of this row was captured; a row unchanged \
-                             since onboarding has no image"
-                .to_owned();
-        }
-        Some(first) => {
-            state.captured = true;
-            state.event_id = first.change.event_id();
-            match first.change.operation {
-                ChangeOperation::Insert => {
-                    state.exists = false;
-                    state.message = format!(
-                        "the row did not exist yet: change {} inserted it later",
-                        first.change.event_id()
-                    );
-                }
-                _ => {
-                    state.exists = true;
-                    state.row = json_struct(&first.change.before);
-                    state.message = format!(
-                        "unchanged until change {}: its before image",
-                        first.change.event_id()
-                    );
-                }
-            }
-        }
+    } else if let Some(first) = versions.first() {
+        before_first(&mut state, first);
+    } else {
+        state.message = "not captured: no change of this row was captured; a row unchanged \
+                         since onboarding has no image"
+            .to_owned();
     }
     state
+}
+
+/// The row as the change `event` left it.
+fn left_by(state: &mut proto::RowState, event: &ChangeEvent) {
+    let after = row_after(event);
+    state.captured = true;
+    state.exists = after.is_some();
+    state.row = json_struct(&after);
+    state.event_id = event.change.event_id();
+    state.message = format!(
+        "as change {} ({}) left it",
+        event.change.event_id(),
+        event.change.operation.as_str()
+    );
+}
+
+/// The row before its first captured change `first`: absent before an insert, else the
+/// change's before image.
+fn before_first(state: &mut proto::RowState, first: &ChangeEvent) {
+    state.captured = true;
+    state.event_id = first.change.event_id();
+    if first.change.operation == ChangeOperation::Insert {
+        state.exists = false;
+        state.message = format!(
+            "the row did not exist yet: change {} inserted it later",
+            first.change.event_id()
+        );
+    } else {
+        state.exists = true;
+        state.row = json_struct(&first.change.before);
+        state.message = format!(
+            "unchanged until change {}: its before image",
+            first.change.event_id()
+        );
+    }
 }
 
 impl ServersApi {

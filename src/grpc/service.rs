@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::{
+    audit::{AuditedCall, audited},
     check::CheckLimits,
     codec::within_message_limit,
     convert::{
@@ -25,6 +26,7 @@ use crate::{
     auth::{Authenticator, Principal},
     domain::{
         Refused, ServerId, TenantId, Violations,
+        audit::Actor,
         server::{Existing, NewSecrets, Rejection, Server, ServerInput, ServerSpec, StoredSecrets},
         target::{TargetPolicy, first_hop},
     },
@@ -137,6 +139,19 @@ pub(super) fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> 
         .ok_or(ApiError::Auth(crate::auth::AuthError::MissingCredentials))
 }
 
+/// The audited call of a request whose server id is `text`: the server it concerns, when the
+/// text is one, for the record of a refusal.
+pub(super) fn audited_for<T>(
+    request: &Request<T>,
+    text: &str,
+) -> Result<Arc<AuditedCall>, ApiError> {
+    let call = audited(request)?;
+    if let Some(id) = ServerId::parse(text) {
+        call.concerns(id);
+    }
+    Ok(call)
+}
+
 pub(super) fn parse_server_id(text: &str, field: &str) -> Result<ServerId, ApiError> {
     ServerId::parse(text).ok_or_else(|| {
         let problem = if text.is_empty() {
@@ -246,26 +261,28 @@ impl Update {
 
 impl ServersApi {
     /// PauseStream's or ResumeStream's `change` of the caller's server `server_id`.
-    async fn change_stream(
+    async fn change_stream<T>(
         &self,
-        principal: &Principal,
+        request: &Request<T>,
         server_id: &str,
         change: fn(&mut Server) -> Result<(), Rejection>,
     ) -> Result<Server, ApiError> {
+        let call = audited_for(request, server_id)?;
         let id = parse_server_id(server_id, "server_id")?;
         let (server, ()) = self
             .store
-            .change_server(principal.tenant_id, id, |server| {
+            .change_server(call.actor(), id, |server| {
                 change(server).map_err(ApiError::from)
             })
             .await?;
         Ok(server)
     }
 
-    /// A tenant's change, once per request id: a retry gets the server the first one produced.
+    /// A tenant's change by `actor`, once per request id: a retry gets the server the first
+    /// one produced.
     async fn modify_once<F>(
         &self,
-        tenant: TenantId,
+        actor: &Actor,
         id: ServerId,
         idempotency: Option<&IdempotencyKey>,
         change: F,
@@ -274,9 +291,9 @@ impl ServersApi {
         F: FnOnce(&mut Server) -> Result<(), ApiError> + Send,
     {
         match idempotency {
-            Some(key) => self.store.modify_server_once(tenant, id, key, change).await,
+            Some(key) => self.store.modify_server_once(actor, id, key, change).await,
             None => {
-                let (server, ()) = self.store.change_server(tenant, id, change).await?;
+                let (server, ()) = self.store.change_server(actor, id, change).await?;
                 Ok(server)
             }
         }
@@ -424,6 +441,7 @@ impl ServersService for ServersApi {
         request: Request<proto::RegisterServerRequest>,
     ) -> Result<Response<proto::Server>, Status> {
         let principal = principal(&request)?;
+        let call = audited(&request)?;
         let (metadata, _, request) = request.into_parts();
         let idempotency = idempotency_key(&request)?;
         if let Some(key) = &idempotency
@@ -439,7 +457,9 @@ impl ServersService for ServersApi {
             self.dry_run(&principal, server.clone(), &metadata).await?;
             server
         } else {
-            self.store.register_server(server, idempotency).await?
+            self.store
+                .register_server(call.actor(), server, idempotency)
+                .await?
         };
         reply(server_to_proto(&server))
     }
@@ -448,12 +468,17 @@ impl ServersService for ServersApi {
         &self,
         request: Request<proto::UpdateServerRequest>,
     ) -> Result<Response<proto::Server>, Status> {
-        let principal = principal(&request)?;
+        let server_id = request
+            .get_ref()
+            .server
+            .as_ref()
+            .map(|server| &server.server_id);
+        let call = audited_for(&request, server_id.map_or("", String::as_str))?;
         let mut update = Update::parse(request.get_ref())?;
         update.look_up_names().await;
         let key = update.idempotency.as_ref();
         let server = self
-            .modify_once(principal.tenant_id, update.id, key, |server| {
+            .modify_once(call.actor(), update.id, key, |server| {
                 self.apply_update(server, &update)
             })
             .await?;
@@ -464,12 +489,12 @@ impl ServersService for ServersApi {
         &self,
         request: Request<proto::DecommissionServerRequest>,
     ) -> Result<Response<proto::Server>, Status> {
-        let principal = principal(&request)?;
+        let call = audited_for(&request, &request.get_ref().server_id)?;
         let request = request.get_ref();
         let id = parse_server_id(&request.server_id, "server_id")?;
         let idempotency = idempotency_key(request)?;
         let server = self
-            .modify_once(principal.tenant_id, id, idempotency.as_ref(), |server| {
+            .modify_once(call.actor(), id, idempotency.as_ref(), |server| {
                 if server.status != crate::domain::ServerStatus::Decommissioned {
                     check_etag(server, &request.etag)?;
                 }
@@ -494,10 +519,10 @@ impl ServersService for ServersApi {
         &self,
         request: Request<proto::ConfirmFirewallRequest>,
     ) -> Result<Response<proto::ConfirmFirewallResponse>, Status> {
-        let principal = principal(&request)?;
+        let call = audited_for(&request, &request.get_ref().server_id)?;
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         self.store
-            .change_server(principal.tenant_id, id, |server| {
+            .change_server(call.actor(), id, |server| {
                 server.confirm_firewall(crate::domain::now())?;
                 stamp_trace(server);
                 Ok::<_, ApiError>(())
@@ -541,11 +566,11 @@ impl ServersService for ServersApi {
         &self,
         request: Request<proto::RetryOnboardingRequest>,
     ) -> Result<Response<proto::OnboardingStatus>, Status> {
-        let principal = principal(&request)?;
+        let call = audited_for(&request, &request.get_ref().server_id)?;
         let id = parse_server_id(&request.get_ref().server_id, "server_id")?;
         let (server, ()) = self
             .store
-            .change_server(principal.tenant_id, id, |server| {
+            .change_server(call.actor(), id, |server| {
                 server.retry()?;
                 stamp_trace(server);
                 Ok::<_, ApiError>(())
@@ -558,13 +583,8 @@ impl ServersService for ServersApi {
         &self,
         request: Request<proto::PauseStreamRequest>,
     ) -> Result<Response<proto::Server>, Status> {
-        let principal = principal(&request)?;
         let server = self
-            .change_stream(
-                &principal,
-                &request.get_ref().server_id,
-                Server::pause_stream,
-            )
+            .change_stream(&request, &request.get_ref().server_id, Server::pause_stream)
             .await?;
         reply(server_to_proto(&server))
     }
@@ -573,10 +593,9 @@ impl ServersService for ServersApi {
         &self,
         request: Request<proto::ResumeStreamRequest>,
     ) -> Result<Response<proto::Server>, Status> {
-        let principal = principal(&request)?;
         let server = self
             .change_stream(
-                &principal,
+                &request,
                 &request.get_ref().server_id,
                 Server::resume_stream,
             )
@@ -618,6 +637,13 @@ impl ServersService for ServersApi {
         request: Request<proto::GetRowHistoryRequest>,
     ) -> Result<Response<proto::GetRowHistoryResponse>, Status> {
         reply(self.row_history(request).await?)
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        reply(self.audit_events(request).await?)
     }
 
     async fn check_server(

@@ -131,7 +131,7 @@ pub async fn serve<S: Serves>(
             settings,
             peer,
             stop: stop.clone(),
-            _admitted: admitted,
+            place: admitted,
         };
         connections.spawn(connection.run(stream, tls.clone(), service.clone()));
     }
@@ -261,7 +261,7 @@ struct Connection {
     settings: ListenerSettings,
     peer: SocketAddr,
     stop: CancellationToken,
-    _admitted: Admitted,
+    place: Admitted,
 }
 
 impl Connection {
@@ -299,7 +299,7 @@ impl Connection {
     {
         let head = Arc::new(AtomicBool::new(false));
         let activity = Arc::new(Activity::new());
-        let io = HeadWatch::new(io, head.clone());
+        let io = HeadWatch::new(io, head.clone(), self.place);
         let service = Tracked {
             inner: service,
             activity: activity.clone(),
@@ -456,18 +456,23 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 
 /// The connection's bytes as they arrive, read only until the first request head (HTTP/1.1) or
 /// the preface and first SETTINGS frame (HTTP/2) is complete.
+/// It also holds the connection's place under the caps, and gives it back when the connection
+/// begins to close: a client that reads our end of a `Connection: close` answer may connect
+/// again at once.
 struct HeadWatch<I> {
     io: I,
     scan: HeadScan,
     complete: Arc<AtomicBool>,
+    place: Option<Admitted>,
 }
 
 impl<I> HeadWatch<I> {
-    fn new(io: I, complete: Arc<AtomicBool>) -> HeadWatch<I> {
+    fn new(io: I, complete: Arc<AtomicBool>, place: Admitted) -> HeadWatch<I> {
         HeadWatch {
             io,
             scan: HeadScan::default(),
             complete,
+            place: Some(place),
         }
     }
 }
@@ -513,6 +518,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HeadWatch<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.place = None;
         Pin::new(&mut self.io).poll_shutdown(context)
     }
 }

@@ -1,5 +1,7 @@
 //! Tenants and API keys (stored only as hashes), the NOTIFY that makes every replica forget
-//! a revoked key, and the keys every replica of a deployment shares.
+//! a revoked key, and the keys every replica of a deployment shares. Creating a tenant or a key
+//! and revoking a key are recorded in the audit log (as the command line's: an [`Operator`]) in
+//! the same transaction; never the key itself, nor its hash.
 
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, result::DatabaseErrorKind};
@@ -7,10 +9,17 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    API_KEYS_CHANNEL, Store, StoreError, WriteError,
+    API_KEYS_CHANNEL, Connection, Store, StoreError, WriteError, audit,
     schema::{api_keys, tenants},
 };
-use crate::domain::{Refused, server::Sealed};
+use crate::domain::{
+    Refused, TenantId,
+    audit::{
+        AuditEvent, CREATE_API_KEY, CREATE_TENANT, FieldChange, Operator, Outcome, REVOKE_API_KEY,
+        created,
+    },
+    server::Sealed,
+};
 
 /// A key to store: everything but the secret itself.
 #[derive(Debug, Clone, Insertable)]
@@ -31,6 +40,7 @@ pub struct NewApiKey {
 pub struct ApiKeyRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
+    pub name: String,
     pub permissions: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -59,30 +69,71 @@ pub struct TenantSummary {
     pub created_at: DateTime<Utc>,
 }
 
+/// Records the operator's creation of a tenant.
+async fn record_tenant_created(
+    connection: &mut Connection,
+    operator: &Operator,
+    id: Uuid,
+    name: &str,
+    server_limit: Option<i32>,
+) -> Result<(), StoreError> {
+    let changes = created(vec![
+        ("name", serde_json::json!(name)),
+        ("server_limit", serde_json::json!(server_limit)),
+    ]);
+    let actor = operator.actor(TenantId::from_uuid(id), CREATE_TENANT);
+    let event = AuditEvent::new(actor, None, changes, Outcome::ok()).about(format!("tenants/{id}"));
+    audit::record(connection, &event).await
+}
+
+/// Records the operator's creation of a key: its name, permissions and expiry (never the key).
+async fn record_key_created(
+    connection: &mut Connection,
+    operator: &Operator,
+    key: &NewApiKey,
+) -> Result<(), StoreError> {
+    let changes = created(vec![
+        ("name", serde_json::json!(key.name)),
+        ("permissions", serde_json::json!(key.permissions)),
+        ("expires_at", serde_json::json!(key.expires_at)),
+    ]);
+    let actor = operator.actor(TenantId::from_uuid(key.tenant_id), CREATE_API_KEY);
+    let event =
+        AuditEvent::new(actor, None, changes, Outcome::ok()).about(format!("apiKeys/{}", key.id));
+    audit::record(connection, &event).await
+}
+
 impl Store {
-    /// Creates a tenant; refused when the name is taken.
+    /// Creates a tenant, recorded as `operator`'s; refused when the name is taken.
     pub async fn create_tenant(
         &self,
         name: &str,
         server_limit: Option<i32>,
+        operator: &Operator,
     ) -> Result<Uuid, WriteError> {
         let mut connection = self.connection().await?;
         let id = Uuid::now_v7();
-        diesel::insert_into(tenants::table)
-            .values((
-                tenants::id.eq(id),
-                tenants::name.eq(name),
-                tenants::server_limit.eq(server_limit),
-            ))
-            .execute(&mut connection)
+        connection
+            .transaction(async move |connection| -> Result<_, WriteError> {
+                diesel::insert_into(tenants::table)
+                    .values((
+                        tenants::id.eq(id),
+                        tenants::name.eq(name),
+                        tenants::server_limit.eq(server_limit),
+                    ))
+                    .execute(connection)
+                    .await
+                    .map_err(|error| match error {
+                        diesel::result::Error::DatabaseError(
+                            DatabaseErrorKind::UniqueViolation,
+                            _,
+                        ) => WriteError::Refused(Refused::TenantNameTaken(name.to_owned())),
+                        other => other.into(),
+                    })?;
+                record_tenant_created(connection, operator, id, name, server_limit).await?;
+                Ok(id)
+            })
             .await
-            .map_err(|error| match error {
-                diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                    WriteError::Refused(Refused::TenantNameTaken(name.to_owned()))
-                }
-                other => other.into(),
-            })?;
-        Ok(id)
     }
 
     /// Every tenant, oldest first.
@@ -107,14 +158,23 @@ impl Store {
             .ok_or_else(|| StoreError::Missing(format!("tenant {name:?}")))
     }
 
-    /// Stores a new key.
-    pub async fn insert_api_key(&self, key: NewApiKey) -> Result<(), StoreError> {
+    /// Stores a new key, recorded as `operator`'s.
+    pub async fn insert_api_key(
+        &self,
+        key: NewApiKey,
+        operator: &Operator,
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        diesel::insert_into(api_keys::table)
-            .values(key)
-            .execute(&mut connection)
-            .await?;
-        Ok(())
+        connection
+            .transaction(async move |connection| {
+                record_key_created(connection, operator, &key).await?;
+                diesel::insert_into(api_keys::table)
+                    .values(key)
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// The key with this hash, if any.
@@ -139,26 +199,49 @@ impl Store {
             .await?)
     }
 
-    /// Revokes a key and tells every replica, in one transaction.
-    pub async fn revoke_api_key(&self, key_id: Uuid) -> Result<(), StoreError> {
+    /// Revokes a key and tells every replica, recorded as `operator`'s, in one transaction
+    /// (a key revoked before is recorded as a call that changed nothing).
+    pub async fn revoke_api_key(
+        &self,
+        key_id: Uuid,
+        operator: &Operator,
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
-                let found = diesel::update(api_keys::table.find(key_id))
-                    .set(api_keys::revoked_at.eq(Some(crate::domain::now())))
+                let now = crate::domain::now();
+                let revoked: Option<Uuid> = diesel::update(api_keys::table.find(key_id))
+                    .set(api_keys::revoked_at.eq(Some(now)))
                     .filter(api_keys::revoked_at.is_null())
-                    .execute(connection)
-                    .await?;
-                if found == 0 {
-                    let exists: i64 = api_keys::table
-                        .find(key_id)
-                        .count()
-                        .get_result(connection)
-                        .await?;
-                    if exists == 0 {
-                        return Err(StoreError::Missing(format!("API key {key_id}")));
+                    .returning(api_keys::tenant_id)
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                let (tenant, changes) = match revoked {
+                    Some(tenant) => {
+                        let change = FieldChange::value(
+                            "revoked_at",
+                            serde_json::Value::Null,
+                            serde_json::json!(now),
+                        );
+                        (tenant, vec![change])
                     }
-                }
+                    None => {
+                        let tenant: Option<Uuid> = api_keys::table
+                            .find(key_id)
+                            .select(api_keys::tenant_id)
+                            .first(connection)
+                            .await
+                            .optional()?;
+                        let tenant = tenant
+                            .ok_or_else(|| StoreError::Missing(format!("API key {key_id}")))?;
+                        (tenant, Vec::new())
+                    }
+                };
+                let actor = operator.actor(TenantId::from_uuid(tenant), REVOKE_API_KEY);
+                let event = AuditEvent::new(actor, None, changes, Outcome::ok())
+                    .about(format!("apiKeys/{key_id}"));
+                audit::record(connection, &event).await?;
                 super::prepared::notify(connection, API_KEYS_CHANNEL, key_id.to_string()).await
             })
             .await
@@ -171,6 +254,7 @@ impl Store {
         tenant_id: Uuid,
         tenant_name: &str,
         key: NewApiKey,
+        operator: &Operator,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
         connection
@@ -186,6 +270,8 @@ impl Store {
                     .values((tenants::id.eq(tenant_id), tenants::name.eq(tenant_name)))
                     .execute(connection)
                     .await?;
+                record_tenant_created(connection, operator, tenant_id, tenant_name, None).await?;
+                record_key_created(connection, operator, &key).await?;
                 diesel::insert_into(api_keys::table)
                     .values(key)
                     .execute(connection)

@@ -51,19 +51,21 @@ struct Target {
     tls: Option<Arc<ClientConfig>>,
 }
 
+/// Why a connection failed: tokio-postgres' own text is only the kind ("db error"); the reason
+/// is in the chain.
+fn unreachable(error: tokio_postgres::Error) -> ConnectionError {
+    let mut message = format!("cannot connect to PostgreSQL: {error}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    ConnectionError::BadConnection(message)
+}
+
 /// Connects to the database at `database_url`, with TLS as its `sslmode` asks.
 pub async fn establish(database_url: &str) -> Result<AsyncPgConnection, ConnectionError> {
     let target = target(database_url)?;
-    let unreachable = |error: tokio_postgres::Error| {
-        // tokio-postgres' own text is only the kind ("db error"); the reason is in the chain.
-        let mut message = format!("cannot connect to PostgreSQL: {error}");
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        ConnectionError::BadConnection(message)
-    };
     match target.tls {
         None => {
             let (client, connection) = target.config.connect(NoTls).await.map_err(unreachable)?;
@@ -76,6 +78,30 @@ pub async fn establish(database_url: &str) -> Result<AsyncPgConnection, Connecti
                 .await
                 .map_err(unreachable)?;
             AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+    }
+}
+
+/// `establish`, as a bare tokio-postgres client (for what diesel does not speak: COPY); its
+/// connection runs on a task of its own until the client is dropped.
+pub async fn establish_client(
+    database_url: &str,
+) -> Result<tokio_postgres::Client, ConnectionError> {
+    let target = target(database_url)?;
+    match target.tls {
+        None => {
+            let (client, connection) = target.config.connect(NoTls).await.map_err(unreachable)?;
+            tokio::spawn(connection);
+            Ok(client)
+        }
+        Some(tls) => {
+            let (client, connection) = target
+                .config
+                .connect(RustlsConnect(tls))
+                .await
+                .map_err(unreachable)?;
+            tokio::spawn(connection);
+            Ok(client)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool, migrations, and every SQL statement of the service. Nothing
 //! outside this module talks to the database.
 
+pub mod audit;
 mod auth;
 mod by_id;
 pub mod connect;
@@ -33,6 +34,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
 pub use crate::domain::stream::StatementChanges;
+pub use audit::AuditCursor;
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
 pub use engine::{Affinity, Claim, Fence, Lease};
 pub use index::{
@@ -149,6 +151,8 @@ impl From<ConnectionError> for StoreError {
 pub struct Store {
     pool: Pool<AsyncPgConnection>,
     database_url: String,
+    /// statement_timeout of every connection (the pool's, and the change index's COPY ones).
+    statement_timeout: Duration,
 }
 
 type Connection = Object<AsyncPgConnection>;
@@ -197,6 +201,7 @@ impl Store {
         Ok(Store {
             pool,
             database_url: config.url().to_owned(),
+            statement_timeout: config.statement_timeout,
         })
     }
 

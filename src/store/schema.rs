@@ -130,3 +130,22 @@ diesel::allow_tables_to_appear_in_same_query!(
     server_revisions,
     server_history
 );
+
+diesel::table! {
+    /// Partitioned by month on `time`; its key for diesel is `id` (unique, v7).
+    audit_events (id) {
+        time -> Timestamptz,
+        id -> Uuid,
+        tenant_id -> Uuid,
+        key_id -> Nullable<Uuid>,
+        key_name -> Text,
+        request_id -> Text,
+        method -> Text,
+        server_id -> Nullable<Uuid>,
+        resource -> Text,
+        changes -> Jsonb,
+        outcome -> Text,
+        reason -> Text,
+        client_address -> Nullable<Text>,
+    }
+}

@@ -1,5 +1,6 @@
-//! A held stream: its lease, its server, its progress, and what it writes (row batches with their
-//! checkpoint, the stream state, snapshot refreshes), all under the stream's fence.
+//! A held stream: its lease, its server, its progress, and what it writes (the stream state,
+//! snapshot refreshes; row batches with their checkpoint go through a connection's `sink`), all
+//! under the stream's fence.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -8,18 +9,16 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{context::StreamContext, control::Control, ending::SessionEnd, progress::ProgressBook};
+use super::{context::StreamContext, control::Control, progress::ProgressBook};
 use crate::{
     agent::AgentSettings,
     domain::schema_change::Ddl,
-    domain::{StreamState, change::RowChange, server::Server, stream::StreamProgress},
+    domain::{StreamState, server::Server, stream::StreamProgress},
     secrets::SecretBox,
     source::{schema::Table, snapshot::refresh_snapshot_table},
     store::{ChangeIndex, Claim, Scope, Store, StoreError, StreamPosition},
 };
 
-/// How long index writes may keep failing before the stream is `stalled`.
-const STALL_AFTER: Duration = Duration::from_secs(30);
 /// A stream that ran this long without trouble forgets its reconnects.
 const CLEAN_RUN: Duration = Duration::from_secs(600);
 
@@ -129,53 +128,20 @@ impl Holder {
         let _ = self.move_to(StreamState::Running, None).await;
     }
 
-    /// Writes a batch and its checkpoint, retrying while the index fails (and saying `stalled`
-    /// after a while); a lost lease ends the connection.
-    pub async fn write(
-        &mut self,
-        events: Vec<RowChange>,
-        position: StreamPosition,
-    ) -> Result<(), SessionEnd> {
-        let failing_since = Instant::now();
-        loop {
-            if self.control.lost() {
-                return Err(SessionEnd::Stopped);
-            }
-            match self
-                .index
-                .write_change_batch(
-                    self.claim.server_id,
-                    self.claim.fence.epoch,
-                    &events,
-                    &position,
-                )
-                .await
-            {
-                Ok(total) => {
-                    self.checkpointed(&position, total, events.len());
-                    if self.state == StreamState::Stalled {
-                        let _ = self.move_to(StreamState::Running, None).await;
-                    }
-                    self.record_progress(false).await;
-                    return Ok(());
-                }
-                Err(StoreError::Fenced) => {
-                    self.control.lose();
-                    return Err(SessionEnd::Stopped);
-                }
-                Err(error) => {
-                    tracing::warn!(server_id = %self.claim.server_id, %error, "writing change events failed; retrying");
-                    if failing_since.elapsed() >= STALL_AFTER && self.state != StreamState::Stalled
-                    {
-                        let message = format!("the change index cannot be written: {error}");
-                        let _ = self.move_to(StreamState::Stalled, Some(message)).await;
-                    }
-                    tokio::select! {
-                        () = self.control.ended() => {}
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+    /// A batch and its checkpoint were stored (by the connection's writer, `sink`): the
+    /// progress moves on, and a stalled stream runs again.
+    pub(super) async fn stored(&mut self, position: &StreamPosition, total: i64, written: usize) {
+        self.checkpointed(position, total, written);
+        if self.state == StreamState::Stalled {
+            let _ = self.move_to(StreamState::Running, None).await;
+        }
+        self.record_progress(false).await;
+    }
+
+    /// Index writes have kept failing for a while: the stream is `stalled`.
+    pub(super) async fn failing(&mut self, message: String) {
+        if self.state != StreamState::Stalled {
+            let _ = self.move_to(StreamState::Stalled, Some(message)).await;
         }
     }
 

@@ -11,6 +11,7 @@ mod reader;
 pub mod restart;
 mod runner;
 mod session;
+mod sink;
 
 use std::{
     collections::HashMap,

@@ -1,6 +1,7 @@
 //! One binlog connection of a stream: connects through the server's path, checks that the
 //! checkpoint is still readable and the source is the same, asks for heartbeats, then reads
-//! events, decodes the rows of tracked tables and writes them in batches with their checkpoint.
+//! events and decodes the rows of tracked tables, handing them in batches with their checkpoint
+//! to the connection's writer (`sink`: a pipeline, the reader reads on while a batch is written).
 //! It ends on a fault (sorted into the stream states of streaming.md §3) or when told to stop.
 
 use std::time::Duration;
@@ -11,7 +12,13 @@ use mysql_async::{
 };
 use tokio::time::Instant;
 
-use super::{context::StreamContext, ending::SessionEnd, holder::Holder, reader::Reader};
+use super::{
+    context::StreamContext,
+    ending::SessionEnd,
+    holder::Holder,
+    reader::Reader,
+    sink::{Batch, Report, Sink},
+};
 use crate::{
     domain::change::RowChange,
     source::{
@@ -29,7 +36,8 @@ const RETRY_FROM_HERE: &str =
     "RetryOnboarding restarts from the current position and records the gap";
 /// Rows stored per transaction write at most.
 const BATCH_ROWS: usize = 5_000;
-/// How long complete transactions wait for more before they are written.
+/// How long complete transactions wait for more before they are written, while the writer is
+/// busy with the batch before them (an idle writer takes them at once).
 const FLUSH_DELAY: Duration = Duration::from_millis(100);
 
 /// The binlog files the source still has.
@@ -220,15 +228,17 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
         Ok(stream) => stream,
         Err(end) => return end,
     };
+    let mut sink = Sink::start(holder);
     let end = read(
         holder,
-        &mut stream,
+        (&mut stream, &mut sink),
         &mut reader,
         &identity,
         &context,
         replica_id,
     )
     .await;
+    sink.finish(holder).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
     // Through a tunnel, closing it closes the jumphost's connection to MySQL, and the dump
     // thread ends at its next heartbeat; a second login through the jumphost would be one the
@@ -296,6 +306,7 @@ enum Wake {
     Flush,
     Silent,
     Control,
+    Written(Report),
 }
 
 /// When the reader last heard from the source and last wrote, and whether it runs yet.
@@ -319,10 +330,13 @@ impl Pace {
         }
     }
 
-    /// When the next write is due: soon while complete transactions wait (or the stream does not
-    /// run yet), else when the checkpoint is due.
-    fn flush_at(&self, reader: &Reader, checkpoint_interval: Duration) -> Instant {
-        if reader.committed_rows > 0 || !self.running {
+    /// When the next write is due: at once while complete transactions wait and the writer is
+    /// idle (while it writes, they gather into the next batch), soon when the stream does not run
+    /// yet, else when the checkpoint is due.
+    fn flush_at(&self, reader: &Reader, sink: &Sink, checkpoint_interval: Duration) -> Instant {
+        if reader.committed_rows > 0 && sink.idle() {
+            self.last_flush
+        } else if reader.committed_rows > 0 || !self.running {
             self.last_flush + FLUSH_DELAY
         } else {
             self.last_flush + checkpoint_interval
@@ -333,7 +347,7 @@ impl Pace {
 /// Reads events until the connection ends, writing them in batches.
 async fn read(
     holder: &mut Holder,
-    stream: &mut BinlogStream,
+    (stream, sink): (&mut BinlogStream, &mut Sink),
     reader: &mut Reader,
     identity: &str,
     context: &StreamContext,
@@ -341,10 +355,11 @@ async fn read(
 ) -> SessionEnd {
     let mut pace = Pace::new(holder.settings.heartbeat);
     loop {
-        let flush_at = pace.flush_at(reader, holder.settings.checkpoint_interval);
+        let flush_at = pace.flush_at(reader, sink, holder.settings.checkpoint_interval);
         let wake = tokio::select! {
             biased;
             () = holder.control.wait() => Wake::Control,
+            report = sink.report() => Wake::Written(report),
             event = stream.next() => Wake::Event(event),
             () = tokio::time::sleep_until(flush_at) => Wake::Flush,
             () = tokio::time::sleep_until(pace.last_seen + pace.silence) => Wake::Silent,
@@ -352,12 +367,13 @@ async fn read(
         match wake {
             Wake::Control => {
                 if holder.must_stop().await {
-                    if !holder.lease_lost() {
-                        let _ = flush(holder, reader, identity).await;
+                    if !holder.lease_lost() && flush(holder, sink, reader, identity).await.is_ok() {
+                        let _ = sink.settle(holder).await;
                     }
                     return SessionEnd::Stopped;
                 }
             }
+            Wake::Written(report) => sink.take(holder, report).await,
             Wake::Silent => {
                 return SessionEnd::Disconnected(format!(
                     "no binlog event or heartbeat from {} for {}s (3 heartbeat periods): the connection is presumed dead",
@@ -366,7 +382,7 @@ async fn read(
                 ));
             }
             Wake::Flush => {
-                if let Err(end) = timely_flush(holder, reader, identity, &mut pace).await {
+                if let Err(end) = timely_flush(holder, sink, reader, identity, &mut pace).await {
                     return end;
                 }
             }
@@ -380,10 +396,17 @@ async fn read(
                 return refusal(&error, context, replica_id, &reader.address);
             }
             Wake::Event(Some(Ok(event))) => {
-                let taken =
-                    take_event(holder, stream, reader, &event, identity, context, &mut pace);
+                let taken = take_event(
+                    holder,
+                    (stream, &mut *sink),
+                    reader,
+                    &event,
+                    identity,
+                    context,
+                    &mut pace,
+                );
                 if let Err(end) = taken.await {
-                    return store_before_failing(holder, reader, identity, end).await;
+                    return store_before_failing(holder, sink, reader, identity, end).await;
                 }
             }
         }
@@ -394,30 +417,35 @@ async fn read(
 /// the checkpoint stands right before the event that stopped it.
 async fn store_before_failing(
     holder: &mut Holder,
+    sink: &mut Sink,
     reader: &mut Reader,
     identity: &str,
     end: SessionEnd,
 ) -> SessionEnd {
-    if matches!(end, SessionEnd::Failed(_))
-        && reader.committed_rows > 0
-        && !holder.lease_lost()
-        && let Err(write) = flush(holder, reader, identity).await
-    {
-        return write;
+    if matches!(end, SessionEnd::Failed(_)) && reader.committed_rows > 0 && !holder.lease_lost() {
+        let stored = match flush(holder, sink, reader, identity).await {
+            Ok(()) => sink.settle(holder).await,
+            Err(write) => Err(write),
+        };
+        if let Err(write) = stored {
+            return write;
+        }
     }
     end
 }
 
-/// The write that is due by the clock; the first one marks the stream running.
+/// The write that is due by the clock; the first one, once stored, marks the stream running.
 async fn timely_flush(
     holder: &mut Holder,
+    sink: &mut Sink,
     reader: &mut Reader,
     identity: &str,
     pace: &mut Pace,
 ) -> Result<(), SessionEnd> {
-    flush(holder, reader, identity).await?;
+    flush(holder, sink, reader, identity).await?;
     pace.last_flush = Instant::now();
     if !pace.running {
+        sink.settle(holder).await?;
         pace.running = true;
         holder.running().await;
     }
@@ -427,7 +455,7 @@ async fn timely_flush(
 /// Takes in one event, and writes the batch once it is full.
 async fn take_event(
     holder: &mut Holder,
-    stream: &BinlogStream,
+    (stream, sink): (&BinlogStream, &mut Sink),
     reader: &mut Reader,
     event: &Event,
     identity: &str,
@@ -438,15 +466,20 @@ async fn take_event(
     holder.progress.last_heartbeat_at = Some(crate::domain::now());
     reader.handle(holder, stream, event, context).await?;
     if reader.committed_rows >= BATCH_ROWS || reader.batch.len() >= BATCH_ROWS * 2 {
-        flush(holder, reader, identity).await?;
+        flush(holder, sink, reader, identity).await?;
         pace.last_flush = Instant::now();
     }
     Ok(())
 }
 
-/// Writes the complete transactions buffered (or, for one very large transaction, its rows so
-/// far) with the checkpoint after them.
-async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Result<(), SessionEnd> {
+/// Hands the complete transactions buffered (or, for one very large transaction, its rows so
+/// far) to the writer with the checkpoint after them.
+async fn flush(
+    holder: &mut Holder,
+    sink: &mut Sink,
+    reader: &mut Reader,
+    identity: &str,
+) -> Result<(), SessionEnd> {
     let (rows, mut position) = if reader.committed_rows == 0 && reader.batch.len() >= BATCH_ROWS * 2
     {
         // One transaction larger than memory should hold: store its rows so far and resume
@@ -465,5 +498,5 @@ async fn flush(holder: &mut Holder, reader: &mut Reader, identity: &str) -> Resu
     }
     let events: Vec<RowChange> = reader.batch.drain(..rows).collect();
     reader.committed_rows = 0;
-    holder.write(events, position).await
+    sink.hand_over(holder, Batch { events, position }).await
 }

@@ -298,6 +298,16 @@ fn past_the_connection_caps_new_connections_are_refused_at_once() {
                     closed_within(&mut refused, REFUSED_WITHIN).await,
                     "the 11th connection from {from} to {addr} was not refused"
                 );
+                // The ten before it were accepted before it was, so a refused one among them
+                // would already read as closed.
+                let first = held.len() - 10;
+                for (index, stream) in held[first..].iter_mut().enumerate() {
+                    assert!(
+                        !closed_within(stream, Duration::from_millis(10)).await,
+                        "connection {} from {from} to {addr} was refused",
+                        index + 1
+                    );
+                }
             }
             // Thirty open: a fourth address is past the listener's cap.
             let mut refused = connect_from([127, 0, 0, 14].into(), addr).await;
@@ -335,6 +345,32 @@ fn past_the_connection_caps_new_connections_are_refused_at_once() {
             );
             let count = metric(process.http_addr, &series).await;
             assert!(count >= at_least, "{series} is {count}");
+        }
+    });
+}
+
+/// A connection we close gives its place back before the client reads our end: at a cap of one
+/// connection per address, a client that reads a `Connection: close` answer to its end and
+/// connects again at once is admitted, every time.
+#[test]
+fn a_connection_we_close_gives_its_place_back_before_the_client_sees_the_end() {
+    block_on(async {
+        let db = TestDatabase::create().await;
+        let process = serve_with(&db, "reconnect", &["--max-connections-per-address", "1"]).await;
+        let from = IpAddr::from([127, 0, 0, 21]);
+        for attempt in 1..=300 {
+            let mut stream = connect_from(from, process.http_addr).await;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send a request");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            assert!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "attempt {attempt} was refused: {:?}",
+                String::from_utf8_lossy(&answer)
+            );
         }
     });
 }

@@ -5,6 +5,7 @@
 mod common;
 mod rest_common;
 
+mod audit;
 mod auth;
 mod binlog_files;
 mod change_index;
@@ -28,6 +29,7 @@ mod operations;
 mod outage;
 mod pause;
 mod performance;
+mod pipeline;
 mod readme;
 mod replicas;
 mod rest_api;

@@ -172,6 +172,7 @@ fn text(operation: &str, field: &str, length: usize) -> String {
         {
             quoted("schema = \"")
         }
+        "filter" if operation.ends_with("/audit-events") => quoted("method = \""),
         "filter" => quoted("name = \""),
         "gtid_set" => gtid_set(length),
         // A webhook's URL: an https one the policy allows, as long as asked.
@@ -511,6 +512,7 @@ fn every_limit_in_the_document_is_the_limit_the_server_enforces() {
             "GET /servers: filter maxLength 2000",
             "GET /servers/{server_id}/change-events: filter maxLength 2000",
             "GET /servers/{server_id}/schema-changes: filter maxLength 2000",
+            "GET /audit-events: filter maxLength 2000",
             "POST /servers/{server_id}:restart-stream: binlog_file maxLength 255",
             "POST /servers/{server_id}:restart-stream: gtid_set maxLength 4096",
             "POST /webhooks: url maxLength 2048",

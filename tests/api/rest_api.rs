@@ -843,6 +843,7 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
         operations.sort();
         let mut expected: Vec<(String, String, String)> = [
             ("delete", "/servers/{server_id}", "DecommissionServer"),
+            ("get", "/audit-events", "ListAuditEvents"),
             ("get", "/servers", "ListServers"),
             ("get", "/servers/{server_id}", "GetServer"),
             (

@@ -216,6 +216,15 @@ fn the_schema_change_feed_has_its_route() {
     assert_eq!(feed.template.text, "/servers/{server_id}/schema-changes");
 }
 
+/// The route of the RPC `name`.
+fn route_of<'a>(table: &'a RouteTable, name: &str) -> &'a Route {
+    table
+        .routes
+        .iter()
+        .find(|route| route.rpc.name() == name)
+        .unwrap_or_else(|| panic!("no route for {name}"))
+}
+
 #[test]
 fn every_annotated_rpc_has_its_route() {
     let table = table();
@@ -230,7 +239,7 @@ fn every_annotated_rpc_has_its_route() {
             )
         })
         .collect();
-    assert_eq!(routes.len(), 24);
+    assert_eq!(routes.len(), 25);
     assert!(routes.contains(&(
         "POST".into(),
         "/webhooks/{webhook_id}/deliveries/{delivery_id}:redeliver".into(),
@@ -246,11 +255,7 @@ fn every_annotated_rpc_has_its_route() {
         "/servers/{server.server_id}".into(),
         "UpdateServer"
     )));
-    let register = table
-        .routes
-        .iter()
-        .find(|route| route.rpc.name() == "RegisterServer")
-        .unwrap();
+    let register = route_of(&table, "RegisterServer");
     assert_eq!(
         register
             .created_identifier
@@ -264,18 +269,10 @@ fn every_annotated_rpc_has_its_route() {
         .map(|parameter| parameter.name.as_str())
         .collect();
     assert_eq!(query, ["request_id", "validate_only"]);
-    let update = table
-        .routes
-        .iter()
-        .find(|route| route.rpc.name() == "UpdateServer")
-        .unwrap();
+    let update = route_of(&table, "UpdateServer");
     assert!(update.derived_update_mask.is_some());
     assert!(update.created_identifier.is_none());
-    let watch = table
-        .routes
-        .iter()
-        .find(|route| route.rpc.name() == "WatchOnboarding")
-        .unwrap();
+    let watch = route_of(&table, "WatchOnboarding");
     assert!(
         watch
             .resume

@@ -15,12 +15,14 @@
 //! captured are named in a comment ([`uncaptured_children`]).
 
 pub mod literal;
+mod script;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+pub use script::{ScriptHeader, footer, header};
+
 use serde_json::{Map, Value as Json};
 
 use crate::{
-    domain::change::{ChangeEvent, ChangeOperation},
+    domain::change::{ChangeEvent, ChangeOperation, RowChange},
     source::decode::{ColumnInfo, ColumnKind, TableColumns},
 };
 use literal::{LiteralError, comment_text, qualified, text};
@@ -41,24 +43,6 @@ impl RevertMode {
             RevertMode::Force => "force",
         }
     }
-}
-
-/// What the header says about the selection.
-#[derive(Debug, Clone)]
-pub struct ScriptHeader {
-    pub server_id: String,
-    pub server_name: String,
-    /// The filter as sent (empty for none).
-    pub filter: String,
-    /// How many event ids were listed (0 for none).
-    pub event_ids: usize,
-    pub mode: RevertMode,
-    /// How many changes the script undoes.
-    pub changes: u64,
-    /// The oldest and newest selected changes: event id and commit time.
-    pub oldest: Option<(String, DateTime<Utc>)>,
-    pub newest: Option<(String, DateTime<Utc>)>,
-    pub generated_at: DateTime<Utc>,
 }
 
 /// Why a change cannot be undone by the script.
@@ -97,101 +81,6 @@ pub enum UndoError {
         parent: String,
         limit: usize,
     },
-}
-
-/// The script's first lines: the comments, then the session it runs in and the transaction.
-pub fn header(header: &ScriptHeader) -> String {
-    let mut lines = vec![
-        "-- dbtrail revert script: undoes captured row changes, newest first, in one transaction."
-            .to_owned(),
-        format!(
-            "-- Server: {} ({})",
-            comment_text(&header.server_id),
-            comment_text(&header.server_name)
-        ),
-        format!(
-            "-- Filter: {}",
-            if header.filter.is_empty() {
-                "(none)".to_owned()
-            } else {
-                comment_text(&header.filter)
-            }
-        ),
-    ];
-    if header.event_ids > 0 {
-        lines.push(format!("-- Event ids: {} listed", header.event_ids));
-    }
-    let place = |end: &Option<(String, DateTime<Utc>)>| match end {
-        Some((id, at)) => format!(
-            "{} (committed {})",
-            comment_text(id),
-            at.to_rfc3339_opts(SecondsFormat::Secs, true)
-        ),
-        None => "none".to_owned(),
-    };
-    lines.extend([
-        format!(
-            "-- Events: {} changes, from {} to {}",
-            header.changes,
-            place(&header.oldest),
-            place(&header.newest)
-        ),
-        format!(
-            "-- Generated: {}",
-            header
-                .generated_at
-                .to_rfc3339_opts(SecondsFormat::Secs, true)
-        ),
-        format!("-- Mode: {}", header.mode.name()),
-        format!(
-            "-- Expects to change {} rows: each statement exactly one.",
-            header.changes
-        ),
-        "-- A statement touches its row only while the row still is what the change left (its \
-         primary key and every column"
-            .to_owned(),
-        "-- but JSON, floating-point and generated ones, which are not compared); generated \
-         columns are never written."
-            .to_owned(),
-    ]);
-    lines.push(match header.mode {
-        RevertMode::Strict => "-- Strict: a row changed since stops the script with an error \
-            naming it (Variable sql_mode can't be set to the value of dbtrail revert stopped: \
-            row ...), before COMMIT: nothing is applied."
-            .to_owned(),
-        RevertMode::Force => "-- Force: a row changed since is skipped, and a `skipped` line \
-            names it; the rest is applied."
-            .to_owned(),
-    });
-    lines.extend(
-        [
-            "-- Apply with: mysql [connection options] < this-file (the script is ASCII: text that \
-             is not is written as hex).",
-            "SET NAMES utf8mb4;",
-            "SET @dbtrail_sql_mode = @@session.sql_mode;",
-            "SET @dbtrail_time_zone = @@session.time_zone;",
-            "SET @dbtrail_foreign_key_checks = @@session.foreign_key_checks;",
-            "SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO,STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION';",
-            "SET SESSION time_zone = '+00:00';",
-            "SET SESSION foreign_key_checks = 0;",
-            "START TRANSACTION;",
-        ]
-        .map(str::to_owned),
-    );
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
-}
-
-/// The script's last lines: the commit, and the session as it was.
-pub fn footer(changes: u64) -> String {
-    format!(
-        "COMMIT;\n\
-         SET SESSION foreign_key_checks = @dbtrail_foreign_key_checks;\n\
-         SET SESSION time_zone = @dbtrail_time_zone;\n\
-         SET SESSION sql_mode = @dbtrail_sql_mode;\n\
-         -- End of the dbtrail revert script: {changes} changes undone.\n"
-    )
 }
 
 /// A column's value in an image, which must hold it.
@@ -348,69 +237,14 @@ pub fn statement(
     mode: RevertMode,
 ) -> Result<String, UndoError> {
     let change = &event.change;
-    let table_name = format!("{}.{}", change.schema, change.table);
-    let event_id = change.event_id();
-    let columns = columns.ok_or_else(|| UndoError::UnknownTable {
-        table: table_name.clone(),
-        event_id: event_id.clone(),
-    })?;
-    if columns.primary_key.is_empty() {
-        return Err(UndoError::NoPrimaryKey { table: table_name });
-    }
-    let context = Context {
-        event_id,
-        table_name,
-        columns,
-    };
+    let context = Context::of(change, columns)?;
     let table = qualified(&change.schema, &change.table).map_err(|LiteralError(problem)| {
         UndoError::Name {
             event_id: context.event_id.clone(),
             problem,
         }
     })?;
-    let object = |image: &Option<Json>, which: &'static str| match image {
-        Some(Json::Object(object)) => Ok(object.clone()),
-        _ => Err(UndoError::PartialImage {
-            table: context.table_name.clone(),
-            event_id: context.event_id.clone(),
-            column: "(all)".to_owned(),
-            image: which,
-        }),
-    };
-    let (sql, key_image) = match change.operation {
-        ChangeOperation::Insert => {
-            let after = object(&change.after, "after")?;
-            let sql = format!(
-                "DELETE FROM {table} WHERE {};",
-                context.still_equal(&after)?
-            );
-            (sql, after)
-        }
-        ChangeOperation::Update => {
-            let before = object(&change.before, "before")?;
-            let after = object(&change.after, "after")?;
-            let mut assignments = Vec::new();
-            for column in context.written() {
-                let value = image_value(&before, column, &context, "before")?;
-                assignments.push(format!(
-                    "{} = {}",
-                    context.name(&column.name)?,
-                    context.literal(column, value)?
-                ));
-            }
-            let sql = format!(
-                "UPDATE {table} SET {} WHERE {};",
-                assignments.join(", "),
-                context.still_equal(&after)?
-            );
-            (sql, after)
-        }
-        ChangeOperation::Delete => {
-            let before = object(&change.before, "before")?;
-            let sql = context.insert(&table, &before, mode)?;
-            (sql, before)
-        }
-    };
+    let (sql, key_image) = context.inverse(change, &table, mode)?;
     let what = match change.operation {
         ChangeOperation::Insert => "its insert",
         ChangeOperation::Update => "its update",
@@ -431,6 +265,88 @@ pub fn statement(
         change.operation.as_str(),
         comment_text(&context.table_name)
     ))
+}
+
+impl<'a> Context<'a> {
+    /// The context of `change`'s table, refused when its columns are unknown or it has no
+    /// primary key.
+    fn of(change: &RowChange, columns: Option<&'a TableColumns>) -> Result<Self, UndoError> {
+        let table_name = format!("{}.{}", change.schema, change.table);
+        let event_id = change.event_id();
+        let columns = columns.ok_or_else(|| UndoError::UnknownTable {
+            table: table_name.clone(),
+            event_id: event_id.clone(),
+        })?;
+        if columns.primary_key.is_empty() {
+            return Err(UndoError::NoPrimaryKey { table: table_name });
+        }
+        Ok(Context {
+            event_id,
+            table_name,
+            columns,
+        })
+    }
+
+    /// The statement that undoes `change` on `table`, and the image that names its row after.
+    fn inverse(
+        &self,
+        change: &RowChange,
+        table: &str,
+        mode: RevertMode,
+    ) -> Result<(String, Map<String, Json>), UndoError> {
+        Ok(match change.operation {
+            ChangeOperation::Insert => {
+                let after = self.image(&change.after, "after")?;
+                let sql = format!("DELETE FROM {table} WHERE {};", self.still_equal(&after)?);
+                (sql, after)
+            }
+            ChangeOperation::Update => {
+                let before = self.image(&change.before, "before")?;
+                let after = self.image(&change.after, "after")?;
+                let sql = format!(
+                    "UPDATE {table} SET {} WHERE {};",
+                    self.assignments(&before)?,
+                    self.still_equal(&after)?
+                );
+                (sql, after)
+            }
+            ChangeOperation::Delete => {
+                let before = self.image(&change.before, "before")?;
+                (self.insert(table, &before, mode)?, before)
+            }
+        })
+    }
+
+    /// A whole row image, or the error that names the missing one.
+    fn image(
+        &self,
+        image: &Option<Json>,
+        which: &'static str,
+    ) -> Result<Map<String, Json>, UndoError> {
+        match image {
+            Some(Json::Object(object)) => Ok(object.clone()),
+            _ => Err(UndoError::PartialImage {
+                table: self.table_name.clone(),
+                event_id: self.event_id.clone(),
+                column: "(all)".to_owned(),
+                image: which,
+            }),
+        }
+    }
+
+    /// `a = 1, b = 'x'`: every written column set back to `before`.
+    fn assignments(&self, before: &Map<String, Json>) -> Result<String, UndoError> {
+        let mut assignments = Vec::new();
+        for column in self.written() {
+            let value = image_value(before, column, self, "before")?;
+            assignments.push(format!(
+                "{} = {}",
+                self.name(&column.name)?,
+                self.literal(column, value)?
+            ));
+        }
+        Ok(assignments.join(", "))
+    }
 }
 
 /// A row for messages: `schema.table id=5` (its primary key's columns and values, no commas).
@@ -523,7 +439,7 @@ pub fn uncaptured_children(child: &str, parent: &str, keyless: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::change::RowChange;
+
     use serde_json::json;
 
     fn columns() -> TableColumns {
@@ -552,7 +468,7 @@ mod tests {
                 binlog_position: 400,
                 row_index: 0,
                 gtid: String::new(),
-                committed_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                committed_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
                 schema: "shop".into(),
                 table: "t`x".into(),
                 operation,
@@ -678,7 +594,7 @@ mod tests {
             changes: 3,
             oldest: None,
             newest: None,
-            generated_at: DateTime::from_timestamp(0, 0).unwrap(),
+            generated_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
         });
         assert!(text.contains("-- Filter: table = \"t\"<U+000A>DROP\n"));
         assert!(text.contains("Expects to change 3 rows"));

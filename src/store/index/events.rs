@@ -11,7 +11,7 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{ChangeIndex, StreamPosition};
+use super::{ChangeIndex, StreamPosition, copy::CHECKPOINT_UPDATE};
 use crate::{
     domain::{
         ServerId,
@@ -231,7 +231,7 @@ pub struct ChangeSelection {
 }
 
 /// What a selection holds, read before its script is written.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SelectionSummary {
     pub count: i64,
     /// The newest sequence selected, the bound of the pages that follow.
@@ -301,12 +301,7 @@ impl ChangeIndex {
         .get_result(&mut connection)
         .await?;
         let Some(through) = through else {
-            return Ok(SelectionSummary {
-                count: 0,
-                through: None,
-                oldest: None,
-                keyless_tables: Vec::new(),
-            });
+            return Ok(SelectionSummary::default());
         };
         let bounded = ChangeSelection {
             through,
@@ -475,39 +470,23 @@ impl ChangeIndex {
             .transaction(async move |connection| -> Result<_, StoreError> {
                 // The checkpoint row's lock orders concurrent writers; a stale epoch matches
                 // nothing and writes nothing.
-                let first: Option<i64> = diesel::dsl::sql::<BigInt>(
-                    "UPDATE stream_checkpoints SET next_sequence = next_sequence + ",
-                )
-                .bind::<BigInt, _>(count)
-                .sql(", binlog_file = ")
-                .bind::<Text, _>(checkpoint.binlog_file.clone())
-                .sql(", binlog_position = ")
-                .bind::<BigInt, _>(checkpoint.binlog_position)
-                .sql(", skip_rows = ")
-                .bind::<BigInt, _>(checkpoint.skip_rows)
-                .sql(", gtid_set = ")
-                .bind::<Nullable<Text>, _>(checkpoint.gtid_set.clone())
-                .sql(", source_identity = ")
-                .bind::<Nullable<Text>, _>(checkpoint.source_identity.clone())
-                .sql(", last_event_at = COALESCE(")
-                .bind::<Nullable<Timestamptz>, _>(checkpoint.last_event_at)
-                .sql(", last_event_at), statement_changes = statement_changes + ")
-                .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
-                .sql(", statement_changes_since = COALESCE(statement_changes_since, ")
-                .bind::<Nullable<Timestamptz>, _>(checkpoint.statement_changes.since)
-                .sql("), last_statement_change = CASE WHEN ")
-                .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
-                .sql(" > 0 THEN ")
-                .bind::<Text, _>(checkpoint.statement_changes.last_position.clone())
-                .sql(" ELSE last_statement_change END, recorded_at = now() WHERE server_id = ")
-                .bind::<SqlUuid, _>(server_id.uuid())
-                .sql(" AND epoch = ")
-                .bind::<BigInt, _>(epoch)
-                .sql(" RETURNING next_sequence - ")
-                .bind::<BigInt, _>(count)
-                .get_result(connection)
-                .await
-                .optional()?;
+                let first: Option<First> = diesel::sql_query(CHECKPOINT_UPDATE)
+                    .bind::<BigInt, _>(count)
+                    .bind::<Text, _>(&checkpoint.binlog_file)
+                    .bind::<BigInt, _>(checkpoint.binlog_position)
+                    .bind::<BigInt, _>(checkpoint.skip_rows)
+                    .bind::<Nullable<Text>, _>(checkpoint.gtid_set.as_deref())
+                    .bind::<Nullable<Text>, _>(checkpoint.source_identity.as_deref())
+                    .bind::<Nullable<Timestamptz>, _>(checkpoint.last_event_at)
+                    .bind::<BigInt, _>(checkpoint.statement_changes.skipped)
+                    .bind::<Nullable<Timestamptz>, _>(checkpoint.statement_changes.since)
+                    .bind::<Text, _>(&checkpoint.statement_changes.last_position)
+                    .bind::<SqlUuid, _>(server_id.uuid())
+                    .bind::<BigInt, _>(epoch)
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                let first = first.map(|row| row.first);
                 let first = first.ok_or(StoreError::Fenced)?;
                 if count > 0 {
                     columns.insert(connection, server_id, first).await?;
@@ -548,6 +527,13 @@ impl ChangeIndex {
             .await?;
         Ok(lines.join("\n"))
     }
+}
+
+/// The first sequence of a batch, as the checkpoint's UPDATE returns it.
+#[derive(QueryableByName)]
+struct First {
+    #[diesel(sql_type = BigInt)]
+    first: i64,
 }
 
 /// A batch as column arrays, inserted with one `INSERT ... SELECT FROM unnest(...)`: one

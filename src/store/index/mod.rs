@@ -6,6 +6,7 @@
 //! the epoch of the stream lease that last took it, and a write with an older epoch is refused.
 
 mod checkpoints;
+mod copy;
 mod events;
 mod migrations;
 mod partitions;
@@ -13,9 +14,14 @@ mod snapshots;
 mod template;
 
 pub use checkpoints::{StreamCheckpoint, StreamGap, StreamPosition};
+pub use copy::{COPY_CONNECTIONS, COPY_MIN_ROWS, CopyConnection};
 pub use events::{ChangePage, ChangeSelection, SelectionSummary};
 pub use snapshots::{SnapshotVersion, index_schema_name};
 pub use template::{TEMPLATE, template_version};
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use super::{Connection, Store, StoreError};
 use crate::config::DatabaseConfig;
@@ -25,6 +31,8 @@ use crate::config::DatabaseConfig;
 #[derive(Clone)]
 pub struct ChangeIndex {
     store: Store,
+    /// The COPY connections (`copy`) that may still be opened.
+    copy_permits: Arc<Semaphore>,
 }
 
 impl ChangeIndex {
@@ -32,12 +40,16 @@ impl ChangeIndex {
     pub fn connect(config: &DatabaseConfig) -> Result<ChangeIndex, StoreError> {
         Ok(ChangeIndex {
             store: Store::connect(config)?,
+            copy_permits: copy::copy_permits(),
         })
     }
 
     /// The index in the control plane's database, through one of its pools.
     pub fn sharing(store: Store) -> ChangeIndex {
-        ChangeIndex { store }
+        ChangeIndex {
+            store,
+            copy_permits: copy::copy_permits(),
+        }
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {

@@ -1,7 +1,8 @@
 //! The locked read-modify-write of a server: the row locked and its scope checked (tenant, or
 //! the onboarding or stream lease's fence), the caller's change applied, and what changed
-//! written with its revision, runner fence and wake-up; RestartStream's lease hand-over and the
-//! request-id-guarded variant build on it.
+//! written with its revision, runner fence and wake-up; a tenant's change also with its audit
+//! record (the fields it changed, from the server before and after). RestartStream's lease
+//! hand-over and the request-id-guarded variant build on it.
 
 use std::convert::Infallible;
 
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use super::super::{
     Connection, RUNNABLE_CHANNEL, Store, StoreError, WriteError,
+    audit::record_server_change,
     by_id::LockedServerById,
     prepared::{notify, update_server},
     rows::{ServerChanges, ServerRow},
@@ -20,7 +22,11 @@ use super::super::{
 use super::idempotency::{Once, record_request_id};
 use super::registration::{LIVE_NAME, is_unique_violation};
 use super::{IdempotencyKey, Scope, record_revision};
-use crate::domain::{Refused, ServerId, TenantId, server::Server};
+use crate::domain::{
+    Refused, ServerId,
+    audit::{Actor, FieldChange},
+    server::Server,
+};
 
 /// A server row locked for a change, with the onboarding and stream leases that fence it.
 type LockedRow = (ServerRow, Option<Uuid>, i64, Option<Uuid>, i64);
@@ -133,12 +139,38 @@ where
     F: FnOnce(&mut Server) -> Result<T, E> + Send,
     R: NameRefusal,
 {
+    let modified = modify_and_compare(connection, scope, id, change).await?;
+    Ok((modified.after, modified.output))
+}
+
+/// What a change did: the server before and after it, and the change's own output.
+pub(in crate::store) struct Modified<T> {
+    pub before: Server,
+    pub after: Server,
+    pub output: T,
+}
+
+/// [`modify_locked`], keeping the server as it was before the change (for the audit log).
+pub(in crate::store) async fn modify_and_compare<T, E, R, F>(
+    connection: &mut Connection,
+    scope: Scope,
+    id: ServerId,
+    change: F,
+) -> Result<Modified<T>, Changing<E, R>>
+where
+    F: FnOnce(&mut Server) -> Result<T, E> + Send,
+    R: NameRefusal,
+{
     let (row, lease_epoch) = lock_in_scope(connection, scope, id).await?;
     let before = Server::try_from(row.clone())?;
     let mut server = before.clone();
     let output = change(&mut server).map_err(Changing::Change)?;
     if server == before {
-        return Ok((server, output));
+        return Ok(Modified {
+            before,
+            after: server,
+            output,
+        });
     }
     let status_changed = server.onboarding_status() != before.onboarding_status();
     let onboarding_changed = status_changed || server.runnable != before.runnable;
@@ -164,7 +196,36 @@ where
     if server.runnable && (fence_runner || !before.runnable) {
         notify(connection, RUNNABLE_CHANNEL, server.id.to_string()).await?;
     }
-    Ok((server, output))
+    Ok(Modified {
+        before,
+        after: server,
+        output,
+    })
+}
+
+/// A tenant's change of the locked server, recorded in the audit log as `actor`'s with what it
+/// changed (and `more`), in the caller's transaction.
+async fn change_audited<T, E, F>(
+    connection: &mut Connection,
+    actor: &Actor,
+    id: ServerId,
+    more: Vec<FieldChange>,
+    change: F,
+) -> Result<(Server, T), Changing<E, Refused>>
+where
+    F: FnOnce(&mut Server) -> Result<T, E> + Send,
+{
+    let scope = Scope::Tenant(actor.tenant_id);
+    let modified = modify_and_compare(connection, scope, id, change).await?;
+    record_server_change(
+        connection,
+        actor,
+        Some(&modified.before),
+        &modified.after,
+        more,
+    )
+    .await?;
+    Ok((modified.after, modified.output))
 }
 
 /// Takes the server away from its onboarding runner: the lease ends and its epoch moves on,
@@ -210,11 +271,11 @@ impl Store {
             .map_err(Changing::into_error)
     }
 
-    /// `modify_server` for a tenant's call: the change may be refused (a rename onto the name
-    /// of a live server).
+    /// `modify_server` for a tenant's call by `actor`, recorded in the audit log in the same
+    /// transaction: the change may be refused (a rename onto the name of a live server).
     pub async fn change_server<T, E, F>(
         &self,
-        tenant: TenantId,
+        actor: &Actor,
         id: ServerId,
         change: F,
     ) -> Result<(Server, T), E>
@@ -223,10 +284,11 @@ impl Store {
         T: Send,
         E: From<StoreError> + From<Refused> + Send,
     {
-        let scope = Scope::Tenant(tenant);
         let mut connection = self.connection().await?;
         connection
-            .transaction(async move |connection| modify_locked(connection, scope, id, change).await)
+            .transaction(async move |connection| {
+                change_audited(connection, actor, id, Vec::new(), change).await
+            })
             .await
             .map_err(Changing::into_tenant_error)
     }
@@ -237,15 +299,17 @@ impl Store {
     /// `epoch` meanwhile (a holder claimed it after the fence).
     pub async fn restart_stream<E, F>(
         &self,
-        tenant: TenantId,
+        actor: &Actor,
         id: ServerId,
         epoch: i64,
+        moved: Vec<FieldChange>,
         change: F,
     ) -> Result<Server, E>
     where
         F: FnOnce(&mut Server) -> Result<(), E> + Send,
         E: From<StoreError> + From<Refused> + Send,
     {
+        let tenant = actor.tenant_id;
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<Server, Changing<E, _>> {
@@ -265,20 +329,19 @@ impl Store {
                 if fenced == 0 {
                     return Err(StoreError::Fenced.into());
                 }
-                let (server, ()) =
-                    modify_locked(connection, Scope::Tenant(tenant), id, change).await?;
+                let (server, ()) = change_audited(connection, actor, id, moved, change).await?;
                 Ok(server)
             })
             .await
             .map_err(Changing::into_tenant_error)
     }
 
-    /// `modify_server` for a tenant's call with a request id: the id is recorded in the same
-    /// transaction, first, so a concurrent retry waits for this one and then finds it. A request
-    /// id used before answers the server its first call produced.
+    /// `change_server` with a request id: the id is recorded in the same transaction, first, so
+    /// a concurrent retry waits for this one and then finds it. A request id used before
+    /// answers the server its first call produced (and records nothing: that call was).
     pub async fn modify_server_once<E, F>(
         &self,
-        tenant: TenantId,
+        actor: &Actor,
         id: ServerId,
         key: &IdempotencyKey,
         change: F,
@@ -287,6 +350,7 @@ impl Store {
         F: FnOnce(&mut Server) -> Result<(), E> + Send,
         E: From<StoreError> + From<Refused> + Send,
     {
+        let tenant = actor.tenant_id;
         let mut connection = self.connection().await?;
         let outcome = connection
             .transaction(async move |connection| -> Result<_, Changing<E, _>> {
@@ -294,7 +358,7 @@ impl Store {
                     return Ok(Once::Replay);
                 }
                 let (server, ()) =
-                    modify_locked(connection, Scope::Tenant(tenant), id, change).await?;
+                    change_audited(connection, actor, id, Vec::new(), change).await?;
                 Ok(Once::Done(server))
             })
             .await

@@ -12,6 +12,7 @@ use diesel_async::RunQueryDsl;
 use super::super::{
     Store, StoreError,
     pages::{PageBound, collect_page},
+    prepared::OncePrepared,
     rows::ServerRow,
     schema::servers,
 };
@@ -53,41 +54,6 @@ fn condition(filter: &Filter) -> BoxedCondition {
                     .sql(", false)"),
             ),
         },
-    }
-}
-
-/// A condition whose statement is prepared for its one call and closed after it. A filter is the
-/// client's choice, and each distinct one would otherwise stay prepared on the pooled
-/// connection for good: a client could make PostgreSQL hold any number of statements.
-#[derive(Debug)]
-struct OncePrepared<T>(T);
-
-impl<T: Expression> Expression for OncePrepared<T> {
-    type SqlType = T::SqlType;
-}
-
-impl<T: AppearsOnTable<QS>, QS> AppearsOnTable<QS> for OncePrepared<T> {}
-
-impl<T: diesel::expression::ValidGrouping<G>, G> diesel::expression::ValidGrouping<G>
-    for OncePrepared<T>
-{
-    type IsAggregate = T::IsAggregate;
-}
-
-impl<T> diesel::query_builder::QueryId for OncePrepared<T> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<T: diesel::query_builder::QueryFragment<Pg>> diesel::query_builder::QueryFragment<Pg>
-    for OncePrepared<T>
-{
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
-    ) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
-        self.0.walk_ast(out)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Server rows: registration (limit, name uniqueness, idempotency), reads, keyset listing with
 //! filters, and the locked read-modify-write that records each onboarding revision with its
-//! history row and NOTIFY in one transaction.
+//! history row and NOTIFY, and a tenant's change with its audit record, in one transaction.
 //!
 //! This file owns the public types callers pass in (who changes a server, request ids, page
 //! cursors and pages) and the two helpers every part shares: loading a server and recording a

@@ -7,20 +7,23 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::super::{
     Connection, RUNNABLE_CHANNEL, Store, StoreError, WriteError,
+    audit::record_server_change,
     prepared::notify,
     rows::ServerRow,
     schema::{servers, tenants},
 };
 use super::idempotency::{Once, record_request_id};
 use super::{IdempotencyKey, record_revision};
-use crate::domain::{Refused, ServerStatus, TenantId, server::Server};
+use crate::domain::{Refused, ServerStatus, TenantId, audit::Actor, server::Server};
 
 impl Store {
     /// Registers a server: records the request id, checks the tenant's limit, then writes the
-    /// server (the name index decides a name race), its first revision and the wake-up of a
-    /// runner. A request id used before answers what its first call produced.
+    /// server (the name index decides a name race), its first revision, the wake-up of a runner
+    /// and `actor`'s audit record. A request id used before answers what its first call
+    /// produced.
     pub async fn register_server(
         &self,
+        actor: &Actor,
         server: Server,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Server, WriteError> {
@@ -38,6 +41,7 @@ impl Store {
                 insert_server(connection, &server).await?;
                 record_revision(connection, &server).await?;
                 notify(connection, RUNNABLE_CHANNEL, server.id.to_string()).await?;
+                record_server_change(connection, actor, None, &server, Vec::new()).await?;
                 Ok(Once::Done(server))
             })
             .await?;

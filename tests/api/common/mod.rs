@@ -90,11 +90,12 @@ pub const ERROR_DOMAIN: &str = "servers.dbtrail";
 /// The gRPC health service name of ServersService.
 pub const SERVERS_SERVICE: &str = "dbtrail.servers.v1.ServersService";
 /// Every permission a key can carry.
-pub const ALL_PERMISSIONS: [&str; 6] = [
+pub const ALL_PERMISSIONS: [&str; 7] = [
     "servers:read",
     "servers:write",
     "servers:delete",
     "changes:read",
+    "audit:read",
     "webhooks:read",
     "webhooks:write",
 ];
