@@ -34,6 +34,7 @@ use crate::{
     stream::{StreamSettings, Streams, StreamsConfig},
     tls,
     watch::Hubs,
+    webhooks::{Deliveries, WebhookSettings},
 };
 
 /// Why a replica could not start.
@@ -64,6 +65,8 @@ pub enum AppError {
     Rest(#[from] gateway::RouteError),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// Refuses a secrets key other than the deployment's (the one the first replica recorded a check
@@ -161,7 +164,9 @@ pub async fn start_with_steps(
     let agent = agent_settings(&config, agent_id, &outbound_ip, targets.clone());
     let notifications = listen(&config, listener_stop.clone());
     let (engine, streams) = start_engine(&config, &stores, &secrets, agent.clone(), steps);
-    spawn_dispatch(notifications, &hubs, &authenticator, &engine, &streams);
+    let deliveries = start_webhooks(&config, &stores, &secrets, targets.clone(), &stopping)?;
+    let woken = (engine.clone(), streams.clone(), deliveries);
+    spawn_dispatch(notifications, &hubs, &authenticator, woken);
     let (health, health_service, ready) = start_health(&stores.api, &stopping);
     let housekeeping = housekeeping(&config, &stores, &secrets, &agent);
     tokio::spawn(housekeeping.run(stopping.clone()));
@@ -174,7 +179,8 @@ pub async fn start_with_steps(
         agent,
         check_limits(&config),
     )
-    .await?;
+    .await?
+    .with_http_webhooks(config.allow_http_webhooks);
     let grpc_stack = grpc::GrpcStack::new(
         api,
         authenticator,
@@ -205,21 +211,49 @@ pub async fn start_with_steps(
 }
 
 /// Hands the database's notifications to those they concern: the watch hubs, the
-/// authenticator's key cache, the engine and the streams.
+/// authenticator's key cache, the engine, the streams and the webhook deliveries.
 fn spawn_dispatch(
     notifications: mpsc::Receiver<listener::Notification>,
     hubs: &Hubs,
     authenticator: &Arc<Authenticator>,
-    engine: &Arc<Engine>,
-    streams: &Arc<Streams>,
+    (engine, streams, deliveries): (Arc<Engine>, Arc<Streams>, Arc<Deliveries>),
 ) {
     tokio::spawn(notify::dispatch(
         notifications,
         hubs.clone(),
         authenticator.clone(),
-        engine.clone(),
-        streams.clone(),
+        engine,
+        streams,
+        deliveries,
     ));
+}
+
+/// Starts this replica's webhook delivery workers, until `stopping`.
+fn start_webhooks(
+    config: &Config,
+    stores: &Stores,
+    secrets: &SecretBox,
+    targets: Arc<TargetPolicy>,
+    stopping: &CancellationToken,
+) -> Result<Arc<Deliveries>, AppError> {
+    let settings = WebhookSettings {
+        timeout: config.webhook_timeout,
+        retry_base: config.webhook_retry_base,
+        retry_window: config.webhook_retry_window,
+        max_in_flight: config.max_webhook_deliveries,
+        sweep_interval: config.sweep_interval,
+    };
+    let ca_file = config.webhook_ca_file.as_deref();
+    let deliveries = Deliveries::new(
+        stores.webhooks.clone(),
+        secrets.clone(),
+        targets,
+        ca_file,
+        settings,
+    )
+    .map_err(AppError::Webhooks)?;
+    tokio::spawn(deliveries.clone().run(stopping.clone()));
+    Ok(deliveries)
 }
 
 /// The gRPC health service, its reporter and the /readyz flag, kept up to date with the
@@ -280,6 +314,9 @@ struct Stores {
     engine: Store,
     /// The watch hubs' reads.
     watch: Store,
+    /// The webhook deliveries' claims and outcomes: background work of its own, so a burst of
+    /// deliveries never waits behind the engine's lease renewals, nor they behind it.
+    webhooks: Store,
     /// The streams' writes to the change index: its own pool, so event volume never starves
     /// the engine's lease renewals.
     index: ChangeIndex,
@@ -309,6 +346,10 @@ impl Stores {
             pool_size: config.watch_pool_size,
             ..config.database.clone()
         })?;
+        let webhooks = Store::connect(&DatabaseConfig {
+            pool_size: WEBHOOK_POOL_SIZE,
+            ..background.clone()
+        })?;
         let index_url = config.index_database_url.as_ref();
         if let Some(url) = index_url {
             store::create_database(url).await?;
@@ -331,6 +372,7 @@ impl Stores {
             api,
             engine,
             watch,
+            webhooks,
             index,
             index_reader,
         })
@@ -422,6 +464,7 @@ fn housekeeping(
         // Twice the time after which a dead agent's servers move: by then they have.
         dead_agents_after: agent.replaced_after * 2,
         held_keys: secrets.key_ids(),
+        webhook_retention: config.webhook_retention,
     };
     Housekeeping::new(stores.api.clone(), stores.index.clone(), settings)
 }
@@ -553,6 +596,9 @@ async fn serve(
         servers: vec![grpc_server, http_server],
     })
 }
+
+/// Connections of the webhook deliveries' pool: a claim and an outcome are one statement each.
+const WEBHOOK_POOL_SIZE: usize = 4;
 
 /// How long the engine and the hub wait for a pooled connection.
 const ENGINE_POOL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -295,6 +295,38 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_MAX_STREAMS", default_value_t = 1000)]
     pub max_streams: usize,
 
+    /// Let webhook URLs be http:// (local development and tests); off, deliveries go over
+    /// https only.
+    #[arg(long, env = "DBTRAIL_ALLOW_HTTP_WEBHOOKS")]
+    pub allow_http_webhooks: bool,
+
+    /// The deadline of one webhook delivery attempt (resolve, connect, TLS, send, answer); an
+    /// attempt past it is retried.
+    #[arg(long, env = "DBTRAIL_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// The delay before a failed delivery's first retry, doubled per attempt (up to an hour),
+    /// each a random share of it ("full jitter").
+    #[arg(long, env = "DBTRAIL_WEBHOOK_RETRY_BASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_retry_base: Duration,
+
+    /// How long after its event (or a RedeliverWebhook) a delivery is retried; then it is dead.
+    #[arg(long, env = "DBTRAIL_WEBHOOK_RETRY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_retry_window: Duration,
+
+    /// Webhook deliveries in flight at once on this replica, each to another webhook.
+    #[arg(long, env = "DBTRAIL_MAX_WEBHOOK_DELIVERIES", default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub max_webhook_deliveries: usize,
+
+    /// Delivered and dead webhook deliveries older than this are forgotten.
+    #[arg(long, env = "DBTRAIL_WEBHOOK_RETENTION", default_value = "30days", value_parser = positive_duration)]
+    pub webhook_retention: Duration,
+
+    /// PEM CA certificates trusted for https webhook receivers besides the web PKI's roots (an
+    /// internal CA).
+    #[arg(long, env = "DBTRAIL_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+
     /// How long SIGTERM waits for calls and streams to finish.
     #[arg(long, env = "DBTRAIL_SHUTDOWN_GRACE", default_value = "8s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -1,7 +1,7 @@
 //! Every periodic job of a replica, on one schedule: expired request ids, onboarding history
 //! past retention, the change index's daily partitions and the audit log's monthly ones (made
-//! ahead, dropped whole past retention), dead agents no server names any more, and the key
-//! checks of retired secrets keys.
+//! ahead, dropped whole past retention), dead agents no server names any more, the key checks
+//! of retired secrets keys, and finished webhook deliveries past retention.
 //!
 //! Every replica runs them; each is safe to run on several at once. A job that fails is logged,
 //! counted in `dbtrail_housekeeping_failures_total{job}` and tried again within a minute.
@@ -37,6 +37,8 @@ pub struct HousekeepingSettings {
     pub dead_agents_after: Duration,
     /// The ids of this replica's secrets keys; other keys' checks may be retired.
     pub held_keys: Vec<String>,
+    /// Delivered and dead webhook deliveries older than this are forgotten.
+    pub webhook_retention: Duration,
 }
 
 /// The jobs, in the order they run when several are due.
@@ -48,15 +50,17 @@ enum Job {
     DeadAgents,
     RequestIds,
     History,
+    WebhookDeliveries,
 }
 
-const JOBS: [Job; 6] = [
+const JOBS: [Job; 7] = [
     Job::Partitions,
     Job::AuditLog,
     Job::RetiredKeyChecks,
     Job::DeadAgents,
     Job::RequestIds,
     Job::History,
+    Job::WebhookDeliveries,
 ];
 
 impl Job {
@@ -68,6 +72,7 @@ impl Job {
             Job::DeadAgents => "dead_agents",
             Job::RequestIds => "request_ids",
             Job::History => "onboarding_history",
+            Job::WebhookDeliveries => "webhook_deliveries",
         }
     }
 
@@ -76,7 +81,9 @@ impl Job {
             Job::Partitions | Job::AuditLog => PARTITIONS_INTERVAL,
             // At least twice per retention period.
             Job::History => (settings.history_retention / 2).min(CLEANUP_INTERVAL),
-            Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds => CLEANUP_INTERVAL,
+            Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds | Job::WebhookDeliveries => {
+                CLEANUP_INTERVAL
+            }
         }
     }
 
@@ -85,7 +92,9 @@ impl Job {
     fn first_run(self, settings: &HousekeepingSettings, start: Instant) -> Instant {
         match self {
             Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => start,
-            Job::RequestIds | Job::History => start + self.interval(settings),
+            Job::RequestIds | Job::History | Job::WebhookDeliveries => {
+                start + self.interval(settings)
+            }
         }
     }
 }
@@ -205,6 +214,15 @@ impl Housekeeping {
                     .await?;
                 if forgotten > 0 {
                     tracing::info!(forgotten, "compacted fleet history");
+                }
+            }
+            Job::WebhookDeliveries => {
+                let forgotten = self
+                    .store
+                    .prune_webhook_deliveries(settings.webhook_retention)
+                    .await?;
+                if forgotten > 0 {
+                    tracing::info!(forgotten, "forgot webhook deliveries past retention");
                 }
             }
         }

@@ -22,6 +22,7 @@ pub mod stream;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;
+pub mod webhooks;
 
 /// The generated gRPC types and the descriptor set of `proto/`, imports included.
 pub mod proto {

@@ -149,7 +149,8 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        /// Comma-separated: servers:read,servers:write,servers:delete,changes:read,audit:read.
+        /// Comma-separated: servers:read,servers:write,servers:delete,changes:read,audit:read,
+        /// webhooks:read,webhooks:write.
         #[arg(long, value_delimiter = ',', required = true)]
         permissions: Vec<String>,
         /// A label for the key.

@@ -1,8 +1,9 @@
 //! The one LISTEN/NOTIFY router: the replica's dedicated LISTEN connection (store::listener)
 //! feeds it, and it tells each room what changed: the engine and the streams (a server's
 //! onboarding changed, or became runnable), the watch hubs (a server's onboarding for
-//! WatchOnboarding, a tenant's servers for WatchServers), and the authenticator (a key was
-//! revoked). After a reconnect, what may have been missed is caught up.
+//! WatchOnboarding, a tenant's servers for WatchServers), the authenticator (a key was
+//! revoked), and the webhook deliveries (some became due). After a reconnect, what may have been
+//! missed is caught up.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     auth::Authenticator, onboarding::Engine, store::listener::Notification, stream::Streams,
-    watch::Hubs,
+    watch::Hubs, webhooks::Deliveries,
 };
 
 /// Routes notifications from the LISTEN connection until it closes.
@@ -20,6 +21,7 @@ pub async fn dispatch(
     authenticator: Arc<Authenticator>,
     engine: Arc<Engine>,
     streams: Arc<Streams>,
+    deliveries: Arc<Deliveries>,
 ) {
     let wake_engine = engine.waker();
     let mut connected_before = false;
@@ -48,6 +50,7 @@ pub async fn dispatch(
                 let _ = wake_engine.try_send(Some(server_id));
             }
             Notification::KeyRevoked(key_id) => authenticator.key_revoked(key_id),
+            Notification::Webhooks => deliveries.wake(),
             Notification::Connected => {
                 if connected_before {
                     authenticator.revocations_missed();
@@ -57,6 +60,7 @@ pub async fn dispatch(
                         hubs.fleet.catch_up().await;
                     });
                     let _ = wake_engine.try_send(None);
+                    deliveries.wake();
                 }
                 connected_before = true;
             }

@@ -22,6 +22,7 @@ mod stream_baseline;
 mod unary;
 mod undo;
 mod watch;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -141,6 +142,9 @@ async fn main() {
     }
     if wanted("B13") {
         undo::undo(&database_url(&fresh_database_name()), &mut rows).await;
+    }
+    if wanted("B14") {
+        webhooks::webhooks(&database_url(&fresh_database_name()), &mut rows).await;
     }
     report::print(&rows);
     drop_bench_databases().await;

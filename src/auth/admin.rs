@@ -89,18 +89,29 @@ fn os_user() -> String {
         .into_owned()
 }
 
+/// Every permission, as the command line writes them.
+fn known_permissions() -> String {
+    let names: Vec<&str> = Permission::ALL
+        .iter()
+        .map(|permission| permission.as_str())
+        .collect();
+    names.join(", ")
+}
+
 /// Parses `servers:read,servers:write` into permissions.
 pub fn parse_permissions(texts: &[&str]) -> Result<Vec<Permission>, AdminError> {
     if texts.is_empty() {
-        return Err(AdminError::Invalid(
-            "at least one permission is needed: servers:read, servers:write, servers:delete, changes:read, audit:read".into(),
-        ));
+        return Err(AdminError::Invalid(format!(
+            "at least one permission is needed: {}",
+            known_permissions()
+        )));
     }
     let mut permissions = Vec::new();
     for text in texts {
         let permission = Permission::parse(text.trim()).ok_or_else(|| {
             AdminError::Invalid(format!(
-                "unknown permission {text:?}: use servers:read, servers:write, servers:delete, changes:read, audit:read"
+                "unknown permission {text:?}: use {}",
+                known_permissions()
             ))
         })?;
         if !permissions.contains(&permission) {

@@ -41,6 +41,8 @@ pub fn required_permission(method: &str) -> Option<Permission> {
             Permission::ChangesRead
         }
         "ListAuditEvents" => Permission::AuditRead,
+        "GetWebhook" | "ListWebhooks" | "ListWebhookDeliveries" => Permission::WebhooksRead,
+        "CreateWebhook" | "DeleteWebhook" | "RedeliverWebhook" => Permission::WebhooksWrite,
         _ => return None,
     })
 }

@@ -58,6 +58,7 @@ macro_rules! wire_enum {
 }
 
 pub mod check;
+pub mod webhook;
 
 wire_enum!(
     /// How the agent reaches a server.
@@ -107,6 +108,8 @@ wire_enum!(
         Delete = "servers:delete",
         ChangesRead = "changes:read",
         AuditRead = "audit:read",
+        WebhooksRead = "webhooks:read",
+        WebhooksWrite = "webhooks:write",
     }
 );
 wire_enum!(
@@ -270,6 +273,9 @@ pub enum Refused {
     /// A tenant of this name exists (the tenant's name).
     #[error("tenant {0:?} already exists")]
     TenantNameTaken(String),
+    /// The tenant has as many webhooks as it may have.
+    #[error("webhook limit reached ({0} of {0})")]
+    WebhookLimitReached(usize),
     /// A dry run's preflight checks failed (the failed checks, never empty).
     #[error("{} preflight check(s) failed", .0.len())]
     ChecksFailed(Vec<check::Check>),

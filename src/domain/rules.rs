@@ -35,6 +35,7 @@ use super::{
         MAX_STREAM_OPTION_ENTRIES, UpdateField,
     },
     stream::{MAX_BINLOG_FILE_LENGTH, MAX_GTID_SET_LENGTH},
+    webhook,
 };
 
 /// The proto package the keys are in.
@@ -516,6 +517,7 @@ pub fn requests() -> Vec<FieldRules> {
     ] {
         rules.push(field(&format!("{request}.server_id"), uuid()));
     }
+    rules.extend(webhook_rules());
     rules.push(field(
         "RevertChangesRequest.event_ids",
         vec![
@@ -561,6 +563,45 @@ pub fn requests() -> Vec<FieldRules> {
             &format!("{request}.page_size"),
             vec![Rule::Minimum(0)],
         ));
+    }
+    rules
+}
+
+/// The webhook calls' rules: a URL's length and the event list's size. The URL's scheme, host
+/// and target stay the validator's alone (no pattern: a URL parser forgives what a pattern
+/// would refuse, such as surrounding spaces).
+fn webhook_rules() -> Vec<FieldRules> {
+    let uuid = || vec![Rule::Format("uuid")];
+    let mut rules = vec![
+        field(
+            "Webhook.url",
+            vec![Rule::Length {
+                min: 0,
+                max: webhook::MAX_URL_LENGTH,
+            }],
+        ),
+        field(
+            "Webhook.events",
+            vec![Rule::MaxItems(webhook::EventType::ALL.len())],
+        ),
+        field(
+            "CreateWebhookRequest.webhook",
+            vec![Rule::Required(vec!["url", "events"])],
+        ),
+        field("ListWebhooksRequest.page_size", vec![Rule::Minimum(0)]),
+        field(
+            "ListWebhookDeliveriesRequest.page_size",
+            vec![Rule::Minimum(0)],
+        ),
+        field("RedeliverWebhookRequest.delivery_id", uuid()),
+    ];
+    for request in [
+        "GetWebhookRequest",
+        "DeleteWebhookRequest",
+        "ListWebhookDeliveriesRequest",
+        "RedeliverWebhookRequest",
+    ] {
+        rules.push(field(&format!("{request}.webhook_id"), uuid()));
     }
     rules
 }

@@ -15,6 +15,7 @@ use crate::{
         schema_change::SchemaChange,
         server::{Secret, Server, ServerInput, SshTunnelInput, StreamOptionsInput},
         stream::StreamHealth,
+        webhook::{Delivery, DeliveryStatus, EventType, Webhook},
     },
     proto,
 };
@@ -87,6 +88,14 @@ proto_enum!(StreamState => StreamState {
 });
 
 proto_enum!(CheckResult => CheckResult { Pass, Warn, Fail, Skipped });
+proto_enum!(EventType <=> WebhookEvent {
+    ServerStatusChanged,
+    StreamStateChanged,
+    OnboardingFailed,
+    LostPosition,
+    Decommissioned,
+});
+proto_enum!(DeliveryStatus => DeliveryStatus { Pending, Delivered, Dead });
 
 /// A proto enum's number as wire-encoded.
 fn number<P: Into<i32>>(value: impl Into<P>) -> i32 {
@@ -108,6 +117,49 @@ fn enum_from_proto<E: FromProtoNumber>(
         );
         None
     })
+}
+
+/// A webhook as the API shows it: without its secret (CreateWebhook adds it, once).
+pub fn webhook_to_proto(webhook: &Webhook) -> proto::Webhook {
+    proto::Webhook {
+        webhook_id: webhook.id.to_string(),
+        url: webhook.spec.url.as_str().to_owned(),
+        events: webhook
+            .spec
+            .events
+            .iter()
+            .map(|event| number::<proto::WebhookEvent>(*event))
+            .collect(),
+        signing_secret: None,
+        created_at: Some(timestamp(webhook.created_at)),
+    }
+}
+
+/// A request's event types: `None` for a number that names none (reported by the domain).
+pub fn webhook_events_from_proto(values: &[i32]) -> Vec<Option<EventType>> {
+    values
+        .iter()
+        .map(|value| EventType::from_number(*value).flatten())
+        .collect()
+}
+
+/// A delivery as ListWebhookDeliveries shows it.
+pub fn delivery_to_proto(delivery: &Delivery) -> proto::WebhookDelivery {
+    proto::WebhookDelivery {
+        delivery_id: delivery.id.to_string(),
+        webhook_id: delivery.webhook_id.to_string(),
+        event_id: delivery.event_id.to_string(),
+        event: number::<proto::WebhookEvent>(delivery.event_type),
+        server_id: delivery.server_id.to_string(),
+        status: number::<proto::DeliveryStatus>(delivery.status),
+        attempts: delivery.attempts,
+        last_response_code: delivery.last_response_code,
+        last_error: delivery.last_error.clone(),
+        next_attempt_at: delivery.next_attempt_at.map(timestamp),
+        last_attempt_at: delivery.last_attempt_at.map(timestamp),
+        delivered_at: delivery.delivered_at.map(timestamp),
+        created_at: Some(timestamp(delivery.created_at)),
+    }
 }
 
 /// A preflight's report as CheckServer answers it.

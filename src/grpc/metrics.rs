@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 use crate::call_layer::{CallFuture, Wrap, Wrapped};
 
 /// Every method of ServersService: the metric labels are these names and nothing a client sent.
-const METHODS: [&str; 19] = [
+const METHODS: [&str; 25] = [
     "ListServers",
     "GetServer",
     "RegisterServer",
@@ -32,6 +32,12 @@ const METHODS: [&str; 19] = [
     "RevertChanges",
     "GetRowHistory",
     "ListAuditEvents",
+    "CreateWebhook",
+    "GetWebhook",
+    "ListWebhooks",
+    "DeleteWebhook",
+    "ListWebhookDeliveries",
+    "RedeliverWebhook",
 ];
 
 /// gRPC's codes, 0 to 16.

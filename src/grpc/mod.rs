@@ -25,6 +25,7 @@ mod server_pages;
 mod service;
 mod size_faults;
 mod update_mask;
+mod webhooks;
 
 use std::{convert::Infallible, sync::Arc};
 

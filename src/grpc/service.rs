@@ -52,6 +52,8 @@ pub struct ServersApi {
     agent: AgentSettings,
     /// CheckServer's rate per tenant and deadline.
     check_limits: Arc<CheckLimits>,
+    /// Whether webhook URLs may be http:// (`--allow-http-webhooks`, development only).
+    allow_http_webhooks: bool,
 }
 
 impl ServersApi {
@@ -74,7 +76,14 @@ impl ServersApi {
             tokens,
             agent,
             check_limits: Arc::new(CheckLimits::default()),
+            allow_http_webhooks: false,
         }
+    }
+
+    /// The service accepting http:// webhook URLs too (`--allow-http-webhooks`).
+    pub fn with_http_webhooks(mut self, allow: bool) -> ServersApi {
+        self.allow_http_webhooks = allow;
+        self
     }
 
     /// The service with CheckServer's rate per tenant and deadline (the defaults otherwise).
@@ -114,6 +123,10 @@ impl ServersApi {
 
     pub(super) fn check_limits(&self) -> &CheckLimits {
         &self.check_limits
+    }
+
+    pub(super) fn allow_http_webhooks(&self) -> bool {
+        self.allow_http_webhooks
     }
 }
 
@@ -639,5 +652,48 @@ impl ServersService for ServersApi {
     ) -> Result<Response<proto::CheckServerResponse>, Status> {
         let report = ServersApi::check_server(self, request).await?;
         reply(report_to_proto(&report))
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<proto::CreateWebhookRequest>,
+    ) -> Result<Response<proto::Webhook>, Status> {
+        reply(ServersApi::create_webhook(self, request).await?)
+    }
+
+    async fn get_webhook(
+        &self,
+        request: Request<proto::GetWebhookRequest>,
+    ) -> Result<Response<proto::Webhook>, Status> {
+        reply(ServersApi::get_webhook(self, request).await?)
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<proto::ListWebhooksRequest>,
+    ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
+        reply(ServersApi::list_webhooks(self, request).await?)
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<proto::DeleteWebhookRequest>,
+    ) -> Result<Response<()>, Status> {
+        ServersApi::delete_webhook(self, request).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<proto::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<proto::ListWebhookDeliveriesResponse>, Status> {
+        reply(ServersApi::list_webhook_deliveries(self, request).await?)
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        request: Request<proto::RedeliverWebhookRequest>,
+    ) -> Result<Response<proto::WebhookDelivery>, Status> {
+        reply(ServersApi::redeliver_webhook(self, request).await?)
     }
 }

@@ -383,6 +383,8 @@ impl Store {
                        AND NOT EXISTS (SELECT 1 FROM servers \
                                        WHERE servers.mysql_password_key_id = retired.key_id \
                                           OR servers.ssh_private_key_key_id = retired.key_id) \
+                       AND NOT EXISTS (SELECT 1 FROM webhooks \
+                                       WHERE webhooks.secret_key_id = retired.key_id) \
                      RETURNING retired.key_id",
                 )
                 .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(held)

@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{API_KEYS_CHANNEL, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, SERVERS_CHANNEL};
+use super::{
+    API_KEYS_CHANNEL, ONBOARDING_CHANNEL, RUNNABLE_CHANNEL, SERVERS_CHANNEL, WEBHOOKS_CHANNEL,
+};
 use crate::domain::{ServerId, TenantId};
 
 /// What happened, as told by a NOTIFY.
@@ -23,6 +25,8 @@ pub enum Notification {
     Runnable(ServerId),
     /// An API key was revoked.
     KeyRevoked(Uuid),
+    /// Webhook deliveries became due.
+    Webhooks,
     /// The listening connection was (re)established: anything may have been missed before.
     Connected,
 }
@@ -45,6 +49,7 @@ fn parse(channel: &str, payload: &str) -> Option<Notification> {
         }
         RUNNABLE_CHANNEL => ServerId::parse(payload).map(Notification::Runnable),
         API_KEYS_CHANNEL => Uuid::try_parse(payload).ok().map(Notification::KeyRevoked),
+        WEBHOOKS_CHANNEL => Some(Notification::Webhooks),
         _ => None,
     }
 }
@@ -99,6 +104,7 @@ async fn connect(database_url: &str) -> Result<AsyncPgConnection, diesel::result
         SERVERS_CHANNEL,
         RUNNABLE_CHANNEL,
         API_KEYS_CHANNEL,
+        WEBHOOKS_CHANNEL,
     ] {
         diesel::sql_query(format!("LISTEN {channel}"))
             .execute(&mut connection)
@@ -175,6 +181,7 @@ mod tests {
                 revision: 12
             })
         );
+        assert_eq!(parse(WEBHOOKS_CHANNEL, ""), Some(Notification::Webhooks));
         assert_eq!(parse(ONBOARDING_CHANNEL, "garbage"), None);
         assert_eq!(parse(SERVERS_CHANNEL, &format!("{id}:x")), None);
     }

@@ -17,6 +17,7 @@ mod rows;
 pub mod schema;
 mod servers;
 mod streams;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ pub use index::{
 pub use pages::PageBound;
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
 pub use streams::{StreamCensus, StreamSpread};
+pub use webhooks::{Attempt, DeliveryClaim, Finished, OutboxCensus, WebhookCursor};
 
 use crate::{config::DatabaseConfig, domain::Refused};
 
@@ -58,6 +60,9 @@ pub const RUNNABLE_CHANNEL: &str = "dbtrail_runnable";
 pub const SERVERS_CHANNEL: &str = "dbtrail_servers";
 /// NOTIFY channel: an API key was revoked (payload `key_id`).
 pub const API_KEYS_CHANNEL: &str = "dbtrail_api_keys";
+/// NOTIFY channel: webhook deliveries became due (no payload); sent by the database's trigger on
+/// `servers` (migration 000013), which names it too, and by RedeliverWebhook.
+pub const WEBHOOKS_CHANNEL: &str = "dbtrail_webhooks";
 
 /// Why a store call failed: the store's faults only. What a business rule refuses is a
 /// [`Refused`], which writes return beside these ([`WriteError`]).
@@ -67,6 +72,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("server not found")]
     NotFound,
+    #[error("webhook not found")]
+    WebhookNotFound,
+    #[error("webhook delivery not found")]
+    DeliveryNotFound,
     #[error("the runner's lease was taken over")]
     Fenced,
     #[error("{0} not found")]

@@ -1,6 +1,6 @@
 //! The auth matrix: every RPC × {no key, malformed, unknown, expired, revoked, key without the
-//! permission, key of another tenant} gives the exact code and reason of api.md; revocation ends an
-//! open watch; health needs no key.
+//! permission, key of another tenant} gives the exact code and reason of api.md (the webhook calls
+//! against a webhook with a delivery); revocation ends an open watch; health needs no key.
 
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,15 @@ enum Rpc {
     RevertChanges,
     GetRowHistory,
     ListAuditEvents,
+    CreateWebhook,
+    GetWebhook,
+    ListWebhooks,
+    DeleteWebhook,
+    ListWebhookDeliveries,
+    RedeliverWebhook,
 }
 
-const RPCS: [Rpc; 17] = [
+const RPCS: [Rpc; 23] = [
     Rpc::ListServers,
     Rpc::GetServer,
     Rpc::RegisterServer,
@@ -53,7 +59,64 @@ const RPCS: [Rpc; 17] = [
     Rpc::RevertChanges,
     Rpc::GetRowHistory,
     Rpc::ListAuditEvents,
+    Rpc::CreateWebhook,
+    Rpc::GetWebhook,
+    Rpc::ListWebhooks,
+    Rpc::DeleteWebhook,
+    Rpc::ListWebhookDeliveries,
+    Rpc::RedeliverWebhook,
 ];
+
+/// What the calls address: a server of the owner's, and a webhook of its with one delivery.
+struct Target {
+    server_id: String,
+    webhook_id: String,
+    delivery_id: String,
+}
+
+/// Registers an SSH-tunnel server that waits for its firewall, and a webhook with one delivery
+/// (another server decommissioned; its receiver is never reached).
+async fn target(owner: &mut Client, name: &str) -> Target {
+    let (server_id, _) = register_and_settle(owner, ssh_server(name)).await;
+    let webhook_id = owner
+        .create_webhook(proto::CreateWebhookRequest {
+            webhook: Some(proto::Webhook {
+                url: "https://203.0.113.9/never".into(),
+                events: vec![proto::WebhookEvent::Decommissioned as i32],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateWebhook")
+        .into_inner()
+        .webhook_id;
+    let gone = register(owner, direct_server(&format!("{name}-gone"))).await;
+    owner
+        .decommission_server(DecommissionServerRequest {
+            server_id: gone.server_id,
+            ..Default::default()
+        })
+        .await
+        .expect("DecommissionServer");
+    let delivery_id = owner
+        .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
+            webhook_id: webhook_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListWebhookDeliveries")
+        .into_inner()
+        .deliveries
+        .first()
+        .expect("the decommission's delivery")
+        .delivery_id
+        .clone();
+    Target {
+        server_id,
+        webhook_id,
+        delivery_id,
+    }
+}
 
 impl Rpc {
     /// The permission api.md §2 requires.
@@ -74,20 +137,35 @@ impl Rpc {
             Rpc::DecommissionServer => "servers:delete",
             Rpc::ListSchemaChanges | Rpc::RevertChanges | Rpc::GetRowHistory => "changes:read",
             Rpc::ListAuditEvents => "audit:read",
+            Rpc::GetWebhook | Rpc::ListWebhooks | Rpc::ListWebhookDeliveries => "webhooks:read",
+            Rpc::CreateWebhook | Rpc::DeleteWebhook | Rpc::RedeliverWebhook => "webhooks:write",
         }
     }
 
-    /// Whether the call addresses one existing server.
-    fn targets_a_server(self) -> bool {
-        !matches!(
-            self,
-            Rpc::ListServers | Rpc::RegisterServer | Rpc::WatchServers | Rpc::ListAuditEvents
-        )
+    /// The reason of the NOT_FOUND the call gives for another tenant's resource, when it
+    /// addresses one.
+    fn not_found(self) -> Option<&'static str> {
+        match self {
+            Rpc::ListServers
+            | Rpc::RegisterServer
+            | Rpc::WatchServers
+            | Rpc::ListAuditEvents
+            | Rpc::CreateWebhook
+            | Rpc::ListWebhooks => None,
+            Rpc::GetWebhook
+            | Rpc::DeleteWebhook
+            | Rpc::ListWebhookDeliveries
+            | Rpc::RedeliverWebhook => Some("WEBHOOK_NOT_FOUND"),
+            _ => Some("SERVER_NOT_FOUND"),
+        }
     }
 
-    /// Calls the RPC with valid arguments against `server_id`; the watch's first message counts.
-    async fn call(self, client: &mut Client, server_id: &str) -> Result<CallOutcome, Status> {
-        let id = server_id.to_owned();
+    /// Calls the RPC with valid arguments against `target`; the watch's first message counts.
+    async fn call(self, client: &mut Client, target: &Target) -> Result<CallOutcome, Status> {
+        if let Some(outcome) = self.call_webhooks(client, target).await {
+            return outcome;
+        }
+        let id = target.server_id.clone();
         match self {
             Rpc::ListServers => {
                 let servers = client
@@ -234,8 +312,74 @@ impl Rpc {
                         .collect(),
                 ))
             }
+            _ => unreachable!("{self:?} is a webhook call"),
         }
     }
+
+    /// The webhook calls against `target`'s webhook and delivery; None for the others.
+    async fn call_webhooks(
+        self,
+        client: &mut Client,
+        target: &Target,
+    ) -> Option<Result<CallOutcome, Status>> {
+        let webhook_id = target.webhook_id.clone();
+        match self {
+            Rpc::CreateWebhook => done(
+                client
+                    .create_webhook(proto::CreateWebhookRequest {
+                        webhook: Some(proto::Webhook {
+                            url: "https://203.0.113.9/auth".into(),
+                            events: vec![proto::WebhookEvent::LostPosition as i32],
+                            ..Default::default()
+                        }),
+                    })
+                    .await,
+            ),
+            Rpc::GetWebhook => done(
+                client
+                    .get_webhook(proto::GetWebhookRequest { webhook_id })
+                    .await,
+            ),
+            Rpc::ListWebhooks => Some(
+                client
+                    .list_webhooks(proto::ListWebhooksRequest::default())
+                    .await
+                    .map(|response| {
+                        let webhooks = response.into_inner().webhooks;
+                        CallOutcome::Listed(
+                            webhooks.into_iter().map(|hook| hook.webhook_id).collect(),
+                        )
+                    }),
+            ),
+            Rpc::DeleteWebhook => done(
+                client
+                    .delete_webhook(proto::DeleteWebhookRequest { webhook_id })
+                    .await,
+            ),
+            Rpc::ListWebhookDeliveries => done(
+                client
+                    .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
+                        webhook_id,
+                        ..Default::default()
+                    })
+                    .await,
+            ),
+            Rpc::RedeliverWebhook => done(
+                client
+                    .redeliver_webhook(proto::RedeliverWebhookRequest {
+                        webhook_id,
+                        delivery_id: target.delivery_id.clone(),
+                    })
+                    .await,
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A call that answers nothing the matrix looks at.
+fn done<T>(result: Result<T, Status>) -> Option<Result<CallOutcome, Status>> {
+    Some(result.map(|_| CallOutcome::Done))
 }
 
 #[derive(Debug)]
@@ -247,13 +391,13 @@ enum CallOutcome {
 /// Asserts that every RPC fails with `code` / `reason` for `client`.
 async fn assert_every_rpc_fails(
     client: &mut Client,
-    server_id: &str,
+    target: &Target,
     case: &str,
     code: Code,
     reason: &str,
 ) {
     for rpc in RPCS {
-        let status = match rpc.call(client, server_id).await {
+        let status = match rpc.call(client, target).await {
             Ok(outcome) => {
                 panic!("{case}: {rpc:?} succeeded ({outcome:?}); expected {code:?}/{reason}")
             }
@@ -281,7 +425,8 @@ fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
     block_on(async {
         let app = TestApp::start().await;
         let mut owner = app.client();
-        let (id, _) = register_and_settle(&mut owner, ssh_server("guarded")).await;
+        let target = target(&mut owner, "guarded").await;
+        let id = target.server_id.clone();
         assert!(
             app.tenant.key.starts_with("dbt_"),
             "keys have the dbt_ prefix"
@@ -312,7 +457,7 @@ fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
         let mut none = app.client_with_authorization(None);
         assert_every_rpc_fails(
             &mut none,
-            &id,
+            &target,
             "no key",
             Code::Unauthenticated,
             "MISSING_CREDENTIALS",
@@ -328,7 +473,7 @@ fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
             let mut client = app.client_with_authorization(Some(malformed));
             assert_every_rpc_fails(
                 &mut client,
-                &id,
+                &target,
                 malformed,
                 Code::Unauthenticated,
                 "INVALID_API_KEY",
@@ -339,7 +484,7 @@ fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
         let mut unknown = app.client_with_key(&unknown_key(&app.tenant.key));
         assert_every_rpc_fails(
             &mut unknown,
-            &id,
+            &target,
             "unknown key",
             Code::Unauthenticated,
             "INVALID_API_KEY",
@@ -351,7 +496,7 @@ fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
         let mut expired = app.client_with_key(&expiring.secret);
         assert_every_rpc_fails(
             &mut expired,
-            &id,
+            &target,
             "expired key",
             Code::Unauthenticated,
             "API_KEY_EXPIRED",
@@ -360,7 +505,7 @@ fn every_rpc_rejects_missing_malformed_unknown_expired_and_revoked_keys() {
 
         assert_every_rpc_fails(
             &mut revoked_client,
-            &id,
+            &target,
             "revoked key",
             Code::Unauthenticated,
             "API_KEY_REVOKED",
@@ -386,7 +531,8 @@ fn every_rpc_needs_its_permission() {
     block_on(async {
         let app = TestApp::start().await;
         let mut owner = app.client();
-        let (id, _) = register_and_settle(&mut owner, ssh_server("permissioned")).await;
+        let target = target(&mut owner, "permissioned").await;
+        let id = target.server_id.clone();
 
         for rpc in RPCS {
             let others: Vec<&str> = ALL_PERMISSIONS
@@ -396,7 +542,7 @@ fn every_rpc_needs_its_permission() {
                 .collect();
             let key = app.key_with(&others).await;
             let mut client = app.client_with_key(&key.secret);
-            let status = match rpc.call(&mut client, &id).await {
+            let status = match rpc.call(&mut client, &target).await {
                 Ok(outcome) => panic!(
                     "{rpc:?} without {} succeeded: {outcome:?}",
                     rpc.permission()
@@ -423,12 +569,12 @@ fn a_key_with_exactly_the_permission_is_enough() {
     block_on(async {
         let app = TestApp::start().await;
         let mut owner = app.client();
-        let (id, _) = register_and_settle(&mut owner, ssh_server("enough")).await;
+        let target = target(&mut owner, "enough").await;
         // RetryOnboarding passes authorization and reaches its precondition.
         let key = app.key_with(&["servers:write"]).await;
         let status = expect_err(
             Rpc::RetryOnboarding
-                .call(&mut app.client_with_key(&key.secret), &id)
+                .call(&mut app.client_with_key(&key.secret), &target)
                 .await,
         );
         assert_error(&status, Code::FailedPrecondition, "ONBOARDING_NOT_FAILED");
@@ -449,13 +595,21 @@ fn a_key_with_exactly_the_permission_is_enough() {
             Rpc::WatchServers,
             Rpc::CheckServer,
             Rpc::ListAuditEvents,
+            Rpc::CreateWebhook,
+            Rpc::GetWebhook,
+            Rpc::ListWebhooks,
+            Rpc::ListWebhookDeliveries,
+            Rpc::RedeliverWebhook,
+            Rpc::DeleteWebhook,
             Rpc::DecommissionServer,
         ] {
             let key = app.key_with(&[rpc.permission()]).await;
             let mut client = app.client_with_key(&key.secret);
-            rpc.call(&mut client, &id).await.unwrap_or_else(|status| {
-                panic!("{rpc:?} with only {}: {status:?}", rpc.permission())
-            });
+            rpc.call(&mut client, &target)
+                .await
+                .unwrap_or_else(|status| {
+                    panic!("{rpc:?} with only {}: {status:?}", rpc.permission())
+                });
         }
         app.shutdown().await;
     });
@@ -466,20 +620,22 @@ fn another_tenants_server_does_not_exist_for_every_rpc() {
     block_on(async {
         let app = TestApp::start().await;
         let mut owner = app.client();
-        let (id, _) = register_and_settle(&mut owner, ssh_server("private")).await;
+        let target = target(&mut owner, "private").await;
+        let id = target.server_id.clone();
         let stranger = app.other_tenant("tenant-b").await;
         let mut client = app.client_with_key(&stranger.key);
 
         for rpc in RPCS {
-            let outcome = rpc.call(&mut client, &id).await;
-            if rpc.targets_a_server() {
+            let outcome = rpc.call(&mut client, &target).await;
+            if let Some(reason) = rpc.not_found() {
                 let status = expect_err(outcome);
-                assert_error(&status, Code::NotFound, "SERVER_NOT_FOUND");
+                assert_error(&status, Code::NotFound, reason);
             } else {
                 match outcome {
-                    Ok(CallOutcome::Listed(ids)) => {
-                        assert!(!ids.contains(&id), "another tenant lists the server")
-                    }
+                    Ok(CallOutcome::Listed(ids)) => assert!(
+                        !ids.contains(&id) && !ids.contains(&target.webhook_id),
+                        "another tenant lists the server or the webhook"
+                    ),
                     Ok(CallOutcome::Done) => {}
                     Err(status) => panic!("{rpc:?} as another tenant failed: {status:?}"),
                 }
@@ -501,6 +657,17 @@ fn another_tenants_server_does_not_exist_for_every_rpc() {
             .into_inner()
             .servers;
         assert_eq!(listed.len(), 1, "the owner sees only its own server");
+        let webhooks = owner
+            .list_webhooks(proto::ListWebhooksRequest::default())
+            .await
+            .expect("ListWebhooks")
+            .into_inner()
+            .webhooks;
+        assert_eq!(
+            webhooks.len(),
+            1,
+            "the owner's webhook is untouched, and only its own"
+        );
         app.shutdown().await;
     });
 }

@@ -44,3 +44,4 @@ mod streaming;
 mod tls;
 mod undo;
 mod validation;
+mod webhooks;

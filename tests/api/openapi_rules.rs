@@ -175,6 +175,8 @@ fn text(operation: &str, field: &str, length: usize) -> String {
         "filter" if operation.ends_with("/audit-events") => quoted("method = \""),
         "filter" => quoted("name = \""),
         "gtid_set" => gtid_set(length),
+        // A webhook's URL: an https one the policy allows, as long as asked.
+        "url" if length >= 21 => format!("https://203.0.113.10/{}", "a".repeat(length - 21)),
         // GetRowHistory's key: a JSON object of the primary key.
         "key" if length >= 9 => format!("{{\"id\":\"{}\"}}", "x".repeat(length - 9)),
         // A request id is one request's: each probe has its own.
@@ -191,7 +193,16 @@ fn text(operation: &str, field: &str, length: usize) -> String {
 
 /// A valid list entry number `index` of `field`.
 fn entry(field: &str, index: usize) -> Value {
-    if field.ends_with("event_ids") {
+    if field.ends_with("events") {
+        let events = [
+            "server_status_changed",
+            "stream_state_changed",
+            "onboarding_failed",
+            "lost_position",
+            "decommissioned",
+        ];
+        json!(events[index % events.len()])
+    } else if field.ends_with("event_ids") {
         json!(format!("mysql-bin.000001:{index}:0"))
     } else if field.ends_with("tables") {
         json!(format!("shop.t{index}"))
@@ -245,7 +256,9 @@ fn base_probe(method: &Method, template: &str, limit: &Limit, ids: &Ids) -> Prob
     };
     let path = template
         .replace("{server_id}", id)
-        .replace("{server.server_id}", id);
+        .replace("{server.server_id}", id)
+        .replace("{webhook_id}", &ids.webhook)
+        .replace("{delivery_id}", &Uuid::new_v4().to_string());
     let field = limit.field();
     let (query, body) = match (method.as_str(), template) {
         ("POST", "/servers") => {
@@ -266,6 +279,10 @@ fn base_probe(method: &Method, template: &str, limit: &Limit, ids: &Ids) -> Prob
             (vec![], Some(json!({ "server": server })))
         }
         ("PATCH", _) => (vec![], Some(json!({ "labels": { "probe": "1" } }))),
+        ("POST", "/webhooks") => (
+            vec![],
+            Some(json!({ "url": "https://203.0.113.10/probe", "events": ["decommissioned"] })),
+        ),
         ("POST", template) if template.ends_with(":restart-stream") => {
             let body = match field.as_str() {
                 "binlog_file" => json!({ "binlog_position": 4 }),
@@ -337,6 +354,8 @@ struct Ids {
     kept: String,
     /// Probed by DecommissionServer (an accepted probe decommissions it).
     deleted: String,
+    /// The webhook the webhook calls' probes name.
+    webhook: String,
 }
 
 /// Sends a probe. A stream that opens (a watch follows its server until it settles) is answered
@@ -406,9 +425,19 @@ fn every_limit_in_the_document_is_the_limit_the_server_enforces() {
             let server = rest.register(&direct_server_json(name)).await;
             ids.push(server["server_id"].as_str().expect("an id").to_owned());
         }
+        let webhook = rest
+            .post(
+                "/webhooks",
+                &json!({ "url": "https://203.0.113.10/kept", "events": ["decommissioned"] }),
+            )
+            .await;
         let ids = Ids {
             kept: ids[0].clone(),
             deleted: ids[1].clone(),
+            webhook: webhook.json["webhook_id"]
+                .as_str()
+                .expect("a webhook")
+                .to_owned(),
         };
         let mut checked = BTreeSet::new();
         let mut failures = Vec::new();
@@ -486,6 +515,11 @@ fn every_limit_in_the_document_is_the_limit_the_server_enforces() {
             "GET /audit-events: filter maxLength 2000",
             "POST /servers/{server_id}:restart-stream: binlog_file maxLength 255",
             "POST /servers/{server_id}:restart-stream: gtid_set maxLength 4096",
+            "POST /webhooks: url maxLength 2048",
+            "POST /webhooks: events maxItems 5",
+            "POST /webhooks: url required 0",
+            "GET /webhooks: page_size minimum 0",
+            "GET /webhooks/{webhook_id}/deliveries: page_size minimum 0",
         ] {
             assert!(
                 checked.contains(expected),

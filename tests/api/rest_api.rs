@@ -841,7 +841,7 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
             }
         }
         operations.sort();
-        let expected: Vec<(String, String, String)> = [
+        let mut expected: Vec<(String, String, String)> = [
             ("delete", "/servers/{server_id}", "DecommissionServer"),
             ("get", "/audit-events", "ListAuditEvents"),
             ("get", "/servers", "ListServers"),
@@ -873,6 +873,14 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
                 "ListSchemaChanges",
             ),
             ("get", "/servers:watch", "WatchServers"),
+            ("delete", "/webhooks/{webhook_id}", "DeleteWebhook"),
+            ("get", "/webhooks", "ListWebhooks"),
+            ("get", "/webhooks/{webhook_id}", "GetWebhook"),
+            (
+                "get",
+                "/webhooks/{webhook_id}/deliveries",
+                "ListWebhookDeliveries",
+            ),
             ("patch", "/servers/{server_id}", "UpdateServer"),
             ("post", "/servers", "RegisterServer"),
             (
@@ -893,10 +901,17 @@ fn openapi_json_describes_every_route_and_validates_as_openapi_3_1() {
             ),
             ("post", "/servers/{server_id}:resume-stream", "ResumeStream"),
             ("post", "/servers:check", "CheckServer"),
+            ("post", "/webhooks", "CreateWebhook"),
+            (
+                "post",
+                "/webhooks/{webhook_id}/deliveries/{delivery_id}:redeliver",
+                "RedeliverWebhook",
+            ),
         ]
         .iter()
         .map(|(method, path, id)| (method.to_string(), path.to_string(), id.to_string()))
         .collect();
+        expected.sort();
         assert_eq!(operations, expected);
         let schemas = &document["components"]["schemas"];
         let status = &schemas["dbtrail.servers.v1.OnboardingStatus"];

@@ -460,7 +460,8 @@ mod tests {
             .values()
             .map(|methods| methods.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 19);
+        assert_eq!(operations, 25);
+        assert!(paths["/webhooks/{webhook_id}"]["delete"].is_object());
         let revert = &paths["/servers/{server_id}/revert-sql"]["get"]["responses"]["200"];
         assert!(revert["content"]["text/plain"].is_object(), "{revert}");
         assert!(paths.contains_key("/servers/{server_id}"));

@@ -239,7 +239,12 @@ fn every_annotated_rpc_has_its_route() {
             )
         })
         .collect();
-    assert_eq!(routes.len(), 19);
+    assert_eq!(routes.len(), 25);
+    assert!(routes.contains(&(
+        "POST".into(),
+        "/webhooks/{webhook_id}/deliveries/{delivery_id}:redeliver".into(),
+        "RedeliverWebhook"
+    )));
     assert!(routes.contains(&(
         "GET".into(),
         "/servers/{server_id}/revert-sql".into(),

@@ -454,6 +454,18 @@ fn store_status(error: StoreError) -> Status {
             "server not found".into(),
             none,
         ),
+        StoreError::WebhookNotFound => status(
+            Code::NotFound,
+            "WEBHOOK_NOT_FOUND",
+            "webhook not found".into(),
+            none,
+        ),
+        StoreError::DeliveryNotFound => status(
+            Code::NotFound,
+            "DELIVERY_NOT_FOUND",
+            "no delivery of this webhook has that id".into(),
+            none,
+        ),
         StoreError::Unavailable(cause) => {
             tracing::warn!(%cause, "database unavailable");
             status(
@@ -547,6 +559,13 @@ fn refused_status(refused: Refused) -> Status {
             none,
         ),
         Refused::ChecksFailed(failed) => checks_failed(&failed),
+        Refused::WebhookLimitReached(limit) => status_with_metadata(
+            Code::ResourceExhausted,
+            "WEBHOOK_LIMIT_REACHED",
+            format!("webhook limit reached ({limit} of {limit}); delete one first"),
+            none,
+            HashMap::from([("limit".to_owned(), limit.to_string())]),
+        ),
     }
 }
 

@@ -66,6 +66,12 @@ fn refusals_keep_their_codes_reasons_and_messages() {
             "ALREADY_EXISTS",
             "tenant \"acme\" already exists",
         ),
+        (
+            Refused::WebhookLimitReached(20),
+            Code::ResourceExhausted,
+            "WEBHOOK_LIMIT_REACHED",
+            "webhook limit reached (20 of 20); delete one first",
+        ),
     ];
     for (refused, code, expected_reason, message) in cases {
         let status = Status::from(ApiError::from(WriteError::Refused(refused)));
@@ -77,6 +83,16 @@ fn refusals_keep_their_codes_reasons_and_messages() {
     assert_eq!(reason(&status), "SERVER_DECOMMISSIONED");
     let status = Status::from(WriteError::Store(StoreError::NotFound));
     assert_eq!(reason(&status), "SERVER_NOT_FOUND");
+    let status = Status::from(StoreError::WebhookNotFound);
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::NotFound, "WEBHOOK_NOT_FOUND".into())
+    );
+    let status = Status::from(StoreError::DeliveryNotFound);
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::NotFound, "DELIVERY_NOT_FOUND".into())
+    );
 }
 
 #[test]

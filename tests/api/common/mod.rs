@@ -23,6 +23,7 @@ pub mod mariadb;
 mod onboarding;
 mod process;
 mod proxy;
+mod receiver;
 pub mod sshd;
 pub mod stream;
 
@@ -32,6 +33,7 @@ pub use database::*;
 pub use onboarding::*;
 pub use process::*;
 pub use proxy::*;
+pub use receiver::*;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -88,12 +90,14 @@ pub const ERROR_DOMAIN: &str = "servers.dbtrail";
 /// The gRPC health service name of ServersService.
 pub const SERVERS_SERVICE: &str = "dbtrail.servers.v1.ServersService";
 /// Every permission a key can carry.
-pub const ALL_PERMISSIONS: [&str; 5] = [
+pub const ALL_PERMISSIONS: [&str; 7] = [
     "servers:read",
     "servers:write",
     "servers:delete",
     "changes:read",
     "audit:read",
+    "webhooks:read",
+    "webhooks:write",
 ];
 
 /// A real, throwaway Ed25519 key made for these tests only; it opens nothing anywhere.
