@@ -1,7 +1,7 @@
 //! Every periodic job of a replica, on one schedule: expired request ids, onboarding history
 //! past retention, the change index's daily partitions and the audit log's monthly ones (made
-//! ahead, dropped whole past retention), dead agents no server names any more, the key checks of
-//! retired secrets keys, and finished webhook deliveries past retention.
+//! ahead, dropped whole past retention), dead agents no server names any more, the key checks
+//! of retired secrets keys, and finished webhook deliveries past retention.
 //!
 //! Every replica runs them; each is safe to run on several at once. A job that fails is logged,
 //! counted in `dbtrail_housekeeping_failures_total{job}` and tried again within a minute.

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The methods that change something: each call is in the audit log once.
-pub const AUDITED: [&str; 8] = [
+pub const AUDITED: [&str; 11] = [
     "RegisterServer",
     "UpdateServer",
     "DecommissionServer",
@@ -33,6 +33,9 @@ pub const AUDITED: [&str; 8] = [
     "RestartStream",
     "PauseStream",
     "ResumeStream",
+    "CreateWebhook",
+    "DeleteWebhook",
+    "RedeliverWebhook",
 ];
 
 /// One audited call, in its request's extensions: its caller, for the handler's transaction to

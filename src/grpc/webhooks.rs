@@ -3,9 +3,11 @@
 //! RedeliverWebhook. Each converts, calls the store and converts back; the deliveries themselves
 //! are the workers' (`crate::webhooks`).
 
+use serde_json::Value as Json;
 use tonic::Request;
 
 use super::{
+    audit::audited,
     convert::{delivery_to_proto, webhook_events_from_proto, webhook_to_proto},
     errors::ApiError,
     paging::{PageSizes, not_issued, query_digest},
@@ -14,6 +16,7 @@ use super::{
 use crate::{
     domain::{
         Violations,
+        audit::{self, AuditEvent, Outcome},
         server::Secret,
         webhook::{self, DeliveryId, MAX_WEBHOOKS_PER_TENANT, Webhook, WebhookId, WebhookSpec},
     },
@@ -103,6 +106,7 @@ impl ServersApi {
         request: Request<proto::CreateWebhookRequest>,
     ) -> Result<proto::Webhook, ApiError> {
         let principal = principal(&request)?;
+        let call = audited(&request)?;
         let spec = creation(
             request.get_ref().webhook.as_ref(),
             self.allow_http_webhooks(),
@@ -121,8 +125,20 @@ impl ServersApi {
             secret: sealed,
             created_at: crate::domain::now(),
         };
+        let events: Vec<&str> = created
+            .spec
+            .events
+            .iter()
+            .map(|event| event.as_str())
+            .collect();
+        let changes = audit::created(vec![
+            ("url", Json::from(created.spec.url.as_str())),
+            ("events", Json::from(events)),
+        ]);
+        let record = AuditEvent::new(call.actor().clone(), None, changes, Outcome::ok())
+            .about(format!("webhooks/{id}"));
         self.store()
-            .create_webhook(&created, MAX_WEBHOOKS_PER_TENANT)
+            .create_webhook(&created, MAX_WEBHOOKS_PER_TENANT, &record)
             .await?;
         Ok(proto::Webhook {
             signing_secret: Some(secret),
@@ -190,8 +206,13 @@ impl ServersApi {
         request: Request<proto::DeleteWebhookRequest>,
     ) -> Result<(), ApiError> {
         let principal = principal(&request)?;
+        let call = audited(&request)?;
         let id = parse_webhook_id(&request.get_ref().webhook_id)?;
-        self.store().delete_webhook(principal.tenant_id, id).await?;
+        let record = AuditEvent::new(call.actor().clone(), None, Vec::new(), Outcome::ok())
+            .about(format!("webhooks/{id}"));
+        self.store()
+            .delete_webhook(principal.tenant_id, id, &record)
+            .await?;
         Ok(())
     }
 
@@ -236,6 +257,7 @@ impl ServersApi {
         request: Request<proto::RedeliverWebhookRequest>,
     ) -> Result<proto::WebhookDelivery, ApiError> {
         let principal = principal(&request)?;
+        let call = audited(&request)?;
         let request = request.get_ref();
         let mut violations = Violations::default();
         let webhook = webhook_id(&request.webhook_id, "webhook_id", &mut violations);
@@ -247,9 +269,11 @@ impl ServersApi {
         let (Some(webhook), Some(delivery)) = (webhook, delivery) else {
             return Err(ApiError::invalid("webhook_id", "is required"));
         };
+        let record = AuditEvent::new(call.actor().clone(), None, Vec::new(), Outcome::ok())
+            .about(format!("webhooks/{webhook}/deliveries/{delivery}"));
         let redelivered = self
             .store()
-            .redeliver(principal.tenant_id, webhook, delivery)
+            .redeliver(principal.tenant_id, (webhook, delivery), &record)
             .await?;
         Ok(delivery_to_proto(&redelivered))
     }

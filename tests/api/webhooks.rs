@@ -1005,3 +1005,72 @@ const EVERY_EVENT: [WebhookEvent; 5] = [
     WebhookEvent::LostPosition,
     WebhookEvent::Decommissioned,
 ];
+
+/// CreateWebhook, RedeliverWebhook and DeleteWebhook are in the audit log once each, about the
+/// webhook, with the URL and events created (never the secret); a refused one is recorded too.
+#[test]
+fn webhook_calls_are_in_the_audit_log_once_each_and_without_the_secret() {
+    block_on(async {
+        let app = TestApp::start_with(webhook_options(&[])).await;
+        let mut client = app.client();
+        let url = "https://203.0.113.10/audited";
+        let created = create(&mut client, url, &[WebhookEvent::Decommissioned]).await;
+        let id = created.webhook_id.clone();
+        let secret = created.signing_secret.clone().expect("the secret, once");
+        let unknown_delivery = uuid::Uuid::new_v4().to_string();
+        let status = client
+            .redeliver_webhook(proto::RedeliverWebhookRequest {
+                webhook_id: id.clone(),
+                delivery_id: unknown_delivery,
+            })
+            .await
+            .expect_err("no such delivery");
+        assert_error(&status, Code::NotFound, "DELIVERY_NOT_FOUND");
+        client
+            .delete_webhook(proto::DeleteWebhookRequest {
+                webhook_id: id.clone(),
+            })
+            .await
+            .expect("DeleteWebhook");
+
+        let events = crate::audit::audit_events(&mut client, "").await;
+        let of = |method: &str| -> Vec<&proto::AuditEvent> {
+            events
+                .iter()
+                .filter(|event| event.method == method)
+                .collect()
+        };
+        let [create_record] = of("CreateWebhook")[..] else {
+            panic!("CreateWebhook once: {events:#?}")
+        };
+        assert_eq!(create_record.outcome, "OK");
+        assert_eq!(create_record.resource, format!("webhooks/{id}"));
+        assert_eq!(
+            crate::audit::change(create_record, "url").1,
+            serde_json::json!(url)
+        );
+        assert_eq!(
+            crate::audit::change(create_record, "events").1,
+            serde_json::json!(["decommissioned"])
+        );
+        let [refused] = of("RedeliverWebhook")[..] else {
+            panic!("RedeliverWebhook once: {events:#?}")
+        };
+        assert_eq!(
+            (refused.outcome.as_str(), refused.reason.as_str()),
+            ("NOT_FOUND", "DELIVERY_NOT_FOUND")
+        );
+        let [delete_record] = of("DeleteWebhook")[..] else {
+            panic!("DeleteWebhook once: {events:#?}")
+        };
+        assert_eq!(delete_record.outcome, "OK");
+        assert_eq!(delete_record.resource, format!("webhooks/{id}"));
+        let records = crate::audit::stored_records(&app.db).await;
+        let body = secret.trim_start_matches("whsec_");
+        assert!(
+            records.iter().all(|(_, line)| !line.contains(body)),
+            "the secret is in an audit record"
+        );
+        app.shutdown().await;
+    });
+}

@@ -15,9 +15,10 @@ use uuid::Uuid;
 
 pub use outbox::{Attempt, DeliveryClaim, Finished, OutboxCensus};
 
-use super::{Connection, Store, StoreError, WEBHOOKS_CHANNEL, WriteError, prepared::notify};
+use super::{Connection, Store, StoreError, WEBHOOKS_CHANNEL, WriteError, audit, prepared::notify};
 use crate::domain::{
     Refused, ServerId, TenantId,
+    audit::AuditEvent,
     server::Sealed,
     webhook::{
         Delivery, DeliveryId, DeliveryStatus, EventType, Webhook, WebhookId, WebhookSpec,
@@ -158,8 +159,14 @@ async fn lock_tenant_webhooks(
 }
 
 impl Store {
-    /// Stores a new webhook, unless its tenant already has `limit`.
-    pub async fn create_webhook(&self, webhook: &Webhook, limit: usize) -> Result<(), WriteError> {
+    /// Stores a new webhook, unless its tenant already has `limit`, with the call's audit
+    /// record.
+    pub async fn create_webhook(
+        &self,
+        webhook: &Webhook,
+        limit: usize,
+        audit: &AuditEvent,
+    ) -> Result<(), WriteError> {
         #[derive(QueryableByName)]
         struct Count {
             #[diesel(sql_type = Int8)]
@@ -197,6 +204,7 @@ impl Store {
                 .bind::<Timestamptz, _>(webhook.created_at)
                 .execute(connection)
                 .await?;
+                audit::record(connection, audit).await?;
                 Ok(())
             })
             .await
@@ -245,12 +253,13 @@ impl Store {
         Ok((webhooks, more))
     }
 
-    /// Deletes the tenant's webhook `id` and its deliveries, pending ones included; the webhook
-    /// as it was.
+    /// Deletes the tenant's webhook `id` and its deliveries, pending ones included, with the
+    /// call's audit record; the webhook as it was.
     pub async fn delete_webhook(
         &self,
         tenant: TenantId,
         id: WebhookId,
+        audit: &AuditEvent,
     ) -> Result<Webhook, StoreError> {
         let mut connection = self.connection().await?;
         connection
@@ -264,7 +273,9 @@ impl Store {
                 .get_result(connection)
                 .await
                 .optional()?;
-                row.ok_or(StoreError::WebhookNotFound)?.try_into()
+                let deleted = row.ok_or(StoreError::WebhookNotFound)?.try_into()?;
+                audit::record(connection, audit).await?;
+                Ok(deleted)
             })
             .await
     }
@@ -305,8 +316,8 @@ impl Store {
     pub async fn redeliver(
         &self,
         tenant: TenantId,
-        webhook: WebhookId,
-        delivery: DeliveryId,
+        (webhook, delivery): (WebhookId, DeliveryId),
+        audit: &AuditEvent,
     ) -> Result<Delivery, StoreError> {
         let mut connection = self.connection().await?;
         connection
@@ -340,6 +351,7 @@ impl Store {
                     });
                 }
                 notify(connection, WEBHOOKS_CHANNEL, String::new()).await?;
+                audit::record(connection, audit).await?;
                 let row: DeliveryRow =
                     diesel::sql_query(format!("{DELIVERY_SELECT} WHERE d.id = $1"))
                         .bind::<SqlUuid, _>(delivery.uuid())
