@@ -34,7 +34,7 @@ use crate::{
     stream::{StreamSettings, Streams, StreamsConfig},
     tls,
     watch::Hubs,
-    webhooks::{Deliveries, WebhookSettings},
+    webhooks::Deliveries,
 };
 
 /// Why a replica could not start.
@@ -161,12 +161,10 @@ pub async fn start_with_steps(
     let authenticator = Authenticator::new(stores.api.clone());
     let hubs = Hubs::start(stores.watch.clone(), stopping.clone());
     let targets = Arc::new(target_policy(&config));
-    let agent = agent_settings(&config, agent_id, &outbound_ip, targets.clone());
+    let agent = agent_settings(&config, agent_id, &outbound_ip, targets);
     let notifications = listen(&config, listener_stop.clone());
-    let (engine, streams) = start_engine(&config, &stores, &secrets, agent.clone(), steps);
-    let deliveries = start_webhooks(&config, &stores, &secrets, targets.clone(), &stopping)?;
-    let woken = (engine.clone(), streams.clone(), deliveries);
-    spawn_dispatch(notifications, &hubs, &authenticator, woken);
+    let background = start_background(&config, &stores, &secrets, &agent, steps, &stopping)?;
+    spawn_dispatch(notifications, &hubs, &authenticator, &background);
     let (health, health_service, ready) = start_health(&stores.api, &stopping);
     let housekeeping = housekeeping(&config, &stores, &secrets, &agent);
     tokio::spawn(housekeeping.run(stopping.clone()));
@@ -203,11 +201,18 @@ pub async fn start_with_steps(
         listener_stop,
         ready,
         health,
-        engine,
-        streams,
+        engine: background.engine,
+        streams: background.streams,
         servers: listening.servers,
         grace: config.shutdown_grace,
     })
+}
+
+/// A replica's background work, each woken by the database's notifications.
+struct Background {
+    engine: Arc<Engine>,
+    streams: Arc<Streams>,
+    deliveries: Arc<Deliveries>,
 }
 
 /// Hands the database's notifications to those they concern: the watch hubs, the
@@ -216,44 +221,16 @@ fn spawn_dispatch(
     notifications: mpsc::Receiver<listener::Notification>,
     hubs: &Hubs,
     authenticator: &Arc<Authenticator>,
-    (engine, streams, deliveries): (Arc<Engine>, Arc<Streams>, Arc<Deliveries>),
+    background: &Background,
 ) {
     tokio::spawn(notify::dispatch(
         notifications,
         hubs.clone(),
         authenticator.clone(),
-        engine,
-        streams,
-        deliveries,
+        background.engine.clone(),
+        background.streams.clone(),
+        background.deliveries.clone(),
     ));
-}
-
-/// Starts this replica's webhook delivery workers, until `stopping`.
-fn start_webhooks(
-    config: &Config,
-    stores: &Stores,
-    secrets: &SecretBox,
-    targets: Arc<TargetPolicy>,
-    stopping: &CancellationToken,
-) -> Result<Arc<Deliveries>, AppError> {
-    let settings = WebhookSettings {
-        timeout: config.webhook_timeout,
-        retry_base: config.webhook_retry_base,
-        retry_window: config.webhook_retry_window,
-        max_in_flight: config.max_webhook_deliveries,
-        sweep_interval: config.sweep_interval,
-    };
-    let ca_file = config.webhook_ca_file.as_deref();
-    let deliveries = Deliveries::new(
-        stores.webhooks.clone(),
-        secrets.clone(),
-        targets,
-        ca_file,
-        settings,
-    )
-    .map_err(AppError::Webhooks)?;
-    tokio::spawn(deliveries.clone().run(stopping.clone()));
-    Ok(deliveries)
 }
 
 /// The gRPC health service, its reporter and the /readyz flag, kept up to date with the
@@ -314,8 +291,7 @@ struct Stores {
     engine: Store,
     /// The watch hubs' reads.
     watch: Store,
-    /// The webhook deliveries' claims and outcomes: background work of its own, so a burst of
-    /// deliveries never waits behind the engine's lease renewals, nor they behind it.
+    /// The webhook deliveries' claims and outcomes, apart from the engine's lease renewals.
     webhooks: Store,
     /// The streams' writes to the change index: its own pool, so event volume never starves
     /// the engine's lease renewals.
@@ -347,7 +323,7 @@ impl Stores {
             ..config.database.clone()
         })?;
         let webhooks = Store::connect(&DatabaseConfig {
-            pool_size: WEBHOOK_POOL_SIZE,
+            pool_size: crate::webhooks::POOL_SIZE,
             ..background.clone()
         })?;
         let index_url = config.index_database_url.as_ref();
@@ -469,15 +445,16 @@ fn housekeeping(
     Housekeeping::new(stores.api.clone(), stores.index.clone(), settings)
 }
 
-/// Starts the onboarding engine and the live streams; the engine hands each server it
-/// activates to the streams.
-fn start_engine(
+/// Starts the onboarding engine and the live streams (the engine hands each server it activates
+/// to the streams), and the webhook deliveries, until `stopping`.
+fn start_background(
     config: &Config,
     stores: &Stores,
     secrets: &SecretBox,
-    agent: AgentSettings,
+    agent: &AgentSettings,
     steps: Vec<Arc<dyn Step>>,
-) -> (Arc<Engine>, Arc<Streams>) {
+    stopping: &CancellationToken,
+) -> Result<Background, AppError> {
     let (activated, activations) = mpsc::channel(1024);
     let streams = Streams::new(
         stores.engine.clone(),
@@ -507,14 +484,21 @@ fn start_engine(
                 .max_runners_per_tenant
                 .unwrap_or((config.max_runners / 4).max(1)),
             step_timeout: config.step_timeout,
-            agent,
+            agent: agent.clone(),
         },
         steps,
         activated,
     );
     tokio::spawn(engine.clone().run());
     tokio::spawn(streams.clone().run());
-    (engine, streams)
+    let (store, targets) = (stores.webhooks.clone(), agent.targets.clone());
+    let deliveries = Deliveries::start(store, secrets.clone(), targets, config, stopping.clone())
+        .map_err(AppError::Webhooks)?;
+    Ok(Background {
+        engine,
+        streams,
+        deliveries,
+    })
 }
 
 /// The database's notifications, from a LISTEN connection of its own until `stop`.
@@ -596,9 +580,6 @@ async fn serve(
         servers: vec![grpc_server, http_server],
     })
 }
-
-/// Connections of the webhook deliveries' pool: a claim and an outcome are one statement each.
-const WEBHOOK_POOL_SIZE: usize = 4;
 
 /// How long the engine and the hub wait for a pooled connection.
 const ENGINE_POOL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -156,74 +156,86 @@ impl Housekeeping {
 
     /// One run of `job`; what it removed is logged.
     async fn run_job(&self, job: Job) -> Result<(), StoreError> {
-        let settings = &self.settings;
         match job {
-            Job::Partitions => {
-                let dropped = self
-                    .index
+            Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => {
+                self.remove_named(job).await
+            }
+            Job::RequestIds | Job::History | Job::WebhookDeliveries => self.forget_rows(job).await,
+        }
+    }
+
+    /// The jobs that remove named things (partitions, key checks, agents), each logged by name.
+    async fn remove_named(&self, job: Job) -> Result<(), StoreError> {
+        let settings = &self.settings;
+        let (removed, what): (Vec<String>, &str) = match job {
+            Job::Partitions => (
+                self.index
                     .maintain_change_index(Some(settings.change_retention))
-                    .await?;
-                if !dropped.is_empty() {
-                    tracing::info!(?dropped, "dropped change-event partitions past retention");
-                }
-            }
-            Job::AuditLog => {
-                let dropped = self
-                    .store
+                    .await?,
+                "dropped change-event partitions past retention",
+            ),
+            Job::AuditLog => (
+                self.store
                     .maintain_audit_log(settings.audit_retention)
-                    .await?;
-                if !dropped.is_empty() {
-                    tracing::info!(?dropped, "dropped audit-log partitions past retention");
-                }
-            }
-            Job::RetiredKeyChecks => {
-                let removed = self
-                    .store
+                    .await?,
+                "dropped audit-log partitions past retention",
+            ),
+            Job::RetiredKeyChecks => (
+                self.store
                     .forget_retired_key_checks(&settings.held_keys)
-                    .await?;
-                if !removed.is_empty() {
-                    tracing::info!(?removed, "removed the key checks of retired secrets keys");
-                }
-            }
-            Job::DeadAgents => {
-                let pruned = self
-                    .store
+                    .await?,
+                "removed the key checks of retired secrets keys",
+            ),
+            Job::DeadAgents => (
+                self.store
                     .prune_dead_agents(settings.dead_agents_after)
-                    .await?;
-                if !pruned.is_empty() {
-                    tracing::info!(?pruned, "forgot dead agents that no server names");
-                }
-            }
-            Job::RequestIds => {
-                let forgotten = self.store.forget_request_ids(REQUEST_ID_RETENTION).await?;
-                if forgotten > 0 {
-                    tracing::info!(forgotten, "forgot expired request ids");
-                }
-            }
-            Job::History => {
-                let forgotten = self
-                    .store
-                    .compact_onboarding_history(settings.history_retention)
-                    .await?;
-                if forgotten > 0 {
-                    tracing::info!(forgotten, "compacted onboarding history");
-                }
-                let forgotten = self
-                    .store
-                    .compact_fleet_history(settings.history_retention)
-                    .await?;
-                if forgotten > 0 {
-                    tracing::info!(forgotten, "compacted fleet history");
-                }
-            }
-            Job::WebhookDeliveries => {
-                let forgotten = self
-                    .store
+                    .await?
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                "forgot dead agents that no server names",
+            ),
+            Job::RequestIds | Job::History | Job::WebhookDeliveries => return Ok(()),
+        };
+        if !removed.is_empty() {
+            tracing::info!(?removed, "{what}");
+        }
+        Ok(())
+    }
+
+    /// The jobs that forget rows past their retention, each logged with how many.
+    async fn forget_rows(&self, job: Job) -> Result<(), StoreError> {
+        let settings = &self.settings;
+        let forgotten = match job {
+            Job::RequestIds => vec![(
+                self.store.forget_request_ids(REQUEST_ID_RETENTION).await?,
+                "forgot expired request ids",
+            )],
+            Job::History => vec![
+                (
+                    self.store
+                        .compact_onboarding_history(settings.history_retention)
+                        .await?,
+                    "compacted onboarding history",
+                ),
+                (
+                    self.store
+                        .compact_fleet_history(settings.history_retention)
+                        .await?,
+                    "compacted fleet history",
+                ),
+            ],
+            Job::WebhookDeliveries => vec![(
+                self.store
                     .prune_webhook_deliveries(settings.webhook_retention)
-                    .await?;
-                if forgotten > 0 {
-                    tracing::info!(forgotten, "forgot webhook deliveries past retention");
-                }
+                    .await?,
+                "forgot webhook deliveries past retention",
+            )],
+            Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => vec![],
+        };
+        for (count, what) in forgotten {
+            if count > 0 {
+                tracing::info!(forgotten = count, "{what}");
             }
         }
         Ok(())

@@ -28,6 +28,7 @@ use uuid::Uuid;
 pub use client::{Exchange, Kept, Sender};
 
 use crate::{
+    config::Config,
     domain::{
         target::TargetPolicy,
         webhook::{self, WebhookId, WebhookUrl, headers},
@@ -38,6 +39,10 @@ use crate::{
 
 /// Deliveries a lane sends in a row before it lets another webhook have it.
 const FAIR_SHARE: usize = 10;
+
+/// Connections of the workers' own pool: a claim, and an outcome with the next claim, are one
+/// statement each.
+pub const POOL_SIZE: usize = 4;
 
 /// How the workers deliver.
 #[derive(Debug, Clone)]
@@ -55,6 +60,17 @@ pub struct WebhookSettings {
 }
 
 impl WebhookSettings {
+    /// The settings `serve` was given.
+    pub fn from_config(config: &Config) -> WebhookSettings {
+        WebhookSettings {
+            timeout: config.webhook_timeout,
+            retry_base: config.webhook_retry_base,
+            retry_window: config.webhook_retry_window,
+            max_in_flight: config.max_webhook_deliveries,
+            sweep_interval: config.sweep_interval,
+        }
+    }
+
     /// A claim's lease: the attempt's deadline twice and a margin, so the outcome's write lands
     /// before another replica may take the delivery over.
     fn lease_ttl(&self) -> Duration {
@@ -100,6 +116,21 @@ impl Deliveries {
             wake: Notify::new(),
             busy: Mutex::new(HashSet::new()),
         }))
+    }
+
+    /// The workers `config` asks for over `store`, running until `stop`.
+    pub fn start(
+        store: Store,
+        secrets: SecretBox,
+        targets: Arc<TargetPolicy>,
+        config: &Config,
+        stop: CancellationToken,
+    ) -> Result<Arc<Deliveries>, String> {
+        let settings = WebhookSettings::from_config(config);
+        let ca_file = config.webhook_ca_file.as_deref();
+        let deliveries = Deliveries::new(store, secrets, targets, ca_file, settings)?;
+        tokio::spawn(deliveries.clone().run(stop));
+        Ok(deliveries)
     }
 
     /// Deliveries may be due: look now (NOTIFY, a redelivery, a lane finished).

@@ -44,4 +44,5 @@ mod streaming;
 mod tls;
 mod undo;
 mod validation;
+mod webhook_delivery;
 mod webhooks;

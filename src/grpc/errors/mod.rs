@@ -442,29 +442,22 @@ impl From<WatchError> for Status {
     }
 }
 
+/// NOT_FOUND for a resource a call names that does not exist (or is another tenant's).
+fn not_found(reason: &str, message: &str) -> Status {
+    status(Code::NotFound, reason, message.into(), ErrorDetails::new())
+}
+
 /// The table itself: one arm per store error, each its code, reason and message (what business
 /// rules refuse is `refused_status`, below). It is long because the table is, and splitting it
 /// would scatter the one place a reader checks.
 fn store_status(error: StoreError) -> Status {
     let none = ErrorDetails::new();
     match error {
-        StoreError::NotFound => status(
-            Code::NotFound,
-            "SERVER_NOT_FOUND",
-            "server not found".into(),
-            none,
-        ),
-        StoreError::WebhookNotFound => status(
-            Code::NotFound,
-            "WEBHOOK_NOT_FOUND",
-            "webhook not found".into(),
-            none,
-        ),
-        StoreError::DeliveryNotFound => status(
-            Code::NotFound,
+        StoreError::NotFound => not_found("SERVER_NOT_FOUND", "server not found"),
+        StoreError::WebhookNotFound => not_found("WEBHOOK_NOT_FOUND", "webhook not found"),
+        StoreError::DeliveryNotFound => not_found(
             "DELIVERY_NOT_FOUND",
-            "no delivery of this webhook has that id".into(),
-            none,
+            "no delivery of this webhook has that id",
         ),
         StoreError::Unavailable(cause) => {
             tracing::warn!(%cause, "database unavailable");

@@ -66,12 +66,6 @@ fn refusals_keep_their_codes_reasons_and_messages() {
             "ALREADY_EXISTS",
             "tenant \"acme\" already exists",
         ),
-        (
-            Refused::WebhookLimitReached(20),
-            Code::ResourceExhausted,
-            "WEBHOOK_LIMIT_REACHED",
-            "webhook limit reached (20 of 20); delete one first",
-        ),
     ];
     for (refused, code, expected_reason, message) in cases {
         let status = Status::from(ApiError::from(WriteError::Refused(refused)));
@@ -83,6 +77,17 @@ fn refusals_keep_their_codes_reasons_and_messages() {
     assert_eq!(reason(&status), "SERVER_DECOMMISSIONED");
     let status = Status::from(WriteError::Store(StoreError::NotFound));
     assert_eq!(reason(&status), "SERVER_NOT_FOUND");
+}
+
+#[test]
+fn webhook_errors_keep_their_codes_reasons_and_messages() {
+    let status = Status::from(ApiError::Refused(Refused::WebhookLimitReached(20)));
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&status), "WEBHOOK_LIMIT_REACHED");
+    assert_eq!(
+        status.message(),
+        "webhook limit reached (20 of 20); delete one first"
+    );
     let status = Status::from(StoreError::WebhookNotFound);
     assert_eq!(
         (status.code(), reason(&status)),

@@ -26,6 +26,7 @@ mod proxy;
 mod receiver;
 pub mod sshd;
 pub mod stream;
+mod webhooks;
 
 pub use app::*;
 pub use assert::*;
@@ -34,6 +35,7 @@ pub use onboarding::*;
 pub use process::*;
 pub use proxy::*;
 pub use receiver::*;
+pub use webhooks::*;
 
 use std::collections::BTreeMap;
 use std::future::Future;
