@@ -367,31 +367,17 @@ async fn read(
         match wake {
             Wake::Control => {
                 if holder.must_stop().await {
-                    if !holder.lease_lost() && flush(holder, sink, reader, identity).await.is_ok() {
-                        let _ = sink.settle(holder).await;
-                    }
-                    return SessionEnd::Stopped;
+                    return stop(holder, sink, reader, identity).await;
                 }
             }
             Wake::Written(report) => sink.take(holder, report).await,
-            Wake::Silent => {
-                return SessionEnd::Disconnected(format!(
-                    "no binlog event or heartbeat from {} for {}s (3 heartbeat periods): the connection is presumed dead",
-                    reader.address,
-                    pace.silence.as_secs()
-                ));
-            }
+            Wake::Silent => return silent(reader, pace.silence),
             Wake::Flush => {
                 if let Err(end) = timely_flush(holder, sink, reader, identity, &mut pace).await {
                     return end;
                 }
             }
-            Wake::Event(None) => {
-                return SessionEnd::Disconnected(format!(
-                    "the source at {} ended the binlog stream (dump thread killed or server restarting)",
-                    reader.address
-                ));
-            }
+            Wake::Event(None) => return ended(reader),
             Wake::Event(Some(Err(error))) => {
                 return refusal(&error, context, replica_id, &reader.address);
             }
@@ -411,6 +397,36 @@ async fn read(
             }
         }
     }
+}
+
+/// A stop asked for: what was read is written first, unless the lease is gone.
+async fn stop(
+    holder: &mut Holder,
+    sink: &mut Sink,
+    reader: &mut Reader,
+    identity: &str,
+) -> SessionEnd {
+    if !holder.lease_lost() && flush(holder, sink, reader, identity).await.is_ok() {
+        let _ = sink.settle(holder).await;
+    }
+    SessionEnd::Stopped
+}
+
+/// No event and no heartbeat for `silence`: the connection is presumed dead.
+fn silent(reader: &Reader, silence: Duration) -> SessionEnd {
+    SessionEnd::Disconnected(format!(
+        "no binlog event or heartbeat from {} for {}s (3 heartbeat periods): the connection is presumed dead",
+        reader.address,
+        silence.as_secs()
+    ))
+}
+
+/// The source closed the stream.
+fn ended(reader: &Reader) -> SessionEnd {
+    SessionEnd::Disconnected(format!(
+        "the source at {} ended the binlog stream (dump thread killed or server restarting)",
+        reader.address
+    ))
 }
 
 /// A stream that fails on an event first stores the complete transactions read before it, so
