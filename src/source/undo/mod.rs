@@ -81,6 +81,12 @@ pub enum UndoError {
         parent: String,
         limit: usize,
     },
+    #[error(
+        "changes of this server up to {through} are archived (--hot-retention), and RevertChanges \
+         reads only the changes still in PostgreSQL: {what}; select changes committed after them \
+         (filter: committed_at > \"{through}\")"
+    )]
+    Archived { through: String, what: &'static str },
 }
 
 /// A column's value in an image, which must hold it.

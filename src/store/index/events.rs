@@ -11,7 +11,11 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{ChangeIndex, StreamPosition, copy::CHECKPOINT_UPDATE};
+use super::{
+    ChangeIndex, StreamPosition,
+    archive::{ColdFilter, merge_hot_and_cold},
+    copy::CHECKPOINT_UPDATE,
+};
 use crate::{
     domain::{
         ServerId,
@@ -45,22 +49,23 @@ diesel::table! {
     }
 }
 
-/// A stored event.
+/// A stored event (the archive writes it to its files as it is).
 #[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = change_events, check_for_backend(Pg))]
-struct EventRow {
-    sequence: i64,
-    binlog_file: String,
-    binlog_position: i64,
-    row_index: i32,
-    gtid: String,
-    committed_at: DateTime<Utc>,
-    schema_name: String,
-    table_name: String,
-    operation: String,
-    primary_key: Option<serde_json::Value>,
-    row_before: Option<serde_json::Value>,
-    row_after: Option<serde_json::Value>,
+pub(super) struct EventRow {
+    pub sequence: i64,
+    pub binlog_file: String,
+    pub binlog_position: i64,
+    pub row_index: i32,
+    pub gtid: String,
+    pub committed_at: DateTime<Utc>,
+    pub schema_name: String,
+    pub table_name: String,
+    pub operation: String,
+    pub primary_key: Option<serde_json::Value>,
+    pub row_before: Option<serde_json::Value>,
+    pub row_after: Option<serde_json::Value>,
+    pub indexed_at: DateTime<Utc>,
 }
 
 impl TryFrom<EventRow> for ChangeEvent {
@@ -179,7 +184,7 @@ fn rows_holding_query(
 ) -> diesel::query_builder::BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
     diesel::sql_query(
         "SELECT sequence, binlog_file, binlog_position, row_index, gtid, committed_at, \
-             schema_name, table_name, operation, primary_key, row_before, row_after \
+             schema_name, table_name, operation, primary_key, row_before, row_after, indexed_at \
          FROM (SELECT DISTINCT ON (primary_key) * FROM change_events \
              WHERE server_id = $1 AND schema_name = $2 AND table_name = $3 AND sequence < $4 \
              AND primary_key IN (SELECT primary_key FROM change_events \
@@ -376,7 +381,33 @@ impl ChangeIndex {
         let rows: Vec<EventRow> = row_history_query(server_id, (schema, table), key, limit)
             .load(&mut connection)
             .await?;
-        at_most(rows, limit)
+        let hot = at_most(rows, limit)?;
+        let filter = ColdFilter {
+            table: Some((schema.to_owned(), table.to_owned())),
+            key: Some(key.clone()),
+            ..ColdFilter::default()
+        };
+        let bound = PageBound {
+            rows: limit,
+            bytes: usize::MAX,
+            size: |_: &ChangeEvent| 0,
+        };
+        self.with_archived(&mut connection, server_id, hot, (&filter, 0), &bound)
+            .await
+    }
+
+    /// A page read from the hot rows, merged with the server's archived events after `after`
+    /// that `filter` takes (`archive::cold`); the manifest is read after the hot rows.
+    async fn with_archived(
+        &self,
+        connection: &mut Connection,
+        server_id: ServerId,
+        hot: (Vec<ChangeEvent>, bool),
+        (filter, after): (&ColdFilter, i64),
+        bound: &PageBound<ChangeEvent>,
+    ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+        let files = ChangeIndex::archived_files_after(connection, server_id.uuid(), after).await?;
+        merge_hot_and_cold(self.archive.as_ref(), hot, files, (filter, after), bound).await
     }
 
     /// The rows of `schema.table` whose latest captured change before the sequence `before`
@@ -496,7 +527,8 @@ impl ChangeIndex {
             .await
     }
 
-    /// A page of a server's events after the sequence `after`, oldest first, within `bound`.
+    /// A page of a server's events after the sequence `after`, oldest first, within `bound`,
+    /// from the hot rows and the archive together.
     pub async fn list_change_events(
         &self,
         server_id: ServerId,
@@ -508,7 +540,14 @@ impl ChangeIndex {
         let rows = events_query(server_id, filter, after, bound.rows)
             .load_stream::<EventRow>(&mut connection)
             .await?;
-        let (events, more) = collect_page(rows, bound, ChangeEvent::try_from).await?;
+        let hot = collect_page(rows, bound, ChangeEvent::try_from).await?;
+        let cold = ColdFilter {
+            conditions: filter.conditions.clone(),
+            ..ColdFilter::default()
+        };
+        let (events, more) = self
+            .with_archived(&mut connection, server_id, hot, (&cold, after), bound)
+            .await?;
         Ok(ChangePage { events, more })
     }
 
