@@ -24,8 +24,7 @@ use crate::{
     domain::{
         ServerId, Violations,
         change::{
-            ChangeCondition, ChangeEvent, ChangeFilter, ChangeOperation, Comparison, EventId,
-            FilterGrammar, MAX_EVENT_IDS,
+            ChangeEvent, ChangeFilter, ChangeOperation, EventId, FilterGrammar, MAX_EVENT_IDS,
         },
         server::Server,
         server::StreamOptions,
@@ -463,7 +462,6 @@ impl ServersApi {
             .summarize_selection(query.id, &query.selection)
             .await?;
         refuse_keyless_tables(&summary)?;
-        refuse_archived_selection(self.index(), query.id, &query.selection.filter).await?;
         let tables = server_tables(self, query.id).await?;
         query.selection.through = summary.through.unwrap_or(0);
         // The newest page is read and written now, so that what stops its first statements is
@@ -506,30 +504,6 @@ impl ServersApi {
     }
 }
 
-/// Refuses a selection that may hold archived changes (RevertChanges reads the hot tier only):
-/// one whose filter does not keep to changes committed after the newest archived one.
-async fn refuse_archived_selection(
-    index: &ChangeIndex,
-    id: ServerId,
-    filter: &ChangeFilter,
-) -> Result<(), ApiError> {
-    let Some((_, through)) = index.archived_through(id.uuid()).await? else {
-        return Ok(());
-    };
-    let after_archive = filter.conditions.iter().any(|condition| match condition {
-        ChangeCondition::CommittedAt { comparison, value } => match comparison {
-            Comparison::Greater => *value >= through,
-            Comparison::GreaterOrEqual => *value > through,
-            _ => false,
-        },
-        ChangeCondition::Text { .. } => false,
-    });
-    if after_archive {
-        return Ok(());
-    }
-    Err(archived(through, "the selection may hold archived changes"))
-}
-
 /// Refuses a cascade whose children's images may be archived: those after the sequence `after`
 /// are needed, and the archive holds some of them.
 async fn refuse_archived_images(
@@ -540,7 +514,7 @@ async fn refuse_archived_images(
     match index.archived_through(id.uuid()).await? {
         Some((sequence, through)) if after < sequence => Err(archived(
             through,
-            "the rows an ON DELETE CASCADE deleted are restored from their latest images, which may be archived",
+            "the latest images of the rows this delete's cascade took may be among them",
         )),
         _ => Ok(()),
     }

@@ -82,9 +82,10 @@ pub enum UndoError {
         limit: usize,
     },
     #[error(
-        "changes of this server up to {through} are archived (--hot-retention), and RevertChanges \
-         reads only the changes still in PostgreSQL: {what}; select changes committed after them \
-         (filter: committed_at > \"{through}\")"
+        "changes of this server up to {through} are archived (--hot-retention), and {what}: the \
+         undo of a delete whose ON DELETE CASCADE took rows is written from the changes still in \
+         PostgreSQL only; select changes committed after {through} (filter: committed_at > \
+         \"{through}\"), or undo that delete by hand"
     )]
     Archived { through: String, what: &'static str },
 }

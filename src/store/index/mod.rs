@@ -11,13 +11,15 @@ mod copy;
 mod events;
 mod migrations;
 mod partitions;
+mod selection;
 mod snapshots;
 mod template;
 
 pub use checkpoints::{StreamCheckpoint, StreamGap, StreamPosition};
 pub use copy::{COPY_CONNECTIONS, COPY_MIN_ROWS, CopyConnection};
-pub use events::{ChangePage, ChangeSelection, SelectionSummary};
+pub use events::ChangePage;
 pub use partitions::PartitionWidth;
+pub use selection::{ChangeSelection, SelectionSummary};
 pub use snapshots::{SnapshotVersion, index_schema_name};
 pub use template::{TEMPLATE, template_version};
 

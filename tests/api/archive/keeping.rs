@@ -47,6 +47,10 @@ fn old_partitions_leave_postgresql_through_the_archive_and_its_retention() {
     block_on(async {
         let db = TestDatabase::create().await;
         let postgres = db.connect().await;
+        change_index(&db.url)
+            .migrate()
+            .await
+            .expect("the index's tables");
         let server = ServerId::generate();
         let expired = old_partition(&postgres, 20, &server, 1).await;
         let kept = old_partition(&postgres, 10, &server, 2).await;

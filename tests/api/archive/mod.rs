@@ -65,10 +65,14 @@ async fn change_rows(mariadb: &MariaDb, from: u32) {
         ));
     }
     statements.push(format!(
-        "UPDATE shop.items SET price = price + 1 WHERE id < {}",
+        "UPDATE shop.items SET price = price + 1 WHERE id >= {from} AND id < {}",
         from + 10
     ));
-    statements.push(format!("DELETE FROM shop.items WHERE id >= {}", from + 35));
+    statements.push(format!(
+        "DELETE FROM shop.items WHERE id >= {} AND id < {}",
+        from + 35,
+        from + 40
+    ));
     statements.push(format!(
         "UPDATE shop.items SET note = 'changed' WHERE id = {}",
         from + 5
@@ -106,12 +110,56 @@ async fn pages(
 }
 
 /// What the tests compare before and after archiving: every page at 7 a page, the updates of
-/// shop.items, and row `id`'s history.
+/// shop.items, row `id`'s history, and the undo script of every change.
 #[derive(Debug, PartialEq)]
 struct Reads {
     pages: Vec<proto::ListChangeEventsResponse>,
     updates: Vec<proto::ChangeEvent>,
     history: proto::GetRowHistoryResponse,
+    script: String,
+}
+
+/// Asserts that two reads are the same, part by part; for the scripts, their first different line.
+#[track_caller]
+fn assert_same(read: &Reads, expected: &Reads, what: &str) {
+    assert_eq!(read.pages, expected.pages, "{what}: the pages");
+    assert_eq!(read.updates, expected.updates, "{what}: the filtered list");
+    assert_eq!(read.history, expected.history, "{what}: the row's history");
+    // Every line but the one that says when the script was written.
+    let lines = |script: &str| -> Vec<String> {
+        script
+            .lines()
+            .filter(|line| !line.starts_with("-- Generated: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (lines, wanted) = (lines(&read.script), lines(&expected.script));
+    let mut pairs = lines.iter().zip(&wanted).enumerate();
+    if let Some((number, (line, wanted))) = pairs.find(|(_, (a, b))| a != b) {
+        panic!("{what}: the undo script's line {number} is {line:?}, not {wanted:?}");
+    }
+    assert_eq!(lines.len(), wanted.len(), "{what}: the undo script's lines");
+}
+
+/// The undo SQL of every captured change of shop.items.
+async fn undo_script(client: &mut Client, server_id: &str) -> String {
+    let request = proto::RevertChangesRequest {
+        server_id: server_id.to_owned(),
+        filter: r#"schema = "shop" AND table = "items""#.to_owned(),
+        ..Default::default()
+    };
+    let mut stream = client
+        .revert_changes(request)
+        .await
+        .expect("RevertChanges")
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("the script's next part") {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let script = String::from_utf8(bytes).expect("an ASCII script");
+    assert!(script.contains("COMMIT;"), "{script}");
+    script
 }
 
 async fn reads(client: &mut Client, server_id: &str, id: u32) -> Reads {
@@ -127,6 +175,7 @@ async fn reads(client: &mut Client, server_id: &str, id: u32) -> Reads {
         .expect("GetRowHistory")
         .into_inner();
     Reads {
+        script: undo_script(client, server_id).await,
         pages: pages(client, server_id, "", 7).await,
         updates: all_events(client, server_id, r#"table = "items" AND type = "update""#).await,
         history,

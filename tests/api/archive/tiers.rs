@@ -34,7 +34,7 @@ async fn archive_and_compare(
 
     wait_archived(&postgres, &id, 56, 0).await;
     let cold = reads(&mut client, &id, 6).await;
-    assert_eq!(cold, hot, "the archived events read as the hot ones did");
+    assert_same(&cold, &hot, "the archived events read as the hot ones did");
 
     // New changes stay hot while the first ones are cold: pages run across the boundary.
     change_rows(mariadb, 101).await;
@@ -56,10 +56,10 @@ async fn archive_and_compare(
     held.extend(hot_rows(&postgres, &id).await);
 
     wait_archived(&postgres, &id, 112, 0).await;
-    assert_eq!(
-        reads(&mut client, &id, 6).await,
-        both,
-        "all cold reads as hot and cold did"
+    assert_same(
+        &reads(&mut client, &id, 6).await,
+        &both,
+        "all cold reads as hot and cold did",
     );
     (id, held)
 }

@@ -11,9 +11,13 @@ use parquet::{
     file::{metadata::RowGroupMetaData, statistics::Statistics},
 };
 
-use super::{Archive, ArchivedFile, columns, object_path, unavailable};
+use std::collections::HashSet;
+
+use arrow_array::RecordBatch;
+
+use super::{Archive, ArchivedFile, columns, job::ROWS_PER_GROUP, object_path, unavailable};
 use crate::{
-    domain::change::{ChangeCondition, ChangeEvent, ChangeField, Comparison},
+    domain::change::{ChangeCondition, ChangeEvent, ChangeField, ChangeOperation, Comparison},
     store::{PageBound, StoreError, pages::collect_page},
 };
 
@@ -24,6 +28,10 @@ pub struct ColdFilter {
     pub conditions: Vec<ChangeCondition>,
     pub table: Option<(String, String)>,
     pub key: Option<serde_json::Value>,
+    /// Only these events (`RowChange::event_id`), when given.
+    pub ids: Option<HashSet<String>>,
+    /// Only changes of this kind, when given.
+    pub operation: Option<ChangeOperation>,
 }
 
 impl ColdFilter {
@@ -54,10 +62,10 @@ impl ColdFilter {
         })
     }
 
-    /// Whether a row group's statistics may hold an event of the filter after `after`.
-    fn may_hold_group(&self, group: &RowGroupMetaData, after: i64) -> bool {
+    /// Whether a row group's statistics may hold an event of the filter within `range`.
+    fn may_hold_group(&self, group: &RowGroupMetaData, range: Range) -> bool {
         let sequences = int_range(group, columns::COLUMN_SEQUENCE);
-        if sequences.is_some_and(|(_, max)| max <= after) {
+        if sequences.is_some_and(|(min, max)| max <= range.after || min >= range.before) {
             return false;
         }
         let committed = int_range(group, columns::COLUMN_COMMITTED_AT);
@@ -153,94 +161,157 @@ fn text_range(group: &RowGroupMetaData, column: usize) -> Option<(Vec<u8>, Vec<u
 type Events<'a> =
     std::pin::Pin<Box<dyn Stream<Item = Result<ChangeEvent, StoreError>> + Send + 'a>>;
 
-/// A page of the server's events after `after`: the hot page (read with the same bound, and
-/// whether more hot rows follow) merged with the archived events of `files` that `filter`
+/// The sequences a read takes: after `after` and before `before`.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    pub after: i64,
+    pub before: i64,
+}
+
+impl Range {
+    pub const ALL: Range = Range {
+        after: 0,
+        before: i64::MAX,
+    };
+
+    fn holds(self, sequence: i64) -> bool {
+        self.after < sequence && sequence < self.before
+    }
+}
+
+/// The order a read goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Oldest,
+    Newest,
+}
+
+impl Order {
+    /// Whether `a` comes before `b` in this order.
+    fn first(self, a: i64, b: i64) -> bool {
+        match self {
+            Order::Oldest => a < b,
+            Order::Newest => a > b,
+        }
+    }
+}
+
+/// What a read of the archive takes: the filter, the sequences, the order.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdRead<'a> {
+    pub filter: &'a ColdFilter,
+    pub range: Range,
+    pub order: Order,
+}
+
+/// A page of the server's events: the hot page (read in `read`'s order with the same bound,
+/// and whether more hot rows follow) merged with the archived events of `files` that `read`
 /// takes. When more hot rows follow, the page ends at the last hot row read.
 pub async fn merge_hot_and_cold(
     archive: Option<&Archive>,
     (hot, hot_more): (Vec<ChangeEvent>, bool),
     files: Vec<ArchivedFile>,
-    (filter, after): (&ColdFilter, i64),
+    read: ColdRead<'_>,
     bound: &PageBound<ChangeEvent>,
 ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
     if files.is_empty() {
         return Ok((hot, hot_more));
     }
-    let archive = archive.ok_or_else(|| {
-        StoreError::Archive("events of this server are archived, but no archive is open".into())
-    })?;
+    let archive = opened(archive)?;
     let last_hot = hot.last().map(|event| event.sequence);
-    let cold = cold_events(archive, files, filter, after).try_take_while(move |event| {
-        let before_end = !hot_more || last_hot.is_none_or(|last| event.sequence <= last);
-        std::future::ready(Ok(before_end))
+    let order = read.order;
+    let cold = cold_events(archive, files, read).try_take_while(move |event| {
+        let within = !hot_more || last_hot.is_none_or(|last| !order.first(last, event.sequence));
+        std::future::ready(Ok(within))
     });
     let hot: Events = Box::pin(stream::iter(hot.into_iter().map(Ok)));
-    let (events, more) = collect_page(merge(hot, Box::pin(cold)), bound, Ok).await?;
+    let (events, more) = collect_page(merge(hot, Box::pin(cold), order), bound, Ok).await?;
     Ok((events, more || hot_more))
 }
 
-/// The archived events of `files` (in sequence order, disjoint) after `after` that `filter` takes.
-fn cold_events<'a>(
-    archive: &'a Archive,
-    files: Vec<ArchivedFile>,
-    filter: &'a ColdFilter,
-    after: i64,
-) -> impl Stream<Item = Result<ChangeEvent, StoreError>> + Send + 'a {
-    stream::iter(files.into_iter().filter(|file| filter.may_hold_file(file)))
-        .then(move |file| file_events(archive, file, filter, after))
-        .try_flatten()
+fn opened(archive: Option<&Archive>) -> Result<&Archive, StoreError> {
+    archive.ok_or_else(|| {
+        StoreError::Archive("events of this server are archived, but no archive is open".into())
+    })
 }
 
-/// The events of one file that `filter` takes, its row groups pruned by their statistics.
+/// The archived events of `files` (disjoint, in `read`'s order) that `read` takes.
+pub fn cold_events<'a>(
+    archive: &'a Archive,
+    files: Vec<ArchivedFile>,
+    read: ColdRead<'a>,
+) -> impl Stream<Item = Result<ChangeEvent, StoreError>> + Send + 'a {
+    stream::iter(files.into_iter().filter(move |file| {
+        read.filter.may_hold_file(file)
+            && file.last_sequence > read.range.after
+            && file.first_sequence < read.range.before
+    }))
+    .then(move |file| file_events(archive, file, read))
+    .try_flatten()
+}
+
+/// The events of one file that `read` takes, its row groups pruned by their statistics; newest
+/// first, a row group is read whole (one batch) and turned around.
 async fn file_events<'a>(
     archive: &'a Archive,
     file: ArchivedFile,
-    filter: &'a ColdFilter,
-    after: i64,
+    read: ColdRead<'a>,
 ) -> Result<Events<'a>, StoreError> {
     let reader = ParquetObjectReader::new(archive.store.clone(), object_path(&file.path)?)
         .with_file_size(file.bytes as u64);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(unavailable)?;
-    let groups = builder
+    let mut groups: Vec<usize> = builder
         .metadata()
         .row_groups()
         .iter()
         .enumerate()
-        .filter(|(_, group)| filter.may_hold_group(group, after))
+        .filter(|(_, group)| read.filter.may_hold_group(group, read.range))
         .map(|(index, _)| index)
         .collect();
+    if read.order == Order::Newest {
+        groups.reverse();
+    }
     let batches = builder
         .with_row_groups(groups)
-        .with_batch_size(1024)
+        .with_batch_size(ROWS_PER_GROUP)
         .build()
         .map_err(unavailable)?;
     let events = batches
         .map_err(unavailable)
-        .map_ok(move |batch| {
-            let rows: Vec<Result<ChangeEvent, StoreError>> = (0..batch.num_rows())
-                .filter(|row| columns::sequences(&batch).value(*row) > after)
-                .map(|row| columns::event_at(&batch, row))
-                .filter(|event| {
-                    event.as_ref().is_err() || event.as_ref().is_ok_and(|event| filter.holds(event))
-                })
-                .collect();
-            stream::iter(rows)
-        })
+        .map_ok(move |batch| stream::iter(batch_events(&batch, read)))
         .try_flatten();
     Ok(Box::pin(events))
 }
 
-/// Two streams in sequence order merged into one, an event in both taken once.
+/// The events of a batch that `read` takes, in its order.
+fn batch_events(batch: &RecordBatch, read: ColdRead<'_>) -> Vec<Result<ChangeEvent, StoreError>> {
+    let sequences = columns::sequences(batch);
+    let mut rows: Vec<usize> = (0..batch.num_rows())
+        .filter(|row| read.range.holds(sequences.value(*row)))
+        .collect();
+    if read.order == Order::Newest {
+        rows.reverse();
+    }
+    rows.into_iter()
+        .map(|row| columns::event_at(batch, row))
+        .filter(|event| {
+            event.as_ref().is_err() || event.as_ref().is_ok_and(|event| read.filter.holds(event))
+        })
+        .collect()
+}
+
+/// Two streams in `order` merged into one, an event in both taken once.
 fn merge<'a>(
     hot: Events<'a>,
     cold: Events<'a>,
+    order: Order,
 ) -> impl Stream<Item = Result<ChangeEvent, StoreError>> + 'a {
     let heads: (Option<ChangeEvent>, Option<ChangeEvent>) = (None, None);
     stream::try_unfold(
         (hot, cold, heads),
-        |(mut hot, mut cold, (mut hot_head, mut cold_head))| async move {
+        move |(mut hot, mut cold, (mut hot_head, mut cold_head))| async move {
             if hot_head.is_none() {
                 hot_head = hot.try_next().await?;
             }
@@ -248,11 +319,11 @@ fn merge<'a>(
                 cold_head = cold.try_next().await?;
             }
             let next = match (hot_head.take(), cold_head.take()) {
-                (Some(h), Some(c)) if h.sequence < c.sequence => {
+                (Some(h), Some(c)) if order.first(h.sequence, c.sequence) => {
                     cold_head = Some(c);
                     Some(h)
                 }
-                (Some(h), Some(c)) if c.sequence < h.sequence => {
+                (Some(h), Some(c)) if order.first(c.sequence, h.sequence) => {
                     hot_head = Some(h);
                     Some(c)
                 }

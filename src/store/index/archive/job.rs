@@ -28,9 +28,10 @@ use crate::store::{Connection, StoreError, index::ChangeIndex, index::events::Ev
 
 /// Rows per record batch and per Parquet row group: the unit a read prunes by statistics and
 /// holds in memory at once.
-const ROWS_PER_GROUP: usize = 8192;
-/// How long a claim on a partition lasts before another replica may take it over.
-const LEASE: Duration = Duration::from_secs(600);
+pub(super) const ROWS_PER_GROUP: usize = 8192;
+/// How long a claim on a partition lasts unless renewed (a third of it apart) before another
+/// replica may take it over: what a replica that died while archiving holds a partition up for.
+const LEASE: Duration = Duration::from_secs(60);
 /// Files deleted past retention per run.
 const EXPIRED_PER_RUN: i64 = 1000;
 
@@ -86,32 +87,52 @@ impl ChangeIndex {
             return Ok(ArchiveRun::default());
         };
         let mut run = ArchiveRun::default();
-        for partition in self
-            .closed_partitions(cutoff(settings.hot_retention + CLOSE_GRACE))
-            .await?
-        {
-            let Some(claimed) = self
-                .claim_partition(&partition, &settings.holder, LEASE)
-                .await?
-            else {
-                continue;
-            };
-            match self
-                .archive_claimed(&archive, &claimed, settings, &mut run)
-                .await
-            {
-                Ok(()) => self.release_partition(&claimed, None).await?,
-                Err(error) => {
-                    let failure = error.to_string();
-                    self.release_partition(&claimed, Some(&failure)).await?;
-                    return Err(error);
-                }
-            }
+        let cutoff = cutoff(settings.hot_retention + CLOSE_GRACE);
+        for partition in self.closed_partitions(cutoff).await? {
+            self.archive_partition(&archive, &partition, settings, &mut run)
+                .await?;
         }
         run.expired_files = self
             .delete_expired(&archive, settings.archive_retention)
             .await?;
         Ok(run)
+    }
+
+    /// Claims `partition` (unless another replica holds it) and archives it while the claim
+    /// holds; gives the claim back after, with the failure if there was one.
+    async fn archive_partition(
+        &self,
+        archive: &Archive,
+        partition: &Partition,
+        settings: &ArchiveSettings,
+        run: &mut ArchiveRun,
+    ) -> Result<(), StoreError> {
+        let Some(claimed) = self
+            .claim_partition(partition, &settings.holder, LEASE)
+            .await?
+        else {
+            return Ok(());
+        };
+        let outcome = tokio::select! {
+            outcome = self.archive_claimed(archive, &claimed, settings, run) => outcome,
+            lost = self.keep_claim(&claimed) => Err(lost),
+        };
+        let failure = outcome.as_ref().err().map(ToString::to_string);
+        self.release_partition(&claimed, failure.as_deref()).await?;
+        outcome
+    }
+
+    /// Renews the claim on a partition a third of its lease apart, for as long as it is held;
+    /// the error when it is not.
+    async fn keep_claim(&self, claimed: &Claimed) -> StoreError {
+        loop {
+            tokio::time::sleep(LEASE / 3).await;
+            match self.renew_claim(claimed, LEASE).await {
+                Ok(true) => {}
+                Ok(false) => return StoreError::Fenced,
+                Err(error) => return error,
+            }
+        }
     }
 
     /// Archives a claimed partition (unless a crash left it archived) and drops it.

@@ -10,6 +10,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::{Order, Range};
 use crate::store::{Connection, StoreError, index::ChangeIndex};
 
 /// A partition of `change_events` as the registry holds it.
@@ -174,6 +175,25 @@ impl ChangeIndex {
         }))
     }
 
+    /// Extends a claim by `lease`; false when another holder took the partition since.
+    pub async fn renew_claim(
+        &self,
+        claimed: &Claimed,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let renewed = diesel::sql_query(
+            "UPDATE change_partitions SET lease_until = now() + $3 \
+             WHERE name = $1 AND lease_epoch = $2",
+        )
+        .bind::<Text, _>(&claimed.partition.name)
+        .bind::<BigInt, _>(claimed.epoch)
+        .bind::<Interval, _>(pg_interval(lease))
+        .execute(&mut connection)
+        .await?;
+        Ok(renewed == 1)
+    }
+
     /// Gives a claimed partition's lease back (after its work, or a failure recorded with it).
     pub async fn release_partition(
         &self,
@@ -294,19 +314,25 @@ impl ChangeIndex {
             .await
     }
 
-    /// The manifest's files of `server_id` holding events after the sequence `after`, in
-    /// sequence order.
-    pub async fn archived_files_after(
+    /// The manifest's files of `server_id` that may hold events within `range`, in `order`.
+    pub async fn archived_files(
         connection: &mut Connection,
         server_id: Uuid,
-        after: i64,
+        range: Range,
+        order: Order,
     ) -> Result<Vec<ArchivedFile>, StoreError> {
+        let direction = match order {
+            Order::Oldest => "ASC",
+            Order::Newest => "DESC",
+        };
         Ok(diesel::sql_query(format!(
             "SELECT {FILE_COLUMNS} FROM change_archive_files \
-             WHERE server_id = $1 AND last_sequence > $2 ORDER BY first_sequence"
+             WHERE server_id = $1 AND last_sequence > $2 AND first_sequence < $3 \
+             ORDER BY first_sequence {direction}"
         ))
         .bind::<SqlUuid, _>(server_id)
-        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(range.after)
+        .bind::<BigInt, _>(range.before)
         .load(connection)
         .await?)
     }
