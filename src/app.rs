@@ -30,7 +30,11 @@ use crate::{
     proto::servers_service_server::ServersServiceServer,
     secrets::{SecretBox, SecretsError},
     source::schema::SnapshotLimits,
-    store::{self, ChangeIndex, Store, StoreError, listener},
+    store::{
+        self, ChangeIndex, Store, StoreError,
+        index::archive::{Archive, ArchiveLocation, ArchiveSettings, Failpoint},
+        listener,
+    },
     stream::{StreamSettings, Streams, StreamsConfig},
     tls,
     watch::Hubs,
@@ -59,6 +63,8 @@ pub enum AppError {
     },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("archive: {0}")]
+    Archive(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("REST routes: {0}")]
@@ -152,6 +158,7 @@ pub async fn start_with_steps(
     steps: Vec<Arc<dyn Step>>,
 ) -> Result<RunningApp, AppError> {
     let metrics = metrics_handle();
+    let archive = archive_settings(&config)?;
     let stores = Stores::open(&config).await?;
     let secrets = open_secrets(&config, &stores.api).await?;
     bootstrap_first_key(&stores.api).await?;
@@ -166,7 +173,7 @@ pub async fn start_with_steps(
     let background = start_background(&config, &stores, &secrets, &agent, steps, &stopping)?;
     spawn_dispatch(notifications, &hubs, &authenticator, &background);
     let (health, health_service, ready) = start_health(&stores.api, &stopping);
-    let housekeeping = housekeeping(&config, &stores, &secrets, &agent);
+    let housekeeping = housekeeping(&config, &stores, &secrets, &agent, archive);
     tokio::spawn(housekeeping.run(stopping.clone()));
     let api = servers_api(
         &stores.api,
@@ -330,18 +337,23 @@ impl Stores {
         if let Some(url) = index_url {
             store::create_database(url).await?;
         }
+        let archive = open_archive(config)?;
         let index = ChangeIndex::connect(&DatabaseConfig {
             database_url: Some(index_url.map_or(url, String::as_str).to_owned()),
             ..background
-        })?;
+        })?
+        .with_archive(archive.clone());
         let index_reader = match index_url {
             Some(url) => ChangeIndex::connect(&DatabaseConfig {
                 database_url: Some(url.clone()),
                 ..config.database.clone()
             })?,
             None => ChangeIndex::sharing(api.clone()),
-        };
-        index.prepare_change_index().await?;
+        }
+        .with_archive(archive);
+        index
+            .prepare_change_index(config.change_partition_width)
+            .await?;
         // The audit log's partitions, before the first call or bootstrap writes into them.
         api.prepare_audit_log().await?;
         Ok(Stores {
@@ -353,6 +365,43 @@ impl Stores {
             index_reader,
         })
     }
+}
+
+/// The archive of closed change partitions: `--archive-url`, or `archive` under the data
+/// directory.
+fn open_archive(config: &Config) -> Result<Archive, AppError> {
+    let location = match &config.archive_url {
+        Some(url) => ArchiveLocation::parse(url).map_err(AppError::Archive)?,
+        None => ArchiveLocation::Directory(config.data_dir.join("archive")),
+    };
+    Archive::open(location).map_err(AppError::Archive)
+}
+
+/// What the archive job keeps hot and for how long it keeps files, checked together.
+fn archive_settings(config: &Config) -> Result<ArchiveSettings, AppError> {
+    if config.archive_retention < config.hot_retention {
+        return Err(AppError::Archive(format!(
+            "--archive-retention ({}) is shorter than --hot-retention ({}): events would be deleted as they are archived; make it at least as long",
+            humantime::format_duration(config.archive_retention),
+            humantime::format_duration(config.hot_retention)
+        )));
+    }
+    let failpoint = config
+        .archive_failpoint
+        .as_deref()
+        .map(Failpoint::parse)
+        .transpose()
+        .map_err(AppError::Archive)?;
+    Ok(ArchiveSettings {
+        hot_retention: config.hot_retention,
+        archive_retention: config.archive_retention,
+        holder: format!(
+            "{}:{}",
+            gethostname::gethostname().to_string_lossy(),
+            uuid::Uuid::new_v4()
+        ),
+        failpoint,
+    })
 }
 
 /// The secrets key, from the configuration or the data directory (generated there on first
@@ -432,10 +481,12 @@ fn housekeeping(
     stores: &Stores,
     secrets: &SecretBox,
     agent: &AgentSettings,
+    archive: ArchiveSettings,
 ) -> Housekeeping {
     let settings = HousekeepingSettings {
         history_retention: config.history_retention,
-        change_retention: config.change_retention,
+        partition_width: config.change_partition_width,
+        archive,
         audit_retention: config.audit_retention,
         // Twice the time after which a dead agent's servers move: by then they have.
         dead_agents_after: agent.replaced_after * 2,

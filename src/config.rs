@@ -4,7 +4,10 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::{domain::target::IpRange, tls::TlsFiles};
+use crate::{
+    domain::{partition::PartitionWidth, target::IpRange},
+    tls::TlsFiles,
+};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -271,9 +274,31 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_HISTORY_RETENTION", default_value = "7days", value_parser = positive_duration)]
     pub history_retention: Duration,
 
-    /// Captured change events older than this are dropped, a day's partition at a time.
-    #[arg(long, env = "DBTRAIL_CHANGE_RETENTION", default_value = "14days", value_parser = humantime::parse_duration)]
-    pub change_retention: Duration,
+    /// The width of the change index's time partitions: the unit the archive takes (a whole
+    /// number of minutes, 1m to 1day).
+    #[arg(long, env = "DBTRAIL_CHANGE_PARTITION_WIDTH", default_value = "1h", value_parser = parse_partition_width)]
+    pub change_partition_width: PartitionWidth,
+
+    /// A partition of change events is archived (Parquet, --archive-url) and dropped from
+    /// PostgreSQL once it ended this long ago; 0s archives each as soon as it closes.
+    #[arg(long, env = "DBTRAIL_HOT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub hot_retention: Duration,
+
+    /// Where archived change events go: s3://bucket/prefix (AWS_* environment, AWS_ENDPOINT for
+    /// S3-compatible stores), gs://bucket/prefix, az://container/prefix, or a directory.
+    /// Default: the directory `archive` under --data-dir.
+    #[arg(long, env = "DBTRAIL_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+
+    /// Archived change events older than this are deleted, a partition's files at a time (the
+    /// whole life of a captured change: hot, then archived). At least --hot-retention.
+    #[arg(long, alias = "change-retention", env = "DBTRAIL_ARCHIVE_RETENTION", default_value = "14days", value_parser = humantime::parse_duration)]
+    pub archive_retention: Duration,
+
+    /// Test only: the archive stops at this point (after-upload, after-manifest) until the
+    /// process is killed.
+    #[arg(long, env = "DBTRAIL_ARCHIVE_FAILPOINT", hide = true)]
+    pub archive_failpoint: Option<String>,
 
     /// Audit events older than this are dropped, a month's partition at a time once all of it
     /// is older (so an event is kept at least this long). At least a day.
@@ -375,6 +400,11 @@ fn positive_duration(value: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".to_owned());
     }
     Ok(duration)
+}
+
+/// `--change-partition-width`: whole minutes from 1m to 1day.
+fn parse_partition_width(value: &str) -> Result<PartitionWidth, String> {
+    PartitionWidth::new(humantime::parse_duration(value).map_err(|error| error.to_string())?)
 }
 
 /// A duration of at least a day ("400days", "90d").

@@ -1,6 +1,7 @@
 //! Every periodic job of a replica, on one schedule: expired request ids, onboarding history
-//! past retention, the change index's daily partitions and the audit log's monthly ones (made
-//! ahead, dropped whole past retention), dead agents no server names any more, the key checks
+//! past retention, the change index's time partitions (made ahead, archived and dropped once
+//! closed past the hot retention, their files deleted past the archive's) and the audit log's
+//! monthly ones (made ahead, dropped whole past retention), dead agents no server names any more, the key checks
 //! of retired secrets keys, and finished webhook deliveries past retention.
 //!
 //! Every replica runs them; each is safe to run on several at once. A job that fails is logged,
@@ -11,7 +12,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ChangeIndex, Store, StoreError};
+use crate::{
+    domain::partition::PartitionWidth,
+    store::{ChangeIndex, Store, StoreError, index::archive::ArchiveSettings},
+};
 
 /// How long a request id is remembered: retries come within minutes, not days.
 const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -29,8 +33,10 @@ const TICK: Duration = Duration::from_secs(1);
 pub struct HousekeepingSettings {
     /// Onboarding revisions older than this are forgotten (each server's newest stays).
     pub history_retention: Duration,
-    /// Change events older than this are dropped, a day's partition at a time.
-    pub change_retention: Duration,
+    /// The width of the change index's partitions.
+    pub partition_width: PartitionWidth,
+    /// What the archive keeps hot, and how long it keeps files.
+    pub archive: ArchiveSettings,
     /// Audit events older than this are dropped, a month's partition at a time.
     pub audit_retention: Duration,
     /// An agent silent this long, whose servers all moved, is forgotten.
@@ -45,6 +51,7 @@ pub struct HousekeepingSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Job {
     Partitions,
+    Archive,
     AuditLog,
     RetiredKeyChecks,
     DeadAgents,
@@ -53,8 +60,9 @@ enum Job {
     WebhookDeliveries,
 }
 
-const JOBS: [Job; 7] = [
+const JOBS: [Job; 8] = [
     Job::Partitions,
+    Job::Archive,
     Job::AuditLog,
     Job::RetiredKeyChecks,
     Job::DeadAgents,
@@ -67,6 +75,7 @@ impl Job {
     fn name(self) -> &'static str {
         match self {
             Job::Partitions => "change_index_partitions",
+            Job::Archive => "change_archive",
             Job::AuditLog => "audit_log_partitions",
             Job::RetiredKeyChecks => "retired_key_checks",
             Job::DeadAgents => "dead_agents",
@@ -77,8 +86,15 @@ impl Job {
     }
 
     fn interval(self, settings: &HousekeepingSettings) -> Duration {
+        let width = settings.partition_width.duration();
         match self {
-            Job::Partitions | Job::AuditLog => PARTITIONS_INTERVAL,
+            // Well within the partitions kept ready ahead.
+            Job::Partitions => {
+                PARTITIONS_INTERVAL.min(width * settings.partition_width.ahead() as u32 / 4)
+            }
+            // A quarter of a partition's width: a closed one waits little.
+            Job::Archive => (width / 4).min(CLEANUP_INTERVAL),
+            Job::AuditLog => PARTITIONS_INTERVAL,
             // At least twice per retention period.
             Job::History => (settings.history_retention / 2).min(CLEANUP_INTERVAL),
             Job::RetiredKeyChecks | Job::DeadAgents | Job::RequestIds | Job::WebhookDeliveries => {
@@ -91,7 +107,11 @@ impl Job {
     /// partitions it writes into, what replicas before it left), after an interval otherwise.
     fn first_run(self, settings: &HousekeepingSettings, start: Instant) -> Instant {
         match self {
-            Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => start,
+            Job::Partitions
+            | Job::Archive
+            | Job::AuditLog
+            | Job::RetiredKeyChecks
+            | Job::DeadAgents => start,
             Job::RequestIds | Job::History | Job::WebhookDeliveries => {
                 start + self.interval(settings)
             }
@@ -157,9 +177,13 @@ impl Housekeeping {
     /// One run of `job`; what it removed is logged.
     async fn run_job(&self, job: Job) -> Result<(), StoreError> {
         match job {
-            Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => {
-                self.remove_named(job).await
+            Job::Partitions => {
+                self.index
+                    .maintain_change_index(self.settings.partition_width)
+                    .await
             }
+            Job::Archive => self.archive().await,
+            Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => self.remove_named(job).await,
             Job::RequestIds | Job::History | Job::WebhookDeliveries => self.forget_rows(job).await,
         }
     }
@@ -168,12 +192,6 @@ impl Housekeeping {
     async fn remove_named(&self, job: Job) -> Result<(), StoreError> {
         let settings = &self.settings;
         let (removed, what): (Vec<String>, &str) = match job {
-            Job::Partitions => (
-                self.index
-                    .maintain_change_index(Some(settings.change_retention))
-                    .await?,
-                "dropped change-event partitions past retention",
-            ),
             Job::AuditLog => (
                 self.store
                     .maintain_audit_log(settings.audit_retention)
@@ -195,10 +213,38 @@ impl Housekeeping {
                     .collect(),
                 "forgot dead agents that no server names",
             ),
-            Job::RequestIds | Job::History | Job::WebhookDeliveries => return Ok(()),
+            Job::Partitions
+            | Job::Archive
+            | Job::RequestIds
+            | Job::History
+            | Job::WebhookDeliveries => {
+                return Ok(());
+            }
         };
         if !removed.is_empty() {
             tracing::info!(?removed, "{what}");
+        }
+        Ok(())
+    }
+
+    /// Archives the partitions due and deletes files past retention; the archive's lag (how
+    /// long the oldest partition due has waited) is a gauge.
+    async fn archive(&self) -> Result<(), StoreError> {
+        let settings = &self.settings.archive;
+        let outcome = self.index.archive_due(settings).await;
+        let due = chrono::Utc::now()
+            - chrono::Duration::from_std(settings.hot_retention).unwrap_or(chrono::Duration::MAX);
+        let lag = self
+            .index
+            .oldest_closed_partition(due)
+            .await?
+            .map_or(0.0, |ended| {
+                (due - ended).to_std().unwrap_or_default().as_secs_f64()
+            });
+        metrics::gauge!("dbtrail_archive_lag_seconds").set(lag);
+        let run = outcome?;
+        if !run.partitions.is_empty() || run.expired_files > 0 {
+            tracing::info!(partitions = ?run.partitions, rows = run.rows, bytes = run.bytes, expired_files = run.expired_files, "archived change partitions");
         }
         Ok(())
     }
@@ -231,7 +277,11 @@ impl Housekeeping {
                     .await?,
                 "forgot webhook deliveries past retention",
             )],
-            Job::Partitions | Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => vec![],
+            Job::Partitions
+            | Job::Archive
+            | Job::AuditLog
+            | Job::RetiredKeyChecks
+            | Job::DeadAgents => vec![],
         };
         for (count, what) in forgotten {
             if count > 0 {

@@ -6,6 +6,7 @@
 //! postgres://postgres@127.0.0.1:5432/postgres); B8, B10 and B13 start a private MariaDB from the
 //! installed binaries. `scripts/bench` starts and installs what is missing, then runs this.
 
+mod archive;
 mod client;
 mod fleet;
 mod load;
@@ -142,6 +143,9 @@ async fn main() {
     }
     if wanted("B13") {
         undo::undo(&database_url(&fresh_database_name()), &mut rows).await;
+    }
+    if wanted("B16") {
+        archive::archive(&database_url(&fresh_database_name()), &mut rows).await;
     }
     if wanted("B14") {
         webhooks::webhooks(&database_url(&fresh_database_name()), &mut rows).await;

@@ -148,7 +148,7 @@ async fn wait_indexed_sampling(
     }
 }
 
-async fn postgres(url: &str) -> tokio_postgres::Client {
+pub async fn postgres(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect to the service's PostgreSQL");
@@ -232,6 +232,15 @@ async fn sustained(
 /// A private MariaDB with `shop.events`, onboarded by a fresh replica until its stream runs:
 /// the MariaDB, the replica, its key and the server's id.
 pub async fn onboarded(database_url: &str, label: &str) -> (MariaDb, Replica, String, String) {
+    onboarded_with(database_url, label, &[]).await
+}
+
+/// `onboarded`, the replica started with `extra` arguments.
+pub async fn onboarded_with(
+    database_url: &str,
+    label: &str,
+    extra: &[&str],
+) -> (MariaDb, Replica, String, String) {
     let mariadb = MariaDb::start().await;
     mariadb
         .create_user(
@@ -247,7 +256,7 @@ pub async fn onboarded(database_url: &str, label: &str) -> (MariaDb, Replica, St
              amount DECIMAL(10,2)) ENGINE=InnoDB",
         ])
         .await;
-    let replica = Replica::start(label, database_url, &[]).await;
+    let replica = Replica::start(label, database_url, extra).await;
     let key = replica
         .bootstrap_key
         .clone()

@@ -20,6 +20,19 @@ pub enum Comparison {
 }
 
 impl Comparison {
+    /// Whether a value that compares to the operand as `ordering` passes.
+    pub fn holds(self, ordering: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        match self {
+            Comparison::Equals => ordering == Equal,
+            Comparison::NotEquals => ordering != Equal,
+            Comparison::Less => ordering == Less,
+            Comparison::LessOrEqual => ordering != Greater,
+            Comparison::Greater => ordering == Greater,
+            Comparison::GreaterOrEqual => ordering != Less,
+        }
+    }
+
     /// The operator as a filter writes it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,6 +7,7 @@ pub mod comparisons;
 pub mod fields;
 pub mod filter;
 pub mod onboarding;
+pub mod partition;
 pub mod rules;
 pub mod schema_change;
 pub mod server;

@@ -273,6 +273,7 @@ impl Cascade<'_> {
                 .map_or(parent.after, |deleted| deleted.max(parent.after)),
             None => parent.after,
         };
+        refuse_archived_images(self.index, self.id, after).await?;
         for (child_schema, child_table, child_columns, key) in children {
             let child = Child {
                 schema: child_schema,
@@ -501,6 +502,29 @@ impl ServersApi {
         };
         Ok(download(writer, id))
     }
+}
+
+/// Refuses a cascade whose children's images may be archived: those after the sequence `after`
+/// are needed, and the archive holds some of them.
+async fn refuse_archived_images(
+    index: &ChangeIndex,
+    id: ServerId,
+    after: i64,
+) -> Result<(), ApiError> {
+    match index.archived_through(id.uuid()).await? {
+        Some((sequence, through)) if after < sequence => Err(archived(
+            through,
+            "the latest images of the rows this delete's cascade took may be among them",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn archived(through: chrono::DateTime<chrono::Utc>, what: &'static str) -> ApiError {
+    ApiError::Undo(UndoError::Archived {
+        through: through.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        what,
+    })
 }
 
 /// Refuses a selection with changes of a table that has no primary key, naming the tables.

@@ -87,6 +87,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(diesel::result::Error),
+    /// The archive's object store failed, or a file in it is not what the manifest says.
+    #[error("the change archive failed: {0}")]
+    Archive(String),
 }
 
 /// Why a write that a business rule may refuse did not happen: refused, or the store failed.

@@ -5,6 +5,7 @@
 mod common;
 mod rest_common;
 
+mod archive;
 mod audit;
 mod auth;
 mod binlog_files;

@@ -800,49 +800,6 @@ fn a_killed_replica_s_stream_resumes_elsewhere_with_every_event_once() {
 }
 
 #[test]
-fn retention_drops_whole_partitions_past_it_and_keeps_the_rest() {
-    block_on(async {
-        let app = TestApp::start().await;
-        let store = change_index(&app.db.url);
-        let database = app.db.connect().await;
-        let old_day = chrono::Utc::now().date_naive() - chrono::Days::new(20);
-        let old = format!("change_events_{}", old_day.format("%Y%m%d"));
-        database
-            .batch_execute(&format!(
-                "CREATE TABLE {old} PARTITION OF change_events FOR VALUES FROM ('{old_day}') \
-                     TO ('{}'); INSERT INTO change_events (server_id, sequence, binlog_file, \
-                     binlog_position, row_index, committed_at, schema_name, table_name, operation, \
-                     indexed_at) VALUES (gen_random_uuid(), 1, 'mysql-bin.000001', 4, 0, now(), \
-                     's', 't', 'insert', '{old_day} 12:00:00+00')",
-                old_day + chrono::Days::new(1)
-            ))
-            .await
-            .expect("an old partition with an event");
-        let before = store.change_partitions().await.expect("partitions");
-        assert!(before.contains(&old), "{before:?}");
-
-        let dropped = store
-            .maintain_change_index(Some(Duration::from_secs(14 * 24 * 3600)))
-            .await
-            .expect("maintenance");
-        assert_eq!(dropped, vec![old.clone()]);
-        let after = store.change_partitions().await.expect("partitions");
-        assert!(!after.contains(&old), "{after:?}");
-        let today = format!(
-            "change_events_{}",
-            chrono::Utc::now().date_naive().format("%Y%m%d")
-        );
-        assert!(after.contains(&today), "today's partition stays: {after:?}");
-        assert_eq!(
-            after.len(),
-            before.len() - 1,
-            "only the expired one went: {after:?}"
-        );
-        app.shutdown().await;
-    });
-}
-
-#[test]
 fn the_change_index_can_live_in_its_own_database() {
     block_on(async {
         let index = TestDatabase::reserve();

@@ -468,6 +468,15 @@ fn store_status(error: StoreError) -> Status {
                 none,
             )
         }
+        StoreError::Archive(cause) => {
+            tracing::warn!(%cause, "change archive unavailable");
+            status(
+                Code::Unavailable,
+                "ARCHIVE_UNAVAILABLE",
+                "the archive of older change events cannot be read now; retry shortly".into(),
+                none,
+            )
+        }
         StoreError::Fenced => status(
             Code::Aborted,
             "CONCURRENT_CHANGE",
@@ -613,6 +622,7 @@ fn undo_status(error: UndoError) -> Status {
         UndoError::TooManyCascaded { table, .. } => {
             precondition("TOO_MANY_CASCADED_ROWS", table, message)
         }
+        UndoError::Archived { .. } => precondition("CHANGES_ARCHIVED", "filter", message),
     }
 }
 

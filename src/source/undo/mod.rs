@@ -81,6 +81,13 @@ pub enum UndoError {
         parent: String,
         limit: usize,
     },
+    #[error(
+        "changes of this server up to {through} are archived (--hot-retention), and {what}: the \
+         undo of a delete whose ON DELETE CASCADE took rows is written from the changes still in \
+         PostgreSQL only; select changes committed after {through} (filter: committed_at > \
+         \"{through}\"), or undo that delete by hand"
+    )]
+    Archived { through: String, what: &'static str },
 }
 
 /// A column's value in an image, which must hold it.

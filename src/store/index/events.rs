@@ -11,13 +11,17 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{ChangeIndex, StreamPosition, copy::CHECKPOINT_UPDATE};
+use super::{
+    ChangeIndex, StreamPosition,
+    archive::{ColdFilter, ColdRead, Order, Range, merge_hot_and_cold},
+    copy::CHECKPOINT_UPDATE,
+};
 use crate::{
     domain::{
         ServerId,
         change::{
             ChangeCondition, ChangeEvent, ChangeField, ChangeFilter, ChangeOperation, Comparison,
-            EventId, RowChange,
+            RowChange,
         },
     },
     store::{
@@ -45,22 +49,23 @@ diesel::table! {
     }
 }
 
-/// A stored event.
+/// A stored event (the archive writes it to its files as it is).
 #[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = change_events, check_for_backend(Pg))]
-struct EventRow {
-    sequence: i64,
-    binlog_file: String,
-    binlog_position: i64,
-    row_index: i32,
-    gtid: String,
-    committed_at: DateTime<Utc>,
-    schema_name: String,
-    table_name: String,
-    operation: String,
-    primary_key: Option<serde_json::Value>,
-    row_before: Option<serde_json::Value>,
-    row_after: Option<serde_json::Value>,
+pub(super) struct EventRow {
+    pub sequence: i64,
+    pub binlog_file: String,
+    pub binlog_position: i64,
+    pub row_index: i32,
+    pub gtid: String,
+    pub committed_at: DateTime<Utc>,
+    pub schema_name: String,
+    pub table_name: String,
+    pub operation: String,
+    pub primary_key: Option<serde_json::Value>,
+    pub row_before: Option<serde_json::Value>,
+    pub row_after: Option<serde_json::Value>,
+    pub indexed_at: DateTime<Utc>,
 }
 
 impl TryFrom<EventRow> for ChangeEvent {
@@ -89,7 +94,10 @@ impl TryFrom<EventRow> for ChangeEvent {
 }
 
 /// The first `limit` of `rows` (read with one more) as events, and whether more follow.
-fn at_most(mut rows: Vec<EventRow>, limit: usize) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+pub(super) fn at_most(
+    mut rows: Vec<EventRow>,
+    limit: usize,
+) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
     let more = rows.len() > limit;
     rows.truncate(limit);
     let events = rows
@@ -108,7 +116,8 @@ pub struct ChangePage {
 
 type EventQuery<'a> =
     change_events::BoxedQuery<'a, Pg, diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<EventRow, Pg>>>;
-type EventCondition = Box<dyn BoxableExpression<change_events::table, Pg, SqlType = Bool>>;
+pub(super) type EventCondition =
+    Box<dyn BoxableExpression<change_events::table, Pg, SqlType = Bool>>;
 
 /// `column <comparison> value` as a boxed condition.
 macro_rules! compare {
@@ -126,7 +135,7 @@ macro_rules! compare {
     }};
 }
 
-fn event_condition(condition: &ChangeCondition) -> EventCondition {
+pub(super) fn event_condition(condition: &ChangeCondition) -> EventCondition {
     match condition {
         ChangeCondition::Text {
             field,
@@ -179,7 +188,7 @@ fn rows_holding_query(
 ) -> diesel::query_builder::BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
     diesel::sql_query(
         "SELECT sequence, binlog_file, binlog_position, row_index, gtid, committed_at, \
-             schema_name, table_name, operation, primary_key, row_before, row_after \
+             schema_name, table_name, operation, primary_key, row_before, row_after, indexed_at \
          FROM (SELECT DISTINCT ON (primary_key) * FROM change_events \
              WHERE server_id = $1 AND schema_name = $2 AND table_name = $3 AND sequence < $4 \
              AND primary_key IN (SELECT primary_key FROM change_events \
@@ -220,149 +229,7 @@ fn events_query<'a>(
     query
 }
 
-/// The changes a RevertChanges call selects: a filter, a list of ids (when given, both hold),
-/// and the newest sequence taken (so that changes captured while the script is written are not
-/// part of it).
-#[derive(Debug, Clone)]
-pub struct ChangeSelection {
-    pub filter: ChangeFilter,
-    pub event_ids: Option<Vec<EventId>>,
-    pub through: i64,
-}
-
-/// What a selection holds, read before its script is written.
-#[derive(Debug, Default)]
-pub struct SelectionSummary {
-    pub count: i64,
-    /// The newest sequence selected, the bound of the pages that follow.
-    pub through: Option<i64>,
-    /// The oldest change selected.
-    pub oldest: Option<ChangeEvent>,
-    /// Tables of the selection whose changes carry no primary key (the table had none then).
-    pub keyless_tables: Vec<(String, String)>,
-}
-
-/// The selected events of `server_id` on a boxed query of any selection.
-fn selected<'a, ST: 'a>(
-    query: change_events::BoxedQuery<'a, Pg, ST>,
-    server_id: ServerId,
-    selection: &ChangeSelection,
-) -> change_events::BoxedQuery<'a, Pg, ST> {
-    let mut query = query
-        .filter(change_events::server_id.eq(server_id.uuid()))
-        .filter(change_events::sequence.le(selection.through));
-    for condition in &selection.filter.conditions {
-        query = query.filter(event_condition(condition));
-    }
-    if let Some(ids) = &selection.event_ids {
-        query = query.filter(ids_condition(ids));
-    }
-    query
-}
-
-/// `(binlog_file, binlog_position, row_index)` is one of `ids`: three array parameters however
-/// many ids.
-fn ids_condition(ids: &[EventId]) -> EventCondition {
-    let files: Vec<String> = ids.iter().map(|id| id.binlog_file.clone()).collect();
-    let positions: Vec<i64> = ids.iter().map(|id| id.binlog_position).collect();
-    let rows: Vec<i32> = ids.iter().map(|id| id.row_index).collect();
-    Box::new(
-        diesel::dsl::sql::<Bool>(
-            "(binlog_file, binlog_position, row_index) IN (SELECT * FROM unnest(",
-        )
-        .bind::<Array<Text>, _>(files)
-        .sql("::text[], ")
-        .bind::<Array<BigInt>, _>(positions)
-        .sql("::bigint[], ")
-        .bind::<Array<Integer>, _>(rows)
-        .sql("::integer[]))"),
-    )
-}
-
 impl ChangeIndex {
-    /// What `selection` holds: how many changes, the newest sequence, the oldest change, and
-    /// the tables whose changes carry no primary key.
-    pub async fn summarize_selection(
-        &self,
-        server_id: ServerId,
-        selection: &ChangeSelection,
-    ) -> Result<SelectionSummary, StoreError> {
-        let mut connection = self.connection().await?;
-        let (count, through): (i64, Option<i64>) = selected(
-            change_events::table
-                .select((
-                    diesel::dsl::count_star(),
-                    diesel::dsl::max(change_events::sequence),
-                ))
-                .into_boxed(),
-            server_id,
-            selection,
-        )
-        .get_result(&mut connection)
-        .await?;
-        let Some(through) = through else {
-            return Ok(SelectionSummary::default());
-        };
-        let bounded = ChangeSelection {
-            through,
-            ..selection.clone()
-        };
-        let oldest: Option<EventRow> = selected(
-            change_events::table
-                .select(EventRow::as_select())
-                .order(change_events::sequence.asc())
-                .limit(1)
-                .into_boxed(),
-            server_id,
-            &bounded,
-        )
-        .get_result(&mut connection)
-        .await
-        .optional()?;
-        let keyless_tables: Vec<(String, String)> = selected(
-            change_events::table
-                .select((change_events::schema_name, change_events::table_name))
-                .distinct()
-                .limit(10)
-                .into_boxed(),
-            server_id,
-            &bounded,
-        )
-        .filter(change_events::primary_key.is_null())
-        .load(&mut connection)
-        .await?;
-        Ok(SelectionSummary {
-            count,
-            through: Some(through),
-            oldest: oldest.map(ChangeEvent::try_from).transpose()?,
-            keyless_tables,
-        })
-    }
-
-    /// Up to `page_size` selected events before the sequence `before`, newest first.
-    pub async fn selected_events_descending(
-        &self,
-        server_id: ServerId,
-        selection: &ChangeSelection,
-        before: i64,
-        page_size: usize,
-    ) -> Result<Vec<ChangeEvent>, StoreError> {
-        let mut connection = self.connection().await?;
-        let rows: Vec<EventRow> = selected(
-            change_events::table
-                .select(EventRow::as_select())
-                .order(change_events::sequence.desc())
-                .limit(page_size as i64)
-                .into_boxed(),
-            server_id,
-            selection,
-        )
-        .filter(change_events::sequence.lt(before))
-        .load(&mut connection)
-        .await?;
-        rows.into_iter().map(ChangeEvent::try_from).collect()
-    }
-
     /// The changes of one row of `schema.table` (its primary key `key`, as events carry it),
     /// oldest first: at most `limit`, and whether more follow.
     pub async fn row_history(
@@ -376,7 +243,40 @@ impl ChangeIndex {
         let rows: Vec<EventRow> = row_history_query(server_id, (schema, table), key, limit)
             .load(&mut connection)
             .await?;
-        at_most(rows, limit)
+        let hot = at_most(rows, limit)?;
+        let filter = ColdFilter {
+            table: Some((schema.to_owned(), table.to_owned())),
+            key: Some(key.clone()),
+            ..ColdFilter::default()
+        };
+        let bound = PageBound {
+            rows: limit,
+            bytes: usize::MAX,
+            size: |_: &ChangeEvent| 0,
+        };
+        let read = ColdRead {
+            filter: &filter,
+            range: Range::ALL,
+            order: Order::Oldest,
+        };
+        self.with_archived(&mut connection, server_id, hot, read, &bound)
+            .await
+    }
+
+    /// A page read from the hot rows, merged with the server's archived events that `read`
+    /// takes (`archive::cold`); the manifest is read after the hot rows.
+    pub(super) async fn with_archived(
+        &self,
+        connection: &mut Connection,
+        server_id: ServerId,
+        hot: (Vec<ChangeEvent>, bool),
+        read: ColdRead<'_>,
+        bound: &PageBound<ChangeEvent>,
+    ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+        let files =
+            ChangeIndex::archived_files(connection, server_id.uuid(), read.range, read.order)
+                .await?;
+        merge_hot_and_cold(self.archive.as_ref(), hot, files, read, bound).await
     }
 
     /// The rows of `schema.table` whose latest captured change before the sequence `before`
@@ -401,7 +301,7 @@ impl ChangeIndex {
     }
 
     /// The sequence of the latest delete of the row `key` of `schema.table` before the sequence
-    /// `before`, if one was captured.
+    /// `before`, if one was captured (hot, or archived after the hot one).
     pub async fn last_delete_before(
         &self,
         server_id: ServerId,
@@ -410,7 +310,7 @@ impl ChangeIndex {
         before: i64,
     ) -> Result<Option<i64>, StoreError> {
         let mut connection = self.connection().await?;
-        Ok(change_events::table
+        let hot: Option<i64> = change_events::table
             .filter(change_events::server_id.eq(server_id.uuid()))
             .filter(change_events::schema_name.eq(schema.to_owned()))
             .filter(change_events::table_name.eq(table.to_owned()))
@@ -419,7 +319,36 @@ impl ChangeIndex {
             .filter(change_events::operation.eq("delete"))
             .select(diesel::dsl::max(change_events::sequence))
             .get_result(&mut connection)
-            .await?)
+            .await?;
+        let filter = ColdFilter {
+            table: Some((schema.to_owned(), table.to_owned())),
+            key: Some(key.clone()),
+            operation: Some(ChangeOperation::Delete),
+            ..ColdFilter::default()
+        };
+        let read = ColdRead {
+            filter: &filter,
+            range: Range {
+                after: hot.unwrap_or(0),
+                before,
+            },
+            order: Order::Newest,
+        };
+        let bound = PageBound {
+            rows: 1,
+            bytes: usize::MAX,
+            size: |_: &ChangeEvent| 0,
+        };
+        let (latest, _) = self
+            .with_archived(
+                &mut connection,
+                server_id,
+                (Vec::new(), false),
+                read,
+                &bound,
+            )
+            .await?;
+        Ok(latest.iter().map(|event| event.sequence).next().or(hot))
     }
 
     /// PostgreSQL's plan for the query of `rows_holding`.
@@ -496,7 +425,8 @@ impl ChangeIndex {
             .await
     }
 
-    /// A page of a server's events after the sequence `after`, oldest first, within `bound`.
+    /// A page of a server's events after the sequence `after`, oldest first, within `bound`,
+    /// from the hot rows and the archive together.
     pub async fn list_change_events(
         &self,
         server_id: ServerId,
@@ -508,7 +438,22 @@ impl ChangeIndex {
         let rows = events_query(server_id, filter, after, bound.rows)
             .load_stream::<EventRow>(&mut connection)
             .await?;
-        let (events, more) = collect_page(rows, bound, ChangeEvent::try_from).await?;
+        let hot = collect_page(rows, bound, ChangeEvent::try_from).await?;
+        let cold = ColdFilter {
+            conditions: filter.conditions.clone(),
+            ..ColdFilter::default()
+        };
+        let read = ColdRead {
+            filter: &cold,
+            range: Range {
+                after,
+                before: i64::MAX,
+            },
+            order: Order::Oldest,
+        };
+        let (events, more) = self
+            .with_archived(&mut connection, server_id, hot, read, bound)
+            .await?;
         Ok(ChangePage { events, more })
     }
 

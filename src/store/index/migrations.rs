@@ -22,11 +22,18 @@ struct Migration {
 }
 
 /// Every migration of the index, oldest first; a new one is appended with the next version.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "change_index",
-    sql: include_str!("../../../migrations_index/0001_change_index.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "change_index",
+        sql: include_str!("../../../migrations_index/0001_change_index.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "archive",
+        sql: include_str!("../../../migrations_index/0002_archive.sql"),
+    },
+];
 
 #[derive(QueryableByName)]
 struct Applied {

@@ -5,17 +5,21 @@
 //! (`--index-database-url`), so the stream's fence is carried here too: a checkpoint row records
 //! the epoch of the stream lease that last took it, and a write with an older epoch is refused.
 
+pub mod archive;
 mod checkpoints;
 mod copy;
 mod events;
 mod migrations;
 mod partitions;
+mod selection;
 mod snapshots;
 mod template;
 
 pub use checkpoints::{StreamCheckpoint, StreamGap, StreamPosition};
 pub use copy::{COPY_CONNECTIONS, COPY_MIN_ROWS, CopyConnection};
-pub use events::{ChangePage, ChangeSelection, SelectionSummary};
+pub use events::ChangePage;
+pub use partitions::PartitionWidth;
+pub use selection::{ChangeSelection, SelectionSummary};
 pub use snapshots::{SnapshotVersion, index_schema_name};
 pub use template::{TEMPLATE, template_version};
 
@@ -33,6 +37,8 @@ pub struct ChangeIndex {
     store: Store,
     /// The COPY connections (`copy`) that may still be opened.
     copy_permits: Arc<Semaphore>,
+    /// Where closed partitions go (`archive`); none in tests that never archive.
+    archive: Option<archive::Archive>,
 }
 
 impl ChangeIndex {
@@ -41,6 +47,7 @@ impl ChangeIndex {
         Ok(ChangeIndex {
             store: Store::connect(config)?,
             copy_permits: copy::copy_permits(),
+            archive: None,
         })
     }
 
@@ -49,6 +56,15 @@ impl ChangeIndex {
         ChangeIndex {
             store,
             copy_permits: copy::copy_permits(),
+            archive: None,
+        }
+    }
+
+    /// The same index, its closed partitions archived to (and read from) `archive`.
+    pub fn with_archive(self, archive: archive::Archive) -> ChangeIndex {
+        ChangeIndex {
+            archive: Some(archive),
+            ..self
         }
     }
 
@@ -56,10 +72,10 @@ impl ChangeIndex {
         self.store.connection().await
     }
 
-    /// Applies the index's migrations and creates the partitions of the next days (safe to run
-    /// again, by several replicas at once).
-    pub async fn prepare_change_index(&self) -> Result<(), StoreError> {
+    /// Applies the index's migrations and creates the partitions ahead (safe to run again, by
+    /// several replicas at once).
+    pub async fn prepare_change_index(&self, width: PartitionWidth) -> Result<(), StoreError> {
         self.migrate().await?;
-        self.maintain_change_index(None).await.map(drop)
+        self.maintain_change_index(width).await
     }
 }

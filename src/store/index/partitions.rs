@@ -1,93 +1,87 @@
-//! The day partitions of `change_events`: made ready a few days ahead, and dropped whole past
-//! the retention.
+//! The time partitions of `change_events`: `--change-partition-width` wide (an hour by default),
+//! registered in `change_partitions` with their bounds, and made ready ahead of now so a write
+//! never meets a missing one. A width changed between runs takes effect after the partitions
+//! already made: a new one starts where the last one ends. Old partitions leave through the
+//! archive (`archive`), never dropped unarchived.
 
-use chrono::{Days, NaiveDate, Utc};
-use diesel::sql_types::{Date, Text};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::ChangeIndex;
+pub use crate::domain::partition::PartitionWidth;
 use crate::store::{Connection, StoreError};
 
-/// Days of partitions kept ready ahead of today, so a write never meets a missing one.
-const PARTITIONS_AHEAD: u64 = 3;
-
-/// The day a partition holds, from its name (`change_events_YYYYMMDD`, as
-/// `change_events_partition` in `migrations_index/` names it).
-fn partition_day(name: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(name.strip_prefix("change_events_")?, "%Y%m%d").ok()
+#[derive(diesel::QueryableByName)]
+struct Covered {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    until: Option<DateTime<Utc>>,
 }
 
-/// The partitions of change_events, oldest first.
-async fn partitions(connection: &mut Connection) -> Result<Vec<String>, StoreError> {
-    Ok(diesel::dsl::sql::<Text>(
-        "SELECT c.relname::text FROM pg_inherits i \
-         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-         WHERE p.relname = 'change_events' AND c.relnamespace = p.relnamespace ORDER BY 1",
-    )
-    .load(connection)
-    .await?)
-}
+/// Registers the day partitions that replicas before the registry made (safe to repeat).
+const REGISTER_DAY_PARTITIONS: &str = "INSERT INTO change_partitions (name, starts_at, ends_at) \
+     SELECT c.relname, to_date(substr(c.relname, 15), 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC', \
+         (to_date(substr(c.relname, 15), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC' \
+     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+     JOIN pg_class p ON p.oid = i.inhparent \
+     WHERE p.relname = 'change_events' AND c.relnamespace = p.relnamespace \
+         AND c.relname ~ '^change_events_[0-9]{8}$' \
+     ON CONFLICT DO NOTHING";
 
 impl ChangeIndex {
-    /// Creates the partitions from yesterday to a few days ahead and, with a retention, drops
-    /// the partitions wholly older than it. Returns the dropped partitions' names.
-    pub async fn maintain_change_index(
-        &self,
-        retention: Option<std::time::Duration>,
-    ) -> Result<Vec<String>, StoreError> {
-        let today = Utc::now().date_naive();
+    /// Makes the partitions from the one before now to `width.ahead()` after it, each starting
+    /// where the last one made ends (dropped ones included: a range is never made twice).
+    pub async fn maintain_change_index(&self, width: PartitionWidth) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         connection
             .transaction(async move |connection| -> Result<_, StoreError> {
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('dbtrail_change_index'))")
                     .execute(connection)
                     .await?;
-                let first = today - Days::new(1);
-                for offset in 0..=PARTITIONS_AHEAD + 1 {
-                    diesel::sql_query("SELECT change_events_partition($1)")
-                        .bind::<Date, _>(first + Days::new(offset))
-                        .execute(connection)
+                diesel::sql_query(REGISTER_DAY_PARTITIONS)
+                    .execute(connection)
+                    .await?;
+                let covered: Covered =
+                    diesel::sql_query("SELECT max(ends_at) AS until FROM change_partitions")
+                        .get_result(connection)
                         .await?;
-                }
-                let Some(retention) = retention else {
-                    return Ok(Vec::new());
-                };
-                let cutoff = Utc::now() - retention;
-                let partitions = partitions(connection).await?;
-                let mut dropped = Vec::new();
-                for name in partitions {
-                    let expired = partition_day(&name).is_some_and(|day| {
-                        (day + Days::new(1))
-                            .and_hms_opt(0, 0, 0)
-                            .is_some_and(|end| end.and_utc() <= cutoff)
-                    });
-                    if expired {
-                        diesel::sql_query(format!("DROP TABLE IF EXISTS {name}"))
-                            .execute(connection)
-                            .await?;
-                        dropped.push(name);
+                let now = Utc::now();
+                let step = chrono::Duration::seconds(width.seconds());
+                let mut start = width.start_of(now) - step;
+                let end = width.start_of(now) + step * width.ahead() as i32;
+                while start < end {
+                    let next = start + step;
+                    let from = covered.until.map_or(start, |until| until.max(start));
+                    if from < next {
+                        create_partition(connection, from, next).await?;
                     }
+                    start = next;
                 }
-                Ok(dropped)
+                Ok(())
             })
             .await
     }
 
-    /// The day partitions of the index, oldest first (for tests and operators).
+    /// The partitions of the index not dropped yet, oldest first (for tests and operators).
     pub async fn change_partitions(&self) -> Result<Vec<String>, StoreError> {
         let mut connection = self.connection().await?;
-        partitions(&mut connection).await
+        Ok(diesel::dsl::sql::<Text>(
+            "SELECT name FROM change_partitions WHERE dropped_at IS NULL ORDER BY starts_at",
+        )
+        .load(&mut connection)
+        .await?)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_names_round_trip() {
-        let day = NaiveDate::from_ymd_opt(2026, 12, 2).unwrap();
-        assert_eq!(partition_day("change_events_20261202"), Some(day));
-        assert_eq!(partition_day("change_events_default"), None);
-    }
+async fn create_partition(
+    connection: &mut Connection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    diesel::sql_query("SELECT change_events_partition_range($1, $2)")
+        .bind::<Timestamptz, _>(from)
+        .bind::<Timestamptz, _>(to)
+        .execute(connection)
+        .await?;
+    Ok(())
 }
