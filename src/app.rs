@@ -173,8 +173,7 @@ pub async fn start_with_steps(
     let background = start_background(&config, &stores, &secrets, &agent, steps, &stopping)?;
     spawn_dispatch(notifications, &hubs, &authenticator, &background);
     let (health, health_service, ready) = start_health(&stores.api, &stopping);
-    let housekeeping = housekeeping(&config, &stores, &secrets, &agent, archive);
-    tokio::spawn(housekeeping.run(stopping.clone()));
+    tokio::spawn(housekeeping(&config, &stores, &secrets, &agent, archive).run(stopping.clone()));
     let api = servers_api(
         &stores.api,
         stores.index_reader,

@@ -25,7 +25,7 @@ pub async fn undo(database_url: &str, rows: &mut Vec<Row>) {
     let mut api = client::client(replica.channel().await, &key);
 
     let started = Instant::now();
-    let read = list_all(&mut api, &server_id).await;
+    let read = list_all(&mut api, &server_id, SELECTION).await;
     let list_rate = read as f64 / started.elapsed().as_secs_f64();
     assert_eq!(read as u64, EVENTS, "ListChangeEvents read every event");
 
@@ -78,8 +78,8 @@ pub async fn undo(database_url: &str, rows: &mut Vec<Row>) {
     replica.stop().await;
 }
 
-/// Pages through every event of the server; how many there were.
-async fn list_all(api: &mut client::Client, server_id: &str) -> usize {
+/// Pages through every event of the server that `filter` selects; how many there were.
+pub async fn list_all(api: &mut client::Client, server_id: &str, filter: &str) -> usize {
     let (mut token, mut read) = (String::new(), 0);
     loop {
         let page = api
@@ -87,7 +87,7 @@ async fn list_all(api: &mut client::Client, server_id: &str) -> usize {
                 server_id: server_id.to_owned(),
                 page_size: 1000,
                 page_token: token,
-                filter: SELECTION.to_owned(),
+                filter: filter.to_owned(),
             })
             .await
             .expect("ListChangeEvents")

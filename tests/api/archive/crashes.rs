@@ -8,20 +8,6 @@ use super::*;
 /// The line a replica logs when it stops at its archive failpoint.
 const STOPPED: &str = "the archive stops at its failpoint";
 
-/// Registers a server of `mariadb` on `replica`, captures 56 changes and returns the server's
-/// id and what the reads gave while all was hot.
-async fn captured(replica: &ServiceProcess, key: &str, mariadb: &MariaDb) -> (String, Reads) {
-    let mut client = replica.client(key).await;
-    let id = register(&mut client, mariadb.server("archived", USER, PASSWORD))
-        .await
-        .server_id;
-    wait_stream(&mut client, &id, "the stream to run", running).await;
-    change_rows(mariadb, 1).await;
-    wait_captured(&mut client, &id, 56).await;
-    let hot = reads(&mut client, &id, 6).await;
-    (id, hot)
-}
-
 /// Waits until `replica` stops at its failpoint; the server's events then, hot and archived.
 async fn wait_stopped(
     replica: &ServiceProcess,
@@ -98,48 +84,75 @@ async fn stopping_at(
     .await
 }
 
+/// A replica stopped at its archive failpoint after capturing 56 changes, and what its reads
+/// gave before (all hot), checked to give the same at the failpoint.
+struct Stopped {
+    _mariadb: MariaDb,
+    db: TestDatabase,
+    key: String,
+    archive: tempfile::TempDir,
+    replica: ServiceProcess,
+    id: String,
+    hot: Reads,
+    /// The server's events at the failpoint, hot and archived.
+    tiers: (i64, i64),
+}
+
+async fn stopped_at(failpoint: &str) -> Stopped {
+    let mariadb = mariadb_with(&TABLE).await;
+    let db = TestDatabase::create().await;
+    let key = db.create_tenant("tenant-a", None).await.key;
+    let archive = tempfile::tempdir().expect("an archive directory");
+    let replica = stopping_at(failpoint, &db, archive.path()).await;
+    let (id, hot) = captured(&replica, &key, &mariadb).await;
+    let tiers = wait_stopped(&replica, &db.connect().await, &id).await;
+    let mut client = replica.client(&key).await;
+    assert_same(&reads(&mut client, &id, 6).await, &hot, "at the failpoint");
+    Stopped {
+        _mariadb: mariadb,
+        db,
+        key,
+        archive,
+        replica,
+        id,
+        hot,
+        tiers,
+    }
+}
+
+impl Stopped {
+    async fn kill_and_resume(self) {
+        let archive = self.archive.path().to_owned();
+        let (id, hot) = (self.id.as_str(), &self.hot);
+        resume_after_kill(self.replica, &self.db, &self.key, (id, hot), &archive).await;
+    }
+}
+
 #[test]
 fn a_replica_killed_after_the_upload_and_before_the_manifest_loses_and_doubles_nothing() {
     block_on(async {
-        let mariadb = mariadb_with(&TABLE).await;
-        let db = TestDatabase::create().await;
-        let tenant = db.create_tenant("tenant-a", None).await;
-        let archive = tempfile::tempdir().expect("an archive directory");
-        let replica = stopping_at("after-upload", &db, archive.path()).await;
-        let (id, hot) = captured(&replica, &tenant.key, &mariadb).await;
-        let postgres = db.connect().await;
-
-        // The files are written and verified, the manifest does not name them: reads take the
+        // The files are written and verified, the manifest does not name them: reads took the
         // hot rows only.
-        assert_eq!(wait_stopped(&replica, &postgres, &id).await, (56, 0));
-        assert!(files_under(archive.path()) > 0, "the files were uploaded");
-        let mut client = replica.client(&tenant.key).await;
-        assert_same(&reads(&mut client, &id, 6).await, &hot, "at the failpoint");
-
-        resume_after_kill(replica, &db, &tenant.key, (&id, &hot), archive.path()).await;
+        let stopped = stopped_at("after-upload").await;
+        assert_eq!(stopped.tiers, (56, 0));
+        assert!(
+            files_under(stopped.archive.path()) > 0,
+            "the files were uploaded"
+        );
+        stopped.kill_and_resume().await;
     });
 }
 
 #[test]
 fn a_replica_killed_after_the_manifest_and_before_the_drop_loses_and_doubles_nothing() {
     block_on(async {
-        let mariadb = mariadb_with(&TABLE).await;
-        let db = TestDatabase::create().await;
-        let tenant = db.create_tenant("tenant-a", None).await;
-        let archive = tempfile::tempdir().expect("an archive directory");
-        let replica = stopping_at("after-manifest", &db, archive.path()).await;
-        let (id, hot) = captured(&replica, &tenant.key, &mariadb).await;
-        let postgres = db.connect().await;
-
         // The events of the partition it stopped at (all 56, or the first minute's when the
-        // changes crossed a minute) are both hot and archived: each is read once.
-        let (hot_rows, archived) = wait_stopped(&replica, &postgres, &id).await;
-        assert_eq!(hot_rows, 56);
+        // changes crossed a minute) are both hot and archived: reads took each once.
+        let stopped = stopped_at("after-manifest").await;
+        let (hot, archived) = stopped.tiers;
+        assert_eq!(hot, 56);
         assert!(archived > 0, "the manifest names the files");
-        let mut client = replica.client(&tenant.key).await;
-        assert_same(&reads(&mut client, &id, 6).await, &hot, "at the failpoint");
-
-        resume_after_kill(replica, &db, &tenant.key, (&id, &hot), archive.path()).await;
+        stopped.kill_and_resume().await;
     });
 }
 

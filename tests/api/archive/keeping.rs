@@ -42,6 +42,47 @@ async fn old_partition(
     name
 }
 
+/// The manifest names one file of `server`, under `directory`, whose event reads back.
+async fn assert_only_the_kept_file(
+    postgres: &tokio_postgres::Client,
+    index: &dbtrail_servers::store::ChangeIndex,
+    server: ServerId,
+    directory: &std::path::Path,
+) {
+    let files: Vec<String> = postgres
+        .query("SELECT path FROM change_archive_files", &[])
+        .await
+        .expect("the manifest")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with(&format!("server_id={}/date=", server.uuid())),
+        "{files:?}"
+    );
+    assert!(directory.join(&files[0]).is_file());
+    let bound = PageBound {
+        rows: 10,
+        bytes: 1 << 20,
+        size: |_| 1,
+    };
+    let page = index
+        .list_change_events(server, &ChangeFilter::default(), 0, &bound)
+        .await
+        .expect("the events");
+    let sequences: Vec<i64> = page.events.iter().map(|event| event.sequence).collect();
+    assert_eq!(
+        sequences,
+        vec![2],
+        "the kept event reads from its file; the expired one is gone"
+    );
+    assert_eq!(
+        page.events[0].change.after,
+        Some(serde_json::json!({"id": 2, "note": "ü"}))
+    );
+}
+
 #[test]
 fn old_partitions_leave_postgresql_through_the_archive_and_its_retention() {
     block_on(async {
@@ -94,38 +135,6 @@ fn old_partitions_leave_postgresql_through_the_archive_and_its_retention() {
             !partitions.contains(&expired) && !partitions.contains(&kept),
             "{partitions:?}"
         );
-        let files: Vec<String> = postgres
-            .query("SELECT path FROM change_archive_files", &[])
-            .await
-            .expect("the manifest")
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert!(
-            files[0].starts_with(&format!("server_id={}/date=", server.uuid())),
-            "{files:?}"
-        );
-        assert!(directory.path().join(&files[0]).is_file());
-
-        let bound = PageBound {
-            rows: 10,
-            bytes: 1 << 20,
-            size: |_| 1,
-        };
-        let page = index
-            .list_change_events(server, &ChangeFilter::default(), 0, &bound)
-            .await
-            .expect("the events");
-        let sequences: Vec<i64> = page.events.iter().map(|event| event.sequence).collect();
-        assert_eq!(
-            sequences,
-            vec![2],
-            "the kept event reads from its file; the expired one is gone"
-        );
-        assert_eq!(
-            page.events[0].change.after,
-            Some(serde_json::json!({"id": 2, "note": "ü"}))
-        );
+        assert_only_the_kept_file(&postgres, &index, server, directory.path()).await;
     });
 }

@@ -81,6 +81,20 @@ async fn change_rows(mariadb: &MariaDb, from: u32) {
     mariadb.exec(&statements).await;
 }
 
+/// Registers a server of `mariadb` on `replica`, captures 56 changes and returns the server's
+/// id and what the reads gave while all was hot.
+async fn captured(replica: &ServiceProcess, key: &str, mariadb: &MariaDb) -> (String, Reads) {
+    let mut client = replica.client(key).await;
+    let id = register(&mut client, mariadb.server("archived", USER, PASSWORD))
+        .await
+        .server_id;
+    wait_stream(&mut client, &id, "the stream to run", running).await;
+    change_rows(mariadb, 1).await;
+    wait_captured(&mut client, &id, 56).await;
+    let hot = reads(&mut client, &id, 6).await;
+    (id, hot)
+}
+
 /// Every page of the server's events at `page_size`, each with the token it gave.
 async fn pages(
     client: &mut Client,

@@ -16,14 +16,7 @@ async fn archive_and_compare(
 ) -> (String, Vec<StoredRow>) {
     let postgres = db.connect().await;
     let mut client = replica.client(key).await;
-    let id = register(&mut client, mariadb.server("archived", USER, PASSWORD))
-        .await
-        .server_id;
-    wait_stream(&mut client, &id, "the stream to run", running).await;
-
-    change_rows(mariadb, 1).await;
-    wait_captured(&mut client, &id, 56).await;
-    let hot = reads(&mut client, &id, 6).await;
+    let (id, hot) = captured(replica, key, mariadb).await;
     let mut held = hot_rows(&postgres, &id).await;
     assert_eq!(hot.pages.len(), 8, "56 events at 7 a page");
     assert_eq!(
