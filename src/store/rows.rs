@@ -7,14 +7,14 @@ use diesel::prelude::*;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{StoreError, jsonb::Json, schema::servers};
+use super::{StoreError, jsonb::Json, packed_steps::StoredSteps, schema::servers};
 use crate::domain::{
     ConnectionMethod, ServerId, ServerStatus, SslMode, StreamState, TenantId,
     fields::{
         Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
         texts,
     },
-    onboarding::{StepProgress, Steps},
+    onboarding::Steps,
     server::{Sealed, Server, ServerSpec, SshTunnel, StoredSecrets, StreamOptions},
     stream::{StreamHealth, StreamProgress},
 };
@@ -48,7 +48,10 @@ pub struct ServerRow {
     pub ssl_mode: String,
     pub labels: Json<BTreeMap<String, String>>,
     pub status: String,
-    pub steps: Json<Vec<StepProgress>>,
+    /// Read from `steps_packed`, written to `steps` ([`StoredSteps`]).
+    #[diesel(select_expression = servers::steps_packed)]
+    #[diesel(select_expression_type = servers::steps_packed)]
+    pub steps: StoredSteps,
     pub revision: i64,
     pub version: i64,
     pub agent_id: Option<Uuid>,
@@ -237,7 +240,7 @@ impl From<&Server> for ServerRow {
             ssl_mode: spec.stream_options.ssl_mode.as_str().to_owned(),
             labels: Json(spec.labels.as_map().clone()),
             status: server.status.as_str().to_owned(),
-            steps: Json(server.steps.all().to_vec()),
+            steps: StoredSteps(server.steps.all().to_vec()),
             revision: server.revision,
             version: server.version,
             agent_id: server.agent_id,
@@ -327,7 +330,7 @@ server_changes!(
     ssl_mode: String,
     labels: Json<BTreeMap<String, String>>,
     status: String,
-    steps: Json<Vec<StepProgress>>,
+    steps: StoredSteps,
     revision: i64,
     version: i64,
     agent_id: Option<Uuid>,
