@@ -128,8 +128,9 @@ fn stored_port(column: &str, port: i32) -> Result<Port, StoreError> {
 impl TryFrom<ServerRow> for Server {
     type Error = StoreError;
 
-    fn try_from(row: ServerRow) -> Result<Server, StoreError> {
-        let spec = stored_spec(&row)?;
+    fn try_from(mut row: ServerRow) -> Result<Server, StoreError> {
+        let labels = Labels::from_stored(std::mem::take(&mut row.labels.0));
+        let spec = stored_spec(&row, labels)?;
         Ok(Server {
             id: ServerId::from_uuid(row.id),
             tenant_id: TenantId::from_uuid(row.tenant_id),
@@ -164,8 +165,8 @@ impl TryFrom<ServerRow> for Server {
     }
 }
 
-/// A row's settings, each parsed by its type's rule.
-fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
+/// A row's settings, each parsed by its type's rule (the labels taken out of it).
+fn stored_spec(row: &ServerRow, labels: Labels) -> Result<ServerSpec, StoreError> {
     Ok(ServerSpec {
         name: stored("name", &row.name, ServerName::from_stored)?,
         host: stored("host", &row.host, Host::parse)?,
@@ -187,7 +188,7 @@ fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
             ssl_mode: SslMode::parse(&row.ssl_mode)
                 .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
         },
-        labels: Labels::from_stored(row.labels.0.clone()),
+        labels,
     })
 }
 

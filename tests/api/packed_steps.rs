@@ -84,7 +84,10 @@ fn steps_read_back_as_their_json_says() {
                 (later.started_at, later.message.as_str(), later.attempts),
                 (None, "", 0)
             );
-            assert!(later.error.is_none() && later.warnings.is_empty(), "{later:?}");
+            assert!(
+                later.error.is_none() && later.warnings.is_empty(),
+                "{later:?}"
+            );
         }
         let read = get_server(&mut client, &server.server_id).await;
         assert_eq!(
