@@ -161,9 +161,7 @@ impl AuditEvent {
             id: Uuid::now_v7(),
             time: super::now(),
             actor,
-            resource: server_id
-                .map(|id| format!("servers/{id}"))
-                .unwrap_or_default(),
+            resource: server_id.map(ServerId::resource_name).unwrap_or_default(),
             server_id,
             changes,
             outcome,

@@ -166,6 +166,19 @@ impl ServerId {
     }
 }
 
+impl ServerId {
+    /// `servers/ID`, the server's resource name, written without `core::fmt` (the audit
+    /// record of every change names it).
+    pub fn resource_name(self) -> String {
+        let mut buffer = Uuid::encode_buffer();
+        let id = self.0.hyphenated().encode_lower(&mut buffer);
+        let mut name = String::with_capacity("servers/".len() + id.len());
+        name.push_str("servers/");
+        name.push_str(id);
+        name
+    }
+}
+
 impl fmt::Display for ServerId {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(formatter)
@@ -233,12 +246,13 @@ impl Violations {
         }
     }
 
-    /// Keeps the value of a check, recording its violation under `field`.
-    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+    /// Keeps the value of a check, recording its violation under `field` (written out only
+    /// then).
+    pub fn check<T>(&mut self, field: impl fmt::Display, result: Result<T, String>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(description) => {
-                self.add(field, description);
+                self.add(field.to_string(), description);
                 None
             }
         }

@@ -238,7 +238,7 @@ impl WebhookSpec {
         prefix: &str,
     ) -> Result<WebhookSpec, Violations> {
         let mut violations = Violations::default();
-        let url = violations.check(&format!("{prefix}url"), WebhookUrl::parse(url, allow_http));
+        let url = violations.check(format!("{prefix}url"), WebhookUrl::parse(url, allow_http));
         if events.is_empty() {
             violations.add(
                 format!("{prefix}events"),

@@ -4,6 +4,7 @@
 //! The layered stack is built once: the tonic server serves it, and the REST translation calls
 //! the very same stack in process (`GrpcStack::in_process`).
 
+mod access_line;
 mod admission;
 mod audit;
 mod audit_events;
@@ -42,7 +43,7 @@ use tower::{
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
+    trace::{DefaultOnFailure, DefaultOnRequest, TraceLayer},
 };
 
 pub use admission::AdmissionSettings;
@@ -51,6 +52,7 @@ pub use check::CheckLimits;
 pub use paging::PageTokens;
 pub use service::ServersApi;
 
+use access_line::AccessLine;
 use admission::AdmissionLayer;
 use audit::AuditLayer;
 use metrics::MetricsLayer;
@@ -103,9 +105,10 @@ pub struct UuidRequestId;
 
 impl MakeRequestId for UuidRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-            .ok()
-            .map(RequestId::new)
+        // Written into a buffer, not through `to_string`'s formatter.
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 
@@ -136,7 +139,12 @@ type FrontLayers = Stack<
     Stack<
         PropagateRequestIdLayer,
         Stack<
-            TraceLayer<SharedClassifier<GrpcErrorsAsFailures>, MakeCallSpan>,
+            TraceLayer<
+                SharedClassifier<GrpcErrorsAsFailures>,
+                MakeCallSpan,
+                DefaultOnRequest,
+                AccessLine,
+            >,
             Stack<
                 SetRequestIdLayer<UuidRequestId>,
                 Stack<MapRequestLayer<DropUnsafeRequestId>, Identity>,
@@ -163,7 +171,7 @@ fn front_layers() -> ServiceBuilder<FrontLayers> {
             TraceLayer::new_for_grpc()
                 .make_span_with(call_span as MakeCallSpan)
                 // One line per call, inside its span (so it carries the request id).
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_response(AccessLine)
                 // Client errors are answers, not faults; the error table logs real faults.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::INFO)),
         )

@@ -477,11 +477,12 @@ impl ServersService for ServersApi {
         let mut update = Update::parse(request.get_ref())?;
         update.look_up_names().await;
         let key = update.idempotency.as_ref();
-        let server = self
-            .modify_once(call.actor(), update.id, key, |server| {
-                self.apply_update(server, &update)
-            })
-            .await?;
+        // Boxed: the locked change's future is about 4.7 KB, and tonic moves the handler's
+        // future twice before polling it (memcpy was a tenth of an UpdateServer's instructions).
+        let server = Box::pin(self.modify_once(call.actor(), update.id, key, |server| {
+            self.apply_update(server, &update)
+        }))
+        .await?;
         reply(server_to_proto(&server))
     }
 

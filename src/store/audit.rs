@@ -97,6 +97,28 @@ impl QueryFragment<Pg> for InsertEvent<'_> {
     }
 }
 
+/// An address as its `Display` writes it; an IPv4 one digit by digit (`core::fmt` took about
+/// 1.3k instructions of each audited call for it).
+fn address_text(address: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = address else {
+        return address.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// Appends `event` to the audit log inside the caller's transaction: the one way a record is
 /// written. A month without its partition (none is made this far ahead) fails the transaction.
 pub async fn record(connection: &mut Connection, event: &AuditEvent) -> Result<(), StoreError> {
@@ -107,10 +129,7 @@ pub async fn record(connection: &mut Connection, event: &AuditEvent) -> Result<(
         tenant_id: event.actor.tenant_id.uuid(),
         server_id: event.server_id.map(ServerId::uuid),
         changes,
-        client_address: event
-            .actor
-            .client_address
-            .map(|address| address.to_string()),
+        client_address: event.actor.client_address.map(address_text),
     }
     .execute(connection)
     .await?;
@@ -415,5 +434,20 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(month_of(time), NaiveDate::from_ymd_opt(2026, 2, 1).unwrap());
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.199.250",
+            "::1",
+            "fe80::2",
+        ] {
+            let address: std::net::IpAddr = text.parse().unwrap();
+            assert_eq!(address_text(address), address.to_string());
+        }
     }
 }

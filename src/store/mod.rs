@@ -11,6 +11,7 @@ pub mod index;
 mod jsonb;
 pub mod listener;
 pub mod local;
+mod packed_steps;
 mod pages;
 mod prepared;
 mod rows;

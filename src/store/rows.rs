@@ -7,14 +7,14 @@ use diesel::prelude::*;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{StoreError, jsonb::Json, schema::servers};
+use super::{StoreError, jsonb::Json, packed_steps::StoredSteps, schema::servers};
 use crate::domain::{
     ConnectionMethod, ServerId, ServerStatus, SslMode, StreamState, TenantId,
     fields::{
         Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
         texts,
     },
-    onboarding::{StepProgress, Steps},
+    onboarding::Steps,
     server::{Sealed, Server, ServerSpec, SshTunnel, StoredSecrets, StreamOptions},
     stream::{StreamHealth, StreamProgress},
 };
@@ -48,7 +48,10 @@ pub struct ServerRow {
     pub ssl_mode: String,
     pub labels: Json<BTreeMap<String, String>>,
     pub status: String,
-    pub steps: Json<Vec<StepProgress>>,
+    /// Read from `steps_packed`, written to `steps` ([`StoredSteps`]).
+    #[diesel(select_expression = servers::steps_packed)]
+    #[diesel(select_expression_type = servers::steps_packed)]
+    pub steps: StoredSteps,
     pub revision: i64,
     pub version: i64,
     pub agent_id: Option<Uuid>,
@@ -125,8 +128,9 @@ fn stored_port(column: &str, port: i32) -> Result<Port, StoreError> {
 impl TryFrom<ServerRow> for Server {
     type Error = StoreError;
 
-    fn try_from(row: ServerRow) -> Result<Server, StoreError> {
-        let spec = stored_spec(&row)?;
+    fn try_from(mut row: ServerRow) -> Result<Server, StoreError> {
+        let labels = Labels::from_stored(std::mem::take(&mut row.labels.0));
+        let spec = stored_spec(&row, labels)?;
         Ok(Server {
             id: ServerId::from_uuid(row.id),
             tenant_id: TenantId::from_uuid(row.tenant_id),
@@ -161,8 +165,8 @@ impl TryFrom<ServerRow> for Server {
     }
 }
 
-/// A row's settings, each parsed by its type's rule.
-fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
+/// A row's settings, each parsed by its type's rule (the labels taken out of it).
+fn stored_spec(row: &ServerRow, labels: Labels) -> Result<ServerSpec, StoreError> {
     Ok(ServerSpec {
         name: stored("name", &row.name, ServerName::from_stored)?,
         host: stored("host", &row.host, Host::parse)?,
@@ -184,7 +188,7 @@ fn stored_spec(row: &ServerRow) -> Result<ServerSpec, StoreError> {
             ssl_mode: SslMode::parse(&row.ssl_mode)
                 .ok_or_else(|| corrupt("ssl_mode", &row.ssl_mode))?,
         },
-        labels: Labels::from_stored(row.labels.0.clone()),
+        labels,
     })
 }
 
@@ -237,7 +241,7 @@ impl From<&Server> for ServerRow {
             ssl_mode: spec.stream_options.ssl_mode.as_str().to_owned(),
             labels: Json(spec.labels.as_map().clone()),
             status: server.status.as_str().to_owned(),
-            steps: Json(server.steps.all().to_vec()),
+            steps: StoredSteps(server.steps.all().to_vec()),
             revision: server.revision,
             version: server.version,
             agent_id: server.agent_id,
@@ -327,7 +331,7 @@ server_changes!(
     ssl_mode: String,
     labels: Json<BTreeMap<String, String>>,
     status: String,
-    steps: Json<Vec<StepProgress>>,
+    steps: StoredSteps,
     revision: i64,
     version: i64,
     agent_id: Option<Uuid>,

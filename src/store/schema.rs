@@ -58,6 +58,7 @@ diesel::table! {
         labels -> Jsonb,
         status -> Text,
         steps -> Jsonb,
+        steps_packed -> Array<Nullable<Text>>,
         revision -> Int8,
         version -> Int8,
         agent_id -> Nullable<Uuid>,

@@ -494,12 +494,39 @@ fn every_log_line_of_a_call_carries_its_request_id() {
                 .any(|line| line["fields"]["message"] == "call rejected"),
             "the rejection is logged with the request id: {rejection:?}"
         );
+        assert_access_line(&lines_of("log-check-4711"), None);
+        assert_access_line(&lines_of("log-check-4712"), Some(16));
         let everything = format!("{}{}", process.stdout(), process.stderr());
         assert!(
             !everything.contains("s3cret-password"),
             "a password was logged"
         );
     });
+}
+
+/// The access line among a call's log `lines`: tower-http's target and fields (message, latency
+/// in whole milliseconds, and `status` when the response's headers carry a grpc-status: a
+/// refusal's, not a result's, whose status comes in the trailers), in the call's span.
+fn assert_access_line(lines: &[serde_json::Value], status: Option<i64>) {
+    let access = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "finished processing request")
+        .unwrap_or_else(|| panic!("no access line: {lines:?}"));
+    assert_eq!(
+        access["target"], "tower_http::trace::on_response",
+        "{access}"
+    );
+    assert_eq!(access["level"], "INFO", "{access}");
+    assert_eq!(access["fields"]["status"].as_i64(), status, "{access}");
+    let latency = access["fields"]["latency"].as_str().unwrap_or_default();
+    let millis = latency.strip_suffix(" ms").unwrap_or_default();
+    assert!(
+        !millis.is_empty() && millis.bytes().all(|byte| byte.is_ascii_digit()),
+        "{access}"
+    );
+    assert_eq!(access["span"]["name"], "call", "{access}");
+    let fields = access["fields"].as_object().expect("fields").len();
+    assert_eq!(fields, 2 + usize::from(status.is_some()), "{access}");
 }
 
 /// `--database-url local` (what an unset URL falls back to when nothing answers at the default

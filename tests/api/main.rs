@@ -28,6 +28,7 @@ mod onboarding_watch;
 mod openapi_rules;
 mod operations;
 mod outage;
+mod packed_steps;
 mod pause;
 mod performance;
 mod pipeline;

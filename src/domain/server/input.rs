@@ -1,7 +1,7 @@
 //! What a client sends for a server, and its validation: every field checked at once, each
 //! violation named by its field, into the settings of `super::ServerSpec` and the new secrets.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use super::{NewSecrets, Secret, ServerSpec, SshTunnel, StreamOptions};
 
@@ -57,6 +57,24 @@ pub struct ServerInput {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A field's path: `prefix` followed by `name`, written out only when a violation names it (a
+/// valid request formats no path: they were 17 `format!` calls of each UpdateServer).
+#[derive(Clone, Copy)]
+struct Path<'a>(&'a dyn fmt::Display, &'a str);
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(formatter)?;
+        formatter.write_str(self.1)
+    }
+}
+
+impl From<Path<'_>> for String {
+    fn from(path: Path<'_>) -> String {
+        path.to_string()
+    }
+}
+
 /// What is already stored, which validation of an update needs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Existing {
@@ -83,14 +101,15 @@ impl ServerInput {
         existing: Existing,
         violations: &mut Violations,
     ) -> Option<(ServerSpec, NewSecrets)> {
-        let field = |name: &str| format!("{prefix}{name}");
-        let name = violations.check(&field("name"), ServerName::parse(&self.name));
-        let host = violations.check(&field("host"), Host::parse(&self.host));
-        let port = violations.check(&field("port"), Port::parse(self.port, DEFAULT_MYSQL_PORT));
+        let prefix: &dyn fmt::Display = &prefix;
+        let field = |name| Path(prefix, name);
+        let name = violations.check(field("name"), ServerName::parse(&self.name));
+        let host = violations.check(field("host"), Host::parse(&self.host));
+        let port = violations.check(field("port"), Port::parse(self.port, DEFAULT_MYSQL_PORT));
         let mysql_user = check_login(
             &self.mysql_user,
             self.mysql_password.as_ref(),
-            &field,
+            prefix,
             violations,
         );
         if self.connection_method.is_none() {
@@ -106,16 +125,16 @@ impl ServerInput {
         let ssh_tunnel = tunnel_for(
             self.connection_method,
             self.ssh_tunnel,
-            &field("ssh_tunnel"),
+            field("ssh_tunnel"),
             existing,
             violations,
         );
         let stream_options = validate_stream_options(
             self.stream_options.unwrap_or_default(),
-            &field("stream_options."),
+            field("stream_options."),
             violations,
         );
-        let labels = violations.check(&field("labels"), Labels::parse(self.labels));
+        let labels = violations.check(field("labels"), Labels::parse(self.labels));
         let spec = ServerSpec {
             name: name?,
             host: host?,
@@ -139,21 +158,21 @@ impl ServerInput {
     }
 }
 
-/// The MySQL user, checked, and the password's text when one is given (`field` names each
-/// under the request's prefix).
+/// The MySQL user, checked, and the password's text when one is given (each named under the
+/// request's `prefix`).
 fn check_login(
     user: &str,
     password: Option<&Secret>,
-    field: &dyn Fn(&str) -> String,
+    prefix: &dyn fmt::Display,
     violations: &mut Violations,
 ) -> Option<UserName> {
     let mysql_user = violations.check(
-        &field("mysql_user"),
+        Path(prefix, "mysql_user"),
         UserName::parse(user, "mysql_user", MAX_MYSQL_USER_LENGTH),
     );
     if let Some(password) = password {
         violations.check(
-            &field("mysql_password"),
+            Path(prefix, "mysql_password"),
             check_text(&password.0, MAX_MYSQL_PASSWORD_LENGTH),
         );
     }
@@ -165,7 +184,7 @@ fn check_login(
 fn tunnel_for(
     method: Option<ConnectionMethod>,
     tunnel: Option<SshTunnelInput>,
-    field: &str,
+    field: Path<'_>,
     existing: Existing,
     violations: &mut Violations,
 ) -> Option<SshTunnel> {
@@ -175,7 +194,7 @@ fn tunnel_for(
             None
         }
         (Some(ConnectionMethod::SshTunnel), Some(tunnel)) => {
-            validate_ssh_tunnel(tunnel, &format!("{field}."), existing, violations)
+            validate_ssh_tunnel(tunnel, Path(&field, "."), existing, violations)
         }
         (Some(method), Some(_)) => {
             violations.add(
@@ -190,20 +209,20 @@ fn tunnel_for(
 
 fn validate_ssh_tunnel(
     tunnel: SshTunnelInput,
-    prefix: &str,
+    prefix: Path<'_>,
     existing: Existing,
     violations: &mut Violations,
 ) -> Option<SshTunnel> {
-    let field = |name: &str| format!("{prefix}{name}");
-    let host = violations.check(&field("host"), Host::parse(&tunnel.host));
-    let port = violations.check(&field("port"), Port::parse(tunnel.port, DEFAULT_SSH_PORT));
+    let field = |name| Path(&prefix, name);
+    let host = violations.check(field("host"), Host::parse(&tunnel.host));
+    let port = violations.check(field("port"), Port::parse(tunnel.port, DEFAULT_SSH_PORT));
     let user = violations.check(
-        &field("user"),
+        field("user"),
         UserName::parse(&tunnel.user, "user", MAX_SSH_USER_LENGTH),
     );
     match &tunnel.private_key {
         Some(key) => {
-            violations.check(&field("private_key"), validate_private_key(&key.0));
+            violations.check(field("private_key"), validate_private_key(&key.0));
         }
         None if !existing.has_ssh_private_key => {
             violations.add(
@@ -216,7 +235,7 @@ fn validate_ssh_tunnel(
     let fingerprint = match tunnel.host_key_fingerprint {
         Some(text) if !text.is_empty() => violations
             .check(
-                &field("host_key_fingerprint"),
+                field("host_key_fingerprint"),
                 HostKeyFingerprint::parse(&text),
             )
             .map(Some),
@@ -235,7 +254,7 @@ pub const MAX_STREAM_OPTION_ENTRIES: usize = 1_000;
 
 /// Whether a list is within [`MAX_STREAM_OPTION_ENTRIES`]; one violation, not one per entry, when
 /// it is not, so that a huge list costs no more than a short one.
-fn within_entry_limit(texts: &[String], field: &str, violations: &mut Violations) -> bool {
+fn within_entry_limit(texts: &[String], field: Path<'_>, violations: &mut Violations) -> bool {
     if texts.len() <= MAX_STREAM_OPTION_ENTRIES {
         return true;
     }
@@ -251,7 +270,7 @@ fn within_entry_limit(texts: &[String], field: &str, violations: &mut Violations
 
 fn validate_stream_options(
     options: StreamOptionsInput,
-    prefix: &str,
+    prefix: Path<'_>,
     violations: &mut Violations,
 ) -> Option<StreamOptions> {
     let lists = [
@@ -261,26 +280,26 @@ fn validate_stream_options(
     ];
     let mut within = true;
     for (texts, name) in lists {
-        within &= within_entry_limit(texts, &format!("{prefix}{name}"), violations);
+        within &= within_entry_limit(texts, Path(&prefix, name), violations);
     }
     if !within {
         return None;
     }
     let schemas = parse_each(
         &options.schemas,
-        &format!("{prefix}schemas"),
+        Path(&prefix, "schemas"),
         Identifier::parse,
         violations,
     );
     let tables = parse_each(
         &options.tables,
-        &format!("{prefix}tables"),
+        Path(&prefix, "tables"),
         QualifiedTable::parse,
         violations,
     );
     let exclude_tables = parse_each(
         &options.exclude_tables,
-        &format!("{prefix}exclude_tables"),
+        Path(&prefix, "exclude_tables"),
         QualifiedTable::parse,
         violations,
     );
@@ -295,7 +314,7 @@ fn validate_stream_options(
 /// Each text parsed, a violation for each that fails (`field[index]`); none if any failed.
 fn parse_each<T>(
     texts: &[String],
-    field: &str,
+    field: Path<'_>,
     parse: fn(&str) -> Result<T, String>,
     violations: &mut Violations,
 ) -> Option<Vec<T>> {

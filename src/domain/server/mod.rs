@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ConnectionMethod, ServerId, ServerStatus, SslMode, TenantId,
+    ConnectionMethod, OnboardingStep, ServerId, ServerStatus, SslMode, TenantId,
     fields::{
         Host, HostKeyFingerprint, Identifier, Labels, Port, QualifiedTable, ServerName, UserName,
     },
@@ -175,9 +175,65 @@ pub struct Server {
     pub trace_parent: Option<String>,
 }
 
+impl Server {
+    /// Whether `other`'s onboarding status differs from this one's: what comparing the two
+    /// [`Server::onboarding_status`]es says, without building them (each clones the steps).
+    pub fn onboarding_differs(&self, other: &Server) -> bool {
+        fn firewall_ip(server: &Server) -> Option<&String> {
+            (server.current_step() == Some(OnboardingStep::AwaitingFirewall))
+                .then_some(server.agent_outbound_ip.as_ref())
+                .flatten()
+        }
+        let stream_state = |server: &Server| server.stream.as_ref().map(|stream| stream.state);
+        self.id != other.id
+            || self.current_step() != other.current_step()
+            || self.steps != other.steps
+            || firewall_ip(self) != firewall_ip(other)
+            || self.status != other.status
+            || stream_state(self) != stream_state(other)
+            || self.revision != other.revision
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn onboarding_differs_as_the_statuses_compare() {
+        let registered = lifecycle::tests::registered();
+        let mut awaiting = registered.clone();
+        let now = Utc::now();
+        awaiting
+            .steps
+            .complete(OnboardingStep::Provisioning, "done", &[], now);
+        for before in [registered, awaiting] {
+            let differs = |change: &dyn Fn(&mut Server)| {
+                let mut after = before.clone();
+                change(&mut after);
+                let statuses_differ = before.onboarding_status() != after.onboarding_status();
+                assert_eq!(before.onboarding_differs(&after), statuses_differ);
+                statuses_differ
+            };
+            let at_firewall = before.current_step() == Some(OnboardingStep::AwaitingFirewall);
+            assert!(!differs(&|_| {}));
+            assert!(!differs(&|server| server.version += 1));
+            assert_eq!(
+                differs(&|server| server.agent_outbound_ip = Some("192.0.2.7".into())),
+                at_firewall
+            );
+            assert!(differs(&|server| server.status = ServerStatus::Error));
+            assert!(differs(&|server| server.revision += 1));
+            assert!(differs(&|server| server
+                .steps
+                .report(OnboardingStep::Provisioning, "working")));
+            assert!(differs(&|server| server.steps.fail(
+                OnboardingStep::Provisioning,
+                "broken",
+                now
+            )));
+        }
+    }
 
     fn options(schemas: &[&str], tables: &[&str], exclude_tables: &[&str]) -> StreamOptions {
         let qualified = |names: &[&str]| {

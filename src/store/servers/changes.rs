@@ -172,7 +172,7 @@ where
             output,
         });
     }
-    let status_changed = server.onboarding_status() != before.onboarding_status();
+    let status_changed = server.onboarding_differs(&before);
     let onboarding_changed = status_changed || server.runnable != before.runnable;
     if status_changed {
         server.revision = before.revision + 1;
