@@ -20,6 +20,7 @@ mod examples;
 mod fencing;
 mod housekeeping;
 mod listing;
+mod log_lines;
 mod mysql_bytes;
 mod mysql_checks;
 mod mysql_failures;
