@@ -308,16 +308,22 @@ fn push_rows(found: &Found, rows: &mut Vec<Row>) {
     rows.push(Row {
         id: "B15",
         measurement: format!("{label}, RSS per stream (after a restart: streams only)"),
-        value: format!("{:.1} KB ({:.1} MB in all)", rss_each / 1024.0, idle.rss as f64 / MB),
-        baseline: format!("{:.1} MB, the same replica with 0 streams", base.rss as f64 / MB),
+        value: format!(
+            "{:.1} KB ({:.1} MB in all)",
+            rss_each / 1024.0,
+            idle.rss as f64 / MB
+        ),
+        baseline: format!(
+            "{:.1} MB, the same replica with 0 streams",
+            base.rss as f64 / MB
+        ),
         ratio: "—".to_owned(),
         target: "≤ 64 KB per stream".to_owned(),
         met: rss_each <= 64.0 * 1024.0,
         detail: Some(details(found)),
     });
     let minutes = |idle: Idle| idle.window.as_secs_f64() / 60.0;
-    let (cpu_each, cpu_at_5000) =
-        per_stream(idle.cpu / minutes(idle), base.cpu / minutes(base), n);
+    let (cpu_each, cpu_at_5000) = per_stream(idle.cpu / minutes(idle), base.cpu / minutes(base), n);
     rows.push(Row {
         id: "B15",
         measurement: format!("{label}, CPU per stream per minute; the whole at 5,000 streams"),
