@@ -342,6 +342,12 @@ fn push_rows(found: &Found, rows: &mut Vec<Row>) {
         met: cpu_at_5000 / 60.0 <= 0.10,
         detail: None,
     });
+    push_database_rows(found, &label, rows);
+}
+
+/// The rows of PostgreSQL's load and of the restart.
+fn push_database_rows(found: &Found, label: &str, rows: &mut Vec<Row>) {
+    let (n, base, idle) = (found.servers, found.baseline, found.idle);
     let (xacts_each, xacts_at_5000) = per_stream(idle.xacts, base.xacts, n);
     rows.push(Row {
         id: "B15",
