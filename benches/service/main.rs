@@ -3,12 +3,13 @@
 //!
 //! `cargo bench --bench service` runs all of it; `cargo bench --bench service -- B1 B6` runs
 //! only the named measurements; `-- callgrind` counts the instructions of GetServer and UpdateServer calls. PostgreSQL comes from DBTRAIL_BENCH_DATABASE_URL (default
-//! postgres://postgres@127.0.0.1:5432/postgres); B8, B10 and B13 start a private MariaDB from the
+//! postgres://postgres@127.0.0.1:5432/postgres); B8, B10, B13 and B15 start private MariaDBs from the
 //! installed binaries. `scripts/bench` starts and installs what is missing, then runs this.
 
 mod archive;
 mod client;
 mod fleet;
+mod idle;
 mod load;
 #[path = "../../tests/api/common/mariadb/instance.rs"]
 #[allow(dead_code)]
@@ -149,6 +150,9 @@ async fn main() {
     }
     if wanted("B14") {
         webhooks::webhooks(&database_url(&fresh_database_name()), &mut rows).await;
+    }
+    if wanted("B15") {
+        idle::idle_streams(&fresh_database_name(), &mut rows).await;
     }
     report::print(&rows);
     drop_bench_databases().await;

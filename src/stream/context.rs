@@ -1,6 +1,8 @@
 //! What one connection of a stream works with: the server as the connection began, the stream's
 //! lease, and how it reaches the customer's MySQL through `crate::source` under that lease.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::{
@@ -13,8 +15,8 @@ use crate::{
 
 /// A stream connection's view of its server and lease.
 pub struct StreamContext {
-    /// The server as it was when the connection began.
-    pub server: Server,
+    /// The server as it was when the connection began (the holder's copy, shared).
+    pub server: Arc<Server>,
     /// The stream's lease, for fenced writes.
     pub claim: Claim,
     pub store: Store,

@@ -37,7 +37,7 @@ pub struct Holder {
     pub settings: StreamSettings,
     pub control: Arc<Control>,
     pub progress: StreamProgress,
-    pub(super) server: Server,
+    pub(super) server: Arc<Server>,
     pub(super) store: Store,
     pub(super) index: ChangeIndex,
     pub(super) secrets: SecretBox,
@@ -74,7 +74,7 @@ impl Holder {
             settings: parts.settings,
             control: parts.control,
             progress,
-            server: parts.server,
+            server: Arc::new(parts.server),
             store: parts.store,
             index: parts.index,
             secrets: parts.secrets,
@@ -110,10 +110,10 @@ impl Holder {
         if self.control.lost() || self.control.release.load(Ordering::Acquire) {
             return true;
         }
-        match self.store.server_by_id(self.claim.server_id).await {
+        match Box::pin(self.store.server_by_id(self.claim.server_id)).await {
             Ok(server) if !server.wants_stream() => true,
             Ok(server) => {
-                self.server = server;
+                self.server = Arc::new(server);
                 false
             }
             Err(_) => false,
@@ -135,6 +135,12 @@ impl Holder {
         if self.state == StreamState::Stalled {
             let _ = self.move_to(StreamState::Running, None).await;
         }
+        self.record_progress(false).await;
+    }
+
+    /// The checkpoint is due but stands where the last one put it: it is current as of now.
+    pub(super) async fn checkpoint_current(&mut self) {
+        self.progress.last_checkpoint_at = Some(crate::domain::now());
         self.record_progress(false).await;
     }
 
@@ -174,7 +180,7 @@ impl Holder {
         self.book
             .put(self.claim, self.progress.clone(), self.control.clone());
         if force {
-            self.book.flush().await;
+            Box::pin(self.book.flush()).await;
         }
     }
 
@@ -182,7 +188,7 @@ impl Holder {
     /// and the statement in the schema-change feed; a failure leaves the stored snapshot and
     /// the feed behind, not the stream.
     pub async fn snapshot_refreshed(&mut self, ddl: &Ddl, fresh: Option<Table>) {
-        match refresh_snapshot_table(&self.store, self.claim, ddl, fresh).await {
+        match Box::pin(refresh_snapshot_table(&self.store, self.claim, ddl, fresh)).await {
             Ok(()) => {}
             Err(StoreError::Fenced) => self.control.lose(),
             Err(error) => tracing::warn!(
@@ -200,33 +206,29 @@ impl Holder {
     ) -> Result<(), StoreError> {
         self.record_progress(true).await;
         let now = crate::domain::now();
-        let (server, _) = self
-            .store
-            .modify_server(
-                Scope::Stream(self.claim.fence),
-                self.claim.server_id,
-                |server| Ok::<_, StoreError>(server.stream_moved(state, error, now)),
-            )
-            .await?;
-        self.server = server;
+        let (server, _) = Box::pin(self.store.modify_server(
+            Scope::Stream(self.claim.fence),
+            self.claim.server_id,
+            |server| Ok::<_, StoreError>(server.stream_moved(state, error, now)),
+        ))
+        .await?;
+        self.server = Arc::new(server);
         self.state = state;
         Ok(())
     }
 
     pub(super) async fn still_disconnected(&mut self) {
-        let result = self
-            .store
-            .modify_server(
-                Scope::Stream(self.claim.fence),
-                self.claim.server_id,
-                |server| {
-                    server.stream_still_disconnected();
-                    Ok::<_, StoreError>(())
-                },
-            )
-            .await;
+        let result = Box::pin(self.store.modify_server(
+            Scope::Stream(self.claim.fence),
+            self.claim.server_id,
+            |server| {
+                server.stream_still_disconnected();
+                Ok::<_, StoreError>(())
+            },
+        ))
+        .await;
         if let Ok((server, ())) = result {
-            self.server = server;
+            self.server = Arc::new(server);
         }
     }
 }

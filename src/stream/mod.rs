@@ -265,7 +265,7 @@ impl Streams {
         self.tasks.spawn(async move {
             streams.hold(claim, control).await;
             streams.forget(claim);
-            streams.leases.let_go(claim).await;
+            Box::pin(streams.leases.let_go(claim)).await;
         });
     }
 
@@ -281,7 +281,7 @@ impl Streams {
     }
 
     async fn hold(&self, claim: Claim, control: Arc<Control>) {
-        let server = match self.store.server_by_id(claim.server_id).await {
+        let server = match Box::pin(self.store.server_by_id(claim.server_id)).await {
             Ok(server) => server,
             Err(error) => {
                 tracing::warn!(server_id = %claim.server_id, %error, "claimed stream's server unreadable");

@@ -152,9 +152,13 @@ impl Reader {
                 }
             }
             Meaning::Heartbeat => {
-                // The source had nothing to send: the reader is caught up.
-                holder.progress.lag_millis = 0;
-                holder.record_progress(false).await;
+                // The source had nothing to send: the reader is caught up. The heartbeat's time
+                // alone waits for the next progress written (the checkpoint's, at the latest):
+                // a thousand idle streams do not rewrite a thousand rows a second for it.
+                if holder.progress.lag_millis != 0 {
+                    holder.progress.lag_millis = 0;
+                    holder.record_progress(false).await;
+                }
             }
             Meaning::Payload => self.transactions.enter_payload(place),
             Meaning::Rows(rows) => {
@@ -221,7 +225,9 @@ impl Reader {
                     table,
                     statement: text.clone(),
                 };
-                self.refresh(holder, &ddl, &at, context).await?;
+                // Boxed, as every rare path of a stream's task: the task is as large as its
+                // largest state, and a thousand idle streams would each hold this one's room.
+                Box::pin(self.refresh(holder, &ddl, &at, context)).await?;
             }
         }
         self.commit(place.end, timestamp);

@@ -91,11 +91,10 @@ enum Start {
 
 /// Takes the stream's checkpoint under this holder's epoch; a stream without one fails.
 async fn take_checkpoint(holder: &mut Holder) -> Start {
-    match holder
+    let taken = holder
         .index
-        .take_stream_checkpoint(holder.claim.server_id, holder.claim.fence.epoch)
-        .await
-    {
+        .take_stream_checkpoint(holder.claim.server_id, holder.claim.fence.epoch);
+    match Box::pin(taken).await {
         Ok(Some(checkpoint)) => Start::From(checkpoint),
         Ok(None) => {
             let message = "the stream has no checkpoint to start from; RetryOnboarding records one"

@@ -209,7 +209,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
         mut reader,
         dump_connection_id,
         identity,
-    } = match open_traced(holder, &context, &checkpoint.position).await {
+    } = match Box::pin(open_traced(holder, &context, &checkpoint.position)).await {
         Ok(opened) => opened,
         Err(end) => return end,
     };
@@ -224,10 +224,11 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
         drop(tunnel);
         return SessionEnd::Stopped;
     }
-    let mut stream = match request_binlog(connection, &reader, &checkpoint, &context).await {
-        Ok(stream) => stream,
-        Err(end) => return end,
-    };
+    let mut stream =
+        match Box::pin(request_binlog(connection, &reader, &checkpoint, &context)).await {
+            Ok(stream) => stream,
+            Err(end) => return end,
+        };
     let mut sink = Sink::start(holder);
     let end = read(
         holder,
@@ -244,7 +245,7 @@ pub async fn run(holder: &mut Holder, checkpoint: StreamCheckpoint) -> SessionEn
     // thread ends at its next heartbeat; a second login through the jumphost would be one the
     // customer did not expect (the jumphost may be moving).
     if let (Some(id), SessionEnd::Stopped, None) = (dump_connection_id, &end, &tunnel) {
-        end_dump_thread(&context.source(), id).await;
+        Box::pin(end_dump_thread(&context.source(), id)).await;
     }
     drop(tunnel);
     end
@@ -451,6 +452,9 @@ async fn store_before_failing(
 }
 
 /// The write that is due by the clock; the first one, once stored, marks the stream running.
+/// A running stream whose checkpoint has not moved since its last write (an idle source: only
+/// heartbeats) writes nothing to the index: its progress says the checkpoint is current, in
+/// the replica's next progress batch, which is fenced by the lease like the write it replaces.
 async fn timely_flush(
     holder: &mut Holder,
     sink: &mut Sink,
@@ -458,6 +462,15 @@ async fn timely_flush(
     identity: &str,
     pace: &mut Pace,
 ) -> Result<(), SessionEnd> {
+    let unmoved = pace.running
+        && reader.committed_rows == 0
+        && reader.committed_statements.skipped == 0
+        && sink.stored_at(&reader.position(reader.transactions.committed.clone(), 0, identity));
+    if unmoved {
+        holder.checkpoint_current().await;
+        pace.last_flush = Instant::now();
+        return Ok(());
+    }
     flush(holder, sink, reader, identity).await?;
     pace.last_flush = Instant::now();
     if !pace.running {

@@ -47,12 +47,16 @@ pub(super) enum Report {
 
 /// The read half's end of the pipeline.
 pub(super) struct Sink {
-    batches: Option<mpsc::Sender<Batch>>,
+    /// Boxed, like the reports: a channel allocates room for 32 of its items at once, and a
+    /// thousand idle streams would each hold that room for nothing.
+    batches: Option<mpsc::Sender<Box<Batch>>>,
     /// At most one report a batch, and the reader takes them in whenever it hands a batch over,
     /// so no more than `QUEUED` + 2 wait here.
-    reports: mpsc::UnboundedReceiver<Report>,
+    reports: mpsc::UnboundedReceiver<Box<Report>>,
     handed: u64,
     stored: u64,
+    /// The checkpoint of the last batch handed over.
+    last_position: Option<StreamPosition>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -73,6 +77,7 @@ impl Sink {
             reports,
             handed: 0,
             stored: 0,
+            last_position: None,
             task: Some(tokio::spawn(writer.run(queue))),
         }
     }
@@ -86,17 +91,19 @@ impl Sink {
         let Some(batches) = self.batches.as_ref() else {
             return Err(SessionEnd::Stopped);
         };
-        let send = batches.send(batch);
+        let position = batch.position.clone();
+        let send = batches.send(Box::new(batch));
         tokio::pin!(send);
         loop {
             tokio::select! {
                 sent = &mut send => {
                     sent.map_err(|_| SessionEnd::Stopped)?;
                     self.handed += 1;
+                    self.last_position = Some(position);
                     return Ok(());
                 }
                 Some(report) = self.reports.recv() => {
-                    take_report(holder, report, &mut self.stored).await;
+                    take_report(holder, *report, &mut self.stored).await;
                 }
             }
         }
@@ -107,10 +114,16 @@ impl Sink {
         self.stored == self.handed
     }
 
+    /// Whether the index's checkpoint is `position` already: the last batch handed over
+    /// ended there and is stored.
+    pub(super) fn stored_at(&self, position: &StreamPosition) -> bool {
+        self.idle() && self.last_position.as_ref() == Some(position)
+    }
+
     /// The next report (pending forever once the writer ended).
     pub(super) async fn report(&mut self) -> Report {
         match self.reports.recv().await {
-            Some(report) => report,
+            Some(report) => *report,
             None => std::future::pending().await,
         }
     }
@@ -125,7 +138,7 @@ impl Sink {
     pub(super) async fn settle(&mut self, holder: &mut Holder) -> Result<(), SessionEnd> {
         while self.stored < self.handed {
             match self.reports.recv().await {
-                Some(report) => take_report(holder, report, &mut self.stored).await,
+                Some(report) => take_report(holder, *report, &mut self.stored).await,
                 None => return Err(SessionEnd::Stopped),
             }
         }
@@ -138,7 +151,7 @@ impl Sink {
     pub(super) async fn finish(mut self, holder: &mut Holder) {
         self.batches = None;
         while let Some(report) = self.reports.recv().await {
-            take_report(holder, report, &mut self.stored).await;
+            take_report(holder, *report, &mut self.stored).await;
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -165,13 +178,13 @@ struct Writer {
     index: ChangeIndex,
     claim: Claim,
     control: Arc<Control>,
-    reports: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedSender<Box<Report>>,
     /// The COPY connection held while bulk keeps coming.
     copy: Option<CopyConnection>,
 }
 
 impl Writer {
-    async fn run(mut self, mut queue: mpsc::Receiver<Batch>) {
+    async fn run(mut self, mut queue: mpsc::Receiver<Box<Batch>>) {
         while let Some(batch) = self.next(&mut queue).await {
             let Some(total) = self.write(&batch, &queue).await else {
                 return;
@@ -181,14 +194,14 @@ impl Writer {
                 position: batch.position,
                 total,
             };
-            if self.reports.send(report).is_err() {
+            if self.reports.send(Box::new(report)).is_err() {
                 return;
             }
         }
     }
 
     /// The next batch; a COPY connection waiting longer than `COPY_IDLE` for it is let go.
-    async fn next(&mut self, queue: &mut mpsc::Receiver<Batch>) -> Option<Batch> {
+    async fn next(&mut self, queue: &mut mpsc::Receiver<Box<Batch>>) -> Option<Box<Batch>> {
         if self.copy.is_some() {
             match tokio::time::timeout(COPY_IDLE, queue.recv()).await {
                 Ok(batch) => return batch,
@@ -204,30 +217,36 @@ impl Writer {
         let owner = (self.claim.server_id, self.claim.fence.epoch);
         if batch.events.len() >= COPY_MIN_ROWS {
             if self.copy.is_none() {
-                self.copy = self.index.copy_connection().await.unwrap_or_else(|error| {
+                self.copy = Box::pin(self.index.copy_connection()).await.unwrap_or_else(|error| {
                     tracing::warn!(server_id = %self.claim.server_id, %error, "no COPY connection; writing through the pool");
                     None
                 });
             }
             if let Some(connection) = self.copy.as_mut() {
-                let written = self
-                    .index
-                    .copy_change_batch(connection, owner, &batch.events, &batch.position)
-                    .await;
+                let written = Box::pin(self.index.copy_change_batch(
+                    connection,
+                    owner,
+                    &batch.events,
+                    &batch.position,
+                ))
+                .await;
                 if written.is_err() {
                     self.copy = None;
                 }
                 return written;
             }
         }
-        self.index
-            .write_change_batch(owner.0, owner.1, &batch.events, &batch.position)
-            .await
+        // Boxed, like the COPY: the writer waits for batches far longer than it writes them.
+        Box::pin(
+            self.index
+                .write_change_batch(owner.0, owner.1, &batch.events, &batch.position),
+        )
+        .await
     }
 
     /// Writes one batch, retrying while the index fails and the connection goes on; None when
     /// the lease is lost or the connection ended with the write failing.
-    async fn write(&mut self, batch: &Batch, queue: &mpsc::Receiver<Batch>) -> Option<i64> {
+    async fn write(&mut self, batch: &Batch, queue: &mpsc::Receiver<Box<Batch>>) -> Option<i64> {
         let failing_since = Instant::now();
         let mut said = false;
         loop {
@@ -248,7 +267,7 @@ impl Writer {
                     if failing_since.elapsed() >= STALL_AFTER && !said {
                         said = true;
                         let message = format!("the change index cannot be written: {error}");
-                        let _ = self.reports.send(Report::Failing(message));
+                        let _ = self.reports.send(Box::new(Report::Failing(message)));
                     }
                     tokio::select! {
                         () = self.control.ended() => {}

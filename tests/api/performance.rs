@@ -1,9 +1,16 @@
 //! Performance guards that need no timing: every accepted socket of both listeners has TCP_NODELAY,
-//! and ListServers' cursor is a condition of the listing index, not a filter over the rows the
-//! index returns.
+//! ListServers' cursor is a condition of the listing index, not a filter over the rows the
+//! index returns, and an idle stream keeps its checkpoint current without a write of the change
+//! index every interval (B15).
 
-use std::{net::SocketAddr, os::fd::RawFd, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::fd::RawFd,
+    time::{Duration, SystemTime},
+};
 
+use crate::common::mariadb::*;
+use crate::common::stream::*;
 use crate::common::*;
 use dbtrail_servers::{
     config::DatabaseConfig,
@@ -236,5 +243,83 @@ fn list_servers_cursor_is_an_index_condition() {
                 "the {what} filters rows by the cursor after the index scan:\n{plan}"
             );
         }
+    });
+}
+
+/// When the change index last recorded the stream's checkpoint, and when the stream's progress
+/// last said that checkpoint was current.
+async fn checkpoint_times(
+    sql: &tokio_postgres::Client,
+    server_id: &str,
+) -> (SystemTime, SystemTime) {
+    let row = sql
+        .query_one(
+            "SELECT checkpoint.recorded_at, \
+                 (servers.stream_progress->>'last_checkpoint_at')::timestamptz \
+             FROM stream_checkpoints checkpoint JOIN servers ON servers.id = checkpoint.server_id \
+             WHERE servers.id::text = $1",
+            &[&server_id],
+        )
+        .await
+        .expect("the stream's checkpoint and progress");
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn an_idle_stream_keeps_its_checkpoint_current_without_writing_the_index() {
+    block_on(async {
+        let mariadb = mariadb_with(&[
+            "CREATE DATABASE shop",
+            "CREATE TABLE shop.t (id INT PRIMARY KEY)",
+        ])
+        .await;
+        let mut options = mysql_replica_options();
+        options
+            .extra_args
+            .extend(["--stream-checkpoint-interval".into(), "300ms".into()]);
+        let app = TestApp::start_with(options).await;
+        let mut client = app.client();
+        let id = register(&mut client, mariadb.server("idle", USER, PASSWORD))
+            .await
+            .server_id;
+        wait_stream(&mut client, &id, "the stream to run", running).await;
+        let sql = app.db.connect().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (recorded, current) = checkpoint_times(&sql, &id).await;
+
+        // Ten checkpoint intervals with nothing but heartbeats from the source.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (recorded_idle, current_idle) = checkpoint_times(&sql, &id).await;
+        assert_eq!(
+            recorded_idle, recorded,
+            "an idle stream's checkpoint is not written to the change index again"
+        );
+        assert!(
+            current_idle > current,
+            "the stream's progress says its checkpoint is current: {current_idle:?} after {current:?}"
+        );
+
+        // A row after the idle stretch is captured, and its checkpoint written with it.
+        mariadb.exec(&["INSERT INTO shop.t VALUES (1)"]).await;
+        wait_until(
+            "the row and its checkpoint",
+            Duration::from_secs(10),
+            || {
+                let sql = &sql;
+                let id = id.clone();
+                async move {
+                    let count: i64 = sql
+                        .query_one(
+                            "SELECT count(*) FROM change_events WHERE server_id::text = $1",
+                            &[&id],
+                        )
+                        .await
+                        .expect("count the captured rows")
+                        .get(0);
+                    count == 1 && checkpoint_times(sql, &id).await.0 > recorded_idle
+                }
+            },
+        )
+        .await;
     });
 }
