@@ -32,7 +32,7 @@ use crate::{
     source::schema::SnapshotLimits,
     store::{
         self, ChangeIndex, Store, StoreError,
-        index::archive::{Archive, ArchiveLocation, ArchiveSettings, Failpoint},
+        index::archive::{Archive, ArchiveSettings},
         listener,
     },
     stream::{StreamSettings, Streams, StreamsConfig},
@@ -158,7 +158,7 @@ pub async fn start_with_steps(
     steps: Vec<Arc<dyn Step>>,
 ) -> Result<RunningApp, AppError> {
     let metrics = metrics_handle();
-    let archive = archive_settings(&config)?;
+    let archive = ArchiveSettings::from_config(&config).map_err(AppError::Archive)?;
     let stores = Stores::open(&config).await?;
     let secrets = open_secrets(&config, &stores.api).await?;
     bootstrap_first_key(&stores.api).await?;
@@ -336,7 +336,7 @@ impl Stores {
         if let Some(url) = index_url {
             store::create_database(url).await?;
         }
-        let archive = open_archive(config)?;
+        let archive = Archive::from_config(config).map_err(AppError::Archive)?;
         let index = ChangeIndex::connect(&DatabaseConfig {
             database_url: Some(index_url.map_or(url, String::as_str).to_owned()),
             ..background
@@ -364,43 +364,6 @@ impl Stores {
             index_reader,
         })
     }
-}
-
-/// The archive of closed change partitions: `--archive-url`, or `archive` under the data
-/// directory.
-fn open_archive(config: &Config) -> Result<Archive, AppError> {
-    let location = match &config.archive_url {
-        Some(url) => ArchiveLocation::parse(url).map_err(AppError::Archive)?,
-        None => ArchiveLocation::Directory(config.data_dir.join("archive")),
-    };
-    Archive::open(location).map_err(AppError::Archive)
-}
-
-/// What the archive job keeps hot and for how long it keeps files, checked together.
-fn archive_settings(config: &Config) -> Result<ArchiveSettings, AppError> {
-    if config.archive_retention < config.hot_retention {
-        return Err(AppError::Archive(format!(
-            "--archive-retention ({}) is shorter than --hot-retention ({}): events would be deleted as they are archived; make it at least as long",
-            humantime::format_duration(config.archive_retention),
-            humantime::format_duration(config.hot_retention)
-        )));
-    }
-    let failpoint = config
-        .archive_failpoint
-        .as_deref()
-        .map(Failpoint::parse)
-        .transpose()
-        .map_err(AppError::Archive)?;
-    Ok(ArchiveSettings {
-        hot_retention: config.hot_retention,
-        archive_retention: config.archive_retention,
-        holder: format!(
-            "{}:{}",
-            gethostname::gethostname().to_string_lossy(),
-            uuid::Uuid::new_v4()
-        ),
-        failpoint,
-    })
 }
 
 /// The secrets key, from the configuration or the data directory (generated there on first
@@ -482,16 +445,9 @@ fn housekeeping(
     agent: &AgentSettings,
     archive: ArchiveSettings,
 ) -> Housekeeping {
-    let settings = HousekeepingSettings {
-        history_retention: config.history_retention,
-        partition_width: config.change_partition_width,
-        archive,
-        audit_retention: config.audit_retention,
-        // Twice the time after which a dead agent's servers move: by then they have.
-        dead_agents_after: agent.replaced_after * 2,
-        held_keys: secrets.key_ids(),
-        webhook_retention: config.webhook_retention,
-    };
+    // Twice the time after which a dead agent's servers move: by then they have.
+    let settings =
+        HousekeepingSettings::of(config, archive, agent.replaced_after * 2, secrets.key_ids());
     Housekeeping::new(stores.api.clone(), stores.index.clone(), settings)
 }
 

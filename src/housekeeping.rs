@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::Config,
     domain::partition::PartitionWidth,
     store::{ChangeIndex, Store, StoreError, index::archive::ArchiveSettings},
 };
@@ -45,6 +46,27 @@ pub struct HousekeepingSettings {
     pub held_keys: Vec<String>,
     /// Delivered and dead webhook deliveries older than this are forgotten.
     pub webhook_retention: Duration,
+}
+
+impl HousekeepingSettings {
+    /// The settings of `serve`'s flags, with the archive's, when agents count as dead, and the
+    /// replica's keys.
+    pub fn of(
+        config: &Config,
+        archive: ArchiveSettings,
+        dead_agents_after: Duration,
+        held_keys: Vec<String>,
+    ) -> HousekeepingSettings {
+        HousekeepingSettings {
+            history_retention: config.history_retention,
+            partition_width: config.change_partition_width,
+            archive,
+            audit_retention: config.audit_retention,
+            dead_agents_after,
+            held_keys,
+            webhook_retention: config.webhook_retention,
+        }
+    }
 }
 
 /// The jobs, in the order they run when several are due.

@@ -145,16 +145,13 @@ impl ServerInput {
             stream_options: stream_options?,
             labels: labels?,
         };
-        if spec.connection_method == ConnectionMethod::SshTunnel && spec.ssh_tunnel.is_none() {
-            return None;
-        }
-        Some((
-            spec,
-            NewSecrets {
-                mysql_password: self.mysql_password,
-                ssh_private_key,
-            },
-        ))
+        let secrets = NewSecrets {
+            mysql_password: self.mysql_password,
+            ssh_private_key,
+        };
+        let complete =
+            spec.connection_method != ConnectionMethod::SshTunnel || spec.ssh_tunnel.is_some();
+        complete.then_some((spec, secrets))
     }
 }
 

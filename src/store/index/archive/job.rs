@@ -24,7 +24,10 @@ use super::{
     manifest::{Claimed, Dropped},
     object_path, unavailable,
 };
-use crate::store::{Connection, StoreError, index::ChangeIndex, index::events::EventRow};
+use crate::{
+    config::Config,
+    store::{Connection, StoreError, index::ChangeIndex, index::events::EventRow},
+};
 
 /// Rows per record batch and per Parquet row group: the unit a read prunes by statistics and
 /// holds in memory at once.
@@ -65,6 +68,31 @@ pub struct ArchiveSettings {
     /// Who claims partitions (this replica).
     pub holder: String,
     pub failpoint: Option<Failpoint>,
+}
+
+impl ArchiveSettings {
+    /// The settings of `serve`'s flags, checked together; this replica holds its claims under
+    /// its host name and a fresh id.
+    pub fn from_config(config: &Config) -> Result<ArchiveSettings, String> {
+        if config.archive_retention < config.hot_retention {
+            return Err(format!(
+                "--archive-retention ({}) is shorter than --hot-retention ({}): events would be deleted as they are archived; make it at least as long",
+                humantime::format_duration(config.archive_retention),
+                humantime::format_duration(config.hot_retention)
+            ));
+        }
+        let failpoint = config.archive_failpoint.as_deref().map(Failpoint::parse);
+        Ok(ArchiveSettings {
+            hot_retention: config.hot_retention,
+            archive_retention: config.archive_retention,
+            holder: format!(
+                "{}:{}",
+                gethostname::gethostname().to_string_lossy(),
+                Uuid::new_v4()
+            ),
+            failpoint: failpoint.transpose()?,
+        })
+    }
 }
 
 /// What one run did.

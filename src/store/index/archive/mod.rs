@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use object_store::{ObjectStore, path::Path};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::{config::Config, store::StoreError};
 
 /// The archive's store and where it is.
 #[derive(Clone)]
@@ -36,6 +36,15 @@ impl Archive {
             store: location.open()?,
             location,
         })
+    }
+
+    /// The archive `--archive-url` names, or the directory `archive` under `--data-dir`.
+    pub fn from_config(config: &Config) -> Result<Archive, String> {
+        let location = match &config.archive_url {
+            Some(url) => ArchiveLocation::parse(url)?,
+            None => ArchiveLocation::Directory(config.data_dir.join("archive")),
+        };
+        Archive::open(location)
     }
 
     pub fn location(&self) -> &ArchiveLocation {
