@@ -22,9 +22,12 @@ const MB: f64 = 1024.0 * 1024.0;
 
 /// B16 on a database of its own.
 pub async fn archive(database_url: &str, rows: &mut Vec<Row>) {
-    let width = ["--change-partition-width", "1m"];
+    // The replica reads the files this process's archive run writes: the same directory.
+    let directory = tempfile::tempdir().expect("an archive directory");
+    let url = directory.path().to_str().expect("a UTF-8 path");
+    let flags = ["--change-partition-width", "1m", "--archive-url", url];
     let (mariadb, replica, key, server_id) =
-        stream::onboarded_with(database_url, "bench-archive", &width).await;
+        stream::onboarded_with(database_url, "bench-archive", &flags).await;
     stream::write_and_index(&mariadb, database_url, &server_id, (1, EVENTS, EVENTS)).await;
     let postgres = stream::postgres(database_url).await;
     let mut api = client::client(replica.channel().await, &key);
@@ -33,7 +36,6 @@ pub async fn archive(database_url: &str, rows: &mut Vec<Row>) {
     let hot_bytes = closed_bytes(&postgres).await;
     let read = read_rate(&postgres, &server_id).await;
 
-    let directory = tempfile::tempdir().expect("an archive directory");
     let (archive_rate, run) = archive_all(database_url, directory.path()).await;
     let cold_list = list_rate(&mut api, &server_id).await;
     let after_bytes = closed_bytes(&postgres).await;
