@@ -325,10 +325,16 @@ fn serve_takes_every_setting_from_the_environment() {
         .await;
         assert_eq!(status.agent_outbound_ip.as_deref(), Some("198.51.100.23"));
         assert_eq!(http_get(process.http_addr, "/healthz").await.0, 200);
-        // A secrets key was given, so none was generated.
+        // A secrets key was given, so none was generated; the archive's default directory is
+        // all the data directory holds.
+        assert!(data_dir.path().join("archive").is_dir());
         let files: Vec<_> = std::fs::read_dir(data_dir.path())
             .map(|entries| entries.flatten().collect())
             .unwrap_or_default();
+        let files: Vec<_> = files
+            .iter()
+            .filter(|entry| entry.file_name() != "archive")
+            .collect();
         assert!(
             files.is_empty(),
             "a key file was generated although one was configured: {files:?}"
