@@ -5,6 +5,7 @@
 //! archive's steps loses and doubles nothing; two replicas archive each partition once; and
 //! pyarrow, an independent Parquet reader, reads the files to the rows PostgreSQL held.
 
+mod cascade;
 mod crashes;
 mod keeping;
 mod tiers;
