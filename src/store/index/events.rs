@@ -13,7 +13,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
     ChangeIndex, StreamPosition,
-    archive::{ColdFilter, ColdRead, Order, Range, merge_hot_and_cold},
+    archive::{ColdFilter, ColdRead, Order, Range, archive_cannot_add, merge_hot_and_cold},
     copy::CHECKPOINT_UPDATE,
 };
 use crate::{
@@ -273,6 +273,9 @@ impl ChangeIndex {
         read: ColdRead<'_>,
         bound: &PageBound<ChangeEvent>,
     ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
+        if archive_cannot_add((&hot.0, hot.1), read) {
+            return Ok(hot);
+        }
         let files =
             ChangeIndex::archived_files(connection, server_id.uuid(), read.range, read.order)
                 .await?;

@@ -35,6 +35,15 @@ pub struct ColdFilter {
 }
 
 impl ColdFilter {
+    /// Whether the filter takes every event.
+    fn takes_all(&self) -> bool {
+        self.conditions.is_empty()
+            && self.table.is_none()
+            && self.key.is_none()
+            && self.ids.is_none()
+            && self.operation.is_none()
+    }
+
     fn holds(&self, event: &ChangeEvent) -> bool {
         let change = &event.change;
         self.table
@@ -227,6 +236,26 @@ pub async fn merge_hot_and_cold(
     let hot: Events = Box::pin(stream::iter(hot.into_iter().map(Ok)));
     let (events, more) = collect_page(merge(hot, Box::pin(cold), order), bound, Ok).await?;
     Ok((events, more || hot_more))
+}
+
+/// Whether the archive cannot add to a hot page of `read`, so the manifest need not be read: a
+/// full page, of every event, whose sequences run without a gap from where `read` starts. A
+/// server's sequences are consecutive and archived partitions are older, so every event in the
+/// page's range is in it, and the page ends before anything past it.
+pub fn archive_cannot_add((hot, more): (&[ChangeEvent], bool), read: ColdRead<'_>) -> bool {
+    let (Some(first), Some(last)) = (hot.first(), hot.last()) else {
+        return false;
+    };
+    let count = hot.len() as i64;
+    let gapless = match read.order {
+        Order::Oldest => {
+            first.sequence == read.range.after + 1 && last.sequence == read.range.after + count
+        }
+        Order::Newest => {
+            first.sequence == read.range.before - 1 && last.sequence == read.range.before - count
+        }
+    };
+    more && read.filter.takes_all() && gapless
 }
 
 fn opened(archive: Option<&Archive>) -> Result<&Archive, StoreError> {

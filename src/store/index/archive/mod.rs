@@ -9,7 +9,9 @@ mod job;
 mod manifest;
 mod storage;
 
-pub use cold::{ColdFilter, ColdRead, Order, Range, cold_events, merge_hot_and_cold};
+pub use cold::{
+    ColdFilter, ColdRead, Order, Range, archive_cannot_add, cold_events, merge_hot_and_cold,
+};
 pub use job::{ArchiveRun, ArchiveSettings, Failpoint};
 pub use manifest::{ArchivedFile, Partition};
 pub use storage::ArchiveLocation;
