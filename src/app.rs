@@ -2,6 +2,10 @@
 //! and HTTP servers, the LISTEN hub, the onboarding engine and the health loop; stops them in
 //! order on shutdown.
 
+mod stores;
+
+use stores::Stores;
+
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
@@ -19,7 +23,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use crate::{
     agent::AgentSettings,
     auth::{Authenticator, TrustedProxies, admin::Admin},
-    config::{Config, DatabaseConfig},
+    config::Config,
     domain::target::TargetPolicy,
     gateway::{self, Gateway},
     grpc::{self, ServersApi},
@@ -30,11 +34,7 @@ use crate::{
     proto::servers_service_server::ServersServiceServer,
     secrets::{SecretBox, SecretsError},
     source::schema::SnapshotLimits,
-    store::{
-        self, ChangeIndex, Store, StoreError,
-        index::archive::{Archive, ArchiveSettings},
-        listener,
-    },
+    store::{IndexShards, Store, StoreError, index::archive::ArchiveSettings, listener},
     stream::{StreamSettings, Streams, StreamsConfig},
     tls,
     watch::Hubs,
@@ -65,6 +65,8 @@ pub enum AppError {
     Bootstrap(String),
     #[error("archive: {0}")]
     Archive(String),
+    #[error("change index: {0}")]
+    Index(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("REST routes: {0}")]
@@ -263,7 +265,7 @@ fn start_health(
 /// The Servers API over the client pool, its page tokens signed with the deployment's key.
 async fn servers_api(
     store: &Store,
-    index_reader: ChangeIndex,
+    index_reader: IndexShards,
     secrets: SecretBox,
     hubs: Hubs,
     authenticator: &Arc<Authenticator>,
@@ -287,83 +289,6 @@ async fn servers_api(
 fn check_limits(config: &Config) -> grpc::CheckLimits {
     let per_minute = (config.check_rate_limit > 0).then_some(config.check_rate_limit);
     grpc::CheckLimits::new(per_minute, config.check_timeout.min(config.call_timeout))
-}
-
-/// The replica's connection pools, each sized for its work.
-struct Stores {
-    /// Client calls: fail fast when the pool is exhausted.
-    api: Store,
-    /// The onboarding engine and the streams' leases: background work waits for a connection.
-    engine: Store,
-    /// The watch hubs' reads.
-    watch: Store,
-    /// The webhook deliveries' claims and outcomes, apart from the engine's lease renewals.
-    webhooks: Store,
-    /// The streams' writes to the change index: its own pool, so event volume never starves
-    /// the engine's lease renewals.
-    index: ChangeIndex,
-    /// ListChangeEvents' reads of the change index.
-    index_reader: ChangeIndex,
-}
-
-impl Stores {
-    /// Migrates the database (creating it when missing) and the change index, and opens the
-    /// pools.
-    async fn open(config: &Config) -> Result<Stores, AppError> {
-        let url = config.database.url();
-        store::create_database_and_migrate(url)
-            .await
-            .map_err(|source| AppError::Database {
-                url: store::connect::redacted(url),
-                source,
-            })?;
-        let api = Store::connect(&config.database)?;
-        let background = DatabaseConfig {
-            pool_size: config.engine_pool_size,
-            pool_timeout: config.database.pool_timeout.max(ENGINE_POOL_TIMEOUT),
-            ..config.database.clone()
-        };
-        let engine = Store::connect(&background)?;
-        let watch = Store::connect(&DatabaseConfig {
-            pool_size: config.watch_pool_size,
-            ..config.database.clone()
-        })?;
-        let webhooks = Store::connect(&DatabaseConfig {
-            pool_size: crate::webhooks::POOL_SIZE,
-            ..background.clone()
-        })?;
-        let index_url = config.index_database_url.as_ref();
-        if let Some(url) = index_url {
-            store::create_database(url).await?;
-        }
-        let archive = Archive::from_config(config).map_err(AppError::Archive)?;
-        let index = ChangeIndex::connect(&DatabaseConfig {
-            database_url: Some(index_url.map_or(url, String::as_str).to_owned()),
-            ..background
-        })?
-        .with_archive(archive.clone());
-        let index_reader = match index_url {
-            Some(url) => ChangeIndex::connect(&DatabaseConfig {
-                database_url: Some(url.clone()),
-                ..config.database.clone()
-            })?,
-            None => ChangeIndex::sharing(api.clone()),
-        }
-        .with_archive(archive);
-        index
-            .prepare_change_index(config.change_partition_width)
-            .await?;
-        // The audit log's partitions, before the first call or bootstrap writes into them.
-        api.prepare_audit_log().await?;
-        Ok(Stores {
-            api,
-            engine,
-            watch,
-            webhooks,
-            index,
-            index_reader,
-        })
-    }
 }
 
 /// The secrets key, from the configuration or the data directory (generated there on first

@@ -312,9 +312,15 @@ pub struct Config {
     #[arg(long, env = "DBTRAIL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
     pub trusted_proxies: Vec<IpRange>,
 
-    /// The PostgreSQL of the change-event index; the control plane's database when unset.
-    #[arg(long, env = "DBTRAIL_INDEX_DATABASE_URL", hide_env_values = true)]
-    pub index_database_url: Option<String>,
+    /// The PostgreSQL databases of the change-event index (shards; comma-separated or the flag
+    /// repeated); the control plane's database when unset. Each server's events live in one.
+    #[arg(
+        long,
+        env = "DBTRAIL_INDEX_DATABASE_URL",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub index_database_url: Vec<String>,
 
     /// Most binlog streams one replica holds (beyond its fair share it holds none anyway).
     #[arg(long, env = "DBTRAIL_MAX_STREAMS", default_value_t = 1000)]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     domain::partition::PartitionWidth,
-    store::{ChangeIndex, Store, StoreError, index::archive::ArchiveSettings},
+    store::{IndexShards, Store, StoreError, index::archive::ArchiveSettings},
 };
 
 /// How long a request id is remembered: retries come within minutes, not days.
@@ -146,12 +146,12 @@ pub struct Housekeeping {
     /// The control plane's database.
     store: Store,
     /// The change index's database (the control plane's by default).
-    index: ChangeIndex,
+    index: IndexShards,
     settings: HousekeepingSettings,
 }
 
 impl Housekeeping {
-    pub fn new(store: Store, index: ChangeIndex, settings: HousekeepingSettings) -> Housekeeping {
+    pub fn new(store: Store, index: IndexShards, settings: HousekeepingSettings) -> Housekeeping {
         for job in JOBS {
             metrics::counter!("dbtrail_housekeeping_failures_total", "job" => job.name())
                 .increment(0);
@@ -200,9 +200,12 @@ impl Housekeeping {
     async fn run_job(&self, job: Job) -> Result<(), StoreError> {
         match job {
             Job::Partitions => {
-                self.index
-                    .maintain_change_index(self.settings.partition_width)
-                    .await
+                for index in self.index.all() {
+                    index
+                        .maintain_change_index(self.settings.partition_width)
+                        .await?;
+                }
+                Ok(())
             }
             Job::Archive => self.archive().await,
             Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => self.remove_named(job).await,
@@ -249,26 +252,30 @@ impl Housekeeping {
         Ok(())
     }
 
-    /// Archives the partitions due and deletes files past retention; the archive's lag (how
-    /// long the oldest partition due has waited) is a gauge.
+    /// Archives the partitions due in every shard of the index and deletes files past
+    /// retention; the archive's lag (how long the oldest partition due has waited, in any
+    /// shard) is a gauge. A failing shard does not hold the others back.
     async fn archive(&self) -> Result<(), StoreError> {
         let settings = &self.settings.archive;
-        let outcome = self.index.archive_due(settings).await;
         let due = chrono::Utc::now()
             - chrono::Duration::from_std(settings.hot_retention).unwrap_or(chrono::Duration::MAX);
-        let lag = self
-            .index
-            .oldest_closed_partition(due)
-            .await?
-            .map_or(0.0, |ended| {
-                (due - ended).to_std().unwrap_or_default().as_secs_f64()
-            });
-        metrics::gauge!("dbtrail_archive_lag_seconds").set(lag);
-        let run = outcome?;
-        if !run.partitions.is_empty() || run.expired_files > 0 {
-            tracing::info!(partitions = ?run.partitions, rows = run.rows, bytes = run.bytes, expired_files = run.expired_files, "archived change partitions");
+        let mut lag: f64 = 0.0;
+        let mut failed = Ok(());
+        for index in self.index.all() {
+            let outcome = index.archive_due(settings).await;
+            if let Some(ended) = index.oldest_closed_partition(due).await? {
+                lag = lag.max((due - ended).to_std().unwrap_or_default().as_secs_f64());
+            }
+            match outcome {
+                Ok(run) if !run.partitions.is_empty() || run.expired_files > 0 => {
+                    tracing::info!(partitions = ?run.partitions, rows = run.rows, bytes = run.bytes, expired_files = run.expired_files, "archived change partitions");
+                }
+                Ok(_) => {}
+                Err(error) => failed = Err(error),
+            }
         }
-        Ok(())
+        metrics::gauge!("dbtrail_archive_lag_seconds").set(lag);
+        failed
     }
 
     /// The jobs that forget rows past their retention, each logged with how many.

@@ -173,7 +173,8 @@ impl ServersApi {
             size: |event: &ChangeEvent| item_bytes(&change_event_to_proto(event)),
         };
         let page = self
-            .index()
+            .index(query.id)
+            .await?
             .list_change_events(query.id, &query.filter, query.after, &bound)
             .await?;
         let last = page.events.last().map(|event| event.sequence);

@@ -45,8 +45,8 @@ impl ServersApi {
         server.check_restartable()?;
         let point = restart::resolve(&server, self.secrets(), self.agent(), &start).await?;
         let epoch = self.store().stream_epoch(tenant, id).await? + FENCE_STEP;
-        let checkpoint = self
-            .index()
+        let index = self.index(id).await?;
+        let checkpoint = index
             .fence_stream_checkpoint(id, epoch)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -70,7 +70,7 @@ impl ServersApi {
             reason: plan.description.clone(),
         });
         let position = restart::new_position(&point, &plan);
-        self.index()
+        index
             .restart_stream_at(id, epoch, &position, gap.as_ref())
             .await?;
         let moved = checkpoint_moved(&old, &position);

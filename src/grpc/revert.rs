@@ -457,8 +457,8 @@ impl ServersApi {
             .store()
             .get_server(principal.tenant_id, query.id)
             .await?;
-        let summary = self
-            .index()
+        let index = self.index(query.id).await?;
+        let summary = index
             .summarize_selection(query.id, &query.selection)
             .await?;
         refuse_keyless_tables(&summary)?;
@@ -468,7 +468,7 @@ impl ServersApi {
         // the call's status rather than an error after the header.
         let first = match summary.through {
             Some(through) => {
-                self.index()
+                index
                     .selected_events_descending(
                         query.id,
                         &query.selection,
@@ -479,7 +479,7 @@ impl ServersApi {
             }
             None => Vec::new(),
         };
-        let first_text = page_text(self.index(), query.id, &first, &tables, query.mode).await?;
+        let first_text = page_text(&index, query.id, &first, &tables, query.mode).await?;
         let header = undo::header(&script_header(&query, &server, &summary, &first));
         let mut queue = VecDeque::new();
         chunks(header, &mut queue);
@@ -490,7 +490,7 @@ impl ServersApi {
         };
         let id = query.id;
         let writer = Writer {
-            index: self.index().clone(),
+            index,
             id,
             selection: query.selection,
             tables,

@@ -169,7 +169,8 @@ impl ServersApi {
         violations.into_result().map_err(ApiError::Invalid)?;
         self.store().get_server(principal.tenant_id, id).await?;
         let (versions, truncated) = self
-            .index()
+            .index(id)
+            .await?
             .row_history(id, (&request.schema, &request.table), &key, MAX_VERSIONS)
             .await?;
         let state = match at {

@@ -33,7 +33,7 @@ use crate::{
     proto::{self, servers_service_server::ServersService},
     secrets::SecretBox,
     source::connection,
-    store::{ChangeIndex, IdempotencyKey, Store},
+    store::{ChangeIndex, IdempotencyKey, IndexShards, Store, StoreError},
     telemetry,
     watch::{self, Hubs, WatchRequest},
 };
@@ -42,7 +42,7 @@ use crate::{
 #[derive(Clone)]
 pub struct ServersApi {
     store: Store,
-    index: ChangeIndex,
+    index: IndexShards,
     secrets: SecretBox,
     hubs: Hubs,
     authenticator: Arc<Authenticator>,
@@ -60,7 +60,7 @@ impl ServersApi {
     /// The service.
     pub fn new(
         store: Store,
-        index: ChangeIndex,
+        index: IndexShards,
         secrets: SecretBox,
         hubs: Hubs,
         authenticator: Arc<Authenticator>,
@@ -104,9 +104,9 @@ impl ServersApi {
         &self.authenticator
     }
 
-    /// The change index's database.
-    pub(super) fn index(&self) -> &ChangeIndex {
-        &self.index
+    /// The change index's database that holds `server`'s events.
+    pub(super) async fn index(&self, server: ServerId) -> Result<ChangeIndex, StoreError> {
+        self.index.for_server(server).await
     }
 
     pub(super) fn tokens(&self) -> &PageTokens {

@@ -11,7 +11,7 @@ use crate::{
     domain::{OnboardingStep, onboarding::StepOutcome, server::Server},
     secrets::SecretBox,
     source::connection::{self, ConnectContext, LeaseHolder, MysqlFailure},
-    store::{ChangeIndex, Claim, Scope, Store, StoreError},
+    store::{Claim, IndexShards, Scope, Store, StoreError},
 };
 
 /// What a step gets to work with.
@@ -24,7 +24,7 @@ pub struct StepContext {
     pub claim: Claim,
     pub store: Store,
     /// The change index's database, where the stream's checkpoint lives.
-    pub index: ChangeIndex,
+    pub index: IndexShards,
     pub secrets: SecretBox,
     pub agent: AgentSettings,
     /// What the step is doing now, named when it stalls past its deadline.

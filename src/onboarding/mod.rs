@@ -44,7 +44,7 @@ use crate::{
     domain::{OnboardingStep, ServerId, onboarding::StepOutcome},
     lease::{LeaseTerms, Leases},
     secrets::SecretBox,
-    store::{Affinity, ChangeIndex, Lease, Store, StoreError},
+    store::{Affinity, IndexShards, Lease, Store, StoreError},
 };
 
 /// One onboarding step. `run` may be called again after a crash: its effects must be idempotent.
@@ -91,7 +91,7 @@ pub struct EngineConfig {
 /// Claims and runs onboarding on this replica.
 pub struct Engine {
     store: Store,
-    index: ChangeIndex,
+    index: IndexShards,
     secrets: SecretBox,
     config: EngineConfig,
     /// The onboarding leases this replica holds, renewed together.
@@ -110,7 +110,7 @@ impl Engine {
     /// An engine running `steps`; steps it lacks make a server wait with a message.
     pub fn new(
         store: Store,
-        index: ChangeIndex,
+        index: IndexShards,
         secrets: SecretBox,
         config: EngineConfig,
         steps: Vec<Arc<dyn Step>>,

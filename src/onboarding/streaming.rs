@@ -30,8 +30,9 @@ async fn record_start(
     current: &StreamCheckpoint,
 ) -> Result<StreamCheckpoint, StoreError> {
     let server_id = context.server.id;
-    let Some(existing) = context.index.stream_checkpoint(server_id).await? else {
-        context.index.start_stream_at(server_id, current).await?;
+    let index = context.index.for_server(server_id).await?;
+    let Some(existing) = index.stream_checkpoint(server_id).await? else {
+        index.start_stream_at(server_id, current).await?;
         return Ok(current.clone());
     };
     let lost = context
@@ -49,8 +50,7 @@ async fn record_start(
         to_position: current.position.binlog_position,
         reason: lost.error.clone().unwrap_or_else(|| "lost position".into()),
     };
-    context
-        .index
+    index
         .restart_stream_after_gap(server_id, &current.position, &gap)
         .await?;
     Ok(current.clone())

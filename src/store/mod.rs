@@ -39,8 +39,8 @@ pub use audit::AuditCursor;
 pub use auth::{ApiKeyRecord, KeySummary, NewApiKey, TenantSummary};
 pub use engine::{Affinity, Claim, Fence, Lease};
 pub use index::{
-    ChangeIndex, ChangePage, ChangeSelection, SelectionSummary, SnapshotVersion, StreamCheckpoint,
-    StreamGap, StreamPosition, TEMPLATE, index_schema_name, template_version,
+    ChangeIndex, ChangePage, ChangeSelection, IndexShards, SelectionSummary, SnapshotVersion,
+    StreamCheckpoint, StreamGap, StreamPosition, TEMPLATE, index_schema_name, template_version,
 };
 pub use pages::PageBound;
 pub use servers::{IdempotencyKey, ListPage, PageCursor, Scope};
@@ -91,6 +91,11 @@ pub enum StoreError {
     /// The archive's object store failed, or a file in it is not what the manifest says.
     #[error("the change archive failed: {0}")]
     Archive(String),
+    /// The server's events are in an index database (shard) this replica was not given: the
+    /// one recorded, or, for a server that streamed before shards were recorded, the one that
+    /// holds its checkpoint.
+    #[error("{0}")]
+    IndexShardMissing(String),
 }
 
 /// Why a write that a business rule may refuse did not happen: refused, or the store failed.

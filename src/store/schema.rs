@@ -78,6 +78,7 @@ diesel::table! {
         stream_epoch -> Int8,
         trace_parent -> Nullable<Text>,
         stream_paused -> Bool,
+        index_shard -> Nullable<Uuid>,
     }
 }
 

@@ -36,7 +36,7 @@ use crate::{
     domain::{ServerId, StreamState},
     lease::{LeaseTerms, Leases},
     secrets::SecretBox,
-    store::{ChangeIndex, Claim, Lease, Store, StoreError},
+    store::{Claim, IndexShards, Lease, Scope, Store, StoreError},
 };
 
 /// Supervisor settings.
@@ -54,7 +54,7 @@ pub struct StreamsConfig {
 /// Runs this replica's share of the streams.
 pub struct Streams {
     store: Store,
-    index: ChangeIndex,
+    index: IndexShards,
     secrets: SecretBox,
     config: StreamsConfig,
     /// The stream leases this replica holds, renewed together.
@@ -83,7 +83,7 @@ impl Streams {
     /// A supervisor; `index` is the change index's database (the control plane's by default).
     pub fn new(
         store: Store,
-        index: ChangeIndex,
+        index: IndexShards,
         secrets: SecretBox,
         config: StreamsConfig,
         activations: mpsc::Receiver<ServerId>,
@@ -288,13 +288,17 @@ impl Streams {
                 return;
             }
         };
+        let index = match Box::pin(self.index.for_server(claim.server_id)).await {
+            Ok(index) => index,
+            Err(error) => return self.unindexed(claim, &error).await,
+        };
         let mut holder = Holder::new(HolderParts {
             claim,
             settings: self.config.settings,
             control,
             server,
             store: self.store.clone(),
-            index: self.index.clone(),
+            index,
             secrets: self.secrets.clone(),
             agent: self.config.agent.clone(),
             book: self.book.clone(),
@@ -302,6 +306,26 @@ impl Streams {
         metrics::gauge!("dbtrail_streams_held").increment(1.0);
         runner::run_stream(&mut holder).await;
         metrics::gauge!("dbtrail_streams_held").decrement(1.0);
+    }
+
+    /// A claimed stream whose change index cannot be opened (its shard is not among this
+    /// replica's, or the database fails): `stalled`, saying why, until a sweep claims it again.
+    async fn unindexed(&self, claim: Claim, error: &StoreError) {
+        tracing::warn!(server_id = %claim.server_id, %error, "claimed stream's change index cannot be opened");
+        let message = format!("the change index cannot be opened: {error}");
+        let now = crate::domain::now();
+        let stalled =
+            self.store
+                .modify_server(Scope::Stream(claim.fence), claim.server_id, |server| {
+                    Ok::<_, StoreError>(server.stream_moved(
+                        StreamState::Stalled,
+                        Some(message),
+                        now,
+                    ))
+                });
+        if let Err(error) = Box::pin(stalled).await {
+            tracing::warn!(server_id = %claim.server_id, %error, "recording the stalled stream failed");
+        }
     }
 
     /// Stops every stream at a checkpoint and lets go of their leases so other replicas take

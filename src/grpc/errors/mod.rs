@@ -477,6 +477,18 @@ fn store_status(error: StoreError) -> Status {
                 none,
             )
         }
+        StoreError::IndexShardMissing(cause) => {
+            tracing::error!(%cause, "a server's change index shard is not configured on this replica");
+            status(
+                Code::Unavailable,
+                "INDEX_SHARD_UNAVAILABLE",
+                "this server's change events are in an index database this replica was not \
+                 given; the operator must start every replica with all of the deployment's \
+                 --index-database-url values"
+                    .into(),
+                none,
+            )
+        }
         StoreError::Fenced => status(
             Code::Aborted,
             "CONCURRENT_CHANGE",

@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "archive",
         sql: include_str!("../../../migrations_index/0002_archive.sql"),
     },
+    Migration {
+        version: 3,
+        name: "identity",
+        sql: include_str!("../../../migrations_index/0003_identity.sql"),
+    },
 ];
 
 #[derive(QueryableByName)]

@@ -12,6 +12,7 @@ mod events;
 mod migrations;
 mod partitions;
 mod selection;
+mod shards;
 mod snapshots;
 mod template;
 
@@ -20,6 +21,7 @@ pub use copy::{COPY_CONNECTIONS, COPY_MIN_ROWS, CopyConnection};
 pub use events::ChangePage;
 pub use partitions::PartitionWidth;
 pub use selection::{ChangeSelection, SelectionSummary};
+pub use shards::IndexShards;
 pub use snapshots::{SnapshotVersion, index_schema_name};
 pub use template::{TEMPLATE, template_version};
 

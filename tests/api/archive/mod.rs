@@ -8,6 +8,7 @@
 mod cascade;
 mod crashes;
 mod keeping;
+mod shards;
 mod tiers;
 
 use std::time::{Duration, Instant};
