@@ -86,7 +86,7 @@ fn the_index_migrations_apply_over_an_index_an_older_replica_prepared() {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(versions, vec![1, 2, 3]);
         assert_eq!(index.migrate().await.expect("again"), Vec::<i32>::new());
 
         let id = dbtrail_servers::domain::ServerId::from_uuid(uuid::Uuid::from_u128(1));

@@ -1,6 +1,8 @@
 //! The captured row changes: written in batches with the checkpoint after them, read in pages in
 //! binlog order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
 use diesel::{
     pg::Pg,
@@ -47,6 +49,32 @@ diesel::table! {
         row_after -> Nullable<Jsonb>,
         indexed_at -> Timestamptz,
     }
+}
+
+// The manifest's columns a hot read looks at (`archived_within`); the archive's statements
+// (`archive::manifest`) read the rest.
+diesel::table! {
+    change_archive_files (server_id, first_sequence) {
+        server_id -> Uuid,
+        first_sequence -> Int8,
+        last_sequence -> Int8,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(change_events, change_archive_files);
+
+/// Whether the manifest names a file of `server_id` that may hold events after `after` and
+/// before `before`. A hot read selects it beside its rows, in its snapshot: a partition dropped
+/// before that snapshot had its files in the manifest first, so a read that finds none has
+/// every event of its range in its rows and reads no manifest (B13).
+#[diesel::dsl::auto_type]
+pub(super) fn archived_within(server_id: uuid::Uuid, after: i64, before: i64) -> _ {
+    diesel::dsl::exists(
+        change_archive_files::table
+            .filter(change_archive_files::server_id.eq(server_id))
+            .filter(change_archive_files::last_sequence.gt(after))
+            .filter(change_archive_files::first_sequence.lt(before)),
+    )
 }
 
 /// A stored event (the archive writes it to its files as it is).
@@ -116,6 +144,15 @@ pub struct ChangePage {
 
 type EventQuery<'a> =
     change_events::BoxedQuery<'a, Pg, diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<EventRow, Pg>>>;
+/// Events, each beside whether the manifest may add to the read (`archived_within`).
+pub(super) type EventsAndManifestQuery<'a> = change_events::BoxedQuery<
+    'a,
+    Pg,
+    (
+        diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<EventRow, Pg>>,
+        Bool,
+    ),
+>;
 pub(super) type EventCondition =
     Box<dyn BoxableExpression<change_events::table, Pg, SqlType = Bool>>;
 
@@ -215,11 +252,12 @@ fn events_query<'a>(
     filter: &ChangeFilter,
     after: i64,
     page_size: usize,
-) -> EventQuery<'a> {
+) -> EventsAndManifestQuery<'a> {
+    let archived = archived_within(server_id.uuid(), after, i64::MAX);
     let mut query = change_events::table
         .filter(change_events::server_id.eq(server_id.uuid()))
         .filter(change_events::sequence.gt(after))
-        .select(EventRow::as_select())
+        .select((EventRow::as_select(), archived))
         .order(change_events::sequence.asc())
         .limit(page_size as i64 + 1)
         .into_boxed();
@@ -259,21 +297,23 @@ impl ChangeIndex {
             range: Range::ALL,
             order: Order::Oldest,
         };
-        self.with_archived(&mut connection, server_id, hot, read, &bound)
+        self.with_archived(&mut connection, server_id, hot, true, read, &bound)
             .await
     }
 
     /// A page read from the hot rows, merged with the server's archived events that `read`
-    /// takes (`archive::cold`); the manifest is read after the hot rows.
+    /// takes (`archive::cold`); the manifest is read after the hot rows, unless the hot read
+    /// found it holds nothing of the range (`archived` false) or the page leaves it no room.
     pub(super) async fn with_archived(
         &self,
         connection: &mut Connection,
         server_id: ServerId,
         hot: (Vec<ChangeEvent>, bool),
+        archived: bool,
         read: ColdRead<'_>,
         bound: &PageBound<ChangeEvent>,
     ) -> Result<(Vec<ChangeEvent>, bool), StoreError> {
-        if archive_cannot_add((&hot.0, hot.1), read) {
+        if !archived || archive_cannot_add((&hot.0, hot.1), read) {
             return Ok(hot);
         }
         let files =
@@ -347,6 +387,7 @@ impl ChangeIndex {
                 &mut connection,
                 server_id,
                 (Vec::new(), false),
+                true,
                 read,
                 &bound,
             )
@@ -439,9 +480,15 @@ impl ChangeIndex {
     ) -> Result<ChangePage, StoreError> {
         let mut connection = self.connection().await?;
         let rows = events_query(server_id, filter, after, bound.rows)
-            .load_stream::<EventRow>(&mut connection)
+            .load_stream::<(EventRow, bool)>(&mut connection)
             .await?;
-        let hot = collect_page(rows, bound, ChangeEvent::try_from).await?;
+        // Unknown (and so looked for) when the page is empty.
+        let archived = AtomicBool::new(true);
+        let hot = collect_page(rows, bound, |(row, any)| {
+            archived.store(any, Ordering::Relaxed);
+            ChangeEvent::try_from(row)
+        })
+        .await?;
         let cold = ColdFilter {
             conditions: filter.conditions.clone(),
             ..ColdFilter::default()
@@ -455,7 +502,14 @@ impl ChangeIndex {
             order: Order::Oldest,
         };
         let (events, more) = self
-            .with_archived(&mut connection, server_id, hot, read, bound)
+            .with_archived(
+                &mut connection,
+                server_id,
+                hot,
+                archived.into_inner(),
+                read,
+                bound,
+            )
             .await?;
         Ok(ChangePage { events, more })
     }

@@ -13,7 +13,7 @@ use futures_util::TryStreamExt;
 use super::{
     ChangeIndex,
     archive::{ColdFilter, ColdRead, Order, Range, cold_events},
-    events::{EventCondition, EventRow, change_events, event_condition},
+    events::{EventCondition, EventRow, archived_within, change_events, event_condition},
 };
 use crate::{
     domain::{
@@ -246,9 +246,11 @@ impl ChangeIndex {
         page_size: usize,
     ) -> Result<Vec<ChangeEvent>, StoreError> {
         let mut connection = self.connection().await?;
-        let rows: Vec<EventRow> = selected(
+        let before = before.min(selection.through.saturating_add(1));
+        let archived = archived_within(server_id.uuid(), 0, before);
+        let rows: Vec<(EventRow, bool)> = selected(
             change_events::table
-                .select(EventRow::as_select())
+                .select((EventRow::as_select(), archived))
                 .order(change_events::sequence.desc())
                 .limit(page_size as i64)
                 .into_boxed(),
@@ -258,18 +260,17 @@ impl ChangeIndex {
         .filter(change_events::sequence.lt(before))
         .load(&mut connection)
         .await?;
+        // Unknown (and so looked for) when the page is empty.
+        let archived = <[_]>::first(&rows).is_none_or(|(_, any)| *any);
         let hot: Vec<ChangeEvent> = rows
             .into_iter()
-            .map(ChangeEvent::try_from)
+            .map(|(row, _)| ChangeEvent::try_from(row))
             .collect::<Result<_, _>>()?;
         let more = hot.len() == page_size;
         let filter = cold_filter(selection);
         let read = ColdRead {
             filter: &filter,
-            range: Range {
-                after: 0,
-                before: before.min(selection.through.saturating_add(1)),
-            },
+            range: Range { after: 0, before },
             order: Order::Newest,
         };
         let bound = PageBound {
@@ -278,7 +279,14 @@ impl ChangeIndex {
             size: |_: &ChangeEvent| 0,
         };
         let (events, _) = self
-            .with_archived(&mut connection, server_id, (hot, more), read, &bound)
+            .with_archived(
+                &mut connection,
+                server_id,
+                (hot, more),
+                archived,
+                read,
+                &bound,
+            )
             .await?;
         Ok(events)
     }
