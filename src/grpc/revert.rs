@@ -37,7 +37,10 @@ use crate::{
         tables::Tables,
         undo::{self, RevertMode, ScriptHeader, UndoError},
     },
-    store::{ChangeIndex, ChangeSelection, SelectionSummary, StoreError},
+    store::{
+        ChangeIndex, ChangeSelection, SelectionSummary, StoreError,
+        index::{Holding, MAX_EXAMINED_ROWS},
+    },
 };
 
 /// Changes read (and written) at a time.
@@ -273,7 +276,6 @@ impl Cascade<'_> {
                 .map_or(parent.after, |deleted| deleted.max(parent.after)),
             None => parent.after,
         };
-        refuse_archived_images(self.index, self.id, after).await?;
         for (child_schema, child_table, child_columns, key) in children {
             let child = Child {
                 schema: child_schema,
@@ -312,7 +314,7 @@ impl Cascade<'_> {
         walk: &mut Walk,
     ) -> Result<(), ApiError> {
         let event_id = self.event.change.event_id();
-        let (rows, more) = self
+        let holding = self
             .index
             .rows_holding(
                 self.id,
@@ -322,6 +324,12 @@ impl Cascade<'_> {
                 MAX_CASCADED_ROWS,
             )
             .await?;
+        let (rows, more) = match holding {
+            Holding::Rows(rows, more) => (rows, more),
+            Holding::TooManyArchived => {
+                return Err(refuse_archived_images(self.index, self.id, &child.name).await);
+            }
+        };
         if more {
             return Err(ApiError::Undo(UndoError::TooManyCascaded {
                 table: child.name.clone(),
@@ -504,26 +512,23 @@ impl ServersApi {
     }
 }
 
-/// Refuses a cascade whose children's images may be archived: those after the sequence `after`
-/// are needed, and the archive holds some of them.
-async fn refuse_archived_images(
-    index: &ChangeIndex,
-    id: ServerId,
-    after: i64,
-) -> Result<(), ApiError> {
-    match index.archived_through(id.uuid()).await? {
-        Some((sequence, through)) if after < sequence => Err(archived(
-            through,
-            "the latest images of the rows this delete's cascade took may be among them",
+/// Refuses a cascade whose child table has more rows in the archived range than one call
+/// examines (`MAX_EXAMINED_ROWS`).
+async fn refuse_archived_images(index: &ChangeIndex, id: ServerId, table: &str) -> ApiError {
+    match index.archived_through(id.uuid()).await {
+        Ok(Some((_, through))) => archived(through, table),
+        Ok(None) => ApiError::Store(StoreError::Archive(
+            "the archive's manifest changed while the cascade was read".into(),
         )),
-        _ => Ok(()),
+        Err(error) => ApiError::Store(error),
     }
 }
 
-fn archived(through: chrono::DateTime<chrono::Utc>, what: &'static str) -> ApiError {
+fn archived(through: chrono::DateTime<chrono::Utc>, table: &str) -> ApiError {
     ApiError::Undo(UndoError::Archived {
         through: through.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        what,
+        table: table.to_owned(),
+        limit: MAX_EXAMINED_ROWS,
     })
 }
 

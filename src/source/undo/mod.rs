@@ -82,12 +82,16 @@ pub enum UndoError {
         limit: usize,
     },
     #[error(
-        "changes of this server up to {through} are archived (--hot-retention), and {what}: the \
-         undo of a delete whose ON DELETE CASCADE took rows is written from the changes still in \
-         PostgreSQL only; select changes committed after {through} (filter: committed_at > \
+        "changes of this server up to {through} are archived (--hot-retention), and the rows of \
+         {table} that a delete's ON DELETE CASCADE may have taken are more than the {limit} one \
+         undo examines there; select changes committed after {through} (filter: committed_at > \
          \"{through}\"), or undo that delete by hand"
     )]
-    Archived { through: String, what: &'static str },
+    Archived {
+        through: String,
+        table: String,
+        limit: usize,
+    },
 }
 
 /// A column's value in an image, which must hold it.

@@ -327,7 +327,7 @@ impl ChangeIndex {
     /// came after the sequence `after`, as that change, oldest first: at most `limit`, and
     /// whether more follow. The children of a parent row deleted at `before`, by their
     /// foreign-key columns (`after`: the parent's previous delete, which deleted the older ones).
-    pub async fn rows_holding(
+    pub(super) async fn hot_rows_holding(
         &self,
         server_id: ServerId,
         (schema, table): (&str, &str),

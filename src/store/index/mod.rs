@@ -6,6 +6,7 @@
 //! the epoch of the stream lease that last took it, and a write with an older epoch is refused.
 
 pub mod archive;
+mod cascade;
 mod checkpoints;
 mod copy;
 mod events;
@@ -16,6 +17,7 @@ mod shards;
 mod snapshots;
 mod template;
 
+pub use cascade::{Holding, MAX_EXAMINED_ROWS};
 pub use checkpoints::{StreamCheckpoint, StreamGap, StreamPosition};
 pub use copy::{COPY_CONNECTIONS, COPY_MIN_ROWS, CopyConnection};
 pub use events::ChangePage;

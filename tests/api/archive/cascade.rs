@@ -1,9 +1,6 @@
-//! The one read RevertChanges keeps to the hot tier: the children an ON DELETE CASCADE took are
-//! looked up among the changes still in PostgreSQL. When their latest images may be archived,
-//! the call is refused with CHANGES_ARCHIVED and the newest archived commit time, never written
-//! without them.
-
-use tonic::Code;
+//! RevertChanges' cascade over both tiers: the children an ON DELETE CASCADE took are found
+//! whether their latest images are archived or still in PostgreSQL, each row by its latest
+//! change in either tier.
 
 use super::*;
 
@@ -16,7 +13,7 @@ const TABLES: [&str; 3] = [
 ];
 
 #[test]
-fn a_delete_whose_cascaded_children_are_archived_is_refused_with_the_archived_time() {
+fn a_delete_whose_cascaded_children_are_archived_restores_them_from_the_archive() {
     block_on(async {
         let mariadb = mariadb_with(&TABLES).await;
         let db = TestDatabase::create().await;
@@ -32,29 +29,56 @@ fn a_delete_whose_cascaded_children_are_archived_is_refused_with_the_archived_ti
         wait_stream(&mut client, &id, "the stream to run", running).await;
         mariadb
             .exec(&[
-                "INSERT INTO shop.parent VALUES (1, 'one')",
-                "INSERT INTO shop.child VALUES (10, 1, 'a'), (11, 1, 'b')",
+                "INSERT INTO shop.parent VALUES (1, 'one'), (2, 'two')",
+                "INSERT INTO shop.child VALUES (10, 1, 'a'), (11, 1, 'b'), (12, 1, 'c')",
             ])
             .await;
-        wait_captured(&mut client, &id, 3).await;
-        wait_archived(&db.connect().await, &id, 3, 0).await;
+        wait_captured(&mut client, &id, 5).await;
+        wait_archived(&db.connect().await, &id, 5, 0).await;
 
-        // The parent's delete is hot; its children's images are archived.
+        // Child 12 moves to parent 2 (its latest image is hot, and not parent 1's); child 11
+        // changes its note (hot). Then the parent's delete takes 10 and 11.
         mariadb
-            .exec(&["DELETE FROM shop.parent WHERE id = 1"])
+            .exec(&[
+                "UPDATE shop.child SET parent_id = 2 WHERE id = 12",
+                "UPDATE shop.child SET note = 'B' WHERE id = 11",
+                "DELETE FROM shop.parent WHERE id = 1",
+            ])
             .await;
-        wait_captured(&mut client, &id, 4).await;
+        wait_captured(&mut client, &id, 8).await;
         let request = proto::RevertChangesRequest {
             server_id: id.clone(),
             filter: r#"table = "parent" AND type = "delete""#.to_owned(),
             ..Default::default()
         };
-        let status = expect_err(client.revert_changes(request).await);
-        assert_error(&status, Code::FailedPrecondition, "CHANGES_ARCHIVED");
-        assert!(
-            status.message().contains("committed_at >"),
-            "the message says how to select around the archive: {}",
-            status.message()
+        let mut stream = client
+            .revert_changes(request)
+            .await
+            .expect("RevertChanges")
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.expect("the script's next part") {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let script = String::from_utf8(bytes).expect("an ASCII script");
+        let inserts: Vec<&str> = script
+            .lines()
+            .filter(|line| line.starts_with("INSERT INTO `shop`.`child`"))
+            .collect();
+        assert_eq!(
+            inserts,
+            vec![
+                "INSERT INTO `shop`.`child` (`id`, `parent_id`, `note`) VALUES (10, 1, 'a');",
+                "INSERT INTO `shop`.`child` (`id`, `parent_id`, `note`) VALUES (11, 1, 'B');",
+            ],
+            "the archived child and the hot one, each by its latest image: {script}"
+        );
+        assert_eq!(
+            script
+                .matches("-- re-inserted: deleted by ON DELETE CASCADE with shop.parent id=1")
+                .count(),
+            2,
+            "{script}"
         );
     });
 }
