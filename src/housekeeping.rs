@@ -145,7 +145,7 @@ impl Job {
 pub struct Housekeeping {
     /// The control plane's database.
     store: Store,
-    /// The change index's database (the control plane's by default).
+    /// The change index's databases (the control plane's by default).
     index: IndexShards,
     settings: HousekeepingSettings,
 }
@@ -200,12 +200,15 @@ impl Housekeeping {
     async fn run_job(&self, job: Job) -> Result<(), StoreError> {
         match job {
             Job::Partitions => {
+                // A failing shard does not hold the others back.
+                let mut outcome = Ok(());
                 for index in self.index.all() {
-                    index
-                        .maintain_change_index(self.settings.partition_width)
-                        .await?;
+                    let width = self.settings.partition_width;
+                    if let Err(error) = index.maintain_change_index(width).await {
+                        outcome = Err(error);
+                    }
                 }
-                Ok(())
+                outcome
             }
             Job::Archive => self.archive().await,
             Job::AuditLog | Job::RetiredKeyChecks | Job::DeadAgents => self.remove_named(job).await,
@@ -263,8 +266,12 @@ impl Housekeeping {
         let mut failed = Ok(());
         for index in self.index.all() {
             let outcome = index.archive_due(settings).await;
-            if let Some(ended) = index.oldest_closed_partition(due).await? {
-                lag = lag.max((due - ended).to_std().unwrap_or_default().as_secs_f64());
+            match index.oldest_closed_partition(due).await {
+                Ok(Some(ended)) => {
+                    lag = lag.max((due - ended).to_std().unwrap_or_default().as_secs_f64());
+                }
+                Ok(None) => {}
+                Err(error) => failed = Err(error),
             }
             match outcome {
                 Ok(run) if !run.partitions.is_empty() || run.expired_files > 0 => {

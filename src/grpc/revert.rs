@@ -327,7 +327,7 @@ impl Cascade<'_> {
         let (rows, more) = match holding {
             Holding::Rows(rows, more) => (rows, more),
             Holding::TooManyArchived => {
-                return Err(refuse_archived_images(self.index, self.id, &child.name).await);
+                return Err(too_many_archived_rows(self.index, self.id, &child.name).await);
             }
         };
         if more {
@@ -514,7 +514,7 @@ impl ServersApi {
 
 /// Refuses a cascade whose child table has more rows in the archived range than one call
 /// examines (`MAX_EXAMINED_ROWS`).
-async fn refuse_archived_images(index: &ChangeIndex, id: ServerId, table: &str) -> ApiError {
+async fn too_many_archived_rows(index: &ChangeIndex, id: ServerId, table: &str) -> ApiError {
     match index.archived_through(id.uuid()).await {
         Ok(Some((_, through))) => archived(through, table),
         Ok(None) => ApiError::Store(StoreError::Archive(
