@@ -322,11 +322,7 @@ impl ChangeIndex {
         merge_hot_and_cold(self.archive.as_ref(), hot, files, read, bound).await
     }
 
-    /// The rows of `schema.table` whose latest captured change before the sequence `before`
-    /// left them holding `values` (a JSON object of some of their columns), when that change
-    /// came after the sequence `after`, as that change, oldest first: at most `limit`, and
-    /// whether more follow. The children of a parent row deleted at `before`, by their
-    /// foreign-key columns (`after`: the parent's previous delete, which deleted the older ones).
+    /// `rows_holding` (`cascade`) over the rows still in PostgreSQL, in one statement.
     pub(super) async fn hot_rows_holding(
         &self,
         server_id: ServerId,

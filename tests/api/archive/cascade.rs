@@ -46,21 +46,8 @@ fn a_delete_whose_cascaded_children_are_archived_restores_them_from_the_archive(
             ])
             .await;
         wait_captured(&mut client, &id, 8).await;
-        let request = proto::RevertChangesRequest {
-            server_id: id.clone(),
-            filter: r#"table = "parent" AND type = "delete""#.to_owned(),
-            ..Default::default()
-        };
-        let mut stream = client
-            .revert_changes(request)
-            .await
-            .expect("RevertChanges")
-            .into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await.expect("the script's next part") {
-            bytes.extend_from_slice(&chunk.data);
-        }
-        let script = String::from_utf8(bytes).expect("an ASCII script");
+        let filter = r#"table = "parent" AND type = "delete""#;
+        let script = undo_script_of(&mut client, &id, filter).await;
         let inserts: Vec<&str> = script
             .lines()
             .filter(|line| line.starts_with("INSERT INTO `shop`.`child`"))

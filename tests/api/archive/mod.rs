@@ -159,9 +159,14 @@ fn assert_same(read: &Reads, expected: &Reads, what: &str) {
 
 /// The undo SQL of every captured change of shop.items.
 async fn undo_script(client: &mut Client, server_id: &str) -> String {
+    undo_script_of(client, server_id, r#"schema = "shop" AND table = "items""#).await
+}
+
+/// The undo SQL of the captured changes `filter` selects.
+async fn undo_script_of(client: &mut Client, server_id: &str, filter: &str) -> String {
     let request = proto::RevertChangesRequest {
         server_id: server_id.to_owned(),
-        filter: r#"schema = "shop" AND table = "items""#.to_owned(),
+        filter: filter.to_owned(),
         ..Default::default()
     };
     let mut stream = client

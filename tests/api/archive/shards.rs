@@ -55,6 +55,21 @@ async fn recorded_shard(db: &TestDatabase, server_id: &str) -> Option<String> {
     row.expect("the server's row").get(0)
 }
 
+/// ListChangeEvents of `server_id` is refused: its index database is not this replica's.
+async fn assert_index_missing(client: &mut Client, server_id: &str) {
+    let refused = client
+        .list_change_events(proto::ListChangeEventsRequest {
+            server_id: server_id.to_owned(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(
+        &expect_err(refused),
+        Code::Unavailable,
+        "INDEX_SHARD_UNAVAILABLE",
+    );
+}
+
 /// Registers `name` on `mariadb` and waits until its stream runs.
 async fn streaming(client: &mut Client, mariadb: &MariaDb, name: &str) -> String {
     let id = register(client, mariadb.server(name, USER, PASSWORD))
@@ -111,17 +126,7 @@ fn servers_spread_over_index_databases_and_a_new_one_takes_the_new_servers() {
         // Without the first database, its server's reads and stream say so; never empty.
         let partial = replica(&db, &[&b]).await;
         let mut client = partial.client(&key).await;
-        let refused = client
-            .list_change_events(proto::ListChangeEventsRequest {
-                server_id: one.clone(),
-                ..Default::default()
-            })
-            .await;
-        assert_error(
-            &expect_err(refused),
-            Code::Unavailable,
-            "INDEX_SHARD_UNAVAILABLE",
-        );
+        assert_index_missing(&mut client, &one).await;
         assert_eq!(all_events(&mut client, &two, "").await, listed_two);
         let missing = shard_id(&a).await;
         let stalled = |server: &proto::Server| {
@@ -145,17 +150,7 @@ fn servers_spread_over_index_databases_and_a_new_one_takes_the_new_servers() {
         sql.execute(forget, &[&one])
             .await
             .expect("forget the shard");
-        let refused = client
-            .list_change_events(proto::ListChangeEventsRequest {
-                server_id: one.clone(),
-                ..Default::default()
-            })
-            .await;
-        assert_error(
-            &expect_err(refused),
-            Code::Unavailable,
-            "INDEX_SHARD_UNAVAILABLE",
-        );
+        assert_index_missing(&mut client, &one).await;
         assert_eq!(recorded_shard(&db, &one).await, None, "no shard was chosen");
     });
 }
