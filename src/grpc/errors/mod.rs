@@ -447,6 +447,21 @@ fn not_found(reason: &str, message: &str) -> Status {
     status(Code::NotFound, reason, message.into(), ErrorDetails::new())
 }
 
+/// A server whose events are in an index database this replica was not given.
+const INDEX_SHARD_MISSING: &str = "this server's change events are in an index database this \
+     replica was not given; the operator must start every replica with all of the deployment's \
+     --index-database-url values";
+
+/// UNAVAILABLE: the client may retry (the cause goes to the log, not to the client).
+fn unavailable(reason: &str, message: &str) -> Status {
+    status(
+        Code::Unavailable,
+        reason,
+        message.into(),
+        ErrorDetails::new(),
+    )
+}
+
 /// The table itself: one arm per store error, each its code, reason and message (what business
 /// rules refuse is `refused_status`, below). It is long because the table is, and splitting it
 /// would scatter the one place a reader checks.
@@ -461,33 +476,21 @@ fn store_status(error: StoreError) -> Status {
         ),
         StoreError::Unavailable(cause) => {
             tracing::warn!(%cause, "database unavailable");
-            status(
-                Code::Unavailable,
+            unavailable(
                 "STORE_UNAVAILABLE",
-                "the database is unavailable; retry shortly".into(),
-                none,
+                "the database is unavailable; retry shortly",
             )
         }
         StoreError::Archive(cause) => {
             tracing::warn!(%cause, "change archive unavailable");
-            status(
-                Code::Unavailable,
+            unavailable(
                 "ARCHIVE_UNAVAILABLE",
-                "the archive of older change events cannot be read now; retry shortly".into(),
-                none,
+                "the archive of older change events cannot be read now; retry shortly",
             )
         }
         StoreError::IndexShardMissing(cause) => {
             tracing::error!(%cause, "a server's change index shard is not configured on this replica");
-            status(
-                Code::Unavailable,
-                "INDEX_SHARD_UNAVAILABLE",
-                "this server's change events are in an index database this replica was not \
-                 given; the operator must start every replica with all of the deployment's \
-                 --index-database-url values"
-                    .into(),
-                none,
-            )
+            unavailable("INDEX_SHARD_UNAVAILABLE", INDEX_SHARD_MISSING)
         }
         StoreError::Fenced => status(
             Code::Aborted,
@@ -511,15 +514,7 @@ fn store_status(error: StoreError) -> Status {
             format!("{what} not found"),
             none,
         ),
-        error @ (StoreError::Corrupt(_) | StoreError::Database(_)) => {
-            tracing::error!(%error, "internal error");
-            status(
-                Code::Internal,
-                "INTERNAL",
-                "internal error; it has been logged with the request id".into(),
-                none,
-            )
-        }
+        error @ (StoreError::Corrupt(_) | StoreError::Database(_)) => internal(error),
     }
 }
 
