@@ -137,3 +137,54 @@ fn holds(event: &ChangeEvent, values: &serde_json::Value) -> bool {
             .iter()
             .all(|(column, value)| image.get(column) == Some(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::change::RowChange;
+    use serde_json::json;
+
+    fn event(operation: ChangeOperation, after: Option<serde_json::Value>) -> ChangeEvent {
+        ChangeEvent {
+            sequence: 3,
+            change: RowChange {
+                binlog_file: "f".into(),
+                binlog_position: 3,
+                row_index: 0,
+                gtid: String::new(),
+                committed_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                schema: "shop".into(),
+                table: "child".into(),
+                operation,
+                primary_key: Some(json!({"id": 10})),
+                before: None,
+                after,
+            },
+        }
+    }
+
+    #[test]
+    fn a_change_holds_the_values_its_after_image_has_like_postgresql_containment() {
+        let image = json!({"id": 10, "parent_id": 1, "note": "a"});
+        let insert = event(ChangeOperation::Insert, Some(image.clone()));
+        assert!(holds(&insert, &json!({"parent_id": 1})));
+        assert!(holds(&insert, &json!({"parent_id": 1, "note": "a"})));
+        assert!(
+            holds(&insert, &json!({})),
+            "an empty object is in every image"
+        );
+        assert!(!holds(&insert, &json!({"parent_id": 2})));
+        assert!(!holds(&insert, &json!({"parent": 1})), "a column it lacks");
+        assert!(
+            !holds(&insert, &json!({"parent_id": "1"})),
+            "another JSON type"
+        );
+        let update = event(ChangeOperation::Update, Some(image));
+        assert!(holds(&update, &json!({"parent_id": 1})));
+        let delete = event(ChangeOperation::Delete, None);
+        assert!(
+            !holds(&delete, &json!({"parent_id": 1})),
+            "a delete leaves nothing"
+        );
+    }
+}
