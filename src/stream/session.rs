@@ -35,7 +35,7 @@ use tracing::Instrument;
 const RETRY_FROM_HERE: &str =
     "RetryOnboarding restarts from the current position and records the gap";
 /// Rows stored per transaction write at most.
-const BATCH_ROWS: usize = 5_000;
+const BATCH_ROWS: usize = 10_000;
 /// How long complete transactions wait for more before they are written, while the writer is
 /// busy with the batch before them (an idle writer takes them at once).
 const FLUSH_DELAY: Duration = Duration::from_millis(100);

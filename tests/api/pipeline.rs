@@ -179,9 +179,11 @@ fn a_stalled_index_holds_the_reader_back_and_memory_stays_bounded() {
             "the reader read {read_while_stalled} of the burst's {burst_bytes} binlog bytes while \
              the index was stalled: it buffered instead of waiting"
         );
+        // At most four batches of 10,000 rows are held (two queued, one written, one being
+        // read): well under what buffering the burst (200,000 rows) would take.
         let grown = peak.saturating_sub(rss_before);
         assert!(
-            grown < 48 * 1024 * 1024,
+            grown < 64 * 1024 * 1024,
             "the service's RSS grew by {grown} bytes while stalled (the burst is {burst_bytes} \
              binlog bytes)"
         );
