@@ -17,10 +17,9 @@ use crate::{
     mariadb::MariaDb,
     replica::{Replica, admin_url, pg_connect},
     report::Row,
+    source::{ORDERS, PASSWORD, USER, prepared},
 };
 
-const USER: &str = "bintrail";
-const PASSWORD: &str = "bench-Pass_1";
 /// Registrations in flight at once.
 const REGISTERING: usize = 64;
 /// How long every stream may take to run (after registering, and after the restart).
@@ -131,20 +130,7 @@ async fn sources(instances: usize, streams: usize) -> Vec<MariaDb> {
             .arg(&format!("--max-connections={}", streams * 2 + 100))
             .start()
             .await;
-        mariadb
-            .create_user(
-                USER,
-                PASSWORD,
-                &["REPLICATION SLAVE", "REPLICATION CLIENT", "SELECT"],
-            )
-            .await;
-        mariadb
-            .exec(&[
-                "CREATE DATABASE shop",
-                "CREATE TABLE shop.orders (id BIGINT PRIMARY KEY, total DECIMAL(10,2))",
-            ])
-            .await;
-        started.push(mariadb);
+        started.push(prepared(mariadb, ORDERS).await);
     }
     started
 }

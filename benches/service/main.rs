@@ -19,6 +19,7 @@ mod overload;
 mod profile;
 mod replica;
 mod report;
+mod source;
 mod stream;
 mod stream_baseline;
 mod unary;

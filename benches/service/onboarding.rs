@@ -10,10 +10,8 @@ use crate::{
     mariadb::MariaDb,
     replica::Replica,
     report::Row,
+    source::{ORDERS, PASSWORD, USER, prepared},
 };
-
-const USER: &str = "bintrail";
-const PASSWORD: &str = "bench-Pass_1";
 
 /// Registers `server` and waits until it is active; how long that took.
 async fn register_until_active(mut client: Client, server: proto::Server) -> Duration {
@@ -44,19 +42,7 @@ pub async fn onboarding(replica: &Replica, key: &str, rows: &mut Vec<Row>) {
         .arg("--max-connections=2000")
         .start()
         .await;
-    mariadb
-        .create_user(
-            USER,
-            PASSWORD,
-            &["REPLICATION SLAVE", "REPLICATION CLIENT", "SELECT"],
-        )
-        .await;
-    mariadb
-        .exec(&[
-            "CREATE DATABASE shop",
-            "CREATE TABLE shop.orders (id BIGINT PRIMARY KEY, total DECIMAL(10,2))",
-        ])
-        .await;
+    let mariadb = prepared(mariadb, ORDERS).await;
     let channel = replica.channel().await;
 
     let mut one = histogram();

@@ -24,11 +24,10 @@ use crate::{
     mariadb::{MariaDb, MasterStatus},
     replica::Replica,
     report::Row,
+    source::{PASSWORD, USER, prepared},
     stream_baseline::reader_and_copy,
 };
 
-const USER: &str = "bintrail";
-const PASSWORD: &str = "bench-Pass_1";
 /// Rows of the bulk burst.
 const BURST_ROWS: u64 = 1_000_000;
 /// Rows per INSERT statement of the burst.
@@ -241,21 +240,9 @@ pub async fn onboarded_with(
     label: &str,
     extra: &[&str],
 ) -> (MariaDb, Replica, String, String) {
-    let mariadb = MariaDb::start().await;
-    mariadb
-        .create_user(
-            USER,
-            PASSWORD,
-            &["REPLICATION SLAVE", "REPLICATION CLIENT", "SELECT"],
-        )
-        .await;
-    mariadb
-        .exec(&[
-            "CREATE DATABASE shop",
-            "CREATE TABLE shop.events (id BIGINT PRIMARY KEY, a INT, note VARCHAR(64), \
-             amount DECIMAL(10,2)) ENGINE=InnoDB",
-        ])
-        .await;
+    let table = "CREATE TABLE shop.events (id BIGINT PRIMARY KEY, a INT, note VARCHAR(64), \
+                 amount DECIMAL(10,2)) ENGINE=InnoDB";
+    let mariadb = prepared(MariaDb::start().await, table).await;
     let replica = Replica::start(label, database_url, extra).await;
     let key = replica
         .bootstrap_key
